@@ -1,0 +1,14 @@
+//! walsync: continuous backup of many SQLite databases (WAL mode) to
+//! S3-compatible storage from one small synchronous process, and exact
+//! restore of any of them to the newest transaction or a point in time.
+//!
+//! The pure core (`wal`, `format`, `keys`, `plan`, `time`) does no I/O; the
+//! edges (`storage`, `sqlite`, `replica`, `restore`, `daemon`, `cmd`) do.
+//! See DESIGN.md for the invariants each module upholds.
+
+pub mod format;
+pub mod keys;
+pub mod plan;
+pub mod storage;
+pub mod time;
+pub mod wal;

@@ -1,0 +1,152 @@
+//! Object storage: one `Storage` trait with an S3 implementation (`s3`) and a
+//! local-directory implementation (`dir`).
+//!
+//! This layer moves opaque bytes under keys; it knows nothing of WAL frames,
+//! generations or snapshots. It upholds DESIGN.md invariant 4 on the way up:
+//! every `put` carries the CRC32 of the whole object, which the S3 backend sends
+//! as `x-amz-checksum-crc32` so the server verifies it. Verifying objects on the
+//! way down is the job of the decoders (`crate::format`), which check the CRC32
+//! stored inside every object. Secrets never appear in an error or a log line.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub mod dir;
+pub mod s3;
+
+/// One object as a listing reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+}
+
+/// The bytes of an object to upload. Both kinds can be read again from the
+/// start, which is what lets `put` retry.
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'a> {
+    Bytes(&'a [u8]),
+    /// A local file whose first `len` bytes are the object (e.g. a spooled snapshot).
+    File { path: &'a Path, len: u64 },
+}
+
+impl Body<'_> {
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Bytes(b) => b.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A fresh reader over the body, from its first byte.
+    pub fn open(&self) -> std::io::Result<Box<dyn Read + Send + '_>> {
+        match self {
+            Body::Bytes(b) => Ok(Box::new(*b)),
+            Body::File { path, len } => Ok(Box::new(std::fs::File::open(path)?.take(*len))),
+        }
+    }
+}
+
+/// A reader over an object's bytes as they arrive.
+pub type ObjectReader = Box<dyn Read + Send>;
+
+/// Where objects live.
+///
+/// Implementations are shared by every thread of the process (`Send + Sync`)
+/// and retry transient failures themselves; an `Err` is final for that call.
+pub trait Storage: Send + Sync {
+    /// Stores `body` under `key`, replacing any object there. `crc32` is the
+    /// CRC32 (crc32fast) of the body's bytes; a backend that can have the server
+    /// check it does so.
+    fn put(&self, key: &str, body: Body<'_>, crc32: u32) -> Result<(), StorageError>;
+
+    /// Streams the object under `key`; `StorageError::NotFound` if there is none.
+    fn get(&self, key: &str) -> Result<ObjectReader, StorageError>;
+
+    /// Every object whose key starts with `prefix`, in ascending key order
+    /// (all pages of the listing).
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
+
+    /// Deletes the objects; keys that do not exist are not an error.
+    fn delete(&self, keys: &[String]) -> Result<(), StorageError>;
+
+    /// Where this storage points, for messages (e.g. `s3://bucket` or a
+    /// directory path). Never contains secrets.
+    fn location(&self) -> String;
+}
+
+/// What went wrong talking to storage. Every message names the object key or
+/// the location and, where there is one, what to check.
+#[derive(Debug)]
+pub enum StorageError {
+    /// No object under that key.
+    NotFound { key: String },
+    /// The server refused our credentials or signature (401/403, or a
+    /// SignatureDoesNotMatch / InvalidAccessKeyId style code).
+    Auth { location: String, detail: String },
+    /// The bucket does not exist.
+    NoSuchBucket { location: String },
+    /// The server answered with an error status we do not retry (or that
+    /// stayed after all retries).
+    Server {
+        location: String,
+        key: String,
+        status: u16,
+        detail: String,
+    },
+    /// The server could not be reached or the connection broke (after retries).
+    Transport { location: String, detail: String },
+    /// A local file or directory could not be read or written.
+    Io { path: PathBuf, source: std::io::Error },
+    /// The storage answered something that is not what the protocol says.
+    BadResponse { location: String, detail: String },
+    /// A key that this storage cannot hold (empty, absolute, `..`, …).
+    InvalidKey { key: String, reason: String },
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::NotFound { key } => write!(f, "object {key:?} not found"),
+            StorageError::Auth { location, detail } => write!(
+                f,
+                "{location}: authentication failed ({detail}); check the access key, the secret key \
+                 (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or [storage] in the config) and the region"
+            ),
+            StorageError::NoSuchBucket { location } => write!(
+                f,
+                "{location}: the bucket does not exist; create it or fix [storage] bucket"
+            ),
+            StorageError::Server {
+                location,
+                key,
+                status,
+                detail,
+            } => write!(f, "{location}: object {key:?}: server answered {status}: {detail}"),
+            StorageError::Transport { location, detail } => write!(
+                f,
+                "{location}: cannot reach the storage server ({detail}); check the endpoint and the network"
+            ),
+            StorageError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            StorageError::BadResponse { location, detail } => write!(
+                f,
+                "{location}: unexpected answer from the storage server ({detail}); is the endpoint an S3-compatible server?"
+            ),
+            StorageError::InvalidKey { key, reason } => write!(f, "invalid object key {key:?}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

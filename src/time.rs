@@ -1,0 +1,158 @@
+//! Wall-clock times as walsync records them: milliseconds since the Unix
+//! epoch, UTC, and their RFC 3339 form for flags and messages. Pure, except
+//! `now_ms`, which callers pass on to the pure code as a parameter.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// `2026-11-25T20:43:16.123Z`
+pub fn format_rfc3339(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Parses RFC 3339 (`2026-11-25T20:43:16Z`, fractional seconds and numeric
+/// offsets allowed) into ms since the epoch. Fractions beyond milliseconds
+/// are truncated (a time T includes every commit read in T's millisecond).
+pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!("invalid timestamp {s:?}: expected RFC 3339, e.g. 2026-11-25T20:43:16Z or 2026-11-25T21:43:16.5+01:00")
+    };
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':'
+    {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<u32, String> {
+        let t = &b[r];
+        if t.iter().all(|c| c.is_ascii_digit()) {
+            Ok(t.iter().fold(0u32, |acc, c| acc * 10 + u32::from(c - b'0')))
+        } else {
+            Err(bad())
+        }
+    };
+    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let mdays = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&mo) || d == 0 || d > mdays[mo as usize - 1] || h > 23 || mi > 59 || se > 60 {
+        return Err(bad());
+    }
+    let mut i = 19;
+    let mut frac_ms = 0u64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return Err(bad());
+        }
+        let digits = &s[start..i.min(start + 3)];
+        frac_ms = digits.parse::<u64>().map_err(|_| bad())? * 10u64.pow(3 - digits.len() as u32);
+    }
+    let offset_secs: i64 = match &s[i..] {
+        "Z" | "z" => 0,
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+            let oh = num(i + 1..i + 3)? as i64;
+            let om = num(i + 4..i + 6)? as i64;
+            if oh > 23 || om > 59 {
+                return Err(bad());
+            }
+            let v = oh * 3600 + om * 60;
+            if o.starts_with('-') {
+                -v
+            } else {
+                v
+            }
+        }
+        _ => return Err(bad()),
+    };
+    let secs = days_from_civil(i64::from(y), mo, d) * 86_400
+        + i64::from(h) * 3600
+        + i64::from(mi) * 60
+        + i64::from(se.min(59))
+        - offset_secs;
+    if secs < 0 {
+        return Err(format!("timestamp {s:?} is before 1970"));
+    }
+    Ok(secs as u64 * 1000 + frac_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trip() {
+        for ms in [0u64, 1, 999, 86_400_000, 1_764_103_396_123, 4_102_444_800_000, 951_782_400_000] {
+            assert_eq!(parse_rfc3339(&format_rfc3339(ms)).unwrap(), ms, "{}", format_rfc3339(ms));
+        }
+        assert_eq!(format_rfc3339(1_764_103_396_123), "2025-11-25T20:43:16.123Z");
+    }
+
+    #[test]
+    fn rfc3339_offsets_and_fractions() {
+        let base = parse_rfc3339("2026-11-25T20:43:16Z").unwrap();
+        assert_eq!(parse_rfc3339("2026-11-25T21:43:16+01:00").unwrap(), base);
+        assert_eq!(parse_rfc3339("2026-11-25T19:43:16-01:00").unwrap(), base);
+        assert_eq!(parse_rfc3339("2026-11-25T20:43:16.5Z").unwrap(), base + 500);
+        assert_eq!(parse_rfc3339("2026-11-25T20:43:16.123456789Z").unwrap(), base + 123);
+    }
+
+    #[test]
+    fn rfc3339_rejects_garbage() {
+        for s in [
+            "",
+            "yesterday",
+            "2026-11-25",
+            "2026-13-01T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-11-25T24:00:00Z",
+            "2026-11-25T20:43:16",
+            "2026-11-25T20:43:16.Z",
+            "2026-11-25T20:43:16+1:00",
+            "２026-11-25T20:43:16Z",
+        ] {
+            assert!(parse_rfc3339(s).is_err(), "{s:?} accepted");
+        }
+    }
+}
