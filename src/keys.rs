@@ -81,7 +81,10 @@ pub fn segment_key(
 }
 
 fn hex16(s: &str) -> Option<u64> {
-    if s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if s.len() == 16
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         u64::from_str_radix(s, 16).ok()
     } else {
         None
@@ -106,18 +109,25 @@ pub fn parse_key(prefix: &str, key: &str) -> Result<Option<(u64, ObjectKind)>, B
     };
     let bad = || BadKey(key.to_string());
     let mut parts = rest.split('/');
-    let (Some(gen), Some(dir), Some(name), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(gen), Some(dir), Some(name), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(bad());
     };
     let generation = hex16(gen).ok_or_else(bad)?;
     let kind = match dir {
         "snapshots" => {
-            let [txid, time_ms] = name.strip_suffix(".snap").and_then(hex_fields).ok_or_else(bad)?;
+            let [txid, time_ms] = name
+                .strip_suffix(".snap")
+                .and_then(hex_fields)
+                .ok_or_else(bad)?;
             ObjectKind::Snapshot { txid, time_ms }
         }
         "segments" => {
-            let [first_txid, last_txid, first_time_ms, last_time_ms] =
-                name.strip_suffix(".seg").and_then(hex_fields).ok_or_else(bad)?;
+            let [first_txid, last_txid, first_time_ms, last_time_ms] = name
+                .strip_suffix(".seg")
+                .and_then(hex_fields)
+                .ok_or_else(bad)?;
             if last_txid < first_txid || last_time_ms < first_time_ms {
                 return Err(bad());
             }
@@ -164,7 +174,13 @@ mod tests {
         );
         assert_eq!(
             parse_key("tenants/acme", &k),
-            Ok(Some((1, ObjectKind::Snapshot { txid: 7, time_ms: 0x18f0_0000_0000 })))
+            Ok(Some((
+                1,
+                ObjectKind::Snapshot {
+                    txid: 7,
+                    time_ms: 0x18f0_0000_0000
+                }
+            )))
         );
         let s = segment_key("a", 2, 3, 4, 5, 6);
         assert_eq!(
@@ -187,7 +203,9 @@ mod tests {
     fn keys_sort_in_replay_order() {
         let mut seed = 99u64;
         let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             seed >> 20
         };
         for _ in 0..1000 {

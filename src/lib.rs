@@ -9,6 +9,9 @@
 pub mod format;
 pub mod keys;
 pub mod plan;
+pub mod replica;
+pub mod restore;
+pub mod sqlite;
 pub mod storage;
 pub mod time;
 pub mod wal;

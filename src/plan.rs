@@ -40,11 +40,24 @@ pub struct RestorePlan {
 pub enum PlanError {
     NoBackup,
     /// The generation has segments but no snapshot to start from.
-    MissingSnapshot { generation: u64 },
+    MissingSnapshot {
+        generation: u64,
+    },
     /// Segments are missing between two txids.
-    Gap { generation: u64, after_txid: u64, next_txid: u64 },
-    TxidNotFound { txid: u64, oldest: u64, newest: u64 },
-    TimeBeforeOldest { time_ms: u64, oldest_ms: u64 },
+    Gap {
+        generation: u64,
+        after_txid: u64,
+        next_txid: u64,
+    },
+    TxidNotFound {
+        txid: u64,
+        oldest: u64,
+        newest: u64,
+    },
+    TimeBeforeOldest {
+        time_ms: u64,
+        oldest_ms: u64,
+    },
 }
 
 impl fmt::Display for PlanError {
@@ -100,7 +113,9 @@ impl Generation<'_> {
         let mut newest = txid;
         for s in &self.segments {
             if let ObjectKind::Segment {
-                first_txid, last_txid, ..
+                first_txid,
+                last_txid,
+                ..
             } = s.kind
             {
                 if first_txid <= newest + 1 && last_txid > newest {
@@ -139,7 +154,12 @@ pub fn generations(objects: &[BackupObject]) -> BTreeMap<u64, Generation<'_>> {
 pub fn plan_restore(objects: &[BackupObject], target: Target) -> Result<RestorePlan, PlanError> {
     let gens = generations(objects);
     let (&oldest_gen, _) = gens.iter().next().ok_or(PlanError::NoBackup)?;
-    let newest_overall = || gens.values().rev().find_map(|g| g.newest_txid()).unwrap_or(oldest_gen);
+    let newest_overall = || {
+        gens.values()
+            .rev()
+            .find_map(|g| g.newest_txid())
+            .unwrap_or(oldest_gen)
+    };
 
     let (generation, gen) = match target {
         Target::Latest => gens.iter().next_back(),
@@ -152,7 +172,10 @@ pub fn plan_restore(objects: &[BackupObject], target: Target) -> Result<RestoreP
     .ok_or_else(|| match target {
         Target::Time(t) => PlanError::TimeBeforeOldest {
             time_ms: t,
-            oldest_ms: gens.values().find_map(|g| g.first_snapshot_time()).unwrap_or(0),
+            oldest_ms: gens
+                .values()
+                .find_map(|g| g.first_snapshot_time())
+                .unwrap_or(0),
         },
         Target::Txid(n) => PlanError::TxidNotFound {
             txid: n,
@@ -174,11 +197,16 @@ pub fn plan_restore(objects: &[BackupObject], target: Target) -> Result<RestoreP
         .iter()
         .rev()
         .find(|s| match s.kind {
-            ObjectKind::Snapshot { txid, time_ms } => txid <= max_txid && max_time_ms.is_none_or(|t| time_ms <= t),
+            ObjectKind::Snapshot { txid, time_ms } => {
+                txid <= max_txid && max_time_ms.is_none_or(|t| time_ms <= t)
+            }
             _ => false,
         })
         .ok_or(PlanError::MissingSnapshot { generation })?;
-    let ObjectKind::Snapshot { txid: snap_txid, .. } = snapshot.kind else {
+    let ObjectKind::Snapshot {
+        txid: snap_txid, ..
+    } = snapshot.kind
+    else {
         unreachable!("snapshots holds snapshots")
     };
 
@@ -297,14 +325,20 @@ mod tests {
                 newest: 12
             })
         );
-        assert!(matches!(plan_restore(&objs, Target::Txid(0)), Err(PlanError::TxidNotFound { .. })));
+        assert!(matches!(
+            plan_restore(&objs, Target::Txid(0)),
+            Err(PlanError::TxidNotFound { .. })
+        ));
     }
 
     #[test]
     fn time_picks_commits_read_at_or_before() {
         let objs = listing(&sample());
         let p = plan_restore(&objs, Target::Time(102)).unwrap();
-        assert_eq!((p.generation, seg_firsts(&p), p.max_time_ms), (1, vec![2], Some(102)));
+        assert_eq!(
+            (p.generation, seg_firsts(&p), p.max_time_ms),
+            (1, vec![2], Some(102))
+        );
         // Between the generations: the whole of gen 1.
         let p = plan_restore(&objs, Target::Time(150)).unwrap();
         assert_eq!((p.generation, seg_firsts(&p)), (1, vec![2, 5]));
@@ -342,10 +376,16 @@ mod tests {
         let mut keys = sample();
         keys.push(snapshot_key("db", 7, 9, 202));
         let p = plan_restore(&listing(&keys), Target::Latest).unwrap();
-        assert!(matches!(p.snapshot.kind, ObjectKind::Snapshot { txid: 9, .. }));
+        assert!(matches!(
+            p.snapshot.kind,
+            ObjectKind::Snapshot { txid: 9, .. }
+        ));
         assert_eq!(seg_firsts(&p), vec![10]);
         let p = plan_restore(&listing(&keys), Target::Txid(8)).unwrap();
-        assert!(matches!(p.snapshot.kind, ObjectKind::Snapshot { txid: 7, .. }));
+        assert!(matches!(
+            p.snapshot.kind,
+            ObjectKind::Snapshot { txid: 7, .. }
+        ));
     }
 
     #[test]
@@ -364,7 +404,9 @@ mod tests {
     fn random_chains_plan_contiguously() {
         let mut seed = 7u64;
         let mut next = |m: u64| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (seed >> 33) % m
         };
         for _ in 0..300 {
@@ -390,10 +432,19 @@ mod tests {
             let newest = txid - 1;
             for n in 1..=newest {
                 let p = plan_restore(&objs, Target::Txid(n)).unwrap();
-                let ObjectKind::Snapshot { txid: s, .. } = p.snapshot.kind else { panic!() };
+                let ObjectKind::Snapshot { txid: s, .. } = p.snapshot.kind else {
+                    panic!()
+                };
                 let mut reached = s;
                 for seg in &p.segments {
-                    let ObjectKind::Segment { first_txid, last_txid, .. } = seg.kind else { panic!() };
+                    let ObjectKind::Segment {
+                        first_txid,
+                        last_txid,
+                        ..
+                    } = seg.kind
+                    else {
+                        panic!()
+                    };
                     assert!(first_txid <= reached + 1);
                     reached = last_txid;
                 }

@@ -57,7 +57,12 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
         format!("invalid timestamp {s:?}: expected RFC 3339, e.g. 2026-11-25T20:43:16Z or 2026-11-25T21:43:16.5+01:00")
     };
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':'
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
     {
         return Err(bad());
     }
@@ -69,10 +74,36 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
             Err(bad())
         }
     };
-    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d, h, mi, se) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let mdays = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    if !(1..=12).contains(&mo) || d == 0 || d > mdays[mo as usize - 1] || h > 23 || mi > 59 || se > 60 {
+    let mdays = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&mo)
+        || d == 0
+        || d > mdays[mo as usize - 1]
+        || h > 23
+        || mi > 59
+        || se > 60
+    {
         return Err(bad());
     }
     let mut i = 19;
@@ -123,10 +154,26 @@ mod tests {
 
     #[test]
     fn rfc3339_round_trip() {
-        for ms in [0u64, 1, 999, 86_400_000, 1_764_103_396_123, 4_102_444_800_000, 951_782_400_000] {
-            assert_eq!(parse_rfc3339(&format_rfc3339(ms)).unwrap(), ms, "{}", format_rfc3339(ms));
+        for ms in [
+            0u64,
+            1,
+            999,
+            86_400_000,
+            1_764_103_396_123,
+            4_102_444_800_000,
+            951_782_400_000,
+        ] {
+            assert_eq!(
+                parse_rfc3339(&format_rfc3339(ms)).unwrap(),
+                ms,
+                "{}",
+                format_rfc3339(ms)
+            );
         }
-        assert_eq!(format_rfc3339(1_764_103_396_123), "2025-11-25T20:43:16.123Z");
+        assert_eq!(
+            format_rfc3339(1_764_103_396_123),
+            "2025-11-25T20:43:16.123Z"
+        );
     }
 
     #[test]
@@ -135,7 +182,10 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-11-25T21:43:16+01:00").unwrap(), base);
         assert_eq!(parse_rfc3339("2026-11-25T19:43:16-01:00").unwrap(), base);
         assert_eq!(parse_rfc3339("2026-11-25T20:43:16.5Z").unwrap(), base + 500);
-        assert_eq!(parse_rfc3339("2026-11-25T20:43:16.123456789Z").unwrap(), base + 123);
+        assert_eq!(
+            parse_rfc3339("2026-11-25T20:43:16.123456789Z").unwrap(),
+            base + 123
+        );
     }
 
     #[test]

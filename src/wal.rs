@@ -66,7 +66,10 @@ pub fn valid_page_size(n: u32) -> bool {
 
 /// SQLite's WAL checksum over `data` (a multiple of 8 bytes), continuing `seed`.
 pub fn checksum(big_endian: bool, data: &[u8], seed: Checksum) -> Checksum {
-    debug_assert!(data.len() % 8 == 0, "WAL checksums cover whole 8-byte words");
+    debug_assert!(
+        data.len() % 8 == 0,
+        "WAL checksums cover whole 8-byte words"
+    );
     let (mut s0, mut s1) = (seed.0, seed.1);
     for pair in data.chunks_exact(8) {
         let (a, b) = if big_endian {
@@ -191,6 +194,8 @@ impl WalPos {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnSpan {
     pub start: u64,
+    /// The chain value before the transaction's first frame.
+    pub start_checksum: Checksum,
     /// Position after the commit frame (where the next transaction starts).
     pub end: WalPos,
     pub frame_count: u32,
@@ -207,6 +212,7 @@ pub fn scan(header: &WalHeader, from: WalPos, bytes: &[u8]) -> Vec<TxnSpan> {
     let mut txns = Vec::new();
     let mut chain = from.checksum;
     let mut txn_start = from.offset;
+    let mut txn_start_checksum = from.checksum;
     let mut frames_in_txn = 0u32;
     let mut at = 0usize;
     while at + frame_size <= bytes.len() {
@@ -225,11 +231,13 @@ pub fn scan(header: &WalHeader, from: WalPos, bytes: &[u8]) -> Vec<TxnSpan> {
             };
             txns.push(TxnSpan {
                 start: txn_start,
+                start_checksum: txn_start_checksum,
                 end,
                 frame_count: frames_in_txn,
                 db_pages: frame.commit_size,
             });
             txn_start = end.offset;
+            txn_start_checksum = chain;
             frames_in_txn = 0;
         }
     }
@@ -291,7 +299,10 @@ pub(crate) mod tests {
             let w = WalBuilder::new(be, 4096, 11, 22);
             let h = parse_header(&w.bytes).unwrap();
             assert_eq!(h.big_endian, be);
-            assert_eq!((h.page_size, h.salt1, h.salt2, h.checkpoint_seq), (4096, 11, 22, 7));
+            assert_eq!(
+                (h.page_size, h.salt1, h.salt2, h.checkpoint_seq),
+                (4096, 11, 22, 7)
+            );
         }
     }
 
@@ -310,7 +321,10 @@ pub(crate) mod tests {
     fn scan_cuts_at_commit_frames_and_ignores_open_transaction() {
         for be in [false, true] {
             let mut w = WalBuilder::new(be, 512, 5, 6);
-            w.frame(1, 0, 1).frame(2, 2, 2).frame(3, 3, 3).frame(1, 0, 4);
+            w.frame(1, 0, 1)
+                .frame(2, 2, 2)
+                .frame(3, 3, 3)
+                .frame(1, 0, 4);
             let h = w.header;
             let txns = scan(&h, h.start(), &w.bytes[HEADER_SIZE..]);
             assert_eq!(txns.len(), 2);

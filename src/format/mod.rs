@@ -27,7 +27,10 @@ pub enum FormatError {
     /// The object ended early.
     Truncated,
     /// The CRC32 trailer does not match the bytes.
-    ChecksumMismatch { stored: u32, computed: u32 },
+    ChecksumMismatch {
+        stored: u32,
+        computed: u32,
+    },
     /// Bytes after the end of the compressed body.
     TrailingData,
 }
@@ -225,7 +228,10 @@ impl<'a> Fields<'a> {
 }
 
 /// Reads exactly `buf.len()` bytes, or reports how the object ended early.
-pub(crate) fn read_exact_or_truncated(r: &mut impl Read, buf: &mut [u8]) -> Result<(), FormatError> {
+pub(crate) fn read_exact_or_truncated(
+    r: &mut impl Read,
+    buf: &mut [u8],
+) -> Result<(), FormatError> {
     r.read_exact(buf).map_err(FormatError::from)
 }
 
@@ -279,7 +285,10 @@ mod tests {
             let mut r = CrcReader::new(&b[..]);
             let mut out = Vec::new();
             r.read_to_end(&mut out).unwrap();
-            assert!(matches!(r.finish(true), Err(FormatError::ChecksumMismatch { .. })));
+            assert!(matches!(
+                r.finish(true),
+                Err(FormatError::ChecksumMismatch { .. })
+            ));
         }
         let mut r = CrcReader::new(&bytes[..2]);
         let mut out = Vec::new();

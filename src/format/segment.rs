@@ -90,7 +90,10 @@ impl SegmentHeader {
         if !valid_page_size(page_size) {
             return Err(FormatError::Invalid(format!("page size {page_size}")));
         }
-        if commit_count == 0 || last_txid < first_txid || last_txid - first_txid + 1 != u64::from(commit_count) {
+        if commit_count == 0
+            || last_txid < first_txid
+            || last_txid - first_txid + 1 != u64::from(commit_count)
+        {
             return Err(FormatError::Invalid(format!(
                 "txids {first_txid}..={last_txid} do not match {commit_count} commits"
             )));
@@ -136,7 +139,10 @@ impl<W: Write> SegmentEncoder<W> {
     }
 
     pub fn commit(&mut self, c: &CommitRecord) -> std::io::Result<()> {
-        assert_eq!(self.pages_left, 0, "invariant: every page of the previous commit was written");
+        assert_eq!(
+            self.pages_left, 0,
+            "invariant: every page of the previous commit was written"
+        );
         let mut b = Vec::with_capacity(24);
         put_u64(&mut b, c.txid);
         put_u64(&mut b, c.time_ms);
@@ -149,8 +155,15 @@ impl<W: Write> SegmentEncoder<W> {
     }
 
     pub fn page(&mut self, page_no: u32, data: &[u8]) -> std::io::Result<()> {
-        assert!(self.pages_left > 0, "invariant: pages are written inside a commit");
-        assert_eq!(data.len(), self.header.page_size as usize, "invariant: whole pages");
+        assert!(
+            self.pages_left > 0,
+            "invariant: pages are written inside a commit"
+        );
+        assert_eq!(
+            data.len(),
+            self.header.page_size as usize,
+            "invariant: whole pages"
+        );
         self.lz.write_all(&page_no.to_be_bytes())?;
         self.lz.write_all(data)?;
         self.pages_left -= 1;
@@ -216,13 +229,22 @@ impl<R: Read> SegmentDecoder<R> {
         };
         let expected = self.last_txid.map_or(self.header.first_txid, |t| t + 1);
         if c.txid != expected {
-            return Err(FormatError::Invalid(format!("commit txid {} where {expected} was expected", c.txid)));
+            return Err(FormatError::Invalid(format!(
+                "commit txid {} where {expected} was expected",
+                c.txid
+            )));
         }
         if c.time_ms < self.last_time || c.time_ms > self.header.last_time_ms {
-            return Err(FormatError::Invalid(format!("commit {} time out of order", c.txid)));
+            return Err(FormatError::Invalid(format!(
+                "commit {} time out of order",
+                c.txid
+            )));
         }
         if c.db_pages == 0 || c.page_count == 0 {
-            return Err(FormatError::Invalid(format!("commit {} has no pages", c.txid)));
+            return Err(FormatError::Invalid(format!(
+                "commit {} has no pages",
+                c.txid
+            )));
         }
         self.last_txid = Some(c.txid);
         self.last_time = c.time_ms;
@@ -234,7 +256,10 @@ impl<R: Read> SegmentDecoder<R> {
     /// Reads the next page of the current commit into `buf` (page_size
     /// bytes) and returns its page number.
     pub fn next_page(&mut self, buf: &mut [u8]) -> Result<u32, FormatError> {
-        assert!(self.pages_left > 0, "invariant: next_page only inside a commit");
+        assert!(
+            self.pages_left > 0,
+            "invariant: next_page only inside a commit"
+        );
         let mut n = [0u8; 4];
         super::read_exact_or_truncated(&mut self.lz, &mut n)?;
         let page_no = u32::from_be_bytes(n);
@@ -338,7 +363,10 @@ mod tests {
             assert!(decode_all(&b).is_err(), "flip at byte {i} not detected");
         }
         for cut in 0..bytes.len() {
-            assert!(decode_all(&bytes[..cut]).is_err(), "cut at {cut} not detected");
+            assert!(
+                decode_all(&bytes[..cut]).is_err(),
+                "cut at {cut} not detected"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);

@@ -95,8 +95,15 @@ impl<W: Write> SnapshotEncoder<W> {
     }
 
     pub fn page(&mut self, data: &[u8]) -> std::io::Result<()> {
-        assert_eq!(data.len(), self.header.page_size as usize, "invariant: whole pages");
-        assert!(self.pages_written < self.header.page_count, "invariant: page_count pages");
+        assert_eq!(
+            data.len(),
+            self.header.page_size as usize,
+            "invariant: whole pages"
+        );
+        assert!(
+            self.pages_written < self.header.page_count,
+            "invariant: page_count pages"
+        );
         self.lz.write_all(data)?;
         self.pages_written += 1;
         Ok(())
@@ -104,7 +111,10 @@ impl<W: Write> SnapshotEncoder<W> {
 
     /// Ends the object: returns the writer, the object's length and its CRC32.
     pub fn finish(self) -> std::io::Result<(W, u64, u32)> {
-        assert_eq!(self.pages_written, self.header.page_count, "invariant: page_count pages");
+        assert_eq!(
+            self.pages_written, self.header.page_count,
+            "invariant: page_count pages"
+        );
         let crc = self.lz.finish().map_err(std::io::Error::other)?;
         crc.finish()
     }

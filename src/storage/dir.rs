@@ -1,1 +1,248 @@
+//! Local-directory storage: each object is a file `<root>/<key>`.
+//!
+//! For users who back up to a mounted disk, and for the README's first
+//! command, which runs with no server. Writes are atomic (temp file, fsync,
+//! rename, fsync of the directory), so a crash never leaves a half object
+//! under a real key. Keys are checked so that none can name a path outside
+//! the root (DESIGN.md invariant 9).
 
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Body, ObjectMeta, ObjectReader, Storage, StorageError};
+
+const TEMP_SUFFIX: &str = ".walsync-tmp";
+
+pub struct DirStorage {
+    root: PathBuf,
+    counter: AtomicU64,
+}
+
+impl DirStorage {
+    /// Uses `root` (created if missing).
+    pub fn new(root: &Path) -> Result<DirStorage, StorageError> {
+        fs::create_dir_all(root).map_err(|source| StorageError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        Ok(DirStorage {
+            root: root.to_path_buf(),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
+        let invalid = |reason: &str| StorageError::InvalidKey {
+            key: key.to_string(),
+            reason: reason.to_string(),
+        };
+        if key.is_empty() || key.starts_with('/') {
+            return Err(invalid("keys are relative and not empty"));
+        }
+        let mut path = self.root.clone();
+        for part in key.split('/') {
+            if part.is_empty()
+                || part == "."
+                || part == ".."
+                || part.contains('\\')
+                || part.contains('\0')
+            {
+                return Err(invalid("a key's parts must be plain names"));
+            }
+            path.push(part);
+        }
+        if key.ends_with(TEMP_SUFFIX) {
+            return Err(invalid("reserved suffix"));
+        }
+        Ok(path)
+    }
+
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+        move |source| StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Storage for DirStorage {
+    fn put(&self, key: &str, body: Body<'_>, _crc32: u32) -> Result<(), StorageError> {
+        let path = self.path_of(key)?;
+        let parent = path
+            .parent()
+            .expect("invariant: object paths are below the root");
+        fs::create_dir_all(parent).map_err(Self::io(parent))?;
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_file_name(format!(
+            "{}.{}.{n}{TEMP_SUFFIX}",
+            path.file_name()
+                .and_then(|s| s.to_str())
+                .unwrap_or("object"),
+            std::process::id()
+        ));
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            let copied = io::copy(&mut body.open()?, &mut f)?;
+            if copied != body.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "body shorter than its length",
+                ));
+            }
+            f.flush()?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            sync_dir(parent)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(Self::io(&path))
+    }
+
+    fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
+        let path = self.path_of(key)?;
+        match File::open(&path) {
+            Ok(f) => Ok(Box::new(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound {
+                key: key.to_string(),
+            }),
+            Err(e) => Err(Self::io(&path)(e)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        // Walk only the directory the prefix points into.
+        let start_rel = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let start = if start_rel.is_empty() {
+            self.root.clone()
+        } else {
+            match self.path_of(start_rel) {
+                Ok(p) => p,
+                Err(_) => return Ok(Vec::new()),
+            }
+        };
+        let mut out = Vec::new();
+        let mut stack = vec![(start, start_rel.to_string())];
+        while let Some((dir, rel)) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Self::io(&dir)(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(Self::io(&dir))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                let key = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let ft = entry.file_type().map_err(Self::io(&entry.path()))?;
+                if ft.is_dir() {
+                    if prefix.starts_with(&format!("{key}/")) || key.starts_with(prefix) {
+                        stack.push((entry.path(), key));
+                    }
+                } else if ft.is_file() && key.starts_with(prefix) && !name.ends_with(TEMP_SUFFIX) {
+                    let size = entry.metadata().map_err(Self::io(&entry.path()))?.len();
+                    out.push(ObjectMeta { key, size });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
+        for key in keys {
+            let path = self.path_of(key)?;
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Self::io(&path)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn location(&self) -> String {
+        format!("dir {}", self.root.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_root(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("walsync-dir-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        p
+    }
+
+    #[test]
+    fn put_get_list_delete() {
+        let root = temp_root("basic");
+        let s = DirStorage::new(&root).unwrap();
+        s.put("a/b/one", Body::Bytes(b"1"), 0).unwrap();
+        s.put("a/b/two", Body::Bytes(b"22"), 0).unwrap();
+        s.put("a/bc/three", Body::Bytes(b"333"), 0).unwrap();
+        s.put("z", Body::Bytes(b""), 0).unwrap();
+        let keys: Vec<_> = s
+            .list("a/b/")
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![("a/b/one".to_string(), 1), ("a/b/two".to_string(), 2)]
+        );
+        assert_eq!(s.list("a/b").unwrap().len(), 3);
+        assert_eq!(s.list("").unwrap().len(), 4);
+        let mut out = String::new();
+        io::Read::read_to_string(&mut s.get("a/b/two").unwrap(), &mut out).unwrap();
+        assert_eq!(out, "22");
+        s.delete(&["a/b/two".into(), "missing".into()]).unwrap();
+        assert!(matches!(
+            s.get("a/b/two"),
+            Err(StorageError::NotFound { .. })
+        ));
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn keys_cannot_escape_the_root() {
+        let root = temp_root("escape");
+        let s = DirStorage::new(&root).unwrap();
+        for k in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            "",
+            "a/./b",
+            "x.walsync-tmp",
+        ] {
+            assert!(
+                matches!(
+                    s.put(k, Body::Bytes(b"x"), 0),
+                    Err(StorageError::InvalidKey { .. })
+                ),
+                "{k:?}"
+            );
+        }
+        fs::remove_dir_all(root).unwrap();
+    }
+}

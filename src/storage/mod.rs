@@ -28,7 +28,10 @@ pub struct ObjectMeta {
 pub enum Body<'a> {
     Bytes(&'a [u8]),
     /// A local file whose first `len` bytes are the object (e.g. a spooled snapshot).
-    File { path: &'a Path, len: u64 },
+    File {
+        path: &'a Path,
+        len: u64,
+    },
 }
 
 impl Body<'_> {
@@ -102,7 +105,10 @@ pub enum StorageError {
     /// The server could not be reached or the connection broke (after retries).
     Transport { location: String, detail: String },
     /// A local file or directory could not be read or written.
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The storage answered something that is not what the protocol says.
     BadResponse { location: String, detail: String },
     /// A key that this storage cannot hold (empty, absolute, `..`, …).

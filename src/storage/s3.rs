@@ -1,7 +1,54 @@
 //! S3-compatible storage: rusty-s3 signs, one shared ureq agent sends.
-//! (Implementation in progress.)
+//!
+//! This module owns everything between the `Storage` trait and the wire for S3:
+//! building and presigning each request (rusty-s3, signed right before it is
+//! sent), the one pooled `ureq::Agent` with its timeouts and TLS roots
+//! (`AWS_CA_BUNDLE` / `SSL_CERT_FILE`), the single retry loop with jittered
+//! exponential backoff that every call goes through, and the mapping of S3
+//! answers (status and XML error code) to `StorageError`.
+//!
+//! It upholds DESIGN.md invariant 4 on the way up: every `put` sends the
+//! object's CRC32 as a signed `x-amz-checksum-crc32` header, so the server
+//! refuses bytes that changed on the way. It must never log or return a
+//! secret or a full signed URL: messages name the bucket, the endpoint and the
+//! object key only.
 
+use std::cell::Cell;
+use std::ffi::OsString;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusty_s3::actions::{ListObjectsV2, ListObjectsV2Response};
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use ureq::http::Response;
+use ureq::tls::{PemItem, RootCerts, TlsConfig};
+use ureq::{Agent, SendBody};
+
+use super::{Body, ObjectMeta, ObjectReader, Storage, StorageError};
+
+/// How long a presigned URL stays valid. Each request is signed right before
+/// it is sent, so this only has to cover clock skew and a slow start.
+const SIGN_EXPIRY: Duration = Duration::from_secs(5 * 60);
+/// Establishing a TCP (and TLS) connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// From the end of the request body to the response headers.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Any single read or write on the socket (so a stalled transfer fails, while
+/// a long but progressing one does not).
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much of an error body is kept to classify it.
+const ERROR_BODY_LIMIT: u64 = 64 * 1024;
+/// How much of a body we read only to reuse the connection; past this, the
+/// connection is dropped instead.
+const DRAIN_LIMIT: u64 = 1024 * 1024;
+/// Largest ListObjectsV2 page we accept (1000 keys are far below this).
+const LIST_PAGE_LIMIT: u64 = 32 * 1024 * 1024;
+/// The signed checksum header of every PutObject.
+const CHECKSUM_HEADER: &str = "x-amz-checksum-crc32";
 
 /// Everything needed to talk to one bucket. Built by `crate::config` from the
 /// config file, CLI flags and the `AWS_*` environment.
@@ -30,7 +77,1125 @@ impl fmt::Debug for S3Settings {
             .field("path_style", &self.path_style)
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
-            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
+    }
+}
+
+/// How often and how patiently a failed request is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries in total, the first one included (0 counts as 1).
+    pub max_attempts: u32,
+    /// The delay before the first retry, doubled for each further one.
+    pub base_delay: Duration,
+    /// No delay is longer than this.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `retry` (1 for the first retry), given a
+    /// random `unit` in `[0, 1)`: "equal jitter", i.e. between half and all of
+    /// `min(max_delay, base_delay * 2^(retry-1))`.
+    pub fn backoff(&self, retry: u32, unit: f64) -> Duration {
+        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
+        let cap = self.base_delay.saturating_mul(factor).min(self.max_delay);
+        let half = cap / 2;
+        half + (cap - half).mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+/// A tiny xorshift generator for backoff jitter (no `rand` dependency).
+struct Jitter(Cell<u64>);
+
+impl Jitter {
+    /// Seeded from the clock, a per-process random hasher (which differs per
+    /// process) and a counter, so that threads retrying together spread out.
+    fn seeded() -> Jitter {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let hashed = RandomState::new().hash_one((nanos, count, std::thread::current().id()));
+        Jitter::from_seed(hashed)
+    }
+
+    fn from_seed(seed: u64) -> Jitter {
+        // xorshift must never hold 0.
+        Jitter(Cell::new(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        }))
+    }
+
+    /// A value in `[0, 1)`.
+    fn next_unit(&self) -> f64 {
+        let mut x = self.0.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The value of `x-amz-checksum-crc32`: base64 of the big-endian CRC32.
+pub fn checksum_header_value(crc32: u32) -> String {
+    base64_encode(&crc32.to_be_bytes())
+}
+
+/// Standard base64 with padding (RFC 4648), enough for checksum headers.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// One failed attempt: the error to report and whether trying again may help.
+#[derive(Debug)]
+struct Failure {
+    error: StorageError,
+    retryable: bool,
+}
+
+impl Failure {
+    fn fatal(error: StorageError) -> Failure {
+        Failure {
+            error,
+            retryable: false,
+        }
+    }
+
+    fn retryable(error: StorageError) -> Failure {
+        Failure {
+            error,
+            retryable: true,
+        }
+    }
+}
+
+/// S3 error codes that mean our credentials or signature were refused.
+const AUTH_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccountProblem",
+    "AllAccessDisabled",
+    "ExpiredToken",
+    "InvalidAccessKeyId",
+    "InvalidSecurity",
+    "InvalidToken",
+    "MissingSecurityHeader",
+    "NotSignedUp",
+    "RequestTimeTooSkewed",
+    "SignatureDoesNotMatch",
+    "TokenRefreshRequired",
+    "AuthorizationQueryParametersError",
+];
+
+/// S3 error codes worth retrying whatever their status.
+const RETRY_CODES: &[&str] = &[
+    "InternalError",
+    "OperationAborted",
+    "RequestTimeout",
+    "ServiceUnavailable",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+];
+
+/// S3 error codes saying the bytes did not match their declared checksum.
+const CHECKSUM_CODES: &[&str] = &[
+    "BadDigest",
+    "InvalidDigest",
+    "XAmzContentChecksumMismatch",
+    "InvalidChecksum",
+];
+
+/// S3 error codes saying the bucket is in another region or behind another
+/// endpoint.
+const REGION_CODES: &[&str] = &[
+    "PermanentRedirect",
+    "AuthorizationHeaderMalformed",
+    "IllegalLocationConstraintException",
+    "TemporaryRedirect",
+];
+
+/// The text of the first `<tag>…</tag>` in `xml`, with the five predefined
+/// entities decoded. Enough for S3 error documents (`<Code>`, `<Message>`).
+fn xml_text(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml[start..].find(&close)?;
+    let raw = xml[start..start + len].trim();
+    Some(
+        raw.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// A short single-line excerpt of a body that is not an S3 error document.
+fn excerpt(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if cleaned.chars().count() > 80 {
+        let cut: String = cleaned.chars().take(80).collect();
+        format!("{cut}…")
+    } else {
+        cleaned
+    }
+}
+
+/// Turns an unsuccessful answer (`status` and up to `ERROR_BODY_LIMIT` of its
+/// body) into the error to report and whether to retry. `key` is the object
+/// key (or the listed prefix) the request was about.
+fn classify_status(status: u16, body: &[u8], location: &str, key: &str) -> Failure {
+    let text = String::from_utf8_lossy(body);
+    let is_s3_error = text.contains("<Error>");
+    let code = if is_s3_error {
+        xml_text(&text, "Code")
+    } else {
+        None
+    };
+    let location = location.to_owned();
+
+    let Some(code) = code else {
+        let server = |detail: String| StorageError::Server {
+            location: location.clone(),
+            key: key.to_owned(),
+            status,
+            detail,
+        };
+        return match status {
+            401 | 403 => Failure::fatal(StorageError::Auth {
+                location,
+                detail: format!("status {status} without an S3 error code"),
+            }),
+            404 if text.trim().is_empty() => Failure::fatal(StorageError::NotFound {
+                key: key.to_owned(),
+            }),
+            429 | 500..=599 => Failure::retryable(server(if text.trim().is_empty() {
+                "no error details".to_owned()
+            } else {
+                format!("not an S3 error body: {}", excerpt(&text))
+            })),
+            _ => Failure::fatal(StorageError::BadResponse {
+                location,
+                detail: format!(
+                    "status {status} for {key:?} with a body that is not an S3 error: {:?}",
+                    excerpt(&text)
+                ),
+            }),
+        };
+    };
+
+    let message = xml_text(&text, "Message").unwrap_or_default();
+    let detail = if message.is_empty() {
+        code.clone()
+    } else {
+        format!("{code}: {message}")
+    };
+    let server = |detail: String| StorageError::Server {
+        location: location.clone(),
+        key: key.to_owned(),
+        status,
+        detail,
+    };
+    let code = code.as_str();
+    if AUTH_CODES.contains(&code) {
+        let detail = if code == "RequestTimeTooSkewed" {
+            format!("{detail}; check this machine's clock")
+        } else {
+            detail
+        };
+        Failure::fatal(StorageError::Auth { location, detail })
+    } else if code == "NoSuchBucket" {
+        Failure::fatal(StorageError::NoSuchBucket { location })
+    } else if code == "NoSuchKey" {
+        Failure::fatal(StorageError::NotFound {
+            key: key.to_owned(),
+        })
+    } else if RETRY_CODES.contains(&code) || status == 429 || status >= 500 {
+        Failure::retryable(server(detail))
+    } else if CHECKSUM_CODES.contains(&code) {
+        Failure::fatal(server(format!(
+            "{detail}; the bytes sent do not match their CRC32 ({CHECKSUM_HEADER}): the local data changed while uploading or is corrupt"
+        )))
+    } else if REGION_CODES.contains(&code) {
+        let endpoint = xml_text(&text, "Endpoint")
+            .map(|e| format!(" (the server suggests endpoint {e})"))
+            .unwrap_or_default();
+        Failure::fatal(server(format!(
+            "{detail}; check the region and the endpoint{endpoint}"
+        )))
+    } else if status == 401 || status == 403 {
+        Failure::fatal(StorageError::Auth { location, detail })
+    } else {
+        Failure::fatal(server(detail))
+    }
+}
+
+/// Turns a transport error (no HTTP answer) into the error to report and
+/// whether to retry. Never includes the URL.
+fn classify_transport(err: ureq::Error, location: &str) -> Failure {
+    let transport = |detail: String| StorageError::Transport {
+        location: location.to_owned(),
+        detail,
+    };
+    match err {
+        ureq::Error::Timeout(t) => Failure::retryable(transport(format!("timed out ({t})"))),
+        ureq::Error::Io(e) => Failure::retryable(transport(e.to_string())),
+        ureq::Error::ConnectionFailed => {
+            Failure::retryable(transport("connection failed".to_owned()))
+        }
+        ureq::Error::HostNotFound => Failure::retryable(transport("host not found".to_owned())),
+        ureq::Error::Protocol(e) => Failure::fatal(StorageError::BadResponse {
+            location: location.to_owned(),
+            detail: format!("not a valid HTTP answer: {e}"),
+        }),
+        ureq::Error::BadUri(_) | ureq::Error::Http(_) => Failure::fatal(transport(
+            "the endpoint does not give a valid request URL".to_owned(),
+        )),
+        e @ (ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_)) => {
+            Failure::fatal(transport(format!(
+                "TLS: {e}; if the server uses a private CA, point AWS_CA_BUNDLE at its PEM bundle"
+            )))
+        }
+        e => Failure::fatal(transport(e.to_string())),
+    }
+}
+
+/// Rejects keys that would not name one object under the bucket's URL
+/// (rusty-s3 resolves `.` and `..` segments like a path, and an empty key is
+/// the bucket itself).
+fn check_key(key: &str) -> Result<(), StorageError> {
+    let invalid = |reason: &str| {
+        Err(StorageError::InvalidKey {
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+        })
+    };
+    if key.is_empty() {
+        return invalid("it is empty");
+    }
+    if key.starts_with('/') {
+        return invalid("it starts with '/'");
+    }
+    if key.split('/').any(|s| s == "." || s == "..") {
+        return invalid("it has a '.' or '..' segment");
+    }
+    if key.split('/').any(str::is_empty) {
+        return invalid("it has an empty segment ('//' or a trailing '/')");
+    }
+    if key.chars().any(char::is_control) {
+        return invalid("it contains a control character");
+    }
+    Ok(())
+}
+
+/// The TLS roots: a PEM bundle named by `AWS_CA_BUNDLE` (first) or
+/// `SSL_CERT_FILE`, else the bundled webpki roots. `var` reads the environment.
+fn root_certs_from_env(var: impl Fn(&str) -> Option<OsString>) -> Result<RootCerts, StorageError> {
+    for name in ["AWS_CA_BUNDLE", "SSL_CERT_FILE"] {
+        if let Some(path) = var(name).filter(|p| !p.is_empty()) {
+            return load_ca_bundle(name, Path::new(&path));
+        }
+    }
+    Ok(RootCerts::WebPki)
+}
+
+fn load_ca_bundle(var_name: &str, path: &Path) -> Result<RootCerts, StorageError> {
+    let fail = |kind: io::ErrorKind, what: String| StorageError::Io {
+        path: path.to_owned(),
+        source: io::Error::new(kind, format!("{var_name} names this CA bundle, but {what}")),
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(e.kind(), format!("it cannot be read: {e}")))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(PemItem::Certificate(cert)) => certs.push(cert),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(fail(
+                    io::ErrorKind::InvalidData,
+                    format!("it is not a valid PEM file: {e}"),
+                ))
+            }
+        }
+    }
+    if certs.is_empty() {
+        return Err(fail(
+            io::ErrorKind::InvalidData,
+            "it holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned(),
+        ));
+    }
+    Ok(RootCerts::from(certs))
+}
+
+/// Reads up to `limit` bytes of a body, ignoring read errors (the caller only
+/// wants a description), then drains the rest so the connection can be reused.
+fn read_error_body(response: Response<ureq::Body>) -> Vec<u8> {
+    let mut reader = response.into_body().into_reader();
+    let mut bytes = Vec::new();
+    let _ = (&mut reader).take(ERROR_BODY_LIMIT).read_to_end(&mut bytes);
+    let _ = io::copy(&mut reader.take(DRAIN_LIMIT), &mut io::sink());
+    bytes
+}
+
+/// Reads and discards a (small) body so the connection goes back to the pool.
+fn drain(response: Response<ureq::Body>) {
+    let _ = io::copy(
+        &mut response.into_body().into_reader().take(DRAIN_LIMIT),
+        &mut io::sink(),
+    );
+}
+
+fn header<'r>(response: &'r Response<ureq::Body>, name: &str) -> Option<&'r str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// An S3 bucket reached through one pooled HTTP agent.
+pub struct S3Storage {
+    bucket: Bucket,
+    credentials: Credentials,
+    agent: Agent,
+    retry: RetryPolicy,
+    location: String,
+}
+
+impl fmt::Debug for S3Storage {
+    // Hand-written: `Credentials` must not be printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Storage")
+            .field("location", &self.location)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Storage {
+    /// Checks the settings, loads the TLS roots and builds the agent. Sends
+    /// nothing.
+    pub fn new(settings: S3Settings) -> Result<S3Storage, StorageError> {
+        let S3Settings {
+            bucket,
+            endpoint,
+            region,
+            path_style,
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } = settings;
+
+        let endpoint_text =
+            endpoint.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let config_error = |detail: String| StorageError::Transport {
+            location: format!("s3://{bucket}"),
+            detail,
+        };
+        let endpoint_url = endpoint_text.parse().map_err(|e| {
+            config_error(format!("the endpoint {endpoint_text:?} is not a URL: {e}"))
+        })?;
+        let style = if path_style {
+            UrlStyle::Path
+        } else {
+            UrlStyle::VirtualHost
+        };
+        let bucket = Bucket::new(endpoint_url, style, bucket.clone(), region).map_err(|e| {
+            let hint = match e {
+                rusty_s3::BucketError::UnsupportedScheme => "the endpoint must start with http:// or https://",
+                rusty_s3::BucketError::MissingHost => "the endpoint has no host",
+                rusty_s3::BucketError::ParseError(_) if !path_style => {
+                    "virtual-host style needs a bucket name that is a valid DNS label and an endpoint \
+                     that is a host name, not an IP address; use path-style URLs instead"
+                }
+                rusty_s3::BucketError::ParseError(_) => "the bucket name does not fit in a URL",
+            };
+            config_error(format!("invalid endpoint {endpoint_text:?} or bucket: {hint}"))
+        })?;
+        let location = location_of(&bucket, path_style);
+
+        let credentials = match session_token {
+            Some(token) => Credentials::new_with_token(access_key_id, secret_access_key, token),
+            None => Credentials::new(access_key_id, secret_access_key),
+        };
+
+        let root_certs = root_certs_from_env(|name| std::env::var_os(name))?;
+        let agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_recv_response(Some(RESPONSE_TIMEOUT))
+            .timeout_per_read(Some(IO_TIMEOUT))
+            .timeout_per_write(Some(IO_TIMEOUT))
+            .max_idle_connections(32)
+            .max_idle_connections_per_host(16)
+            .user_agent(concat!("walsync/", env!("CARGO_PKG_VERSION")))
+            .tls_config(TlsConfig::builder().root_certs(root_certs).build())
+            .build()
+            .new_agent();
+
+        Ok(S3Storage {
+            bucket,
+            credentials,
+            agent,
+            retry: RetryPolicy::default(),
+            location,
+        })
+    }
+
+    /// Replaces the retry policy (tests use a fast one).
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The one retry loop of every S3 call: runs `attempt` until it succeeds,
+    /// fails for good, or `max_attempts` are used, sleeping a jittered
+    /// exponential backoff between tries. `what` and `key` are for log lines.
+    fn retry<T>(
+        &self,
+        what: &str,
+        key: &str,
+        mut attempt: impl FnMut() -> Result<T, Failure>,
+    ) -> Result<T, StorageError> {
+        let max_attempts = self.retry.max_attempts.max(1);
+        let jitter = Jitter::seeded();
+        let mut tries = 1;
+        loop {
+            match attempt() {
+                Ok(value) => return Ok(value),
+                Err(failure) if failure.retryable && tries < max_attempts => {
+                    let delay = self.retry.backoff(tries, jitter.next_unit());
+                    log::warn!(
+                        "{what} {key:?}: attempt {tries}/{max_attempts} failed: {}; retrying in {delay:?}",
+                        failure.error
+                    );
+                    std::thread::sleep(delay);
+                    tries += 1;
+                }
+                Err(failure) => {
+                    let mut error = failure.error;
+                    if failure.retryable && tries > 1 {
+                        note_attempts(&mut error, tries);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    fn transport(&self, err: ureq::Error) -> Failure {
+        classify_transport(err, &self.location)
+    }
+
+    fn rejected(&self, response: Response<ureq::Body>, key: &str) -> Failure {
+        let status = response.status().as_u16();
+        let body = read_error_body(response);
+        classify_status(status, &body, &self.location, key)
+    }
+
+    fn bad_response(&self, detail: String) -> Failure {
+        Failure::fatal(StorageError::BadResponse {
+            location: self.location.clone(),
+            detail,
+        })
+    }
+
+    /// The presigned PutObject URL, with the checksum header among the signed
+    /// headers (the request must then carry it with the same value).
+    fn put_url(&self, key: &str, checksum: &str) -> String {
+        let mut action = self.bucket.put_object(Some(&self.credentials), key);
+        action.headers_mut().insert(CHECKSUM_HEADER, checksum);
+        action.sign(SIGN_EXPIRY).into()
+    }
+
+    fn put_once(&self, key: &str, body: Body<'_>, checksum: &str) -> Result<(), Failure> {
+        let io_error = |source: io::Error| {
+            Failure::fatal(match body {
+                Body::File { path, .. } => StorageError::Io {
+                    path: path.to_owned(),
+                    source,
+                },
+                Body::Bytes(_) => StorageError::Transport {
+                    location: self.location.clone(),
+                    detail: source.to_string(),
+                },
+            })
+        };
+        if let Body::File { path, len } = body {
+            let on_disk = std::fs::metadata(path).map_err(io_error)?.len();
+            if on_disk < len {
+                return Err(io_error(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the file has {on_disk} bytes, fewer than the {len} to upload as {key:?}"
+                    ),
+                )));
+            }
+        }
+        let mut reader = body.open().map_err(io_error)?;
+
+        let url = self.put_url(key, checksum);
+        log::debug!("{}: PUT {key:?} ({} bytes)", self.location, body.len());
+        let response = self
+            .agent
+            .put(&url)
+            .header("content-length", body.len().to_string())
+            .header(CHECKSUM_HEADER, checksum)
+            .send(SendBody::from_reader(&mut reader))
+            .map_err(|e| self.transport(e))?;
+
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        let etag = header(&response, "etag").is_some();
+        let echoed = header(&response, CHECKSUM_HEADER).map(str::to_owned);
+        drain(response);
+        if !etag {
+            return Err(self.bad_response(format!(
+                "PutObject of {key:?} answered success without an ETag header"
+            )));
+        }
+        if let Some(echoed) = echoed.filter(|e| e != checksum) {
+            return Err(self.bad_response(format!(
+                "PutObject of {key:?} stored CRC32 {echoed}, but we sent {checksum}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn get_once(&self, key: &str) -> Result<ObjectReader, Failure> {
+        let url = self
+            .bucket
+            .get_object(Some(&self.credentials), key)
+            .sign(SIGN_EXPIRY);
+        log::debug!("{}: GET {key:?}", self.location);
+        let response = self
+            .agent
+            .get(url.as_str())
+            .call()
+            .map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        if header(&response, "etag").is_none() {
+            drain(response);
+            return Err(self.bad_response(format!(
+                "GetObject of {key:?} answered success without an ETag header"
+            )));
+        }
+        Ok(Box::new(response.into_body().into_reader()))
+    }
+
+    fn delete_once(&self, key: &str) -> Result<(), Failure> {
+        let url = self
+            .bucket
+            .delete_object(Some(&self.credentials), key)
+            .sign(SIGN_EXPIRY);
+        log::debug!("{}: DELETE {key:?}", self.location);
+        let response = self
+            .agent
+            .delete(url.as_str())
+            .call()
+            .map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        drain(response);
+        Ok(())
+    }
+
+    fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+    ) -> Result<ListObjectsV2Response, Failure> {
+        let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+        // rusty-s3 asks for `encoding-type=url` and decodes the keys when the
+        // answer says so; s3s-fs echoes the parameter without encoding, which
+        // turns `+` into a space. Raw (XML-escaped) keys are right everywhere
+        // for keys without control characters, which `check_key` refuses.
+        action.query_mut().remove("encoding-type");
+        if !prefix.is_empty() {
+            action.with_prefix(prefix);
+        }
+        if let Some(token) = token {
+            action.with_continuation_token(token);
+        }
+        let url = action.sign(SIGN_EXPIRY);
+        log::debug!("{}: LIST {prefix:?}", self.location);
+        let response = self
+            .agent
+            .get(url.as_str())
+            .call()
+            .map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(self.rejected(response, prefix));
+        }
+        let mut bytes = Vec::new();
+        response
+            .into_body()
+            .into_reader()
+            .take(LIST_PAGE_LIMIT + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                Failure::retryable(StorageError::Transport {
+                    location: self.location.clone(),
+                    detail: format!("reading the listing of {prefix:?}: {e}"),
+                })
+            })?;
+        if bytes.len() as u64 > LIST_PAGE_LIMIT {
+            return Err(self.bad_response(format!(
+                "a listing page of {prefix:?} is larger than {LIST_PAGE_LIMIT} bytes"
+            )));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| self.bad_response(format!("the listing of {prefix:?} is not UTF-8")))?;
+        ListObjectsV2::parse_response(&text).map_err(|e| {
+            self.bad_response(format!(
+                "the listing of {prefix:?} is not a ListObjectsV2 result ({e}): {:?}",
+                excerpt(&text)
+            ))
+        })
+    }
+}
+
+/// Adds "after N attempts" to the detail of an error that was retried.
+fn note_attempts(error: &mut StorageError, tries: u32) {
+    match error {
+        StorageError::Transport { detail, .. }
+        | StorageError::Server { detail, .. }
+        | StorageError::BadResponse { detail, .. } => {
+            detail.push_str(&format!(", after {tries} attempts"))
+        }
+        _ => {}
+    }
+}
+
+impl Storage for S3Storage {
+    fn put(&self, key: &str, body: Body<'_>, crc32: u32) -> Result<(), StorageError> {
+        check_key(key)?;
+        let checksum = checksum_header_value(crc32);
+        self.retry("put", key, || self.put_once(key, body, &checksum))
+    }
+
+    fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
+        check_key(key)?;
+        self.retry("get", key, || self.get_once(key))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut objects = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.retry("list", prefix, || self.list_page(prefix, token.as_deref()))?;
+            for object in page.contents {
+                let Some(size) = object.size else {
+                    return Err(StorageError::BadResponse {
+                        location: self.location.clone(),
+                        detail: format!(
+                            "the listing of {prefix:?} gives no size for {:?}",
+                            object.key
+                        ),
+                    });
+                };
+                objects.push(ObjectMeta {
+                    key: object.key,
+                    size,
+                });
+            }
+            match page.next_continuation_token {
+                Some(next) if token.as_deref() == Some(next.as_str()) => {
+                    return Err(StorageError::BadResponse {
+                        location: self.location.clone(),
+                        detail: format!("the listing of {prefix:?} repeats its continuation token"),
+                    });
+                }
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        objects.dedup_by(|a, b| a.key == b.key);
+        Ok(objects)
+    }
+
+    fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
+        for key in keys {
+            check_key(key)?;
+            match self.retry("delete", key, || self.delete_once(key)) {
+                Ok(()) | Err(StorageError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+}
+
+/// `s3://bucket` for AWS, plus the endpoint (scheme, host, port; never a
+/// user or password) for any other server.
+fn location_of(bucket: &Bucket, path_style: bool) -> String {
+    let base = bucket.base_url();
+    let host = base.host_str().unwrap_or_default();
+    let host = if path_style {
+        host
+    } else {
+        host.strip_prefix(&format!("{}.", bucket.name()))
+            .unwrap_or(host)
+    };
+    if host.ends_with(".amazonaws.com") {
+        format!("s3://{}", bucket.name())
+    } else {
+        let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
+        format!(
+            "s3://{} (endpoint {}://{host}{port})",
+            bucket.name(),
+            base.scheme()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCATION: &str = "s3://b (endpoint http://127.0.0.1:1)";
+
+    fn s3_error(code: &str, message: &str) -> Vec<u8> {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message>\
+             <RequestId>1</RequestId></Error>"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn checksum_header_is_base64_of_big_endian_crc32() {
+        // CRC32 ("123456789") = 0xCBF43926, the standard check value.
+        assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
+        assert_eq!(checksum_header_value(0xCBF4_3926), "y/Q5Jg==");
+        assert_eq!(checksum_header_value(0), "AAAAAA==");
+        assert_eq!(checksum_header_value(u32::MAX), "/////w==");
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(base64_encode(input.as_bytes()), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_within_half_and_full_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+        };
+        for retry in 1..=12 {
+            let cap = Duration::from_millis(100 * 2u64.pow(retry - 1)).min(Duration::from_secs(5));
+            assert_eq!(policy.backoff(retry, 0.0), cap / 2, "retry {retry}");
+            assert!(policy.backoff(retry, 0.999_999) <= cap, "retry {retry}");
+            assert!(policy.backoff(retry, 0.5) >= cap / 2, "retry {retry}");
+        }
+        assert_eq!(policy.backoff(1, 1.0), Duration::from_millis(100));
+        assert_eq!(policy.backoff(u32::MAX, 1.0), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn jitter_stays_in_unit_interval_and_varies() {
+        let jitter = Jitter::from_seed(0);
+        let values: Vec<f64> = (0..1000).map(|_| jitter.next_unit()).collect();
+        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        assert!((0.4..0.6).contains(&mean), "mean {mean}");
+        assert_ne!(Jitter::seeded().next_unit(), Jitter::seeded().next_unit());
+    }
+
+    #[test]
+    fn signature_mismatch_is_auth_and_final() {
+        let f = classify_status(
+            403,
+            &s3_error("SignatureDoesNotMatch", "nope"),
+            LOCATION,
+            "k",
+        );
+        assert!(!f.retryable);
+        assert!(
+            matches!(&f.error, StorageError::Auth { detail, .. } if detail.contains("SignatureDoesNotMatch"))
+        );
+        let f = classify_status(403, &s3_error("InvalidAccessKeyId", "who"), LOCATION, "k");
+        assert!(!f.retryable && matches!(f.error, StorageError::Auth { .. }));
+        let f = classify_status(401, b"", LOCATION, "k");
+        assert!(!f.retryable && matches!(f.error, StorageError::Auth { .. }));
+        let f = classify_status(
+            403,
+            &s3_error("RequestTimeTooSkewed", "late"),
+            LOCATION,
+            "k",
+        );
+        assert!(f.error.to_string().contains("clock"));
+    }
+
+    #[test]
+    fn throttling_and_server_errors_are_retried() {
+        for (status, body) in [
+            (
+                503,
+                s3_error("SlowDown", "Please reduce your request rate."),
+            ),
+            (500, s3_error("InternalError", "oops")),
+            (429, Vec::new()),
+            (502, b"<html><body>Bad Gateway</body></html>".to_vec()),
+            (400, s3_error("RequestTimeout", "socket idle")),
+        ] {
+            let f = classify_status(status, &body, LOCATION, "k");
+            assert!(f.retryable, "{status}");
+            assert!(matches!(f.error, StorageError::Server { status: s, .. } if s == status));
+        }
+    }
+
+    #[test]
+    fn missing_key_and_bucket_are_told_apart() {
+        let f = classify_status(404, &s3_error("NoSuchKey", "gone"), LOCATION, "a/b");
+        assert!(!f.retryable && matches!(&f.error, StorageError::NotFound { key } if key == "a/b"));
+        let f = classify_status(404, b"", LOCATION, "a/b");
+        assert!(matches!(f.error, StorageError::NotFound { .. }));
+        let f = classify_status(404, &s3_error("NoSuchBucket", "none"), LOCATION, "a/b");
+        assert!(!f.retryable && matches!(f.error, StorageError::NoSuchBucket { .. }));
+    }
+
+    #[test]
+    fn html_answers_are_bad_responses() {
+        let html = b"<!DOCTYPE html><html><head><title>Not Found</title></head></html>";
+        let f = classify_status(404, html, LOCATION, "k");
+        assert!(!f.retryable);
+        assert!(
+            matches!(&f.error, StorageError::BadResponse { detail, .. } if detail.contains("Not Found"))
+        );
+        let f = classify_status(400, b"plain text", LOCATION, "k");
+        assert!(matches!(f.error, StorageError::BadResponse { .. }));
+    }
+
+    #[test]
+    fn checksum_and_region_errors_say_what_to_check() {
+        let f = classify_status(
+            400,
+            &s3_error("BadDigest", "checksum_crc32 mismatch"),
+            LOCATION,
+            "k",
+        );
+        assert!(!f.retryable);
+        assert!(f.error.to_string().contains("CRC32"), "{}", f.error);
+        let body = b"<Error><Code>PermanentRedirect</Code><Message>m</Message>\
+                     <Endpoint>b.s3.eu-west-1.amazonaws.com</Endpoint></Error>";
+        let f = classify_status(301, body, LOCATION, "k");
+        assert!(!f.retryable);
+        let text = f.error.to_string();
+        assert!(
+            text.contains("region") && text.contains("eu-west-1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn xml_text_decodes_entities() {
+        let xml = "<Error><Code>X</Code><Message>a &lt;b&gt; &amp; &quot;c&quot;</Message></Error>";
+        assert_eq!(xml_text(xml, "Code").as_deref(), Some("X"));
+        assert_eq!(xml_text(xml, "Message").as_deref(), Some("a <b> & \"c\""));
+        assert_eq!(xml_text(xml, "Missing"), None);
+    }
+
+    #[test]
+    fn transport_errors_are_retried_but_tls_errors_are_not() {
+        let f = classify_transport(ureq::Error::ConnectionFailed, LOCATION);
+        assert!(f.retryable && matches!(f.error, StorageError::Transport { .. }));
+        let io = io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
+        assert!(classify_transport(ureq::Error::Io(io), LOCATION).retryable);
+        let f = classify_transport(ureq::Error::Tls("bad certificate"), LOCATION);
+        assert!(!f.retryable);
+        assert!(f.error.to_string().contains("AWS_CA_BUNDLE"));
+        let f = classify_transport(
+            ureq::Error::BadUri("http://h/b/k?X-Amz-Signature=abc".to_owned()),
+            LOCATION,
+        );
+        assert!(!f.error.to_string().contains("Signature"));
+    }
+
+    #[test]
+    fn keys_that_do_not_name_one_object_are_refused() {
+        for key in ["", "/abs", "a/../b", "./a", "a//b", "a/", "a\nb"] {
+            assert!(
+                matches!(check_key(key), Err(StorageError::InvalidKey { .. })),
+                "{key:?}"
+            );
+        }
+        for key in ["a", "db/gen-1/000001.seg", "with space", "plus+sign", "ünï"] {
+            assert!(check_key(key).is_ok(), "{key:?}");
+        }
+    }
+
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBizCCATGgAwIBAgIUQIIS7uu6cklgvqIFNkPoavPlZ/IwCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPd2Fsc3luYyB0ZXN0IENBMCAXDTI2MTEyNTIwNTAzM1oYDzIx
+MjYxMTAxMjA1MDMzWjAaMRgwFgYDVQQDDA93YWxzeW5jIHRlc3QgQ0EwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAASkbHdVvL/brQNSn0PMbOO+BZKJvdGr58rg8cEF
+xOI7NwfNpdggbId9HmkHwyVuPUtD3F14+WCi2nDnA6S5+K3mo1MwUTAdBgNVHQ4E
+FgQUVhmfz2MaUySKhHnNIZo0omTnEOwwHwYDVR0jBBgwFoAUVhmfz2MaUySKhHnN
+IZo0omTnEOwwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEAtDkH
+896avKbO7sXDnXcTSbI/cjKKV1IGhG9kx+tH8mICIH4ItINDAORREvOjXj9QODa0
+n88mt2TK+7GHU3TH4s4O
+-----END CERTIFICATE-----
+";
+
+    fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("walsync-s3-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).expect("temp dir is writable");
+        path
+    }
+
+    #[test]
+    fn ca_bundle_from_env_is_loaded_or_named_in_the_error() {
+        assert!(matches!(
+            root_certs_from_env(|_| None),
+            Ok(RootCerts::WebPki)
+        ));
+
+        let good = temp_file("good.pem", TEST_CA);
+        let roots =
+            root_certs_from_env(|name| (name == "SSL_CERT_FILE").then(|| good.clone().into()));
+        assert!(matches!(roots, Ok(RootCerts::Specific(certs)) if certs.len() == 1));
+
+        let bad = temp_file("bad.pem", "not a certificate\n");
+        let err = root_certs_from_env(|name| (name == "AWS_CA_BUNDLE").then(|| bad.clone().into()))
+            .expect_err("a file without certificates is refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("AWS_CA_BUNDLE") && text.contains("bad.pem"),
+            "{text}"
+        );
+
+        let missing = std::env::temp_dir().join("walsync-no-such-bundle.pem");
+        let err =
+            root_certs_from_env(|name| (name == "AWS_CA_BUNDLE").then(|| missing.clone().into()))
+                .expect_err("a missing file is refused");
+        assert!(err.to_string().contains("AWS_CA_BUNDLE"), "{err}");
+
+        let _ = std::fs::remove_file(good);
+        let _ = std::fs::remove_file(bad);
+    }
+
+    fn settings(endpoint: Option<&str>, path_style: bool) -> S3Settings {
+        S3Settings {
+            bucket: "my-bucket".to_owned(),
+            endpoint: endpoint.map(str::to_owned),
+            region: "eu-west-1".to_owned(),
+            path_style,
+            access_key_id: "AKIDEXAMPLE".to_owned(),
+            secret_access_key: "SUPERSECRET".to_owned(),
+            session_token: Some("SESSIONTOKEN".to_owned()),
+        }
+    }
+
+    #[test]
+    fn location_names_bucket_and_endpoint_but_no_secret() {
+        let aws = S3Storage::new(settings(None, false)).expect("valid settings");
+        assert_eq!(aws.location(), "s3://my-bucket");
+        let local = S3Storage::new(settings(Some("http://user:pw@127.0.0.1:9000/"), true))
+            .expect("valid settings");
+        assert_eq!(
+            local.location(),
+            "s3://my-bucket (endpoint http://127.0.0.1:9000)"
+        );
+        for text in [format!("{aws:?}"), format!("{local:?}"), local.location()] {
+            assert!(
+                !text.contains("SUPERSECRET")
+                    && !text.contains("SESSIONTOKEN")
+                    && !text.contains("pw")
+            );
+        }
+    }
+
+    #[test]
+    fn put_url_signs_the_checksum_header() {
+        let storage =
+            S3Storage::new(settings(Some("http://127.0.0.1:9000"), true)).expect("valid settings");
+        let url = storage.put_url("db/key", &checksum_header_value(0xCBF4_3926));
+        assert!(
+            url.starts_with("http://127.0.0.1:9000/my-bucket/db/key?"),
+            "{url}"
+        );
+        assert!(
+            url.contains("X-Amz-SignedHeaders=host%3Bx-amz-checksum-crc32"),
+            "{url}"
+        );
+        assert!(url.contains("X-Amz-Security-Token=SESSIONTOKEN"), "{url}");
+        assert!(!url.contains("SUPERSECRET"));
+    }
+
+    #[test]
+    fn bad_endpoints_are_refused_with_a_hint() {
+        let err =
+            S3Storage::new(settings(Some("ftp://example.com"), true)).expect_err("ftp is refused");
+        assert!(err.to_string().contains("http://"), "{err}");
+        let err =
+            S3Storage::new(settings(Some("not a url"), true)).expect_err("garbage is refused");
+        assert!(err.to_string().contains("not a URL"), "{err}");
+        let err = S3Storage::new(settings(Some("http://127.0.0.1:9000"), false))
+            .expect_err("IP + virtual host");
+        assert!(err.to_string().contains("path-style"), "{err}");
     }
 }

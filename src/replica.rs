@@ -1,0 +1,963 @@
+//! Replication of one database: reads new WAL frames, ships whole
+//! transactions as segments, takes snapshots, runs walsync's own
+//! checkpoints, and notices every way the WAL history can break.
+//!
+//! This is where DESIGN.md invariant 1 lives. The rules, in one place:
+//! - walsync holds a read transaction on the database at all times while it
+//!   runs. With a read mark above 0 the application can append to the WAL but
+//!   cannot restart it, so every frame stays readable until walsync ships it.
+//! - walsync releases that read transaction only in a *sync point*
+//!   (`checkpoint`, `snapshot`), while it holds the write lock: it ships the
+//!   rest of the WAL, runs a PASSIVE checkpoint and takes the read transaction
+//!   again before any writer can append. If the checkpoint backfilled every
+//!   frame, the new read transaction has read mark 0: the database file now
+//!   equals the shipped state and no checkpoint can change it while walsync
+//!   holds the mark (`Cursor::base_is_db_file`). Only in that state is a WAL
+//!   restart (new salts, or the WAL truncated) a continuation; in any other
+//!   state it is a gap.
+//! - On a gap (a restart it cannot account for, the WAL deleted, the file
+//!   replaced, a WAL that does not continue what the bucket holds after a
+//!   restart of walsync), a new generation starts with a full snapshot.
+//!
+//! Snapshots are read from the files themselves: the database file, overlaid
+//! with the newest copy of each page from WAL frames up to the snapshot's
+//! position when the WAL was not fully backfilled. Each overlaid frame is
+//! checked against its recorded checksum, so a frame that changed while being
+//! read aborts the snapshot instead of corrupting it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::format::segment::{CommitRecord, SegmentDecoder, SegmentEncoder, SegmentHeader};
+use crate::format::snapshot::{SnapshotDecoder, SnapshotEncoder, SnapshotHeader};
+use crate::format::FormatError;
+use crate::keys::{self, ObjectKind};
+use crate::sqlite::{self, DbHandle, SqliteError};
+use crate::storage::{Body, Storage, StorageError};
+use crate::wal::{self, Checksum, TxnSpan, WalHeader, WalPos};
+
+/// How one database is replicated.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    pub path: PathBuf,
+    pub prefix: String,
+    pub snapshot_interval: Duration,
+    /// WAL size (bytes) at which walsync runs a PASSIVE checkpoint.
+    pub checkpoint_threshold: u64,
+    /// WAL size (bytes) at which walsync follows with a TRUNCATE checkpoint.
+    pub truncate_threshold: u64,
+    /// Uncompressed page bytes per segment before a new one is started
+    /// (a single larger transaction still goes whole into one segment).
+    pub max_segment_bytes: u64,
+    /// Where snapshots are spooled before upload.
+    pub spool_dir: PathBuf,
+}
+
+#[derive(Debug)]
+pub enum ReplicaError {
+    Sqlite(SqliteError),
+    Storage(StorageError),
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// An object in the bucket could not be decoded.
+    Corrupt {
+        key: String,
+        source: FormatError,
+    },
+    BadKey(keys::BadKey),
+    /// The files changed while walsync read them; it tries again.
+    Unstable {
+        path: PathBuf,
+        what: String,
+    },
+}
+
+impl fmt::Display for ReplicaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplicaError::Sqlite(e) => e.fmt(f),
+            ReplicaError::Storage(e) => e.fmt(f),
+            ReplicaError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            ReplicaError::Corrupt { key, source } => write!(f, "object {key:?}: {source}"),
+            ReplicaError::BadKey(e) => e.fmt(f),
+            ReplicaError::Unstable { path, what } => {
+                write!(f, "{}: {what}; will retry", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReplicaError {}
+
+impl From<SqliteError> for ReplicaError {
+    fn from(e: SqliteError) -> Self {
+        ReplicaError::Sqlite(e)
+    }
+}
+impl From<StorageError> for ReplicaError {
+    fn from(e: StorageError) -> Self {
+        ReplicaError::Storage(e)
+    }
+}
+
+impl ReplicaError {
+    /// The database file is not there (yet): wait for it, do not back off loudly.
+    pub fn is_missing_database(&self) -> bool {
+        matches!(self, ReplicaError::Sqlite(SqliteError::Missing(_)))
+    }
+}
+
+/// What one `sync` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    pub commits: u64,
+    pub segments: u64,
+    pub bytes_uploaded: u64,
+    pub snapshot: bool,
+    pub new_generation: bool,
+    pub checkpointed: bool,
+}
+
+/// Where walsync stands in the WAL.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    /// Just past the last shipped commit frame; `None` when the WAL was
+    /// empty at the base.
+    pos: Option<WalPos>,
+    /// The database file equals the shipped state at `pos` and cannot change
+    /// while walsync holds its read transaction (read mark 0, taken right
+    /// after a complete checkpoint under the write lock). Cleared as soon as
+    /// a frame is shipped.
+    base_is_db_file: bool,
+    /// Database size in pages after the commit at `pos`, when known.
+    db_pages: Option<u32>,
+}
+
+struct Live {
+    handle: DbHandle,
+    page_size: u32,
+    cursor: Cursor,
+}
+
+pub struct Replica {
+    pub opts: ReplicaOptions,
+    live: Option<Live>,
+    /// The next snapshot must start a new generation before anything ships.
+    needs_generation: bool,
+    /// Newest txid in the bucket for this database (0: none).
+    last_txid: u64,
+    /// Newest commit time recorded (times never go backwards).
+    last_time_ms: u64,
+    generation: u64,
+    last_snapshot_ms: u64,
+    commits_since_snapshot: u64,
+}
+
+const READ_CHUNK: usize = 4 << 20;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ReplicaError + '_ {
+    move |source| ReplicaError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An open `-wal` file.
+struct WalFile {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl WalFile {
+    /// `None` if there is no WAL file.
+    fn open(db: &Path) -> Result<Option<WalFile>, ReplicaError> {
+        let path = sqlite::wal_path(db);
+        match File::open(&path) {
+            Ok(file) => {
+                let len = file.metadata().map_err(io_err(&path))?.len();
+                Ok(Some(WalFile { path, file, len }))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    fn read_at(&self, offset: u64, max: usize) -> Result<Vec<u8>, ReplicaError> {
+        let n = (self.len.saturating_sub(offset)).min(max as u64) as usize;
+        let mut buf = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match self.file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(&self.path)(e)),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    /// The header, if the WAL has a valid one.
+    fn header(&self) -> Result<Option<WalHeader>, ReplicaError> {
+        let b = self.read_at(0, wal::HEADER_SIZE)?;
+        Ok(wal::parse_header(&b).ok())
+    }
+
+    /// Calls `visit(chunk, chunk_start_offset, txns)` for the whole
+    /// transactions from `from` on, up to `limit` bytes of WAL offset, reading
+    /// in bounded chunks (a chunk grows only to hold one large transaction).
+    /// Returns the position after the last transaction visited.
+    fn for_each_txns(
+        &self,
+        h: &WalHeader,
+        from: WalPos,
+        limit: u64,
+        mut visit: impl FnMut(&[u8], u64, &[TxnSpan]) -> Result<(), ReplicaError>,
+    ) -> Result<(WalPos, Option<u32>), ReplicaError> {
+        let mut at = from;
+        let mut db_pages = None;
+        let mut chunk = READ_CHUNK.max(h.frame_size() as usize * 4);
+        loop {
+            let end = limit.min(self.len);
+            if at.offset >= end {
+                break;
+            }
+            let want = ((end - at.offset) as usize).min(chunk);
+            let bytes = self.read_at(at.offset, want)?;
+            let txns = wal::scan(h, at, &bytes);
+            let Some(last) = txns.last() else {
+                if bytes.len() == want && (want as u64) < end - at.offset {
+                    chunk *= 2;
+                    continue;
+                }
+                break;
+            };
+            visit(&bytes, at.offset, &txns)?;
+            db_pages = Some(last.db_pages);
+            at = last.end;
+        }
+        Ok((at, db_pages))
+    }
+}
+
+impl Replica {
+    pub fn new(opts: ReplicaOptions) -> Replica {
+        Replica {
+            opts,
+            live: None,
+            needs_generation: false,
+            last_txid: 0,
+            last_time_ms: 0,
+            generation: 0,
+            last_snapshot_ms: 0,
+            commits_since_snapshot: 0,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.opts.path
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.opts.prefix
+    }
+
+    /// Newest txid shipped (0: none yet).
+    pub fn last_txid(&self) -> u64 {
+        self.last_txid
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
+    }
+
+    /// Closes the connections (releasing the read transaction). The next
+    /// `sync` resumes from what the bucket holds.
+    pub fn close(&mut self) {
+        self.live = None;
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        self.last_time_ms = self.last_time_ms.max(crate::time::now_ms());
+        self.last_time_ms
+    }
+
+    /// Ships every committed transaction not yet in the bucket, and does the
+    /// checkpoint and snapshot work that is due. Idempotent; safe to call on
+    /// any event or timer.
+    pub fn sync(
+        &mut self,
+        storage: &dyn Storage,
+        force_snapshot: bool,
+    ) -> Result<SyncReport, ReplicaError> {
+        let mut report = SyncReport::default();
+        if let Some(live) = &self.live {
+            match sqlite::file_id(&self.opts.path) {
+                Ok(id) if id == live.handle.id => {}
+                Ok(_) => {
+                    log::warn!(
+                        "{} ({}): the database file was replaced; starting a new generation",
+                        self.opts.path.display(),
+                        self.opts.prefix
+                    );
+                    self.live = None;
+                    self.needs_generation = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.live = None;
+                    self.needs_generation = true;
+                    return Err(SqliteError::Missing(self.opts.path.clone()).into());
+                }
+                Err(e) => return Err(io_err(&self.opts.path)(e)),
+            }
+        }
+        if self.live.is_none() {
+            self.start(storage)?;
+        }
+        if self.needs_generation {
+            self.snapshot(storage, true, &mut report)?;
+        }
+        if let Err(gap) = self.ship(storage, &mut report)? {
+            self.begin_new_generation(&gap);
+            self.snapshot(storage, true, &mut report)?;
+        }
+        let wal_len = std::fs::metadata(sqlite::wal_path(&self.opts.path))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let due = self.last_snapshot_ms + self.opts.snapshot_interval.as_millis() as u64;
+        if force_snapshot || (self.commits_since_snapshot > 0 && crate::time::now_ms() >= due) {
+            self.snapshot(storage, false, &mut report)?;
+        } else if wal_len >= self.opts.checkpoint_threshold {
+            self.checkpoint(
+                storage,
+                wal_len >= self.opts.truncate_threshold,
+                &mut report,
+            )?;
+        }
+        Ok(report)
+    }
+
+    fn begin_new_generation(&mut self, reason: &str) {
+        log::warn!(
+            "{} ({}): {reason}; starting a new generation with a full snapshot",
+            self.opts.path.display(),
+            self.opts.prefix
+        );
+        self.needs_generation = true;
+    }
+
+    /// Opens the database, learns from the bucket where its backup stands and
+    /// either resumes that generation (the WAL provably continues it) or
+    /// schedules a new one.
+    fn start(&mut self, storage: &dyn Storage) -> Result<(), ReplicaError> {
+        let mut handle = DbHandle::open(&self.opts.path, Duration::from_secs(5))?;
+        let page_size = read_db_geometry(&self.opts.path)?.0;
+        handle.begin_read()?;
+
+        let listing = storage.list(&keys::database_root(&self.opts.prefix))?;
+        let objects =
+            keys::parse_listing(&self.opts.prefix, &listing).map_err(ReplicaError::BadKey)?;
+        let mut newest: Option<&keys::BackupObject> = None;
+        for o in &objects {
+            let (txid, time) = match o.kind {
+                ObjectKind::Snapshot { txid, time_ms } => (txid, time_ms),
+                ObjectKind::Segment {
+                    last_txid,
+                    last_time_ms,
+                    ..
+                } => (last_txid, last_time_ms),
+            };
+            self.last_time_ms = self.last_time_ms.max(time);
+            if txid > self.last_txid || newest.is_none() {
+                self.last_txid = self.last_txid.max(txid);
+                newest = Some(o);
+            }
+            if let ObjectKind::Snapshot { time_ms, .. } = o.kind {
+                self.last_snapshot_ms = self.last_snapshot_ms.max(time_ms);
+            }
+        }
+
+        let mut cursor = None;
+        if let Some(o) = newest {
+            let pos = read_object_pos(storage, o)?;
+            if let Some((pos, db_pages)) = pos {
+                if wal_continues(&self.opts.path, page_size, pos)? {
+                    cursor = Some(Cursor {
+                        pos: Some(pos),
+                        base_is_db_file: false,
+                        db_pages,
+                    });
+                    self.generation = o.generation;
+                    log::info!(
+                        "{} ({}): resuming generation {:016x} at txid {}",
+                        self.opts.path.display(),
+                        self.opts.prefix,
+                        o.generation,
+                        self.last_txid
+                    );
+                }
+            }
+        }
+        let resumed = cursor.is_some();
+        self.live = Some(Live {
+            handle,
+            page_size,
+            cursor: cursor.unwrap_or(Cursor {
+                pos: None,
+                base_is_db_file: false,
+                db_pages: None,
+            }),
+        });
+        if !resumed {
+            let why = if newest.is_some() {
+                "the WAL does not continue the backup in the bucket (the database changed while walsync was not running)"
+            } else {
+                "no backup in the bucket yet"
+            };
+            self.begin_new_generation(why);
+        }
+        Ok(())
+    }
+
+    /// Ships the committed transactions after the cursor. `Ok(Err(reason))`
+    /// is a gap: the WAL no longer continues what was shipped.
+    fn ship(
+        &mut self,
+        storage: &dyn Storage,
+        report: &mut SyncReport,
+    ) -> Result<Result<(), String>, ReplicaError> {
+        let live = self
+            .live
+            .as_ref()
+            .expect("invariant: ship runs on a live replica");
+        let cursor = live.cursor;
+        let Some(wal) = WalFile::open(&self.opts.path)? else {
+            return Ok(if cursor.base_is_db_file || cursor.pos.is_none() {
+                Ok(())
+            } else {
+                Err("the WAL file was deleted".to_string())
+            });
+        };
+        let Some(h) = wal.header()? else {
+            return Ok(if cursor.base_is_db_file || cursor.pos.is_none() {
+                Ok(())
+            } else {
+                Err("the WAL was truncated or overwritten".to_string())
+            });
+        };
+        if h.page_size != live.page_size {
+            return Ok(Err(format!(
+                "the WAL page size {} differs from the database's {}",
+                h.page_size, live.page_size
+            )));
+        }
+        let from = match cursor.pos {
+            Some(p) if p.same_wal(&h) => {
+                if wal.len < p.offset {
+                    return Ok(Err("the WAL is shorter than what was shipped".to_string()));
+                }
+                p
+            }
+            _ if cursor.base_is_db_file => h.start(),
+            _ => {
+                return Ok(Err(
+                    "the WAL was restarted before walsync shipped all of it".to_string(),
+                ))
+            }
+        };
+        let max_segment = self.opts.max_segment_bytes;
+        let mut shipped = 0u64;
+        let prefix = self.opts.prefix.clone();
+        let generation = self.generation;
+        let mut next_txid = self.last_txid + 1;
+        let time_ms = self.now_ms();
+        let mut cursor_now = cursor;
+        let mut commits_total = 0u64;
+        let mut segments = 0u64;
+        let mut bytes_up = 0u64;
+        let result = wal.for_each_txns(&h, from, u64::MAX, |bytes, base, txns| {
+            // Split into segments of about max_segment bytes.
+            let mut i = 0;
+            while i < txns.len() {
+                let mut j = i;
+                let mut size = 0u64;
+                while j < txns.len()
+                    && (j == i || size + (txns[j].end.offset - txns[j].start) <= max_segment)
+                {
+                    size += txns[j].end.offset - txns[j].start;
+                    j += 1;
+                }
+                let group = &txns[i..j];
+                let start_pos = cursor_now
+                    .pos
+                    .filter(|p| p.same_wal(&h))
+                    .unwrap_or(h.start());
+                let header = SegmentHeader {
+                    page_size: h.page_size,
+                    commit_count: group.len() as u32,
+                    first_txid: next_txid,
+                    last_txid: next_txid + group.len() as u64 - 1,
+                    first_time_ms: time_ms,
+                    last_time_ms: time_ms,
+                    start: start_pos,
+                    end: group[group.len() - 1].end,
+                };
+                let encoded = encode_segment(&h, header, bytes, base, group)
+                    .map_err(|e| io_err(&wal.path)(e))?;
+                let key = keys::segment_key(
+                    &prefix,
+                    generation,
+                    header.first_txid,
+                    header.last_txid,
+                    header.first_time_ms,
+                    header.last_time_ms,
+                );
+                storage.put(&key, Body::Bytes(&encoded.0), encoded.1)?;
+                log::debug!("{prefix}: uploaded {key} ({} bytes)", encoded.0.len());
+                next_txid = header.last_txid + 1;
+                cursor_now = Cursor {
+                    pos: Some(header.end),
+                    base_is_db_file: false,
+                    db_pages: Some(group[group.len() - 1].db_pages),
+                };
+                shipped = header.last_txid;
+                commits_total += group.len() as u64;
+                segments += 1;
+                bytes_up += encoded.0.len() as u64;
+                i = j;
+            }
+            Ok(())
+        });
+        // Keep what was uploaded even if a later upload failed.
+        if shipped != 0 {
+            self.last_txid = shipped;
+            self.commits_since_snapshot += commits_total;
+            report.commits += commits_total;
+            report.segments += segments;
+            report.bytes_uploaded += bytes_up;
+        }
+        self.live.as_mut().expect("invariant: still live").cursor = cursor_now;
+        result?;
+        Ok(Ok(()))
+    }
+
+    fn live_mut(&mut self) -> &mut Live {
+        self.live
+            .as_mut()
+            .expect("invariant: the replica is live here")
+    }
+
+    /// Runs `f` while walsync holds the database's write lock.
+    fn with_writers_locked<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, ReplicaError>,
+    ) -> Result<T, ReplicaError> {
+        self.live_mut().handle.lock_writers()?;
+        let r = f(self);
+        if let Some(live) = self.live.as_mut() {
+            live.handle.unlock_writers();
+        }
+        r
+    }
+
+    /// The heart of a sync point, called with the write lock held: release
+    /// the read transaction, run a PASSIVE checkpoint, take the read
+    /// transaction again. Returns whether every frame is now in the database
+    /// file (then the new read transaction has read mark 0).
+    fn checkpoint_under_lock(&mut self) -> Result<bool, ReplicaError> {
+        let live = self.live_mut();
+        let r = (|| {
+            live.handle.end_read()?;
+            let ck = live.handle.checkpoint_passive();
+            live.handle.begin_read()?;
+            ck
+        })();
+        match r {
+            Ok(ck) => {
+                live.cursor.base_is_db_file = ck.complete();
+                Ok(ck.complete())
+            }
+            Err(e) => {
+                // Without a read transaction nothing protects the WAL: start
+                // over from the bucket's view on the next sync.
+                self.live = None;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// walsync's own checkpoint, run when the WAL has grown past the
+    /// threshold. Skipped (not an error) if the write lock is not to be had.
+    fn checkpoint(
+        &mut self,
+        storage: &dyn Storage,
+        truncate: bool,
+        report: &mut SyncReport,
+    ) -> Result<(), ReplicaError> {
+        if let Err(e) = self.live_mut().handle.lock_writers() {
+            log::debug!("{}: checkpoint skipped: {e}", self.opts.path.display());
+            return Ok(());
+        }
+        let r = (|| {
+            if let Err(gap) = self.ship(storage, report)? {
+                return Ok(Err(gap));
+            }
+            self.checkpoint_under_lock().map(Ok)
+        })();
+        if let Some(live) = self.live.as_mut() {
+            live.handle.unlock_writers();
+        }
+        match r? {
+            Err(gap) => {
+                self.begin_new_generation(&gap);
+                self.snapshot(storage, true, report)
+            }
+            Ok(complete) => {
+                report.checkpointed = true;
+                if complete && truncate {
+                    // Safe: our read mark 0 blocks any backfill, so TRUNCATE
+                    // can only drop a WAL whose frames are all shipped and in
+                    // the database file.
+                    let r = self.live_mut().handle.checkpoint_truncate()?;
+                    log::debug!("{}: TRUNCATE checkpoint: {r:?}", self.opts.path.display());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes a snapshot and uploads it: the first of a new generation
+    /// (`new_generation`), or a periodic one inside the current generation.
+    fn snapshot(
+        &mut self,
+        storage: &dyn Storage,
+        new_generation: bool,
+        report: &mut SyncReport,
+    ) -> Result<(), ReplicaError> {
+        let path = self.opts.path.clone();
+        let page_size = self.live_mut().page_size;
+        let mut gap = None;
+        let (pos, db_pages, complete) = self.with_writers_locked(|this| {
+            let new_generation = new_generation || this.needs_generation;
+            if !new_generation {
+                if let Err(g) = this.ship(storage, report)? {
+                    gap = Some(g);
+                    return Ok((None, None, false));
+                }
+            }
+            let (pos, db_pages) = if new_generation {
+                wal_end(&path, page_size)?
+            } else {
+                let c = this.live_mut().cursor;
+                (c.pos, c.db_pages)
+            };
+            let complete = this.checkpoint_under_lock()?;
+            Ok((pos, db_pages, complete))
+        })?;
+        if let Some(g) = gap {
+            self.begin_new_generation(&g);
+            return self.snapshot(storage, true, report);
+        }
+        let new_generation = new_generation || self.needs_generation;
+        let time_ms = self.now_ms();
+        let txid = if new_generation {
+            self.last_txid + 1
+        } else {
+            self.last_txid
+        };
+        let generation = if new_generation {
+            txid
+        } else {
+            self.generation
+        };
+
+        let overlay = match pos {
+            Some(p) if !complete && p.offset > wal::HEADER_SIZE as u64 => {
+                Some(build_overlay(&path, page_size, p)?)
+            }
+            _ => None,
+        };
+        let db = File::open(&path).map_err(io_err(&path))?;
+        let db_len = db.metadata().map_err(io_err(&path))?.len();
+        let pages = match (&overlay, db_pages) {
+            (Some(_), Some(n)) => n,
+            (Some(_), None) => {
+                return Err(ReplicaError::Unstable {
+                    path,
+                    what: "database size at the snapshot position is unknown".into(),
+                })
+            }
+            (None, _) => {
+                if db_len % u64::from(page_size) != 0 || db_len == 0 {
+                    return Err(ReplicaError::Unstable {
+                        path,
+                        what: format!("database file size {db_len} is not a whole number of pages"),
+                    });
+                }
+                (db_len / u64::from(page_size)) as u32
+            }
+        };
+
+        let header = SnapshotHeader {
+            page_size,
+            page_count: pages,
+            txid,
+            time_ms,
+            pos,
+        };
+        let spool = self.opts.spool_dir.join(format!(
+            "walsync-snapshot-{}-{}.tmp",
+            std::process::id(),
+            SPOOL_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let f = File::create(&spool).map_err(io_err(&spool))?;
+            let mut enc =
+                SnapshotEncoder::new(BufWriter::new(f), header).map_err(io_err(&spool))?;
+            let mut buf = vec![0u8; page_size as usize];
+            let mut frame = vec![0u8; wal::FRAME_HEADER_SIZE + page_size as usize];
+            let wal = match &overlay {
+                Some(_) => Some(File::open(sqlite::wal_path(&path)).map_err(io_err(&path))?),
+                None => None,
+            };
+            let wal_header = match &overlay {
+                Some(o) => Some(o.header),
+                None => None,
+            };
+            for p in 1..=pages {
+                let from_wal = overlay.as_ref().and_then(|o| o.frames.get(&p));
+                if let (Some(fr), Some(wal), Some(h)) = (from_wal, &wal, &wal_header) {
+                    wal.read_exact_at(&mut frame, fr.offset)
+                        .map_err(io_err(&path))?;
+                    match h.check_frame(fr.prev, &frame) {
+                        Some(f) if f.checksum == fr.sum && f.page_no == p => {}
+                        _ => {
+                            return Err(ReplicaError::Unstable {
+                                path: path.clone(),
+                                what: "the WAL changed while the snapshot was read".into(),
+                            })
+                        }
+                    }
+                    enc.page(&frame[wal::FRAME_HEADER_SIZE..])
+                        .map_err(io_err(&spool))?;
+                } else {
+                    db.read_exact_at(&mut buf, u64::from(p - 1) * u64::from(page_size))
+                        .map_err(io_err(&path))?;
+                    enc.page(&buf).map_err(io_err(&spool))?;
+                }
+            }
+            let (w, len, crc) = enc.finish().map_err(io_err(&spool))?;
+            w.into_inner()
+                .map_err(|e| io_err(&spool)(e.into_error()))?
+                .sync_all()
+                .map_err(io_err(&spool))?;
+            let key = keys::snapshot_key(&self.opts.prefix, generation, txid, time_ms);
+            storage.put(&key, Body::File { path: &spool, len }, crc)?;
+            Ok((key, len))
+        })();
+        let _ = std::fs::remove_file(&spool);
+        let (key, len) = result?;
+
+        if new_generation {
+            self.generation = generation;
+            self.last_txid = txid;
+            self.needs_generation = false;
+            report.new_generation = true;
+            log::info!(
+                "{} ({}): generation {generation:016x} started: {key}, {pages} pages, {len} bytes",
+                self.opts.path.display(),
+                self.opts.prefix
+            );
+        } else {
+            log::info!(
+                "{} ({}): snapshot {key}, {pages} pages, {len} bytes",
+                self.opts.path.display(),
+                self.opts.prefix
+            );
+        }
+        let live = self.live_mut();
+        live.cursor.pos = pos;
+        live.cursor.db_pages = db_pages;
+        self.last_snapshot_ms = time_ms;
+        self.commits_since_snapshot = 0;
+        report.snapshot = true;
+        report.bytes_uploaded += len;
+        Ok(())
+    }
+}
+
+static SPOOL_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Where the newest copy of each page lives in the WAL, up to a position,
+/// with what its frame must checksum to.
+struct Overlay {
+    header: WalHeader,
+    frames: HashMap<u32, FrameRef>,
+}
+
+struct FrameRef {
+    offset: u64,
+    prev: Checksum,
+    sum: Checksum,
+}
+
+fn build_overlay(db: &Path, page_size: u32, upto: WalPos) -> Result<Overlay, ReplicaError> {
+    let unstable = |what: &str| ReplicaError::Unstable {
+        path: db.to_path_buf(),
+        what: what.to_string(),
+    };
+    let wal = WalFile::open(db)?.ok_or_else(|| unstable("the WAL disappeared"))?;
+    let h = wal
+        .header()?
+        .ok_or_else(|| unstable("the WAL header changed"))?;
+    if !upto.same_wal(&h) || h.page_size != page_size {
+        return Err(unstable("the WAL was restarted"));
+    }
+    let mut frames = HashMap::new();
+    let fs = h.frame_size();
+    let (end, _) = wal.for_each_txns(&h, h.start(), upto.offset, |bytes, base, txns| {
+        let Some(first) = txns.first() else {
+            return Ok(());
+        };
+        let mut chain = first.start_checksum;
+        let last = txns[txns.len() - 1].end.offset;
+        let mut off = txns[0].start;
+        while off < last {
+            let at = (off - base) as usize;
+            let f = h
+                .check_frame(chain, &bytes[at..at + fs as usize])
+                .expect("invariant: scan validated these frames");
+            frames.insert(
+                f.page_no,
+                FrameRef {
+                    offset: off,
+                    prev: chain,
+                    sum: f.checksum,
+                },
+            );
+            chain = f.checksum;
+            off += fs;
+        }
+        Ok(())
+    })?;
+    if end != upto {
+        return Err(unstable("the WAL no longer holds the snapshot position"));
+    }
+    Ok(Overlay { header: h, frames })
+}
+
+/// Page size and page count from the database file's header.
+fn read_db_geometry(db: &Path) -> Result<(u32, u32), ReplicaError> {
+    let f = File::open(db).map_err(io_err(db))?;
+    let mut h = [0u8; 100];
+    f.read_exact_at(&mut h, 0).map_err(io_err(db))?;
+    sqlite::db_header_geometry(&h).ok_or_else(|| SqliteError::NotSqlite(db.to_path_buf()).into())
+}
+
+/// Encodes the transactions `group` (found in `bytes`, which starts at WAL
+/// offset `base`) as one segment; returns its bytes and CRC32.
+fn encode_segment(
+    h: &WalHeader,
+    header: SegmentHeader,
+    bytes: &[u8],
+    base: u64,
+    group: &[TxnSpan],
+) -> io::Result<(Vec<u8>, u32)> {
+    let fs = h.frame_size() as usize;
+    let mut enc = SegmentEncoder::new(Vec::new(), header)?;
+    for (i, t) in group.iter().enumerate() {
+        enc.commit(&CommitRecord {
+            txid: header.first_txid + i as u64,
+            time_ms: header.first_time_ms,
+            db_pages: t.db_pages,
+            page_count: t.frame_count,
+        })?;
+        let mut at = (t.start - base) as usize;
+        for _ in 0..t.frame_count {
+            let frame = &bytes[at..at + fs];
+            let page_no = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+            enc.page(page_no, &frame[wal::FRAME_HEADER_SIZE..])?;
+            at += fs;
+        }
+    }
+    let (out, _len, crc) = enc.finish()?;
+    Ok((out, crc))
+}
+
+/// The WAL position (and database size) recorded in the header of a
+/// backup object: where the backup stands.
+fn read_object_pos(
+    storage: &dyn Storage,
+    o: &keys::BackupObject,
+) -> Result<Option<(WalPos, Option<u32>)>, ReplicaError> {
+    let corrupt = |source| ReplicaError::Corrupt {
+        key: o.key.clone(),
+        source,
+    };
+    let reader = storage.get(&o.key)?;
+    match o.kind {
+        ObjectKind::Snapshot { .. } => {
+            let d = SnapshotDecoder::new(reader).map_err(corrupt)?;
+            Ok(d.header.pos.map(|p| (p, Some(d.header.page_count))))
+        }
+        ObjectKind::Segment { .. } => {
+            // The whole (small) segment is read so its checksum is verified
+            // before walsync builds on it.
+            let mut d = SegmentDecoder::new(reader).map_err(corrupt)?;
+            let end = d.header.end;
+            let mut db_pages = None;
+            while let Some(c) = d.next_commit().map_err(corrupt)? {
+                db_pages = Some(c.db_pages);
+            }
+            d.finish().map_err(corrupt)?;
+            Ok(Some((end, db_pages)))
+        }
+    }
+}
+
+/// Whether the current WAL provably continues `pos`: same salts, and the
+/// checksum chain from the WAL's start reaches `pos` exactly.
+fn wal_continues(db: &Path, page_size: u32, pos: WalPos) -> Result<bool, ReplicaError> {
+    let Some(wal) = WalFile::open(db)? else {
+        return Ok(false);
+    };
+    let Some(h) = wal.header()? else {
+        return Ok(false);
+    };
+    if !pos.same_wal(&h) || h.page_size != page_size || wal.len < pos.offset {
+        return Ok(false);
+    }
+    let (end, _) = wal.for_each_txns(&h, h.start(), pos.offset, |_, _, _| Ok(()))?;
+    Ok(end == pos)
+}
+
+/// The position after the last commit in the current WAL, and the database
+/// size there; `(None, None)` if the WAL is empty.
+fn wal_end(db: &Path, page_size: u32) -> Result<(Option<WalPos>, Option<u32>), ReplicaError> {
+    let Some(wal) = WalFile::open(db)? else {
+        return Ok((None, None));
+    };
+    let Some(h) = wal.header()? else {
+        return Ok((None, None));
+    };
+    if h.page_size != page_size {
+        return Err(ReplicaError::Unstable {
+            path: db.to_path_buf(),
+            what: format!(
+                "WAL page size {} differs from the database's {page_size}",
+                h.page_size
+            ),
+        });
+    }
+    let (end, db_pages) = wal.for_each_txns(&h, h.start(), u64::MAX, |_, _, _| Ok(()))?;
+    Ok((Some(end), db_pages))
+}

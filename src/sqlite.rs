@@ -1,0 +1,288 @@
+//! The SQLite edge: the connections walsync holds on a user's database.
+//!
+//! Two connections per database:
+//! - `reader` holds the long-lived read transaction that stops the
+//!   application from restarting the WAL behind walsync's back (DESIGN.md
+//!   invariant 1); it is released only inside `sync point` procedures run
+//!   while `writer` holds the write lock;
+//! - `writer` takes the write lock (`BEGIN IMMEDIATE`, which writes nothing)
+//!   for the few milliseconds of those procedures, and runs TRUNCATE
+//!   checkpoints.
+//!
+//! walsync never writes into the user's database: no tables of its own, and
+//! both connections have checkpoint-on-close disabled, so closing them never
+//! checkpoints or deletes the WAL (a restart can resume where it stopped).
+
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OpenFlags};
+
+#[derive(Debug)]
+pub enum SqliteError {
+    Missing(PathBuf),
+    NotSqlite(PathBuf),
+    NotWal {
+        path: PathBuf,
+        mode: String,
+    },
+    Sqlite {
+        path: PathBuf,
+        what: &'static str,
+        source: rusqlite::Error,
+    },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for SqliteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SqliteError::Missing(p) => write!(f, "{}: database file does not exist (yet)", p.display()),
+            SqliteError::NotSqlite(p) => write!(f, "{}: not a SQLite database", p.display()),
+            SqliteError::NotWal { path, mode } => write!(
+                f,
+                "{}: journal mode is {mode:?}, walsync needs WAL; run `PRAGMA journal_mode=WAL` on it once",
+                path.display()
+            ),
+            SqliteError::Sqlite { path, what, source } => write!(f, "{}: {what}: {source}", path.display()),
+            SqliteError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for SqliteError {}
+
+/// Device and inode of a file: how walsync notices a database file replaced
+/// underneath it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+pub fn file_id(path: &Path) -> std::io::Result<FileId> {
+    let m = std::fs::metadata(path)?;
+    Ok(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+/// The `-wal` file of a database.
+pub fn wal_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+pub struct DbHandle {
+    path: PathBuf,
+    reader: Connection,
+    writer: Connection,
+    in_read: bool,
+    writers_locked: bool,
+    pub id: FileId,
+}
+
+/// Result of `PRAGMA wal_checkpoint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointResult {
+    pub busy: bool,
+    pub log_frames: i64,
+    pub checkpointed_frames: i64,
+}
+
+impl CheckpointResult {
+    /// Every frame of the WAL is now in the database file.
+    pub fn complete(&self) -> bool {
+        !self.busy && self.log_frames >= 0 && self.log_frames == self.checkpointed_frames
+    }
+}
+
+impl DbHandle {
+    /// Opens the database (which must exist, be SQLite and be in WAL mode)
+    /// without changing anything in it.
+    pub fn open(path: &Path, busy_timeout: Duration) -> Result<DbHandle, SqliteError> {
+        let io = |source| SqliteError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut magic = [0u8; 16];
+        match std::fs::File::open(path) {
+            Ok(mut f) => {
+                use std::io::Read;
+                if f.metadata().map_err(io)?.is_dir() {
+                    return Err(SqliteError::NotSqlite(path.to_path_buf()));
+                }
+                let n = f.read(&mut magic).map_err(io)?;
+                if n != 16 || &magic != b"SQLite format 3\0" {
+                    return Err(SqliteError::NotSqlite(path.to_path_buf()));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SqliteError::Missing(path.to_path_buf()));
+            }
+            Err(e) => return Err(io(e)),
+        }
+        let id = file_id(path).map_err(io)?;
+        let open = |what| -> Result<Connection, SqliteError> {
+            let sq = |source| SqliteError::Sqlite {
+                path: path.to_path_buf(),
+                what,
+                source,
+            };
+            let c = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(sq)?;
+            c.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+                .map_err(sq)?;
+            c.busy_timeout(busy_timeout).map_err(sq)?;
+            // A small page cache: walsync reads pages from the files itself.
+            c.execute_batch("PRAGMA cache_size = -64").map_err(sq)?;
+            Ok(c)
+        };
+        let reader = open("open")?;
+        let mode: String = reader
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(|source| SqliteError::Sqlite {
+                path: path.to_path_buf(),
+                what: "reading journal mode",
+                source,
+            })?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(SqliteError::NotWal {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        let writer = open("open")?;
+        Ok(DbHandle {
+            path: path.to_path_buf(),
+            reader,
+            writer,
+            in_read: false,
+            writers_locked: false,
+            id,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, what: &'static str) -> impl FnOnce(rusqlite::Error) -> SqliteError + '_ {
+        move |source| SqliteError::Sqlite {
+            path: self.path.clone(),
+            what,
+            source,
+        }
+    }
+
+    /// Starts the read transaction (a no-op if one is open).
+    pub fn begin_read(&mut self) -> Result<(), SqliteError> {
+        if self.in_read {
+            return Ok(());
+        }
+        self.reader
+            .execute_batch("BEGIN")
+            .map_err(self.err("begin read"))?;
+        // A read statement is what actually takes the WAL read lock.
+        let r = self
+            .reader
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        if let Err(e) = r {
+            let _ = self.reader.execute_batch("ROLLBACK");
+            return Err(self.err("take read lock")(e));
+        }
+        self.in_read = true;
+        Ok(())
+    }
+
+    pub fn end_read(&mut self) -> Result<(), SqliteError> {
+        if self.in_read {
+            self.in_read = false;
+            self.reader
+                .execute_batch("COMMIT")
+                .map_err(self.err("end read"))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the database's write lock; application writers wait (their
+    /// busy timeout) until `unlock_writers`. Nothing is written.
+    pub fn lock_writers(&mut self) -> Result<(), SqliteError> {
+        assert!(
+            !self.writers_locked,
+            "invariant: the write lock is not taken twice"
+        );
+        self.writer
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(self.err("take write lock"))?;
+        self.writers_locked = true;
+        Ok(())
+    }
+
+    pub fn unlock_writers(&mut self) {
+        if self.writers_locked {
+            self.writers_locked = false;
+            if let Err(e) = self.writer.execute_batch("ROLLBACK") {
+                log::warn!(
+                    "{}: releasing the write lock failed: {e}",
+                    self.path.display()
+                );
+            }
+        }
+    }
+
+    /// `PRAGMA wal_checkpoint(PASSIVE)` on the reader connection, which must
+    /// not be inside its read transaction.
+    pub fn checkpoint_passive(&self) -> Result<CheckpointResult, SqliteError> {
+        assert!(
+            !self.in_read,
+            "invariant: checkpoints run with the read transaction released"
+        );
+        checkpoint(&self.reader, "PASSIVE").map_err(self.err("checkpoint"))
+    }
+
+    /// `PRAGMA wal_checkpoint(TRUNCATE)` on the writer connection with a short
+    /// busy timeout (it holds the write lock while it waits).
+    pub fn checkpoint_truncate(&self) -> Result<CheckpointResult, SqliteError> {
+        let _ = self.writer.busy_timeout(Duration::from_millis(50));
+        let r = checkpoint(&self.writer, "TRUNCATE");
+        let _ = self.writer.busy_timeout(Duration::from_secs(5));
+        r.map_err(self.err("checkpoint"))
+    }
+}
+
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<CheckpointResult> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok(CheckpointResult {
+            busy: r.get::<_, i64>(0)? != 0,
+            log_frames: r.get(1)?,
+            checkpointed_frames: r.get(2)?,
+        })
+    })
+}
+
+/// Page size and size in pages from a database file's 100-byte header.
+pub fn db_header_geometry(header: &[u8]) -> Option<(u32, u32)> {
+    if header.len() < 100 || &header[..16] != b"SQLite format 3\0" {
+        return None;
+    }
+    let raw = u16::from_be_bytes([header[16], header[17]]);
+    let page_size = if raw == 1 { 65536 } else { u32::from(raw) };
+    let pages = u32::from_be_bytes([header[28], header[29], header[30], header[31]]);
+    crate::wal::valid_page_size(page_size).then_some((page_size, pages))
+}

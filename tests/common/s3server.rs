@@ -1,0 +1,243 @@
+//! A real S3 server for integration tests: one `s3s-fs` child process per
+//! test, on a free port, with random credentials, serving a fresh temporary
+//! directory that holds one bucket.
+//!
+//! The binary is `$WALSYNC_S3S_FS` if set, else
+//! `~/.cache/walsync-tools/s3s-fs-0.14.1/bin/s3s-fs` (where CI installs it).
+//! If it is missing or does not come up, the test panics with the reason:
+//! nothing is skipped silently.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::fs::{self, File};
+use std::hash::{BuildHasher, RandomState};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use walsync::storage::s3::S3Settings;
+
+/// The s3s-fs version the harness is written against.
+pub const S3S_FS_VERSION: &str = "0.14.1";
+/// How long the server may take to accept connections.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Region we sign for; s3s-fs accepts any.
+pub const REGION: &str = "us-east-1";
+
+/// A running s3s-fs, killed and cleaned up on drop.
+pub struct S3Server {
+    /// e.g. `http://127.0.0.1:40123`
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// The directory s3s-fs serves; the bucket is `root/<bucket>` and each
+    /// object a file under it.
+    pub root: PathBuf,
+    /// Holds `root` and the server's log.
+    dir: PathBuf,
+    child: Child,
+}
+
+impl S3Server {
+    /// Starts a server with one empty bucket. Panics with the reason if it
+    /// cannot.
+    pub fn start() -> S3Server {
+        let binary = s3s_fs_binary();
+        if !binary.is_file() {
+            panic!(
+                "s3s-fs not found at {} (set WALSYNC_S3S_FS or install it with \
+                 `cargo install s3s-fs --version {S3S_FS_VERSION} --features binary --root ~/.cache/walsync-tools/s3s-fs-{S3S_FS_VERSION}`)",
+                binary.display()
+            );
+        }
+
+        let dir = unique_temp_dir("walsync-s3s");
+        let root = dir.join("data");
+        let bucket = "walsync-test".to_owned();
+        fs::create_dir_all(root.join(&bucket))
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", root.display()));
+        let access_key = format!("AK{}", random_hex(18).to_uppercase());
+        let secret_key = random_hex(40);
+
+        // The port is free when we look, but another process may take it
+        // before s3s-fs binds it: then the child exits and we try another.
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let log_path = dir.join(format!("s3s-fs-{port}.log"));
+            let log = File::create(&log_path)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+            let log_err = log
+                .try_clone()
+                .unwrap_or_else(|e| panic!("cannot clone the log file handle: {e}"));
+            let mut child = Command::new(&binary)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", &access_key, "--secret-key", &secret_key])
+                .arg(&root)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log_err)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+
+            match wait_until_listening(&mut child, port) {
+                Ok(()) => {
+                    return S3Server {
+                        endpoint: format!("http://127.0.0.1:{port}"),
+                        bucket,
+                        access_key,
+                        secret_key,
+                        root,
+                        dir,
+                        child,
+                    }
+                }
+                Err(reason) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    failures.push(format!(
+                        "port {port}: {reason}; log: {}",
+                        log_tail(&log_path)
+                    ));
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+        panic!(
+            "s3s-fs ({}) did not start:\n{}",
+            binary.display(),
+            failures.join("\n")
+        );
+    }
+
+    /// Settings for `S3Storage` pointing at this server's bucket.
+    pub fn settings(&self) -> S3Settings {
+        S3Settings {
+            bucket: self.bucket.clone(),
+            endpoint: Some(self.endpoint.clone()),
+            region: REGION.to_owned(),
+            path_style: true,
+            access_key_id: self.access_key.clone(),
+            secret_access_key: self.secret_key.clone(),
+            session_token: None,
+        }
+    }
+
+    /// The `AWS_*` environment for a child process (e.g. the walsync binary)
+    /// that should use this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", self.access_key.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.as_str()),
+            ("AWS_REGION", REGION),
+            ("AWS_DEFAULT_REGION", REGION),
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// The directory holding the bucket's objects.
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.root.join(&self.bucket)
+    }
+
+    /// A fresh directory for the test's own files, removed with the server.
+    pub fn scratch_dir(&self, name: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        path
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn s3s_fs_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("WALSYNC_S3S_FS").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var_os("HOME")
+        .unwrap_or_else(|| panic!("HOME is not set; set WALSYNC_S3S_FS instead"));
+    Path::new(&home).join(format!(
+        ".cache/walsync-tools/s3s-fs-{S3S_FS_VERSION}/bin/s3s-fs"
+    ))
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0: {e}"));
+    listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("bound socket has no address: {e}"))
+        .port()
+}
+
+fn wait_until_listening(child: &mut Child, port: u16) -> Result<(), String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = Instant::now();
+    while start.elapsed() < STARTUP_TIMEOUT {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited with {status}"));
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err(format!(
+        "not accepting connections after {STARTUP_TIMEOUT:?}"
+    ))
+}
+
+fn log_tail(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = File::open(path) {
+        let _ = file.read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    if tail.is_empty() {
+        "(empty)".to_owned()
+    } else {
+        tail
+    }
+}
+
+/// A new, empty directory under the system temp dir, unique per process and
+/// call.
+pub fn unique_temp_dir(prefix: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos}", std::process::id()));
+    fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    path
+}
+
+/// `len` random lower-case hex digits (not cryptographic; test credentials).
+pub fn random_hex(len: usize) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut out = String::with_capacity(len + 16);
+    while out.len() < len {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let word = RandomState::new().hash_one((n, SystemTime::now(), std::process::id()));
+        out.push_str(&format!("{word:016x}"));
+    }
+    out.truncate(len);
+    out
+}
