@@ -6,11 +6,15 @@
 //! edges (`storage`, `sqlite`, `replica`, `restore`, `daemon`, `cmd`) do.
 //! See DESIGN.md for the invariants each module upholds.
 
+pub mod cmd;
+pub mod config;
+pub mod daemon;
 pub mod format;
 pub mod keys;
 pub mod plan;
 pub mod replica;
 pub mod restore;
+pub mod signals;
 pub mod sqlite;
 pub mod storage;
 pub mod time;

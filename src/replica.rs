@@ -334,7 +334,10 @@ impl Replica {
             .map(|m| m.len())
             .unwrap_or(0);
         let due = self.last_snapshot_ms + self.opts.snapshot_interval.as_millis() as u64;
-        if force_snapshot || (self.commits_since_snapshot > 0 && crate::time::now_ms() >= due) {
+        // A forced snapshot right after a new generation's first one would
+        // upload the same image twice.
+        let forced = force_snapshot && (!report.snapshot || self.commits_since_snapshot > 0);
+        if forced || (self.commits_since_snapshot > 0 && crate::time::now_ms() >= due) {
             self.snapshot(storage, false, &mut report)?;
         } else if wal_len >= self.opts.checkpoint_threshold {
             self.checkpoint(
@@ -360,7 +363,7 @@ impl Replica {
     /// schedules a new one.
     fn start(&mut self, storage: &dyn Storage) -> Result<(), ReplicaError> {
         let mut handle = DbHandle::open(&self.opts.path, Duration::from_secs(5))?;
-        let page_size = read_db_geometry(&self.opts.path)?.0;
+        let page_size = handle.geometry()?.0;
         handle.begin_read()?;
 
         let listing = storage.list(&keys::database_root(&self.opts.prefix))?;
@@ -623,6 +626,15 @@ impl Replica {
             }
             Ok(complete) => {
                 report.checkpointed = true;
+                log::debug!(
+                    "{}: PASSIVE checkpoint {}",
+                    self.opts.path.display(),
+                    if complete {
+                        "complete"
+                    } else {
+                        "partial (an application reader holds older frames)"
+                    }
+                );
                 if complete && truncate {
                     // Safe: our read mark 0 blocks any backfill, so TRUNCATE
                     // can only drop a WAL whose frames are all shipped and in
@@ -686,7 +698,7 @@ impl Replica {
             }
             _ => None,
         };
-        let db = File::open(&path).map_err(io_err(&path))?;
+        let db = self.live.as_ref().expect("invariant: live").handle.file();
         let db_len = db.metadata().map_err(io_err(&path))?.len();
         let pages = match (&overlay, db_pages) {
             (Some(_), Some(n)) => n,
@@ -853,14 +865,6 @@ fn build_overlay(db: &Path, page_size: u32, upto: WalPos) -> Result<Overlay, Rep
         return Err(unstable("the WAL no longer holds the snapshot position"));
     }
     Ok(Overlay { header: h, frames })
-}
-
-/// Page size and page count from the database file's header.
-fn read_db_geometry(db: &Path) -> Result<(u32, u32), ReplicaError> {
-    let f = File::open(db).map_err(io_err(db))?;
-    let mut h = [0u8; 100];
-    f.read_exact_at(&mut h, 0).map_err(io_err(db))?;
-    sqlite::db_header_geometry(&h).ok_or_else(|| SqliteError::NotSqlite(db.to_path_buf()).into())
 }
 
 /// Encodes the transactions `group` (found in `bytes`, which starts at WAL

@@ -83,8 +83,17 @@ pub fn wal_path(db: &Path) -> PathBuf {
 
 pub struct DbHandle {
     path: PathBuf,
+    // Field order is drop order: the connections close before `file`.
     reader: Connection,
     writer: Connection,
+    /// The one descriptor walsync itself holds on the database file, kept
+    /// open as long as the connections. POSIX locks belong to the process and
+    /// closing *any* descriptor of a file drops all of them, SQLite's SHARED
+    /// lock included; another process could then checkpoint past walsync's
+    /// read mark and delete the WAL on close. So every raw read of the
+    /// database goes through this descriptor, which is never closed while a
+    /// connection is open, and is never duplicated.
+    file: std::fs::File,
     in_read: bool,
     writers_locked: bool,
     pub id: FileId,
@@ -114,23 +123,32 @@ impl DbHandle {
             source,
         };
         let mut magic = [0u8; 16];
-        match std::fs::File::open(path) {
-            Ok(mut f) => {
-                use std::io::Read;
-                if f.metadata().map_err(io)?.is_dir() {
-                    return Err(SqliteError::NotSqlite(path.to_path_buf()));
-                }
-                let n = f.read(&mut magic).map_err(io)?;
-                if n != 16 || &magic != b"SQLite format 3\0" {
-                    return Err(SqliteError::NotSqlite(path.to_path_buf()));
-                }
-            }
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(SqliteError::Missing(path.to_path_buf()));
             }
             Err(e) => return Err(io(e)),
+        };
+        let meta = file.metadata().map_err(io)?;
+        if meta.is_dir() {
+            return Err(SqliteError::NotSqlite(path.to_path_buf()));
         }
-        let id = file_id(path).map_err(io)?;
+        if meta.len() == 0 {
+            // Created but not yet written by the application: wait for it.
+            return Err(SqliteError::Missing(path.to_path_buf()));
+        }
+        {
+            use std::os::unix::fs::FileExt;
+            let n = file.read_at(&mut magic, 0).map_err(io)?;
+            if n != 16 || &magic != b"SQLite format 3\0" {
+                return Err(SqliteError::NotSqlite(path.to_path_buf()));
+            }
+        }
+        let id = FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
         let open = |what| -> Result<Connection, SqliteError> {
             let sq = |source| SqliteError::Sqlite {
                 path: path.to_path_buf(),
@@ -173,11 +191,30 @@ impl DbHandle {
             in_read: false,
             writers_locked: false,
             id,
+            file,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The database file, for raw page reads (see the field's comment).
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// Page size and page count from the database file's header.
+    pub fn geometry(&self) -> Result<(u32, u32), SqliteError> {
+        use std::os::unix::fs::FileExt;
+        let mut h = [0u8; 100];
+        self.file
+            .read_exact_at(&mut h, 0)
+            .map_err(|source| SqliteError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        db_header_geometry(&h).ok_or_else(|| SqliteError::NotSqlite(self.path.clone()))
     }
 
     fn err(&self, what: &'static str) -> impl FnOnce(rusqlite::Error) -> SqliteError + '_ {

@@ -1,0 +1,193 @@
+//! The command line: one module per subcommand. Each parses nothing by hand
+//! (argh does), turns flags and the config into library calls, and maps
+//! failures to exit codes: 2 for usage and configuration errors, 1 for
+//! runtime failures (storage, I/O, corrupt backups).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use argh::FromArgs;
+
+use crate::config::{self, Config, DatabaseConfig, StorageConfig};
+use crate::replica::ReplicaOptions;
+use crate::storage::dir::DirStorage;
+use crate::storage::s3::S3Storage;
+use crate::storage::Storage;
+
+pub mod list;
+pub mod restore;
+pub mod snapshot;
+pub mod watch;
+
+/// walsync: continuous backup of SQLite databases (WAL mode) to S3-compatible
+/// storage, and exact restore to the newest transaction or a point in time.
+#[derive(FromArgs, Debug)]
+pub struct Cli {
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Watch(watch::WatchArgs),
+    Snapshot(snapshot::SnapshotArgs),
+    Restore(restore::RestoreArgs),
+    List(list::ListArgs),
+}
+
+impl Cli {
+    pub fn run(self) -> Result<(), CliError> {
+        match self.command {
+            Command::Watch(a) => watch::run(a),
+            Command::Snapshot(a) => snapshot::run(a),
+            Command::Restore(a) => restore::run(a),
+            Command::List(a) => list::run(a),
+        }
+    }
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(message: impl std::fmt::Display) -> CliError {
+        CliError {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn runtime(message: impl std::fmt::Display) -> CliError {
+        CliError {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+/// Loads the config named by `--config`, or the default locations.
+pub fn load_config(flag: Option<&Path>) -> Result<Config, CliError> {
+    let path = config::find_config(flag).map_err(CliError::usage)?;
+    Config::load(&path, &env).map_err(CliError::usage)
+}
+
+pub fn open_storage(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, CliError> {
+    Ok(match cfg {
+        StorageConfig::S3(s) => Arc::new(S3Storage::new(s.clone()).map_err(CliError::usage)?),
+        StorageConfig::Dir(d) => Arc::new(DirStorage::new(d).map_err(CliError::runtime)?),
+    })
+}
+
+/// Where to find the backups: a config file, or (for disaster recovery on a
+/// machine that has none) the bucket or directory given on the command line.
+#[derive(Debug, Default)]
+pub struct Target {
+    pub config: Option<PathBuf>,
+    pub bucket: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub dir: Option<PathBuf>,
+}
+
+impl Target {
+    /// The storage, and the config when one was used.
+    pub fn resolve(&self) -> Result<(Arc<dyn Storage>, Option<Config>), CliError> {
+        match (&self.bucket, &self.dir) {
+            (Some(_), Some(_)) => Err(CliError::usage("give either --bucket or --dir, not both")),
+            (Some(bucket), None) => {
+                if self.config.is_some() {
+                    return Err(CliError::usage(
+                        "give either --config or --bucket, not both",
+                    ));
+                }
+                let s = config::s3_from_flags(
+                    bucket,
+                    self.endpoint.as_deref(),
+                    self.region.as_deref(),
+                    None,
+                    &env,
+                )
+                .map_err(CliError::usage)?;
+                Ok((open_storage(&StorageConfig::S3(s))?, None))
+            }
+            (None, Some(dir)) => {
+                if self.config.is_some() || self.endpoint.is_some() || self.region.is_some() {
+                    return Err(CliError::usage(
+                        "--dir takes no --config, --endpoint or --region",
+                    ));
+                }
+                Ok((open_storage(&StorageConfig::Dir(dir.clone()))?, None))
+            }
+            (None, None) => {
+                if self.endpoint.is_some() || self.region.is_some() {
+                    return Err(CliError::usage("--endpoint and --region go with --bucket"));
+                }
+                let cfg = load_config(self.config.as_deref())?;
+                Ok((open_storage(&cfg.storage)?, Some(cfg)))
+            }
+        }
+    }
+}
+
+pub fn replica_options(db: &DatabaseConfig) -> ReplicaOptions {
+    ReplicaOptions {
+        path: db.path.clone(),
+        prefix: db.prefix.clone(),
+        snapshot_interval: db.snapshot_interval,
+        checkpoint_threshold: db.checkpoint_threshold,
+        truncate_threshold: db.truncate_threshold,
+        max_segment_bytes: 16 << 20,
+        spool_dir: std::env::temp_dir(),
+    }
+}
+
+/// The databases of the config, or the one whose prefix is `prefix`.
+pub fn select<'a>(
+    cfg: &'a Config,
+    prefix: Option<&str>,
+) -> Result<Vec<&'a DatabaseConfig>, CliError> {
+    match prefix {
+        None => Ok(cfg.databases.iter().collect()),
+        Some(p) => {
+            let found: Vec<_> = cfg.databases.iter().filter(|d| d.prefix == p).collect();
+            if found.is_empty() {
+                Err(CliError::usage(format!(
+                    "no database with prefix {p:?} in {}",
+                    cfg.source.display()
+                )))
+            } else {
+                Ok(found)
+            }
+        }
+    }
+}
+
+pub fn check_prefix(prefix: &str) -> Result<(), CliError> {
+    config::validate_prefix(prefix)
+        .map_err(|e| CliError::usage(format!("--prefix {prefix:?}: {e}")))
+}
+
+/// `12.3 MiB`
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,97 @@
+//! `walsync restore`: rebuild one database from its backup.
+
+use std::path::PathBuf;
+
+use argh::FromArgs;
+
+use super::{check_prefix, human_bytes, CliError, Target};
+use crate::plan;
+use crate::restore::{restore, RestoreError};
+use crate::time::{format_rfc3339, parse_rfc3339};
+
+/// restore one database (to the newest transaction, or to --timestamp / --txid)
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "restore")]
+pub struct RestoreArgs {
+    /// prefix of the database in the bucket, e.g. services/auth
+    #[argh(option)]
+    pub prefix: String,
+    /// file to write; must not exist unless --force
+    #[argh(option, short = 'o')]
+    pub output: PathBuf,
+    /// config file (default: ./walsync.toml, then /etc/walsync.toml)
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// bucket to restore from, without a config file (credentials from AWS_* variables)
+    #[argh(option)]
+    pub bucket: Option<String>,
+    /// S3 endpoint URL with --bucket (default: AWS, or AWS_ENDPOINT_URL_S3)
+    #[argh(option)]
+    pub endpoint: Option<String>,
+    /// region with --bucket (default: AWS_REGION, else us-east-1)
+    #[argh(option)]
+    pub region: Option<String>,
+    /// local backup directory to restore from, without a config file
+    #[argh(option)]
+    pub dir: Option<PathBuf>,
+    /// restore every commit read at or before this time (RFC 3339, e.g. 2026-11-25T20:43:16Z)
+    #[argh(option)]
+    pub timestamp: Option<String>,
+    /// restore up to and including this transaction id
+    #[argh(option)]
+    pub txid: Option<u64>,
+    /// replace the output file if it exists
+    #[argh(switch)]
+    pub force: bool,
+}
+
+pub fn target_of(timestamp: Option<&str>, txid: Option<u64>) -> Result<plan::Target, CliError> {
+    match (timestamp, txid) {
+        (Some(_), Some(_)) => Err(CliError::usage(
+            "give either --timestamp or --txid, not both",
+        )),
+        (Some(t), None) => {
+            Ok(plan::Target::Time(parse_rfc3339(t).map_err(|e| {
+                CliError::usage(format!("--timestamp: {e}"))
+            })?))
+        }
+        (None, Some(0)) => Err(CliError::usage("--txid: transaction ids start at 1")),
+        (None, Some(n)) => Ok(plan::Target::Txid(n)),
+        (None, None) => Ok(plan::Target::Latest),
+    }
+}
+
+pub fn run(args: RestoreArgs) -> Result<(), CliError> {
+    check_prefix(&args.prefix)?;
+    let target = target_of(args.timestamp.as_deref(), args.txid)?;
+    let (storage, _cfg) = Target {
+        config: args.config,
+        bucket: args.bucket,
+        endpoint: args.endpoint,
+        region: args.region,
+        dir: args.dir,
+    }
+    .resolve()?;
+    match restore(&*storage, &args.prefix, &args.output, target, args.force) {
+        Ok(r) => {
+            println!(
+                "restored {} to {}: txid {} ({}), generation {:016x}, {} pages, {}, {} objects ({} downloaded) in {:.2}s",
+                args.prefix,
+                args.output.display(),
+                r.txid,
+                format_rfc3339(r.time_ms),
+                r.generation,
+                r.pages,
+                human_bytes(r.bytes),
+                r.objects,
+                human_bytes(r.downloaded_bytes),
+                r.seconds
+            );
+            Ok(())
+        }
+        Err(e @ (RestoreError::OutputExists(_) | RestoreError::BadOutput { .. })) => {
+            Err(CliError::usage(e))
+        }
+        Err(e) => Err(CliError::runtime(e)),
+    }
+}
