@@ -390,4 +390,49 @@ pub(crate) mod tests {
             }
         }
     }
+
+    /// A WAL written by SQLite itself: every transaction is found, in order,
+    /// and a torn tail loses only the torn transaction.
+    #[test]
+    fn parses_a_wal_written_by_sqlite() {
+        let dir = std::env::temp_dir().join(format!("walsync-wal-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("t.db");
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "PRAGMA page_size=1024; PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+             CREATE TABLE t(x);",
+        )
+        .unwrap();
+        for i in 0..50 {
+            c.execute("INSERT INTO t VALUES (?1)", [format!("{i:0>600}")])
+                .unwrap();
+        }
+        // One transaction of many pages.
+        c.execute_batch("BEGIN; INSERT INTO t SELECT x || x FROM t; COMMIT;")
+            .unwrap();
+        let bytes = std::fs::read(dir.join("t.db-wal")).unwrap();
+        let h = parse_header(&bytes).unwrap();
+        assert_eq!(h.page_size, 1024);
+        assert!(
+            !h.big_endian,
+            "SQLite writes native (little-endian) checksums on x86"
+        );
+        let txns = scan(&h, h.start(), &bytes[HEADER_SIZE..]);
+        assert_eq!(
+            txns.len(),
+            1 + 50 + 1,
+            "CREATE TABLE, 50 inserts, one big transaction"
+        );
+        assert!(txns.last().unwrap().frame_count > 10);
+        assert_eq!(txns.last().unwrap().end.offset, bytes.len() as u64);
+        let pages: u32 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        assert_eq!(txns.last().unwrap().db_pages, pages);
+        // Tear the last frame: the big transaction is gone, the rest stands.
+        let torn = &bytes[HEADER_SIZE..bytes.len() - 100];
+        assert_eq!(scan(&h, h.start(), torn).len(), 51);
+        drop(c);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
