@@ -374,7 +374,11 @@ pub fn run(
                         let wait = backoff(s.failures);
                         if stopping.is_some() {
                             log::error!("{} ({}): {e}", s.path.display(), s.prefix);
-                            failed_at_stop.push(format!("{} ({})", s.path.display(), s.prefix));
+                            // Only a database walsync was replicating can
+                            // have committed transactions left unshipped.
+                            if s.replica.as_ref().is_some_and(|r| r.is_live()) {
+                                failed_at_stop.push(format!("{} ({})", s.path.display(), s.prefix));
+                            }
                             s.final_sync_done = true;
                         } else {
                             log::error!(

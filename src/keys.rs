@@ -157,7 +157,7 @@ pub fn parse_listing(prefix: &str, listing: &[ObjectMeta]) -> Result<Vec<BackupO
             });
         }
     }
-    out.sort_by(|a, b| (a.generation, a.kind).cmp(&(b.generation, b.kind)));
+    out.sort_by_key(|o| (o.generation, o.kind));
     Ok(out)
 }
 

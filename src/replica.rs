@@ -741,10 +741,7 @@ impl Replica {
                 Some(_) => Some(File::open(sqlite::wal_path(&path)).map_err(io_err(&path))?),
                 None => None,
             };
-            let wal_header = match &overlay {
-                Some(o) => Some(o.header),
-                None => None,
-            };
+            let wal_header = overlay.as_ref().map(|o| o.header);
             for p in 1..=pages {
                 let from_wal = overlay.as_ref().and_then(|o| o.frames.get(&p));
                 if let (Some(fr), Some(wal), Some(h)) = (from_wal, &wal, &wal_header) {

@@ -67,7 +67,7 @@ pub fn valid_page_size(n: u32) -> bool {
 /// SQLite's WAL checksum over `data` (a multiple of 8 bytes), continuing `seed`.
 pub fn checksum(big_endian: bool, data: &[u8], seed: Checksum) -> Checksum {
     debug_assert!(
-        data.len() % 8 == 0,
+        data.len().is_multiple_of(8),
         "WAL checksums cover whole 8-byte words"
     );
     let (mut s0, mut s1) = (seed.0, seed.1);

@@ -80,6 +80,10 @@ impl Setup {
         self.command().args(args).output().unwrap()
     }
 
+    fn scratch(&self, name: &str) -> PathBuf {
+        self.server.scratch_dir(name)
+    }
+
     fn storage(&self) -> S3Storage {
         S3Storage::new(self.server.settings()).unwrap()
     }
@@ -428,4 +432,245 @@ fn wrong_secret_key_is_a_clear_authentication_error() {
         !err.contains("not-the-secret"),
         "the secret must not be printed: {err}"
     );
+}
+
+/// Every object file of the bucket as s3s-fs stores it (one file per key).
+fn object_files(setup: &Setup, prefix: &str) -> Vec<(String, PathBuf)> {
+    let storage = setup.storage();
+    storage
+        .list(&keys::database_root(prefix))
+        .unwrap()
+        .into_iter()
+        .map(|o| {
+            let p = setup.server.bucket_dir().join(&o.key);
+            assert!(p.is_file(), "s3s-fs stores {} at {}", o.key, p.display());
+            (o.key, p)
+        })
+        .collect()
+}
+
+fn assert_nothing_left(dir: &Path, out: &Path) {
+    assert!(
+        !out.exists(),
+        "{} must not exist after a failed restore",
+        out.display()
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("walsync-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn corrupt_or_missing_objects_are_named_and_nothing_is_written() {
+    let setup = Setup::new(&[("app.db", "services/auth")]);
+    let path = setup.dir.join("app.db");
+    let c = open_app(&path);
+    let storage = setup.storage();
+    let mut child = setup.watch("watch.log");
+    for batch in 0..4 {
+        for id in batch * 100 + 1..=batch * 100 + 100 {
+            insert(&c, id);
+        }
+        wait_shipped(&storage, "services/auth");
+    }
+    assert!(sigterm(&mut child).success());
+    let files = object_files(&setup, "services/auth");
+    assert!(
+        files.len() >= 4,
+        "a snapshot and several segments: {files:?}"
+    );
+    let outdir = setup.scratch("restores");
+    let out = outdir.join("r.db");
+
+    // A flipped byte anywhere in any object: restore names it and writes nothing.
+    for (key, file) in &files {
+        let good = std::fs::read(file).unwrap();
+        for at in [0, good.len() / 2, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x20;
+            std::fs::write(file, &bad).unwrap();
+            let o = setup.restore("services/auth", &out, &[]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "flip at {at} of {key}: {err}");
+            assert!(err.contains(key.as_str()), "the error names {key}: {err}");
+            assert_nothing_left(&outdir, &out);
+        }
+        // Truncated.
+        std::fs::write(file, &good[..good.len() / 3]).unwrap();
+        let o = setup.restore("services/auth", &out, &[]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(key.as_str()));
+        assert_nothing_left(&outdir, &out);
+        std::fs::write(file, &good).unwrap();
+    }
+
+    // A segment missing in the middle of the chain.
+    let segments: Vec<_> = files.iter().filter(|(k, _)| k.ends_with(".seg")).collect();
+    assert!(segments.len() >= 3);
+    let (key, file) = segments[1];
+    let saved = std::fs::read(file).unwrap();
+    std::fs::remove_file(file).unwrap();
+    let o = setup.restore("services/auth", &out, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("missing the segments"), "{err}");
+    assert_nothing_left(&outdir, &out);
+    std::fs::write(file, &saved).unwrap();
+    let _ = key;
+
+    // A key under generations/ that is not a walsync object.
+    let stray = setup
+        .server
+        .bucket_dir()
+        .join("services/auth/generations/0000000000000001/snapshots/junk");
+    std::fs::write(&stray, b"junk").unwrap();
+    let o = setup.restore("services/auth", &out, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("snapshots/junk"), "{err}");
+    std::fs::remove_file(&stray).unwrap();
+
+    // With everything back in place, the restore is whole.
+    let o = setup.restore("services/auth", &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&out), rows(&path));
+}
+
+#[test]
+fn missing_and_broken_databases_do_not_stop_the_others() {
+    let setup = Setup::new(&[
+        ("good.db", "apps/good"),
+        ("later.db", "apps/later"),
+        ("rollback.db", "apps/rollback"),
+    ]);
+    let storage = setup.storage();
+    // A database in rollback-journal mode: walsync refuses it, clearly.
+    let rb = Connection::open(setup.dir.join("rollback.db")).unwrap();
+    rb.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL); INSERT INTO t VALUES (1, 'x');",
+    )
+    .unwrap();
+    let good = open_app(&setup.dir.join("good.db"));
+    let mut child = setup.watch("watch.log");
+    for id in 1..=50 {
+        insert(&good, id);
+    }
+    wait_shipped(&storage, "apps/good");
+
+    // The database that did not exist at start appears and is replicated.
+    let later = open_app(&setup.dir.join("later.db"));
+    for id in 1..=40 {
+        insert(&later, id);
+    }
+    wait_shipped(&storage, "apps/later");
+    for id in 51..=60 {
+        insert(&good, id);
+    }
+    wait_shipped(&storage, "apps/good");
+    let status = sigterm(&mut child);
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        log.contains("waiting for the database to be created"),
+        "{log}"
+    );
+    assert!(log.contains("walsync needs WAL"), "{log}");
+
+    for (prefix, file, n) in [("apps/good", "good.db", 60), ("apps/later", "later.db", 40)] {
+        let out = setup.dir.join(format!("{file}.restored"));
+        let o = setup.restore(prefix, &out, &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(rows(&out).len(), n);
+        assert_eq!(rows(&out), rows(&setup.dir.join(file)));
+    }
+}
+
+#[test]
+fn snapshot_and_list_commands_and_config_errors() {
+    let setup = Setup::new(&[("app.db", "edge/node-1/cache")]);
+    let c = open_app(&setup.dir.join("app.db"));
+    for id in 1..=20 {
+        insert(&c, id);
+    }
+    let cfg = setup.config.to_str().unwrap();
+    let o = setup.run(&["snapshot", "--config", cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for id in 21..=30 {
+        insert(&c, id);
+    }
+    let o = setup.run(&["snapshot", "--config", cfg, "--prefix", "edge/node-1/cache"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = setup.run(&["list", "--config", cfg]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("edge/node-1/cache"), "{out}");
+    // Two snapshots. (Whether the second starts a new generation depends on
+    // whether the application restarted the WAL in between: walsync cannot
+    // prove continuity across its own restart once the WAL was restarted.)
+    let snapshots = setup
+        .storage()
+        .list("edge/node-1/cache/")
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.key.ends_with(".snap"))
+        .count();
+    assert_eq!(snapshots, 2, "{out}");
+    assert!(out.contains("generation 0000000000000001"), "{out}");
+    let restored = setup.dir.join("r.db");
+    let o = setup.restore("edge/node-1/cache", &restored, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&restored).len(), 30);
+
+    // Usage and configuration errors exit 2 and say what is wrong where.
+    let bad = setup.dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[storage]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:1\"\nbogus = 1\n",
+    )
+    .unwrap();
+    let o = setup.run(&["list", "--config", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("bogus") && err.contains(":4"), "{err}");
+    for args in [
+        vec!["restore", "--prefix", "../x", "-o", "x.db", "--dir", "."],
+        vec![
+            "restore",
+            "--prefix",
+            "a",
+            "-o",
+            "x.db",
+            "--dir",
+            ".",
+            "--txid",
+            "1",
+            "--timestamp",
+            "2026-01-01T00:00:00Z",
+        ],
+        vec![
+            "restore",
+            "--prefix",
+            "a",
+            "-o",
+            "x.db",
+            "--dir",
+            ".",
+            "--timestamp",
+            "yesterday",
+        ],
+        vec!["list", "--config", "/nonexistent/walsync.toml"],
+        vec!["frobnicate"],
+    ] {
+        let o = setup.run(&args);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
 }

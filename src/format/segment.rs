@@ -328,7 +328,9 @@ mod tests {
         bytes
     }
 
-    fn decode_all(bytes: &[u8]) -> Result<Vec<(CommitRecord, Vec<(u32, u8)>)>, FormatError> {
+    type Decoded = Vec<(CommitRecord, Vec<(u32, u8)>)>;
+
+    fn decode_all(bytes: &[u8]) -> Result<Decoded, FormatError> {
         let mut d = SegmentDecoder::new(bytes)?;
         let mut out = Vec::new();
         let mut buf = vec![0u8; 512];
