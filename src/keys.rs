@@ -161,6 +161,25 @@ pub fn parse_listing(prefix: &str, listing: &[ObjectMeta]) -> Result<Vec<BackupO
     Ok(out)
 }
 
+/// The database prefixes that have objects in a listing (of a bucket, or
+/// of a parent prefix): every key of the form
+/// `<prefix>/generations/<generation>/...` that parses as a walsync object.
+/// Used by `restore-all` to find what to restore when there is no config.
+pub fn discover_prefixes(listing: &[ObjectMeta]) -> Vec<String> {
+    let mut found = std::collections::BTreeSet::new();
+    for o in listing {
+        // The last "/generations/" is the one that belongs to walsync: a
+        // prefix may itself contain a component named "generations".
+        if let Some(i) = o.key.rfind("/generations/") {
+            let prefix = &o.key[..i];
+            if !prefix.is_empty() && matches!(parse_key(prefix, &o.key), Ok(Some(_))) {
+                found.insert(prefix.to_string());
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +250,34 @@ mod tests {
             let e = parse_key("p", k).unwrap_err();
             assert!(e.to_string().contains(k));
         }
+    }
+
+    #[test]
+    fn prefixes_are_discovered_from_a_listing() {
+        let keys = [
+            snapshot_key("edge/node-1/cache", 1, 1, 5),
+            segment_key("edge/node-1/cache", 1, 2, 3, 6, 7),
+            snapshot_key("edge/node-1/generations/x", 4, 4, 5),
+            snapshot_key("tenants/acme", 9, 9, 9),
+            "tenants/acme/generations/junk".to_string(),
+            "other/file.txt".to_string(),
+            "generations/0000000000000001/snapshots/0000000000000001-0000000000000001.snap"
+                .to_string(),
+        ];
+        let listing: Vec<ObjectMeta> = keys
+            .iter()
+            .map(|k| ObjectMeta {
+                key: k.clone(),
+                size: 1,
+            })
+            .collect();
+        assert_eq!(
+            discover_prefixes(&listing),
+            vec![
+                "edge/node-1/cache",
+                "edge/node-1/generations/x",
+                "tenants/acme"
+            ]
+        );
     }
 }

@@ -286,6 +286,34 @@ pub fn restore(
     })
 }
 
+/// Where `restore-all` puts the database of `prefix`: `<output_dir>/<prefix>.db`,
+/// with its parent folders created. The prefix comes from a config or from
+/// a bucket listing (untrusted), so it is validated, and the created parent
+/// must still lie inside `output_dir` once symlinks are resolved
+/// (DESIGN.md invariant 9).
+pub fn output_path_for(output_dir: &Path, prefix: &str) -> Result<PathBuf, RestoreError> {
+    let bad = |reason: String| RestoreError::BadOutput {
+        path: output_dir.join(prefix),
+        reason,
+    };
+    crate::config::validate_prefix(prefix)
+        .map_err(|e| bad(format!("prefix {prefix:?} cannot name a file: {e}")))?;
+    let path = output_dir.join(format!("{prefix}.db"));
+    let parent = path
+        .parent()
+        .expect("invariant: a joined path has a parent");
+    fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let root = fs::canonicalize(output_dir).map_err(io_err(output_dir))?;
+    let real_parent = fs::canonicalize(parent).map_err(io_err(parent))?;
+    if !real_parent.starts_with(&root) {
+        return Err(bad(format!(
+            "{} leads outside the output directory (a symlink?); refusing to write there",
+            parent.display()
+        )));
+    }
+    Ok(path)
+}
+
 fn check_output(output: &Path, force: bool) -> Result<(), RestoreError> {
     let bad = |reason: &str| RestoreError::BadOutput {
         path: output.to_path_buf(),
@@ -342,4 +370,48 @@ fn verify(path: &Path, prefix: &str, pages: u32, page_size: u32) -> Result<(), R
         return Err(fail(format!("integrity_check: {}", rows.join("; "))));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_paths_stay_inside_the_output_directory() {
+        let dir = std::env::temp_dir().join(format!("walsync-outpath-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        assert_eq!(
+            output_path_for(&dir, "tenants/acme").unwrap(),
+            dir.join("tenants/acme.db")
+        );
+        assert!(dir.join("tenants").is_dir());
+        for hostile in [
+            "../x",
+            "a/../../x",
+            "/etc/x",
+            "a//b",
+            "",
+            "a/./b",
+            "a/",
+            "x\0y",
+        ] {
+            assert!(
+                matches!(
+                    output_path_for(&dir, hostile),
+                    Err(RestoreError::BadOutput { .. })
+                ),
+                "{hostile:?} accepted"
+            );
+        }
+        let outside = dir.with_extension("outside");
+        fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
+        assert!(matches!(
+            output_path_for(&dir, "link/x"),
+            Err(RestoreError::BadOutput { .. })
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(&outside).unwrap();
+    }
 }

@@ -674,3 +674,137 @@ fn snapshot_and_list_commands_and_config_errors() {
         );
     }
 }
+
+#[test]
+fn restore_all_restores_every_database_and_names_failures() {
+    let names: Vec<(String, String)> = (0..22)
+        .map(|i| {
+            let prefix = match i % 3 {
+                0 => format!("tenants/t{i}"),
+                1 => format!("services/s{i}"),
+                _ => format!("edge/node-{i}/cache"),
+            };
+            (format!("db{i}.db"), prefix)
+        })
+        .collect();
+    let dbs: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(f, p)| (f.as_str(), p.as_str()))
+        .collect();
+    let setup = Setup::new(&dbs);
+    for (i, (file, _)) in names.iter().enumerate() {
+        let c = open_app(&setup.dir.join(file));
+        for id in 1..=(10 + i as i64) {
+            insert(&c, id);
+        }
+    }
+    let cfg = setup.config.to_str().unwrap();
+    let o = setup.run(&["snapshot", "--config", cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // From the config, in parallel.
+    let out = setup.scratch("all");
+    let o = setup.run(&[
+        "restore-all",
+        "--config",
+        cfg,
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--jobs",
+        "4",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("22 ok, 0 failed"), "{stdout}");
+    for (i, (file, prefix)) in names.iter().enumerate() {
+        let restored = out.join(format!("{prefix}.db"));
+        assert_eq!(rows(&restored).len(), 10 + i, "{prefix}");
+        assert_eq!(rows(&restored), rows(&setup.dir.join(file)), "{prefix}");
+    }
+
+    // With no config: discovered by listing the bucket, under a parent prefix.
+    let out2 = setup.scratch("edge-only");
+    let o = setup.run(&[
+        "restore-all",
+        "--bucket",
+        &setup.server.bucket,
+        "--endpoint",
+        &setup.server.endpoint,
+        "--prefix",
+        "edge",
+        "--output-dir",
+        out2.to_str().unwrap(),
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("\"ok\":7,\"failed\":0"), "{stdout}");
+    assert!(out2.join("edge/node-2/cache.db").is_file());
+    assert!(!out2.join("tenants").exists());
+
+    // One database's snapshot corrupted: exit 1, that one named, the others restored.
+    let victim = "services/s1";
+    let (_, file) = object_files(&setup, victim).remove(0);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let out3 = setup.scratch("one-bad");
+    let o = setup.run(&[
+        "restore-all",
+        "--config",
+        cfg,
+        "--output-dir",
+        out3.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("FAILED  {victim}")), "{stdout}");
+    assert!(stdout.contains("21 ok, 1 failed"), "{stdout}");
+    assert!(!out3.join(format!("{victim}.db")).exists());
+    assert!(out3.join("tenants/t0.db").is_file());
+
+    // Existing files are kept without --force; a symlink leading out is refused.
+    let o = setup.run(&[
+        "restore-all",
+        "--config",
+        cfg,
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--prefix",
+        "tenants",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("already exists"));
+    let out4 = setup.scratch("symlinked");
+    let outside = setup.scratch("outside");
+    std::os::unix::fs::symlink(&outside, out4.join("tenants")).unwrap();
+    let o = setup.run(&[
+        "restore-all",
+        "--config",
+        cfg,
+        "--output-dir",
+        out4.to_str().unwrap(),
+        "--prefix",
+        "tenants",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("leads outside the output directory"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written through the symlink"
+    );
+}

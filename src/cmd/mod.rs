@@ -16,6 +16,7 @@ use crate::storage::Storage;
 
 pub mod list;
 pub mod restore;
+pub mod restore_all;
 pub mod snapshot;
 pub mod watch;
 
@@ -33,6 +34,7 @@ pub enum Command {
     Watch(watch::WatchArgs),
     Snapshot(snapshot::SnapshotArgs),
     Restore(restore::RestoreArgs),
+    RestoreAll(restore_all::RestoreAllArgs),
     List(list::ListArgs),
 }
 
@@ -42,6 +44,7 @@ impl Cli {
             Command::Watch(a) => watch::run(a),
             Command::Snapshot(a) => snapshot::run(a),
             Command::Restore(a) => restore::run(a),
+            Command::RestoreAll(a) => restore_all::run(a),
             Command::List(a) => list::run(a),
         }
     }

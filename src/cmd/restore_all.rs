@@ -1,0 +1,277 @@
+//! `walsync restore-all`: restore every database, for cron jobs that prove
+//! the backups work and for rebuilding a lost machine.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use argh::FromArgs;
+use rayon::prelude::*;
+
+use super::restore::target_of;
+use super::{check_prefix, human_bytes, CliError, Target};
+use crate::keys;
+use crate::restore::{output_path_for, restore, RestoreReport};
+use crate::storage::Storage;
+use crate::time::format_rfc3339;
+
+/// restore every database to <output-dir>/<prefix>.db (exit 1 if any fails)
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "restore-all")]
+pub struct RestoreAllArgs {
+    /// directory to restore into; each database goes to <output-dir>/<prefix>.db
+    #[argh(option)]
+    pub output_dir: PathBuf,
+    /// config file (default: ./walsync.toml, then /etc/walsync.toml)
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// bucket to restore from, without a config file: every database found under --prefix
+    #[argh(option)]
+    pub bucket: Option<String>,
+    /// S3 endpoint URL with --bucket
+    #[argh(option)]
+    pub endpoint: Option<String>,
+    /// region with --bucket
+    #[argh(option)]
+    pub region: Option<String>,
+    /// local backup directory, without a config file
+    #[argh(option)]
+    pub dir: Option<PathBuf>,
+    /// with a config: only databases under this prefix; without: where to look for databases (default: everywhere)
+    #[argh(option)]
+    pub prefix: Option<String>,
+    /// restores to run at once (default: the config's workers, else 2)
+    #[argh(option)]
+    pub jobs: Option<usize>,
+    /// restore every commit read at or before this time (RFC 3339), the same moment for all databases
+    #[argh(option)]
+    pub timestamp: Option<String>,
+    /// restore up to and including this transaction id (of each database)
+    #[argh(option)]
+    pub txid: Option<u64>,
+    /// replace output files that exist
+    #[argh(switch)]
+    pub force: bool,
+    /// print the summary as JSON
+    #[argh(switch)]
+    pub json: bool,
+}
+
+struct Outcome {
+    prefix: String,
+    output: Option<PathBuf>,
+    result: Result<RestoreReport, String>,
+}
+
+/// Does `prefix` lie under `parent` by whole `/`-separated components?
+fn under(prefix: &str, parent: &str) -> bool {
+    let parent = parent.trim_end_matches('/');
+    parent.is_empty() || prefix == parent || prefix.starts_with(&format!("{parent}/"))
+}
+
+pub fn run(args: RestoreAllArgs) -> Result<(), CliError> {
+    let target = target_of(args.timestamp.as_deref(), args.txid)?;
+    if let Some(p) = &args.prefix {
+        check_prefix(p.trim_end_matches('/'))?;
+    }
+    if args.jobs == Some(0) {
+        return Err(CliError::usage("--jobs must be at least 1"));
+    }
+    let (storage, cfg) = Target {
+        config: args.config,
+        bucket: args.bucket,
+        endpoint: args.endpoint,
+        region: args.region,
+        dir: args.dir,
+    }
+    .resolve()?;
+    std::fs::create_dir_all(&args.output_dir)
+        .map_err(|e| CliError::runtime(format!("{}: {e}", args.output_dir.display())))?;
+
+    let started = Instant::now();
+    let parent = args.prefix.clone().unwrap_or_default();
+    let prefixes: Vec<String> = match &cfg {
+        Some(cfg) => cfg
+            .databases
+            .iter()
+            .map(|d| d.prefix.clone())
+            .filter(|p| under(p, &parent))
+            .collect(),
+        None => {
+            let list_from = if parent.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", parent.trim_end_matches('/'))
+            };
+            let listing = storage.list(&list_from).map_err(CliError::runtime)?;
+            keys::discover_prefixes(&listing)
+        }
+    };
+    if prefixes.is_empty() {
+        return Err(CliError::runtime(format!(
+            "no databases found{} in {}",
+            if parent.is_empty() {
+                String::new()
+            } else {
+                format!(" under {parent:?}")
+            },
+            storage.location()
+        )));
+    }
+    let jobs = args.jobs.or(cfg.as_ref().map(|c| c.workers)).unwrap_or(2);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map_err(|e| CliError::runtime(format!("cannot start {jobs} restore threads: {e}")))?;
+    let json = args.json;
+    let outcomes: Vec<Outcome> = pool.install(|| {
+        prefixes
+            .par_iter()
+            .map(|prefix| {
+                let o = restore_one(&*storage, &args.output_dir, prefix, target, args.force);
+                if !json {
+                    println!("{}", line(&o));
+                }
+                o
+            })
+            .collect()
+    });
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        println!("{}", to_json(&outcomes, seconds));
+    } else {
+        let bytes: u64 = outcomes
+            .iter()
+            .filter_map(|o| o.result.as_ref().ok())
+            .map(|r| r.bytes)
+            .sum();
+        println!(
+            "restore-all: {} ok, {failed} failed, {} restored in {seconds:.2}s",
+            outcomes.len() - failed,
+            human_bytes(bytes)
+        );
+    }
+    if failed > 0 {
+        return Err(CliError::runtime(format!(
+            "{failed} of {} restores failed",
+            outcomes.len()
+        )));
+    }
+    Ok(())
+}
+
+fn restore_one(
+    storage: &dyn Storage,
+    dir: &Path,
+    prefix: &str,
+    target: crate::plan::Target,
+    force: bool,
+) -> Outcome {
+    let output = match output_path_for(dir, prefix) {
+        Ok(p) => p,
+        Err(e) => {
+            return Outcome {
+                prefix: prefix.to_string(),
+                output: None,
+                result: Err(e.to_string()),
+            }
+        }
+    };
+    let result = restore(storage, prefix, &output, target, force).map_err(|e| e.to_string());
+    Outcome {
+        prefix: prefix.to_string(),
+        output: Some(output),
+        result,
+    }
+}
+
+fn line(o: &Outcome) -> String {
+    match &o.result {
+        Ok(r) => format!(
+            "ok      {}  -> {}  txid {} ({}), {} pages, {}, {:.2}s",
+            o.prefix,
+            o.output
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            r.txid,
+            format_rfc3339(r.time_ms),
+            r.pages,
+            human_bytes(r.bytes),
+            r.seconds
+        ),
+        Err(e) => format!("FAILED  {}  {e}", o.prefix),
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn to_json(outcomes: &[Outcome], seconds: f64) -> String {
+    let items: Vec<String> = outcomes
+        .iter()
+        .map(|o| {
+            let output = o
+                .output
+                .as_deref()
+                .map_or("null".to_string(), |p| json_string(&p.display().to_string()));
+            match &o.result {
+                Ok(r) => format!(
+                    "{{\"prefix\":{},\"output\":{output},\"ok\":true,\"generation\":\"{:016x}\",\"txid\":{},\"time\":{},\"pages\":{},\"bytes\":{},\"seconds\":{:.3}}}",
+                    json_string(&o.prefix),
+                    r.generation,
+                    r.txid,
+                    json_string(&format_rfc3339(r.time_ms)),
+                    r.pages,
+                    r.bytes,
+                    r.seconds
+                ),
+                Err(e) => format!(
+                    "{{\"prefix\":{},\"output\":{output},\"ok\":false,\"error\":{}}}",
+                    json_string(&o.prefix),
+                    json_string(e)
+                ),
+            }
+        })
+        .collect();
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    format!(
+        "{{\"databases\":[{}],\"ok\":{},\"failed\":{failed},\"seconds\":{seconds:.3}}}",
+        items.join(","),
+        outcomes.len() - failed
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_under_a_parent_by_whole_components() {
+        assert!(under("tenants/acme", "tenants"));
+        assert!(under("tenants/acme", "tenants/"));
+        assert!(under("tenants", "tenants"));
+        assert!(!under("tenants2/x", "tenants"));
+        assert!(under("anything", ""));
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+    }
+}
