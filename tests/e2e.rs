@@ -750,6 +750,24 @@ fn restore_all_restores_every_database_and_names_failures() {
     assert!(out2.join("edge/node-2/cache.db").is_file());
     assert!(!out2.join("tenants").exists());
 
+    // verify replays everything into temporary files and keeps nothing.
+    let tmp = setup.scratch("verify-tmp");
+    let o = setup.run(&[
+        "verify",
+        "--config",
+        cfg,
+        "--temp-dir",
+        tmp.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("22 ok, 0 failed"), "{stdout}");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+
     // One database's snapshot corrupted: exit 1, that one named, the others restored.
     let victim = "services/s1";
     let (_, file) = object_files(&setup, victim).remove(0);
@@ -771,6 +789,20 @@ fn restore_all_restores_every_database_and_names_failures() {
     assert!(stdout.contains("21 ok, 1 failed"), "{stdout}");
     assert!(!out3.join(format!("{victim}.db")).exists());
     assert!(out3.join("tenants/t0.db").is_file());
+    let o = setup.run(&[
+        "verify",
+        "--config",
+        cfg,
+        "--temp-dir",
+        tmp.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("FAILED  {victim}")) && stdout.contains("checksum mismatch"),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
 
     // Existing files are kept without --force; a symlink leading out is refused.
     let o = setup.run(&[

@@ -18,6 +18,7 @@ pub mod list;
 pub mod restore;
 pub mod restore_all;
 pub mod snapshot;
+pub mod verify;
 pub mod watch;
 
 /// walsync: continuous backup of SQLite databases (WAL mode) to S3-compatible
@@ -36,6 +37,7 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     RestoreAll(restore_all::RestoreAllArgs),
     List(list::ListArgs),
+    Verify(verify::VerifyArgs),
 }
 
 impl Cli {
@@ -46,6 +48,7 @@ impl Cli {
             Command::Restore(a) => restore::run(a),
             Command::RestoreAll(a) => restore_all::run(a),
             Command::List(a) => list::run(a),
+            Command::Verify(a) => verify::run(a),
         }
     }
 }

@@ -56,10 +56,12 @@ pub struct RestoreAllArgs {
     pub json: bool,
 }
 
-struct Outcome {
-    prefix: String,
-    output: Option<PathBuf>,
-    result: Result<RestoreReport, String>,
+pub struct Outcome {
+    pub prefix: String,
+    /// Where the database was written (`None` for verify, or when no
+    /// output path could be made).
+    pub output: Option<PathBuf>,
+    pub result: Result<RestoreReport, String>,
 }
 
 /// Does `prefix` lie under `parent` by whole `/`-separated components?
@@ -88,13 +90,30 @@ pub fn run(args: RestoreAllArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::runtime(format!("{}: {e}", args.output_dir.display())))?;
 
     let started = Instant::now();
-    let parent = args.prefix.clone().unwrap_or_default();
-    let prefixes: Vec<String> = match &cfg {
+    let prefixes = select_prefixes(&*storage, cfg.as_ref(), args.prefix.as_deref())?;
+    let jobs = args.jobs.or(cfg.as_ref().map(|c| c.workers)).unwrap_or(2);
+    let output_dir = args.output_dir.clone();
+    let force = args.force;
+    run_all(&prefixes, jobs, args.json, started, |prefix| {
+        restore_one(&*storage, &output_dir, prefix, target, force)
+    })
+}
+
+/// The databases to work on: those of the config (under `parent` if
+/// given), or, with no config, those found by listing the bucket under
+/// `parent`.
+pub fn select_prefixes(
+    storage: &dyn Storage,
+    cfg: Option<&crate::config::Config>,
+    parent: Option<&str>,
+) -> Result<Vec<String>, CliError> {
+    let parent = parent.unwrap_or_default();
+    let prefixes: Vec<String> = match cfg {
         Some(cfg) => cfg
             .databases
             .iter()
             .map(|d| d.prefix.clone())
-            .filter(|p| under(p, &parent))
+            .filter(|p| under(p, parent))
             .collect(),
         None => {
             let list_from = if parent.is_empty() {
@@ -117,17 +136,28 @@ pub fn run(args: RestoreAllArgs) -> Result<(), CliError> {
             storage.location()
         )));
     }
-    let jobs = args.jobs.or(cfg.as_ref().map(|c| c.workers)).unwrap_or(2);
+    Ok(prefixes)
+}
+
+/// Runs `one` for every prefix on a pool of `jobs` threads, prints a line
+/// per database as it finishes (or JSON at the end) and a total; an error
+/// (exit 1) if any failed.
+pub fn run_all(
+    prefixes: &[String],
+    jobs: usize,
+    json: bool,
+    started: Instant,
+    one: impl Fn(&str) -> Outcome + Sync,
+) -> Result<(), CliError> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
         .build()
-        .map_err(|e| CliError::runtime(format!("cannot start {jobs} restore threads: {e}")))?;
-    let json = args.json;
+        .map_err(|e| CliError::runtime(format!("cannot start {jobs} threads: {e}")))?;
     let outcomes: Vec<Outcome> = pool.install(|| {
         prefixes
             .par_iter()
             .map(|prefix| {
-                let o = restore_one(&*storage, &args.output_dir, prefix, target, args.force);
+                let o = one(prefix);
                 if !json {
                     println!("{}", line(&o));
                 }
@@ -146,14 +176,14 @@ pub fn run(args: RestoreAllArgs) -> Result<(), CliError> {
             .map(|r| r.bytes)
             .sum();
         println!(
-            "restore-all: {} ok, {failed} failed, {} restored in {seconds:.2}s",
+            "{} ok, {failed} failed, {} in {seconds:.2}s",
             outcomes.len() - failed,
             human_bytes(bytes)
         );
     }
     if failed > 0 {
         return Err(CliError::runtime(format!(
-            "{failed} of {} restores failed",
+            "{failed} of {} databases failed",
             outcomes.len()
         )));
     }

@@ -1,0 +1,86 @@
+//! `walsync verify`: prove each backup restores, without keeping the files.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use argh::FromArgs;
+
+use super::restore::target_of;
+use super::restore_all::{run_all, select_prefixes, Outcome};
+use super::{check_prefix, CliError, Target};
+use crate::restore::restore;
+
+/// download and replay each backup into a temporary file, check every CRC32 and integrity_check, delete it
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "verify")]
+pub struct VerifyArgs {
+    /// config file (default: ./walsync.toml, then /etc/walsync.toml)
+    #[argh(option, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// bucket to verify, without a config file: every database found under --prefix
+    #[argh(option)]
+    pub bucket: Option<String>,
+    /// S3 endpoint URL with --bucket
+    #[argh(option)]
+    pub endpoint: Option<String>,
+    /// region with --bucket
+    #[argh(option)]
+    pub region: Option<String>,
+    /// local backup directory, without a config file
+    #[argh(option)]
+    pub dir: Option<PathBuf>,
+    /// only databases under this prefix
+    #[argh(option)]
+    pub prefix: Option<String>,
+    /// verify the point at this time (RFC 3339) instead of the newest
+    #[argh(option)]
+    pub timestamp: Option<String>,
+    /// verifications to run at once (default: the config's workers, else 2)
+    #[argh(option)]
+    pub jobs: Option<usize>,
+    /// where the temporary files go (default: the system temp directory)
+    #[argh(option)]
+    pub temp_dir: Option<PathBuf>,
+    /// print the summary as JSON
+    #[argh(switch)]
+    pub json: bool,
+}
+
+pub fn run(args: VerifyArgs) -> Result<(), CliError> {
+    let target = target_of(args.timestamp.as_deref(), None)?;
+    if let Some(p) = &args.prefix {
+        check_prefix(p.trim_end_matches('/'))?;
+    }
+    if args.jobs == Some(0) {
+        return Err(CliError::usage("--jobs must be at least 1"));
+    }
+    let (storage, cfg) = Target {
+        config: args.config,
+        bucket: args.bucket,
+        endpoint: args.endpoint,
+        region: args.region,
+        dir: args.dir,
+    }
+    .resolve()?;
+    let started = Instant::now();
+    let prefixes = select_prefixes(&*storage, cfg.as_ref(), args.prefix.as_deref())?;
+    let jobs = args.jobs.or(cfg.as_ref().map(|c| c.workers)).unwrap_or(2);
+    // A private directory, so no name can clash with anything and
+    // everything in it can go at the end.
+    let base = args.temp_dir.unwrap_or_else(std::env::temp_dir);
+    let scratch = base.join(format!("walsync-verify-{}", std::process::id()));
+    std::fs::create_dir(&scratch)
+        .map_err(|e| CliError::runtime(format!("{}: {e}", scratch.display())))?;
+    let result = run_all(&prefixes, jobs, args.json, started, |prefix| {
+        let out = scratch.join(format!("{}.db", prefix.replace('/', "__")));
+        let result = restore(&*storage, prefix, &out, target, false).map_err(|e| e.to_string());
+        let _ = std::fs::remove_file(&out);
+        Outcome {
+            prefix: prefix.to_string(),
+            output: None,
+            result,
+        }
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
