@@ -99,6 +99,8 @@ pub struct DatabaseConfig {
     /// WAL size in bytes at which walsync runs a TRUNCATE checkpoint; never
     /// below `checkpoint_threshold`.
     pub truncate_threshold: u64,
+    /// How far back every point stays restorable; `None` keeps everything.
+    pub retention: Option<Duration>,
 }
 
 /// Why the configuration could not be loaded. Every variant is a usage or
@@ -507,6 +509,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    retention: Option<Spanned<String>>,
     sync_interval: Option<Spanned<String>>,
     snapshot_interval: Option<Spanned<String>>,
     checkpoint_threshold: Option<Spanned<RawSize>>,
@@ -534,6 +537,7 @@ struct RawStorage {
 struct RawDatabase {
     path: Spanned<String>,
     prefix: Spanned<String>,
+    retention: Option<Spanned<String>>,
     sync_interval: Option<Spanned<String>>,
     snapshot_interval: Option<Spanned<String>>,
     checkpoint_threshold: Option<Spanned<RawSize>>,
@@ -570,7 +574,8 @@ impl<'de> Deserialize<'de> for RawSize {
 
 /// Every key of the format, so a syntax error can name the key on its line
 /// without ever echoing something that is not a key (such as a pasted secret).
-const KNOWN_KEYS: [&str; 17] = [
+const KNOWN_KEYS: [&str; 18] = [
+    "retention",
     "sync_interval",
     "snapshot_interval",
     "checkpoint_threshold",
@@ -719,6 +724,10 @@ impl Document<'_> {
             "snapshot_interval",
             DEFAULT_SNAPSHOT_INTERVAL,
         )?;
+        let retention = match &raw.retention {
+            None => None,
+            Some(_) => Some(self.duration(&raw.retention, "retention", Duration::ZERO)?),
+        };
         let rescan_interval = self.duration(
             &raw.rescan_interval,
             "rescan_interval",
@@ -752,6 +761,7 @@ impl Document<'_> {
         let storage = self.storage(raw.storage, env)?;
         let databases = self.databases(
             raw.databases,
+            retention,
             sync_interval,
             snapshot_interval,
             &checkpoint_threshold,
@@ -1021,6 +1031,7 @@ impl Document<'_> {
     fn databases(
         &self,
         raw: Option<Spanned<Vec<Spanned<RawDatabase>>>>,
+        retention: Option<Duration>,
         sync_interval: Duration,
         snapshot_interval: Duration,
         checkpoint_threshold: &Sourced<u64>,
@@ -1130,6 +1141,12 @@ impl Document<'_> {
                 )?,
                 checkpoint_threshold: checkpoint.value,
                 truncate_threshold: truncate.value,
+                retention: match &db.retention {
+                    None => retention,
+                    Some(_) => {
+                        Some(self.duration(&db.retention, &key("retention"), Duration::ZERO)?)
+                    }
+                },
             });
         }
         // A prefix that is a parent of another (by whole components) would
@@ -1452,7 +1469,7 @@ fn leaf_key(path: &str) -> &str {
 /// What a key's value should look like, for type errors.
 fn expected_form(leaf: &str) -> &'static str {
     match leaf {
-        "sync_interval" | "snapshot_interval" | "rescan_interval" => {
+        "sync_interval" | "snapshot_interval" | "rescan_interval" | "retention" => {
             "a quoted duration such as \"500ms\", \"1s\", \"10m\", \"1h30m\" or \"7d\""
         }
         "checkpoint_threshold" | "truncate_threshold" => {
@@ -1544,7 +1561,7 @@ mod tests {
             (format!("bogus = 1 # <-\n{STORAGE}{DATABASE}"), "bogus"),
             (format!("[storage]\nbucket = \"b\"\nurl_style = \"path\" # <-\n{DATABASE}"), "storage.url_style"),
             (format!("[storage]\nbucket = \"b\"\nsession_token = \"t\" # <-\n{DATABASE}"), "storage.session_token"),
-            (format!("{STORAGE}{DATABASE}retention = \"1d\" # <-\n"), "databases[0].retention"),
+            (format!("{STORAGE}{DATABASE}retain = \"1d\" # <-\n"), "databases[0].retain"),
             (format!("{STORAGE}{DATABASE}{}sync_intervall = \"1s\" # <-\n", db("/b.db", "b")), "databases[1].sync_intervall"),
             (format!("databases = [{{ path = \"/a.db\", prefix = \"a\", zzz = 1 }}] # <-\n{STORAGE}"), "databases[0].zzz"),
             // Wrong types.
@@ -1724,6 +1741,25 @@ mod tests {
     }
 
     #[test]
+    fn retention_is_global_with_per_database_overrides() {
+        let text = format!(
+            "retention = \"72h\"\n{STORAGE}{DATABASE}[[databases]]\npath = \"/b.db\"\nprefix = \"b\"\nretention = \"7d\"\n"
+        );
+        let config = parse(&text).expect("valid");
+        assert_eq!(
+            config.databases[0].retention,
+            Some(Duration::from_secs(72 * 3600))
+        );
+        assert_eq!(
+            config.databases[1].retention,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        let err = parse(&format!("retention = \"forever\"\n{STORAGE}{DATABASE}")).unwrap_err();
+        assert_eq!(err.key(), Some("retention"));
+        assert_eq!(err.line(), Some(1));
+    }
+
+    #[test]
     fn minimal_config_gets_the_defaults() {
         let config = parse(&format!("{STORAGE}{DATABASE}")).expect("valid");
         assert_eq!(config.workers, DEFAULT_WORKERS);
@@ -1738,6 +1774,7 @@ mod tests {
                 snapshot_interval: Duration::from_secs(3600),
                 checkpoint_threshold: 4 << 20,
                 truncate_threshold: 64 << 20,
+                retention: None,
             }]
         );
         assert_eq!(

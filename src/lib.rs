@@ -14,6 +14,7 @@ pub mod keys;
 pub mod plan;
 pub mod replica;
 pub mod restore;
+pub mod retention;
 pub mod signals;
 pub mod sqlite;
 pub mod storage;

@@ -56,6 +56,9 @@ pub struct ReplicaOptions {
     pub max_segment_bytes: u64,
     /// Where snapshots are spooled before upload.
     pub spool_dir: PathBuf,
+    /// Keep every point of this window restorable and delete what is older
+    /// (after each snapshot); `None` keeps everything.
+    pub retention: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -345,6 +348,32 @@ impl Replica {
                 wal_len >= self.opts.truncate_threshold,
                 &mut report,
             )?;
+        }
+        if let (true, Some(retention)) = (report.snapshot, self.opts.retention) {
+            // A new snapshot is what makes older objects unnecessary; an idle
+            // database costs no requests for retention either.
+            match crate::retention::prune(
+                storage,
+                &self.opts.prefix,
+                retention,
+                crate::time::now_ms(),
+                false,
+            ) {
+                Ok(p) if !p.deleted.is_empty() => log::info!(
+                    "{} ({}): retention deleted {} objects ({} bytes), {} kept",
+                    self.opts.path.display(),
+                    self.opts.prefix,
+                    p.deleted.len(),
+                    p.bytes,
+                    p.kept
+                ),
+                Ok(_) => {}
+                Err(e) => log::warn!(
+                    "{} ({}): retention: {e}",
+                    self.opts.path.display(),
+                    self.opts.prefix
+                ),
+            }
         }
         Ok(report)
     }

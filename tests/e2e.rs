@@ -840,3 +840,100 @@ fn restore_all_restores_every_database_and_names_failures() {
         "nothing written through the symlink"
     );
 }
+
+#[test]
+fn retention_prunes_old_objects_and_keeps_the_window_restorable() {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    // A short window and frequent snapshots, so pruning happens in seconds.
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        format!("retention = \"3s\"\nsnapshot_interval = \"1s\"\n{text}"),
+    )
+    .unwrap();
+    let path = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_app(&path);
+    let mut child = setup.watch("watch.log");
+    let mut committed: Vec<(u64, i64)> = Vec::new();
+    let start = Instant::now();
+    let mut id = 0;
+    while start.elapsed() < Duration::from_secs(9) {
+        id += 1;
+        insert(&c, id);
+        committed.push((walsync::time::now_ms(), id));
+        thread::sleep(Duration::from_millis(20));
+    }
+    wait_shipped(&storage, "tenants/acme");
+    assert!(sigterm(&mut child).success());
+    let stopped = walsync::time::now_ms();
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert!(log.contains("retention deleted"), "{log}");
+    let listing = storage.list("tenants/acme/").unwrap();
+    let objs = keys::parse_listing("tenants/acme", &listing).unwrap();
+    let oldest = objs
+        .iter()
+        .filter_map(|o| match o.kind {
+            ObjectKind::Snapshot { time_ms, .. } => Some(time_ms),
+            _ => None,
+        })
+        .min()
+        .unwrap();
+    assert!(
+        oldest > committed[0].0 + 2000,
+        "the first snapshots were pruned (oldest left is {} ms after the first commit)",
+        oldest - committed[0].0
+    );
+
+    // Every point of the last (window minus a margin) restores: a prefix of
+    // the rows, containing every row committed a sync interval before it.
+    for back in [2500u64, 1800, 1200, 600, 0] {
+        let t = stopped - back;
+        let out = setup.dir.join(format!("at-{back}.db"));
+        let o = setup.restore(
+            "tenants/acme",
+            &out,
+            &["--timestamp", &walsync::time::format_rfc3339(t)],
+        );
+        assert!(
+            o.status.success(),
+            "{back} ms back: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let got: Vec<i64> = rows(&out).into_iter().map(|r| r.0).collect();
+        let n = got.len() as i64;
+        assert_eq!(got, (1..=n).collect::<Vec<_>>(), "a prefix of the rows");
+        let surely = committed.iter().filter(|(at, _)| *at + 300 <= t).count() as i64;
+        let at_most = committed.iter().filter(|(at, _)| *at <= t).count() as i64;
+        assert!(
+            surely <= n && n <= at_most,
+            "{back} ms back: {n} rows, expected {surely}..={at_most}"
+        );
+    }
+
+    // prune --dry-run with a tiny window lists what would go and deletes nothing.
+    let before = storage.list("tenants/acme/").unwrap().len();
+    let o = setup.run(&[
+        "prune",
+        "--config",
+        setup.config.to_str().unwrap(),
+        "--retention",
+        "1s",
+        "--dry-run",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("would delete"));
+    assert_eq!(storage.list("tenants/acme/").unwrap().len(), before);
+    let o = setup.run(&[
+        "prune",
+        "--config",
+        setup.config.to_str().unwrap(),
+        "--retention",
+        "1s",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = setup.dir.join("latest.db");
+    let o = setup.restore("tenants/acme", &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&out), rows(&path));
+}

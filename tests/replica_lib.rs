@@ -29,6 +29,7 @@ fn options(db: &Path, prefix: &str, spool: &Path) -> ReplicaOptions {
         truncate_threshold: 512 * 1024,
         max_segment_bytes: 256 * 1024,
         spool_dir: spool.to_path_buf(),
+        retention: None,
     }
 }
 

@@ -15,6 +15,7 @@ use crate::storage::s3::S3Storage;
 use crate::storage::Storage;
 
 pub mod list;
+pub mod prune;
 pub mod restore;
 pub mod restore_all;
 pub mod snapshot;
@@ -37,6 +38,7 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     RestoreAll(restore_all::RestoreAllArgs),
     List(list::ListArgs),
+    Prune(prune::PruneArgs),
     Verify(verify::VerifyArgs),
 }
 
@@ -48,6 +50,7 @@ impl Cli {
             Command::Restore(a) => restore::run(a),
             Command::RestoreAll(a) => restore_all::run(a),
             Command::List(a) => list::run(a),
+            Command::Prune(a) => prune::run(a),
             Command::Verify(a) => verify::run(a),
         }
     }
@@ -153,6 +156,7 @@ pub fn replica_options(db: &DatabaseConfig) -> ReplicaOptions {
         truncate_threshold: db.truncate_threshold,
         max_segment_bytes: 16 << 20,
         spool_dir: std::env::temp_dir(),
+        retention: db.retention,
     }
 }
 
