@@ -29,6 +29,8 @@ pub enum SqliteError {
         path: PathBuf,
         mode: String,
     },
+    /// Another walsync process replicates this database.
+    Locked(PathBuf),
     Sqlite {
         path: PathBuf,
         what: &'static str,
@@ -49,6 +51,12 @@ impl fmt::Display for SqliteError {
                 f,
                 "{}: journal mode is {mode:?}, walsync needs WAL; run `PRAGMA journal_mode=WAL` on it once",
                 path.display()
+            ),
+            SqliteError::Locked(p) => write!(
+                f,
+                "{}: another walsync process is already replicating this database \
+                 (two would interleave their histories in one prefix); stop the other one first",
+                p.display()
             ),
             SqliteError::Sqlite { path, what, source } => write!(f, "{}: {what}: {source}", path.display()),
             SqliteError::Io { path, source } => write!(f, "{}: {source}", path.display()),
@@ -149,6 +157,22 @@ impl DbHandle {
             dev: meta.dev(),
             ino: meta.ino(),
         };
+        // One walsync per database: an advisory flock on our descriptor,
+        // released when it closes. flock(2) locks are separate from the
+        // fcntl(2) locks SQLite uses, so this never touches SQLite's locking.
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a descriptor we own and keep open.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
+                    SqliteError::Locked(path.to_path_buf())
+                } else {
+                    io(e)
+                });
+            }
+        }
         let open = |what| -> Result<Connection, SqliteError> {
             let sq = |source| SqliteError::Sqlite {
                 path: path.to_path_buf(),

@@ -937,3 +937,42 @@ fn retention_prunes_old_objects_and_keeps_the_window_restorable() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(rows(&out), rows(&path));
 }
+
+#[test]
+fn a_second_walsync_on_the_same_database_is_refused() {
+    let setup = Setup::new(&[("app.db", "services/auth")]);
+    let c = open_app(&setup.dir.join("app.db"));
+    insert(&c, 1);
+    let storage = setup.storage();
+    let mut first = setup.watch("first.log");
+    wait_shipped(&storage, "services/auth");
+    let o = setup.run(&["snapshot", "--config", setup.config.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another walsync process is already replicating"),
+        "{err}"
+    );
+    let mut second = setup.watch("second.log");
+    thread::sleep(Duration::from_millis(1500));
+    assert!(sigterm(&mut second).success());
+    let log = std::fs::read_to_string(setup.dir.join("second.log")).unwrap();
+    assert!(
+        log.contains("another walsync process is already replicating"),
+        "{log}"
+    );
+    // The first goes on replicating.
+    for id in 2..=20 {
+        insert(&c, id);
+    }
+    wait_shipped(&storage, "services/auth");
+    assert!(sigterm(&mut first).success());
+    let out = setup.dir.join("r.db");
+    assert!(setup.restore("services/auth", &out, &[]).status.success());
+    assert_eq!(rows(&out).len(), 20);
+    assert_eq!(
+        generation_count(&storage, "services/auth"),
+        1,
+        "no interleaved generation"
+    );
+}
