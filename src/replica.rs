@@ -329,7 +329,11 @@ impl Replica {
         if self.needs_generation {
             self.snapshot(storage, true, &mut report)?;
         }
-        if let Err(gap) = self.ship(storage, &mut report)? {
+        let shipped = self.ship(storage, &mut report);
+        if let Err(ReplicaError::Storage(e)) = &shipped {
+            self.warn_if_wal_grows(e);
+        }
+        if let Err(gap) = shipped? {
             self.begin_new_generation(&gap);
             self.snapshot(storage, true, &mut report)?;
         }
@@ -376,6 +380,21 @@ impl Replica {
             }
         }
         Ok(report)
+    }
+
+    /// While uploads fail walsync keeps holding the WAL, so nothing is lost
+    /// but the WAL grows: past `truncate_threshold` that is worth an error
+    /// line each attempt, naming the size.
+    fn warn_if_wal_grows(&self, cause: &StorageError) {
+        let len = std::fs::metadata(sqlite::wal_path(&self.opts.path)).map_or(0, |m| m.len());
+        if len >= self.opts.truncate_threshold {
+            log::error!(
+                "{} ({}): the WAL is {len} bytes and grows while uploads fail ({cause}); walsync holds it \
+                 so that no commit is lost, which also keeps the application's checkpoints from shrinking it",
+                self.opts.path.display(),
+                self.opts.prefix
+            );
+        }
     }
 
     fn begin_new_generation(&mut self, reason: &str) {

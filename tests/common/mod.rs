@@ -1,2 +1,2 @@
-//! Helpers shared by the integration tests.
+pub mod faultproxy;
 pub mod s3server;
