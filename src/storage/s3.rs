@@ -12,12 +12,25 @@
 //! refuses bytes that changed on the way. It must never log or return a
 //! secret or a full signed URL: messages name the bucket, the endpoint and the
 //! object key only.
+//!
+//! Bodies larger than the multipart threshold (`S3Storage::with_multipart`)
+//! go up as a multipart upload declared with `x-amz-checksum-algorithm:
+//! CRC32`: each part carries its own signed `x-amz-checksum-crc32`, which the
+//! server checks, and CompleteMultipartUpload lists every part's CRC32 again.
+//! The whole-object CRC32 given to `put` is still honoured: the CRC32 of the
+//! bytes read for the parts must equal it, or the upload is aborted before it
+//! is completed. (S3 then reports the object's checksum as a CRC32 of the
+//! parts' CRC32s, `xxx-N`, not as the CRC32 of the whole object.) Any failure
+//! after the upload is created aborts it, so an interrupted multipart upload
+//! never leaves an object under the key: S3 makes the object appear only on
+//! CompleteMultipartUpload.
 
 use std::cell::Cell;
 use std::ffi::OsString;
 use std::fmt;
+use std::fmt::Write as _;
 use std::hash::{BuildHasher, RandomState};
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -47,8 +60,23 @@ const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 const DRAIN_LIMIT: u64 = 1024 * 1024;
 /// Largest ListObjectsV2 page we accept (1000 keys are far below this).
 const LIST_PAGE_LIMIT: u64 = 32 * 1024 * 1024;
-/// The signed checksum header of every PutObject.
+/// The signed checksum header of every PutObject and UploadPart.
 const CHECKSUM_HEADER: &str = "x-amz-checksum-crc32";
+/// The signed header of CreateMultipartUpload that makes S3 expect (and
+/// check) a CRC32 with every part.
+const CHECKSUM_ALGORITHM_HEADER: &str = "x-amz-checksum-algorithm";
+/// Bodies larger than this go up as a multipart upload by default.
+pub const DEFAULT_MULTIPART_THRESHOLD_BYTES: u64 = 64 * 1024 * 1024;
+/// The default size of each part but the last.
+pub const DEFAULT_PART_BYTES: u64 = 16 * 1024 * 1024;
+/// S3's smallest part (every part but the last).
+const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
+/// S3's largest part, and its largest single PutObject.
+const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// S3's most parts in one upload.
+const MAX_PARTS: u64 = 10_000;
+/// Buffer for reading a part to compute its CRC32.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Everything needed to talk to one bucket. Built by `crate::config` from the
 /// config file, CLI flags and the `AWS_*` environment.
@@ -180,6 +208,207 @@ fn base64_encode(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// When and how `put` splits a body into the parts of a multipart upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MultipartPolicy {
+    /// Bodies larger than this (or than S3's 5 GiB PutObject limit) go up in
+    /// parts.
+    threshold_bytes: u64,
+    /// The size of each part but the last, before `plan_parts` adjusts it.
+    part_bytes: u64,
+}
+
+impl MultipartPolicy {
+    fn applies_to(&self, len: u64) -> bool {
+        len > self.threshold_bytes.min(MAX_PART_BYTES)
+    }
+}
+
+/// One part of a multipart upload: bytes `offset..offset + len` of the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PartSpan {
+    /// From 1.
+    number: u16,
+    offset: u64,
+    len: u64,
+}
+
+/// Splits a `len`-byte body into parts of `wanted_part_bytes` (the last one
+/// shorter), keeping to S3's rules: the size is raised to the 5 MiB minimum,
+/// lowered to the 5 GiB maximum, and raised again until the body fits in
+/// 10,000 parts. (Only a body over ~48.8 TiB would then need parts over 5 GiB;
+/// S3 refuses objects over 5 TiB anyway.)
+fn plan_parts(len: u64, wanted_part_bytes: u64) -> Vec<PartSpan> {
+    let part_bytes = wanted_part_bytes
+        .clamp(MIN_PART_BYTES, MAX_PART_BYTES)
+        .max(len.div_ceil(MAX_PARTS));
+    (0..len.div_ceil(part_bytes))
+        .map(|index| {
+            let offset = index * part_bytes;
+            PartSpan {
+                number: u16::try_from(index + 1)
+                    .expect("plan_parts makes at most 10,000 parts, which fit in u16"),
+                offset,
+                len: part_bytes.min(len - offset),
+            }
+        })
+        .collect()
+}
+
+/// A part the server has stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UploadedPart {
+    number: u16,
+    /// As the server gave it, quotes included.
+    etag: String,
+    crc32: u32,
+}
+
+/// Escapes text for an XML element.
+fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The body of CompleteMultipartUpload: every part's number, ETag and CRC32.
+/// (rusty-s3's own body has no checksums, which S3 requires when the upload
+/// was created with a checksum algorithm.)
+fn complete_upload_xml(parts: &[UploadedPart]) -> String {
+    let mut xml = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
+    );
+    for part in parts {
+        let _ = write!(
+            xml,
+            "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag><ChecksumCRC32>{}</ChecksumCRC32></Part>",
+            part.number,
+            xml_escape(&part.etag),
+            checksum_header_value(part.crc32)
+        );
+    }
+    xml.push_str("</CompleteMultipartUpload>");
+    xml
+}
+
+/// The checksum S3 gives an object uploaded in `parts` with CRC32: base64 of
+/// the CRC32 of the parts' big-endian CRC32s, then `-` and the part count.
+fn composite_checksum(parts: &[UploadedPart]) -> String {
+    let mut hasher = crc32fast::Hasher::new();
+    for part in parts {
+        hasher.update(&part.crc32.to_be_bytes());
+    }
+    format!(
+        "{}-{}",
+        checksum_header_value(hasher.finalize()),
+        parts.len()
+    )
+}
+
+/// Whether the `ChecksumCRC32` that CompleteMultipartUpload reports agrees
+/// with what was sent: the composite checksum (with or without its `-N`), or
+/// the CRC32 of the whole object (servers that compute that instead).
+fn completed_checksum_matches(reported: &str, parts: &[UploadedPart], whole_crc32: u32) -> bool {
+    let composite = composite_checksum(parts);
+    let without_count = composite.split('-').next().unwrap_or_default();
+    reported == composite
+        || reported == without_count
+        || reported == checksum_header_value(whole_crc32)
+}
+
+/// A reader over bytes `offset..offset + len` of a body.
+fn open_part(body: Body<'_>, offset: u64, len: u64) -> io::Result<Box<dyn Read + Send + '_>> {
+    match body {
+        Body::Bytes(bytes) => {
+            let range = usize::try_from(offset)
+                .ok()
+                .zip(usize::try_from(offset + len).ok())
+                .and_then(|(start, end)| bytes.get(start..end))
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "part beyond the body's bytes")
+                })?;
+            Ok(Box::new(range))
+        }
+        Body::File { path, .. } => {
+            let mut file = std::fs::File::open(path)?;
+            file.seek(SeekFrom::Start(offset))?;
+            Ok(Box::new(file.take(len)))
+        }
+    }
+}
+
+/// The error for a body that ended after `read` of the `len` bytes expected.
+fn short_part(part: &PartSpan, read: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!(
+            "part {} (bytes {}..{}) ended after {read} of its {} bytes: the file is shorter than the length to upload",
+            part.number,
+            part.offset,
+            part.offset + part.len,
+            part.len
+        ),
+    )
+}
+
+/// Reads a part once, streaming, and returns its CRC32; also feeds every
+/// byte to `whole`, the CRC32 of the object so far.
+fn part_crc32(body: Body<'_>, part: &PartSpan, whole: &mut crc32fast::Hasher) -> io::Result<u32> {
+    let mut reader = open_part(body, part.offset, part.len)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0; READ_BUFFER_BYTES];
+    let mut read = 0u64;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buffer[..n]);
+        whole.update(&buffer[..n]);
+        read += n as u64;
+    }
+    if read != part.len {
+        return Err(short_part(part, read));
+    }
+    Ok(hasher.finalize())
+}
+
+/// Hands a part's bytes to ureq and notices when they end before the
+/// declared content-length (the file shrank), which is then a local error
+/// rather than a broken connection worth retrying.
+struct PartReader<R> {
+    inner: R,
+    remaining: u64,
+    ended_early: bool,
+}
+
+impl<R: Read> Read for PartReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.remaining > 0 && !buf.is_empty() {
+            self.ended_early = true;
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the part ended before its content-length",
+            ));
+        }
+        self.remaining = self.remaining.saturating_sub(n as u64);
+        Ok(n)
+    }
 }
 
 /// One failed attempt: the error to report and whether trying again may help.
@@ -499,6 +728,7 @@ pub struct S3Storage {
     credentials: Credentials,
     agent: Agent,
     retry: RetryPolicy,
+    multipart: MultipartPolicy,
     location: String,
 }
 
@@ -508,6 +738,7 @@ impl fmt::Debug for S3Storage {
         f.debug_struct("S3Storage")
             .field("location", &self.location)
             .field("retry", &self.retry)
+            .field("multipart", &self.multipart)
             .finish_non_exhaustive()
     }
 }
@@ -579,6 +810,10 @@ impl S3Storage {
             credentials,
             agent,
             retry: RetryPolicy::default(),
+            multipart: MultipartPolicy {
+                threshold_bytes: DEFAULT_MULTIPART_THRESHOLD_BYTES,
+                part_bytes: DEFAULT_PART_BYTES,
+            },
             location,
         })
     }
@@ -586,6 +821,19 @@ impl S3Storage {
     /// Replaces the retry policy (tests use a fast one).
     pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// Makes `put` upload bodies larger than `threshold_bytes` as a multipart
+    /// upload in parts of `part_bytes` (defaults: 64 MiB and 16 MiB). S3's
+    /// rules win over both: bodies over 5 GiB always go in parts, and the part
+    /// size is kept between 5 MiB and 5 GiB and raised so that no upload needs
+    /// more than 10,000 parts.
+    pub fn with_multipart(mut self, threshold_bytes: u64, part_bytes: u64) -> Self {
+        self.multipart = MultipartPolicy {
+            threshold_bytes,
+            part_bytes,
+        };
         self
     }
 
@@ -649,30 +897,46 @@ impl S3Storage {
         action.sign(SIGN_EXPIRY).into()
     }
 
-    fn put_once(&self, key: &str, body: Body<'_>, checksum: &str) -> Result<(), Failure> {
-        let io_error = |source: io::Error| {
-            Failure::fatal(match body {
-                Body::File { path, .. } => StorageError::Io {
-                    path: path.to_owned(),
-                    source,
-                },
-                Body::Bytes(_) => StorageError::Transport {
-                    location: self.location.clone(),
-                    detail: source.to_string(),
-                },
-            })
-        };
+    /// The error for a body that cannot be read as declared: an `Io` error
+    /// naming the file, or for bytes in memory (which cannot fail to read, so
+    /// only a caller's mistake gets here) a `Transport` error with the detail.
+    fn body_error(&self, body: Body<'_>, source: io::Error) -> StorageError {
+        match body {
+            Body::File { path, .. } => StorageError::Io {
+                path: path.to_owned(),
+                source,
+            },
+            Body::Bytes(_) => StorageError::Transport {
+                location: self.location.clone(),
+                detail: source.to_string(),
+            },
+        }
+    }
+
+    /// Refuses a file body whose file is shorter than the length to upload.
+    fn check_body_len(&self, key: &str, body: Body<'_>) -> Result<(), StorageError> {
         if let Body::File { path, len } = body {
-            let on_disk = std::fs::metadata(path).map_err(io_error)?.len();
+            let on_disk = std::fs::metadata(path)
+                .map_err(|e| self.body_error(body, e))?
+                .len();
             if on_disk < len {
-                return Err(io_error(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "the file has {on_disk} bytes, fewer than the {len} to upload as {key:?}"
+                return Err(self.body_error(
+                    body,
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "the file has {on_disk} bytes, fewer than the {len} to upload as {key:?}"
+                        ),
                     ),
-                )));
+                ));
             }
         }
+        Ok(())
+    }
+
+    fn put_once(&self, key: &str, body: Body<'_>, checksum: &str) -> Result<(), Failure> {
+        let io_error = |source: io::Error| Failure::fatal(self.body_error(body, source));
+        self.check_body_len(key, body).map_err(Failure::fatal)?;
         let mut reader = body.open().map_err(io_error)?;
 
         let url = self.put_url(key, checksum);
@@ -701,6 +965,299 @@ impl S3Storage {
                 "PutObject of {key:?} stored CRC32 {echoed}, but we sent {checksum}"
             )));
         }
+        Ok(())
+    }
+
+    /// Uploads `body` as a multipart upload (see the module documentation);
+    /// `crc32` is the CRC32 of the whole body, which the bytes read for the
+    /// parts must have. Any failure after CreateMultipartUpload aborts the
+    /// upload, so no object appears under `key`.
+    fn put_multipart(&self, key: &str, body: Body<'_>, crc32: u32) -> Result<(), StorageError> {
+        self.check_body_len(key, body)?;
+        let parts = plan_parts(body.len(), self.multipart.part_bytes);
+        log::debug!(
+            "{}: multipart PUT {key:?} ({} bytes in {} parts)",
+            self.location,
+            body.len(),
+            parts.len()
+        );
+        let upload_id = self.retry("create multipart upload", key, || {
+            self.create_upload_once(key)
+        })?;
+        let completed = self
+            .upload_parts(key, &upload_id, body, crc32, &parts)
+            .and_then(|uploaded| {
+                let reported = self.retry("complete multipart upload", key, || {
+                    self.complete_upload_once(key, &upload_id, &uploaded)
+                })?;
+                Ok((uploaded, reported))
+            });
+        let (uploaded, reported) = match completed {
+            Ok(done) => done,
+            Err(error) => {
+                self.abort_upload(key, &upload_id, &error);
+                return Err(error);
+            }
+        };
+        if let Some(reported) =
+            reported.filter(|r| !completed_checksum_matches(r, &uploaded, crc32))
+        {
+            // The object exists, but the server's checksum of it is not that
+            // of the parts we sent: remove it rather than leave it behind.
+            let error = StorageError::BadResponse {
+                location: self.location.clone(),
+                detail: format!(
+                    "CompleteMultipartUpload of {key:?} reports CRC32 {reported}, but the parts sent \
+                     give {}",
+                    composite_checksum(&uploaded)
+                ),
+            };
+            if let Err(e) = self.retry("delete", key, || self.delete_once(key)) {
+                log::warn!("cannot delete {key:?} after its checksum mismatch ({error}): {e}");
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Reads and uploads each part in turn; a part is read twice (once for
+    /// its CRC32, which must be signed before sending, then to send it), never
+    /// held in memory. Checks the CRC32 of all bytes read against `crc32`.
+    fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        body: Body<'_>,
+        crc32: u32,
+        parts: &[PartSpan],
+    ) -> Result<Vec<UploadedPart>, StorageError> {
+        let mut whole = crc32fast::Hasher::new();
+        let mut uploaded = Vec::with_capacity(parts.len());
+        for part in parts {
+            let part_crc32 =
+                part_crc32(body, part, &mut whole).map_err(|e| self.body_error(body, e))?;
+            let checksum = checksum_header_value(part_crc32);
+            let what = format!("upload part {}/{}", part.number, parts.len());
+            let etag = self.retry(&what, key, || {
+                self.upload_part_once(key, upload_id, body, part, &checksum)
+            })?;
+            uploaded.push(UploadedPart {
+                number: part.number,
+                etag,
+                crc32: part_crc32,
+            });
+        }
+        let read_crc32 = whole.finalize();
+        if read_crc32 != crc32 {
+            return Err(self.body_error(
+                body,
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the {} bytes uploaded in parts as {key:?} have CRC32 {read_crc32:08x}, not \
+                         the {crc32:08x} expected: the data changed while uploading, or the CRC32 is wrong",
+                        body.len()
+                    ),
+                ),
+            ));
+        }
+        Ok(uploaded)
+    }
+
+    /// Reads a short XML answer (at most `ERROR_BODY_LIMIT` bytes kept), then
+    /// drains the rest so the connection can be reused.
+    fn read_answer(
+        &self,
+        response: Response<ureq::Body>,
+        what: &str,
+        key: &str,
+    ) -> Result<String, Failure> {
+        let mut reader = response.into_body().into_reader();
+        let mut bytes = Vec::new();
+        (&mut reader)
+            .take(ERROR_BODY_LIMIT)
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                Failure::retryable(StorageError::Transport {
+                    location: self.location.clone(),
+                    detail: format!("reading the answer to {what} of {key:?}: {e}"),
+                })
+            })?;
+        let _ = io::copy(&mut reader.take(DRAIN_LIMIT), &mut io::sink());
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn create_upload_once(&self, key: &str) -> Result<String, Failure> {
+        let mut action = self
+            .bucket
+            .create_multipart_upload(Some(&self.credentials), key);
+        action
+            .headers_mut()
+            .insert(CHECKSUM_ALGORITHM_HEADER, "CRC32");
+        let url = action.sign(SIGN_EXPIRY);
+        log::debug!("{}: create multipart upload {key:?}", self.location);
+        let response = self
+            .agent
+            .post(url.as_str())
+            .header(CHECKSUM_ALGORITHM_HEADER, "CRC32")
+            .send_empty()
+            .map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        let text = self.read_answer(response, "CreateMultipartUpload", key)?;
+        match xml_text(&text, "UploadId") {
+            Some(id) if !id.is_empty() => Ok(id),
+            _ => Err(self.bad_response(format!(
+                "CreateMultipartUpload of {key:?} answered without an UploadId: {:?}",
+                excerpt(&text)
+            ))),
+        }
+    }
+
+    /// Sends one part; returns its ETag.
+    fn upload_part_once(
+        &self,
+        key: &str,
+        upload_id: &str,
+        body: Body<'_>,
+        part: &PartSpan,
+        checksum: &str,
+    ) -> Result<String, Failure> {
+        let inner = open_part(body, part.offset, part.len)
+            .map_err(|e| Failure::fatal(self.body_error(body, e)))?;
+        let mut reader = PartReader {
+            inner,
+            remaining: part.len,
+            ended_early: false,
+        };
+        let mut action =
+            self.bucket
+                .upload_part(Some(&self.credentials), key, part.number, upload_id);
+        action.headers_mut().insert(CHECKSUM_HEADER, checksum);
+        let url = action.sign(SIGN_EXPIRY);
+        log::debug!(
+            "{}: PUT {key:?} part {} ({} bytes)",
+            self.location,
+            part.number,
+            part.len
+        );
+        let sent = self
+            .agent
+            .put(url.as_str())
+            .header("content-length", part.len.to_string())
+            .header(CHECKSUM_HEADER, checksum)
+            .send(SendBody::from_reader(&mut reader));
+        if reader.ended_early {
+            let read = part.len - reader.remaining;
+            return Err(Failure::fatal(
+                self.body_error(body, short_part(part, read)),
+            ));
+        }
+        let response = sent.map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        let etag = header(&response, "etag").map(str::to_owned);
+        let echoed = header(&response, CHECKSUM_HEADER).map(str::to_owned);
+        drain(response);
+        let Some(etag) = etag else {
+            return Err(self.bad_response(format!(
+                "UploadPart {} of {key:?} answered success without an ETag header",
+                part.number
+            )));
+        };
+        if let Some(echoed) = echoed.filter(|e| e != checksum) {
+            return Err(self.bad_response(format!(
+                "UploadPart {} of {key:?} stored CRC32 {echoed}, but we sent {checksum}",
+                part.number
+            )));
+        }
+        Ok(etag)
+    }
+
+    /// Completes the upload; returns the object's `ChecksumCRC32` if the
+    /// server reports one.
+    fn complete_upload_once(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> Result<Option<String>, Failure> {
+        let url = self
+            .bucket
+            .complete_multipart_upload(
+                Some(&self.credentials),
+                key,
+                upload_id,
+                std::iter::empty::<&str>(),
+            )
+            .sign(SIGN_EXPIRY);
+        let xml = complete_upload_xml(parts);
+        log::debug!(
+            "{}: complete multipart upload {key:?} ({} parts)",
+            self.location,
+            parts.len()
+        );
+        let response = self
+            .agent
+            .post(url.as_str())
+            .header("content-type", "application/xml")
+            .send(xml.as_bytes())
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        let text = self.read_answer(response, "CompleteMultipartUpload", key)?;
+        // S3 may answer 200 and report an error in the body.
+        if text.contains("<Error>") {
+            return Err(classify_status(
+                status,
+                text.as_bytes(),
+                &self.location,
+                key,
+            ));
+        }
+        if !text.contains("<CompleteMultipartUploadResult") {
+            return Err(self.bad_response(format!(
+                "CompleteMultipartUpload of {key:?} answered {:?}",
+                excerpt(&text)
+            )));
+        }
+        Ok(xml_text(&text, "ChecksumCRC32").filter(|c| !c.is_empty()))
+    }
+
+    /// Best effort: aborts the upload so its parts go away, and logs how it
+    /// went; `cause` is why.
+    fn abort_upload(&self, key: &str, upload_id: &str, cause: &StorageError) {
+        match self.retry("abort multipart upload", key, || {
+            self.abort_upload_once(key, upload_id)
+        }) {
+            Ok(()) => log::info!("aborted the multipart upload of {key:?}: {cause}"),
+            Err(e) => log::warn!(
+                "cannot abort the multipart upload {upload_id:?} of {key:?} ({e}) after: {cause}; \
+                 its parts stay stored until the bucket's AbortIncompleteMultipartUpload \
+                 lifecycle rule (if any) removes them"
+            ),
+        }
+    }
+
+    fn abort_upload_once(&self, key: &str, upload_id: &str) -> Result<(), Failure> {
+        let url = self
+            .bucket
+            .abort_multipart_upload(Some(&self.credentials), key, upload_id)
+            .sign(SIGN_EXPIRY);
+        log::debug!("{}: abort multipart upload {key:?}", self.location);
+        let response = self
+            .agent
+            .delete(url.as_str())
+            .call()
+            .map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        drain(response);
         Ok(())
     }
 
@@ -815,6 +1372,9 @@ fn note_attempts(error: &mut StorageError, tries: u32) {
 impl Storage for S3Storage {
     fn put(&self, key: &str, body: Body<'_>, crc32: u32) -> Result<(), StorageError> {
         check_key(key)?;
+        if self.multipart.applies_to(body.len()) {
+            return self.put_multipart(key, body, crc32);
+        }
         let checksum = checksum_header_value(crc32);
         self.retry("put", key, || self.put_once(key, body, &checksum))
     }
@@ -920,6 +1480,203 @@ mod tests {
         assert_eq!(checksum_header_value(0xCBF4_3926), "y/Q5Jg==");
         assert_eq!(checksum_header_value(0), "AAAAAA==");
         assert_eq!(checksum_header_value(u32::MAX), "/////w==");
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn parts_cover_the_body_in_order_with_a_short_last_part() {
+        let parts = plan_parts(12 * MIB + 5, 5 * MIB);
+        let spans: Vec<(u16, u64, u64)> =
+            parts.iter().map(|p| (p.number, p.offset, p.len)).collect();
+        assert_eq!(
+            spans,
+            vec![
+                (1, 0, 5 * MIB),
+                (2, 5 * MIB, 5 * MIB),
+                (3, 10 * MIB, 2 * MIB + 5)
+            ]
+        );
+        // An exact multiple gives no empty trailing part.
+        let parts = plan_parts(32 * MIB, 16 * MIB);
+        assert_eq!(parts.len(), 2);
+        assert!(parts.iter().all(|p| p.len == 16 * MIB));
+        assert!(plan_parts(0, 16 * MIB).is_empty());
+    }
+
+    #[test]
+    fn part_size_keeps_to_s3_limits() {
+        // Below S3's minimum: raised to 5 MiB.
+        let parts = plan_parts(11 * MIB, MIB);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0].len, 5 * MIB);
+        // Above the maximum: lowered to 5 GiB.
+        let parts = plan_parts(12 * 1024 * MIB, 8 * 1024 * MIB);
+        assert_eq!(parts[0].len, 5 * 1024 * MIB);
+        // Too many parts: the size grows so that 10,000 are enough.
+        for len in [
+            200 * 1024 * MIB,
+            5 * 1024 * 1024 * MIB,
+            5 * 1024 * 1024 * MIB + 1,
+        ] {
+            let parts = plan_parts(len, 16 * MIB);
+            assert!(parts.len() <= 10_000, "{len}: {} parts", parts.len());
+            assert!(parts[..parts.len() - 1]
+                .iter()
+                .all(|p| p.len >= MIN_PART_BYTES && p.len == parts[0].len));
+            let last = parts.last().expect("a non-empty body has parts");
+            assert_eq!(last.offset + last.len, len);
+            assert_eq!(usize::from(last.number), parts.len());
+        }
+    }
+
+    #[test]
+    fn multipart_is_used_above_the_threshold_and_above_5_gib() {
+        let policy = MultipartPolicy {
+            threshold_bytes: 64 * MIB,
+            part_bytes: 16 * MIB,
+        };
+        assert!(!policy.applies_to(0));
+        assert!(!policy.applies_to(64 * MIB));
+        assert!(policy.applies_to(64 * MIB + 1));
+        let policy = MultipartPolicy {
+            threshold_bytes: u64::MAX,
+            part_bytes: 16 * MIB,
+        };
+        assert!(!policy.applies_to(5 * 1024 * MIB));
+        assert!(
+            policy.applies_to(5 * 1024 * MIB + 1),
+            "S3 refuses a larger PutObject"
+        );
+    }
+
+    fn uploaded(number: u16, etag: &str, data: &[u8]) -> UploadedPart {
+        UploadedPart {
+            number,
+            etag: etag.to_owned(),
+            crc32: crc32fast::hash(data),
+        }
+    }
+
+    #[test]
+    fn complete_body_lists_number_etag_and_crc32_of_each_part() {
+        let parts = [
+            uploaded(1, "\"abc\"", b"123456789"),
+            uploaded(2, "d<&>e", b""),
+        ];
+        let xml = complete_upload_xml(&parts);
+        assert_eq!(
+            xml,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+             <CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <Part><PartNumber>1</PartNumber><ETag>&quot;abc&quot;</ETag><ChecksumCRC32>y/Q5Jg==</ChecksumCRC32></Part>\
+             <Part><PartNumber>2</PartNumber><ETag>d&lt;&amp;&gt;e</ETag><ChecksumCRC32>AAAAAA==</ChecksumCRC32></Part>\
+             </CompleteMultipartUpload>"
+        );
+        assert_eq!(xml_text(&xml, "ETag").as_deref(), Some("\"abc\""));
+    }
+
+    #[test]
+    fn composite_checksum_is_crc32_of_part_crc32s_with_count() {
+        let parts = [uploaded(1, "a", b"hello, "), uploaded(2, "b", b"world")];
+        let mut concatenated = Vec::new();
+        concatenated.extend_from_slice(&crc32fast::hash(b"hello, ").to_be_bytes());
+        concatenated.extend_from_slice(&crc32fast::hash(b"world").to_be_bytes());
+        let expected = format!(
+            "{}-2",
+            checksum_header_value(crc32fast::hash(&concatenated))
+        );
+        assert_eq!(composite_checksum(&parts), expected);
+
+        let whole = crc32fast::hash(b"hello, world");
+        assert!(completed_checksum_matches(&expected, &parts, whole));
+        assert!(completed_checksum_matches(
+            expected.trim_end_matches("-2"),
+            &parts,
+            whole
+        ));
+        assert!(completed_checksum_matches(
+            &checksum_header_value(whole),
+            &parts,
+            whole
+        ));
+        assert!(!completed_checksum_matches("AAAAAA==-2", &parts, whole));
+        assert!(!completed_checksum_matches(&expected, &parts[..1], whole));
+    }
+
+    #[test]
+    fn part_crc32_reads_one_part_and_feeds_the_whole() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let path =
+            std::env::temp_dir().join(format!("walsync-s3-{}-parts.bin", std::process::id()));
+        std::fs::write(&path, &data).expect("temp dir is writable");
+        for body in [
+            Body::Bytes(&data),
+            Body::File {
+                path: &path,
+                len: 10_000,
+            },
+        ] {
+            let mut whole = crc32fast::Hasher::new();
+            let spans = [
+                PartSpan {
+                    number: 1,
+                    offset: 0,
+                    len: 6_000,
+                },
+                PartSpan {
+                    number: 2,
+                    offset: 6_000,
+                    len: 4_000,
+                },
+            ];
+            let first = part_crc32(body, &spans[0], &mut whole).expect("part 1");
+            let second = part_crc32(body, &spans[1], &mut whole).expect("part 2");
+            assert_eq!(first, crc32fast::hash(&data[..6_000]));
+            assert_eq!(second, crc32fast::hash(&data[6_000..]));
+            assert_eq!(whole.finalize(), crc32fast::hash(&data));
+        }
+
+        // A file shorter than the part: an error saying so, not a short CRC.
+        let body = Body::File {
+            path: &path,
+            len: 12_000,
+        };
+        let span = PartSpan {
+            number: 2,
+            offset: 8_000,
+            len: 4_000,
+        };
+        let err = part_crc32(body, &span, &mut crc32fast::Hasher::new()).expect_err("short");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(
+            err.to_string().contains("after 2000 of its 4000 bytes"),
+            "{err}"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn part_reader_notices_a_body_that_ends_early() {
+        let mut reader = PartReader {
+            inner: &b"abc"[..],
+            remaining: 5,
+            ended_early: false,
+        };
+        let mut out = Vec::new();
+        let err = reader.read_to_end(&mut out).expect_err("ends early");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(reader.ended_early);
+        assert_eq!(out, b"abc");
+
+        let mut reader = PartReader {
+            inner: &b"abc"[..],
+            remaining: 3,
+            ended_early: false,
+        };
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).expect("exact length");
+        assert!(!reader.ended_early);
     }
 
     #[test]
