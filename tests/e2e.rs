@@ -620,6 +620,14 @@ fn snapshot_and_list_commands_and_config_errors() {
         .count();
     assert_eq!(snapshots, 2, "{out}");
     assert!(out.contains("generation 0000000000000001"), "{out}");
+    let o = setup.run(&["list", "--config", cfg, "--json"]);
+    let json = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert!(
+        json.starts_with("[{\"prefix\":\"edge/node-1/cache\""),
+        "{json}"
+    );
+    assert!(json.contains("\"newest_txid\":"), "{json}");
     let restored = setup.dir.join("r.db");
     let o = setup.restore("edge/node-1/cache", &restored, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

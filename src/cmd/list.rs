@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use argh::FromArgs;
 
-use super::{check_prefix, human_bytes, select, CliError, Target};
+use std::path::Path;
+
+use super::{check_prefix, human_bytes, json_string, select, CliError, Target};
 use crate::keys::{self, ObjectKind};
 use crate::plan;
 use crate::storage::Storage;
@@ -32,6 +34,9 @@ pub struct ListArgs {
     /// local backup directory, without a config file
     #[argh(option)]
     pub dir: Option<PathBuf>,
+    /// print JSON (an array with one object per database)
+    #[argh(switch)]
+    pub json: bool,
 }
 
 pub fn run(args: ListArgs) -> Result<(), CliError> {
@@ -61,11 +66,21 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
         },
     };
     let mut failed = 0;
+    let mut json_items = Vec::new();
     for (prefix, path) in prefixes {
-        if let Err(e) = list_one(&*storage, &prefix, path.as_deref()) {
-            eprintln!("{prefix}: {e}");
-            failed += 1;
+        match summarize(&*storage, &prefix) {
+            Ok(summary) if args.json => {
+                json_items.push(to_json(&prefix, path.as_deref(), &summary))
+            }
+            Ok(summary) => print_human(&prefix, path.as_deref(), &summary),
+            Err(e) => {
+                eprintln!("{prefix}: {e}");
+                failed += 1;
+            }
         }
+    }
+    if args.json {
+        println!("[{}]", json_items.join(","));
     }
     if failed > 0 {
         return Err(CliError::runtime(format!(
@@ -75,66 +90,134 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn list_one(
-    storage: &dyn Storage,
-    prefix: &str,
-    path: Option<&std::path::Path>,
-) -> Result<(), String> {
+/// One generation as `list` shows it.
+struct GenerationSummary {
+    id: u64,
+    snapshots: usize,
+    segments: usize,
+    newest_snapshot: Option<(u64, u64)>,
+    newest_txid: Option<u64>,
+    newest_time_ms: Option<u64>,
+    bytes: u64,
+}
+
+struct Summary {
+    objects: usize,
+    bytes: u64,
+    generations: Vec<GenerationSummary>,
+}
+
+fn summarize(storage: &dyn Storage, prefix: &str) -> Result<Summary, String> {
     let listing = storage
         .list(&keys::database_root(prefix))
         .map_err(|e| e.to_string())?;
     let objects = keys::parse_listing(prefix, &listing).map_err(|e| e.to_string())?;
-    let total: u64 = objects.iter().map(|o| o.size).sum();
-    let gens = plan::generations(&objects);
+    let generations = plan::generations(&objects)
+        .iter()
+        .map(|(&id, gen)| {
+            let times = gen
+                .snapshots
+                .iter()
+                .chain(gen.segments.iter())
+                .map(|o| match o.kind {
+                    ObjectKind::Snapshot { time_ms, .. } => time_ms,
+                    ObjectKind::Segment { last_time_ms, .. } => last_time_ms,
+                });
+            GenerationSummary {
+                id,
+                snapshots: gen.snapshots.len(),
+                segments: gen.segments.len(),
+                newest_snapshot: gen.snapshots.last().and_then(|s| match s.kind {
+                    ObjectKind::Snapshot { txid, time_ms } => Some((txid, time_ms)),
+                    _ => None,
+                }),
+                newest_txid: gen.newest_txid(),
+                newest_time_ms: times.max(),
+                bytes: gen
+                    .snapshots
+                    .iter()
+                    .chain(gen.segments.iter())
+                    .map(|o| o.size)
+                    .sum(),
+            }
+        })
+        .collect();
+    Ok(Summary {
+        objects: objects.len(),
+        bytes: objects.iter().map(|o| o.size).sum(),
+        generations,
+    })
+}
+
+fn print_human(prefix: &str, path: Option<&Path>, s: &Summary) {
     match path {
         Some(p) => println!("{prefix} ({})", p.display()),
         None => println!("{prefix}"),
     }
-    if gens.is_empty() {
+    if s.generations.is_empty() {
         println!("  no backup yet");
-        return Ok(());
+        return;
     }
     println!(
         "  {} generations, {} objects, {}",
-        gens.len(),
-        objects.len(),
-        human_bytes(total)
+        s.generations.len(),
+        s.objects,
+        human_bytes(s.bytes)
     );
-    for (g, gen) in &gens {
-        let bytes: u64 = gen
-            .snapshots
-            .iter()
-            .chain(gen.segments.iter())
-            .map(|o| o.size)
-            .sum();
-        let newest_snapshot = gen.snapshots.last().map(|s| match s.kind {
-            ObjectKind::Snapshot { txid, time_ms } => {
-                format!("txid {txid} at {}", format_rfc3339(time_ms))
-            }
-            _ => String::new(),
-        });
-        let last_time = gen
-            .segments
-            .iter()
-            .filter_map(|s| match s.kind {
-                ObjectKind::Segment { last_time_ms, .. } => Some(last_time_ms),
-                _ => None,
-            })
-            .chain(gen.snapshots.iter().filter_map(|s| match s.kind {
-                ObjectKind::Snapshot { time_ms, .. } => Some(time_ms),
-                _ => None,
-            }))
-            .max();
+    for g in &s.generations {
         println!(
-            "  generation {g:016x}: {} snapshots (newest {}), {} segments, newest txid {}{}, {}",
-            gen.snapshots.len(),
-            newest_snapshot.unwrap_or_else(|| "none".into()),
-            gen.segments.len(),
-            gen.newest_txid()
-                .map_or("none".to_string(), |t| t.to_string()),
-            last_time.map_or(String::new(), |t| format!(" at {}", format_rfc3339(t))),
-            human_bytes(bytes)
+            "  generation {:016x}: {} snapshots (newest {}), {} segments, newest txid {}{}, {}",
+            g.id,
+            g.snapshots,
+            g.newest_snapshot
+                .map_or("none".to_string(), |(t, ms)| format!(
+                    "txid {t} at {}",
+                    format_rfc3339(ms)
+                )),
+            g.segments,
+            g.newest_txid.map_or("none".to_string(), |t| t.to_string()),
+            g.newest_time_ms
+                .map_or(String::new(), |t| format!(" at {}", format_rfc3339(t))),
+            human_bytes(g.bytes)
         );
     }
-    Ok(())
+}
+
+fn opt_u64(v: Option<u64>) -> String {
+    v.map_or("null".to_string(), |n| n.to_string())
+}
+
+fn opt_time(v: Option<u64>) -> String {
+    v.map_or("null".to_string(), |t| json_string(&format_rfc3339(t)))
+}
+
+fn to_json(prefix: &str, path: Option<&Path>, s: &Summary) -> String {
+    let gens: Vec<String> = s
+        .generations
+        .iter()
+        .map(|g| {
+            format!(
+                "{{\"generation\":\"{:016x}\",\"snapshots\":{},\"segments\":{},\"newest_snapshot_txid\":{},\"newest_snapshot_time\":{},\"newest_txid\":{},\"newest_time\":{},\"bytes\":{}}}",
+                g.id,
+                g.snapshots,
+                g.segments,
+                opt_u64(g.newest_snapshot.map(|s| s.0)),
+                opt_time(g.newest_snapshot.map(|s| s.1)),
+                opt_u64(g.newest_txid),
+                opt_time(g.newest_time_ms),
+                g.bytes
+            )
+        })
+        .collect();
+    let newest = s.generations.last();
+    format!(
+        "{{\"prefix\":{},\"path\":{},\"objects\":{},\"bytes\":{},\"newest_txid\":{},\"newest_time\":{},\"generations\":[{}]}}",
+        json_string(prefix),
+        path.map_or("null".to_string(), |p| json_string(&p.display().to_string())),
+        s.objects,
+        s.bytes,
+        opt_u64(newest.and_then(|g| g.newest_txid)),
+        opt_time(newest.and_then(|g| g.newest_time_ms)),
+        gens.join(",")
+    )
 }

@@ -8,7 +8,7 @@ use argh::FromArgs;
 use rayon::prelude::*;
 
 use super::restore::target_of;
-use super::{check_prefix, human_bytes, CliError, Target};
+use super::{check_prefix, human_bytes, json_string, CliError, Target};
 use crate::keys;
 use crate::restore::{output_path_for, restore, RestoreReport};
 use crate::storage::Storage;
@@ -234,24 +234,6 @@ fn line(o: &Outcome) -> String {
     }
 }
 
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn to_json(outcomes: &[Outcome], seconds: f64) -> String {
     let items: Vec<String> = outcomes
         .iter()
@@ -298,10 +280,5 @@ mod tests {
         assert!(under("tenants", "tenants"));
         assert!(!under("tenants2/x", "tenants"));
         assert!(under("anything", ""));
-    }
-
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_string("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
     }
 }
