@@ -8,16 +8,22 @@
 //! database dirty once, and a sync runs at most once per `sync_interval`; a
 //! cheap periodic stat of every WAL catches missed events. An idle database
 //! costs no S3 request. A failing database backs off (jittered, exponential)
-//! without holding up the others. SIGINT/SIGTERM stop taking events, run one
-//! last sync of every database and exit (DESIGN.md invariant 8).
+//! without holding up the others.
+//!
+//! The set of databases comes from a `Catalog` and may change while running:
+//! databases discovered in watched directories appear and disappear, and
+//! SIGHUP re-reads the configuration. A database that leaves the set gets one
+//! last sync (shipping what it committed) before its connections close; the
+//! others are not touched. SIGINT/SIGTERM stop taking events, run one last
+//! sync of every database and exit (DESIGN.md invariant 8).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use notify::{RecursiveMode, Watcher};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::replica::{Replica, ReplicaError, ReplicaOptions, SyncReport};
 use crate::signals::{self, Signal};
@@ -29,6 +35,35 @@ use crate::storage::Storage;
 pub struct WatchedDatabase {
     pub replica: ReplicaOptions,
     pub sync_interval: Duration,
+}
+
+/// Where the daemon learns which databases to replicate.
+pub trait Catalog {
+    /// Every database that should be replicated now (configured and
+    /// discovered). Called at start, after a discovery directory changed,
+    /// on the periodic rescan when there are discovery directories, and
+    /// after a reload.
+    fn databases(&mut self) -> Vec<WatchedDatabase>;
+    /// Directories in which new databases may appear, and whether their
+    /// subdirectories count.
+    fn discovery_dirs(&self) -> Vec<(PathBuf, bool)>;
+    /// Re-reads the configuration (SIGHUP). On `Err` the current one stays.
+    fn reload(&mut self) -> Result<(), String>;
+}
+
+/// A fixed set of databases, for callers without a config file.
+pub struct FixedCatalog(pub Vec<WatchedDatabase>);
+
+impl Catalog for FixedCatalog {
+    fn databases(&mut self) -> Vec<WatchedDatabase> {
+        self.0.clone()
+    }
+    fn discovery_dirs(&self) -> Vec<(PathBuf, bool)> {
+        Vec::new()
+    }
+    fn reload(&mut self) -> Result<(), String> {
+        Err("there is no configuration file to reload".into())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -43,10 +78,10 @@ enum Msg {
     Fs(notify::Result<notify::Event>),
     Signal(Signal),
     Done {
-        idx: usize,
+        id: u64,
         replica: Box<Replica>,
         result: Result<SyncReport, ReplicaError>,
-        stat: Option<FileStat>,
+        stat: FileStat,
     },
 }
 
@@ -73,10 +108,9 @@ fn stat_of(db: &Path) -> FileStat {
 }
 
 struct Slot {
+    want: WatchedDatabase,
+    /// `None` while a job has it.
     replica: Option<Box<Replica>>,
-    path: PathBuf,
-    prefix: String,
-    sync_interval: Duration,
     dirty: bool,
     due: Instant,
     last_sync: Option<Instant>,
@@ -84,13 +118,39 @@ struct Slot {
     retry_at: Option<Instant>,
     waiting_logged: bool,
     stat: Option<FileStat>,
+    /// Left the catalog: one last sync, then the slot goes.
+    removing: bool,
     final_sync_done: bool,
 }
 
 impl Slot {
+    fn new(want: WatchedDatabase, now: Instant) -> Slot {
+        Slot {
+            replica: Some(Box::new(Replica::new(want.replica.clone()))),
+            want,
+            dirty: true,
+            due: now,
+            last_sync: None,
+            failures: 0,
+            retry_at: None,
+            waiting_logged: false,
+            stat: None,
+            removing: false,
+            final_sync_done: false,
+        }
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "{} ({})",
+            self.want.replica.path.display(),
+            self.want.replica.prefix
+        )
+    }
+
     fn mark_dirty(&mut self, now: Instant) {
         let mut due = match self.last_sync {
-            Some(last) => (last + self.sync_interval).max(now),
+            Some(last) => (last + self.want.sync_interval).max(now),
             None => now,
         };
         if let Some(retry) = self.retry_at {
@@ -100,6 +160,12 @@ impl Slot {
             self.due = due;
         }
         self.dirty = true;
+    }
+
+    /// Whether the database was being replicated (and so may have committed
+    /// transactions that a failed last sync leaves unshipped).
+    fn was_live(&self) -> bool {
+        self.replica.as_ref().is_some_and(|r| r.is_live())
     }
 }
 
@@ -118,7 +184,8 @@ impl std::fmt::Display for DaemonError {
             DaemonError::Setup(s) => write!(f, "{s}"),
             DaemonError::IncompleteStop { failed } => write!(
                 f,
-                "stopped before every committed transaction was shipped for: {}; they will be shipped (or a new generation started) at the next start",
+                "stopped before every committed transaction was shipped for: {}; they will be shipped \
+                 (or a new generation started) at the next start",
                 failed.join(", ")
             ),
         }
@@ -143,123 +210,412 @@ fn backoff(failures: u32) -> Duration {
     )
 }
 
-/// Runs until SIGINT or SIGTERM. Call `signals::block()` on the main thread
-/// before any thread was started (this function does it too, for callers
-/// that start no thread before it).
+/// How long file events in a discovery directory are gathered before the
+/// catalog is asked again.
+const DISCOVERY_DEBOUNCE: Duration = Duration::from_millis(300);
+
+struct Dispatcher {
+    storage: Arc<dyn Storage>,
+    pool: rayon::ThreadPool,
+    tx: Sender<Msg>,
+    slots: BTreeMap<u64, Slot>,
+    next_id: u64,
+    by_path: HashMap<PathBuf, u64>,
+    watcher: RecommendedWatcher,
+    watched: HashMap<PathBuf, RecursiveMode>,
+    discovery: Vec<(PathBuf, bool)>,
+    running: usize,
+    stopping: Option<Instant>,
+    failed_at_stop: Vec<String>,
+}
+
+impl Dispatcher {
+    /// Brings the slots in line with the catalog: adds new databases,
+    /// updates the options of kept ones, schedules removed ones for a last
+    /// sync.
+    fn apply(&mut self, wanted: Vec<WatchedDatabase>, now: Instant) {
+        let mut keep = HashMap::new();
+        for want in wanted {
+            let path = want.replica.path.clone();
+            if keep.contains_key(&path) {
+                log::warn!("{} is listed twice; replicating it once", path.display());
+                continue;
+            }
+            match self.by_path.get(&path).copied() {
+                Some(id) if self.slots[&id].want.replica.prefix == want.replica.prefix => {
+                    let slot = self
+                        .slots
+                        .get_mut(&id)
+                        .expect("invariant: by_path points at a slot");
+                    if slot.removing {
+                        log::info!(
+                            "{}: back in the configuration, keeps replicating",
+                            slot.name()
+                        );
+                        slot.removing = false;
+                    }
+                    slot.want = want;
+                    keep.insert(path, id);
+                }
+                Some(id) => {
+                    // Same file, new prefix: the old replica ends, a new one starts
+                    // once the old one let go of the database.
+                    self.remove(id, now);
+                    let id = self.add(want, now);
+                    keep.insert(path, id);
+                }
+                None => {
+                    let id = self.add(want, now);
+                    keep.insert(path, id);
+                }
+            }
+        }
+        let gone: Vec<u64> = self
+            .slots
+            .iter()
+            .filter(|(id, s)| !s.removing && keep.get(&s.want.replica.path) != Some(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.remove(id, now);
+        }
+        self.refresh_watches();
+    }
+
+    fn add(&mut self, want: WatchedDatabase, now: Instant) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let slot = Slot::new(want, now);
+        if self.stopping.is_none() && self.next_id > 1 {
+            log::debug!("{}: added", slot.name());
+        }
+        self.by_path.insert(slot.want.replica.path.clone(), id);
+        self.slots.insert(id, slot);
+        id
+    }
+
+    fn remove(&mut self, id: u64, now: Instant) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            log::info!(
+                "{}: no longer configured; shipping what it committed, then letting go",
+                slot.name()
+            );
+            slot.removing = true;
+            slot.retry_at = None;
+            slot.last_sync = None;
+            slot.mark_dirty(now);
+        }
+    }
+
+    /// Drops a removed slot once its last sync ran.
+    fn drop_slot(&mut self, id: u64) {
+        if let Some(slot) = self.slots.remove(&id) {
+            if self.by_path.get(&slot.want.replica.path) == Some(&id) {
+                self.by_path.remove(&slot.want.replica.path);
+            }
+            log::info!("{}: stopped replicating", slot.name());
+        }
+        self.refresh_watches();
+    }
+
+    /// One watch per directory that holds a database or may hold new ones.
+    fn refresh_watches(&mut self) {
+        let mut want: HashMap<PathBuf, RecursiveMode> = HashMap::new();
+        for s in self.slots.values() {
+            let dir = s
+                .want
+                .replica
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_path_buf();
+            want.entry(dir).or_insert(RecursiveMode::NonRecursive);
+        }
+        for (dir, recursive) in &self.discovery {
+            if *recursive {
+                want.insert(dir.clone(), RecursiveMode::Recursive);
+            } else {
+                want.entry(dir.clone())
+                    .or_insert(RecursiveMode::NonRecursive);
+            }
+        }
+        let stale: Vec<PathBuf> = self
+            .watched
+            .iter()
+            .filter(|(d, m)| want.get(*d) != Some(*m))
+            .map(|(d, _)| d.clone())
+            .collect();
+        for dir in stale {
+            let _ = self.watcher.unwatch(&dir);
+            self.watched.remove(&dir);
+        }
+        for (dir, mode) in want {
+            if self.watched.contains_key(&dir) {
+                continue;
+            }
+            match self.watcher.watch(&dir, mode) {
+                Ok(()) => {
+                    self.watched.insert(dir, mode);
+                }
+                Err(e) => log::warn!(
+                    "cannot watch {}: {e}; relying on the periodic rescan there",
+                    dir.display()
+                ),
+            }
+        }
+    }
+
+    /// Maps a file event to the databases it concerns. Returns whether it
+    /// may change the catalog (something appeared or went in a discovery
+    /// directory).
+    fn on_fs_event(&mut self, ev: &notify::Event, now: Instant) -> bool {
+        if ev.need_rescan() {
+            for s in self.slots.values_mut() {
+                s.mark_dirty(now);
+            }
+            return !self.discovery.is_empty();
+        }
+        let mut catalog_may_change = false;
+        for p in &ev.paths {
+            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let db = match name.strip_suffix("-wal") {
+                Some(stem) => p.with_file_name(stem),
+                None => p.clone(),
+            };
+            match self.by_path.get(&db) {
+                Some(id) => {
+                    if let Some(s) = self.slots.get_mut(id) {
+                        s.mark_dirty(now);
+                    }
+                    // A database file that went away may leave the catalog.
+                    if !db.exists() {
+                        catalog_may_change |= self.in_discovery(&db);
+                    }
+                }
+                None => catalog_may_change |= self.in_discovery(p),
+            }
+        }
+        catalog_may_change
+    }
+
+    fn in_discovery(&self, path: &Path) -> bool {
+        self.discovery.iter().any(|(dir, recursive)| {
+            if *recursive {
+                path.starts_with(dir)
+            } else {
+                path.parent() == Some(dir.as_path())
+            }
+        })
+    }
+
+    fn launch_due(&mut self, now: Instant) {
+        for (&id, slot) in self.slots.iter_mut() {
+            if !(slot.dirty && slot.due <= now) {
+                continue;
+            }
+            let Some(mut replica) = slot.replica.take() else {
+                continue;
+            };
+            slot.dirty = false;
+            self.running += 1;
+            // Options may have changed (reload) since the replica was made.
+            replica.opts = slot.want.replica.clone();
+            let storage = Arc::clone(&self.storage);
+            let tx = self.tx.clone();
+            self.pool.spawn(move || {
+                let stat = stat_of(replica.path());
+                let result = replica.sync(&*storage, false);
+                let _ = tx.send(Msg::Done {
+                    id,
+                    replica,
+                    result,
+                    stat,
+                });
+            });
+        }
+    }
+
+    fn on_done(
+        &mut self,
+        id: u64,
+        replica: Box<Replica>,
+        result: Result<SyncReport, ReplicaError>,
+        stat: FileStat,
+        now: Instant,
+    ) {
+        self.running -= 1;
+        let stopping = self.stopping.is_some();
+        let Some(s) = self.slots.get_mut(&id) else {
+            return;
+        };
+        s.replica = Some(replica);
+        s.last_sync = Some(now);
+        s.stat = Some(stat);
+        let last_sync = stopping || s.removing;
+        match result {
+            Ok(report) => {
+                if s.failures > 0 || s.waiting_logged {
+                    log::info!("{}: replicating again", s.name());
+                }
+                s.failures = 0;
+                s.retry_at = None;
+                s.waiting_logged = false;
+                if report.commits > 0 {
+                    log::debug!(
+                        "{}: shipped {} commits in {} segments",
+                        s.name(),
+                        report.commits,
+                        report.segments
+                    );
+                }
+            }
+            Err(e) if e.is_missing_database() => {
+                if !s.waiting_logged && !last_sync {
+                    log::info!("{}: waiting for the database to be created", s.name());
+                    s.waiting_logged = true;
+                }
+            }
+            Err(e) => {
+                s.failures += 1;
+                if last_sync {
+                    log::error!("{}: {e}", s.name());
+                    // Only a database walsync was replicating can have
+                    // committed transactions left unshipped.
+                    if stopping && s.was_live() {
+                        self.failed_at_stop.push(s.name());
+                    }
+                } else {
+                    let wait = backoff(s.failures);
+                    log::error!("{}: {e}; retrying in {:.1}s", s.name(), wait.as_secs_f64());
+                    s.retry_at = Some(now + wait);
+                    s.mark_dirty(now);
+                }
+            }
+        }
+        if stopping {
+            s.final_sync_done = true;
+        } else if s.removing {
+            self.drop_slot(id);
+        }
+    }
+
+    /// The safety net: a database whose files changed without an event.
+    fn rescan(&mut self, now: Instant) {
+        for s in self.slots.values_mut() {
+            if s.replica.is_some() && !s.dirty && s.stat != Some(stat_of(&s.want.replica.path)) {
+                s.mark_dirty(now);
+            }
+        }
+    }
+
+    fn begin_stop(&mut self, now: Instant) {
+        self.stopping = Some(now);
+        for s in self.slots.values_mut() {
+            s.retry_at = None;
+            s.last_sync = None;
+            s.mark_dirty(now);
+        }
+    }
+
+    fn unfinished(&self) -> Vec<String> {
+        self.slots
+            .values()
+            .filter(|s| (s.replica.is_none() || s.dirty) && !s.final_sync_done)
+            .map(|s| s.name())
+            .collect()
+    }
+}
+
+/// Runs until SIGINT or SIGTERM. Blocks those signals (and SIGHUP) for the
+/// calling thread and every thread it starts; call it before starting other
+/// threads, or block the signals first with `signals::block`.
 pub fn run(
     storage: Arc<dyn Storage>,
-    databases: Vec<WatchedDatabase>,
+    catalog: &mut dyn Catalog,
     opts: WatchOptions,
 ) -> Result<(), DaemonError> {
     signals::block().map_err(|e| DaemonError::Setup(format!("cannot block signals: {e}")))?;
     let (tx, rx) = mpsc::channel::<Msg>();
     signals::forward(tx.clone(), Msg::Signal)
         .map_err(|e| DaemonError::Setup(format!("cannot start the signal thread: {e}")))?;
-    match signals::raise_fd_limit() {
-        Ok((soft, _)) => {
-            let need = databases.len() as u64 * 6 + 64;
-            if soft < need {
-                log::warn!(
-                    "open-file limit is {soft}, {} databases may need about {need}; raise it (ulimit -n / LimitNOFILE=)",
-                    databases.len()
-                );
-            }
-        }
-        Err(e) => log::warn!("cannot read the open-file limit: {e}"),
-    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.workers.max(1))
         .thread_name(|i| format!("walsync-worker-{i}"))
         .build()
         .map_err(|e| DaemonError::Setup(format!("cannot start the worker pool: {e}")))?;
-
-    let now = Instant::now();
-    let mut slots: Vec<Slot> = databases
-        .into_iter()
-        .map(|d| Slot {
-            path: d.replica.path.clone(),
-            prefix: d.replica.prefix.clone(),
-            replica: Some(Box::new(Replica::new(d.replica))),
-            sync_interval: d.sync_interval,
-            dirty: true,
-            due: now,
-            last_sync: None,
-            failures: 0,
-            retry_at: None,
-            waiting_logged: false,
-            stat: None,
-            final_sync_done: false,
-        })
-        .collect();
-
-    // One watcher, one watch per directory; events are mapped back by name.
-    let mut by_dir: HashMap<PathBuf, Vec<usize>> = HashMap::new();
-    for (i, s) in slots.iter().enumerate() {
-        let dir = s.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        by_dir.entry(dir).or_default().push(i);
-    }
     let fs_tx = tx.clone();
-    let mut watcher = notify::recommended_watcher(move |ev| {
+    let watcher = notify::recommended_watcher(move |ev| {
         let _ = fs_tx.send(Msg::Fs(ev));
     })
     .map_err(|e| DaemonError::Setup(format!("cannot start the file watcher: {e}")))?;
-    for dir in by_dir.keys() {
-        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-            log::warn!(
-                "cannot watch {}: {e}; relying on the periodic rescan for its databases",
-                dir.display()
-            );
+
+    let mut d = Dispatcher {
+        storage: Arc::clone(&storage),
+        pool,
+        tx,
+        slots: BTreeMap::new(),
+        next_id: 0,
+        by_path: HashMap::new(),
+        watcher,
+        watched: HashMap::new(),
+        discovery: catalog.discovery_dirs(),
+        running: 0,
+        stopping: None,
+        failed_at_stop: Vec::new(),
+    };
+    let now = Instant::now();
+    d.apply(catalog.databases(), now);
+    match signals::raise_fd_limit() {
+        Ok((soft, _)) => {
+            let need = d.slots.len() as u64 * 6 + 64;
+            if soft < need {
+                log::warn!(
+                    "open-file limit is {soft}, {} databases may need about {need}; raise it (ulimit -n / LimitNOFILE=)",
+                    d.slots.len()
+                );
+            }
         }
+        Err(e) => log::warn!("cannot read the open-file limit: {e}"),
     }
     log::info!(
-        "watching {} databases in {} directories, {} workers, storage {}",
-        slots.len(),
-        by_dir.len(),
+        "watching {} databases ({} directories), {} workers, storage {}",
+        d.slots.len(),
+        d.watched.len(),
         opts.workers.max(1),
         storage.location()
     );
 
-    let mut running = 0usize;
-    let mut stopping: Option<Instant> = None;
-    let mut failed_at_stop = Vec::new();
-    let mut next_rescan = Instant::now() + opts.rescan_interval;
-
+    let mut next_rescan = now + opts.rescan_interval;
+    let mut catalog_due: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        // Launch every due job.
-        for (idx, slot) in slots.iter_mut().enumerate() {
-            if slot.dirty && slot.due <= now {
-                if let Some(replica) = slot.replica.take() {
-                    slot.dirty = false;
-                    running += 1;
-                    launch(&pool, &storage, &tx, idx, replica);
-                }
-            }
-        }
-        if let Some(since) = stopping {
-            let all_done = running == 0 && slots.iter().all(|s| s.final_sync_done || !s.dirty);
-            if all_done {
+        d.launch_due(now);
+        if let Some(since) = d.stopping {
+            if d.running == 0 && d.slots.values().all(|s| s.final_sync_done || !s.dirty) {
                 break;
             }
             if since.elapsed() > opts.shutdown_timeout {
                 log::error!(
-                    "stop timed out after {:?} with {running} syncs still running",
-                    opts.shutdown_timeout
+                    "stop timed out after {:?} with {} syncs still running",
+                    opts.shutdown_timeout,
+                    d.running
                 );
-                for s in &slots {
-                    if s.replica.is_none() || s.dirty {
-                        failed_at_stop.push(format!("{} ({})", s.path.display(), s.prefix));
-                    }
-                }
+                let unfinished = d.unfinished();
+                d.failed_at_stop.extend(unfinished);
                 break;
             }
         }
-        let mut wake = if stopping.is_some() {
+        let mut wake = if d.stopping.is_some() {
             now + Duration::from_millis(100)
         } else {
             next_rescan
         };
-        for s in &slots {
+        if let Some(c) = catalog_due {
+            wake = wake.min(c);
+        }
+        for s in d.slots.values() {
             if s.dirty && s.replica.is_some() {
                 wake = wake.min(s.due);
             }
@@ -271,174 +627,69 @@ pub fn run(
         };
         let now = Instant::now();
         match msg {
-            Some(Msg::Fs(Ok(ev))) if stopping.is_none() => {
-                if ev.need_rescan() {
-                    for s in slots.iter_mut() {
-                        s.mark_dirty(now);
-                    }
-                }
-                for p in &ev.paths {
-                    let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
-                        continue;
-                    };
-                    let Some(idxs) = by_dir.get(dir) else {
-                        continue;
-                    };
-                    for &i in idxs {
-                        let s = &mut slots[i];
-                        let db_name = s.path.file_name().unwrap_or_default();
-                        let mut wal_name = db_name.to_owned();
-                        wal_name.push("-wal");
-                        if name == db_name || name == wal_name {
-                            s.mark_dirty(now);
-                        }
-                    }
-                }
-            }
-            Some(Msg::Fs(Err(e))) => {
-                log::warn!("file watcher: {e}; rescanning every database");
-                for s in slots.iter_mut() {
-                    s.mark_dirty(now);
+            Some(Msg::Fs(Ok(ev))) if d.stopping.is_none() => {
+                if d.on_fs_event(&ev, now) && catalog_due.is_none() {
+                    catalog_due = Some(now + DISCOVERY_DEBOUNCE);
                 }
             }
             Some(Msg::Fs(Ok(_))) => {}
-            Some(Msg::Signal(Signal::Hangup)) => {
-                log::info!("SIGHUP: configuration reload is not supported yet; restart walsync to apply changes");
+            Some(Msg::Fs(Err(e))) => {
+                log::warn!("file watcher: {e}; rescanning every database");
+                for s in d.slots.values_mut() {
+                    s.mark_dirty(now);
+                }
             }
+            Some(Msg::Signal(Signal::Hangup)) if d.stopping.is_none() => match catalog.reload() {
+                Ok(()) => {
+                    log::info!("SIGHUP: configuration reloaded");
+                    d.discovery = catalog.discovery_dirs();
+                    catalog_due = Some(now);
+                }
+                Err(e) => log::error!("SIGHUP: {e}; the current configuration stays in force"),
+            },
+            Some(Msg::Signal(Signal::Hangup)) => {}
             Some(Msg::Signal(sig)) => {
-                if stopping.is_none() {
+                if d.stopping.is_none() {
                     log::info!("{sig:?}: stopping; shipping what is committed");
-                    stopping = Some(now);
-                    for s in slots.iter_mut() {
-                        s.retry_at = None;
-                        s.last_sync = None;
-                        s.mark_dirty(now);
-                    }
+                    d.begin_stop(now);
                 } else {
                     log::warn!("{sig:?} again: stopping now");
-                    for s in &slots {
-                        if s.replica.is_none() || s.dirty {
-                            failed_at_stop.push(format!("{} ({})", s.path.display(), s.prefix));
-                        }
-                    }
+                    let unfinished = d.unfinished();
+                    d.failed_at_stop.extend(unfinished);
                     break;
                 }
             }
             Some(Msg::Done {
-                idx,
+                id,
                 replica,
                 result,
                 stat,
-            }) => {
-                running -= 1;
-                let s = &mut slots[idx];
-                s.replica = Some(replica);
-                s.last_sync = Some(now);
-                s.stat = stat;
-                match result {
-                    Ok(report) => {
-                        if s.failures > 0 || s.waiting_logged {
-                            log::info!("{} ({}): replicating again", s.path.display(), s.prefix);
-                        }
-                        s.failures = 0;
-                        s.retry_at = None;
-                        s.waiting_logged = false;
-                        if stopping.is_some() {
-                            s.final_sync_done = true;
-                        }
-                        if report.commits > 0 {
-                            log::debug!(
-                                "{} ({}): shipped {} commits in {} segments",
-                                s.path.display(),
-                                s.prefix,
-                                report.commits,
-                                report.segments
-                            );
-                        }
-                    }
-                    Err(e) if e.is_missing_database() => {
-                        if !s.waiting_logged {
-                            log::info!(
-                                "{} ({}): waiting for the database to be created",
-                                s.path.display(),
-                                s.prefix
-                            );
-                            s.waiting_logged = true;
-                        }
-                        if stopping.is_some() {
-                            s.final_sync_done = true;
-                        }
-                    }
-                    Err(e) => {
-                        s.failures += 1;
-                        let wait = backoff(s.failures);
-                        if stopping.is_some() {
-                            log::error!("{} ({}): {e}", s.path.display(), s.prefix);
-                            // Only a database walsync was replicating can
-                            // have committed transactions left unshipped.
-                            if s.replica.as_ref().is_some_and(|r| r.is_live()) {
-                                failed_at_stop.push(format!("{} ({})", s.path.display(), s.prefix));
-                            }
-                            s.final_sync_done = true;
-                        } else {
-                            log::error!(
-                                "{} ({}): {e}; retrying in {:.1}s",
-                                s.path.display(),
-                                s.prefix,
-                                wait.as_secs_f64()
-                            );
-                            s.retry_at = Some(now + wait);
-                            s.mark_dirty(now);
-                        }
-                    }
-                }
-            }
+            }) => d.on_done(id, replica, result, stat, now),
             None => {}
         }
-        if stopping.is_none() && Instant::now() >= next_rescan {
-            let now = Instant::now();
-            for s in slots.iter_mut() {
-                if s.replica.is_some() && !s.dirty {
-                    let st = stat_of(&s.path);
-                    if s.stat != Some(st) {
-                        s.mark_dirty(now);
-                    }
-                }
+        let now = Instant::now();
+        if d.stopping.is_none() {
+            if catalog_due.is_some_and(|c| c <= now) {
+                catalog_due = None;
+                d.apply(catalog.databases(), now);
             }
-            next_rescan = now + opts.rescan_interval;
+            if now >= next_rescan {
+                d.rescan(now);
+                if !d.discovery.is_empty() && catalog_due.is_none() {
+                    catalog_due = Some(now);
+                }
+                next_rescan = now + opts.rescan_interval;
+            }
         }
     }
-    drop(watcher);
+    let failed = std::mem::take(&mut d.failed_at_stop);
     // Closing the connections releases the read transactions; checkpoint on
     // close is disabled, so the WAL stays as it is for the next start.
-    drop(slots);
-    if failed_at_stop.is_empty() {
+    drop(d);
+    if failed.is_empty() {
         log::info!("stopped");
         Ok(())
     } else {
-        Err(DaemonError::IncompleteStop {
-            failed: failed_at_stop,
-        })
+        Err(DaemonError::IncompleteStop { failed })
     }
-}
-
-fn launch(
-    pool: &rayon::ThreadPool,
-    storage: &Arc<dyn Storage>,
-    tx: &Sender<Msg>,
-    idx: usize,
-    mut replica: Box<Replica>,
-) {
-    let storage = Arc::clone(storage);
-    let tx = tx.clone();
-    pool.spawn(move || {
-        let stat = stat_of(replica.path());
-        let result = replica.sync(&*storage, false);
-        let _ = tx.send(Msg::Done {
-            idx,
-            replica,
-            result,
-            stat: Some(stat),
-        });
-    });
 }

@@ -1048,3 +1048,97 @@ fn storage_outages_and_errors_lose_nothing() {
     assert_eq!(rows(&out), rows(&path));
     assert_eq!(integrity(&out), "ok");
 }
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) with the pid of our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+#[test]
+fn sighup_adds_and_removes_databases_while_another_is_written() {
+    let setup = Setup::new(&[("keep.db", "apps/keep"), ("old.db", "apps/old")]);
+    let storage = setup.storage();
+    let keep_path = setup.dir.join("keep.db");
+    let old = open_app(&setup.dir.join("old.db"));
+    let new = open_app(&setup.dir.join("new.db"));
+    for id in 1..=30 {
+        insert(&old, id);
+        insert(&new, id);
+    }
+    let mut child = setup.watch("watch.log");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = Arc::clone(&stop);
+        let path = keep_path.clone();
+        thread::spawn(move || {
+            let c = open_app(&path);
+            let mut id = 0;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                insert(&c, id);
+                thread::sleep(Duration::from_millis(2));
+            }
+            id
+        })
+    };
+    wait_shipped(&storage, "apps/old");
+    for id in 31..=40 {
+        insert(&old, id);
+    }
+    // old.db leaves the config, new.db joins it.
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let edited = text.replace(
+        "path = \"old.db\"\nprefix = \"apps/old\"",
+        "path = \"new.db\"\nprefix = \"apps/new\"",
+    );
+    assert_ne!(text, edited);
+    std::fs::write(&setup.config, &edited).unwrap();
+    signal(&child, libc::SIGHUP);
+    wait_shipped(&storage, "apps/new");
+
+    // A broken config on SIGHUP is refused; the running set stays.
+    std::fs::write(&setup.config, "this is = not [valid").unwrap();
+    signal(&child, libc::SIGHUP);
+    thread::sleep(Duration::from_millis(300));
+    for id in 31..=35 {
+        insert(&new, id);
+    }
+    wait_shipped(&storage, "apps/new");
+    std::fs::write(&setup.config, &edited).unwrap();
+
+    stop.store(true, Ordering::Relaxed);
+    let n = writer.join().unwrap();
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert!(log.contains("SIGHUP: configuration reloaded"), "{log}");
+    assert!(
+        log.contains("the current configuration stays in force"),
+        "{log}"
+    );
+    assert!(
+        log.contains("old.db (apps/old): stopped replicating"),
+        "{log}"
+    );
+
+    for (prefix, file, expect) in [
+        ("apps/keep", "keep.db", n),
+        ("apps/old", "old.db", 40),
+        ("apps/new", "new.db", 35),
+    ] {
+        let out = setup.dir.join(format!("{file}.restored"));
+        let o = setup.restore(prefix, &out, &[]);
+        assert!(
+            o.status.success(),
+            "{prefix}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(rows(&out).len() as i64, expect, "{prefix}");
+    }
+    // After it left the config, old.db is not replicated any more.
+    for id in 41..=50 {
+        insert(&old, id);
+    }
+    let out = setup.dir.join("old-again.db");
+    assert!(setup.restore("apps/old", &out, &[]).status.success());
+    assert_eq!(rows(&out).len(), 40);
+}

@@ -79,7 +79,7 @@ impl CliError {
     }
 }
 
-fn env(key: &str) -> Option<String> {
+pub(crate) fn env(key: &str) -> Option<String> {
     std::env::var(key).ok()
 }
 

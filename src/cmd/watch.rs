@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use super::{load_config, open_storage, replica_options, CliError};
-use crate::daemon::{self, WatchOptions, WatchedDatabase};
+use super::{env, load_config, open_storage, replica_options, CliError};
+use crate::config::{self, Config};
+use crate::daemon::{self, Catalog, WatchOptions, WatchedDatabase};
 
-/// replicate every database in the config continuously (until SIGINT/SIGTERM)
+/// replicate every database in the config continuously (until SIGINT/SIGTERM; SIGHUP reloads the config)
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "watch")]
 pub struct WatchArgs {
@@ -17,25 +18,54 @@ pub struct WatchArgs {
     pub config: Option<PathBuf>,
 }
 
+/// The databases of a config file, re-read on SIGHUP.
+struct ConfigCatalog {
+    path: PathBuf,
+    config: Config,
+}
+
+impl Catalog for ConfigCatalog {
+    fn databases(&mut self) -> Vec<WatchedDatabase> {
+        self.config
+            .databases
+            .iter()
+            .map(|d| WatchedDatabase {
+                replica: replica_options(d),
+                sync_interval: d.sync_interval,
+            })
+            .collect()
+    }
+
+    fn discovery_dirs(&self) -> Vec<(PathBuf, bool)> {
+        Vec::new()
+    }
+
+    fn reload(&mut self) -> Result<(), String> {
+        let new = Config::load(&self.path, &env).map_err(|e| e.to_string())?;
+        if new.storage != self.config.storage {
+            log::warn!(
+                "SIGHUP: [storage] changed; that takes effect at the next start, the rest now"
+            );
+        }
+        if new.workers != self.config.workers {
+            log::warn!(
+                "SIGHUP: workers changed; that takes effect at the next start, the rest now"
+            );
+        }
+        self.config = new;
+        Ok(())
+    }
+}
+
 pub fn run(args: WatchArgs) -> Result<(), CliError> {
-    let cfg = load_config(args.config.as_deref())?;
+    let path = config::find_config(args.config.as_deref()).map_err(CliError::usage)?;
+    let cfg = load_config(Some(&path))?;
     let storage = open_storage(&cfg.storage)?;
-    let databases = cfg
-        .databases
-        .iter()
-        .map(|d| WatchedDatabase {
-            replica: replica_options(d),
-            sync_interval: d.sync_interval,
-        })
-        .collect();
-    daemon::run(
-        storage,
-        databases,
-        WatchOptions {
-            workers: cfg.workers,
-            rescan_interval: cfg.rescan_interval,
-            shutdown_timeout: Duration::from_secs(60),
-        },
-    )
-    .map_err(CliError::runtime)
+    let opts = WatchOptions {
+        workers: cfg.workers,
+        rescan_interval: cfg.rescan_interval,
+        shutdown_timeout: Duration::from_secs(60),
+    };
+    let mut catalog = ConfigCatalog { path, config: cfg };
+    daemon::run(storage, &mut catalog, opts).map_err(CliError::runtime)
 }
