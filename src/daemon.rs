@@ -627,12 +627,12 @@ pub fn run(
         };
         let now = Instant::now();
         match msg {
-            Some(Msg::Fs(Ok(ev))) if d.stopping.is_none() => {
-                if d.on_fs_event(&ev, now) && catalog_due.is_none() {
+            Some(Msg::Fs(Ok(ev))) => {
+                let catalog_may_change = d.stopping.is_none() && d.on_fs_event(&ev, now);
+                if catalog_may_change && catalog_due.is_none() {
                     catalog_due = Some(now + DISCOVERY_DEBOUNCE);
                 }
             }
-            Some(Msg::Fs(Ok(_))) => {}
             Some(Msg::Fs(Err(e))) => {
                 log::warn!("file watcher: {e}; rescanning every database");
                 for s in d.slots.values_mut() {
