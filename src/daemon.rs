@@ -72,6 +72,8 @@ pub struct WatchOptions {
     pub rescan_interval: Duration,
     /// How long a stop may take to ship what is committed.
     pub shutdown_timeout: Duration,
+    /// Where to publish per-database figures (the metrics page), if anywhere.
+    pub metrics: Option<Arc<crate::metrics::Registry>>,
 }
 
 enum Msg {
@@ -118,6 +120,8 @@ struct Slot {
     retry_at: Option<Instant>,
     waiting_logged: bool,
     stat: Option<FileStat>,
+    /// Wall-clock ms since which changes have been waiting to be shipped.
+    pending_since_ms: Option<u64>,
     /// Left the catalog: one last sync, then the slot goes.
     removing: bool,
     final_sync_done: bool,
@@ -135,6 +139,7 @@ impl Slot {
             retry_at: None,
             waiting_logged: false,
             stat: None,
+            pending_since_ms: None,
             removing: false,
             final_sync_done: false,
         }
@@ -160,6 +165,8 @@ impl Slot {
             self.due = due;
         }
         self.dirty = true;
+        self.pending_since_ms
+            .get_or_insert_with(crate::time::now_ms);
     }
 
     /// Whether the database was being replicated (and so may have committed
@@ -227,6 +234,7 @@ struct Dispatcher {
     running: usize,
     stopping: Option<Instant>,
     failed_at_stop: Vec<String>,
+    metrics: Option<Arc<crate::metrics::Registry>>,
 }
 
 impl Dispatcher {
@@ -312,6 +320,9 @@ impl Dispatcher {
         if let Some(slot) = self.slots.remove(&id) {
             if self.by_path.get(&slot.want.replica.path) == Some(&id) {
                 self.by_path.remove(&slot.want.replica.path);
+            }
+            if let Some(m) = &self.metrics {
+                m.remove(&slot.want.replica.prefix);
             }
             log::info!("{}: stopped replicating", slot.name());
         }
@@ -450,6 +461,43 @@ impl Dispatcher {
         let Some(s) = self.slots.get_mut(&id) else {
             return;
         };
+        if let Some(m) = &self.metrics {
+            let wall = crate::time::now_ms();
+            let lag_bytes = match (stat.wal, replica.shipped_wal_offset()) {
+                (Some((len, _)), Some(off)) => len.saturating_sub(off),
+                _ => 0,
+            };
+            let pending = if result.is_ok() && !s.dirty {
+                None
+            } else {
+                s.pending_since_ms
+            };
+            m.update(
+                &s.want.replica.prefix,
+                &s.want.replica.path.display().to_string(),
+                |m| {
+                    m.syncs += 1;
+                    m.last_sync_ms = Some(wall);
+                    m.last_txid = replica.last_txid();
+                    m.lag_bytes = lag_bytes;
+                    m.pending_since_ms = pending;
+                    match &result {
+                        Ok(r) => {
+                            m.last_success_ms = Some(wall);
+                            m.commits += r.commits;
+                            m.snapshots += u64::from(r.snapshot);
+                            m.generations += u64::from(r.new_generation);
+                            m.puts += r.segments + u64::from(r.snapshot);
+                            m.uploaded_bytes += r.bytes_uploaded;
+                        }
+                        Err(_) => m.errors += 1,
+                    }
+                },
+            );
+        }
+        if result.is_ok() && !s.dirty {
+            s.pending_since_ms = None;
+        }
         s.replica = Some(replica);
         s.last_sync = Some(now);
         s.stat = Some(stat);
@@ -564,6 +612,7 @@ pub fn run(
         running: 0,
         stopping: None,
         failed_at_stop: Vec::new(),
+        metrics: opts.metrics.clone(),
     };
     let now = Instant::now();
     d.apply(catalog.databases(), now);

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod format;
 pub mod keys;
+pub mod metrics;
 pub mod plan;
 pub mod replica;
 pub mod restore;

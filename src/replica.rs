@@ -279,6 +279,14 @@ impl Replica {
         self.last_txid
     }
 
+    /// The WAL offset up to which everything is shipped, while replicating.
+    pub fn shipped_wal_offset(&self) -> Option<u64> {
+        self.live
+            .as_ref()
+            .and_then(|l| l.cursor.pos)
+            .map(|p| p.offset)
+    }
+
     pub fn is_live(&self) -> bool {
         self.live.is_some()
     }

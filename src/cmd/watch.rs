@@ -65,6 +65,7 @@ pub fn run(args: WatchArgs) -> Result<(), CliError> {
         workers: cfg.workers,
         rescan_interval: cfg.rescan_interval,
         shutdown_timeout: Duration::from_secs(60),
+        metrics: None,
     };
     let mut catalog = ConfigCatalog { path, config: cfg };
     daemon::run(storage, &mut catalog, opts).map_err(CliError::runtime)

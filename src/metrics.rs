@@ -1,0 +1,335 @@
+//! Monitoring: a Prometheus text page served by one plain blocking thread.
+//!
+//! The dispatcher publishes each database's figures into a `Registry`
+//! after every sync; `render` (pure) turns a registry snapshot into the text
+//! exposition format, and `serve` answers `GET /metrics` on a listener of its
+//! own. No async runtime, no HTTP library: one request per connection.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One database's figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatabaseMetrics {
+    pub path: String,
+    pub prefix: String,
+    pub last_sync_ms: Option<u64>,
+    pub last_success_ms: Option<u64>,
+    /// Since when committed changes have been waiting to be shipped (`None`:
+    /// nothing is known to be waiting).
+    pub pending_since_ms: Option<u64>,
+    /// WAL bytes past what was shipped, at the last look.
+    pub lag_bytes: u64,
+    pub last_txid: u64,
+    pub syncs: u64,
+    pub errors: u64,
+    pub commits: u64,
+    pub snapshots: u64,
+    pub generations: u64,
+    pub puts: u64,
+    pub uploaded_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    databases: Mutex<BTreeMap<String, DatabaseMetrics>>,
+    started_ms: u64,
+}
+
+impl Registry {
+    pub fn new(started_ms: u64) -> Registry {
+        Registry {
+            databases: Mutex::new(BTreeMap::new()),
+            started_ms,
+        }
+    }
+
+    /// Changes one database's figures (creating them on first use).
+    pub fn update(&self, prefix: &str, path: &str, f: impl FnOnce(&mut DatabaseMetrics)) {
+        let mut dbs = self.databases.lock().unwrap_or_else(|p| p.into_inner());
+        let m = dbs
+            .entry(prefix.to_string())
+            .or_insert_with(|| DatabaseMetrics {
+                path: path.to_string(),
+                prefix: prefix.to_string(),
+                ..DatabaseMetrics::default()
+            });
+        f(m);
+    }
+
+    pub fn remove(&self, prefix: &str) {
+        self.databases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(prefix);
+    }
+
+    pub fn snapshot(&self) -> Vec<DatabaseMetrics> {
+        self.databases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+/// The page, in the Prometheus text exposition format (version 0.0.4).
+pub fn render(dbs: &[DatabaseMetrics], started_ms: u64, now_ms: u64) -> String {
+    let mut out = String::new();
+    type Getter = fn(&DatabaseMetrics, u64) -> Option<String>;
+    let families: [(&str, &str, &str, Getter); 13] = [
+        (
+            "walsync_database_last_sync_timestamp_seconds",
+            "gauge",
+            "When the last sync of the database ended.",
+            |m, _| m.last_sync_ms.map(seconds),
+        ),
+        (
+            "walsync_database_last_success_timestamp_seconds",
+            "gauge",
+            "When the last successful sync ended.",
+            |m, _| m.last_success_ms.map(seconds),
+        ),
+        (
+            "walsync_database_replication_lag_seconds",
+            "gauge",
+            "How long committed changes have been waiting to be shipped (0: none known).",
+            |m, now| {
+                Some(seconds(
+                    m.pending_since_ms.map_or(0, |p| now.saturating_sub(p)),
+                ))
+            },
+        ),
+        (
+            "walsync_database_replication_lag_bytes",
+            "gauge",
+            "WAL bytes past what was shipped, at the last look.",
+            |m, _| Some(m.lag_bytes.to_string()),
+        ),
+        (
+            "walsync_database_last_txid",
+            "gauge",
+            "Newest transaction id shipped.",
+            |m, _| Some(m.last_txid.to_string()),
+        ),
+        (
+            "walsync_database_syncs_total",
+            "counter",
+            "Syncs run.",
+            |m, _| Some(m.syncs.to_string()),
+        ),
+        (
+            "walsync_database_errors_total",
+            "counter",
+            "Syncs that failed.",
+            |m, _| Some(m.errors.to_string()),
+        ),
+        (
+            "walsync_database_commits_total",
+            "counter",
+            "Transactions shipped.",
+            |m, _| Some(m.commits.to_string()),
+        ),
+        (
+            "walsync_database_snapshots_total",
+            "counter",
+            "Snapshots uploaded.",
+            |m, _| Some(m.snapshots.to_string()),
+        ),
+        (
+            "walsync_database_generations_total",
+            "counter",
+            "Generations started.",
+            |m, _| Some(m.generations.to_string()),
+        ),
+        (
+            "walsync_database_puts_total",
+            "counter",
+            "Objects uploaded.",
+            |m, _| Some(m.puts.to_string()),
+        ),
+        (
+            "walsync_database_uploaded_bytes_total",
+            "counter",
+            "Bytes uploaded.",
+            |m, _| Some(m.uploaded_bytes.to_string()),
+        ),
+        (
+            "walsync_database_up",
+            "gauge",
+            "1 if the last sync succeeded.",
+            |m, _| {
+                Some(
+                    u8::from(m.last_sync_ms.is_some() && m.last_sync_ms == m.last_success_ms)
+                        .to_string(),
+                )
+            },
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for m in dbs {
+            if let Some(v) = get(m, now_ms) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{prefix=\"{}\",path=\"{}\"}} {v}",
+                    label(&m.prefix),
+                    label(&m.path)
+                );
+            }
+        }
+    }
+    let total = |f: fn(&DatabaseMetrics) -> u64| dbs.iter().map(f).sum::<u64>();
+    let _ = writeln!(out, "# HELP walsync_databases Databases being replicated.\n# TYPE walsync_databases gauge\nwalsync_databases {}", dbs.len());
+    let _ = writeln!(out, "# HELP walsync_puts_total Objects uploaded by the process.\n# TYPE walsync_puts_total counter\nwalsync_puts_total {}", total(|m| m.puts));
+    let _ = writeln!(out, "# HELP walsync_uploaded_bytes_total Bytes uploaded by the process.\n# TYPE walsync_uploaded_bytes_total counter\nwalsync_uploaded_bytes_total {}", total(|m| m.uploaded_bytes));
+    let _ = writeln!(out, "# HELP walsync_errors_total Failed syncs in the process.\n# TYPE walsync_errors_total counter\nwalsync_errors_total {}", total(|m| m.errors));
+    let _ = writeln!(out, "# HELP walsync_start_time_seconds When the process started.\n# TYPE walsync_start_time_seconds gauge\nwalsync_start_time_seconds {}", seconds(started_ms));
+    out
+}
+
+/// Serves `GET /metrics` on `listen` from a thread of its own.
+pub fn serve(listen: SocketAddr, registry: Arc<Registry>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen)?;
+    let addr = listener.local_addr()?;
+    std::thread::Builder::new().name("walsync-metrics".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 2048];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let first = head.lines().next().unwrap_or_default();
+            let (status, body, ctype) = if first.starts_with("GET /metrics ") || first.starts_with("GET /metrics?") {
+                let body = render(&registry.snapshot(), registry.started_ms, crate::time::now_ms());
+                ("200 OK", body, "text/plain; version=0.0.4; charset=utf-8")
+            } else if first.starts_with("GET ") {
+                ("404 Not Found", "walsync serves /metrics\n".to_string(), "text/plain")
+            } else {
+                ("405 Method Not Allowed", "GET only\n".to_string(), "text/plain")
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    })?;
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks the text exposition format: comments, or `name{labels} value`
+    /// with a valid metric name, well-formed labels and a float value.
+    pub(crate) fn parse_prometheus(text: &str) -> Result<usize, String> {
+        let mut samples = 0;
+        for line in text.lines() {
+            if line.is_empty() || line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').ok_or(format!("no value: {line}"))?;
+            value
+                .parse::<f64>()
+                .map_err(|_| format!("bad value: {line}"))?;
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (
+                    n,
+                    Some(
+                        rest.strip_suffix('}')
+                            .ok_or(format!("unclosed labels: {line}"))?,
+                    ),
+                ),
+                None => (series, None),
+            };
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            {
+                return Err(format!("bad name: {line}"));
+            }
+            if let Some(mut rest) = labels {
+                while !rest.is_empty() {
+                    let (k, after) = rest.split_once("=\"").ok_or(format!("bad label: {line}"))?;
+                    if !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(format!("bad label name: {line}"));
+                    }
+                    let mut end = None;
+                    let mut esc = false;
+                    for (i, c) in after.char_indices() {
+                        match (esc, c) {
+                            (true, _) => esc = false,
+                            (false, '\\') => esc = true,
+                            (false, '"') => {
+                                end = Some(i);
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    let end = end.ok_or(format!("unterminated label value: {line}"))?;
+                    rest = after[end + 1..]
+                        .strip_prefix(',')
+                        .unwrap_or(&after[end + 1..]);
+                }
+            }
+            samples += 1;
+        }
+        Ok(samples)
+    }
+
+    #[test]
+    fn page_parses_and_escapes_labels() {
+        let r = Registry::new(1_000);
+        r.update("tenants/acme", "/data/a\"b\\c.db", |m| {
+            m.syncs = 3;
+            m.last_sync_ms = Some(5_000);
+            m.last_success_ms = Some(5_000);
+            m.pending_since_ms = Some(9_000);
+            m.puts = 2;
+            m.uploaded_bytes = 100;
+        });
+        r.update("services/auth", "/data/auth.db", |m| m.errors = 1);
+        let text = render(&r.snapshot(), 1_000, 10_500);
+        // 13 families for 2 databases, less the two timestamps auth never had, plus 5 totals.
+        assert_eq!(parse_prometheus(&text), Ok(13 * 2 - 2 + 5));
+        assert!(text.contains("walsync_database_replication_lag_seconds{prefix=\"tenants/acme\",path=\"/data/a\\\"b\\\\c.db\"} 1.500"));
+        assert!(text.contains("walsync_puts_total 2"));
+        assert!(parse_prometheus("bad line").is_err());
+    }
+
+    #[test]
+    fn serves_the_page_over_http() {
+        let r = Arc::new(Registry::new(0));
+        r.update("p", "/p.db", |m| m.commits = 7);
+        let addr = serve("127.0.0.1:0".parse().unwrap(), Arc::clone(&r)).unwrap();
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut resp = String::new();
+        c.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+        let body = resp.split("\r\n\r\n").nth(1).unwrap();
+        assert!(parse_prometheus(body).unwrap() > 10);
+        assert!(body.contains("walsync_database_commits_total{prefix=\"p\",path=\"/p.db\"} 7"));
+    }
+}
