@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The test command of walsync: every check a change must pass, in the order
+# CI runs them (`.ci/run` runs exactly this script).
+#
+#   bash contrib/test.sh
+#
+# Needs: Rust 1.95 with rustfmt and clippy, and network access to crates.io
+# the first time (to install the S3 test server). Idempotent: run it as often
+# as you like; tools already installed are reused.
+#
+# Steps:
+#   1. install s3s-fs (the S3-compatible server the integration tests start)
+#      into ~/.cache/walsync-tools unless it is already there
+#   2. cargo fmt --check
+#   3. cargo clippy --all-targets -- -D warnings
+#   4. cargo test --no-fail-fast (unit and integration tests, debug build)
+# Steps 2-4 all run even if one fails; the script exits 1 if any failed.
+#
+# Environment:
+#   WALSYNC_S3S_FS   use this s3s-fs binary instead of installing one
+#   CI=true          also pass --locked to cargo (Cargo.lock must be current)
+set -euo pipefail
+
+S3S_FS_VERSION=0.14.1
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+section() {
+    printf '\n==> %s\n' "$*"
+}
+
+fail() {
+    printf '\ncontrib/test.sh: FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+locked=()
+if [[ "${CI:-}" == "true" ]]; then
+    locked=(--locked)
+fi
+
+section "toolchain"
+command -v cargo >/dev/null || fail "cargo not found; install Rust 1.95 (rustup) first"
+cargo --version
+rustc --version
+cargo fmt --version >/dev/null 2>&1 \
+    || fail "rustfmt is missing; install it with: rustup component add rustfmt"
+cargo clippy --version >/dev/null 2>&1 \
+    || fail "clippy is missing; install it with: rustup component add clippy"
+
+section "s3s-fs ${S3S_FS_VERSION} (S3 server for the integration tests)"
+if [[ -n "${WALSYNC_S3S_FS:-}" ]]; then
+    [[ -x "$WALSYNC_S3S_FS" ]] || fail "WALSYNC_S3S_FS=$WALSYNC_S3S_FS is not an executable file"
+    echo "using WALSYNC_S3S_FS=$WALSYNC_S3S_FS"
+else
+    s3s_root="$HOME/.cache/walsync-tools/s3s-fs-${S3S_FS_VERSION}"
+    s3s_bin="$s3s_root/bin/s3s-fs"
+    if [[ -x "$s3s_bin" ]]; then
+        echo "already installed: $s3s_bin"
+    else
+        echo "installing into $s3s_root (takes a few minutes, once)"
+        mkdir -p "$s3s_root"
+        # --force: a half-finished earlier install may have left its records
+        # without the binary.
+        cargo install --locked --force s3s-fs --version "$S3S_FS_VERSION" \
+            --features binary --root "$s3s_root" \
+            || fail "cargo install s3s-fs ${S3S_FS_VERSION}"
+        [[ -x "$s3s_bin" ]] || fail "cargo install finished but $s3s_bin is missing"
+    fi
+    export WALSYNC_S3S_FS="$s3s_bin"
+fi
+
+# The three checks all run, so one report shows every problem; the script
+# fails at the end if any of them failed.
+failed=()
+
+section "cargo fmt --check"
+cargo fmt --check || failed+=("cargo fmt --check (run: cargo fmt)")
+
+section "cargo clippy --all-targets -- -D warnings"
+cargo clippy "${locked[@]}" --all-targets -- -D warnings || failed+=("cargo clippy")
+
+section "cargo test --no-fail-fast"
+cargo test "${locked[@]}" --no-fail-fast || failed+=("cargo test")
+
+if ((${#failed[@]} > 0)); then
+    printf '\n==> FAILED:\n' >&2
+    printf '    %s\n' "${failed[@]}" >&2
+    exit 1
+fi
+printf '\n==> all checks passed\n'
