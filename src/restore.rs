@@ -269,6 +269,15 @@ pub fn restore(
     drop(file);
     verify(&temp.path, prefix, pages, page_size)?;
 
+    // Replacing (--force): the old database's WAL and journal go with it,
+    // or SQLite would replay them onto the restored file.
+    for side in sidecars(output) {
+        match fs::remove_file(&side) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&side)(e)),
+        }
+    }
     fs::rename(&temp.path, output).map_err(io_err(output))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -336,7 +345,31 @@ fn check_output(output: &Path, force: bool) -> Result<(), RestoreError> {
     if !dir.is_dir() {
         return Err(bad("its directory does not exist"));
     }
+    // A -wal (or -journal) left beside the output belongs to an earlier
+    // database at that path, and SQLite would apply it to the restored file.
+    for side in sidecars(output) {
+        if fs::symlink_metadata(&side).is_ok() && !force {
+            return Err(RestoreError::BadOutput {
+                path: side,
+                reason: "exists, and SQLite would apply it to the restored database; remove it (with the \
+                         database it belongs to) or pass --force to replace both"
+                    .into(),
+            });
+        }
+    }
     Ok(())
+}
+
+/// The files SQLite keeps beside a database.
+fn sidecars(db: &Path) -> Vec<PathBuf> {
+    ["-wal", "-shm", "-journal"]
+        .iter()
+        .map(|s| {
+            let mut p = db.as_os_str().to_owned();
+            p.push(s);
+            PathBuf::from(p)
+        })
+        .collect()
 }
 
 /// Opens the restored file with SQLite and checks it.

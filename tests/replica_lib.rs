@@ -150,3 +150,41 @@ fn restart_of_walsync_resumes_or_starts_new_generation() {
     assert_eq!(rows(&out).len(), 60);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn restore_never_lets_a_stale_wal_beside_the_output_change_it() {
+    let dir = temp_dir("stale-wal");
+    let db = dir.join("app.db");
+    let storage = DirStorage::new(&dir.join("bucket")).unwrap();
+    let c = app(&db);
+    insert(&c, 1, 20);
+    let mut r = Replica::new(options(&db, "p", &dir));
+    r.sync(&storage, false).unwrap();
+
+    // Another database, with committed rows still in its WAL, at the output path.
+    let other = dir.join("other.db");
+    let oc = app(&other);
+    oc.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    insert(&oc, 1000, 50);
+    let out = dir.join("out.db");
+    std::fs::copy(&other, &out).unwrap();
+    std::fs::copy(dir.join("other.db-wal"), dir.join("out.db-wal")).unwrap();
+    // (Not opened here: closing the last connection would fold the WAL in.)
+
+    // Without --force: refused, and the -wal is named.
+    let e = restore(&storage, "p", &out, Target::Latest, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already exists"), "{e}");
+    std::fs::rename(&out, dir.join("moved.db")).unwrap();
+    let e = restore(&storage, "p", &out, Target::Latest, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("out.db-wal") && e.contains("--force"), "{e}");
+
+    // With --force: the stale WAL goes with the old file, the rows are ours.
+    restore(&storage, "p", &out, Target::Latest, true).unwrap();
+    assert!(!dir.join("out.db-wal").exists());
+    assert_eq!(rows(&out), rows(&db));
+    std::fs::remove_dir_all(dir).unwrap();
+}
