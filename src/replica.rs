@@ -352,14 +352,30 @@ impl Replica {
         // A forced snapshot right after a new generation's first one would
         // upload the same image twice.
         let forced = force_snapshot && (!report.snapshot || self.commits_since_snapshot > 0);
+        // What the WAL holds beyond the database file is measured by where
+        // walsync stands in the current WAL, not by the file's size: SQLite
+        // reuses a restarted WAL file without shrinking it, and an idle
+        // database must not be checkpointed over and over.
+        let cursor = self.live_mut().cursor;
+        let unbackfilled = if cursor.base_is_db_file {
+            0
+        } else {
+            cursor.pos.map_or(0, |p| p.offset)
+        };
         if forced || (self.commits_since_snapshot > 0 && crate::time::now_ms() >= due) {
             self.snapshot(storage, false, &mut report)?;
-        } else if wal_len >= self.opts.checkpoint_threshold {
+        } else if unbackfilled >= self.opts.checkpoint_threshold {
             self.checkpoint(
                 storage,
                 wal_len >= self.opts.truncate_threshold,
                 &mut report,
             )?;
+        } else if cursor.base_is_db_file && wal_len >= self.opts.truncate_threshold {
+            // Everything is in the database file and walsync holds read mark
+            // 0, so TRUNCATE can only drop frames already shipped and
+            // backfilled (a frame appended since makes it report busy).
+            let r = self.live_mut().handle.checkpoint_truncate()?;
+            log::debug!("{}: TRUNCATE checkpoint: {r:?}", self.opts.path.display());
         }
         if let (true, Some(retention)) = (report.snapshot, self.opts.retention) {
             // A new snapshot is what makes older objects unnecessary; an idle

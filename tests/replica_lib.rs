@@ -188,3 +188,38 @@ fn restore_never_lets_a_stale_wal_beside_the_output_change_it() {
     assert_eq!(rows(&out), rows(&db));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn an_idle_database_is_not_checkpointed_again_and_again() {
+    let dir = temp_dir("idle");
+    let db = dir.join("app.db");
+    let storage = DirStorage::new(&dir.join("bucket")).unwrap();
+    let c = app(&db);
+    c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    // A WAL between the two thresholds: checkpointed, never truncated.
+    let mut opts = options(&db, "p", &dir);
+    opts.truncate_threshold = 64 << 20;
+    let mut r = Replica::new(opts);
+    r.sync(&storage, false).unwrap();
+    insert(&c, 1, 300); // well past the 64 KiB checkpoint threshold
+    let rep = r.sync(&storage, false).unwrap();
+    assert!(rep.checkpointed, "{rep:?}");
+    let wal = std::fs::metadata(dir.join("app.db-wal")).unwrap().len();
+    assert!(wal >= 64 * 1024, "the WAL file keeps its size: {wal}");
+    for _ in 0..5 {
+        let rep = r.sync(&storage, false).unwrap();
+        assert!(
+            !rep.checkpointed && rep.commits == 0,
+            "idle sync did work: {rep:?}"
+        );
+    }
+    // New commits start a restarted WAL; they are shipped and restorable.
+    insert(&c, 301, 10);
+    let rep = r.sync(&storage, false).unwrap();
+    assert_eq!(rep.commits, 10);
+    assert!(!rep.new_generation);
+    let out = dir.join("r.db");
+    restore(&storage, "p", &out, Target::Latest, false).unwrap();
+    assert_eq!(rows(&out), rows(&db));
+    std::fs::remove_dir_all(dir).unwrap();
+}
