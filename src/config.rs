@@ -13,7 +13,11 @@
 //! error): every [`ConfigError`] names the file, the key, the line and the fix.
 //! Prefixes are checked here ([`validate_prefix`]) so that no prefix can
 //! escape a directory (`..`) and no database's prefix is a parent of another's,
-//! which would make listing one database return the other's objects.
+//! which would make listing one database return the other's objects. The same
+//! rule covers `[[directories]]`: a directory's prefix template must not be
+//! able to produce a prefix that equals, contains or sits inside a listed
+//! database's prefix or another directory's, and no database may be both
+//! listed and discovered (see [`crate::discovery`] for the discovery itself).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,6 +28,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::discovery;
 use crate::storage::s3::S3Settings;
 
 /// How often a changed database ships its new commits, unless overridden.
@@ -40,6 +45,8 @@ pub const DEFAULT_WORKERS: usize = 2;
 pub const MAX_WORKERS: usize = 64;
 /// How often every WAL is stat'ed in case file events were missed.
 pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+/// File-name glob of a `[[directories]]` table without `pattern`.
+pub const DEFAULT_PATTERN: &str = "*.db";
 /// Region used when neither the config nor `AWS_REGION`/`AWS_DEFAULT_REGION` names one.
 pub const DEFAULT_REGION: &str = "us-east-1";
 /// Longest accepted prefix, in bytes (S3 keys may be 1024 bytes; the rest is
@@ -56,6 +63,12 @@ const SIZE_FORM: &str =
     "write a size such as \"4MiB\", \"64MB\" or a whole number of bytes such as 1048576";
 const PREFIX_FORM: &str = "use '/'-separated names made of letters, digits, '.', '_' and '-', \
      e.g. \"tenants/acme\", \"services/auth\" or \"edge/node-1/cache\"";
+const PATTERN_FORM: &str =
+    "write a glob on the file name such as \"*.db\", \"tenant-*.sqlite3\" or \
+     \"[a-m]*.db\" (`*` any run, `?` one character, `[abc]`, `[a-z]`, `[!a]` one of a set)";
+const TEMPLATE_FORM: &str = "write a prefix with {name} (the file name without its extension) or \
+     {path} (its path below `dir` without the extension), e.g. \"tenants/{name}\"; the rest uses \
+     '/'-separated names of letters, digits, '.', '_' and '-'";
 const CREDENTIALS_FIX: &str = "export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus \
      AWS_SESSION_TOKEN for temporary credentials), or set access_key_id and secret_access_key \
      in [storage]";
@@ -68,8 +81,14 @@ pub struct Config {
     pub workers: usize,
     /// Interval of the safety-net stat of every WAL.
     pub rescan_interval: Duration,
-    /// At least one; paths and prefixes are unique and no prefix contains another.
+    /// Listed databases: paths and prefixes are unique and no prefix contains
+    /// another. Empty only when `directories` is not.
     pub databases: Vec<DatabaseConfig>,
+    /// Directories whose databases are discovered at run time
+    /// ([`crate::discovery::scan`]). Their `dir`s are unique, none of them
+    /// can discover a listed database, and no template can produce a prefix
+    /// that collides with a listed database's or another directory's.
+    pub directories: Vec<DirectoryConfig>,
     /// The config file this came from (absolute when it came through [`Config::load`]).
     pub source: PathBuf,
 }
@@ -101,6 +120,47 @@ pub struct DatabaseConfig {
     pub truncate_threshold: u64,
     /// How far back every point stays restorable; `None` keeps everything.
     pub retention: Option<Duration>,
+}
+
+/// A directory whose databases are discovered rather than listed, with every
+/// override resolved against the globals. Each discovered file becomes a
+/// [`DatabaseConfig`] through [`DirectoryConfig::database`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryConfig {
+    /// The directory, resolved against the config file's directory and
+    /// lexically normalised like [`DatabaseConfig::path`].
+    pub dir: PathBuf,
+    /// Glob on the file name ([`crate::discovery::glob_match`]), checked by
+    /// [`crate::discovery::check_pattern`]. Default [`DEFAULT_PATTERN`].
+    pub pattern: String,
+    /// Whether subdirectories are searched too (symlinked ones never are).
+    pub recursive: bool,
+    /// `prefix` as written, e.g. `"tenants/{name}"`: `{name}` is the file name
+    /// without its last extension, `{path}` the path below `dir` without it.
+    /// Checked by [`crate::discovery::check_template`].
+    pub prefix_template: String,
+    pub sync_interval: Duration,
+    pub snapshot_interval: Duration,
+    pub checkpoint_threshold: u64,
+    /// Never below `checkpoint_threshold`.
+    pub truncate_threshold: u64,
+    pub retention: Option<Duration>,
+}
+
+impl DirectoryConfig {
+    /// The settings of one database discovered here, at `path` under
+    /// `prefix` (both as returned by [`crate::discovery::scan`]).
+    pub fn database(&self, path: PathBuf, prefix: String) -> DatabaseConfig {
+        DatabaseConfig {
+            path,
+            prefix,
+            sync_interval: self.sync_interval,
+            snapshot_interval: self.snapshot_interval,
+            checkpoint_threshold: self.checkpoint_threshold,
+            truncate_threshold: self.truncate_threshold,
+            retention: self.retention,
+        }
+    }
 }
 
 /// Why the configuration could not be loaded. Every variant is a usage or
@@ -518,6 +578,7 @@ struct RawConfig {
     rescan_interval: Option<Spanned<String>>,
     storage: Option<Spanned<RawStorage>>,
     databases: Option<Spanned<Vec<Spanned<RawDatabase>>>>,
+    directories: Option<Spanned<Vec<Spanned<RawDirectory>>>>,
 }
 
 #[derive(Deserialize)]
@@ -542,6 +603,72 @@ struct RawDatabase {
     snapshot_interval: Option<Spanned<String>>,
     checkpoint_threshold: Option<Spanned<RawSize>>,
     truncate_threshold: Option<Spanned<RawSize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirectory {
+    dir: Spanned<String>,
+    pattern: Option<Spanned<String>>,
+    recursive: Option<Spanned<bool>>,
+    prefix: Spanned<String>,
+    retention: Option<Spanned<String>>,
+    sync_interval: Option<Spanned<String>>,
+    snapshot_interval: Option<Spanned<String>>,
+    checkpoint_threshold: Option<Spanned<RawSize>>,
+    truncate_threshold: Option<Spanned<RawSize>>,
+}
+
+/// The per-database overrides as written, in a `[[databases]]` or a
+/// `[[directories]]` table.
+struct RawOverrides<'a> {
+    retention: &'a Option<Spanned<String>>,
+    sync_interval: &'a Option<Spanned<String>>,
+    snapshot_interval: &'a Option<Spanned<String>>,
+    checkpoint_threshold: &'a Option<Spanned<RawSize>>,
+    truncate_threshold: &'a Option<Spanned<RawSize>>,
+}
+
+impl RawDatabase {
+    fn overrides(&self) -> RawOverrides<'_> {
+        RawOverrides {
+            retention: &self.retention,
+            sync_interval: &self.sync_interval,
+            snapshot_interval: &self.snapshot_interval,
+            checkpoint_threshold: &self.checkpoint_threshold,
+            truncate_threshold: &self.truncate_threshold,
+        }
+    }
+}
+
+impl RawDirectory {
+    fn overrides(&self) -> RawOverrides<'_> {
+        RawOverrides {
+            retention: &self.retention,
+            sync_interval: &self.sync_interval,
+            snapshot_interval: &self.snapshot_interval,
+            checkpoint_threshold: &self.checkpoint_threshold,
+            truncate_threshold: &self.truncate_threshold,
+        }
+    }
+}
+
+/// The global values the overrides fall back to.
+struct Globals {
+    retention: Option<Duration>,
+    sync_interval: Duration,
+    snapshot_interval: Duration,
+    checkpoint_threshold: Sourced<u64>,
+    truncate_threshold: Sourced<u64>,
+}
+
+/// The overrides of one table, resolved.
+struct Resolved {
+    retention: Option<Duration>,
+    sync_interval: Duration,
+    snapshot_interval: Duration,
+    checkpoint_threshold: u64,
+    truncate_threshold: u64,
 }
 
 /// A size as written: an integer, or a string for [`parse_size`].
@@ -574,7 +701,7 @@ impl<'de> Deserialize<'de> for RawSize {
 
 /// Every key of the format, so a syntax error can name the key on its line
 /// without ever echoing something that is not a key (such as a pasted secret).
-const KNOWN_KEYS: [&str; 18] = [
+const KNOWN_KEYS: [&str; 21] = [
     "retention",
     "sync_interval",
     "snapshot_interval",
@@ -593,9 +720,13 @@ const KNOWN_KEYS: [&str; 18] = [
     "databases",
     "path",
     "prefix",
+    "directories",
+    "pattern",
+    "recursive",
 ];
 
 /// Where a resolved value came from, for messages comparing two values.
+#[derive(Clone)]
 struct Sourced<T> {
     value: T,
     key: String,
@@ -759,21 +890,56 @@ impl Document<'_> {
                 })?,
         };
         let storage = self.storage(raw.storage, env)?;
-        let databases = self.databases(
-            raw.databases,
+        self.check_something_to_back_up(&raw.databases, &raw.directories)?;
+        let globals = Globals {
             retention,
             sync_interval,
             snapshot_interval,
-            &checkpoint_threshold,
-            &truncate_threshold,
-        )?;
+            checkpoint_threshold,
+            truncate_threshold,
+        };
+        let raw_databases = raw.databases.map(Spanned::into_inner).unwrap_or_default();
+        let raw_directories = raw.directories.map(Spanned::into_inner).unwrap_or_default();
+        let databases = self.databases(&raw_databases, &globals)?;
+        let directories =
+            self.directories(&raw_directories, &raw_databases, &databases, &globals)?;
         Ok(Config {
             storage,
             workers,
             rescan_interval,
             databases,
+            directories,
             source: self.file.to_path_buf(),
         })
+    }
+
+    /// At least one `[[databases]]` or `[[directories]]` table.
+    fn check_something_to_back_up(
+        &self,
+        databases: &Option<Spanned<Vec<Spanned<RawDatabase>>>>,
+        directories: &Option<Spanned<Vec<Spanned<RawDirectory>>>>,
+    ) -> Result<(), ConfigError> {
+        let count = |list: Option<usize>| list.unwrap_or(0);
+        if count(databases.as_ref().map(|d| d.get_ref().len()))
+            + count(directories.as_ref().map(|d| d.get_ref().len()))
+            > 0
+        {
+            return Ok(());
+        }
+        // Point at what is there but empty (`databases = []`), if anything.
+        let (key, span) = match (databases, directories) {
+            (Some(d), _) => ("databases", Some(d.span())),
+            (None, Some(d)) => ("directories", Some(d.span())),
+            (None, None) => ("databases", None),
+        };
+        Err(self.error(
+            span,
+            key,
+            "no databases are configured",
+            "add a [[databases]] table with `path` and `prefix` for each database to back up, \
+             or a [[directories]] table with `dir` and `prefix = \".../{name}\"` to back up \
+             every database found in a directory",
+        ))
     }
 
     fn duration(
@@ -828,13 +994,13 @@ impl Document<'_> {
         if truncate.value >= checkpoint.value {
             return Ok(());
         }
-        // Blame the more specific (per-database) setting if there is one.
-        let (blamed, other) =
-            if truncate.key.starts_with("databases") || !checkpoint.key.starts_with("databases") {
-                (truncate, checkpoint)
-            } else {
-                (checkpoint, truncate)
-            };
+        // Blame the more specific (per-table) setting if there is one.
+        let local = |key: &str| key.starts_with("databases") || key.starts_with("directories");
+        let (blamed, other) = if local(&truncate.key) || !local(&checkpoint.key) {
+            (truncate, checkpoint)
+        } else {
+            (checkpoint, truncate)
+        };
         let other_place = match &other.span {
             Some(span) => format!("line {}", self.line_of(span.start)),
             None => "the default".to_string(),
@@ -1030,32 +1196,9 @@ impl Document<'_> {
 
     fn databases(
         &self,
-        raw: Option<Spanned<Vec<Spanned<RawDatabase>>>>,
-        retention: Option<Duration>,
-        sync_interval: Duration,
-        snapshot_interval: Duration,
-        checkpoint_threshold: &Sourced<u64>,
-        truncate_threshold: &Sourced<u64>,
+        raw: &[Spanned<RawDatabase>],
+        globals: &Globals,
     ) -> Result<Vec<DatabaseConfig>, ConfigError> {
-        const ADD_DATABASE: &str =
-            "add a [[databases]] table with `path` and `prefix` for each database to back up";
-        let Some(raw) = raw else {
-            return Err(self.error(
-                None,
-                "databases",
-                "no databases are configured",
-                ADD_DATABASE,
-            ));
-        };
-        if raw.get_ref().is_empty() {
-            return Err(self.error(
-                Some(raw.span()),
-                "databases",
-                "no databases are configured",
-                ADD_DATABASE,
-            ));
-        }
-        let raw = raw.into_inner();
         let mut databases = Vec::with_capacity(raw.len());
         let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
         let mut by_prefix: HashMap<&str, usize> = HashMap::new();
@@ -1108,45 +1251,15 @@ impl Document<'_> {
                 ));
             }
             by_prefix.insert(prefix, i);
-
-            let checkpoint = match &db.checkpoint_threshold {
-                None => Sourced {
-                    value: checkpoint_threshold.value,
-                    key: checkpoint_threshold.key.clone(),
-                    span: checkpoint_threshold.span.clone(),
-                },
-                Some(_) => self.size(&db.checkpoint_threshold, key("checkpoint_threshold"), 0)?,
-            };
-            let truncate = match &db.truncate_threshold {
-                None => Sourced {
-                    value: truncate_threshold.value,
-                    key: truncate_threshold.key.clone(),
-                    span: truncate_threshold.span.clone(),
-                },
-                Some(_) => self.size(&db.truncate_threshold, key("truncate_threshold"), 0)?,
-            };
-            self.check_thresholds(&checkpoint, &truncate)?;
+            let resolved = self.overrides(db.overrides(), &key, globals)?;
             databases.push(DatabaseConfig {
                 path,
                 prefix: prefix.clone(),
-                sync_interval: self.duration(
-                    &db.sync_interval,
-                    &key("sync_interval"),
-                    sync_interval,
-                )?,
-                snapshot_interval: self.duration(
-                    &db.snapshot_interval,
-                    &key("snapshot_interval"),
-                    snapshot_interval,
-                )?,
-                checkpoint_threshold: checkpoint.value,
-                truncate_threshold: truncate.value,
-                retention: match &db.retention {
-                    None => retention,
-                    Some(_) => {
-                        Some(self.duration(&db.retention, &key("retention"), Duration::ZERO)?)
-                    }
-                },
+                sync_interval: resolved.sync_interval,
+                snapshot_interval: resolved.snapshot_interval,
+                checkpoint_threshold: resolved.checkpoint_threshold,
+                truncate_threshold: resolved.truncate_threshold,
+                retention: resolved.retention,
             });
         }
         // A prefix that is a parent of another (by whole components) would
@@ -1177,6 +1290,211 @@ impl Document<'_> {
             }
         }
         Ok(databases)
+    }
+
+    /// The `[[directories]]` tables, checked on their own and against the
+    /// already checked `[[databases]]` (`databases[i]` resolves `raw_databases[i]`).
+    fn directories(
+        &self,
+        raw: &[Spanned<RawDirectory>],
+        raw_databases: &[Spanned<RawDatabase>],
+        databases: &[DatabaseConfig],
+        globals: &Globals,
+    ) -> Result<Vec<DirectoryConfig>, ConfigError> {
+        let mut directories: Vec<DirectoryConfig> = Vec::with_capacity(raw.len());
+        // The text before each template's first placeholder: every prefix
+        // discovered there starts with it.
+        let mut fixed_parts: Vec<&str> = Vec::with_capacity(raw.len());
+        for (i, table) in raw.iter().enumerate() {
+            let table = table.get_ref();
+            let key = |leaf: &str| format!("directories[{i}].{leaf}");
+            let dir = self.local_path(&table.dir, &key("dir"))?;
+            if let Some(first) = directories.iter().position(|d| d.dir == dir) {
+                return Err(self.error(
+                    Some(table.dir.span()),
+                    &key("dir"),
+                    format!(
+                        "{} is already configured at line {}",
+                        dir.display(),
+                        self.line_of(raw[first].get_ref().dir.span().start)
+                    ),
+                    "scan each directory once: remove one of the two [[directories]] tables \
+                     (one `pattern` such as \"*\" or \"*.[ds][bq]*\" can match several extensions)",
+                ));
+            }
+            let pattern = match &table.pattern {
+                None => DEFAULT_PATTERN.to_string(),
+                Some(pattern) => {
+                    discovery::check_pattern(pattern.get_ref()).map_err(|problem| {
+                        self.error(Some(pattern.span()), &key("pattern"), problem, PATTERN_FORM)
+                    })?;
+                    pattern.get_ref().clone()
+                }
+            };
+            let template = &table.prefix;
+            let fixed = discovery::check_template(template.get_ref()).map_err(|problem| {
+                self.error(
+                    Some(template.span()),
+                    &key("prefix"),
+                    problem,
+                    TEMPLATE_FORM,
+                )
+            })?;
+            fixed_parts.push(fixed);
+            let resolved = self.overrides(table.overrides(), &key, globals)?;
+            directories.push(DirectoryConfig {
+                dir,
+                pattern,
+                recursive: table.recursive.as_ref().is_some_and(|r| *r.get_ref()),
+                prefix_template: template.get_ref().clone(),
+                sync_interval: resolved.sync_interval,
+                snapshot_interval: resolved.snapshot_interval,
+                checkpoint_threshold: resolved.checkpoint_threshold,
+                truncate_threshold: resolved.truncate_threshold,
+                retention: resolved.retention,
+            });
+        }
+        // Two directories, one inside the other and scanned recursively,
+        // could both discover the same file.
+        for (i, inner) in directories.iter().enumerate() {
+            for (j, outer) in directories.iter().enumerate() {
+                if i == j || !outer.recursive || !inner.dir.starts_with(&outer.dir) {
+                    continue;
+                }
+                let blamed = i.max(j);
+                let line = |k: usize| self.line_of(raw[k].get_ref().dir.span().start);
+                return Err(self.error(
+                    Some(raw[blamed].get_ref().dir.span()),
+                    &format!("directories[{blamed}].dir"),
+                    format!(
+                        "{} (line {}) is inside {} (line {}), which is scanned recursively, so a \
+                         database there could be backed up twice",
+                        inner.dir.display(),
+                        line(i),
+                        outer.dir.display(),
+                        line(j),
+                    ),
+                    "remove the inner [[directories]] table, or set `recursive = false` on the \
+                     outer one",
+                ));
+            }
+        }
+        // Templates whose fixed parts nest can produce the same prefix, or
+        // one inside the other.
+        for (i, fixed) in fixed_parts.iter().enumerate() {
+            for (j, earlier) in fixed_parts[..i].iter().enumerate() {
+                if !(fixed.starts_with(earlier) || earlier.starts_with(fixed)) {
+                    continue;
+                }
+                let template = &raw[i].get_ref().prefix;
+                let other = &raw[j].get_ref().prefix;
+                return Err(self.error(
+                    Some(template.span()),
+                    &format!("directories[{i}].prefix"),
+                    format!(
+                        "template {:?} can produce the same prefix as, or one inside or around, \
+                         template {:?} of the directory at line {}",
+                        template.get_ref(),
+                        other.get_ref(),
+                        self.line_of(other.span().start),
+                    ),
+                    "start each directory's template with its own fixed name, e.g. \
+                     \"tenants/{name}\" and \"shops/{name}\"",
+                ));
+            }
+        }
+        for (d, db) in databases.iter().enumerate() {
+            let raw_db = raw_databases[d].get_ref();
+            // A listed database that a directory also discovers.
+            for (i, directory) in directories.iter().enumerate() {
+                let Ok(relative) = db.path.strip_prefix(&directory.dir) else {
+                    continue;
+                };
+                if !discovery::is_candidate(directory, relative) {
+                    continue;
+                }
+                return Err(self.error(
+                    Some(raw_db.path.span()),
+                    &format!("databases[{d}].path"),
+                    format!(
+                        "{} is also discovered by the [[directories]] table at line {} (pattern \
+                         {:?} in {}), so it would be backed up twice",
+                        db.path.display(),
+                        self.line_of(raw[i].get_ref().dir.span().start),
+                        directory.pattern,
+                        directory.dir.display(),
+                    ),
+                    "remove this [[databases]] table, or narrow the directory's `pattern` so it \
+                     does not match this file",
+                ));
+            }
+            // A listed prefix that a discovered one could equal, contain or
+            // sit inside.
+            for (i, fixed) in fixed_parts.iter().enumerate() {
+                let prefix = &db.prefix;
+                let inside_template = prefix.starts_with(fixed);
+                let around_template = fixed.starts_with(&format!("{prefix}/"));
+                if !(inside_template || around_template) {
+                    continue;
+                }
+                let template = &raw[i].get_ref().prefix;
+                let relation = if around_template {
+                    "contains every prefix"
+                } else {
+                    "could equal, contain or sit inside a prefix"
+                };
+                return Err(self.error(
+                    Some(template.span()),
+                    &format!("directories[{i}].prefix"),
+                    format!(
+                        "prefix {prefix:?} of the database at line {} {relation} that template {:?} \
+                         produces, so listing one would return the other's objects",
+                        self.line_of(raw_db.prefix.span().start),
+                        template.get_ref(),
+                    ),
+                    "start the template with a name no [[databases]] prefix uses, e.g. \
+                     \"tenants/{name}\" beside \"services/auth\"",
+                ));
+            }
+        }
+        Ok(directories)
+    }
+
+    /// The optional per-database settings of one table, falling back to
+    /// the globals. `key` turns a leaf into the table's dotted key.
+    fn overrides(
+        &self,
+        raw: RawOverrides<'_>,
+        key: &dyn Fn(&str) -> String,
+        globals: &Globals,
+    ) -> Result<Resolved, ConfigError> {
+        let checkpoint = match raw.checkpoint_threshold {
+            None => globals.checkpoint_threshold.clone(),
+            Some(_) => self.size(raw.checkpoint_threshold, key("checkpoint_threshold"), 0)?,
+        };
+        let truncate = match raw.truncate_threshold {
+            None => globals.truncate_threshold.clone(),
+            Some(_) => self.size(raw.truncate_threshold, key("truncate_threshold"), 0)?,
+        };
+        self.check_thresholds(&checkpoint, &truncate)?;
+        Ok(Resolved {
+            sync_interval: self.duration(
+                raw.sync_interval,
+                &key("sync_interval"),
+                globals.sync_interval,
+            )?,
+            snapshot_interval: self.duration(
+                raw.snapshot_interval,
+                &key("snapshot_interval"),
+                globals.snapshot_interval,
+            )?,
+            checkpoint_threshold: checkpoint.value,
+            truncate_threshold: truncate.value,
+            retention: match raw.retention {
+                None => globals.retention,
+                Some(_) => Some(self.duration(raw.retention, &key("retention"), Duration::ZERO)?),
+            },
+        })
     }
 
     /// A local path from the file: checked, resolved against the config
@@ -1476,9 +1794,14 @@ fn expected_form(leaf: &str) -> &'static str {
             "a size such as \"4MiB\", \"64MB\" or a whole number of bytes"
         }
         "workers" => "a whole number from 1 to 64, e.g. `workers = 2`",
-        "path_style" => "true or false, without quotes",
+        "path_style" | "recursive" => "true or false, without quotes",
         "storage" => "a [storage] table",
         "databases" => "one [[databases]] table per database, each with `path` and `prefix`",
+        "directories" => {
+            "one [[directories]] table per directory, each with `dir` and `prefix`, e.g. \
+             `prefix = \"tenants/{name}\"`"
+        }
+        "pattern" => "a quoted glob on the file name such as \"*.db\"",
         "endpoint" => "a quoted http(s) URL such as \"http://127.0.0.1:9000\"",
         _ => "a quoted string",
     }
@@ -1507,6 +1830,7 @@ mod tests {
     const FILE: &str = "/etc/walsync/walsync.toml";
     const STORAGE: &str = "[storage]\nbucket = \"b\"\n";
     const DATABASE: &str = "[[databases]]\npath = \"/a.db\"\nprefix = \"a\"\n";
+    const DIRECTORY: &str = "[[directories]]\ndir = \"/t\"\nprefix = \"t/{name}\"\n";
 
     fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let vars: Vec<(String, String)> = vars
@@ -1549,6 +1873,9 @@ mod tests {
         let long_prefix = "a".repeat(MAX_PREFIX_LEN + 1);
         let db = |path: &str, prefix: &str| {
             format!("[[databases]]\npath = \"{path}\"\nprefix = \"{prefix}\"\n")
+        };
+        let dir = |dir: &str, prefix: &str| {
+            format!("[[directories]]\ndir = \"{dir}\"\nprefix = \"{prefix}\"\n")
         };
         // (config text with the offending line marked `# <-`, key the message must name)
         let cases: Vec<(String, &str)> = vec![
@@ -1655,6 +1982,90 @@ mod tests {
                 format!("truncate_threshold = \"8MiB\"\n{STORAGE}{DATABASE}checkpoint_threshold = \"16MiB\" # <-\n"),
                 "databases[0].checkpoint_threshold",
             ),
+            // [[directories]]: the table itself.
+            (format!("directories = [] # <-\n{STORAGE}"), "directories"),
+            (format!("directories = 5 # <-\n{STORAGE}"), "directories"),
+            (format!("{STORAGE}[[directories]] # <-\nprefix = \"t/{{name}}\"\n"), "directories[0].dir"),
+            (format!("{STORAGE}[[directories]] # <-\ndir = \"/t\"\n"), "directories[0].prefix"),
+            (format!("{STORAGE}[[directories]]\ndir = \"\" # <-\nprefix = \"t/{{name}}\"\n"), "directories[0].dir"),
+            (format!("{STORAGE}[[directories]]\ndir = \"~/t\" # <-\nprefix = \"t/{{name}}\"\n"), "directories[0].dir"),
+            (format!("{STORAGE}{DIRECTORY}patern = \"*.db\" # <-\n"), "directories[0].patern"),
+            (format!("{STORAGE}{DATABASE}{DIRECTORY}{}sync_intervall = \"1s\" # <-\n", dir("/u", "u/{name}")), "directories[1].sync_intervall"),
+            // `pattern` and `recursive`.
+            (format!("{STORAGE}{DIRECTORY}pattern = \"[abc.db\" # <-\n"), "directories[0].pattern"),
+            (format!("{STORAGE}{DIRECTORY}pattern = \"[z-a]*.db\" # <-\n"), "directories[0].pattern"),
+            (format!("{STORAGE}{DIRECTORY}pattern = \"\" # <-\n"), "directories[0].pattern"),
+            (format!("{STORAGE}{DIRECTORY}pattern = \"eu/*.db\" # <-\n"), "directories[0].pattern"),
+            (format!("{STORAGE}{DIRECTORY}pattern = \"*.db-wal\" # <-\n"), "directories[0].pattern"),
+            (format!("{STORAGE}{DIRECTORY}pattern = \"*.{{db,sqlite}}\" # <-\n"), "directories[0].pattern"),
+            (format!("{STORAGE}{DIRECTORY}pattern = 5 # <-\n"), "directories[0].pattern"),
+            (format!("{STORAGE}{DIRECTORY}recursive = \"yes\" # <-\n"), "directories[0].recursive"),
+            // The prefix template on its own.
+            (format!("{STORAGE}[[directories]]\ndir = \"/t\"\nprefix = \"tenants\" # <-\n"), "directories[0].prefix"),
+            (format!("{STORAGE}[[directories]]\ndir = \"/t\"\nprefix = \"tenants/{{foo}}\" # <-\n"), "directories[0].prefix"),
+            (format!("{STORAGE}[[directories]]\ndir = \"/t\"\nprefix = \"tenants/{{name}}/{{ext}}\" # <-\n"), "directories[0].prefix"),
+            (format!("{STORAGE}[[directories]]\ndir = \"/t\"\nprefix = \"tenants/{{name\" # <-\n"), "directories[0].prefix"),
+            (format!("{STORAGE}[[directories]]\ndir = \"/t\"\nprefix = \"/tenants/{{name}}\" # <-\n"), "directories[0].prefix"),
+            (format!("{STORAGE}[[directories]]\ndir = \"/t\"\nprefix = \"tenants/{{name}}/\" # <-\n"), "directories[0].prefix"),
+            (format!("{STORAGE}[[directories]]\ndir = \"/t\"\nprefix = \"../{{path}}\" # <-\n"), "directories[0].prefix"),
+            (format!("{STORAGE}[[directories]]\ndir = \"/t\"\nprefix = \"my tenants/{{name}}\" # <-\n"), "directories[0].prefix"),
+            (format!("{STORAGE}[[directories]]\ndir = \"/t\"\nprefix = 5 # <-\n"), "directories[0].prefix"),
+            // Overrides.
+            (format!("{STORAGE}{DIRECTORY}sync_interval = \"1y\" # <-\n"), "directories[0].sync_interval"),
+            (format!("{STORAGE}{DIRECTORY}retention = \"0s\" # <-\n"), "directories[0].retention"),
+            (format!("{STORAGE}{DIRECTORY}checkpoint_threshold = \"lots\" # <-\n"), "directories[0].checkpoint_threshold"),
+            (format!("{STORAGE}{DIRECTORY}truncate_threshold = \"1MiB\" # <-\n"), "directories[0].truncate_threshold"),
+            // Two directories.
+            (format!("{STORAGE}{DIRECTORY}[[directories]]\ndir = \"/t\" # <-\nprefix = \"u/{{name}}\"\n"), "directories[1].dir"),
+            (
+                format!("{STORAGE}{}[[directories]]\ndir = \"./t/\" # <-\nprefix = \"u/{{name}}\"\n", dir("/etc/walsync/t", "t/{name}")),
+                "directories[1].dir",
+            ),
+            (
+                format!("{STORAGE}{DIRECTORY}recursive = true\n[[directories]]\ndir = \"/t/eu\" # <-\nprefix = \"u/{{name}}\"\n"),
+                "directories[1].dir",
+            ),
+            (
+                format!("{STORAGE}{}[[directories]]\ndir = \"/t\" # <-\nprefix = \"t/{{name}}\"\nrecursive = true\n", dir("/t/eu", "u/{name}")),
+                "directories[1].dir",
+            ),
+            (format!("{STORAGE}{DIRECTORY}[[directories]]\ndir = \"/u\"\nprefix = \"t/{{path}}\" # <-\n"), "directories[1].prefix"),
+            (format!("{STORAGE}{DIRECTORY}[[directories]]\ndir = \"/u\"\nprefix = \"t/eu/{{name}}\" # <-\n"), "directories[1].prefix"),
+            (format!("{STORAGE}{DIRECTORY}[[directories]]\ndir = \"/u\"\nprefix = \"t{{name}}\" # <-\n"), "directories[1].prefix"),
+            // Against [[databases]]: prefixes.
+            (
+                format!("{STORAGE}{}[[directories]]\ndir = \"/t\"\nprefix = \"tenants/{{name}}\" # <-\n", db("/a.db", "tenants")),
+                "directories[0].prefix",
+            ),
+            (
+                format!("{STORAGE}{}[[directories]]\ndir = \"/t\"\nprefix = \"tenants/{{name}}\" # <-\n", db("/a.db", "tenants/acme")),
+                "directories[0].prefix",
+            ),
+            (
+                format!("{STORAGE}{}[[directories]]\ndir = \"/t\"\nprefix = \"tenants/eu/{{name}}\" # <-\n", db("/a.db", "tenants")),
+                "directories[0].prefix",
+            ),
+            (
+                format!("{STORAGE}{}[[directories]]\ndir = \"/t\"\nprefix = \"t-{{name}}\" # <-\n", db("/a.db", "t-acme")),
+                "directories[0].prefix",
+            ),
+            (
+                format!("{STORAGE}{DATABASE}[[directories]]\ndir = \"/t\"\nprefix = \"{{name}}\" # <-\n"),
+                "directories[0].prefix",
+            ),
+            // Against [[databases]]: a listed file that is also discovered.
+            (
+                format!("{STORAGE}[[databases]]\npath = \"/t/acme.db\" # <-\nprefix = \"acme\"\n{DIRECTORY}"),
+                "databases[0].path",
+            ),
+            (
+                format!("{STORAGE}[[databases]]\npath = \"/t/eu/acme.db\" # <-\nprefix = \"acme\"\n{DIRECTORY}recursive = true\n"),
+                "databases[0].path",
+            ),
+            (
+                format!("{STORAGE}[[databases]]\npath = \"/t/acme.sqlite\" # <-\nprefix = \"acme\"\n{DIRECTORY}pattern = \"*.sqlite\"\n"),
+                "databases[0].path",
+            ),
         ];
         assert!(cases.len() >= 30);
         for (text, key) in &cases {
@@ -1693,6 +2104,102 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn directories_alone_are_enough_and_get_the_defaults() {
+        let config = parse(&format!("{STORAGE}{DIRECTORY}")).expect("valid");
+        assert_eq!(config.databases, vec![]);
+        assert_eq!(
+            config.directories,
+            vec![DirectoryConfig {
+                dir: PathBuf::from("/t"),
+                pattern: "*.db".to_string(),
+                recursive: false,
+                prefix_template: "t/{name}".to_string(),
+                sync_interval: Duration::from_secs(1),
+                snapshot_interval: Duration::from_secs(3600),
+                checkpoint_threshold: 4 << 20,
+                truncate_threshold: 64 << 20,
+                retention: None,
+            }]
+        );
+        let config = parse(&format!("databases = []\n{STORAGE}{DIRECTORY}")).expect("valid");
+        assert_eq!(config.directories.len(), 1);
+        let config = parse(&format!("directories = []\n{STORAGE}{DATABASE}")).expect("valid");
+        assert_eq!(config.directories, vec![]);
+    }
+
+    #[test]
+    fn neither_databases_nor_directories_says_how_to_add_either() {
+        let err = parse(STORAGE).expect_err("nothing to back up");
+        let message = err.to_string();
+        assert!(
+            message.contains("[[databases]]") && message.contains("[[directories]]"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn directory_overrides_resolve_against_the_globals() {
+        let text = format!(
+            "retention = \"3d\"\nsync_interval = \"2s\"\ntruncate_threshold = \"8MiB\"\n{STORAGE}\
+             [[directories]]\ndir = \"tenants\"\nprefix = \"tenants/{{path}}\"\n\
+             pattern = \"tenant-?[0-9].sqlite3\"\nrecursive = true\nsync_interval = \"250ms\"\n\
+             snapshot_interval = \"6h\"\ncheckpoint_threshold = \"1MiB\"\nretention = \"7d\"\n\
+             [[directories]]\ndir = \"/srv/shops/\"\nprefix = \"shops/{{name}}\"\n\
+             truncate_threshold = \"16MiB\"\n"
+        );
+        let config = parse(&text).expect("valid");
+        let [tenants, shops] = &config.directories[..] else {
+            panic!("two directories")
+        };
+        assert_eq!(tenants.dir, Path::new("/etc/walsync/tenants"));
+        assert_eq!(tenants.pattern, "tenant-?[0-9].sqlite3");
+        assert!(tenants.recursive);
+        assert_eq!(tenants.prefix_template, "tenants/{path}");
+        assert_eq!(tenants.sync_interval, Duration::from_millis(250));
+        assert_eq!(tenants.snapshot_interval, Duration::from_secs(6 * 3600));
+        assert_eq!(tenants.checkpoint_threshold, 1 << 20);
+        assert_eq!(tenants.truncate_threshold, 8 << 20);
+        assert_eq!(tenants.retention, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(shops.dir, Path::new("/srv/shops"));
+        assert_eq!(shops.pattern, DEFAULT_PATTERN);
+        assert!(!shops.recursive);
+        assert_eq!(shops.sync_interval, Duration::from_secs(2));
+        assert_eq!(shops.snapshot_interval, DEFAULT_SNAPSHOT_INTERVAL);
+        assert_eq!(shops.checkpoint_threshold, DEFAULT_CHECKPOINT_THRESHOLD);
+        assert_eq!(shops.truncate_threshold, 16 << 20);
+        assert_eq!(shops.retention, Some(Duration::from_secs(3 * 86_400)));
+
+        let db = tenants.database(
+            PathBuf::from("/etc/walsync/tenants/eu/tenant-a1.sqlite3"),
+            "tenants/eu/tenant-a1".to_string(),
+        );
+        assert_eq!(db.prefix, "tenants/eu/tenant-a1");
+        assert_eq!(db.sync_interval, tenants.sync_interval);
+        assert_eq!(db.snapshot_interval, tenants.snapshot_interval);
+        assert_eq!(db.checkpoint_threshold, tenants.checkpoint_threshold);
+        assert_eq!(db.truncate_threshold, tenants.truncate_threshold);
+        assert_eq!(db.retention, tenants.retention);
+    }
+
+    #[test]
+    fn directories_beside_databases_that_cannot_collide_are_fine() {
+        let text = format!(
+            "{STORAGE}\
+             [[databases]]\npath = \"/t/main.sqlite\"\nprefix = \"tenants\"\n\
+             [[databases]]\npath = \"/t/eu/acme.db\"\nprefix = \"tenants2/acme\"\n\
+             [[databases]]\npath = \"/t/.hidden.db\"\nprefix = \"hidden\"\n\
+             [[databases]]\npath = \"/t/x.db-mj\"\nprefix = \"t-\"\n\
+             [[directories]]\ndir = \"/t\"\nprefix = \"tenants-x/{{name}}\"\n\
+             [[directories]]\ndir = \"/t/eu/\"\nprefix = \"eu/{{name}}\"\npattern = \"*.sqlite\"\n\
+             [[directories]]\ndir = \"/u\"\nprefix = \"u/{{path}}\"\nrecursive = true\n\
+             [[directories]]\ndir = \"/w\"\nprefix = \"w/{{name}}\"\n"
+        );
+        let config = parse(&text).expect("valid");
+        assert_eq!(config.databases.len(), 4);
+        assert_eq!(config.directories.len(), 4);
     }
 
     #[test]
@@ -1965,6 +2472,13 @@ mod tests {
             s3(&config).endpoint.as_deref(),
             Some("http://127.0.0.1:9000")
         );
+        let [shops] = &config.directories[..] else {
+            panic!("one [[directories]] table in the example")
+        };
+        assert_eq!(shops.dir, Path::new("/var/lib/shop/stores"));
+        assert_eq!(shops.prefix_template, "shops/{path}");
+        assert!(shops.recursive);
+        assert_eq!(shops.pattern, "*.sqlite3");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod cmd;
 pub mod config;
 pub mod daemon;
+pub mod discovery;
 pub mod format;
 pub mod keys;
 pub mod metrics;

@@ -1142,3 +1142,75 @@ fn sighup_adds_and_removes_databases_while_another_is_written() {
     assert!(setup.restore("apps/old", &out, &[]).status.success());
     assert_eq!(rows(&out).len(), 40);
 }
+
+#[test]
+fn databases_in_a_watched_directory_are_discovered_and_let_go() {
+    let setup = Setup::new(&[]);
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        format!("{text}[[directories]]\ndir = \"tenants\"\npattern = \"*.db\"\nprefix = \"tenants/{{name}}\"\n"),
+    )
+    .unwrap();
+    let tenants = setup.dir.join("tenants");
+    std::fs::create_dir_all(&tenants).unwrap();
+    let storage = setup.storage();
+    let acme = open_app(&tenants.join("acme.db"));
+    for id in 1..=10 {
+        insert(&acme, id);
+    }
+    std::fs::write(tenants.join("notes.txt"), "not a database").unwrap();
+    let mut child = setup.watch("watch.log");
+    wait_shipped(&storage, "tenants/acme");
+
+    // Created while walsync runs: picked up through the same watcher.
+    let globex = open_app(&tenants.join("globex.db"));
+    for id in 1..=25 {
+        insert(&globex, id);
+    }
+    wait_shipped(&storage, "tenants/globex");
+    for id in 26..=30 {
+        insert(&globex, id);
+    }
+    wait_shipped(&storage, "tenants/globex");
+
+    // Deleted: walsync lets go of it.
+    drop(acme);
+    std::fs::remove_file(tenants.join("acme.db")).unwrap();
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+        if log.contains("acme.db (tenants/acme): stopped replicating") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "acme.db not let go: {log}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert!(!log.contains("notes.txt"), "{log}");
+
+    // restore-all from the config finds both, the deleted one from the bucket.
+    let out = setup.scratch("all");
+    let cfg = setup.config.to_str().unwrap();
+    let o = setup.run(&[
+        "restore-all",
+        "--config",
+        cfg,
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(rows(&out.join("tenants/acme.db")).len(), 10);
+    assert_eq!(rows(&out.join("tenants/globex.db")).len(), 30);
+    let o = setup.run(&["list", "--config", cfg]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("tenants/globex"));
+}

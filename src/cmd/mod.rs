@@ -160,15 +160,31 @@ pub fn replica_options(db: &DatabaseConfig) -> ReplicaOptions {
     }
 }
 
+/// Every database of the config: those listed, and those found now in its
+/// `[[directories]]` (what a directory scan could not use is logged).
+pub fn all_databases(cfg: &Config) -> Vec<DatabaseConfig> {
+    let mut all = cfg.databases.clone();
+    for dir in &cfg.directories {
+        let (found, problems) = crate::discovery::scan(dir);
+        for p in problems {
+            log::warn!("{}: {p}", dir.dir.display());
+        }
+        all.extend(
+            found
+                .into_iter()
+                .map(|(path, prefix)| dir.database(path, prefix)),
+        );
+    }
+    all
+}
+
 /// The databases of the config, or the one whose prefix is `prefix`.
-pub fn select<'a>(
-    cfg: &'a Config,
-    prefix: Option<&str>,
-) -> Result<Vec<&'a DatabaseConfig>, CliError> {
+pub fn select(cfg: &Config, prefix: Option<&str>) -> Result<Vec<DatabaseConfig>, CliError> {
+    let all = all_databases(cfg);
     match prefix {
-        None => Ok(cfg.databases.iter().collect()),
+        None => Ok(all),
         Some(p) => {
-            let found: Vec<_> = cfg.databases.iter().filter(|d| d.prefix == p).collect();
+            let found: Vec<_> = all.into_iter().filter(|d| d.prefix == p).collect();
             if found.is_empty() {
                 Err(CliError::usage(format!(
                     "no database with prefix {p:?} in {}",

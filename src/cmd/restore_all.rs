@@ -109,12 +109,25 @@ pub fn select_prefixes(
 ) -> Result<Vec<String>, CliError> {
     let parent = parent.unwrap_or_default();
     let prefixes: Vec<String> = match cfg {
-        Some(cfg) => cfg
-            .databases
-            .iter()
-            .map(|d| d.prefix.clone())
-            .filter(|p| under(p, parent))
-            .collect(),
+        Some(cfg) => {
+            // Listed databases, those found on disk now, and those backed up
+            // under a directory's prefix whose file is gone (the machine may
+            // be the one that was lost).
+            let mut set: std::collections::BTreeSet<String> = super::all_databases(cfg)
+                .into_iter()
+                .map(|d| d.prefix)
+                .collect();
+            for dir in &cfg.directories {
+                let fixed =
+                    crate::discovery::check_template(&dir.prefix_template).unwrap_or_default();
+                let listing = storage.list(fixed).map_err(CliError::runtime)?;
+                set.extend(keys::discover_prefixes(&listing).into_iter().filter(|p| {
+                    p.starts_with(fixed)
+                        && crate::discovery::template_matches(&dir.prefix_template, p)
+                }));
+            }
+            set.into_iter().filter(|p| under(p, parent)).collect()
+        }
         None => {
             let list_from = if parent.is_empty() {
                 String::new()

@@ -24,7 +24,7 @@ pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
     let storage = open_storage(&cfg.storage)?;
     let mut failed = 0;
     for db in select(&cfg, args.prefix.as_deref())? {
-        let mut r = Replica::new(replica_options(db));
+        let mut r = Replica::new(replica_options(&db));
         match r.sync(&*storage, true) {
             Ok(rep) => println!(
                 "{}: snapshot at txid {}{} ({} commits shipped first)",

@@ -1,5 +1,6 @@
 //! `walsync watch`: replicate every database of the config until stopped.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use argh::FromArgs;
 use super::{env, load_config, open_storage, replica_options, CliError};
 use crate::config::{self, Config};
 use crate::daemon::{self, Catalog, WatchOptions, WatchedDatabase};
+use crate::discovery;
 
 /// replicate every database in the config continuously (until SIGINT/SIGTERM; SIGHUP reloads the config)
 #[derive(FromArgs, Debug)]
@@ -18,26 +20,55 @@ pub struct WatchArgs {
     pub config: Option<PathBuf>,
 }
 
-/// The databases of a config file, re-read on SIGHUP.
+/// The databases of a config file (listed, and found in its
+/// `[[directories]]`), re-read on SIGHUP.
 struct ConfigCatalog {
     path: PathBuf,
     config: Config,
+    /// What the last directory scans could not use, so each problem is
+    /// logged once, not on every rescan.
+    problems: BTreeSet<String>,
 }
 
 impl Catalog for ConfigCatalog {
     fn databases(&mut self) -> Vec<WatchedDatabase> {
-        self.config
+        let mut all: Vec<WatchedDatabase> = self
+            .config
             .databases
             .iter()
             .map(|d| WatchedDatabase {
                 replica: replica_options(d),
                 sync_interval: d.sync_interval,
             })
-            .collect()
+            .collect();
+        let mut problems = BTreeSet::new();
+        for dir in &self.config.directories {
+            let (found, trouble) = discovery::scan(dir);
+            for p in trouble {
+                let line = format!("{}: {p}", dir.dir.display());
+                if !self.problems.contains(&line) {
+                    log::warn!("{line}");
+                }
+                problems.insert(line);
+            }
+            all.extend(found.into_iter().map(|(path, prefix)| {
+                let d = dir.database(path, prefix);
+                WatchedDatabase {
+                    replica: replica_options(&d),
+                    sync_interval: d.sync_interval,
+                }
+            }));
+        }
+        self.problems = problems;
+        all
     }
 
     fn discovery_dirs(&self) -> Vec<(PathBuf, bool)> {
-        Vec::new()
+        self.config
+            .directories
+            .iter()
+            .map(|d| (d.dir.clone(), d.recursive))
+            .collect()
     }
 
     fn reload(&mut self) -> Result<(), String> {
@@ -67,6 +98,10 @@ pub fn run(args: WatchArgs) -> Result<(), CliError> {
         shutdown_timeout: Duration::from_secs(60),
         metrics: None,
     };
-    let mut catalog = ConfigCatalog { path, config: cfg };
+    let mut catalog = ConfigCatalog {
+        path,
+        config: cfg,
+        problems: BTreeSet::new(),
+    };
     daemon::run(storage, &mut catalog, opts).map_err(CliError::runtime)
 }
