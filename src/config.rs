@@ -91,6 +91,8 @@ pub struct Config {
     pub directories: Vec<DirectoryConfig>,
     /// The config file this came from (absolute when it came through [`Config::load`]).
     pub source: PathBuf,
+    /// `[metrics] listen`: where to serve the Prometheus page; `None` is off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Where backups go.
@@ -579,6 +581,13 @@ struct RawConfig {
     storage: Option<Spanned<RawStorage>>,
     databases: Option<Spanned<Vec<Spanned<RawDatabase>>>>,
     directories: Option<Spanned<Vec<Spanned<RawDirectory>>>>,
+    metrics: Option<Spanned<RawMetrics>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -701,7 +710,9 @@ impl<'de> Deserialize<'de> for RawSize {
 
 /// Every key of the format, so a syntax error can name the key on its line
 /// without ever echoing something that is not a key (such as a pasted secret).
-const KNOWN_KEYS: [&str; 21] = [
+const KNOWN_KEYS: [&str; 23] = [
+    "metrics",
+    "listen",
     "retention",
     "sync_interval",
     "snapshot_interval",
@@ -903,6 +914,17 @@ impl Document<'_> {
         let databases = self.databases(&raw_databases, &globals)?;
         let directories =
             self.directories(&raw_directories, &raw_databases, &databases, &globals)?;
+        let metrics_listen = match raw.metrics.as_ref().and_then(|m| m.get_ref().listen.as_ref()) {
+            None => None,
+            Some(v) => Some(v.get_ref().trim().parse::<std::net::SocketAddr>().map_err(|_| {
+                self.error(
+                    Some(v.span()),
+                    "metrics.listen",
+                    format!("{:?} is not an address and port", v.get_ref()),
+                    "write an IP address and a port, e.g. `listen = \"127.0.0.1:9095\"` (0.0.0.0 to listen on every interface)",
+                )
+            })?),
+        };
         Ok(Config {
             storage,
             workers,
@@ -910,6 +932,7 @@ impl Document<'_> {
             databases,
             directories,
             source: self.file.to_path_buf(),
+            metrics_listen,
         })
     }
 
@@ -1794,6 +1817,8 @@ fn expected_form(leaf: &str) -> &'static str {
             "a size such as \"4MiB\", \"64MB\" or a whole number of bytes"
         }
         "workers" => "a whole number from 1 to 64, e.g. `workers = 2`",
+        "listen" => "a quoted address and port such as \"127.0.0.1:9095\"",
+        "metrics" => "a [metrics] table with `listen`",
         "path_style" | "recursive" => "true or false, without quotes",
         "storage" => "a [storage] table",
         "databases" => "one [[databases]] table per database, each with `path` and `prefix`",
@@ -2245,6 +2270,32 @@ mod tests {
             assert!(err.to_string().starts_with(&format!("{name}: ")), "{err}");
             assert!(err.to_string().contains("; fix: "), "{err}");
         }
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address() {
+        let config = parse(&format!(
+            "{STORAGE}{DATABASE}[metrics]\nlisten = \"127.0.0.1:9095\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9095".parse().unwrap())
+        );
+        assert_eq!(
+            parse(&format!("{STORAGE}{DATABASE}"))
+                .unwrap()
+                .metrics_listen,
+            None
+        );
+        let err = parse(&format!(
+            "{STORAGE}{DATABASE}[metrics]\nlisten = \"localhost\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key(), Some("metrics.listen"));
+        assert_eq!(err.line(), Some(7));
+        let err = parse(&format!("{STORAGE}{DATABASE}[metrics]\nport = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
     }
 
     #[test]

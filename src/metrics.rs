@@ -212,8 +212,15 @@ pub fn serve(listen: SocketAddr, registry: Arc<Registry>) -> std::io::Result<Soc
             let Ok(mut conn) = conn else { continue };
             let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
             let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+            // Read the request head whole: a client may send it in pieces.
             let mut buf = [0u8; 2048];
-            let n = conn.read(&mut buf).unwrap_or(0);
+            let mut n = 0;
+            while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf[n..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k,
+                }
+            }
             let head = String::from_utf8_lossy(&buf[..n]);
             let first = head.lines().next().unwrap_or_default();
             let (status, body, ctype) = if first.starts_with("GET /metrics ") || first.starts_with("GET /metrics?") {
@@ -323,8 +330,16 @@ mod tests {
         r.update("p", "/p.db", |m| m.commits = 7);
         let addr = serve("127.0.0.1:0".parse().unwrap(), Arc::clone(&r)).unwrap();
         let mut c = std::net::TcpStream::connect(addr).unwrap();
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
+        // In pieces, as a client may send it.
+        for piece in [
+            &b"GET "[..],
+            &b"/metrics HTTP/1.1\r\n"[..],
+            &b"Host: x\r\n\r\n"[..],
+        ] {
+            c.write_all(piece).unwrap();
+            c.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let mut resp = String::new();
         c.read_to_string(&mut resp).unwrap();
         assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");

@@ -1214,3 +1214,99 @@ fn databases_in_a_watched_directory_are_discovered_and_let_go() {
     let o = setup.run(&["list", "--config", cfg]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("tenants/globex"));
 }
+
+#[test]
+fn the_metrics_page_parses_as_prometheus_text() {
+    use std::io::{Read, Write};
+    let setup = Setup::new(&[("app.db", "services/auth")]);
+    // Port 0: the system picks a free one, and walsync logs which.
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        format!("{text}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let c = open_app(&setup.dir.join("app.db"));
+    let storage = setup.storage();
+    let mut child = setup.watch("watch.log");
+    insert(&c, 1);
+    wait_shipped(&storage, "services/auth");
+    for id in 2..=41 {
+        insert(&c, id);
+    }
+    wait_shipped(&storage, "services/auth");
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    let port: u16 = log
+        .split("metrics at http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address in the log: {log}"));
+    let fetch = |path: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r
+    };
+    // The page follows each finished sync; wait for the one that shipped
+    // the 40 rows to be published.
+    let start = Instant::now();
+    let resp = loop {
+        let resp = fetch("/metrics");
+        let shipped = resp
+            .lines()
+            .find(|l| l.starts_with("walsync_database_last_txid{prefix=\"services/auth\""))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if shipped >= 41.0 || start.elapsed() > Duration::from_secs(10) {
+            break resp;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(fetch("/nope").starts_with("HTTP/1.1 404"));
+    assert!(sigterm(&mut child).success());
+    assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+    assert!(
+        resp.contains("Content-Type: text/plain; version=0.0.4"),
+        "{resp}"
+    );
+    let body = resp.split("\r\n\r\n").nth(1).unwrap();
+    let mut samples = 0;
+    for line in body.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad name: {line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line}"
+            );
+        }
+        samples += 1;
+    }
+    assert!(samples > 10, "{body}");
+    let commits: f64 = body
+        .lines()
+        .find(|l| l.starts_with("walsync_database_commits_total{prefix=\"services/auth\""))
+        .and_then(|l| l.rsplit_once(' '))
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(commits >= 40.0, "{body}");
+    assert!(
+        body.contains("walsync_database_up{prefix=\"services/auth\""),
+        "{body}"
+    );
+}

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use argh::FromArgs;
@@ -10,6 +11,7 @@ use super::{env, load_config, open_storage, replica_options, CliError};
 use crate::config::{self, Config};
 use crate::daemon::{self, Catalog, WatchOptions, WatchedDatabase};
 use crate::discovery;
+use crate::metrics::{self, Registry};
 
 /// replicate every database in the config continuously (until SIGINT/SIGTERM; SIGHUP reloads the config)
 #[derive(FromArgs, Debug)]
@@ -78,6 +80,11 @@ impl Catalog for ConfigCatalog {
                 "SIGHUP: [storage] changed; that takes effect at the next start, the rest now"
             );
         }
+        if new.metrics_listen != self.config.metrics_listen {
+            log::warn!(
+                "SIGHUP: [metrics] changed; that takes effect at the next start, the rest now"
+            );
+        }
         if new.workers != self.config.workers {
             log::warn!(
                 "SIGHUP: workers changed; that takes effect at the next start, the rest now"
@@ -92,11 +99,25 @@ pub fn run(args: WatchArgs) -> Result<(), CliError> {
     let path = config::find_config(args.config.as_deref()).map_err(CliError::usage)?;
     let cfg = load_config(Some(&path))?;
     let storage = open_storage(&cfg.storage)?;
+    let metrics = match cfg.metrics_listen {
+        Some(listen) => {
+            let registry = Arc::new(Registry::new(crate::time::now_ms()));
+            // Blocks the stop signals first, so the metrics thread inherits
+            // the mask (the daemon takes them with sigwait).
+            crate::signals::block()
+                .map_err(|e| CliError::runtime(format!("cannot block signals: {e}")))?;
+            let addr = metrics::serve(listen, Arc::clone(&registry))
+                .map_err(|e| CliError::runtime(format!("[metrics] listen {listen}: {e}")))?;
+            log::info!("metrics at http://{addr}/metrics");
+            Some(registry)
+        }
+        None => None,
+    };
     let opts = WatchOptions {
         workers: cfg.workers,
         rescan_interval: cfg.rescan_interval,
         shutdown_timeout: Duration::from_secs(60),
-        metrics: None,
+        metrics,
     };
     let mut catalog = ConfigCatalog {
         path,
