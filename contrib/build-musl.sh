@@ -19,7 +19,7 @@ if ! command -v x86_64-linux-musl-gcc >/dev/null; then
 fi
 
 cargo build --release --locked --target "$target"
-bin="target/$target/release/walsync"
+bin="${CARGO_TARGET_DIR:-target}/$target/release/walsync"
 
 # Static: no interpreter, no shared libraries.
 if command -v file >/dev/null; then

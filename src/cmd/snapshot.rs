@@ -38,7 +38,7 @@ pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
                 rep.commits
             ),
             Err(e) => {
-                eprintln!("{} ({}): {e}", db.prefix, db.path.display());
+                eprintln!("{}: {e}", db.prefix);
                 failed += 1;
             }
         }

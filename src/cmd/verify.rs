@@ -71,8 +71,14 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
     let scratch = base.join(format!("walsync-verify-{}", std::process::id()));
     std::fs::create_dir(&scratch)
         .map_err(|e| CliError::runtime(format!("{}: {e}", scratch.display())))?;
+    let index: std::collections::HashMap<&str, usize> = prefixes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.as_str(), i))
+        .collect();
     let result = run_all(&prefixes, jobs, args.json, started, |prefix| {
-        let out = scratch.join(format!("{}.db", prefix.replace('/', "__")));
+        // Numbered, not named after the prefix: no two can collide.
+        let out = scratch.join(format!("{}.db", index[prefix]));
         let result = restore(&*storage, prefix, &out, target, false).map_err(|e| e.to_string());
         let _ = std::fs::remove_file(&out);
         Outcome {
