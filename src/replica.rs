@@ -147,6 +147,34 @@ struct Live {
     handle: DbHandle,
     page_size: u32,
     cursor: Cursor,
+    /// The `-shm` file walsync's read mark lives in; if it is replaced,
+    /// the mark protects nothing any more.
+    shm_id: Option<sqlite::FileId>,
+}
+
+/// The WAL no longer continues what was shipped: a new generation starts.
+#[derive(Debug)]
+struct Gap {
+    reason: String,
+    /// walsync's locks on the database were lost (the WAL or the -shm file
+    /// vanished under it): the connections must be opened again.
+    reopen: bool,
+}
+
+impl Gap {
+    fn new(reason: impl Into<String>) -> Gap {
+        Gap {
+            reason: reason.into(),
+            reopen: false,
+        }
+    }
+
+    fn lost_locks(reason: impl Into<String>) -> Gap {
+        Gap {
+            reason: reason.into(),
+            reopen: true,
+        }
+    }
 }
 
 pub struct Replica {
@@ -331,6 +359,19 @@ impl Replica {
                 Err(e) => return Err(io_err(&self.opts.path)(e)),
             }
         }
+        if let Some(live) = &self.live {
+            let shm_now = sqlite::file_id(&sqlite::shm_path(&self.opts.path)).ok();
+            if live.shm_id.is_some() && shm_now != live.shm_id {
+                log::warn!(
+                    "{} ({}): the -shm file was replaced, so walsync's read lock protected nothing; \
+                     reopening and starting a new generation",
+                    self.opts.path.display(),
+                    self.opts.prefix
+                );
+                self.live = None;
+                self.needs_generation = true;
+            }
+        }
         if self.live.is_none() {
             self.start(storage)?;
         }
@@ -342,8 +383,7 @@ impl Replica {
             self.warn_if_wal_grows(e);
         }
         if let Err(gap) = shipped? {
-            self.begin_new_generation(&gap);
-            self.snapshot(storage, true, &mut report)?;
+            self.handle_gap(storage, gap, &mut report)?;
         }
         let wal_len = std::fs::metadata(sqlite::wal_path(&self.opts.path))
             .map(|m| m.len())
@@ -421,6 +461,25 @@ impl Replica {
         }
     }
 
+    /// After a gap: a new generation, with fresh connections first if
+    /// walsync's locks were lost.
+    fn handle_gap(
+        &mut self,
+        storage: &dyn Storage,
+        gap: Gap,
+        report: &mut SyncReport,
+    ) -> Result<(), ReplicaError> {
+        self.begin_new_generation(&gap.reason);
+        if gap.reopen {
+            self.live = None;
+            self.start(storage)?;
+            // start() may think the WAL continues the bucket; after lost
+            // locks nothing is proven.
+            self.needs_generation = true;
+        }
+        self.snapshot(storage, true, report)
+    }
+
     fn begin_new_generation(&mut self, reason: &str) {
         log::warn!(
             "{} ({}): {reason}; starting a new generation with a full snapshot",
@@ -483,6 +542,9 @@ impl Replica {
             }
         }
         let resumed = cursor.is_some();
+        // The read transaction is open, so the -shm file exists: the one
+        // walsync's read mark is in.
+        let shm_id = sqlite::file_id(&sqlite::shm_path(&self.opts.path)).ok();
         self.live = Some(Live {
             handle,
             page_size,
@@ -491,6 +553,7 @@ impl Replica {
                 base_is_db_file: false,
                 db_pages: None,
             }),
+            shm_id,
         });
         if !resumed {
             let why = if newest.is_some() {
@@ -509,44 +572,44 @@ impl Replica {
         &mut self,
         storage: &dyn Storage,
         report: &mut SyncReport,
-    ) -> Result<Result<(), String>, ReplicaError> {
+    ) -> Result<Result<(), Gap>, ReplicaError> {
         let live = self
             .live
             .as_ref()
             .expect("invariant: ship runs on a live replica");
         let cursor = live.cursor;
+        // While walsync holds its connections the WAL file exists (SQLite
+        // creates it when the read transaction starts, and deletes it only
+        // under an EXCLUSIVE lock walsync's SHARED lock forbids): if it is
+        // gone, that lock was lost.
         let Some(wal) = WalFile::open(&self.opts.path)? else {
-            return Ok(if cursor.base_is_db_file || cursor.pos.is_none() {
-                Ok(())
-            } else {
-                Err("the WAL file was deleted".to_string())
-            });
+            return Ok(Err(Gap::lost_locks("the WAL file was deleted")));
         };
         let Some(h) = wal.header()? else {
             return Ok(if cursor.base_is_db_file || cursor.pos.is_none() {
                 Ok(())
             } else {
-                Err("the WAL was truncated or overwritten".to_string())
+                Err(Gap::new("the WAL was truncated or overwritten"))
             });
         };
         if h.page_size != live.page_size {
-            return Ok(Err(format!(
+            return Ok(Err(Gap::new(format!(
                 "the WAL page size {} differs from the database's {}",
                 h.page_size, live.page_size
-            )));
+            ))));
         }
         let from = match cursor.pos {
             Some(p) if p.same_wal(&h) => {
                 if wal.len < p.offset {
-                    return Ok(Err("the WAL is shorter than what was shipped".to_string()));
+                    return Ok(Err(Gap::new("the WAL is shorter than what was shipped")));
                 }
                 p
             }
             _ if cursor.base_is_db_file => h.start(),
             _ => {
-                return Ok(Err(
-                    "the WAL was restarted before walsync shipped all of it".to_string(),
-                ))
+                return Ok(Err(Gap::new(
+                    "the WAL was restarted before walsync shipped all of it",
+                )))
             }
         };
         let max_segment = self.opts.max_segment_bytes;
@@ -555,7 +618,12 @@ impl Replica {
         let generation = self.generation;
         let mut next_txid = self.last_txid + 1;
         let time_ms = self.now_ms();
-        let mut cursor_now = cursor;
+        // A restarted WAL (accepted above) is where walsync now stands, even
+        // before anything of it is shipped.
+        let mut cursor_now = Cursor {
+            pos: Some(from),
+            ..cursor
+        };
         let mut commits_total = 0u64;
         let mut segments = 0u64;
         let mut bytes_up = 0u64;
@@ -648,7 +716,11 @@ impl Replica {
     /// the read transaction, run a PASSIVE checkpoint, take the read
     /// transaction again. Returns whether every frame is now in the database
     /// file (then the new read transaction has read mark 0).
-    fn checkpoint_under_lock(&mut self) -> Result<bool, ReplicaError> {
+    fn checkpoint_under_lock(
+        &mut self,
+        shipped_to: Option<WalPos>,
+    ) -> Result<Result<bool, Gap>, ReplicaError> {
+        let path = self.opts.path.clone();
         let live = self.live_mut();
         let r = (|| {
             live.handle.end_read()?;
@@ -656,18 +728,43 @@ impl Replica {
             live.handle.begin_read()?;
             ck
         })();
-        match r {
-            Ok(ck) => {
-                live.cursor.base_is_db_file = ck.complete();
-                Ok(ck.complete())
-            }
+        let ck = match r {
+            Ok(ck) => ck,
             Err(e) => {
                 // Without a read transaction nothing protects the WAL: start
                 // over from the bucket's view on the next sync.
                 self.live = None;
-                Err(e.into())
+                return Err(e.into());
+            }
+        };
+        // Defence in depth: with the write lock held, the WAL's committed
+        // end (log_frames) must be exactly where walsync stands. If not,
+        // something walsync has not shipped could be in the database file
+        // now, and only a new generation is safe.
+        if ck.log_frames > 0 {
+            let header = WalFile::open(&path)?
+                .map(|w| w.header())
+                .transpose()?
+                .flatten();
+            let agrees = match (header, shipped_to) {
+                (Some(h), Some(p)) => {
+                    p.same_wal(&h)
+                        && p.offset
+                            == wal::HEADER_SIZE as u64 + ck.log_frames as u64 * h.frame_size()
+                }
+                _ => false,
+            };
+            if !agrees {
+                live_reset_base(self);
+                return Ok(Err(Gap::new(format!(
+                    "at a sync point the WAL ends after frame {} but walsync stands at {:?}",
+                    ck.log_frames,
+                    shipped_to.map(|p| p.offset)
+                ))));
             }
         }
+        self.live_mut().cursor.base_is_db_file = ck.complete();
+        Ok(Ok(ck.complete()))
     }
 
     /// walsync's own checkpoint, run when the WAL has grown past the
@@ -686,16 +783,14 @@ impl Replica {
             if let Err(gap) = self.ship(storage, report)? {
                 return Ok(Err(gap));
             }
-            self.checkpoint_under_lock().map(Ok)
+            let shipped_to = self.live_mut().cursor.pos;
+            self.checkpoint_under_lock(shipped_to)
         })();
         if let Some(live) = self.live.as_mut() {
             live.handle.unlock_writers();
         }
         match r? {
-            Err(gap) => {
-                self.begin_new_generation(&gap);
-                self.snapshot(storage, true, report)
-            }
+            Err(gap) => self.handle_gap(storage, gap, report),
             Ok(complete) => {
                 report.checkpointed = true;
                 log::debug!(
@@ -744,12 +839,16 @@ impl Replica {
                 let c = this.live_mut().cursor;
                 (c.pos, c.db_pages)
             };
-            let complete = this.checkpoint_under_lock()?;
-            Ok((pos, db_pages, complete))
+            match this.checkpoint_under_lock(pos)? {
+                Ok(complete) => Ok((pos, db_pages, complete)),
+                Err(g) => {
+                    gap = Some(g);
+                    Ok((None, None, false))
+                }
+            }
         })?;
         if let Some(g) = gap {
-            self.begin_new_generation(&g);
-            return self.snapshot(storage, true, report);
+            return self.handle_gap(storage, g, report);
         }
         let new_generation = new_generation || self.needs_generation;
         let time_ms = self.now_ms();
@@ -873,6 +972,14 @@ impl Replica {
         report.snapshot = true;
         report.bytes_uploaded += len;
         Ok(())
+    }
+}
+
+/// After a failed position check the database file is not known to equal
+/// anything shipped.
+fn live_reset_base(r: &mut Replica) {
+    if let Some(live) = r.live.as_mut() {
+        live.cursor.base_is_db_file = false;
     }
 }
 

@@ -31,6 +31,8 @@ pub enum SqliteError {
     },
     /// Another walsync process replicates this database.
     Locked(PathBuf),
+    /// This process already replicates this file, under another path.
+    AlreadyOpen(PathBuf),
     Sqlite {
         path: PathBuf,
         what: &'static str,
@@ -51,6 +53,12 @@ impl fmt::Display for SqliteError {
                 f,
                 "{}: journal mode is {mode:?}, walsync needs WAL; run `PRAGMA journal_mode=WAL` on it once",
                 path.display()
+            ),
+            SqliteError::AlreadyOpen(p) => write!(
+                f,
+                "{}: this file is already replicated by this walsync under another path \
+                 (a hard link, symlink or bind mount?); list each database once",
+                p.display()
             ),
             SqliteError::Locked(p) => write!(
                 f,
@@ -82,6 +90,13 @@ pub fn file_id(path: &Path) -> std::io::Result<FileId> {
     })
 }
 
+/// The `-shm` file of a database.
+pub fn shm_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-shm");
+    PathBuf::from(s)
+}
+
 /// The `-wal` file of a database.
 pub fn wal_path(db: &Path) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
@@ -105,6 +120,44 @@ pub struct DbHandle {
     in_read: bool,
     writers_locked: bool,
     pub id: FileId,
+    /// Declared last, so released after every descriptor above is closed.
+    _registration: Registration,
+}
+
+/// The database files this process has open, by (device, inode): a second
+/// handle on one of them is refused before it opens anything.
+static OPEN_FILES: std::sync::Mutex<std::collections::BTreeSet<(u64, u64)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+struct Registration(FileId);
+
+impl Registration {
+    fn claim(id: FileId) -> Option<Registration> {
+        let mut open = OPEN_FILES.lock().unwrap_or_else(|p| p.into_inner());
+        // Not `then_some`: it would build (and drop, releasing the other
+        // handle's claim, under this very lock) a Registration on failure.
+        if open.insert((id.dev, id.ino)) {
+            Some(Registration(id))
+        } else {
+            None
+        }
+    }
+
+    fn is_claimed(id: FileId) -> bool {
+        OPEN_FILES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(id.dev, id.ino))
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        OPEN_FILES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(self.0.dev, self.0.ino));
+    }
 }
 
 /// Result of `PRAGMA wal_checkpoint`.
@@ -130,15 +183,17 @@ impl DbHandle {
             path: path.to_path_buf(),
             source,
         };
-        let mut magic = [0u8; 16];
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
+        // Checked by stat, before any descriptor is opened: if this file is
+        // already open in this process (another path to it: a hard link, a
+        // symlink, a bind mount), opening and closing a descriptor here
+        // would drop the live handle's SQLite locks (see `file`).
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(SqliteError::Missing(path.to_path_buf()));
             }
             Err(e) => return Err(io(e)),
         };
-        let meta = file.metadata().map_err(io)?;
         if meta.is_dir() {
             return Err(SqliteError::NotSqlite(path.to_path_buf()));
         }
@@ -146,17 +201,40 @@ impl DbHandle {
             // Created but not yet written by the application: wait for it.
             return Err(SqliteError::Missing(path.to_path_buf()));
         }
+        let id = FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        let registration =
+            Registration::claim(id).ok_or_else(|| SqliteError::AlreadyOpen(path.to_path_buf()))?;
+        let file = std::fs::File::open(path).map_err(io)?;
+        let opened = file.metadata().map_err(io)?;
+        if (opened.dev(), opened.ino()) != (id.dev, id.ino) {
+            let other = FileId {
+                dev: opened.dev(),
+                ino: opened.ino(),
+            };
+            if Registration::is_claimed(other) {
+                // Replaced by a file this process holds between stat and
+                // open: closing this descriptor would drop that file's
+                // locks, so it is kept open (leaked) instead.
+                std::mem::forget(file);
+            }
+            return Err(SqliteError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(
+                    "the file was replaced while being opened; will retry",
+                ),
+            });
+        }
         {
             use std::os::unix::fs::FileExt;
+            let mut magic = [0u8; 16];
             let n = file.read_at(&mut magic, 0).map_err(io)?;
             if n != 16 || &magic != b"SQLite format 3\0" {
                 return Err(SqliteError::NotSqlite(path.to_path_buf()));
             }
         }
-        let id = FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        };
         // One walsync per database: an advisory flock on our descriptor,
         // released when it closes. flock(2) locks are separate from the
         // fcntl(2) locks SQLite uses, so this never touches SQLite's locking.
@@ -216,6 +294,7 @@ impl DbHandle {
             writers_locked: false,
             id,
             file,
+            _registration: registration,
         })
     }
 

@@ -1310,3 +1310,57 @@ fn the_metrics_page_parses_as_prometheus_text() {
         "{body}"
     );
 }
+
+/// Runs python3's sqlite3 module (the distribution's SQLite, older than the
+/// bundled one, whose close checkpoints and deletes the WAL whenever it can
+/// take the EXCLUSIVE lock) as the application, in its own process.
+fn python_app(db: &Path, script: &str) {
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3\nc = sqlite3.connect({db:?}, timeout=5, isolation_level=None)\n{script}\nc.close()\n"
+        ))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        o.status.success(),
+        "python3: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn a_second_path_to_a_live_database_never_drops_its_locks() {
+    let setup = Setup::new(&[("app.db", "apps/main"), ("alias.db", "apps/alias")]);
+    let db = setup.dir.join("app.db");
+    python_app(&db, "c.execute('PRAGMA journal_mode=WAL')\nc.execute('CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)')");
+    // The same file under a second name in the config.
+    std::fs::hard_link(&db, setup.dir.join("alias.db")).unwrap();
+    let storage = setup.storage();
+    let mut child = setup.watch("watch.log");
+    wait_shipped(&storage, "apps/main");
+    thread::sleep(Duration::from_millis(700)); // the alias has been tried and refused
+                                               // The application writes and closes: with walsync's locks intact its
+                                               // close can neither checkpoint past walsync nor delete the WAL.
+    python_app(
+        &db,
+        "c.execute(\"INSERT INTO t(v) VALUES ('a')\")\nc.execute(\"UPDATE t SET v = 'a2'\")",
+    );
+    thread::sleep(Duration::from_millis(300));
+    python_app(&db, "c.execute(\"INSERT INTO t(v) VALUES ('b')\")");
+    wait_shipped(&storage, "apps/main");
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert!(
+        log.contains("already replicated by this walsync under another path"),
+        "{log}"
+    );
+    assert!(!log.contains("the WAL file was deleted"), "{log}");
+    let out = setup.dir.join("r.db");
+    let o = setup.restore("apps/main", &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        rows(&out),
+        vec![(1, "a2".to_string()), (2, "b".to_string())]
+    );
+}
