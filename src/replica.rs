@@ -264,9 +264,11 @@ impl WalFile {
             }
             let want = ((end - at.offset) as usize).min(chunk);
             let bytes = self.read_at(at.offset, want)?;
-            let txns = wal::scan(h, at, &bytes);
+            let (txns, hit_invalid) = wal::scan_until(h, at, &bytes);
             let Some(last) = txns.last() else {
-                if bytes.len() == want && (want as u64) < end - at.offset {
+                // Grow only for a transaction larger than the chunk; a stale
+                // tail left by a WAL restart ends the scan at its first frame.
+                if !hit_invalid && bytes.len() == want && (want as u64) < end - at.offset {
                     chunk *= 2;
                     continue;
                 }
@@ -275,6 +277,9 @@ impl WalFile {
             visit(&bytes, at.offset, &txns)?;
             db_pages = Some(last.db_pages);
             at = last.end;
+            if hit_invalid {
+                break;
+            }
         }
         Ok((at, db_pages))
     }
@@ -404,18 +409,23 @@ impl Replica {
         };
         if forced || (self.commits_since_snapshot > 0 && crate::time::now_ms() >= due) {
             self.snapshot(storage, false, &mut report)?;
-        } else if unbackfilled >= self.opts.checkpoint_threshold {
-            self.checkpoint(
-                storage,
-                wal_len >= self.opts.truncate_threshold,
-                &mut report,
-            )?;
         } else if cursor.base_is_db_file && wal_len >= self.opts.truncate_threshold {
             // Everything is in the database file and walsync holds read mark
             // 0, so TRUNCATE can only drop frames already shipped and
             // backfilled (a frame appended since makes it report busy).
             let r = self.live_mut().handle.checkpoint_truncate()?;
             log::debug!("{}: TRUNCATE checkpoint: {r:?}", self.opts.path.display());
+        } else if unbackfilled >= self.opts.checkpoint_threshold
+            || wal_len >= self.opts.truncate_threshold
+        {
+            // Also when the file is large but walsync's position is not: a
+            // restarted WAL keeps the old frames as a stale tail until it is
+            // truncated.
+            self.checkpoint(
+                storage,
+                wal_len >= self.opts.truncate_threshold,
+                &mut report,
+            )?;
         }
         if let (true, Some(retention)) = (report.snapshot, self.opts.retention) {
             // A new snapshot is what makes older objects unnecessary; an idle

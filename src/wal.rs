@@ -208,6 +208,13 @@ pub struct TxnSpan {
 /// frame; frames after the last commit frame are not returned (an open or
 /// rolled-back transaction). `from` must be a position in the WAL of `header`.
 pub fn scan(header: &WalHeader, from: WalPos, bytes: &[u8]) -> Vec<TxnSpan> {
+    scan_until(header, from, bytes).0
+}
+
+/// `scan`, also telling whether it stopped at an invalid frame (`true`: the
+/// readable WAL ends there, more bytes would not help) or because the bytes
+/// ran out (`false`: more bytes may hold more transactions).
+pub fn scan_until(header: &WalHeader, from: WalPos, bytes: &[u8]) -> (Vec<TxnSpan>, bool) {
     let frame_size = header.frame_size() as usize;
     let mut txns = Vec::new();
     let mut chain = from.checksum;
@@ -217,7 +224,7 @@ pub fn scan(header: &WalHeader, from: WalPos, bytes: &[u8]) -> Vec<TxnSpan> {
     let mut at = 0usize;
     while at + frame_size <= bytes.len() {
         let Some(frame) = header.check_frame(chain, &bytes[at..at + frame_size]) else {
-            break;
+            return (txns, true);
         };
         chain = frame.checksum;
         at += frame_size;
@@ -241,7 +248,7 @@ pub fn scan(header: &WalHeader, from: WalPos, bytes: &[u8]) -> Vec<TxnSpan> {
             frames_in_txn = 0;
         }
     }
-    txns
+    (txns, false)
 }
 
 #[cfg(test)]
@@ -354,6 +361,24 @@ pub(crate) mod tests {
             b[i] ^= 0x40;
             assert_eq!(scan(&h, h.start(), &b).len(), 1, "flip at {i}");
         }
+    }
+
+    #[test]
+    fn scan_tells_an_invalid_frame_from_running_out_of_bytes() {
+        let mut w = WalBuilder::new(false, 512, 5, 6);
+        w.frame(1, 0, 1).frame(2, 2, 2);
+        let h = w.header;
+        let fs = h.frame_size() as usize;
+        let body = &w.bytes[HEADER_SIZE..];
+        // Half a transaction: more bytes would help.
+        assert_eq!(scan_until(&h, h.start(), &body[..fs]), (vec![], false));
+        // A stale frame of an older WAL after it: the end of the readable WAL.
+        let mut stale = body[..fs].to_vec();
+        stale.extend_from_slice(
+            &WalBuilder::new(false, 512, 4, 9).frame(2, 2, 2).bytes[HEADER_SIZE..],
+        );
+        assert_eq!(scan_until(&h, h.start(), &stale), (vec![], true));
+        assert!(!scan_until(&h, h.start(), body).1);
     }
 
     #[test]

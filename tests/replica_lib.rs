@@ -223,3 +223,36 @@ fn an_idle_database_is_not_checkpointed_again_and_again() {
     assert_eq!(rows(&out), rows(&db));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn commits_before_a_stale_wal_tail_ship_and_restore() {
+    let dir = temp_dir("stale-tail");
+    let db = dir.join("app.db");
+    let storage = DirStorage::new(&dir.join("bucket")).unwrap();
+    let c = app(&db);
+    c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    // Thresholds far apart: 64 KiB to checkpoint, 512 KiB to truncate.
+    let mut r = Replica::new(options(&db, "p", &dir));
+    r.sync(&storage, false).unwrap();
+    // One big transaction, shipped and checkpointed; the WAL file stays
+    // large under the truncate threshold, so it is restarted, not truncated.
+    c.execute_batch("BEGIN").unwrap();
+    insert(&c, 1, 3000);
+    c.execute_batch("COMMIT").unwrap();
+    let rep = r.sync(&storage, false).unwrap();
+    assert!(rep.checkpointed, "{rep:?}");
+    let big = std::fs::metadata(dir.join("app.db-wal")).unwrap().len();
+    assert!(big > 64 * 1024 && big < 512 * 1024, "{big}");
+    // Small commits now go to the start of the restarted WAL, before the
+    // stale tail; each sync reads what is new and stops at the tail.
+    for round in 0..3 {
+        insert(&c, 10_000 + round * 10, 10);
+        let rep = r.sync(&storage, false).unwrap();
+        assert_eq!(rep.commits, 10, "round {round}: {rep:?}");
+        assert!(!rep.new_generation, "round {round}: {rep:?}");
+    }
+    let out = dir.join("r.db");
+    restore(&storage, "p", &out, Target::Latest, false).unwrap();
+    assert_eq!(rows(&out), rows(&db));
+    std::fs::remove_dir_all(dir).unwrap();
+}
