@@ -890,13 +890,23 @@ impl Replica {
                 })
             }
             (None, _) => {
-                if db_len % u64::from(page_size) != 0 || db_len == 0 {
+                // The database file is the image. Its size in pages is the
+                // last commit's, else the header's; the file itself may be
+                // longer (SQLITE_FCNTL_CHUNK_SIZE rounds it up).
+                let mut h = [0u8; 100];
+                db.read_exact_at(&mut h, 0).map_err(io_err(&path))?;
+                let n = db_pages
+                    .or_else(|| sqlite::db_header_pages(&h))
+                    .unwrap_or((db_len / u64::from(page_size)) as u32);
+                if n == 0 || u64::from(n) * u64::from(page_size) > db_len {
                     return Err(ReplicaError::Unstable {
                         path,
-                        what: format!("database file size {db_len} is not a whole number of pages"),
+                        what: format!(
+                            "database file of {db_len} bytes is shorter than its {n} pages"
+                        ),
                     });
                 }
-                (db_len / u64::from(page_size)) as u32
+                n
             }
         };
 

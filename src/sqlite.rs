@@ -426,3 +426,14 @@ pub fn db_header_geometry(header: &[u8]) -> Option<(u32, u32)> {
     let pages = u32::from_be_bytes([header[28], header[29], header[30], header[31]]);
     crate::wal::valid_page_size(page_size).then_some((page_size, pages))
 }
+
+/// The in-header database size (pages), when the header says it is valid:
+/// non-zero, and the version-valid-for number equals the change counter
+/// (https://www.sqlite.org/fileformat2.html#in_header_database_size).
+pub fn db_header_pages(header: &[u8]) -> Option<u32> {
+    if header.len() < 100 || &header[..16] != b"SQLite format 3\0" {
+        return None;
+    }
+    let pages = u32::from_be_bytes([header[28], header[29], header[30], header[31]]);
+    (pages > 0 && header[24..28] == header[92..96]).then_some(pages)
+}

@@ -256,3 +256,39 @@ fn commits_before_a_stale_wal_tail_ship_and_restore() {
     assert_eq!(rows(&out), rows(&db));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_database_file_longer_than_its_pages_snapshots_its_pages() {
+    let dir = temp_dir("chunk");
+    let db = dir.join("app.db");
+    let storage = DirStorage::new(&dir.join("bucket")).unwrap();
+    let c = app(&db);
+    // The application grows its file in 1 MiB chunks (SQLITE_FCNTL_CHUNK_SIZE).
+    let mut chunk: std::os::raw::c_int = 1 << 20;
+    // SAFETY: a file-control call on a live connection, with a valid pointer.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            c.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_CHUNK_SIZE,
+            (&mut chunk as *mut std::os::raw::c_int).cast(),
+        )
+    };
+    assert_eq!(rc, 0);
+    insert(&c, 1, 30);
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    let len = std::fs::metadata(&db).unwrap().len();
+    let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+    let pages = pages as u64;
+    assert!(
+        len > pages * 4096,
+        "the file ({len}) is longer than its {pages} pages"
+    );
+    let mut r = Replica::new(options(&db, "p", &dir));
+    assert!(r.sync(&storage, false).unwrap().snapshot);
+    let out = dir.join("r.db");
+    restore(&storage, "p", &out, Target::Latest, false).unwrap();
+    assert_eq!(rows(&out), rows(&db));
+    std::fs::remove_dir_all(dir).unwrap();
+}
