@@ -146,19 +146,35 @@ pub fn parse_key(prefix: &str, key: &str) -> Result<Option<(u64, ObjectKind)>, B
 /// Parses a listing of `database_root(prefix)` into backup objects, sorted
 /// by generation, then snapshots and segments in txid order.
 pub fn parse_listing(prefix: &str, listing: &[ObjectMeta]) -> Result<Vec<BackupObject>, BadKey> {
-    let mut out = Vec::new();
+    let (good, bad) = parse_listing_lenient(prefix, listing);
+    match bad.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(good),
+    }
+}
+
+/// `parse_listing`, keeping going past keys that are not walsync's: the
+/// objects, and the bad keys.
+pub fn parse_listing_lenient(
+    prefix: &str,
+    listing: &[ObjectMeta],
+) -> (Vec<BackupObject>, Vec<BadKey>) {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
     for o in listing {
-        if let Some((generation, kind)) = parse_key(prefix, &o.key)? {
-            out.push(BackupObject {
+        match parse_key(prefix, &o.key) {
+            Ok(Some((generation, kind))) => good.push(BackupObject {
                 generation,
                 kind,
                 key: o.key.clone(),
                 size: o.size,
-            });
+            }),
+            Ok(None) => {}
+            Err(e) => bad.push(e),
         }
     }
-    out.sort_by_key(|o| (o.generation, o.kind));
-    Ok(out)
+    good.sort_by_key(|o| (o.generation, o.kind));
+    (good, bad)
 }
 
 /// The database prefixes that have objects in a listing (of a bucket, or

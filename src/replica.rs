@@ -508,8 +508,13 @@ impl Replica {
         handle.begin_read()?;
 
         let listing = storage.list(&keys::database_root(&self.opts.prefix))?;
-        let objects =
-            keys::parse_listing(&self.opts.prefix, &listing).map_err(ReplicaError::BadKey)?;
+        // Replication must go on whatever else is in the bucket: a key that
+        // is not ours is reported and left alone (restore and verify are
+        // the ones that refuse it).
+        let (objects, bad) = keys::parse_listing_lenient(&self.opts.prefix, &listing);
+        for b in bad {
+            log::warn!("{} ({}): {b}", self.opts.path.display(), self.opts.prefix);
+        }
         let mut newest: Option<&keys::BackupObject> = None;
         for o in &objects {
             let (txid, time) = match o.kind {
@@ -532,7 +537,16 @@ impl Replica {
 
         let mut cursor = None;
         if let Some(o) = newest {
-            let pos = read_object_pos(storage, o)?;
+            let pos = match read_object_pos(storage, o) {
+                Ok(pos) => pos,
+                // A newest object that cannot be read proves nothing to build
+                // on; a new generation does not need it.
+                Err(e @ ReplicaError::Corrupt { .. }) => {
+                    log::error!("{} ({}): {e}", self.opts.path.display(), self.opts.prefix);
+                    None
+                }
+                Err(e) => return Err(e),
+            };
             if let Some((pos, db_pages)) = pos {
                 if wal_continues(&self.opts.path, page_size, pos)? {
                     cursor = Some(Cursor {

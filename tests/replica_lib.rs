@@ -292,3 +292,44 @@ fn a_database_file_longer_than_its_pages_snapshots_its_pages() {
     assert_eq!(rows(&out), rows(&db));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_bad_object_in_the_bucket_does_not_stop_replication() {
+    let dir = temp_dir("bad-object");
+    let db = dir.join("app.db");
+    let bucket = dir.join("bucket");
+    let storage = DirStorage::new(&bucket).unwrap();
+    let c = app(&db);
+    c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    let mut r = Replica::new(options(&db, "p", &dir));
+    r.sync(&storage, false).unwrap();
+    insert(&c, 1, 10);
+    r.sync(&storage, false).unwrap();
+    r.close();
+    // The newest segment is damaged, and a stranger wrote under generations/.
+    let segs: Vec<_> = walsync::storage::Storage::list(&storage, "p/")
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.key.ends_with(".seg"))
+        .collect();
+    let newest = bucket.join(&segs.last().unwrap().key);
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&newest, bytes).unwrap();
+    std::fs::write(bucket.join("p/generations/junk.txt"), b"x").unwrap();
+
+    insert(&c, 11, 10);
+    let mut r = Replica::new(options(&db, "p", &dir));
+    let rep = r.sync(&storage, false).unwrap();
+    assert!(rep.new_generation, "{rep:?}");
+    insert(&c, 21, 10);
+    r.sync(&storage, false).unwrap();
+    // Restore refuses the stranger's key, and works once it is gone.
+    let out = dir.join("r.db");
+    assert!(restore(&storage, "p", &out, Target::Latest, false).is_err());
+    std::fs::remove_file(bucket.join("p/generations/junk.txt")).unwrap();
+    restore(&storage, "p", &out, Target::Latest, false).unwrap();
+    assert_eq!(rows(&out), rows(&db));
+    std::fs::remove_dir_all(dir).unwrap();
+}
