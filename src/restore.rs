@@ -269,16 +269,35 @@ pub fn restore(
     drop(file);
     verify(&temp.path, prefix, pages, page_size)?;
 
-    // Replacing (--force): the old database's WAL and journal go with it,
-    // or SQLite would replay them onto the restored file.
-    for side in sidecars(output) {
-        match fs::remove_file(&side) {
+    if force {
+        // Replacing: the old database's WAL and journal go with it, or
+        // SQLite would replay them onto the restored file.
+        for side in sidecars(output) {
+            match fs::remove_file(&side) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&side)(e)),
+            }
+        }
+        fs::rename(&temp.path, output).map_err(io_err(output))?;
+    } else {
+        // Not replacing: a file that appeared at the output since the check
+        // must survive, so link (which fails if the name exists) rather
+        // than rename; the temp name goes when `temp` drops.
+        match fs::hard_link(&temp.path, output) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&side)(e)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(RestoreError::OutputExists(output.to_path_buf()))
+            }
+            // A filesystem without hard links: the earlier check stands.
+            Err(_) => {
+                if fs::symlink_metadata(output).is_ok() {
+                    return Err(RestoreError::OutputExists(output.to_path_buf()));
+                }
+                fs::rename(&temp.path, output).map_err(io_err(output))?;
+            }
         }
     }
-    fs::rename(&temp.path, output).map_err(io_err(output))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))?;
