@@ -45,6 +45,11 @@ pub const DEFAULT_WORKERS: usize = 2;
 pub const MAX_WORKERS: usize = 64;
 /// How often every WAL is stat'ed in case file events were missed.
 pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+/// A database with no commits for this long is released (its connections
+/// closed) until it changes again.
+pub const DEFAULT_IDLE_RELEASE_AFTER: Duration = Duration::from_secs(60);
+/// Larger databases are never released: waking one reads the whole file.
+pub const DEFAULT_IDLE_RELEASE_MAX_SIZE: u64 = 64 << 20;
 /// File-name glob of a `[[directories]]` table without `pattern`.
 pub const DEFAULT_PATTERN: &str = "*.db";
 /// Region used when neither the config nor `AWS_REGION`/`AWS_DEFAULT_REGION` names one.
@@ -81,6 +86,10 @@ pub struct Config {
     pub workers: usize,
     /// Interval of the safety-net stat of every WAL.
     pub rescan_interval: Duration,
+    /// Release a database's connections after this long without commits.
+    pub idle_release_after: Duration,
+    /// Databases larger than this stay open.
+    pub idle_release_max_size: u64,
     /// Listed databases: paths and prefixes are unique and no prefix contains
     /// another. Empty only when `directories` is not.
     pub databases: Vec<DatabaseConfig>,
@@ -578,6 +587,8 @@ struct RawConfig {
     truncate_threshold: Option<Spanned<RawSize>>,
     workers: Option<Spanned<i64>>,
     rescan_interval: Option<Spanned<String>>,
+    idle_release_after: Option<Spanned<String>>,
+    idle_release_max_size: Option<Spanned<RawSize>>,
     storage: Option<Spanned<RawStorage>>,
     databases: Option<Spanned<Vec<Spanned<RawDatabase>>>>,
     directories: Option<Spanned<Vec<Spanned<RawDirectory>>>>,
@@ -710,7 +721,9 @@ impl<'de> Deserialize<'de> for RawSize {
 
 /// Every key of the format, so a syntax error can name the key on its line
 /// without ever echoing something that is not a key (such as a pasted secret).
-const KNOWN_KEYS: [&str; 23] = [
+const KNOWN_KEYS: [&str; 25] = [
+    "idle_release_after",
+    "idle_release_max_size",
     "metrics",
     "listen",
     "retention",
@@ -875,6 +888,18 @@ impl Document<'_> {
             "rescan_interval",
             DEFAULT_RESCAN_INTERVAL,
         )?;
+        let idle_release_after = self.duration(
+            &raw.idle_release_after,
+            "idle_release_after",
+            DEFAULT_IDLE_RELEASE_AFTER,
+        )?;
+        let idle_release_max_size = self
+            .size(
+                &raw.idle_release_max_size,
+                "idle_release_max_size".to_string(),
+                DEFAULT_IDLE_RELEASE_MAX_SIZE,
+            )?
+            .value;
         let checkpoint_threshold = self.size(
             &raw.checkpoint_threshold,
             "checkpoint_threshold".to_string(),
@@ -929,6 +954,8 @@ impl Document<'_> {
             storage,
             workers,
             rescan_interval,
+            idle_release_after,
+            idle_release_max_size,
             databases,
             directories,
             source: self.file.to_path_buf(),
@@ -1810,10 +1837,11 @@ fn leaf_key(path: &str) -> &str {
 /// What a key's value should look like, for type errors.
 fn expected_form(leaf: &str) -> &'static str {
     match leaf {
-        "sync_interval" | "snapshot_interval" | "rescan_interval" | "retention" => {
+        "sync_interval" | "snapshot_interval" | "rescan_interval" | "retention"
+        | "idle_release_after" => {
             "a quoted duration such as \"500ms\", \"1s\", \"10m\", \"1h30m\" or \"7d\""
         }
-        "checkpoint_threshold" | "truncate_threshold" => {
+        "checkpoint_threshold" | "truncate_threshold" | "idle_release_max_size" => {
             "a size such as \"4MiB\", \"64MB\" or a whole number of bytes"
         }
         "workers" => "a whole number from 1 to 64, e.g. `workers = 2`",

@@ -27,7 +27,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::replica::{Replica, ReplicaError, ReplicaOptions, SyncReport};
 use crate::signals::{self, Signal};
-use crate::sqlite;
+use crate::sqlite::{stat_of, FileStat};
 use crate::storage::Storage;
 
 /// One database to watch.
@@ -74,6 +74,12 @@ pub struct WatchOptions {
     pub shutdown_timeout: Duration,
     /// Where to publish per-database figures (the metrics page), if anywhere.
     pub metrics: Option<Arc<crate::metrics::Registry>>,
+    /// Let go of a database's connections after this long without commits
+    /// (DESIGN.md "Scale"); `None` keeps every database open.
+    pub idle_release_after: Option<Duration>,
+    /// Databases larger than this are never released (waking one up reads
+    /// the whole file to fingerprint it).
+    pub idle_release_max_bytes: u64,
 }
 
 enum Msg {
@@ -85,28 +91,11 @@ enum Msg {
         result: Result<SyncReport, ReplicaError>,
         stat: FileStat,
     },
-}
-
-/// What the rescan compares: size and mtime of the WAL and the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStat {
-    wal: Option<(u64, SystemTime)>,
-    db: Option<(u64, SystemTime, u64)>,
-}
-
-fn stat_of(db: &Path) -> FileStat {
-    use std::os::unix::fs::MetadataExt;
-    let wal = std::fs::metadata(sqlite::wal_path(db))
-        .ok()
-        .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
-    let dbm = std::fs::metadata(db).ok().map(|m| {
-        (
-            m.len(),
-            m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            m.ino(),
-        )
-    });
-    FileStat { wal, db: dbm }
+    Released {
+        id: u64,
+        replica: Box<Replica>,
+        result: Result<Option<FileStat>, ReplicaError>,
+    },
 }
 
 struct Slot {
@@ -122,6 +111,8 @@ struct Slot {
     stat: Option<FileStat>,
     /// Wall-clock ms since which changes have been waiting to be shipped.
     pending_since_ms: Option<u64>,
+    /// When to let go of the connections if nothing is committed until then.
+    release_at: Option<Instant>,
     /// Left the catalog: one last sync, then the slot goes.
     removing: bool,
     final_sync_done: bool,
@@ -140,6 +131,7 @@ impl Slot {
             waiting_logged: false,
             stat: None,
             pending_since_ms: None,
+            release_at: None,
             removing: false,
             final_sync_done: false,
         }
@@ -235,6 +227,8 @@ struct Dispatcher {
     stopping: Option<Instant>,
     failed_at_stop: Vec<String>,
     metrics: Option<Arc<crate::metrics::Registry>>,
+    idle_release_after: Option<Duration>,
+    idle_release_max_bytes: u64,
 }
 
 impl Dispatcher {
@@ -398,7 +392,13 @@ impl Dispatcher {
             match self.by_path.get(&db) {
                 Some(id) => {
                     if let Some(s) = self.slots.get_mut(id) {
-                        s.mark_dirty(now);
+                        // A released database wakes only for a real change,
+                        // not for the tail of walsync's own checkpoint.
+                        let unchanged = s.replica.as_ref().is_some_and(|r| r.is_released())
+                            && s.stat == Some(stat_of(&s.want.replica.path));
+                        if !unchanged {
+                            s.mark_dirty(now);
+                        }
                     }
                     // A database file that went away may leave the catalog.
                     if !db.exists() {
@@ -423,6 +423,24 @@ impl Dispatcher {
 
     fn launch_due(&mut self, now: Instant) {
         for (&id, slot) in self.slots.iter_mut() {
+            if !slot.dirty && slot.release_at.is_some_and(|t| t <= now) && self.stopping.is_none() {
+                if let Some(mut replica) = slot.replica.take() {
+                    slot.release_at = None;
+                    self.running += 1;
+                    let storage = Arc::clone(&self.storage);
+                    let tx = self.tx.clone();
+                    let max = self.idle_release_max_bytes;
+                    self.pool.spawn(move || {
+                        let result = replica.release(&*storage, max);
+                        let _ = tx.send(Msg::Released {
+                            id,
+                            replica,
+                            result,
+                        });
+                    });
+                    continue;
+                }
+            }
             if !(slot.dirty && slot.due <= now) {
                 continue;
             }
@@ -501,6 +519,15 @@ impl Dispatcher {
         s.replica = Some(replica);
         s.last_sync = Some(now);
         s.stat = Some(stat);
+        if let (Ok(r), Some(idle)) = (&result, self.idle_release_after) {
+            // Each commit (or the first sync) restarts the idle clock.
+            if r.commits > 0
+                || r.snapshot
+                || s.release_at.is_none() && s.replica.as_ref().is_some_and(|r| r.is_live())
+            {
+                s.release_at = Some(now + idle);
+            }
+        }
         let last_sync = stopping || s.removing;
         match result {
             Ok(report) => {
@@ -549,6 +576,37 @@ impl Dispatcher {
         }
     }
 
+    fn on_released(
+        &mut self,
+        id: u64,
+        replica: Box<Replica>,
+        result: Result<Option<FileStat>, ReplicaError>,
+        now: Instant,
+    ) {
+        self.running -= 1;
+        let Some(s) = self.slots.get_mut(&id) else {
+            return;
+        };
+        s.replica = Some(replica);
+        match result {
+            // The files as walsync left them, taken under the write lock: the
+            // events of its own checkpoint are no news, a change from this
+            // is (see `on_fs_event`).
+            Ok(Some(stat)) => s.stat = Some(stat),
+            Ok(None) => {}
+            Err(e) => {
+                log::warn!("{}: releasing the idle database failed: {e}", s.name());
+                s.mark_dirty(now);
+            }
+        }
+        if s.dirty
+            && s.replica.as_ref().is_some_and(|r| r.is_released())
+            && s.stat == Some(stat_of(&s.want.replica.path))
+        {
+            s.dirty = false;
+        }
+    }
+
     /// The safety net: a database whose files changed without an event.
     fn rescan(&mut self, now: Instant) {
         for s in self.slots.values_mut() {
@@ -563,7 +621,17 @@ impl Dispatcher {
         for s in self.slots.values_mut() {
             s.retry_at = None;
             s.last_sync = None;
-            s.mark_dirty(now);
+            s.release_at = None;
+            // A released database whose files did not change since has
+            // nothing to ship: waking it only to stop would cost a fingerprint.
+            let idle = s.replica.as_ref().is_some_and(|r| r.is_released())
+                && !s.dirty
+                && s.stat == Some(stat_of(&s.want.replica.path));
+            if idle {
+                s.final_sync_done = true;
+            } else {
+                s.mark_dirty(now);
+            }
         }
     }
 
@@ -613,6 +681,8 @@ pub fn run(
         stopping: None,
         failed_at_stop: Vec::new(),
         metrics: opts.metrics.clone(),
+        idle_release_after: opts.idle_release_after,
+        idle_release_max_bytes: opts.idle_release_max_bytes,
     };
     let now = Instant::now();
     d.apply(catalog.databases(), now);
@@ -668,6 +738,9 @@ pub fn run(
             if s.dirty && s.replica.is_some() {
                 wake = wake.min(s.due);
             }
+            if let Some(t) = s.release_at {
+                wake = wake.min(t);
+            }
         }
         let msg = match rx.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(m) => Some(m),
@@ -714,6 +787,11 @@ pub fn run(
                 result,
                 stat,
             }) => d.on_done(id, replica, result, stat, now),
+            Some(Msg::Released {
+                id,
+                replica,
+                result,
+            }) => d.on_released(id, replica, result, now),
             None => {}
         }
         let now = Instant::now();

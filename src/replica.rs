@@ -189,6 +189,57 @@ pub struct Replica {
     generation: u64,
     last_snapshot_ms: u64,
     commits_since_snapshot: u64,
+    /// Let go of while idle: what it takes to prove continuity on waking.
+    released: Option<Released>,
+}
+
+/// A database walsync let go of while it was idle (DESIGN.md "Scale"): no
+/// connections and no read transaction, only walsync's own descriptor (which
+/// keeps the flock and the process-wide registration) and a fingerprint of
+/// the database file taken when it held exactly what was shipped.
+struct Released {
+    db: sqlite::DbFile,
+    cursor: Cursor,
+    page_size: u32,
+    fingerprint: Fingerprint,
+}
+
+/// Length, CRC32 and a 64-bit multiplicative hash of a file's bytes: about
+/// 96 bits, so an accidental match of a changed file is out of reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    len: u64,
+    crc: u32,
+    mix: u64,
+}
+
+fn fingerprint(file: &File, path: &Path) -> Result<Fingerprint, ReplicaError> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut mix = 0x9e37_79b9_7f4a_7c15u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = match file.read_at(&mut buf, at) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        crc.update(&buf[..n]);
+        for word in buf[..n].chunks(8) {
+            let mut w = [0u8; 8];
+            w[..word.len()].copy_from_slice(word);
+            mix = (mix ^ u64::from_le_bytes(w))
+                .wrapping_mul(0x0000_0100_0000_01b3)
+                .rotate_left(29);
+        }
+        at += n as u64;
+    }
+    Ok(Fingerprint {
+        len: at,
+        crc: crc.finalize(),
+        mix,
+    })
 }
 
 const READ_CHUNK: usize = 4 << 20;
@@ -296,6 +347,7 @@ impl Replica {
             generation: 0,
             last_snapshot_ms: 0,
             commits_since_snapshot: 0,
+            released: None,
         }
     }
 
@@ -328,6 +380,7 @@ impl Replica {
     /// `sync` resumes from what the bucket holds.
     pub fn close(&mut self) {
         self.live = None;
+        self.released = None;
     }
 
     fn now_ms(&mut self) -> u64 {
@@ -346,7 +399,7 @@ impl Replica {
         let mut report = SyncReport::default();
         if let Some(live) = &self.live {
             match sqlite::file_id(&self.opts.path) {
-                Ok(id) if id == live.handle.id => {}
+                Ok(id) if id == live.handle.id() => {}
                 Ok(_) => {
                     log::warn!(
                         "{} ({}): the database file was replaced; starting a new generation",
@@ -471,6 +524,129 @@ impl Replica {
         }
     }
 
+    /// Lets go of an idle database: ships what is left and runs a sync
+    /// point; if the checkpoint was complete (the database file is then
+    /// exactly what was shipped), fingerprints the file and closes the
+    /// connections, keeping only walsync's descriptor. `Ok(false)` if it
+    /// was not the moment (not live, too large, not complete).
+    pub fn release(
+        &mut self,
+        storage: &dyn Storage,
+        max_db_bytes: u64,
+    ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
+        if self.needs_generation || self.live.is_none() {
+            return Ok(None);
+        }
+        let path = self.opts.path.clone();
+        let len = self
+            .live_mut()
+            .handle
+            .file()
+            .metadata()
+            .map_err(io_err(&path))?
+            .len();
+        if len > max_db_bytes {
+            return Ok(None);
+        }
+        if self.live_mut().handle.lock_writers().is_err() {
+            return Ok(None);
+        }
+        let mut report = SyncReport::default();
+        let r = (|| -> Result<Result<(bool, sqlite::FileStat), Gap>, ReplicaError> {
+            if let Err(gap) = self.ship(storage, &mut report)? {
+                return Ok(Err(gap));
+            }
+            let shipped_to = self.live_mut().cursor.pos;
+            let complete = self.checkpoint_under_lock(shipped_to)?;
+            // Still under the write lock: the files exactly as walsync
+            // leaves them, before any writer can touch them.
+            Ok(complete.map(|c| (c, sqlite::stat_of(&self.opts.path))))
+        })();
+        if let Some(live) = self.live.as_mut() {
+            live.handle.unlock_writers();
+        }
+        let stat = match r? {
+            Err(gap) => {
+                self.handle_gap(storage, gap, &mut report)?;
+                return Ok(None);
+            }
+            Ok((false, _)) => return Ok(None),
+            Ok((true, stat)) => stat,
+        };
+        // Read mark 0 is held: the database file cannot change meanwhile.
+        let fingerprint = fingerprint(self.live_mut().handle.file(), &path)?;
+        let live = self.live.take().expect("invariant: still live");
+        self.released = Some(Released {
+            db: live.handle.release(),
+            cursor: live.cursor,
+            page_size: live.page_size,
+            fingerprint,
+        });
+        log::debug!(
+            "{} ({}): idle, connections released",
+            path.display(),
+            self.opts.prefix
+        );
+        Ok(Some(stat))
+    }
+
+    /// Takes a released database up again. Continuity is proven, with the
+    /// read transaction already held, in one of two ways: the WAL still
+    /// continues the shipped position, or the database file still has the
+    /// fingerprint it had when it held exactly what was shipped (then every
+    /// frame of the current WAL is new). Anything else (the application
+    /// appended, checkpointed and restarted the WAL meanwhile) is a gap.
+    fn wake(&mut self, released: Released) -> Result<(), ReplicaError> {
+        let path = self.opts.path.clone();
+        let mut handle = DbHandle::connect(released.db, Duration::from_secs(5))?;
+        handle.begin_read()?;
+        let page_size = released.page_size;
+        let continues = match released.cursor.pos {
+            Some(p) => wal_continues(&path, page_size, p)?,
+            None => false,
+        };
+        let cursor = if continues {
+            Some(Cursor {
+                base_is_db_file: false,
+                ..released.cursor
+            })
+        } else if fingerprint(handle.file(), &path)? == released.fingerprint {
+            Some(Cursor {
+                base_is_db_file: true,
+                ..released.cursor
+            })
+        } else {
+            None
+        };
+        let shm_id = sqlite::file_id(&sqlite::shm_path(&path)).ok();
+        let proven = cursor.is_some();
+        self.live = Some(Live {
+            handle,
+            page_size,
+            cursor: cursor.unwrap_or(Cursor {
+                pos: None,
+                base_is_db_file: false,
+                db_pages: None,
+            }),
+            shm_id,
+        });
+        if proven {
+            log::debug!(
+                "{} ({}): woke up, continuing generation",
+                path.display(),
+                self.opts.prefix
+            );
+        } else {
+            self.begin_new_generation("the database changed while walsync had let go of it (idle) in a way it cannot follow");
+        }
+        Ok(())
+    }
+
+    /// Whether walsync let go of the database while idle.
+    pub fn is_released(&self) -> bool {
+        self.released.is_some()
+    }
+
     /// After a gap: a new generation, with fresh connections first if
     /// walsync's locks were lost.
     fn handle_gap(
@@ -503,6 +679,14 @@ impl Replica {
     /// either resumes that generation (the WAL provably continues it) or
     /// schedules a new one.
     fn start(&mut self, storage: &dyn Storage) -> Result<(), ReplicaError> {
+        if let Some(released) = self.released.take() {
+            if released.db.still_at_path() {
+                return self.wake(released);
+            }
+            // Replaced while released: the file held is not this database
+            // any more; a fresh start sees the new one.
+            self.needs_generation = true;
+        }
         let mut handle = DbHandle::open(&self.opts.path, Duration::from_secs(5))?;
         let page_size = handle.geometry()?.0;
         handle.begin_read()?;

@@ -16,7 +16,7 @@
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
@@ -90,6 +90,28 @@ pub fn file_id(path: &Path) -> std::io::Result<FileId> {
     })
 }
 
+/// What the rescan compares: size and mtime of the WAL and the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub wal: Option<(u64, SystemTime)>,
+    pub db: Option<(u64, SystemTime, u64)>,
+}
+
+pub fn stat_of(db: &Path) -> FileStat {
+    use std::os::unix::fs::MetadataExt;
+    let wal = std::fs::metadata(wal_path(db))
+        .ok()
+        .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+    let dbm = std::fs::metadata(db).ok().map(|m| {
+        (
+            m.len(),
+            m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            m.ino(),
+        )
+    });
+    FileStat { wal, db: dbm }
+}
+
 /// The `-shm` file of a database.
 pub fn shm_path(db: &Path) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
@@ -106,21 +128,30 @@ pub fn wal_path(db: &Path) -> PathBuf {
 
 pub struct DbHandle {
     path: PathBuf,
-    // Field order is drop order: the connections close before `file`.
+    // Field order is drop order: the connections close before `db`.
     reader: Connection,
     writer: Connection,
-    /// The one descriptor walsync itself holds on the database file, kept
-    /// open as long as the connections. POSIX locks belong to the process and
-    /// closing *any* descriptor of a file drops all of them, SQLite's SHARED
-    /// lock included; another process could then checkpoint past walsync's
-    /// read mark and delete the WAL on close. So every raw read of the
-    /// database goes through this descriptor, which is never closed while a
-    /// connection is open, and is never duplicated.
-    file: std::fs::File,
     in_read: bool,
     writers_locked: bool,
+    db: DbFile,
+}
+
+/// walsync's own hold on a database file: the one descriptor it keeps (with
+/// the flock that keeps other walsync processes out) and the process-wide
+/// registration. It outlives the SQLite connections, and an idle database
+/// keeps only this.
+///
+/// POSIX locks belong to the process, and closing *any* descriptor of a file
+/// drops all of them, SQLite's SHARED lock included; another process could
+/// then checkpoint past walsync's read mark and delete the WAL on close. So
+/// every raw read of the database goes through this descriptor, which is
+/// never closed while a connection is open and never duplicated, and a
+/// second one on the same file is refused before it is opened.
+pub struct DbFile {
+    path: PathBuf,
+    file: std::fs::File,
     pub id: FileId,
-    /// Declared last, so released after every descriptor above is closed.
+    /// Declared last, so released after the descriptor is closed.
     _registration: Registration,
 }
 
@@ -175,10 +206,10 @@ impl CheckpointResult {
     }
 }
 
-impl DbHandle {
-    /// Opens the database (which must exist, be SQLite and be in WAL mode)
-    /// without changing anything in it.
-    pub fn open(path: &Path, busy_timeout: Duration) -> Result<DbHandle, SqliteError> {
+impl DbFile {
+    /// Takes hold of a database file: it must exist and be SQLite, and no
+    /// other handle of this process or other walsync process may hold it.
+    pub fn open(path: &Path) -> Result<DbFile, SqliteError> {
         let io = |source| SqliteError::Io {
             path: path.to_path_buf(),
             source,
@@ -251,6 +282,35 @@ impl DbHandle {
                 });
             }
         }
+        Ok(DbFile {
+            path: path.to_path_buf(),
+            file,
+            id,
+            _registration: registration,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the path still names this file (not replaced or deleted).
+    pub fn still_at_path(&self) -> bool {
+        file_id(&self.path).is_ok_and(|id| id == self.id)
+    }
+}
+
+impl DbHandle {
+    /// Opens the database (which must exist, be SQLite and be in WAL mode)
+    /// without changing anything in it.
+    pub fn open(path: &Path, busy_timeout: Duration) -> Result<DbHandle, SqliteError> {
+        DbHandle::connect(DbFile::open(path)?, busy_timeout)
+    }
+
+    /// Opens the SQLite connections on a file walsync holds.
+    pub fn connect(db: DbFile, busy_timeout: Duration) -> Result<DbHandle, SqliteError> {
+        let path = db.path.clone();
+        let path = path.as_path();
         let open = |what| -> Result<Connection, SqliteError> {
             let sq = |source| SqliteError::Sqlite {
                 path: path.to_path_buf(),
@@ -286,16 +346,38 @@ impl DbHandle {
             });
         }
         let writer = open("open")?;
+        // The connections opened the path; it must still be the file held.
+        if !db.still_at_path() {
+            return Err(SqliteError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(
+                    "the file was replaced while being opened; will retry",
+                ),
+            });
+        }
         Ok(DbHandle {
             path: path.to_path_buf(),
             reader,
             writer,
             in_read: false,
             writers_locked: false,
-            id,
-            file,
-            _registration: registration,
+            db,
         })
+    }
+
+    /// Closes the SQLite connections (and with them the read transaction)
+    /// and keeps only walsync's hold on the file.
+    pub fn release(self) -> DbFile {
+        let DbHandle {
+            reader, writer, db, ..
+        } = self;
+        drop(reader);
+        drop(writer);
+        db
+    }
+
+    pub fn id(&self) -> FileId {
+        self.db.id
     }
 
     pub fn path(&self) -> &Path {
@@ -304,14 +386,15 @@ impl DbHandle {
 
     /// The database file, for raw page reads (see the field's comment).
     pub fn file(&self) -> &std::fs::File {
-        &self.file
+        &self.db.file
     }
 
     /// Page size and page count from the database file's header.
     pub fn geometry(&self) -> Result<(u32, u32), SqliteError> {
         use std::os::unix::fs::FileExt;
         let mut h = [0u8; 100];
-        self.file
+        self.db
+            .file
             .read_exact_at(&mut h, 0)
             .map_err(|source| SqliteError::Io {
                 path: self.path.clone(),

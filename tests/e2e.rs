@@ -182,7 +182,9 @@ fn generation_count(storage: &S3Storage, prefix: &str) -> usize {
     walsync::plan::generations(&objs).len()
 }
 
-/// Waits until walsync has read everything committed before now.
+/// Waits until walsync has read everything committed before now. Call it
+/// right after the commits: it waits for an object read after this moment,
+/// so commits walsync already shipped before it is called never satisfy it.
 fn wait_shipped(storage: &S3Storage, prefix: &str) {
     let t = walsync::time::now_ms();
     let start = Instant::now();
@@ -1363,4 +1365,71 @@ fn a_second_path_to_a_live_database_never_drops_its_locks() {
         rows(&out),
         vec![(1, "a2".to_string()), (2, "b".to_string())]
     );
+}
+
+#[test]
+fn idle_databases_are_released_and_woken_without_losing_a_commit() {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        format!("idle_release_after = \"1s\"\n{text}"),
+    )
+    .unwrap();
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_app(&db);
+    let mut child = setup
+        .command()
+        .env("RUST_LOG", "walsync=debug")
+        .args(["watch", "--config"])
+        .arg(&setup.config)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(setup.dir.join("watch.log")).unwrap())
+        .stderr(std::fs::File::create(setup.dir.join("watch.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(setup.dir.join("watch.err")).unwrap();
+    let wait_log = |needle: &str, times: usize| {
+        let start = Instant::now();
+        while log().matches(needle).count() < times {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "waiting for {times}× {needle:?}: {}",
+                log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    for id in 1..=20 {
+        insert(&c, id);
+    }
+    wait_shipped(&storage, "tenants/acme");
+    wait_log("idle, connections released", 1);
+    // Written while released, without a checkpoint: woken, same generation.
+    for id in 21..=40 {
+        insert(&c, id);
+    }
+    wait_shipped(&storage, "tenants/acme");
+    wait_log("woke up, continuing generation", 1);
+    assert_eq!(generation_count(&storage, "tenants/acme"), 1);
+    // Released again; then the application appends, checkpoints and
+    // restarts the WAL before walsync wakes: a new generation, nothing lost.
+    wait_log("idle, connections released", 2);
+    for id in 41..=60 {
+        insert(&c, id);
+    }
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    for id in 61..=70 {
+        insert(&c, id);
+    }
+    wait_shipped(&storage, "tenants/acme");
+    assert!(sigterm(&mut child).success());
+    assert_eq!(generation_count(&storage, "tenants/acme"), 2, "{}", log());
+    let out = setup.dir.join("r.db");
+    let o = setup.restore("tenants/acme", &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&out), rows(&db));
+    assert_eq!(rows(&out).len(), 70);
 }

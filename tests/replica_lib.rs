@@ -333,3 +333,60 @@ fn a_bad_object_in_the_bucket_does_not_stop_replication() {
     assert_eq!(rows(&out), rows(&db));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Releases an idle database, lets `meanwhile` act as the application, then
+/// wakes walsync up; returns whether that started a new generation, after
+/// checking that every row restores.
+fn release_then(name: &str, meanwhile: impl FnOnce(&Connection)) -> bool {
+    let dir = temp_dir(name);
+    let db = dir.join("app.db");
+    let storage = DirStorage::new(&dir.join("bucket")).unwrap();
+    let c = app(&db);
+    c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    let mut r = Replica::new(options(&db, "p", &dir));
+    r.sync(&storage, false).unwrap();
+    insert(&c, 1, 20);
+    r.sync(&storage, false).unwrap();
+    assert!(r.release(&storage, 1 << 30).unwrap().is_some(), "released");
+    assert!(r.is_released() && !r.is_live());
+    // Released, walsync still holds the file: a second handle is refused.
+    assert!(walsync::sqlite::DbHandle::open(&db, Duration::from_secs(1)).is_err());
+    meanwhile(&c);
+    let rep = r.sync(&storage, false).unwrap();
+    assert!(r.is_live());
+    insert(&c, 10_000, 5);
+    r.sync(&storage, false).unwrap();
+    let out = dir.join("r.db");
+    restore(&storage, "p", &out, Target::Latest, false).unwrap();
+    assert_eq!(
+        rows(&out),
+        rows(&db),
+        "{name}: every committed row restores"
+    );
+    r.close();
+    std::fs::remove_dir_all(dir).unwrap();
+    rep.new_generation
+}
+
+#[test]
+fn an_idle_database_is_released_and_woken_without_losing_anything() {
+    // Nothing happened: the same generation goes on.
+    assert!(!release_then("rel-idle", |_| {}));
+    // The application wrote (a restarted WAL) without checkpointing: the
+    // database file still has its fingerprint, so the new WAL is all new.
+    assert!(!release_then("rel-append", |c| insert(c, 100, 30)));
+    // The application appended, checkpointed and restarted the WAL: the
+    // file changed in a way walsync cannot follow, so a new generation.
+    assert!(release_then("rel-restart", |c| {
+        insert(c, 100, 30);
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        insert(c, 200, 30);
+    }));
+    // Appended and backfilled (PASSIVE), not restarted: also a new generation.
+    assert!(release_then("rel-passive", |c| {
+        insert(c, 100, 30);
+        c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .unwrap();
+    }));
+}

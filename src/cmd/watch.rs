@@ -118,6 +118,8 @@ pub fn run(args: WatchArgs) -> Result<(), CliError> {
         rescan_interval: cfg.rescan_interval,
         shutdown_timeout: Duration::from_secs(60),
         metrics,
+        idle_release_after: Some(cfg.idle_release_after),
+        idle_release_max_bytes: cfg.idle_release_max_size,
     };
     let mut catalog = ConfigCatalog {
         path,
