@@ -1433,3 +1433,262 @@ fn idle_databases_are_released_and_woken_without_losing_a_commit() {
     assert_eq!(rows(&out), rows(&db));
     assert_eq!(rows(&out).len(), 70);
 }
+
+#[test]
+fn bad_configs_flags_and_databases_get_clear_errors_never_a_panic() {
+    let setup = Setup::new(&[("app.db", "apps/a")]);
+    let dir = &setup.dir;
+    let c = open_app(&dir.join("app.db"));
+    insert(&c, 1);
+    let cfg = setup.config.to_str().unwrap().to_string();
+    let o = setup.run(&["snapshot", "--config", &cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let storage_toml = format!(
+        "[storage]\nbucket = \"{}\"\nendpoint = \"{}\"\n",
+        setup.server.bucket, setup.server.endpoint
+    );
+    let db = "[[databases]]\npath = \"app.db\"\nprefix = \"apps/a\"\n";
+    // (config text, what the error must mention)
+    let configs: Vec<(String, &str)> = vec![
+        ("this is not toml".into(), ".toml:1:"),
+        (format!("{storage_toml}{db}bogus = 1\n"), "bogus"),
+        (format!("workers = \"two\"\n{storage_toml}{db}"), "workers"),
+        (format!("workers = 0\n{storage_toml}{db}"), "workers"),
+        (format!("sync_interval = \"soon\"\n{storage_toml}{db}"), "sync_interval"),
+        (format!("sync_interval = \"0s\"\n{storage_toml}{db}"), "sync_interval"),
+        (format!("retention = \"-1h\"\n{storage_toml}{db}"), "retention"),
+        (format!("checkpoint_threshold = \"lots\"\n{storage_toml}{db}"), "checkpoint_threshold"),
+        (format!("{db}"), "storage"),
+        ("[storage]\nendpoint = \"http://x\"\n[[databases]]\npath = \"a.db\"\nprefix = \"a\"\n".into(), "bucket"),
+        (format!("{storage_toml}"), "databases"),
+        (format!("{storage_toml}[[databases]]\npath = \"a.db\"\n"), "prefix"),
+        (format!("{storage_toml}[[databases]]\nprefix = \"a\"\n"), "path"),
+        (format!("{storage_toml}[[databases]]\npath = \"a.db\"\nprefix = \"\"\n"), "prefix"),
+        (format!("{storage_toml}[[databases]]\npath = \"a.db\"\nprefix = \"/abs\"\n"), "prefix"),
+        (format!("{storage_toml}[[databases]]\npath = \"a.db\"\nprefix = \"a/../b\"\n"), "prefix"),
+        (format!("{storage_toml}[[databases]]\npath = \"a.db\"\nprefix = \"a//b\"\n"), "prefix"),
+        (format!("{storage_toml}[[databases]]\npath = \"a.db\"\nprefix = \"sp ace\"\n"), "prefix"),
+        (format!("{storage_toml}{db}[[databases]]\npath = \"b.db\"\nprefix = \"apps/a\"\n"), "prefix"),
+        (format!("{storage_toml}{db}[[databases]]\npath = \"app.db\"\nprefix = \"apps/b\"\n"), "path"),
+        (format!("{storage_toml}{db}[[databases]]\npath = \"b.db\"\nprefix = \"apps\"\n"), "prefix"),
+        ("[storage]\nbucket = \"b\"\ndir = \"x\"\n[[databases]]\npath = \"a.db\"\nprefix = \"a\"\n".into(), "dir"),
+        ("[storage]\nbucket = \"b\"\nendpoint = \"ftp://x\"\n[[databases]]\npath = \"a.db\"\nprefix = \"a\"\n".into(), "endpoint"),
+        (format!("{storage_toml}{db}[metrics]\nlisten = \"nowhere\"\n"), "listen"),
+        (format!("{storage_toml}[[directories]]\ndir = \"d\"\nprefix = \"t/{{bogus}}\"\n"), "prefix"),
+    ];
+    let mut tried = 0;
+    let mut failures = Vec::new();
+    for (i, (text, needle)) in configs.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        for cmd in ["list", "watch"] {
+            let o = setup.run(&[cmd, "--config", path.to_str().unwrap()]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            if o.status.code() != Some(2) || !err.contains(needle) || err.contains("panicked") {
+                failures.push(format!(
+                    "config {i} ({cmd}, {:?}) should mention {needle:?}: {err}",
+                    o.status.code()
+                ));
+            }
+            tried += 1;
+        }
+    }
+
+    // Databases that are not what walsync needs: clear errors from `snapshot`.
+    std::fs::write(dir.join("notsqlite.db"), "hello, this is text").unwrap();
+    let rb = Connection::open(dir.join("rollback.db")).unwrap();
+    rb.execute_batch("CREATE TABLE t(x)").unwrap();
+    std::fs::create_dir_all(dir.join("adir.db")).unwrap();
+    for (file, needle) in [
+        ("notsqlite.db", "not a SQLite database"),
+        ("rollback.db", "walsync needs WAL"),
+        ("adir.db", "not a SQLite database"),
+    ] {
+        let path = dir.join(format!("{file}.toml"));
+        std::fs::write(
+            &path,
+            format!("{storage_toml}[[databases]]\npath = \"{file}\"\nprefix = \"x/y\"\n"),
+        )
+        .unwrap();
+        let o = setup.run(&["snapshot", "--config", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        if o.status.code() != Some(1) || !err.contains(needle) {
+            failures.push(format!(
+                "{file} ({:?}) should mention {needle:?}: {err}",
+                o.status.code()
+            ));
+        }
+        tried += 1;
+    }
+
+    // Flags.
+    let out = dir.join("never.db");
+    let out = out.to_str().unwrap();
+    let flag_cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["frobnicate"], 2, "Unrecognized"),
+        (vec!["restore"], 2, "prefix"),
+        (vec!["restore", "--prefix", "apps/a"], 2, "output"),
+        (
+            vec!["restore", "--config", &cfg, "--prefix", "../x", "-o", out],
+            2,
+            "prefix",
+        ),
+        (
+            vec![
+                "restore", "--config", &cfg, "--prefix", "apps/a", "-o", out, "--txid", "abc",
+            ],
+            2,
+            "txid",
+        ),
+        (
+            vec![
+                "restore", "--config", &cfg, "--prefix", "apps/a", "-o", out, "--txid", "0",
+            ],
+            2,
+            "txid",
+        ),
+        (
+            vec![
+                "restore",
+                "--config",
+                &cfg,
+                "--prefix",
+                "apps/a",
+                "-o",
+                out,
+                "--timestamp",
+                "yesterday",
+            ],
+            2,
+            "timestamp",
+        ),
+        (
+            vec![
+                "restore",
+                "--config",
+                &cfg,
+                "--prefix",
+                "apps/a",
+                "-o",
+                out,
+                "--timestamp",
+                "2001-01-01T00:00:00Z",
+            ],
+            1,
+            "oldest restorable time",
+        ),
+        (
+            vec![
+                "restore", "--config", &cfg, "--prefix", "apps/a", "-o", out, "--txid", "99999",
+            ],
+            1,
+            "not in the backup",
+        ),
+        (
+            vec![
+                "restore",
+                "--config",
+                &cfg,
+                "--prefix",
+                "apps/a",
+                "-o",
+                out,
+                "--txid",
+                "1",
+                "--timestamp",
+                "2026-01-01T00:00:00Z",
+            ],
+            2,
+            "not both",
+        ),
+        (
+            vec![
+                "restore", "--config", &cfg, "--bucket", "b", "--prefix", "apps/a", "-o", out,
+            ],
+            2,
+            "not both",
+        ),
+        (
+            vec![
+                "restore",
+                "--endpoint",
+                "http://x",
+                "--prefix",
+                "apps/a",
+                "-o",
+                out,
+                "--dir",
+                ".",
+            ],
+            2,
+            "--dir",
+        ),
+        (
+            vec![
+                "restore",
+                "--config",
+                &cfg,
+                "--prefix",
+                "apps/a",
+                "-o",
+                dir.to_str().unwrap(),
+            ],
+            2,
+            "directory",
+        ),
+        (
+            vec![
+                "restore",
+                "--config",
+                &cfg,
+                "--prefix",
+                "apps/a",
+                "-o",
+                "/nonexistent/dir/x.db",
+            ],
+            2,
+            "directory",
+        ),
+        (vec!["restore-all", "--config", &cfg], 2, "output-dir"),
+        (
+            vec![
+                "restore-all",
+                "--config",
+                &cfg,
+                "--output-dir",
+                out,
+                "--jobs",
+                "0",
+            ],
+            2,
+            "jobs",
+        ),
+        (vec!["list", "--bucket", "b"], 2, "--prefix"),
+        (
+            vec!["list", "--config", "/nonexistent/walsync.toml"],
+            2,
+            "walsync.toml",
+        ),
+        (
+            vec!["prune", "--config", &cfg, "--retention", "forever"],
+            2,
+            "retention",
+        ),
+        (vec!["watch", "--config", &cfg, "extra"], 2, "Unrecognized"),
+    ];
+    for (args, code, needle) in &flag_cases {
+        let o = setup.run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        if o.status.code() != Some(*code) || !err.contains(needle) || err.contains("panicked") {
+            failures.push(format!(
+                "{args:?} ({:?}) should mention {needle:?}: {err}",
+                o.status.code()
+            ));
+        }
+        tried += 1;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(!Path::new(out).exists());
+    eprintln!("{tried} bad inputs tried");
+    assert!(tried >= 30);
+}
