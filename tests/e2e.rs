@@ -1692,3 +1692,57 @@ fn bad_configs_flags_and_databases_get_clear_errors_never_a_panic() {
     eprintln!("{tried} bad inputs tried");
     assert!(tried >= 30);
 }
+
+#[test]
+fn a_restore_that_runs_out_of_space_leaves_nothing_behind() {
+    use std::os::unix::process::CommandExt;
+    let setup = Setup::new(&[("app.db", "apps/a")]);
+    let c = open_app(&setup.dir.join("app.db"));
+    for id in 1..=400 {
+        insert(&c, id);
+    }
+    let cfg = setup.config.to_str().unwrap();
+    assert!(setup.run(&["snapshot", "--config", cfg]).status.success());
+    let outdir = setup.scratch("full");
+    let out = outdir.join("r.db");
+    // A file size limit stands in for a full disk: writes past 64 KiB fail
+    // (EFBIG) the way they would with ENOSPC.
+    let mut cmd = setup.command();
+    cmd.args([
+        "restore",
+        "--config",
+        cfg,
+        "--prefix",
+        "apps/a",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64 * 1024,
+                rlim_max: 64 * 1024,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("File too large") || err.contains("No space"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&outdir).unwrap().count(),
+        0,
+        "no partial or temp file is left"
+    );
+    // With room, the same restore works.
+    let o = setup.restore("apps/a", &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&out).len(), 400);
+}
