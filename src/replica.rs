@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -294,47 +294,114 @@ impl WalFile {
         Ok(wal::parse_header(&b).ok())
     }
 
-    /// Calls `visit(chunk, chunk_start_offset, txns)` for the whole
-    /// transactions from `from` on, up to `limit` bytes of WAL offset, reading
-    /// in bounded chunks (a chunk grows only to hold one large transaction).
-    /// Returns the position after the last transaction visited.
-    fn for_each_txns(
+    /// Reads frames one after another from `from` (a position in the WAL
+    /// of `h`) up to byte offset `limit`, checking each against the salts
+    /// and the checksum chain, and calls `f(offset, chain_before, frame,
+    /// frame_bytes)` for each valid one, until the first invalid frame, the
+    /// end of the file, or `f` returning `false`. Memory: one read buffer,
+    /// whatever the size of a transaction (DESIGN.md invariant 7).
+    fn stream_frames(
         &self,
         h: &WalHeader,
         from: WalPos,
         limit: u64,
-        mut visit: impl FnMut(&[u8], u64, &[TxnSpan]) -> Result<(), ReplicaError>,
-    ) -> Result<(WalPos, Option<u32>), ReplicaError> {
-        let mut at = from;
-        let mut db_pages = None;
-        let mut chunk = READ_CHUNK.max(h.frame_size() as usize * 4);
-        loop {
-            let end = limit.min(self.len);
-            if at.offset >= end {
-                break;
-            }
-            let want = ((end - at.offset) as usize).min(chunk);
-            let bytes = self.read_at(at.offset, want)?;
-            let (txns, hit_invalid) = wal::scan_until(h, at, &bytes);
-            let Some(last) = txns.last() else {
-                // Grow only for a transaction larger than the chunk; a stale
-                // tail left by a WAL restart ends the scan at its first frame.
-                if !hit_invalid && bytes.len() == want && (want as u64) < end - at.offset {
-                    chunk *= 2;
-                    continue;
+        mut f: impl FnMut(u64, Checksum, &wal::Frame, &[u8]) -> Result<bool, ReplicaError>,
+    ) -> Result<(), ReplicaError> {
+        let fs = h.frame_size() as usize;
+        let end = limit.min(self.len);
+        let mut buf: Vec<u8> = Vec::new();
+        let mut buf_at = from.offset;
+        let mut at = from.offset;
+        let mut chain = from.checksum;
+        while at + fs as u64 <= end {
+            if at + fs as u64 > buf_at + buf.len() as u64 {
+                let want = ((end - at) as usize).min(READ_CHUNK.max(fs));
+                buf = self.read_at(at, want)?;
+                buf_at = at;
+                if buf.len() < fs {
+                    break;
                 }
+            }
+            let i = (at - buf_at) as usize;
+            let bytes = &buf[i..i + fs];
+            let Some(frame) = h.check_frame(chain, bytes) else {
                 break;
             };
-            visit(&bytes, at.offset, &txns)?;
-            db_pages = Some(last.db_pages);
-            at = last.end;
-            if hit_invalid {
+            if !f(at, chain, &frame, bytes)? {
                 break;
             }
+            chain = frame.checksum;
+            at += fs as u64;
         }
-        Ok((at, db_pages))
+        Ok(())
+    }
+
+    /// Calls `on_txn` for each whole transaction from `from` on (up to byte
+    /// offset `limit`), in order, until it returns `false`. Returns the
+    /// position after the last whole transaction seen and the database size
+    /// there.
+    fn scan_spans(
+        &self,
+        h: &WalHeader,
+        from: WalPos,
+        limit: u64,
+        mut on_txn: impl FnMut(&TxnSpan) -> Result<bool, ReplicaError>,
+    ) -> Result<(WalPos, Option<u32>), ReplicaError> {
+        let mut end = from;
+        let mut db_pages = None;
+        let mut start = (from.offset, from.checksum);
+        let mut frames = 0u32;
+        self.stream_frames(h, from, limit, |offset, _, frame, _| {
+            frames += 1;
+            if frame.commit_size == 0 {
+                return Ok(true);
+            }
+            let span = TxnSpan {
+                start: start.0,
+                start_checksum: start.1,
+                end: WalPos {
+                    salt1: h.salt1,
+                    salt2: h.salt2,
+                    offset: offset + h.frame_size(),
+                    checksum: frame.checksum,
+                },
+                frame_count: frames,
+                db_pages: frame.commit_size,
+            };
+            end = span.end;
+            db_pages = Some(span.db_pages);
+            start = (span.end.offset, span.end.checksum);
+            frames = 0;
+            on_txn(&span)
+        })?;
+        Ok((end, db_pages))
     }
 }
+
+/// Where an encoded segment goes: memory when small, a spool file when one
+/// transaction makes it large.
+enum Sink {
+    Memory(Vec<u8>),
+    File(BufWriter<File>, PathBuf),
+}
+
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Memory(v) => v.write(b),
+            Sink::File(f, _) => f.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Memory(v) => v.flush(),
+            Sink::File(f, _) => f.flush(),
+        }
+    }
+}
+
+/// Segments whose WAL bytes exceed this are spooled to a file, not memory.
+const SEGMENT_IN_MEMORY: u64 = 16 << 20;
 
 impl Replica {
     pub fn new(opts: ReplicaOptions) -> Replica {
@@ -835,23 +902,21 @@ impl Replica {
         let mut commits_total = 0u64;
         let mut segments = 0u64;
         let mut bytes_up = 0u64;
-        let result = wal.for_each_txns(&h, from, u64::MAX, |bytes, base, txns| {
-            // Split into segments of about max_segment bytes.
-            let mut i = 0;
-            while i < txns.len() {
-                let mut j = i;
+        let result = (|| -> Result<(), ReplicaError> {
+            let mut at = from;
+            loop {
+                // A run of whole transactions of about max_segment bytes
+                // (one larger transaction goes whole into its own segment).
+                let mut group: Vec<TxnSpan> = Vec::new();
                 let mut size = 0u64;
-                while j < txns.len()
-                    && (j == i || size + (txns[j].end.offset - txns[j].start) <= max_segment)
-                {
-                    size += txns[j].end.offset - txns[j].start;
-                    j += 1;
-                }
-                let group = &txns[i..j];
-                let start_pos = cursor_now
-                    .pos
-                    .filter(|p| p.same_wal(&h))
-                    .unwrap_or(h.start());
+                wal.scan_spans(&h, at, u64::MAX, |t| {
+                    size += t.end.offset - t.start;
+                    group.push(t.clone());
+                    Ok(size < max_segment)
+                })?;
+                let Some(last) = group.last() else {
+                    return Ok(());
+                };
                 let header = SegmentHeader {
                     page_size: h.page_size,
                     commit_count: group.len() as u32,
@@ -859,11 +924,12 @@ impl Replica {
                     last_txid: next_txid + group.len() as u64 - 1,
                     first_time_ms: time_ms,
                     last_time_ms: time_ms,
-                    start: start_pos,
-                    end: group[group.len() - 1].end,
+                    start: at,
+                    end: last.end,
                 };
-                let encoded = encode_segment(&h, header, bytes, base, group)
-                    .map_err(|e| io_err(&wal.path)(e))?;
+                let spool =
+                    (size > SEGMENT_IN_MEMORY).then(|| spool_path(&self.opts.spool_dir, "segment"));
+                let encoded = encode_segment(&wal, &h, header, &group, spool.as_deref());
                 let key = keys::segment_key(
                     &prefix,
                     generation,
@@ -872,22 +938,32 @@ impl Replica {
                     header.first_time_ms,
                     header.last_time_ms,
                 );
-                storage.put(&key, Body::Bytes(&encoded.0), encoded.1)?;
-                log::debug!("{prefix}: uploaded {key} ({} bytes)", encoded.0.len());
+                let uploaded = encoded.and_then(|(sink, len, crc)| {
+                    let body = match &sink {
+                        Sink::Memory(v) => Body::Bytes(v),
+                        Sink::File(_, path) => Body::File { path, len },
+                    };
+                    storage.put(&key, body, crc)?;
+                    Ok(len)
+                });
+                if let Some(p) = &spool {
+                    let _ = std::fs::remove_file(p);
+                }
+                let len = uploaded?;
+                log::debug!("{prefix}: uploaded {key} ({len} bytes)");
                 next_txid = header.last_txid + 1;
                 cursor_now = Cursor {
                     pos: Some(header.end),
                     base_is_db_file: false,
-                    db_pages: Some(group[group.len() - 1].db_pages),
+                    db_pages: Some(last.db_pages),
                 };
                 shipped = header.last_txid;
                 commits_total += group.len() as u64;
                 segments += 1;
-                bytes_up += encoded.0.len() as u64;
-                i = j;
+                bytes_up += len;
+                at = header.end;
             }
-            Ok(())
-        });
+        })();
         // Keep what was uploaded even if a later upload failed.
         if shipped != 0 {
             self.last_txid = shipped;
@@ -1115,11 +1191,7 @@ impl Replica {
             time_ms,
             pos,
         };
-        let spool = self.opts.spool_dir.join(format!(
-            "walsync-snapshot-{}-{}.tmp",
-            std::process::id(),
-            SPOOL_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
+        let spool = spool_path(&self.opts.spool_dir, "snapshot");
         let result = (|| {
             let f = File::create(&spool).map_err(io_err(&spool))?;
             let mut enc =
@@ -1229,66 +1301,103 @@ fn build_overlay(db: &Path, page_size: u32, upto: WalPos) -> Result<Overlay, Rep
         return Err(unstable("the WAL was restarted"));
     }
     let mut frames = HashMap::new();
-    let fs = h.frame_size();
-    let (end, _) = wal.for_each_txns(&h, h.start(), upto.offset, |bytes, base, txns| {
-        let Some(first) = txns.first() else {
-            return Ok(());
-        };
-        let mut chain = first.start_checksum;
-        let last = txns[txns.len() - 1].end.offset;
-        let mut off = txns[0].start;
-        while off < last {
-            let at = (off - base) as usize;
-            let f = h
-                .check_frame(chain, &bytes[at..at + fs as usize])
-                .expect("invariant: scan validated these frames");
-            frames.insert(
-                f.page_no,
-                FrameRef {
-                    offset: off,
-                    prev: chain,
-                    sum: f.checksum,
-                },
-            );
-            chain = f.checksum;
-            off += fs;
+    let mut last_commit_end = h.start();
+    wal.stream_frames(&h, h.start(), upto.offset, |offset, prev, frame, _| {
+        frames.insert(
+            frame.page_no,
+            FrameRef {
+                offset,
+                prev,
+                sum: frame.checksum,
+            },
+        );
+        if frame.commit_size != 0 {
+            last_commit_end = WalPos {
+                salt1: h.salt1,
+                salt2: h.salt2,
+                offset: offset + h.frame_size(),
+                checksum: frame.checksum,
+            };
         }
-        Ok(())
+        Ok(true)
     })?;
+    let end = last_commit_end;
     if end != upto {
         return Err(unstable("the WAL no longer holds the snapshot position"));
     }
     Ok(Overlay { header: h, frames })
 }
 
-/// Encodes the transactions `group` (found in `bytes`, which starts at WAL
-/// offset `base`) as one segment; returns its bytes and CRC32.
+/// Encodes the transactions `group` as one segment, reading their frames
+/// from the WAL file again (and checking them again: a WAL that changed
+/// since the scan is an error, retried by the next sync), into memory or,
+/// for a large group, into the spool file `spool`. Returns the sink, the
+/// object's length and its CRC32.
 fn encode_segment(
+    wal: &WalFile,
     h: &WalHeader,
     header: SegmentHeader,
-    bytes: &[u8],
-    base: u64,
     group: &[TxnSpan],
-) -> io::Result<(Vec<u8>, u32)> {
-    let fs = h.frame_size() as usize;
-    let mut enc = SegmentEncoder::new(Vec::new(), header)?;
+    spool: Option<&Path>,
+) -> Result<(Sink, u64, u32), ReplicaError> {
+    let sink = match spool {
+        None => Sink::Memory(Vec::new()),
+        Some(p) => Sink::File(
+            BufWriter::new(File::create(p).map_err(io_err(p))?),
+            p.to_path_buf(),
+        ),
+    };
+    let out_err = |e: io::Error| io_err(spool.unwrap_or(&wal.path))(e);
+    let mut enc = SegmentEncoder::new(sink, header).map_err(out_err)?;
     for (i, t) in group.iter().enumerate() {
         enc.commit(&CommitRecord {
             txid: header.first_txid + i as u64,
             time_ms: header.first_time_ms,
             db_pages: t.db_pages,
             page_count: t.frame_count,
+        })
+        .map_err(out_err)?;
+        let from = WalPos {
+            salt1: h.salt1,
+            salt2: h.salt2,
+            offset: t.start,
+            checksum: t.start_checksum,
+        };
+        let mut seen = 0u32;
+        let mut last_sum = t.start_checksum;
+        wal.stream_frames(h, from, t.end.offset, |_, _, frame, bytes| {
+            enc.page(frame.page_no, &bytes[wal::FRAME_HEADER_SIZE..])
+                .map_err(out_err)?;
+            seen += 1;
+            last_sum = frame.checksum;
+            Ok(true)
         })?;
-        let mut at = (t.start - base) as usize;
-        for _ in 0..t.frame_count {
-            let frame = &bytes[at..at + fs];
-            let page_no = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
-            enc.page(page_no, &frame[wal::FRAME_HEADER_SIZE..])?;
-            at += fs;
+        if seen != t.frame_count || last_sum != t.end.checksum {
+            return Err(ReplicaError::Unstable {
+                path: wal.path.clone(),
+                what: "the WAL changed while a segment was read from it".into(),
+            });
         }
     }
-    let (out, _len, crc) = enc.finish()?;
-    Ok((out, crc))
+    let (sink, len, crc) = enc.finish().map_err(out_err)?;
+    let sink = match sink {
+        Sink::File(f, p) => {
+            let file = f.into_inner().map_err(|e| io_err(&p)(e.into_error()))?;
+            file.sync_all().map_err(io_err(&p))?;
+            Sink::File(BufWriter::new(file), p)
+        }
+        m => m,
+    };
+    Ok((sink, len, crc))
+}
+
+/// A fresh spool file name in `dir`.
+fn spool_path(dir: &Path, what: &str) -> PathBuf {
+    dir.join(format!(
+        "walsync-{what}-{}-{}.tmp",
+        std::process::id(),
+        SPOOL_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ))
 }
 
 /// The WAL position (and database size) recorded in the header of a
@@ -1334,7 +1443,7 @@ fn wal_continues(db: &Path, page_size: u32, pos: WalPos) -> Result<bool, Replica
     if !pos.same_wal(&h) || h.page_size != page_size || wal.len < pos.offset {
         return Ok(false);
     }
-    let (end, _) = wal.for_each_txns(&h, h.start(), pos.offset, |_, _, _| Ok(()))?;
+    let (end, _) = wal.scan_spans(&h, h.start(), pos.offset, |_| Ok(true))?;
     Ok(end == pos)
 }
 
@@ -1356,6 +1465,6 @@ fn wal_end(db: &Path, page_size: u32) -> Result<(Option<WalPos>, Option<u32>), R
             ),
         });
     }
-    let (end, db_pages) = wal.for_each_txns(&h, h.start(), u64::MAX, |_, _, _| Ok(()))?;
+    let (end, db_pages) = wal.scan_spans(&h, h.start(), u64::MAX, |_| Ok(true))?;
     Ok((Some(end), db_pages))
 }

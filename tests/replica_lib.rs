@@ -390,3 +390,42 @@ fn an_idle_database_is_released_and_woken_without_losing_anything() {
             .unwrap();
     }));
 }
+
+#[test]
+fn a_transaction_larger_than_memory_segments_is_spooled_and_restores() {
+    let dir = temp_dir("bigtxn");
+    let db = dir.join("app.db");
+    let storage = DirStorage::new(&dir.join("bucket")).unwrap();
+    let c = app(&db);
+    c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    let mut r = Replica::new(options(&db, "p", &dir));
+    r.sync(&storage, false).unwrap();
+    // One transaction of about 20 MiB of WAL (more than segments kept in memory).
+    c.execute_batch("BEGIN").unwrap();
+    for i in 0..80 {
+        c.execute(
+            "INSERT INTO t(id, v) VALUES (?1, ?2)",
+            (i, "y".repeat(250_000)),
+        )
+        .unwrap();
+    }
+    c.execute_batch("COMMIT").unwrap();
+    let rep = r.sync(&storage, false).unwrap();
+    assert_eq!((rep.commits, rep.segments), (1, 1), "{rep:?}");
+    // The spool file is gone after the upload.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("walsync-segment")
+        })
+        .collect();
+    assert!(leftovers.is_empty());
+    let out = dir.join("r.db");
+    restore(&storage, "p", &out, Target::Latest, false).unwrap();
+    assert_eq!(rows(&out), rows(&db));
+    r.close();
+    std::fs::remove_dir_all(dir).unwrap();
+}
