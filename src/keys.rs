@@ -3,6 +3,7 @@
 //! ```text
 //! <prefix>/generations/<generation>/snapshots/<txid>-<time_ms>.snap
 //! <prefix>/generations/<generation>/segments/<first_txid>-<last_txid>-<first_time_ms>-<last_time_ms>.seg
+//! <prefix>/generations/<generation>/marks/<txid>-<time_ms>.mark
 //! ```
 //! Every number is 16 lower-case hex digits, so keys sort in replay order
 //! (DESIGN.md invariant 5) and a restore to a time or a txid is planned from
@@ -27,6 +28,29 @@ pub enum ObjectKind {
         first_time_ms: u64,
         last_time_ms: u64,
     },
+    /// An idle mark (`format::mark`): not part of any restore.
+    Mark {
+        txid: u64,
+        time_ms: u64,
+    },
+}
+
+impl ObjectKind {
+    /// The newest txid the object stands for.
+    pub fn txid(&self) -> u64 {
+        match *self {
+            ObjectKind::Snapshot { txid, .. } | ObjectKind::Mark { txid, .. } => txid,
+            ObjectKind::Segment { last_txid, .. } => last_txid,
+        }
+    }
+
+    /// The newest commit time the object stands for.
+    pub fn time_ms(&self) -> u64 {
+        match *self {
+            ObjectKind::Snapshot { time_ms, .. } | ObjectKind::Mark { time_ms, .. } => time_ms,
+            ObjectKind::Segment { last_time_ms, .. } => last_time_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +88,10 @@ pub fn generations_root(prefix: &str) -> String {
 
 pub fn snapshot_key(prefix: &str, generation: u64, txid: u64, time_ms: u64) -> String {
     format!("{prefix}/generations/{generation:016x}/snapshots/{txid:016x}-{time_ms:016x}.snap")
+}
+
+pub fn mark_key(prefix: &str, generation: u64, txid: u64, time_ms: u64) -> String {
+    format!("{prefix}/generations/{generation:016x}/marks/{txid:016x}-{time_ms:016x}.mark")
 }
 
 pub fn segment_key(
@@ -137,6 +165,13 @@ pub fn parse_key(prefix: &str, key: &str) -> Result<Option<(u64, ObjectKind)>, B
                 first_time_ms,
                 last_time_ms,
             }
+        }
+        "marks" => {
+            let [txid, time_ms] = name
+                .strip_suffix(".mark")
+                .and_then(hex_fields)
+                .ok_or_else(bad)?;
+            ObjectKind::Mark { txid, time_ms }
         }
         _ => return Err(bad()),
     };

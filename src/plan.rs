@@ -142,6 +142,8 @@ pub fn generations(objects: &[BackupObject]) -> BTreeMap<u64, Generation<'_>> {
         match o.kind {
             ObjectKind::Snapshot { .. } => g.snapshots.push(o),
             ObjectKind::Segment { .. } => g.segments.push(o),
+            // Marks help walsync resume; no restore needs one.
+            ObjectKind::Mark { .. } => {}
         }
     }
     for g in gens.values_mut() {

@@ -33,6 +33,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::format::mark::{Fingerprint, Mark};
 use crate::format::segment::{CommitRecord, SegmentDecoder, SegmentEncoder, SegmentHeader};
 use crate::format::snapshot::{SnapshotDecoder, SnapshotEncoder, SnapshotHeader};
 use crate::format::FormatError;
@@ -202,15 +203,6 @@ struct Released {
     cursor: Cursor,
     page_size: u32,
     fingerprint: Fingerprint,
-}
-
-/// Length, CRC32 and a 64-bit multiplicative hash of a file's bytes: about
-/// 96 bits, so an accidental match of a changed file is out of reach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint {
-    len: u64,
-    crc: u32,
-    mix: u64,
 }
 
 fn fingerprint(file: &File, path: &Path) -> Result<Fingerprint, ReplicaError> {
@@ -642,6 +634,25 @@ impl Replica {
         };
         // Read mark 0 is held: the database file cannot change meanwhile.
         let fingerprint = fingerprint(self.live_mut().handle.file(), &path)?;
+        // Leave the proof in the bucket too, so that a restart (or a kill)
+        // while the database is idle can resume without a full snapshot.
+        let cursor = self.live_mut().cursor;
+        let mark = Mark {
+            page_size: self.live_mut().page_size,
+            db_pages: cursor.db_pages,
+            fingerprint,
+            pos: cursor.pos,
+        };
+        let (bytes, crc) = mark.encode();
+        let time_ms = self.now_ms();
+        let key = keys::mark_key(&self.opts.prefix, self.generation, self.last_txid, time_ms);
+        if let Err(e) = storage.put(&key, Body::Bytes(&bytes), crc) {
+            log::warn!(
+                "{} ({}): idle mark not written: {e}",
+                path.display(),
+                self.opts.prefix
+            );
+        }
         let live = self.live.take().expect("invariant: still live");
         self.released = Some(Released {
             db: live.handle.release(),
@@ -677,7 +688,9 @@ impl Replica {
                 base_is_db_file: false,
                 ..released.cursor
             })
-        } else if fingerprint(handle.file(), &path)? == released.fingerprint {
+        } else if wal_restarted_since(&path, released.cursor.pos)?
+            && fingerprint(handle.file(), &path)? == released.fingerprint
+        {
             Some(Cursor {
                 base_is_db_file: true,
                 ..released.cursor
@@ -767,16 +780,17 @@ impl Replica {
             log::warn!("{} ({}): {b}", self.opts.path.display(), self.opts.prefix);
         }
         let mut newest: Option<&keys::BackupObject> = None;
+        let mut newest_mark: Option<&keys::BackupObject> = None;
         for o in &objects {
-            let (txid, time) = match o.kind {
-                ObjectKind::Snapshot { txid, time_ms } => (txid, time_ms),
-                ObjectKind::Segment {
-                    last_txid,
-                    last_time_ms,
-                    ..
-                } => (last_txid, last_time_ms),
-            };
+            let (txid, time) = (o.kind.txid(), o.kind.time_ms());
             self.last_time_ms = self.last_time_ms.max(time);
+            if let ObjectKind::Mark { .. } = o.kind {
+                if newest_mark.is_none_or(|m| (m.generation, m.kind.txid()) <= (o.generation, txid))
+                {
+                    newest_mark = Some(o);
+                }
+                continue;
+            }
             if txid > self.last_txid || newest.is_none() {
                 self.last_txid = self.last_txid.max(txid);
                 newest = Some(o);
@@ -813,6 +827,39 @@ impl Replica {
                         o.generation,
                         self.last_txid
                     );
+                }
+            }
+        }
+        // The WAL was restarted, but the database file may still be exactly
+        // what was shipped when walsync last let go of it (an idle mark).
+        if let (None, Some(o), Some(m)) = (cursor, newest, newest_mark) {
+            if m.generation == o.generation && m.kind.txid() == self.last_txid {
+                match read_mark(storage, m) {
+                    Ok(mark)
+                        if mark.page_size == page_size
+                            && wal_restarted_since(&self.opts.path, mark.pos)? =>
+                    {
+                        if fingerprint(handle.file(), &self.opts.path)? == mark.fingerprint {
+                            cursor = Some(Cursor {
+                                pos: mark.pos,
+                                base_is_db_file: true,
+                                db_pages: mark.db_pages,
+                            });
+                            self.generation = o.generation;
+                            log::info!(
+                                "{} ({}): resuming generation {:016x} at txid {} (the database file is as walsync left it)",
+                                self.opts.path.display(),
+                                self.opts.prefix,
+                                o.generation,
+                                self.last_txid
+                            );
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e @ ReplicaError::Corrupt { .. }) => {
+                        log::warn!("{} ({}): {e}", self.opts.path.display(), self.opts.prefix)
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -1428,7 +1475,40 @@ fn read_object_pos(
             d.finish().map_err(corrupt)?;
             Ok(Some((end, db_pages)))
         }
+        ObjectKind::Mark { .. } => Ok(read_mark(storage, o)?.pos.map(|p| (p, None))),
     }
+}
+
+/// Reads and checks an idle mark (a few dozen bytes; more is corrupt).
+fn read_mark(storage: &dyn Storage, o: &keys::BackupObject) -> Result<Mark, ReplicaError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    storage
+        .get(&o.key)?
+        .take(4096)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ReplicaError::Corrupt {
+            key: o.key.clone(),
+            source: FormatError::Io(e),
+        })?;
+    Mark::decode(&bytes).map_err(|source| ReplicaError::Corrupt {
+        key: o.key.clone(),
+        source,
+    })
+}
+
+/// Whether the WAL is no longer the one `pos` is in (new salts, or no
+/// header): then every frame in it came after `pos`. A WAL with the same
+/// salts that does not continue `pos` proves nothing.
+fn wal_restarted_since(db: &Path, pos: Option<WalPos>) -> Result<bool, ReplicaError> {
+    let header = match WalFile::open(db)? {
+        Some(w) => w.header()?,
+        None => None,
+    };
+    Ok(match (header, pos) {
+        (Some(h), Some(p)) => !p.same_wal(&h),
+        _ => true,
+    })
 }
 
 /// Whether the current WAL provably continues `pos`: same salts, and the

@@ -35,6 +35,7 @@ pub fn plan_retention(objects: &[BackupObject], window_start_ms: u64) -> Vec<&Ba
                     && match o.kind {
                         ObjectKind::Snapshot { txid, .. } => txid < anchor_txid,
                         ObjectKind::Segment { last_txid, .. } => last_txid <= anchor_txid,
+                        ObjectKind::Mark { txid, .. } => txid < anchor_txid,
                     })
         })
         .collect()

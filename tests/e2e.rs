@@ -168,10 +168,9 @@ fn newest_time(storage: &S3Storage, prefix: &str) -> u64 {
     keys::parse_listing(prefix, &listing)
         .unwrap()
         .iter()
-        .map(|o| match o.kind {
-            ObjectKind::Snapshot { time_ms, .. } => time_ms,
-            ObjectKind::Segment { last_time_ms, .. } => last_time_ms,
-        })
+        // Idle marks are written without a commit: they say nothing of it.
+        .filter(|o| !matches!(o.kind, ObjectKind::Mark { .. }))
+        .map(|o| o.kind.time_ms())
         .max()
         .unwrap_or(0)
 }

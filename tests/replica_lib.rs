@@ -429,3 +429,53 @@ fn a_transaction_larger_than_memory_segments_is_spooled_and_restores() {
     r.close();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// An idle mark left at release lets a new process resume after the
+/// application restarted the WAL, as long as the database file is unchanged.
+fn restart_after_idle(name: &str, meanwhile: impl FnOnce(&Connection)) -> bool {
+    let dir = temp_dir(name);
+    let db = dir.join("app.db");
+    let storage = DirStorage::new(&dir.join("bucket")).unwrap();
+    let c = app(&db);
+    c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    let mut r = Replica::new(options(&db, "p", &dir));
+    r.sync(&storage, false).unwrap();
+    insert(&c, 1, 20);
+    r.sync(&storage, false).unwrap();
+    assert!(r.release(&storage, 1 << 30).unwrap().is_some());
+    let marks = walsync::storage::Storage::list(&storage, "p/")
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.key.ends_with(".mark"))
+        .count();
+    assert_eq!(marks, 1, "the release left an idle mark");
+    r.close(); // the process ends
+    meanwhile(&c);
+    let mut r = Replica::new(options(&db, "p", &dir));
+    let rep = r.sync(&storage, false).unwrap();
+    insert(&c, 10_000, 5);
+    r.sync(&storage, false).unwrap();
+    let out = dir.join("r.db");
+    restore(&storage, "p", &out, Target::Latest, false).unwrap();
+    assert_eq!(
+        rows(&out),
+        rows(&db),
+        "{name}: every committed row restores"
+    );
+    // Restore ignores marks; a point before the restart still restores.
+    let out2 = dir.join("r2.db");
+    restore(&storage, "p", &out2, Target::Txid(2), false).unwrap();
+    r.close();
+    std::fs::remove_dir_all(dir).unwrap();
+    rep.new_generation
+}
+
+#[test]
+fn a_restart_after_an_idle_release_resumes_when_the_file_is_unchanged() {
+    assert!(!restart_after_idle("mark-append", |c| insert(c, 100, 30)));
+    assert!(restart_after_idle("mark-checkpointed", |c| {
+        insert(c, 100, 30);
+        c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .unwrap();
+    }));
+}

@@ -119,10 +119,7 @@ fn summarize(storage: &dyn Storage, prefix: &str) -> Result<Summary, String> {
                 .snapshots
                 .iter()
                 .chain(gen.segments.iter())
-                .map(|o| match o.kind {
-                    ObjectKind::Snapshot { time_ms, .. } => time_ms,
-                    ObjectKind::Segment { last_time_ms, .. } => last_time_ms,
-                });
+                .map(|o| o.kind.time_ms());
             GenerationSummary {
                 id,
                 snapshots: gen.snapshots.len(),

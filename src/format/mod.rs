@@ -12,6 +12,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
+pub mod mark;
 pub mod segment;
 pub mod snapshot;
 
