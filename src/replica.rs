@@ -688,9 +688,7 @@ impl Replica {
                 base_is_db_file: false,
                 ..released.cursor
             })
-        } else if wal_restarted_since(&path, released.cursor.pos)?
-            && fingerprint(handle.file(), &path)? == released.fingerprint
-        {
+        } else if file_as_left(&handle, released.cursor.pos, released.fingerprint)? {
             Some(Cursor {
                 base_is_db_file: true,
                 ..released.cursor
@@ -698,7 +696,29 @@ impl Replica {
         } else {
             None
         };
-        let shm_id = sqlite::file_id(&sqlite::shm_path(&path)).ok();
+        if cursor.is_some() {
+            log::debug!(
+                "{} ({}): woke up, continuing generation",
+                path.display(),
+                self.opts.prefix
+            );
+        }
+        self.go_live(
+            handle,
+            page_size,
+            cursor,
+            "the database changed while walsync had let go of it (idle) in a way it cannot follow",
+        );
+        Ok(())
+    }
+
+    /// Replicates from `cursor` on with `handle` (whose read transaction is
+    /// open), or, without a cursor, from a new generation for the reason
+    /// given.
+    fn go_live(&mut self, handle: DbHandle, page_size: u32, cursor: Option<Cursor>, why_new: &str) {
+        // The read transaction is open, so the -shm file exists: the one
+        // walsync's read mark is in.
+        let shm_id = sqlite::file_id(&sqlite::shm_path(&self.opts.path)).ok();
         let proven = cursor.is_some();
         self.live = Some(Live {
             handle,
@@ -710,16 +730,9 @@ impl Replica {
             }),
             shm_id,
         });
-        if proven {
-            log::debug!(
-                "{} ({}): woke up, continuing generation",
-                path.display(),
-                self.opts.prefix
-            );
-        } else {
-            self.begin_new_generation("the database changed while walsync had let go of it (idle) in a way it cannot follow");
+        if !proven {
+            self.begin_new_generation(why_new);
         }
-        Ok(())
     }
 
     /// Whether walsync let go of the database while idle.
@@ -835,11 +848,8 @@ impl Replica {
         if let (None, Some(o), Some(m)) = (cursor, newest, newest_mark) {
             if m.generation == o.generation && m.kind.txid() == self.last_txid {
                 match read_mark(storage, m) {
-                    Ok(mark)
-                        if mark.page_size == page_size
-                            && wal_restarted_since(&self.opts.path, mark.pos)? =>
-                    {
-                        if fingerprint(handle.file(), &self.opts.path)? == mark.fingerprint {
+                    Ok(mark) if mark.page_size == page_size => {
+                        if file_as_left(&handle, mark.pos, mark.fingerprint)? {
                             cursor = Some(Cursor {
                                 pos: mark.pos,
                                 base_is_db_file: true,
@@ -863,28 +873,12 @@ impl Replica {
                 }
             }
         }
-        let resumed = cursor.is_some();
-        // The read transaction is open, so the -shm file exists: the one
-        // walsync's read mark is in.
-        let shm_id = sqlite::file_id(&sqlite::shm_path(&self.opts.path)).ok();
-        self.live = Some(Live {
-            handle,
-            page_size,
-            cursor: cursor.unwrap_or(Cursor {
-                pos: None,
-                base_is_db_file: false,
-                db_pages: None,
-            }),
-            shm_id,
-        });
-        if !resumed {
-            let why = if newest.is_some() {
-                "the WAL does not continue the backup in the bucket (the database changed while walsync was not running)"
-            } else {
-                "no backup in the bucket yet"
-            };
-            self.begin_new_generation(why);
-        }
+        let why = if newest.is_some() {
+            "the WAL does not continue the backup in the bucket (the database changed while walsync was not running)"
+        } else {
+            "no backup in the bucket yet"
+        };
+        self.go_live(handle, page_size, cursor, why);
         Ok(())
     }
 
@@ -1495,6 +1489,19 @@ fn read_mark(storage: &dyn Storage, o: &keys::BackupObject) -> Result<Mark, Repl
         key: o.key.clone(),
         source,
     })
+}
+
+/// The second proof of continuity (the first is a WAL that continues the
+/// shipped position): the WAL was restarted since `pos`, so all of it is
+/// new, and the database file still has the fingerprint it had when it held
+/// exactly what was shipped. Call with the read transaction open.
+fn file_as_left(
+    handle: &DbHandle,
+    pos: Option<WalPos>,
+    left: Fingerprint,
+) -> Result<bool, ReplicaError> {
+    Ok(wal_restarted_since(handle.path(), pos)?
+        && fingerprint(handle.file(), handle.path())? == left)
 }
 
 /// Whether the WAL is no longer the one `pos` is in (new salts, or no
