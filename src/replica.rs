@@ -607,30 +607,9 @@ impl Replica {
         if len > max_db_bytes {
             return Ok(None);
         }
-        if self.live_mut().handle.lock_writers().is_err() {
-            return Ok(None);
-        }
         let mut report = SyncReport::default();
-        let r = (|| -> Result<Result<(bool, sqlite::FileStat), Gap>, ReplicaError> {
-            if let Err(gap) = self.ship(storage, &mut report)? {
-                return Ok(Err(gap));
-            }
-            let shipped_to = self.live_mut().cursor.pos;
-            let complete = self.checkpoint_under_lock(shipped_to)?;
-            // Still under the write lock: the files exactly as walsync
-            // leaves them, before any writer can touch them.
-            Ok(complete.map(|c| (c, sqlite::stat_of(&self.opts.path))))
-        })();
-        if let Some(live) = self.live.as_mut() {
-            live.handle.unlock_writers();
-        }
-        let stat = match r? {
-            Err(gap) => {
-                self.handle_gap(storage, gap, &mut report)?;
-                return Ok(None);
-            }
-            Ok((false, _)) => return Ok(None),
-            Ok((true, stat)) => stat,
+        let Some((true, stat)) = self.sync_point(storage, &mut report)? else {
+            return Ok(None);
         };
         // Read mark 0 is held: the database file cannot change meanwhile.
         let fingerprint = fingerprint(self.live_mut().handle.file(), &path)?;
@@ -1092,6 +1071,41 @@ impl Replica {
         Ok(Ok(ck.complete()))
     }
 
+    /// A sync point: under the write lock, ship the rest of the WAL, run a
+    /// PASSIVE checkpoint, take the read transaction again, and note the
+    /// files as walsync leaves them (before any writer can touch them).
+    /// Returns whether the checkpoint was complete, or `None` when the write
+    /// lock was not to be had or a gap was found (and handled: a new
+    /// generation).
+    fn sync_point(
+        &mut self,
+        storage: &dyn Storage,
+        report: &mut SyncReport,
+    ) -> Result<Option<(bool, sqlite::FileStat)>, ReplicaError> {
+        if let Err(e) = self.live_mut().handle.lock_writers() {
+            log::debug!("{}: sync point skipped: {e}", self.opts.path.display());
+            return Ok(None);
+        }
+        let r = (|| -> Result<Result<(bool, sqlite::FileStat), Gap>, ReplicaError> {
+            if let Err(gap) = self.ship(storage, report)? {
+                return Ok(Err(gap));
+            }
+            let shipped_to = self.live_mut().cursor.pos;
+            let complete = self.checkpoint_under_lock(shipped_to)?;
+            Ok(complete.map(|c| (c, sqlite::stat_of(&self.opts.path))))
+        })();
+        if let Some(live) = self.live.as_mut() {
+            live.handle.unlock_writers();
+        }
+        match r? {
+            Ok(done) => Ok(Some(done)),
+            Err(gap) => {
+                self.handle_gap(storage, gap, report)?;
+                Ok(None)
+            }
+        }
+    }
+
     /// walsync's own checkpoint, run when the WAL has grown past the
     /// threshold. Skipped (not an error) if the write lock is not to be had.
     fn checkpoint(
@@ -1100,43 +1114,27 @@ impl Replica {
         truncate: bool,
         report: &mut SyncReport,
     ) -> Result<(), ReplicaError> {
-        if let Err(e) = self.live_mut().handle.lock_writers() {
-            log::debug!("{}: checkpoint skipped: {e}", self.opts.path.display());
+        let Some((complete, _)) = self.sync_point(storage, report)? else {
             return Ok(());
-        }
-        let r = (|| {
-            if let Err(gap) = self.ship(storage, report)? {
-                return Ok(Err(gap));
+        };
+        report.checkpointed = true;
+        log::debug!(
+            "{}: PASSIVE checkpoint {}",
+            self.opts.path.display(),
+            if complete {
+                "complete"
+            } else {
+                "partial (an application reader holds older frames)"
             }
-            let shipped_to = self.live_mut().cursor.pos;
-            self.checkpoint_under_lock(shipped_to)
-        })();
-        if let Some(live) = self.live.as_mut() {
-            live.handle.unlock_writers();
+        );
+        if complete && truncate {
+            // Safe: our read mark 0 blocks any backfill, so TRUNCATE
+            // can only drop a WAL whose frames are all shipped and in
+            // the database file.
+            let r = self.live_mut().handle.checkpoint_truncate()?;
+            log::debug!("{}: TRUNCATE checkpoint: {r:?}", self.opts.path.display());
         }
-        match r? {
-            Err(gap) => self.handle_gap(storage, gap, report),
-            Ok(complete) => {
-                report.checkpointed = true;
-                log::debug!(
-                    "{}: PASSIVE checkpoint {}",
-                    self.opts.path.display(),
-                    if complete {
-                        "complete"
-                    } else {
-                        "partial (an application reader holds older frames)"
-                    }
-                );
-                if complete && truncate {
-                    // Safe: our read mark 0 blocks any backfill, so TRUNCATE
-                    // can only drop a WAL whose frames are all shipped and in
-                    // the database file.
-                    let r = self.live_mut().handle.checkpoint_truncate()?;
-                    log::debug!("{}: TRUNCATE checkpoint: {r:?}", self.opts.path.display());
-                }
-                Ok(())
-            }
-        }
+        Ok(())
     }
 
     /// Takes a snapshot and uploads it: the first of a new generation
