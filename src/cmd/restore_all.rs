@@ -166,6 +166,10 @@ pub fn run_all(
         .num_threads(jobs)
         .build()
         .map_err(|e| CliError::runtime(format!("cannot start {jobs} threads: {e}")))?;
+    // A progress line on a terminal only: cron logs get the summary lines.
+    // SAFETY: isatty on the standard error descriptor.
+    let progress = unsafe { libc::isatty(2) } == 1;
+    let done = std::sync::atomic::AtomicUsize::new(0);
     let outcomes: Vec<Outcome> = pool.install(|| {
         prefixes
             .par_iter()
@@ -173,6 +177,17 @@ pub fn run_all(
                 let o = one(prefix);
                 if !json {
                     println!("{}", line(&o));
+                }
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if progress {
+                    eprint!(
+                        "\r[{n}/{}] {:.0}%",
+                        prefixes.len(),
+                        100.0 * n as f64 / prefixes.len() as f64
+                    );
+                    if n == prefixes.len() {
+                        eprintln!();
+                    }
                 }
                 o
             })
