@@ -479,3 +479,36 @@ fn a_restart_after_an_idle_release_resumes_when_the_file_is_unchanged() {
             .unwrap();
     }));
 }
+
+#[test]
+fn local_lag_counts_the_commits_not_yet_shipped() {
+    let dir = temp_dir("lag");
+    let db = dir.join("app.db");
+    let storage = DirStorage::new(&dir.join("bucket")).unwrap();
+    let c = app(&db);
+    c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    let mut r = Replica::new(options(&db, "p", &dir));
+    r.sync(&storage, false).unwrap();
+    insert(&c, 1, 3);
+    r.sync(&storage, false).unwrap();
+    let lag = walsync::replica::local_lag(&storage, "p", &db)
+        .unwrap()
+        .unwrap();
+    assert_eq!(lag.commits, 0);
+    insert(&c, 10, 7);
+    let lag = walsync::replica::local_lag(&storage, "p", &db)
+        .unwrap()
+        .unwrap();
+    assert_eq!(lag.commits, 7);
+    assert!(lag.wal_bytes >= 7 * 4096);
+    r.sync(&storage, false).unwrap();
+    assert_eq!(
+        walsync::replica::local_lag(&storage, "p", &db)
+            .unwrap()
+            .unwrap()
+            .commits,
+        0
+    );
+    r.close();
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -68,7 +68,15 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
     let mut failed = 0;
     let mut json_items = Vec::new();
     for (prefix, path) in prefixes {
-        match summarize(&*storage, &prefix) {
+        let summary = summarize(&*storage, &prefix).and_then(|mut s| {
+            if let Some(p) = path.as_deref().filter(|p| p.exists()) {
+                s.lag = Some(
+                    crate::replica::local_lag(&*storage, &prefix, p).map_err(|e| e.to_string())?,
+                );
+            }
+            Ok(s)
+        });
+        match summary {
             Ok(summary) if args.json => {
                 json_items.push(to_json(&prefix, path.as_deref(), &summary))
             }
@@ -105,6 +113,9 @@ struct Summary {
     objects: usize,
     bytes: u64,
     generations: Vec<GenerationSummary>,
+    /// With a local file: how far it is ahead of the backup (`Some(None)`:
+    /// cannot be told from the files).
+    lag: Option<Option<crate::replica::Lag>>,
 }
 
 fn summarize(storage: &dyn Storage, prefix: &str) -> Result<Summary, String> {
@@ -143,6 +154,7 @@ fn summarize(storage: &dyn Storage, prefix: &str) -> Result<Summary, String> {
         objects: objects.len(),
         bytes: objects.iter().map(|o| o.size).sum(),
         generations,
+        lag: None,
     })
 }
 
@@ -154,6 +166,18 @@ fn print_human(prefix: &str, path: Option<&Path>, s: &Summary) {
     if s.generations.is_empty() {
         println!("  no backup yet");
         return;
+    }
+    match s.lag {
+        Some(Some(l)) if l.commits == 0 => println!("  local file: in step with the backup"),
+        Some(Some(l)) => println!(
+            "  local file: {} commits ({}) of its WAL not yet in the backup",
+            l.commits,
+            human_bytes(l.wal_bytes)
+        ),
+        Some(None) => {
+            println!("  local file: lag unknown (its WAL was restarted after the newest backup)")
+        }
+        None => {}
     }
     println!(
         "  {} generations, {} objects, {}",
@@ -208,13 +232,15 @@ fn to_json(prefix: &str, path: Option<&Path>, s: &Summary) -> String {
         .collect();
     let newest = s.generations.last();
     format!(
-        "{{\"prefix\":{},\"path\":{},\"objects\":{},\"bytes\":{},\"newest_txid\":{},\"newest_time\":{},\"generations\":[{}]}}",
+        "{{\"prefix\":{},\"path\":{},\"objects\":{},\"bytes\":{},\"newest_txid\":{},\"newest_time\":{},\"lag_commits\":{},\"lag_wal_bytes\":{},\"generations\":[{}]}}",
         json_string(prefix),
         path.map_or("null".to_string(), |p| json_string(&p.display().to_string())),
         s.objects,
         s.bytes,
         opt_u64(newest.and_then(|g| g.newest_txid)),
         opt_time(newest.and_then(|g| g.newest_time_ms)),
+        opt_u64(s.lag.flatten().map(|l| l.commits)),
+        opt_u64(s.lag.flatten().map(|l| l.wal_bytes)),
         gens.join(",")
     )
 }
