@@ -26,6 +26,32 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_walsync")
 }
 
+/// A walsync child process, killed if the test ends without stopping it
+/// (a failing assertion must not leave daemons behind).
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 struct Setup {
     server: S3Server,
     dir: PathBuf,
@@ -64,16 +90,18 @@ impl Setup {
         c
     }
 
-    fn watch(&self, log: &str) -> Child {
+    fn watch(&self, log: &str) -> Running {
         let log = std::fs::File::create(self.dir.join(log)).unwrap();
-        self.command()
-            .args(["watch", "--config"])
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+        Running(
+            self.command()
+                .args(["watch", "--config"])
+                .arg(&self.config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -103,7 +131,7 @@ impl Setup {
     }
 }
 
-fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+fn sigterm(child: &mut Running) -> std::process::ExitStatus {
     // SAFETY: kill(2) with the pid of our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let start = Instant::now();
@@ -1078,7 +1106,7 @@ fn storage_outages_and_errors_lose_nothing() {
     assert_eq!(integrity(&out), "ok");
 }
 
-fn signal(child: &Child, sig: i32) {
+fn signal(child: &Running, sig: i32) {
     // SAFETY: kill(2) with the pid of our own child.
     unsafe { libc::kill(child.id() as i32, sig) };
 }
@@ -1406,16 +1434,18 @@ fn idle_databases_are_released_and_woken_without_losing_a_commit() {
     let db = setup.dir.join("app.db");
     let storage = setup.storage();
     let c = open_app(&db);
-    let mut child = setup
-        .command()
-        .env("RUST_LOG", "walsync=debug")
-        .args(["watch", "--config"])
-        .arg(&setup.config)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(setup.dir.join("watch.log")).unwrap())
-        .stderr(std::fs::File::create(setup.dir.join("watch.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        setup
+            .command()
+            .env("RUST_LOG", "walsync=debug")
+            .args(["watch", "--config"])
+            .arg(&setup.config)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(setup.dir.join("watch.log")).unwrap())
+            .stderr(std::fs::File::create(setup.dir.join("watch.err")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let log = || std::fs::read_to_string(setup.dir.join("watch.err")).unwrap();
     let wait_log = |needle: &str, times: usize| {
         let start = Instant::now();
