@@ -517,14 +517,21 @@ impl Dispatcher {
             s.pending_since_ms = None;
         }
         s.replica = Some(replica);
+        let first_sync = s.last_sync.is_none();
         s.last_sync = Some(now);
         s.stat = Some(stat);
         if let (Ok(r), Some(idle)) = (&result, self.idle_release_after) {
-            // Each commit (or the first sync) restarts the idle clock.
-            if r.commits > 0
+            if first_sync && r.commits == 0 {
+                // Nothing was committed while walsync was away: let go at
+                // once, so that starting with thousands of databases does not
+                // hold them all open (and run out of descriptors) at the
+                // same time.
+                s.release_at = Some(now);
+            } else if r.commits > 0
                 || r.snapshot
                 || s.release_at.is_none() && s.replica.as_ref().is_some_and(|r| r.is_live())
             {
+                // Each commit restarts the idle clock.
                 s.release_at = Some(now + idle);
             }
         }
