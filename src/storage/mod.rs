@@ -4,7 +4,9 @@
 //! This layer moves opaque bytes under keys; it knows nothing of WAL frames,
 //! generations or snapshots. It upholds DESIGN.md invariant 4 on the way up:
 //! every `put` carries the CRC32 of the whole object, which the S3 backend sends
-//! as `x-amz-checksum-crc32` so the server verifies it. Verifying objects on the
+//! as `x-amz-checksum-crc32` so the server verifies it (a multipart upload
+//! sends one per part, and checks the whole object's CRC32 itself before it
+//! completes the upload). Verifying objects on the
 //! way down is the job of the decoders (`crate::format`), which check the CRC32
 //! stored inside every object. Secrets never appear in an error or a log line.
 
