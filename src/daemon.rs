@@ -374,6 +374,12 @@ impl Dispatcher {
     /// may change the catalog (something appeared or went in a discovery
     /// directory).
     fn on_fs_event(&mut self, ev: &notify::Event, now: Instant) -> bool {
+        // Opens and closes are no news: walsync's own reads of a WAL open it,
+        // and treating that as a change resynced every database forever.
+        // Writes come as Modify (and a closed-after-write file has had them).
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return false;
+        }
         if ev.need_rescan() {
             for s in self.slots.values_mut() {
                 s.mark_dirty(now);

@@ -327,8 +327,26 @@ impl DbHandle {
             c.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
                 .map_err(sq)?;
             c.busy_timeout(busy_timeout).map_err(sq)?;
-            // A small page cache: walsync reads pages from the files itself.
-            c.execute_batch("PRAGMA cache_size = -64").map_err(sq)?;
+            // walsync reads pages from the files itself; its connections only
+            // hold a read mark, take the write lock and checkpoint, none of
+            // which needs a page cache or a lookaside allocator. Without them
+            // a connection costs tens of KiB instead of a few hundred
+            // (DESIGN.md "Scale").
+            // SAFETY: configuring a connection that has not run a statement
+            // yet, with the documented (NULL, 0, 0) arguments.
+            let rc = unsafe {
+                rusqlite::ffi::sqlite3_db_config(
+                    c.handle(),
+                    rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+                    std::ptr::null_mut::<std::ffi::c_void>(),
+                    0 as std::ffi::c_int,
+                    0 as std::ffi::c_int,
+                )
+            };
+            if rc != rusqlite::ffi::SQLITE_OK {
+                log::debug!("{}: lookaside not disabled (code {rc})", path.display());
+            }
+            c.execute_batch("PRAGMA cache_size = 2").map_err(sq)?;
             Ok(c)
         };
         let reader = open("open")?;
