@@ -229,6 +229,8 @@ struct Dispatcher {
     metrics: Option<Arc<crate::metrics::Registry>>,
     idle_release_after: Option<Duration>,
     idle_release_max_bytes: u64,
+    /// Jobs queued or running at most (see `launch_due`).
+    max_jobs: usize,
 }
 
 impl Dispatcher {
@@ -427,25 +429,44 @@ impl Dispatcher {
         })
     }
 
+    /// Starts due jobs, at most `max_jobs` at a time: a job holds its
+    /// database open, so an unbounded queue would open every database at
+    /// once (thousands at start-up, more descriptors than allowed). Releases
+    /// go first, since they close databases.
     fn launch_due(&mut self, now: Instant) {
-        for (&id, slot) in self.slots.iter_mut() {
-            if !slot.dirty && slot.release_at.is_some_and(|t| t <= now) && self.stopping.is_none() {
-                if let Some(mut replica) = slot.replica.take() {
-                    slot.release_at = None;
-                    self.running += 1;
-                    let storage = Arc::clone(&self.storage);
-                    let tx = self.tx.clone();
-                    let max = self.idle_release_max_bytes;
-                    self.pool.spawn(move || {
-                        let result = replica.release(&*storage, max);
-                        let _ = tx.send(Msg::Released {
-                            id,
-                            replica,
-                            result,
-                        });
-                    });
-                    continue;
+        if self.stopping.is_none() {
+            let due: Vec<u64> = self
+                .slots
+                .iter()
+                .filter(|(_, s)| {
+                    !s.dirty && s.replica.is_some() && s.release_at.is_some_and(|t| t <= now)
+                })
+                .map(|(&id, _)| id)
+                .collect();
+            for id in due {
+                if self.running >= self.max_jobs {
+                    return;
                 }
+                let slot = self.slots.get_mut(&id).expect("invariant: listed above");
+                let mut replica = slot.replica.take().expect("invariant: checked above");
+                slot.release_at = None;
+                self.running += 1;
+                let storage = Arc::clone(&self.storage);
+                let tx = self.tx.clone();
+                let max = self.idle_release_max_bytes;
+                self.pool.spawn(move || {
+                    let result = replica.release(&*storage, max);
+                    let _ = tx.send(Msg::Released {
+                        id,
+                        replica,
+                        result,
+                    });
+                });
+            }
+        }
+        for (&id, slot) in self.slots.iter_mut() {
+            if self.running >= self.max_jobs {
+                return;
             }
             if !(slot.dirty && slot.due <= now) {
                 continue;
@@ -696,6 +717,7 @@ pub fn run(
         metrics: opts.metrics.clone(),
         idle_release_after: opts.idle_release_after,
         idle_release_max_bytes: opts.idle_release_max_bytes,
+        max_jobs: opts.workers.max(1) * 2,
     };
     let now = Instant::now();
     d.apply(catalog.databases(), now);
@@ -747,12 +769,16 @@ pub fn run(
         if let Some(c) = catalog_due {
             wake = wake.min(c);
         }
-        for s in d.slots.values() {
-            if s.dirty && s.replica.is_some() {
-                wake = wake.min(s.due);
-            }
-            if let Some(t) = s.release_at {
-                wake = wake.min(t);
+        // With every job slot taken, the next finished job is what can
+        // start more: due work must not make this loop spin meanwhile.
+        if d.running < d.max_jobs {
+            for s in d.slots.values() {
+                if s.dirty && s.replica.is_some() {
+                    wake = wake.min(s.due);
+                }
+                if let Some(t) = s.release_at {
+                    wake = wake.min(t);
+                }
             }
         }
         let msg = match rx.recv_timeout(wake.saturating_duration_since(now)) {

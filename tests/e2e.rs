@@ -1450,7 +1450,7 @@ fn idle_databases_are_released_and_woken_without_losing_a_commit() {
     wait_log("woke up, continuing generation", 1);
     assert_eq!(generation_count(&storage, "tenants/acme"), 1);
     // Released again; then the application appends, checkpoints and
-    // restarts the WAL before walsync wakes: a new generation, nothing lost.
+    // restarts the WAL while walsync wakes up: nothing lost.
     wait_log("idle, connections released", 2);
     for id in 41..=60 {
         insert(&c, id);
@@ -1462,7 +1462,12 @@ fn idle_databases_are_released_and_woken_without_losing_a_commit() {
     }
     wait_shipped(&storage, "tenants/acme", &db);
     assert!(sigterm(&mut child).success());
-    assert_eq!(generation_count(&storage, "tenants/acme"), 2, "{}", log());
+    // Whether walsync woke up before the application's TRUNCATE (which it
+    // then kept from restarting the WAL: same generation) or after it (a new
+    // generation) is a race; either way nothing may be lost. The library
+    // tests take each branch deterministically.
+    let generations = generation_count(&storage, "tenants/acme");
+    assert!((1..=2).contains(&generations), "{}", log());
     let out = setup.dir.join("r.db");
     let o = setup.restore("tenants/acme", &out, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
