@@ -334,10 +334,8 @@ fn a_bad_object_in_the_bucket_does_not_stop_replication() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// Releases an idle database, lets `meanwhile` act as the application, then
-/// wakes walsync up; returns whether that started a new generation, after
-/// checking that every row restores.
-fn release_then(name: &str, meanwhile: impl FnOnce(&Connection)) -> bool {
+/// A database with 20 rows, replicated, then released as idle.
+fn released(name: &str) -> (PathBuf, PathBuf, DirStorage, Connection, Replica) {
     let dir = temp_dir(name);
     let db = dir.join("app.db");
     let storage = DirStorage::new(&dir.join("bucket")).unwrap();
@@ -348,6 +346,14 @@ fn release_then(name: &str, meanwhile: impl FnOnce(&Connection)) -> bool {
     insert(&c, 1, 20);
     r.sync(&storage, false).unwrap();
     assert!(r.release(&storage, 1 << 30).unwrap().is_some(), "released");
+    (dir, db, storage, c, r)
+}
+
+/// Releases an idle database, lets `meanwhile` act as the application, then
+/// wakes walsync up; returns whether that started a new generation, after
+/// checking that every row restores.
+fn release_then(name: &str, meanwhile: impl FnOnce(&Connection)) -> bool {
+    let (dir, db, storage, c, mut r) = released(name);
     assert!(r.is_released() && !r.is_live());
     // Released, walsync still holds the file: a second handle is refused.
     assert!(walsync::sqlite::DbHandle::open(&db, Duration::from_secs(1)).is_err());
@@ -433,16 +439,7 @@ fn a_transaction_larger_than_memory_segments_is_spooled_and_restores() {
 /// An idle mark left at release lets a new process resume after the
 /// application restarted the WAL, as long as the database file is unchanged.
 fn restart_after_idle(name: &str, meanwhile: impl FnOnce(&Connection)) -> bool {
-    let dir = temp_dir(name);
-    let db = dir.join("app.db");
-    let storage = DirStorage::new(&dir.join("bucket")).unwrap();
-    let c = app(&db);
-    c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
-    let mut r = Replica::new(options(&db, "p", &dir));
-    r.sync(&storage, false).unwrap();
-    insert(&c, 1, 20);
-    r.sync(&storage, false).unwrap();
-    assert!(r.release(&storage, 1 << 30).unwrap().is_some());
+    let (dir, db, storage, c, mut r) = released(name);
     let marks = walsync::storage::Storage::list(&storage, "p/")
         .unwrap()
         .into_iter()
