@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod discovery;
 pub mod format;
 pub mod keys;
+pub mod logging;
 pub mod metrics;
 pub mod plan;
 pub mod replica;

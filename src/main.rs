@@ -6,9 +6,7 @@ use argh::FromArgs;
 use walsync::cmd::Cli;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    walsync::logging::init();
     let args: Vec<String> = std::env::args().collect();
     let name = args.first().map(String::as_str).unwrap_or("walsync");
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
