@@ -108,6 +108,13 @@ impl Setup {
         self.command().args(args).output().unwrap()
     }
 
+    /// Rewrites the config file through `f`; returns the new text.
+    fn edit_config(&self, f: impl FnOnce(&str) -> String) -> String {
+        let text = f(&std::fs::read_to_string(&self.config).unwrap());
+        std::fs::write(&self.config, &text).unwrap();
+        text
+    }
+
     fn scratch(&self, name: &str) -> PathBuf {
         self.server.scratch_dir(name)
     }
@@ -889,12 +896,7 @@ fn restore_all_restores_every_database_and_names_failures() {
 fn retention_prunes_old_objects_and_keeps_the_window_restorable() {
     let setup = Setup::new(&[("app.db", "tenants/acme")]);
     // A short window and frequent snapshots, so pruning happens in seconds.
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    std::fs::write(
-        &setup.config,
-        format!("retention = \"3s\"\nsnapshot_interval = \"1s\"\n{text}"),
-    )
-    .unwrap();
+    setup.edit_config(|t| format!("retention = \"3s\"\nsnapshot_interval = \"1s\"\n{t}"));
     let path = setup.dir.join("app.db");
     let storage = setup.storage();
     let c = open_app(&path);
@@ -1027,12 +1029,7 @@ fn storage_outages_and_errors_lose_nothing() {
     let setup = Setup::new(&[("app.db", "tenants/acme")]);
     let proxy = FaultProxy::start(setup.server.endpoint.trim_start_matches("http://"));
     // walsync talks to the proxy; the test checks the bucket directly.
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    std::fs::write(
-        &setup.config,
-        text.replace(&setup.server.endpoint, &proxy.endpoint),
-    )
-    .unwrap();
+    setup.edit_config(|t| t.replace(&setup.server.endpoint, &proxy.endpoint));
     let path = setup.dir.join("app.db");
     let storage = setup.storage();
     let mut child = setup.watch("watch.log");
@@ -1122,13 +1119,14 @@ fn sighup_adds_and_removes_databases_while_another_is_written() {
         insert(&old, id);
     }
     // old.db leaves the config, new.db joins it.
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let edited = text.replace(
-        "path = \"old.db\"\nprefix = \"apps/old\"",
-        "path = \"new.db\"\nprefix = \"apps/new\"",
-    );
-    assert_ne!(text, edited);
-    std::fs::write(&setup.config, &edited).unwrap();
+    let edited = setup.edit_config(|t| {
+        let e = t.replace(
+            "path = \"old.db\"\nprefix = \"apps/old\"",
+            "path = \"new.db\"\nprefix = \"apps/new\"",
+        );
+        assert_ne!(t, e);
+        e
+    });
     signal(&child, libc::SIGHUP);
     wait_shipped(&storage, "apps/new", &setup.dir.join("new.db"));
 
@@ -1182,12 +1180,9 @@ fn sighup_adds_and_removes_databases_while_another_is_written() {
 #[test]
 fn databases_in_a_watched_directory_are_discovered_and_let_go() {
     let setup = Setup::new(&[]);
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    std::fs::write(
-        &setup.config,
-        format!("{text}[[directories]]\ndir = \"tenants\"\npattern = \"*.db\"\nprefix = \"tenants/{{name}}\"\n"),
-    )
-    .unwrap();
+    setup.edit_config(|t| {
+        format!("{t}[[directories]]\ndir = \"tenants\"\npattern = \"*.db\"\nprefix = \"tenants/{{name}}\"\n")
+    });
     let tenants = setup.dir.join("tenants");
     std::fs::create_dir_all(&tenants).unwrap();
     let storage = setup.storage();
@@ -1256,12 +1251,7 @@ fn the_metrics_page_parses_as_prometheus_text() {
     use std::io::{Read, Write};
     let setup = Setup::new(&[("app.db", "services/auth")]);
     // Port 0: the system picks a free one, and walsync logs which.
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    std::fs::write(
-        &setup.config,
-        format!("{text}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
-    )
-    .unwrap();
+    setup.edit_config(|t| format!("{t}[metrics]\nlisten = \"127.0.0.1:0\"\n"));
     let c = open_app(&setup.dir.join("app.db"));
     let storage = setup.storage();
     let mut child = setup.watch("watch.log");
@@ -1404,12 +1394,7 @@ fn a_second_path_to_a_live_database_never_drops_its_locks() {
 #[test]
 fn idle_databases_are_released_and_woken_without_losing_a_commit() {
     let setup = Setup::new(&[("app.db", "tenants/acme")]);
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    std::fs::write(
-        &setup.config,
-        format!("idle_release_after = \"1s\"\n{text}"),
-    )
-    .unwrap();
+    setup.edit_config(|t| format!("idle_release_after = \"1s\"\n{t}"));
     let db = setup.dir.join("app.db");
     let storage = setup.storage();
     let c = open_app(&db);

@@ -334,8 +334,9 @@ fn a_bad_object_in_the_bucket_does_not_stop_replication() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// A database with 20 rows, replicated, then released as idle.
-fn released(name: &str) -> (PathBuf, PathBuf, DirStorage, Connection, Replica) {
+/// A WAL-mode database without autocheckpoint, a directory target, and a
+/// replica that has taken its first snapshot.
+fn started(name: &str) -> (PathBuf, PathBuf, DirStorage, Connection, Replica) {
     let dir = temp_dir(name);
     let db = dir.join("app.db");
     let storage = DirStorage::new(&dir.join("bucket")).unwrap();
@@ -343,6 +344,12 @@ fn released(name: &str) -> (PathBuf, PathBuf, DirStorage, Connection, Replica) {
     c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
     let mut r = Replica::new(options(&db, "p", &dir));
     r.sync(&storage, false).unwrap();
+    (dir, db, storage, c, r)
+}
+
+/// A database with 20 rows, replicated, then released as idle.
+fn released(name: &str) -> (PathBuf, PathBuf, DirStorage, Connection, Replica) {
+    let (dir, db, storage, c, mut r) = started(name);
     insert(&c, 1, 20);
     r.sync(&storage, false).unwrap();
     assert!(r.release(&storage, 1 << 30).unwrap().is_some(), "released");
@@ -399,13 +406,7 @@ fn an_idle_database_is_released_and_woken_without_losing_anything() {
 
 #[test]
 fn a_transaction_larger_than_memory_segments_is_spooled_and_restores() {
-    let dir = temp_dir("bigtxn");
-    let db = dir.join("app.db");
-    let storage = DirStorage::new(&dir.join("bucket")).unwrap();
-    let c = app(&db);
-    c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
-    let mut r = Replica::new(options(&db, "p", &dir));
-    r.sync(&storage, false).unwrap();
+    let (dir, db, storage, c, mut r) = started("bigtxn");
     // One transaction of about 20 MiB of WAL (more than segments kept in memory).
     c.execute_batch("BEGIN").unwrap();
     for i in 0..80 {
@@ -479,13 +480,7 @@ fn a_restart_after_an_idle_release_resumes_when_the_file_is_unchanged() {
 
 #[test]
 fn local_lag_counts_the_commits_not_yet_shipped() {
-    let dir = temp_dir("lag");
-    let db = dir.join("app.db");
-    let storage = DirStorage::new(&dir.join("bucket")).unwrap();
-    let c = app(&db);
-    c.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
-    let mut r = Replica::new(options(&db, "p", &dir));
-    r.sync(&storage, false).unwrap();
+    let (dir, db, storage, c, mut r) = started("lag");
     insert(&c, 1, 3);
     r.sync(&storage, false).unwrap();
     let lag = walsync::replica::local_lag(&storage, "p", &db)
