@@ -20,7 +20,8 @@ use crate::format::snapshot::SnapshotDecoder;
 use crate::format::FormatError;
 use crate::keys::{self, ObjectKind};
 use crate::plan::{self, PlanError, Target};
-use crate::storage::{Storage, StorageError};
+use crate::storage::fetch::{self, Fetcher};
+use crate::storage::{ObjectMeta, Storage, StorageError};
 
 #[derive(Debug)]
 pub enum RestoreError {
@@ -179,91 +180,21 @@ pub fn restore(
         .map_err(io_err(&temp.path))?;
 
     let downloaded = plan.snapshot.size + plan.segments.iter().map(|s| s.size).sum::<u64>();
-    let corrupt = |key: &str| {
-        let key = key.to_string();
-        move |source| RestoreError::Corrupt { key, source }
-    };
-
-    // The snapshot, streamed page by page into the file.
-    let snap_key = &plan.snapshot.key;
-    let ObjectKind::Snapshot {
-        txid: snap_txid,
-        time_ms: snap_time,
-    } = plan.snapshot.kind
-    else {
-        unreachable!("the plan's snapshot is a snapshot")
-    };
-    let mut d = SnapshotDecoder::new(storage.get(snap_key)?).map_err(corrupt(snap_key))?;
-    if d.header.txid != snap_txid {
-        return Err(corrupt(snap_key)(FormatError::Invalid(format!(
-            "header says txid {}, the key says {snap_txid}",
-            d.header.txid
-        ))));
-    }
-    let page_size = d.header.page_size;
-    let mut pages = d.header.page_count;
-    let mut buf = vec![0u8; page_size as usize];
-    {
-        let mut w = BufWriter::with_capacity(1 << 20, &file);
-        while d.next_page(&mut buf).map_err(corrupt(snap_key))? {
-            w.write_all(&buf).map_err(io_err(&temp.path))?;
+    let objects = std::iter::once(&plan.snapshot)
+        .chain(&plan.segments)
+        .map(|o| ObjectMeta {
+            key: o.key.clone(),
+            size: o.size,
+        })
+        .collect();
+    let fetcher = Fetcher::new(storage, objects, fetch::DEFAULT);
+    let (pages, page_size, applied, applied_time) = std::thread::scope(|scope| {
+        for _ in 0..fetcher.workers() {
+            scope.spawn(|| fetcher.run_worker());
         }
-        w.flush().map_err(io_err(&temp.path))?;
-    }
-    d.finish().map_err(corrupt(snap_key))?;
-
-    // Segments, commit by commit, up to the target.
-    let mut applied = snap_txid;
-    let mut applied_time = snap_time;
-    for seg in &plan.segments {
-        let key = &seg.key;
-        let mut d = SegmentDecoder::new(storage.get(key)?).map_err(corrupt(key))?;
-        if d.header.page_size != page_size {
-            return Err(corrupt(key)(FormatError::Invalid(format!(
-                "page size {} differs from the snapshot's {page_size}",
-                d.header.page_size
-            ))));
-        }
-        if let ObjectKind::Segment {
-            first_txid,
-            last_txid,
-            ..
-        } = seg.kind
-        {
-            if d.header.first_txid != first_txid || d.header.last_txid != last_txid {
-                return Err(corrupt(key)(FormatError::Invalid(
-                    "header txids differ from the object's name".into(),
-                )));
-            }
-        }
-        while let Some(c) = d.next_commit().map_err(corrupt(key))? {
-            if c.txid <= applied {
-                continue;
-            }
-            if c.txid != applied + 1 {
-                return Err(corrupt(key)(FormatError::Invalid(format!(
-                    "commit {} follows {applied}: transactions are missing",
-                    c.txid
-                ))));
-            }
-            if c.txid > plan.max_txid || plan.max_time_ms.is_some_and(|t| c.time_ms > t) {
-                break;
-            }
-            for _ in 0..c.page_count {
-                let page_no = d.next_page(&mut buf).map_err(corrupt(key))?;
-                file.write_all_at(&buf, u64::from(page_no - 1) * u64::from(page_size))
-                    .map_err(io_err(&temp.path))?;
-            }
-            // Invariant 2: the file ends where the commit says it does.
-            file.set_len(u64::from(c.db_pages) * u64::from(page_size))
-                .map_err(io_err(&temp.path))?;
-            pages = c.db_pages;
-            applied = c.txid;
-            applied_time = c.time_ms;
-        }
-        // Read and check the rest even when the target stopped us inside.
-        d.finish().map_err(corrupt(key))?;
-    }
+        let _stop = fetcher.stop_guard();
+        apply(&fetcher, &plan, &file, &temp.path)
+    })?;
 
     file.sync_all().map_err(io_err(&temp.path))?;
     drop(file);
@@ -312,6 +243,108 @@ pub fn restore(
         downloaded_bytes: downloaded,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Writes the plan's snapshot, then its segments commit by commit up to the
+/// target, into `file`, reading the objects in order from `fetcher`.
+/// Returns (pages, page size, last txid applied, its time).
+fn apply(
+    fetcher: &Fetcher<'_>,
+    plan: &plan::RestorePlan,
+    file: &File,
+    path: &Path,
+) -> Result<(u32, u32, u64, u64), RestoreError> {
+    // A decoder sees a failed download as an I/O error; report the storage
+    // error itself rather than call the object corrupt.
+    let corrupt = |key: &str| {
+        let key = key.to_string();
+        move |source| match fetcher.take_failure() {
+            Some(e) => RestoreError::Storage(e),
+            None => RestoreError::Corrupt { key, source },
+        }
+    };
+
+    // The snapshot, streamed page by page into the file.
+    let snap_key = &plan.snapshot.key;
+    let ObjectKind::Snapshot {
+        txid: snap_txid,
+        time_ms: snap_time,
+    } = plan.snapshot.kind
+    else {
+        unreachable!("the plan's snapshot is a snapshot")
+    };
+    let mut d = SnapshotDecoder::new(fetcher.stream(0)).map_err(corrupt(snap_key))?;
+    if d.header.txid != snap_txid {
+        return Err(corrupt(snap_key)(FormatError::Invalid(format!(
+            "header says txid {}, the key says {snap_txid}",
+            d.header.txid
+        ))));
+    }
+    let page_size = d.header.page_size;
+    let mut pages = d.header.page_count;
+    let mut buf = vec![0u8; page_size as usize];
+    {
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        while d.next_page(&mut buf).map_err(corrupt(snap_key))? {
+            w.write_all(&buf).map_err(io_err(path))?;
+        }
+        w.flush().map_err(io_err(path))?;
+    }
+    d.finish().map_err(corrupt(snap_key))?;
+
+    // Segments, commit by commit, up to the target.
+    let mut applied = snap_txid;
+    let mut applied_time = snap_time;
+    for (i, seg) in plan.segments.iter().enumerate() {
+        let key = &seg.key;
+        let mut d = SegmentDecoder::new(fetcher.stream(i + 1)).map_err(corrupt(key))?;
+        if d.header.page_size != page_size {
+            return Err(corrupt(key)(FormatError::Invalid(format!(
+                "page size {} differs from the snapshot's {page_size}",
+                d.header.page_size
+            ))));
+        }
+        if let ObjectKind::Segment {
+            first_txid,
+            last_txid,
+            ..
+        } = seg.kind
+        {
+            if d.header.first_txid != first_txid || d.header.last_txid != last_txid {
+                return Err(corrupt(key)(FormatError::Invalid(
+                    "header txids differ from the object's name".into(),
+                )));
+            }
+        }
+        while let Some(c) = d.next_commit().map_err(corrupt(key))? {
+            if c.txid <= applied {
+                continue;
+            }
+            if c.txid != applied + 1 {
+                return Err(corrupt(key)(FormatError::Invalid(format!(
+                    "commit {} follows {applied}: transactions are missing",
+                    c.txid
+                ))));
+            }
+            if c.txid > plan.max_txid || plan.max_time_ms.is_some_and(|t| c.time_ms > t) {
+                break;
+            }
+            for _ in 0..c.page_count {
+                let page_no = d.next_page(&mut buf).map_err(corrupt(key))?;
+                file.write_all_at(&buf, u64::from(page_no - 1) * u64::from(page_size))
+                    .map_err(io_err(path))?;
+            }
+            // Invariant 2: the file ends where the commit says it does.
+            file.set_len(u64::from(c.db_pages) * u64::from(page_size))
+                .map_err(io_err(path))?;
+            pages = c.db_pages;
+            applied = c.txid;
+            applied_time = c.time_ms;
+        }
+        // Read and check the rest even when the target stopped us inside.
+        d.finish().map_err(corrupt(key))?;
+    }
+    Ok((pages, page_size, applied, applied_time))
 }
 
 /// Where `restore-all` puts the database of `prefix`: `<output_dir>/<prefix>.db`,

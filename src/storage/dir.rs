@@ -8,6 +8,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -115,6 +116,38 @@ impl Storage for DirStorage {
             }),
             Err(e) => Err(Self::io(&path)(e)),
         }
+    }
+
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+        let path = self.path_of(key)?;
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StorageError::NotFound {
+                    key: key.to_string(),
+                })
+            }
+            Err(e) => return Err(Self::io(&path)(e)),
+        };
+        let mut out = vec![0u8; len as usize];
+        let mut got = 0;
+        while got < out.len() {
+            match file.read_at(&mut out[got..], start + got as u64) {
+                Ok(0) => {
+                    return Err(StorageError::BadResponse {
+                        location: self.location(),
+                        detail: format!(
+                            "object {key:?}: {}",
+                            super::range_short(start, len, start + got as u64)
+                        ),
+                    })
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Self::io(&path)(e)),
+            }
+        }
+        Ok(out)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {

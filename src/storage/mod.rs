@@ -15,6 +15,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub mod dir;
+pub mod fetch;
 pub mod s3;
 
 /// One object as a listing reports it.
@@ -73,6 +74,30 @@ pub trait Storage: Send + Sync {
     /// Streams the object under `key`; `StorageError::NotFound` if there is none.
     fn get(&self, key: &str) -> Result<ObjectReader, StorageError>;
 
+    /// Exactly `len` bytes of the object under `key`, from byte `start` on.
+    /// Errors if the object is shorter. Unlike a `get` stream, a broken
+    /// transfer is retried as a whole, which is what lets a restore fetch one
+    /// object as many ranges at once (`fetch`). This default reads through
+    /// `get`; backends override it with a real ranged read.
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+        let mut reader = self.get(key)?;
+        let short = |detail: String| StorageError::BadResponse {
+            location: self.location(),
+            detail: format!("object {key:?}: {detail}"),
+        };
+        let skipped = std::io::copy(&mut (&mut reader).take(start), &mut std::io::sink())
+            .map_err(|e| short(e.to_string()))?;
+        let mut out = Vec::with_capacity(len as usize);
+        (&mut reader)
+            .take(len)
+            .read_to_end(&mut out)
+            .map_err(|e| short(e.to_string()))?;
+        if skipped != start || out.len() as u64 != len {
+            return Err(short(range_short(start, len, skipped + out.len() as u64)));
+        }
+        Ok(out)
+    }
+
     /// Every object whose key starts with `prefix`, in ascending key order
     /// (all pages of the listing).
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
@@ -83,6 +108,16 @@ pub trait Storage: Send + Sync {
     /// Where this storage points, for messages (e.g. `s3://bucket` or a
     /// directory path). Never contains secrets.
     fn location(&self) -> String;
+}
+
+/// Why a ranged read came back short: the object is smaller than the
+/// listing said (it changed, or the listing lied).
+pub(crate) fn range_short(start: u64, len: u64, got_to: u64) -> String {
+    format!(
+        "bytes {start}..{} were asked for but the object ends at byte {got_to}; \
+         it is shorter than its listing says",
+        start + len
+    )
 }
 
 /// What went wrong talking to storage. Every message names the object key or

@@ -1284,6 +1284,56 @@ impl S3Storage {
         Ok(Box::new(response.into_body().into_reader()))
     }
 
+    fn get_range_once(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, Failure> {
+        let url = self
+            .bucket
+            .get_object(Some(&self.credentials), key)
+            .sign(SIGN_EXPIRY);
+        let last = start + len - 1;
+        log::debug!("{}: GET {key:?} bytes {start}-{last}", self.location);
+        let response = self
+            .agent
+            .get(url.as_str())
+            .header("range", format!("bytes={start}-{last}"))
+            .call()
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        if status == 416 {
+            drain(response);
+            return Err(self.bad_response(format!(
+                "object {key:?}: {}",
+                super::range_short(start, len, start)
+            )));
+        }
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        // 206 with exactly the range; a server that ignores `Range` answers
+        // 200 with the whole object, usable only when the range is all of it.
+        let whole = header(&response, "content-length").and_then(|v| v.parse::<u64>().ok());
+        if status != 206 && (start != 0 || whole != Some(len)) {
+            drain(response);
+            return Err(self.bad_response(format!(
+                "GetObject of {key:?} with a Range header answered {status}, not 206 Partial Content"
+            )));
+        }
+        let body = response
+            .into_body()
+            .with_config()
+            .limit(len + 1)
+            .read_to_vec()
+            .map_err(|e| self.transport(e))?;
+        if body.len() as u64 != len {
+            // The body is all the server sent (a cut transfer is a transport
+            // error, retried): the object is shorter than the listing said.
+            return Err(self.bad_response(format!(
+                "object {key:?}: {}",
+                super::range_short(start, len, start + body.len() as u64)
+            )));
+        }
+        Ok(body)
+    }
+
     fn delete_once(&self, key: &str) -> Result<(), Failure> {
         let url = self
             .bucket
@@ -1382,6 +1432,14 @@ impl Storage for S3Storage {
     fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
         check_key(key)?;
         self.retry("get", key, || self.get_once(key))
+    }
+
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+        check_key(key)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        self.retry("get", key, || self.get_range_once(key, start, len))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
