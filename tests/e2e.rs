@@ -901,13 +901,16 @@ fn retention_prunes_old_objects_and_keeps_the_window_restorable() {
     let storage = setup.storage();
     let c = open_app(&path);
     let mut child = setup.watch("watch.log");
-    let mut committed: Vec<(u64, i64)> = Vec::new();
+    // (time before the INSERT, time after it): walsync may read a commit
+    // before the INSERT call returns here.
+    let mut committed: Vec<(u64, u64)> = Vec::new();
     let start = Instant::now();
     let mut id = 0;
     while start.elapsed() < Duration::from_secs(9) {
         id += 1;
+        let before = walsync::time::now_ms();
         insert(&c, id);
-        committed.push((walsync::time::now_ms(), id));
+        committed.push((before, walsync::time::now_ms()));
         thread::sleep(Duration::from_millis(20));
     }
     wait_shipped(&storage, "tenants/acme", &path);
@@ -926,9 +929,9 @@ fn retention_prunes_old_objects_and_keeps_the_window_restorable() {
         .min()
         .unwrap();
     assert!(
-        oldest > committed[0].0 + 2000,
+        oldest > committed[0].1 + 2000,
         "the first snapshots were pruned (oldest left is {} ms after the first commit)",
-        oldest - committed[0].0
+        oldest - committed[0].1
     );
 
     // Every point of the last (window minus a margin) restores: a prefix of
@@ -949,8 +952,11 @@ fn retention_prunes_old_objects_and_keeps_the_window_restorable() {
         let got: Vec<i64> = rows(&out).into_iter().map(|r| r.0).collect();
         let n = got.len() as i64;
         assert_eq!(got, (1..=n).collect::<Vec<_>>(), "a prefix of the rows");
-        let surely = committed.iter().filter(|(at, _)| *at + 300 <= t).count() as i64;
-        let at_most = committed.iter().filter(|(at, _)| *at <= t).count() as i64;
+        let surely = committed
+            .iter()
+            .filter(|(_, done)| *done + 300 <= t)
+            .count() as i64;
+        let at_most = committed.iter().filter(|(began, _)| *began <= t).count() as i64;
         assert!(
             surely <= n && n <= at_most,
             "{back} ms back: {n} rows, expected {surely}..={at_most}"
