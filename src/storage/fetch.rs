@@ -21,12 +21,12 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::{ObjectMeta, Storage, StorageError};
 
-/// How a restore downloads: ranges of 4 MiB, 4 at a time, at most 32 MiB
+/// How a restore downloads: ranges of 2 MiB, 4 at a time, at most 16 MiB
 /// ahead of the decoder.
 pub const DEFAULT: Limits = Limits {
     workers: 4,
-    chunk_bytes: 4 << 20,
-    ahead_bytes: 32 << 20,
+    chunk_bytes: 2 << 20,
+    ahead_bytes: 16 << 20,
     ahead_chunks: 64,
 };
 

@@ -1317,12 +1317,14 @@ impl S3Storage {
                 "GetObject of {key:?} with a Range header answered {status}, not 206 Partial Content"
             )));
         }
-        let body = response
+        // Sized once: no doubling of a multi-MiB buffer while it fills.
+        let mut body = Vec::with_capacity(len as usize);
+        response
             .into_body()
-            .with_config()
-            .limit(len + 1)
-            .read_to_vec()
-            .map_err(|e| self.transport(e))?;
+            .into_reader()
+            .take(len + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| self.transport(ureq::Error::Io(e)))?;
         if body.len() as u64 != len {
             // The body is all the server sent (a cut transfer is a transport
             // error, retried): the object is shorter than the listing said.
