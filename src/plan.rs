@@ -262,20 +262,9 @@ pub fn plan_restore(objects: &[BackupObject], target: Target) -> Result<RestoreP
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{listing, random_history, Lcg};
     use super::*;
-    use crate::keys::{parse_listing, segment_key, snapshot_key};
-    use crate::storage::ObjectMeta;
-
-    fn listing(keys: &[String]) -> Vec<BackupObject> {
-        let metas: Vec<ObjectMeta> = keys
-            .iter()
-            .map(|k| ObjectMeta {
-                key: k.clone(),
-                size: 1,
-            })
-            .collect();
-        parse_listing("db", &metas).unwrap()
-    }
+    use crate::keys::{segment_key, snapshot_key};
 
     /// Two generations: gen 1 (snapshot at txid 1, t=100; segments 2-4, 5-6)
     /// and gen 7 (snapshot 7 at t=200, segments 8-9, 10-12 with times 210..230).
@@ -404,34 +393,11 @@ mod tests {
     /// that are contiguous from the snapshot and cover exactly up to the txid.
     #[test]
     fn random_chains_plan_contiguously() {
-        let mut seed = 7u64;
-        let mut next = |m: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % m
-        };
+        let mut rng = Lcg(7);
         for _ in 0..300 {
-            let mut keys = Vec::new();
-            let mut txid = 1u64;
-            let mut t = 1000u64;
-            for _ in 0..1 + next(3) {
-                let gen = txid;
-                keys.push(snapshot_key("db", gen, txid, t));
-                for _ in 0..next(6) {
-                    let n = 1 + next(4);
-                    keys.push(segment_key("db", gen, txid + 1, txid + n, t + 1, t + n));
-                    txid += n;
-                    t += n;
-                    if next(4) == 0 {
-                        keys.push(snapshot_key("db", gen, txid, t));
-                    }
-                }
-                txid += 1;
-                t += 10;
-            }
-            let objs = listing(&keys);
-            let newest = txid - 1;
+            let history = random_history(&mut rng);
+            let objs = listing(&history.keys);
+            let newest = history.newest_txid;
             for n in 1..=newest {
                 let p = plan_restore(&objs, Target::Txid(n)).unwrap();
                 let ObjectKind::Snapshot { txid: s, .. } = p.snapshot.kind else {
@@ -452,6 +418,85 @@ mod tests {
                 }
                 assert!(reached >= n && s <= n);
             }
+        }
+    }
+}
+
+/// Backup histories for the property tests here and in `retention`.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::BackupObject;
+    use crate::keys::{parse_listing, segment_key, snapshot_key};
+    use crate::storage::ObjectMeta;
+
+    /// The objects of prefix `db` under these keys.
+    pub fn listing(keys: &[String]) -> Vec<BackupObject> {
+        let metas: Vec<ObjectMeta> = keys
+            .iter()
+            .map(|k| ObjectMeta {
+                key: k.clone(),
+                size: 1,
+            })
+            .collect();
+        parse_listing("db", &metas).unwrap()
+    }
+
+    /// A small deterministic generator.
+    pub struct Lcg(pub u64);
+
+    impl Lcg {
+        /// A number below `m`.
+        pub fn below(&mut self, m: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % m
+        }
+    }
+
+    pub struct History {
+        /// Snapshot and segment keys of prefix `db`.
+        pub keys: Vec<String>,
+        /// Every time a key carries.
+        pub times: Vec<u64>,
+        pub newest_txid: u64,
+        /// Past the newest time.
+        pub end_time: u64,
+    }
+
+    /// 1 to 3 generations, each a snapshot and up to 7 segments of 1 to 4
+    /// commits, with further snapshots now and then and gaps in time.
+    pub fn random_history(rng: &mut Lcg) -> History {
+        let mut keys = Vec::new();
+        let mut times = Vec::new();
+        let mut txid = 1u64;
+        let mut t = 1000u64;
+        for _ in 0..1 + rng.below(3) {
+            let gen = txid;
+            keys.push(snapshot_key("db", gen, txid, t));
+            times.push(t);
+            for _ in 0..rng.below(8) {
+                let n = 1 + rng.below(4);
+                t += 1 + rng.below(5);
+                keys.push(segment_key("db", gen, txid + 1, txid + n, t, t + n));
+                times.extend([t, t + n]);
+                txid += n;
+                t += n;
+                if rng.below(3) == 0 {
+                    t += rng.below(3);
+                    keys.push(snapshot_key("db", gen, txid, t));
+                    times.push(t);
+                }
+            }
+            txid += 1;
+            t += 1 + rng.below(20);
+        }
+        History {
+            keys,
+            times,
+            newest_txid: txid - 1,
+            end_time: t,
         }
     }
 }

@@ -98,19 +98,8 @@ pub fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{parse_listing, segment_key, snapshot_key};
-    use crate::storage::ObjectMeta;
-
-    fn listing(keys: &[String]) -> Vec<BackupObject> {
-        let metas: Vec<ObjectMeta> = keys
-            .iter()
-            .map(|k| ObjectMeta {
-                key: k.clone(),
-                size: 10,
-            })
-            .collect();
-        parse_listing("db", &metas).unwrap()
-    }
+    use crate::keys::{segment_key, snapshot_key};
+    use crate::plan::testing::{listing, random_history, Lcg};
 
     #[test]
     fn keeps_the_anchor_and_everything_after() {
@@ -149,40 +138,12 @@ mod tests {
     /// window plans exactly as it did before pruning.
     #[test]
     fn every_point_in_the_window_stays_restorable() {
-        let mut seed = 11u64;
-        let mut next = |m: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % m
-        };
+        let mut rng = Lcg(11);
         for _ in 0..400 {
-            let mut keys = Vec::new();
-            let mut times = Vec::new();
-            let mut txid = 1u64;
-            let mut t = 1000u64;
-            for _ in 0..1 + next(3) {
-                let gen = txid;
-                keys.push(snapshot_key("db", gen, txid, t));
-                times.push(t);
-                for _ in 0..next(8) {
-                    let n = 1 + next(4);
-                    t += 1 + next(5);
-                    keys.push(segment_key("db", gen, txid + 1, txid + n, t, t + n));
-                    times.extend([t, t + n]);
-                    txid += n;
-                    t += n;
-                    if next(3) == 0 {
-                        t += next(3);
-                        keys.push(snapshot_key("db", gen, txid, t));
-                        times.push(t);
-                    }
-                }
-                txid += 1;
-                t += 1 + next(20);
-            }
-            let all = listing(&keys);
-            let start = 990 + next(t - 990 + 10);
+            let history = random_history(&mut rng);
+            let (times, t) = (&history.times, history.end_time);
+            let all = listing(&history.keys);
+            let start = 990 + rng.below(t - 990 + 10);
             let doomed: Vec<String> = plan_retention(&all, start)
                 .iter()
                 .map(|o| o.key.clone())
