@@ -6,51 +6,32 @@ use argh::FromArgs;
 
 use std::path::Path;
 
-use super::{check_prefix, human_bytes, json_string, select, CliError, Target};
+use super::{check_prefix, human_bytes, json_string, select, CliError};
 use crate::keys::{self, ObjectKind};
 use crate::plan;
 use crate::storage::Storage;
 use crate::time::format_rfc3339;
+args_with_target! {
 
 /// list the backups: generations, snapshots, newest restorable txid and time
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "list")]
 pub struct ListArgs {
-    /// config file (default: ./walsync.toml, then /etc/walsync.toml)
-    #[argh(option, short = 'c')]
-    pub config: Option<PathBuf>,
+    bucket: "bucket to list, without a config file",
     /// only this prefix (required with --bucket or --dir)
     #[argh(option)]
     pub prefix: Option<String>,
-    /// bucket to list, without a config file
-    #[argh(option)]
-    pub bucket: Option<String>,
-    /// S3 endpoint URL with --bucket
-    #[argh(option)]
-    pub endpoint: Option<String>,
-    /// region with --bucket
-    #[argh(option)]
-    pub region: Option<String>,
-    /// local backup directory, without a config file
-    #[argh(option)]
-    pub dir: Option<PathBuf>,
     /// print JSON (an array with one object per database)
     #[argh(switch)]
     pub json: bool,
+}
 }
 
 pub fn run(args: ListArgs) -> Result<(), CliError> {
     if let Some(p) = &args.prefix {
         check_prefix(p)?;
     }
-    let (storage, cfg) = Target {
-        config: args.config,
-        bucket: args.bucket,
-        endpoint: args.endpoint,
-        region: args.region,
-        dir: args.dir,
-    }
-    .resolve()?;
+    let (storage, cfg) = args.target().resolve()?;
     let prefixes: Vec<(String, Option<PathBuf>)> = match &cfg {
         Some(cfg) => select(cfg, args.prefix.as_deref())?
             .into_iter()

@@ -14,14 +14,6 @@ use crate::storage::dir::DirStorage;
 use crate::storage::s3::S3Storage;
 use crate::storage::Storage;
 
-pub mod list;
-pub mod prune;
-pub mod restore;
-pub mod restore_all;
-pub mod snapshot;
-pub mod verify;
-pub mod watch;
-
 /// walsync: continuous backup of SQLite databases (WAL mode) to S3-compatible
 /// storage, and exact restore to the newest transaction or a point in time.
 #[derive(FromArgs, Debug)]
@@ -95,6 +87,65 @@ pub fn open_storage(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, CliError> {
         StorageConfig::Dir(d) => Arc::new(DirStorage::new(d).map_err(CliError::runtime)?),
     })
 }
+
+/// Declares a subcommand's arguments with the flags that say where the
+/// backups are (`--config`, or `--bucket` with `--endpoint`/`--region`, or
+/// `--dir`) after its own, and `target()`, which gives them as a `Target`.
+/// argh cannot flatten one struct into another; this keeps the four
+/// commands that read backups from declaring the same flags four times.
+/// `bucket:` is the command's help line for `--bucket`.
+macro_rules! args_with_target {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            bucket: $bucket_doc:tt,
+            $($fields:tt)*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            // Passed as tokens: a `ty` fragment would hide `bool` from argh.
+            $($fields)*
+            /// config file (default: ./walsync.toml, then /etc/walsync.toml)
+            #[argh(option, short = 'c')]
+            pub config: Option<std::path::PathBuf>,
+            #[doc = $bucket_doc]
+            #[argh(option)]
+            pub bucket: Option<String>,
+            /// S3 endpoint URL with --bucket (default: AWS, or AWS_ENDPOINT_URL_S3)
+            #[argh(option)]
+            pub endpoint: Option<String>,
+            /// region with --bucket (default: AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1)
+            #[argh(option)]
+            pub region: Option<String>,
+            /// local backup directory, without a config file
+            #[argh(option)]
+            pub dir: Option<std::path::PathBuf>,
+        }
+
+        impl $name {
+            /// Where the backups are, as the flags say.
+            pub fn target(&self) -> $crate::cmd::Target {
+                $crate::cmd::Target {
+                    config: self.config.clone(),
+                    bucket: self.bucket.clone(),
+                    endpoint: self.endpoint.clone(),
+                    region: self.region.clone(),
+                    dir: self.dir.clone(),
+                }
+            }
+        }
+    };
+}
+
+// After the macro: the modules use it.
+pub mod list;
+pub mod prune;
+pub mod restore;
+pub mod restore_all;
+pub mod snapshot;
+pub mod verify;
+pub mod watch;
 
 /// Where to find the backups: a config file, or (for disaster recovery on a
 /// machine that has none) the bucket or directory given on the command line.

@@ -4,36 +4,23 @@ use std::path::PathBuf;
 
 use argh::FromArgs;
 
-use super::{check_prefix, human_bytes, CliError, Target};
+use super::{check_prefix, human_bytes, CliError};
 use crate::plan;
 use crate::restore::{restore, RestoreError};
 use crate::time::{format_rfc3339, parse_rfc3339};
+args_with_target! {
 
 /// restore one database (to the newest transaction, or to --timestamp / --txid)
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "restore")]
 pub struct RestoreArgs {
+    bucket: "bucket to restore from, without a config file (credentials from AWS_* variables)",
     /// prefix of the database in the bucket, e.g. services/auth
     #[argh(option)]
     pub prefix: String,
     /// file to write; must not exist unless --force
     #[argh(option, short = 'o')]
     pub output: PathBuf,
-    /// config file (default: ./walsync.toml, then /etc/walsync.toml)
-    #[argh(option, short = 'c')]
-    pub config: Option<PathBuf>,
-    /// bucket to restore from, without a config file (credentials from AWS_* variables)
-    #[argh(option)]
-    pub bucket: Option<String>,
-    /// S3 endpoint URL with --bucket (default: AWS, or AWS_ENDPOINT_URL_S3)
-    #[argh(option)]
-    pub endpoint: Option<String>,
-    /// region with --bucket (default: AWS_REGION, else us-east-1)
-    #[argh(option)]
-    pub region: Option<String>,
-    /// local backup directory to restore from, without a config file
-    #[argh(option)]
-    pub dir: Option<PathBuf>,
     /// restore every commit read at or before this time (RFC 3339, e.g. 2026-11-25T20:43:16Z)
     #[argh(option)]
     pub timestamp: Option<String>,
@@ -43,6 +30,7 @@ pub struct RestoreArgs {
     /// replace the output file if it exists
     #[argh(switch)]
     pub force: bool,
+}
 }
 
 pub fn target_of(timestamp: Option<&str>, txid: Option<u64>) -> Result<plan::Target, CliError> {
@@ -64,14 +52,7 @@ pub fn target_of(timestamp: Option<&str>, txid: Option<u64>) -> Result<plan::Tar
 pub fn run(args: RestoreArgs) -> Result<(), CliError> {
     check_prefix(&args.prefix)?;
     let target = target_of(args.timestamp.as_deref(), args.txid)?;
-    let (storage, _cfg) = Target {
-        config: args.config,
-        bucket: args.bucket,
-        endpoint: args.endpoint,
-        region: args.region,
-        dir: args.dir,
-    }
-    .resolve()?;
+    let (storage, _cfg) = args.target().resolve()?;
     match restore(&*storage, &args.prefix, &args.output, target, args.force) {
         Ok(r) => {
             println!(

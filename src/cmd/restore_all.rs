@@ -8,34 +8,21 @@ use argh::FromArgs;
 use rayon::prelude::*;
 
 use super::restore::target_of;
-use super::{check_prefix, human_bytes, json_string, CliError, Target};
+use super::{check_prefix, human_bytes, json_string, CliError};
 use crate::keys;
 use crate::restore::{output_path_for, restore, RestoreReport};
 use crate::storage::Storage;
 use crate::time::format_rfc3339;
+args_with_target! {
 
 /// restore every database to <output-dir>/<prefix>.db (exit 1 if any fails)
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "restore-all")]
 pub struct RestoreAllArgs {
+    bucket: "bucket to restore from, without a config file: every database found under --prefix",
     /// directory to restore into; each database goes to <output-dir>/<prefix>.db
     #[argh(option)]
     pub output_dir: PathBuf,
-    /// config file (default: ./walsync.toml, then /etc/walsync.toml)
-    #[argh(option, short = 'c')]
-    pub config: Option<PathBuf>,
-    /// bucket to restore from, without a config file: every database found under --prefix
-    #[argh(option)]
-    pub bucket: Option<String>,
-    /// S3 endpoint URL with --bucket
-    #[argh(option)]
-    pub endpoint: Option<String>,
-    /// region with --bucket
-    #[argh(option)]
-    pub region: Option<String>,
-    /// local backup directory, without a config file
-    #[argh(option)]
-    pub dir: Option<PathBuf>,
     /// with a config: only databases under this prefix; without: where to look for databases (default: everywhere)
     #[argh(option)]
     pub prefix: Option<String>,
@@ -54,6 +41,7 @@ pub struct RestoreAllArgs {
     /// print the summary as JSON
     #[argh(switch)]
     pub json: bool,
+}
 }
 
 pub struct Outcome {
@@ -78,14 +66,7 @@ pub fn run(args: RestoreAllArgs) -> Result<(), CliError> {
     if args.jobs == Some(0) {
         return Err(CliError::usage("--jobs must be at least 1"));
     }
-    let (storage, cfg) = Target {
-        config: args.config,
-        bucket: args.bucket,
-        endpoint: args.endpoint,
-        region: args.region,
-        dir: args.dir,
-    }
-    .resolve()?;
+    let (storage, cfg) = args.target().resolve()?;
     std::fs::create_dir_all(&args.output_dir)
         .map_err(|e| CliError::runtime(format!("{}: {e}", args.output_dir.display())))?;
 

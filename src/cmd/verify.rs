@@ -7,28 +7,15 @@ use argh::FromArgs;
 
 use super::restore::target_of;
 use super::restore_all::{run_all, select_prefixes, Outcome};
-use super::{check_prefix, CliError, Target};
+use super::{check_prefix, CliError};
 use crate::restore::restore;
+args_with_target! {
 
 /// download and replay each backup into a temporary file, check every CRC32 and integrity_check, delete it
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "verify")]
 pub struct VerifyArgs {
-    /// config file (default: ./walsync.toml, then /etc/walsync.toml)
-    #[argh(option, short = 'c')]
-    pub config: Option<PathBuf>,
-    /// bucket to verify, without a config file: every database found under --prefix
-    #[argh(option)]
-    pub bucket: Option<String>,
-    /// S3 endpoint URL with --bucket
-    #[argh(option)]
-    pub endpoint: Option<String>,
-    /// region with --bucket
-    #[argh(option)]
-    pub region: Option<String>,
-    /// local backup directory, without a config file
-    #[argh(option)]
-    pub dir: Option<PathBuf>,
+    bucket: "bucket to verify, without a config file: every database found under --prefix",
     /// only databases under this prefix
     #[argh(option)]
     pub prefix: Option<String>,
@@ -45,6 +32,7 @@ pub struct VerifyArgs {
     #[argh(switch)]
     pub json: bool,
 }
+}
 
 pub fn run(args: VerifyArgs) -> Result<(), CliError> {
     let target = target_of(args.timestamp.as_deref(), None)?;
@@ -54,14 +42,7 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
     if args.jobs == Some(0) {
         return Err(CliError::usage("--jobs must be at least 1"));
     }
-    let (storage, cfg) = Target {
-        config: args.config,
-        bucket: args.bucket,
-        endpoint: args.endpoint,
-        region: args.region,
-        dir: args.dir,
-    }
-    .resolve()?;
+    let (storage, cfg) = args.target().resolve()?;
     let started = Instant::now();
     let prefixes = select_prefixes(&*storage, cfg.as_ref(), args.prefix.as_deref())?;
     let jobs = args.jobs.or(cfg.as_ref().map(|c| c.workers)).unwrap_or(2);
