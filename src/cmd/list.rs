@@ -1,10 +1,8 @@
 //! `walsync list`: what the bucket holds for each database.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
-
-use std::path::Path;
 
 use super::{check_prefix, human_bytes, json_string, select, CliError};
 use crate::keys::{self, ObjectKind};
