@@ -25,6 +25,18 @@ pub enum Fault {
     TruncateResponse = 4,
     /// Answer 500 InternalError to every request.
     InternalError = 5,
+    /// Forward the request, then cut the response a few bytes into its body
+    /// (the head, with its Content-Length, goes through whole).
+    TruncateBody = 6,
+}
+
+/// How a response is cut.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// After this many bytes of the response.
+    After(usize),
+    /// After this many bytes past the end of the head (`\r\n\r\n`).
+    IntoBody(usize),
 }
 
 pub struct FaultProxy {
@@ -124,21 +136,30 @@ fn handle(client: TcpStream, upstream: &str, mode: u8, open: &Arc<Mutex<Vec<TcpS
                 list.push(s);
             }
             let slow = mode == Fault::Slow as u8;
-            let truncate = mode == Fault::TruncateResponse as u8;
+            let cut = match mode {
+                m if m == Fault::TruncateResponse as u8 => Some(Cut::After(40)),
+                m if m == Fault::TruncateBody as u8 => Some(Cut::IntoBody(100)),
+                _ => None,
+            };
             let (c2, s2) = match (client.try_clone(), server.try_clone()) {
                 (Ok(c), Ok(s)) => (c, s),
                 _ => return,
             };
             thread::spawn(move || pump(client, server, slow, None));
-            thread::spawn(move || pump(s2, c2, slow, truncate.then_some(40)));
+            thread::spawn(move || pump(s2, c2, slow, cut));
         }
     }
 }
 
-/// Copies `from` to `to` until either side closes; with `limit`, closes both
-/// after that many bytes.
-fn pump(mut from: TcpStream, mut to: TcpStream, slow: bool, limit: Option<usize>) {
+/// Copies `from` to `to` until either side closes; with `cut`, closes both
+/// at that point.
+fn pump(mut from: TcpStream, mut to: TcpStream, slow: bool, cut: Option<Cut>) {
     let mut buf = [0u8; 16384];
+    let mut seen: Vec<u8> = Vec::new();
+    let mut limit = match cut {
+        Some(Cut::After(n)) => Some(n),
+        _ => None,
+    };
     let mut sent = 0usize;
     loop {
         let n = match from.read(&mut buf) {
@@ -147,6 +168,12 @@ fn pump(mut from: TcpStream, mut to: TcpStream, slow: bool, limit: Option<usize>
         };
         if slow {
             thread::sleep(Duration::from_millis(300));
+        }
+        if let (Some(Cut::IntoBody(extra)), None) = (cut, limit) {
+            seen.extend_from_slice(&buf[..n]);
+            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                limit = Some(end + 4 + extra);
+            }
         }
         let n = match limit {
             Some(l) => n.min(l.saturating_sub(sent)),
