@@ -4,6 +4,11 @@
 # musl-tools (the C compiler for the bundled SQLite and ring) when missing.
 #
 #   bash contrib/build-musl.sh        # -> target/x86_64-unknown-linux-musl/release/walsync
+#
+# The size settings for this target (RELR relocations, no unwind tables for
+# the C code, the bundled SQLite's options) are in .cargo/config.toml, so a
+# plain `cargo build --release --target x86_64-unknown-linux-musl` (as in
+# contrib/Dockerfile) gets them too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-musl

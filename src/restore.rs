@@ -178,6 +178,15 @@ pub fn restore(
         .create_new(true)
         .open(&temp.path)
         .map_err(io_err(&temp.path))?;
+    // A WAL or journal left beside the temp name by a killed earlier run
+    // must not be replayed onto the restored file when it is verified.
+    for side in sidecars(&temp.path) {
+        match fs::remove_file(&side) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&side)(e)),
+        }
+    }
 
     let downloaded = plan.snapshot.size + plan.segments.iter().map(|s| s.size).sum::<u64>();
     let objects = std::iter::once(&plan.snapshot)
@@ -425,14 +434,20 @@ fn sidecars(db: &Path) -> Vec<PathBuf> {
 }
 
 /// Opens the restored file with SQLite and checks it.
+///
+/// Read-write with `query_only`, not read-only: SQLite drops a table's CHECK
+/// constraints when it loads the schema of a read-only database, and
+/// `integrity_check` then silently skips them.
 fn verify(path: &Path, prefix: &str, pages: u32, page_size: u32) -> Result<(), RestoreError> {
     let fail = |detail: String| RestoreError::Verify {
         prefix: prefix.to_string(),
         detail,
     };
     let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
             .map_err(|e| fail(format!("cannot open: {e}")))?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(|e| fail(e.to_string()))?;
     let count: i64 = conn
         .query_row("PRAGMA page_count", [], |r| r.get(0))
         .map_err(|e| fail(e.to_string()))?;
