@@ -443,6 +443,7 @@ fn verify(path: &Path, prefix: &str, pages: u32, page_size: u32) -> Result<(), R
         prefix: prefix.to_string(),
         detail,
     };
+    crate::sqlite::configure_process();
     let conn =
         rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
             .map_err(|e| fail(format!("cannot open: {e}")))?;

@@ -7,7 +7,10 @@
 //!   while `writer` holds the write lock;
 //! - `writer` takes the write lock (`BEGIN IMMEDIATE`, which writes nothing)
 //!   for the few milliseconds of those procedures, and runs TRUNCATE
-//!   checkpoints.
+//!   checkpoints. It holds nothing in between, so it is opened for each of
+//!   those and closed after (a connection costs about 20 KiB), after
+//!   checking that the path still names the file walsync holds, so that it
+//!   never locks or checkpoints a file that replaced it.
 //!
 //! walsync never writes into the user's database: no tables of its own, and
 //! both connections have checkpoint-on-close disabled, so closing them never
@@ -130,7 +133,10 @@ pub struct DbHandle {
     path: PathBuf,
     // Field order is drop order: the connections close before `db`.
     reader: Connection,
-    writer: Connection,
+    /// Open only while the write lock is held (`lock_writers` to
+    /// `unlock_writers`); `checkpoint_truncate` opens its own.
+    writer: Option<Connection>,
+    busy_timeout: Duration,
     in_read: bool,
     writers_locked: bool,
     db: DbFile,
@@ -189,6 +195,40 @@ impl Drop for Registration {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(self.0.dev, self.0.ino));
     }
+}
+
+/// Process-wide SQLite settings, applied once, before the first connection
+/// initializes SQLite (`sqlite3_config` is refused after that, so a program
+/// that opened SQLite connections of its own first keeps the defaults, which
+/// costs memory, not correctness).
+///
+/// No initial bulk allocation for each connection's page cache
+/// (`SQLITE_CONFIG_PAGECACHE` with no buffer and 0 lines): by default every
+/// connection mallocs 20 pages (about 85 KiB at 4 KiB pages) when it first
+/// reads its schema and keeps them until it closes, whatever its
+/// `cache_size`. Two connections per actively written database made that
+/// three quarters of walsync's heap; its connections need a page or two,
+/// which SQLite then allocates one at a time.
+pub(crate) fn configure_process() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_config with the documented (NULL, 0, 0) arguments
+        // of SQLITE_CONFIG_PAGECACHE; SQLite checks whether it is already
+        // initialized and then returns SQLITE_MISUSE, changing nothing.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_PAGECACHE,
+                std::ptr::null_mut::<std::ffi::c_void>(),
+                0 as std::ffi::c_int,
+                0 as std::ffi::c_int,
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            log::debug!(
+                "SQLite page cache bulk allocation left on (code {rc}: SQLite was already in use)"
+            );
+        }
+    });
 }
 
 /// Result of `PRAGMA wal_checkpoint`.
@@ -311,45 +351,7 @@ impl DbHandle {
     pub fn connect(db: DbFile, busy_timeout: Duration) -> Result<DbHandle, SqliteError> {
         let path = db.path.clone();
         let path = path.as_path();
-        let open = |what| -> Result<Connection, SqliteError> {
-            let sq = |source| SqliteError::Sqlite {
-                path: path.to_path_buf(),
-                what,
-                source,
-            };
-            let c = Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                    | OpenFlags::SQLITE_OPEN_URI,
-            )
-            .map_err(sq)?;
-            c.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-                .map_err(sq)?;
-            c.busy_timeout(busy_timeout).map_err(sq)?;
-            // walsync reads pages from the files itself; its connections only
-            // hold a read mark, take the write lock and checkpoint, none of
-            // which needs a page cache or a lookaside allocator. Without them
-            // a connection costs tens of KiB instead of a few hundred
-            // (DESIGN.md "Scale").
-            // SAFETY: configuring a connection that has not run a statement
-            // yet, with the documented (NULL, 0, 0) arguments.
-            let rc = unsafe {
-                rusqlite::ffi::sqlite3_db_config(
-                    c.handle(),
-                    rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
-                    std::ptr::null_mut::<std::ffi::c_void>(),
-                    0 as std::ffi::c_int,
-                    0 as std::ffi::c_int,
-                )
-            };
-            if rc != rusqlite::ffi::SQLITE_OK {
-                log::debug!("{}: lookaside not disabled (code {rc})", path.display());
-            }
-            c.execute_batch("PRAGMA cache_size = 2").map_err(sq)?;
-            Ok(c)
-        };
-        let reader = open("open")?;
+        let reader = open_connection(path, busy_timeout)?;
         let mode: String = reader
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(|source| SqliteError::Sqlite {
@@ -363,20 +365,15 @@ impl DbHandle {
                 mode,
             });
         }
-        let writer = open("open")?;
-        // The connections opened the path; it must still be the file held.
+        // The connection opened the path; it must still be the file held.
         if !db.still_at_path() {
-            return Err(SqliteError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::other(
-                    "the file was replaced while being opened; will retry",
-                ),
-            });
+            return Err(replaced(path));
         }
         Ok(DbHandle {
             path: path.to_path_buf(),
             reader,
-            writer,
+            writer: None,
+            busy_timeout,
             in_read: false,
             writers_locked: false,
             db,
@@ -389,8 +386,8 @@ impl DbHandle {
         let DbHandle {
             reader, writer, db, ..
         } = self;
-        drop(reader);
         drop(writer);
+        drop(reader);
         db
     }
 
@@ -468,23 +465,46 @@ impl DbHandle {
             !self.writers_locked,
             "invariant: the write lock is not taken twice"
         );
-        self.writer
+        let writer = self.open_writer()?;
+        writer
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(self.err("take write lock"))?;
+        self.writer = Some(writer);
         self.writers_locked = true;
         Ok(())
     }
 
+    /// Releases the write lock and closes the connection that held it
+    /// (closing rolls back whatever a failed ROLLBACK left open).
     pub fn unlock_writers(&mut self) {
         if self.writers_locked {
             self.writers_locked = false;
-            if let Err(e) = self.writer.execute_batch("ROLLBACK") {
-                log::warn!(
-                    "{}: releasing the write lock failed: {e}",
-                    self.path.display()
-                );
+            if let Some(writer) = self.writer.take() {
+                if let Err(e) = writer.execute_batch("ROLLBACK") {
+                    log::warn!(
+                        "{}: releasing the write lock failed: {e}",
+                        self.path.display()
+                    );
+                }
             }
         }
+    }
+
+    /// Whether the writer connection is open (only while the write lock is
+    /// held).
+    pub fn writer_open(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// A connection for the write lock or a TRUNCATE checkpoint, on the
+    /// file walsync holds: if the path now names another file, that file is
+    /// not the one walsync's read mark protects, and nothing is done to it.
+    fn open_writer(&self) -> Result<Connection, SqliteError> {
+        let c = open_connection(&self.path, self.busy_timeout)?;
+        if !self.db.still_at_path() {
+            return Err(replaced(&self.path));
+        }
+        Ok(c)
     }
 
     /// `PRAGMA wal_checkpoint(PASSIVE)` on the reader connection, which must
@@ -497,14 +517,73 @@ impl DbHandle {
         checkpoint(&self.reader, "PASSIVE").map_err(self.err("checkpoint"))
     }
 
-    /// `PRAGMA wal_checkpoint(TRUNCATE)` on the writer connection with a short
-    /// busy timeout (it holds the write lock while it waits).
+    /// `PRAGMA wal_checkpoint(TRUNCATE)` on a writer connection with a short
+    /// busy timeout (it holds the write lock while it waits): the one that
+    /// holds the write lock, else one opened for it and closed after.
     pub fn checkpoint_truncate(&self) -> Result<CheckpointResult, SqliteError> {
-        let _ = self.writer.busy_timeout(Duration::from_millis(50));
-        let r = checkpoint(&self.writer, "TRUNCATE");
-        let _ = self.writer.busy_timeout(Duration::from_secs(5));
+        let opened;
+        let writer = match &self.writer {
+            Some(w) => w,
+            None => {
+                opened = self.open_writer()?;
+                &opened
+            }
+        };
+        let _ = writer.busy_timeout(Duration::from_millis(50));
+        let r = checkpoint(writer, "TRUNCATE");
+        let _ = writer.busy_timeout(self.busy_timeout);
         r.map_err(self.err("checkpoint"))
     }
+}
+
+fn replaced(path: &Path) -> SqliteError {
+    SqliteError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other("the file was replaced while being opened; will retry"),
+    }
+}
+
+/// One of walsync's connections on a database: never checkpoints on close,
+/// no lookaside, a 2-page cache.
+fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, SqliteError> {
+    let what = "open";
+    configure_process();
+    let sq = |source| SqliteError::Sqlite {
+        path: path.to_path_buf(),
+        what,
+        source,
+    };
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(sq)?;
+    c.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(sq)?;
+    c.busy_timeout(busy_timeout).map_err(sq)?;
+    // walsync reads pages from the files itself; its connections only
+    // hold a read mark, take the write lock and checkpoint, none of
+    // which needs a page cache or a lookaside allocator. Without them
+    // a connection costs tens of KiB instead of a few hundred
+    // (DESIGN.md "Scale").
+    // SAFETY: configuring a connection that has not run a statement
+    // yet, with the documented (NULL, 0, 0) arguments.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            c.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            0 as std::ffi::c_int,
+            0 as std::ffi::c_int,
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        log::debug!("{}: lookaside not disabled (code {rc})", path.display());
+    }
+    c.execute_batch("PRAGMA cache_size = 2").map_err(sq)?;
+    Ok(c)
 }
 
 fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<CheckpointResult> {
@@ -537,4 +616,108 @@ pub fn db_header_pages(header: &[u8]) -> Option<u32> {
     }
     let pages = u32::from_be_bytes([header[28], header[29], header[30], header[31]]);
     (pages > 0 && header[24..28] == header[92..96]).then_some(pages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db(name: &str) -> (PathBuf, PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("walsync-sqlite-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("t.db");
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        (dir, db)
+    }
+
+    /// An application connection that gives up at once when locked out.
+    fn app(db: &Path) -> Connection {
+        let c = Connection::open(db).unwrap();
+        c.busy_timeout(Duration::ZERO).unwrap();
+        c
+    }
+
+    fn app_can_write(c: &Connection) -> bool {
+        match c.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (2); COMMIT;") {
+            Ok(()) => true,
+            Err(_) => {
+                let _ = c.execute_batch("ROLLBACK");
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn the_writer_connection_is_open_only_while_writers_are_locked() {
+        let (dir, db) = temp_db("writer");
+        let a = app(&db);
+        let mut h = DbHandle::open(&db, Duration::from_secs(1)).unwrap();
+        h.begin_read().unwrap();
+        assert!(!h.writer_open());
+        assert!(app_can_write(&a));
+
+        h.lock_writers().unwrap();
+        assert!(h.writer_open());
+        assert!(!app_can_write(&a), "the write lock keeps writers out");
+        h.unlock_writers();
+        assert!(!h.writer_open());
+        assert!(app_can_write(&a), "closing the writer released the lock");
+
+        // Every frame is shipped in this test's terms: a full sync point
+        // (read mark released, PASSIVE, read mark 0 again), then TRUNCATE
+        // on a connection of its own that is closed after.
+        h.lock_writers().unwrap();
+        h.end_read().unwrap();
+        assert!(h.checkpoint_passive().unwrap().complete());
+        h.begin_read().unwrap();
+        h.unlock_writers();
+        let r = h.checkpoint_truncate().unwrap();
+        assert!(!r.busy);
+        assert!(!h.writer_open());
+        assert_eq!(std::fs::metadata(wal_path(&db)).unwrap().len(), 0);
+
+        // Opening and closing writers never dropped the reader's locks:
+        // the application still cannot restart the WAL past walsync's read
+        // mark (its TRUNCATE checkpoint reports busy once frames exist).
+        assert!(app_can_write(&a));
+        let (busy, _, _): (i64, i64, i64) = a
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(busy, 1, "walsync's read transaction still holds the WAL");
+        drop(h);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_replaced_the_database_is_never_locked_or_checkpointed() {
+        let (dir, db) = temp_db("replaced");
+        let mut h = DbHandle::open(&db, Duration::from_secs(1)).unwrap();
+        h.begin_read().unwrap();
+        // Another database is renamed over the path.
+        let other = dir.join("other.db");
+        let c = Connection::open(&other).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x);")
+            .unwrap();
+        drop(c);
+        std::fs::rename(&other, &db).unwrap();
+        let a = app(&db);
+        assert!(app_can_write(&a));
+
+        assert!(h.lock_writers().is_err());
+        assert!(!h.writer_open());
+        assert!(app_can_write(&a), "the new file was not locked");
+        assert!(h.checkpoint_truncate().is_err());
+        assert!(
+            std::fs::metadata(wal_path(&db)).unwrap().len() > 0,
+            "the new file's WAL was not checkpointed"
+        );
+        drop(h);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
