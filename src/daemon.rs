@@ -213,6 +213,19 @@ fn backoff(failures: u32) -> Duration {
 /// catalog is asked again.
 const DISCOVERY_DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// The databases whose sync is due and can start, longest waiting first.
+/// In key order instead, the first databases would take every free job
+/// while the last ones wait, whenever more work is due than jobs run.
+fn due_syncs(slots: &BTreeMap<u64, Slot>, now: Instant) -> Vec<u64> {
+    let mut due: Vec<(Instant, u64)> = slots
+        .iter()
+        .filter(|(_, s)| s.dirty && s.due <= now && s.replica.is_some())
+        .map(|(&id, s)| (s.due, id))
+        .collect();
+    due.sort_unstable();
+    due.into_iter().map(|(_, id)| id).collect()
+}
+
 struct Dispatcher {
     storage: Arc<dyn Storage>,
     pool: rayon::ThreadPool,
@@ -464,16 +477,15 @@ impl Dispatcher {
                 });
             }
         }
-        for (&id, slot) in self.slots.iter_mut() {
+        if self.running >= self.max_jobs {
+            return;
+        }
+        for id in due_syncs(&self.slots, now) {
             if self.running >= self.max_jobs {
                 return;
             }
-            if !(slot.dirty && slot.due <= now) {
-                continue;
-            }
-            let Some(mut replica) = slot.replica.take() else {
-                continue;
-            };
+            let slot = self.slots.get_mut(&id).expect("invariant: listed above");
+            let mut replica = slot.replica.take().expect("invariant: checked above");
             slot.dirty = false;
             self.running += 1;
             // Options may have changed (reload) since the replica was made.
@@ -857,5 +869,57 @@ pub fn run(
         Ok(())
     } else {
         Err(DaemonError::IncompleteStop { failed })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(id: u64, now: Instant) -> Slot {
+        Slot::new(
+            WatchedDatabase {
+                replica: ReplicaOptions {
+                    path: PathBuf::from(format!("/nonexistent/{id}.db")),
+                    prefix: format!("db/{id}"),
+                    snapshot_interval: Duration::from_secs(3600),
+                    checkpoint_threshold: 1 << 22,
+                    truncate_threshold: 1 << 26,
+                    max_segment_bytes: 1 << 24,
+                    spool_dir: std::env::temp_dir(),
+                    retention: None,
+                },
+                sync_interval: Duration::from_secs(1),
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn due_syncs_go_longest_waiting_first() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut slots = BTreeMap::new();
+        // id -> (due, dirty, replica present)
+        for (id, due, dirty, present) in [
+            (1, 900, true, true),
+            (2, 100, true, true),
+            (3, 500, true, true),
+            (4, 50, false, true),  // clean
+            (5, 10, true, false),  // its job is running
+            (6, 2000, true, true), // not yet due
+            (7, 100, true, true),
+        ] {
+            let mut s = slot(id, t0);
+            s.due = at(due);
+            s.dirty = dirty;
+            if !present {
+                s.replica = None;
+            }
+            slots.insert(id, s);
+        }
+        assert_eq!(due_syncs(&slots, at(1000)), vec![2, 7, 3, 1]);
+        assert_eq!(due_syncs(&slots, at(2000)), vec![2, 7, 3, 1, 6]);
+        assert!(due_syncs(&slots, at(0)).is_empty());
     }
 }
