@@ -600,6 +600,11 @@ impl Dispatcher {
                     log::error!("{}: {e}; retrying in {:.1}s", s.name(), wait.as_secs_f64());
                     s.retry_at = Some(now + wait);
                     s.mark_dirty(now);
+                    // A database written during the failed sync is dirty
+                    // already, with an earlier due time that `mark_dirty`
+                    // keeps: without this it was retried at once, without
+                    // backing off.
+                    s.due = s.due.max(now + wait);
                 }
             }
         }
