@@ -90,6 +90,8 @@ enum Msg {
         replica: Box<Replica>,
         result: Result<SyncReport, ReplicaError>,
         stat: FileStat,
+        /// When the sync began.
+        started: Instant,
     },
     Released {
         id: u64,
@@ -106,6 +108,9 @@ struct Slot {
     due: Instant,
     last_sync: Option<Instant>,
     failures: u32,
+    /// When the first of the current run of failed syncs began (for the
+    /// recovery line).
+    failing_since: Option<Instant>,
     retry_at: Option<Instant>,
     waiting_logged: bool,
     stat: Option<FileStat>,
@@ -127,6 +132,7 @@ impl Slot {
             due: now,
             last_sync: None,
             failures: 0,
+            failing_since: None,
             retry_at: None,
             waiting_logged: false,
             stat: None,
@@ -481,6 +487,7 @@ impl Dispatcher {
             let storage = Arc::clone(&self.storage);
             let tx = self.tx.clone();
             self.pool.spawn(move || {
+                let started = Instant::now();
                 let stat = stat_of(replica.path());
                 let result = replica.sync(&*storage, false);
                 let _ = tx.send(Msg::Done {
@@ -488,6 +495,7 @@ impl Dispatcher {
                     replica,
                     result,
                     stat,
+                    started,
                 });
             });
         }
@@ -499,6 +507,7 @@ impl Dispatcher {
         replica: Box<Replica>,
         result: Result<SyncReport, ReplicaError>,
         stat: FileStat,
+        started: Instant,
         now: Instant,
     ) {
         self.running -= 1;
@@ -565,10 +574,23 @@ impl Dispatcher {
         let last_sync = stopping || s.removing;
         match result {
             Ok(report) => {
-                if s.failures > 0 || s.waiting_logged {
+                if s.failures > 0 {
+                    // The counterpart of the error lines: the operator sees
+                    // how long the outage lasted and that the backlog went.
+                    let outage = s.failing_since.map_or(0.0, |t| (now - t).as_secs_f64());
+                    log::info!(
+                        "{}: replicating again after {} failed {} over {outage:.1}s; \
+                         {} commits shipped",
+                        s.name(),
+                        s.failures,
+                        if s.failures == 1 { "sync" } else { "syncs" },
+                        report.commits
+                    );
+                } else if s.waiting_logged {
                     log::info!("{}: replicating again", s.name());
                 }
                 s.failures = 0;
+                s.failing_since = None;
                 s.retry_at = None;
                 s.waiting_logged = false;
                 if report.commits > 0 {
@@ -588,6 +610,7 @@ impl Dispatcher {
             }
             Err(e) => {
                 s.failures += 1;
+                s.failing_since.get_or_insert(started);
                 if last_sync {
                     log::error!("{}: {e}", s.name());
                     // Only a database walsync was replicating can have
@@ -830,7 +853,8 @@ pub fn run(
                 replica,
                 result,
                 stat,
-            }) => d.on_done(id, replica, result, stat, now),
+                started,
+            }) => d.on_done(id, replica, result, stat, started, now),
             Some(Msg::Released {
                 id,
                 replica,
