@@ -1772,3 +1772,168 @@ fn a_restore_that_runs_out_of_space_leaves_nothing_behind() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(rows(&out).len(), 400);
 }
+
+/// Waits until `log` (a file in the setup's directory) contains `needle`
+/// `times` times; returns the log.
+fn wait_log(setup: &Setup, log: &str, needle: &str, times: usize) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(setup.dir.join(log)).unwrap_or_default();
+        if text.matches(needle).count() >= times {
+            return text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "waiting for {times}x {needle:?} in {log}: {text}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_s3_server_killed_and_started_again_loses_nothing() {
+    let mut setup = Setup::new(&[("app.db", "tenants/acme")]);
+    let path = setup.dir.join("app.db");
+    let wal = setup.dir.join("app.db-wal");
+    let storage = setup.storage();
+    let c = open_app(&path);
+    for id in 1..=50 {
+        insert(&c, id);
+    }
+    let mut child = setup.watch("watch.log");
+    wait_shipped(&storage, "tenants/acme", &path);
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(std::sync::atomic::AtomicI64::new(50));
+    let writer = {
+        let (stop, written, path) = (Arc::clone(&stop), Arc::clone(&written), path.clone());
+        thread::spawn(move || {
+            let c = open_app(&path);
+            let mut id = 50;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                insert(&c, id);
+                written.store(id, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(3));
+            }
+            id
+        })
+    };
+    thread::sleep(Duration::from_millis(500));
+
+    // The server process dies (not a proxy: the port refuses connections).
+    setup.server.stop();
+    let before = written.load(Ordering::Relaxed);
+    // Two failed syncs, each after the storage layer's own retries: walsync
+    // keeps going, backing off between them.
+    wait_log(
+        &setup,
+        "watch.log",
+        "attempts); check the endpoint and the network; retrying in",
+        2,
+    );
+    // walsync holds its read transaction, so the application cannot
+    // checkpoint the unshipped frames away: its TRUNCATE stays busy and the
+    // WAL keeps them.
+    let (busy, log_frames): (i64, i64) = c
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let wal_len = std::fs::metadata(&wal).unwrap().len();
+    assert_eq!(
+        busy, 1,
+        "the application's TRUNCATE checkpoint is held back"
+    );
+    assert!(
+        log_frames > 0 && wal_len > 0,
+        "{log_frames} frames, {wal_len} bytes"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "walsync exited while the server was down"
+    );
+    let during = written.load(Ordering::Relaxed) - before;
+
+    // Back on the same port with the same data directory.
+    setup.server.restart();
+    thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let n = writer.join().unwrap();
+    let log = wait_log(&setup, "watch.log", "replicating again", 1);
+    wait_shipped(&storage, "tenants/acme", &path);
+    let status = sigterm(&mut child);
+    let log = format!(
+        "{log}{}",
+        std::fs::read_to_string(setup.dir.join("watch.log"))
+            .unwrap()
+            .strip_prefix(log.as_str())
+            .unwrap_or_default()
+    );
+    assert!(status.success(), "{status}: {log}");
+    eprintln!(
+        "{n} rows committed, {during} of them while the server was down ({wal_len} bytes of WAL held)"
+    );
+    for line in log.lines().filter(|l| {
+        l.contains("cannot reach") || l.contains("replicating again") || l.contains("grows")
+    }) {
+        eprintln!("log: {line}");
+    }
+    assert!(during > 100, "the application kept writing: {during} rows");
+    // The outage: which database, what failed, what to check, when the next try is.
+    let outage = log
+        .lines()
+        .find(|l| l.contains("walsync::daemon") && l.contains("cannot reach"))
+        .unwrap_or_else(|| panic!("no outage line for the database: {log}"));
+    assert!(
+        outage.contains("app.db (tenants/acme): ")
+            && outage.contains(&setup.server.endpoint)
+            && outage.contains("retrying in"),
+        "{outage}"
+    );
+    // Each retry waits at least the backoff it announced, even though the
+    // application's writes kept marking the database dirty: the first
+    // attempt of the next sync (which fails at once, connection refused)
+    // comes no earlier.
+    let at = |l: &str| walsync::time::parse_rfc3339(&l[1..25]).unwrap() as f64;
+    let mut backoff_from: Option<(f64, f64)> = None;
+    let mut retries_checked = 0;
+    for line in log.lines() {
+        if line.contains("walsync::daemon") && line.contains("retrying in ") {
+            let wait = line.rsplit("retrying in ").next().unwrap();
+            let wait: f64 = wait.trim_end_matches('s').parse().unwrap();
+            backoff_from = Some((at(line), wait * 1000.0));
+        } else if line.contains("attempt 1/") {
+            if let Some((failed, wait_ms)) = backoff_from.take() {
+                // The announced wait is rounded to 0.1 s.
+                assert!(
+                    at(line) >= failed + wait_ms - 50.0,
+                    "retried {} ms after a failure that announced {wait_ms} ms: {log}",
+                    at(line) - failed
+                );
+                retries_checked += 1;
+            }
+        }
+    }
+    assert!(retries_checked >= 1, "{log}");
+    // The recovery: how long it lasted.
+    let recovery = log
+        .lines()
+        .find(|l| l.contains("replicating again"))
+        .unwrap();
+    assert!(
+        recovery.contains("app.db (tenants/acme)") && recovery.contains("failed sync"),
+        "{recovery}"
+    );
+    assert_eq!(generation_count(&storage, "tenants/acme"), 1, "no gap");
+
+    let out = setup.dir.join("r.db");
+    let o = setup.restore("tenants/acme", &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        rows(&out).len() as i64,
+        n,
+        "every committed row is restored"
+    );
+    assert_eq!(rows(&out), rows(&path));
+    assert_eq!(integrity(&out), "ok");
+}
