@@ -752,14 +752,14 @@ fn wrong_region_redirect_is_reported_not_followed() {
     });
     let storage = storage_at(&server.endpoint);
     match storage.list("db/") {
-        Err(StorageError::Server { status, detail, .. }) => {
-            assert_eq!(status, 301);
+        Err(e @ StorageError::WrongRegion { .. }) => {
+            let text = e.to_string();
             assert!(
-                detail.contains("region") && detail.contains("eu-west-1"),
-                "{detail}"
+                text.contains("region") && text.contains("eu-west-1"),
+                "{text}"
             );
         }
-        other => panic!("expected Server(301), got {other:?}"),
+        other => panic!("expected WrongRegion, got {other:?}"),
     }
     assert_eq!(server.requests(), 1);
 }
