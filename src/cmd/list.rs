@@ -6,7 +6,7 @@ use argh::FromArgs;
 
 use std::path::Path;
 
-use super::{check_prefix, human_bytes, json_string, select, CliError, Target};
+use super::{check_prefix, check_storage, human_bytes, json_string, select, CliError, Target};
 use crate::keys::{self, ObjectKind};
 use crate::plan;
 use crate::storage::Storage;
@@ -65,6 +65,9 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
             }
         },
     };
+    if let Some((prefix, _)) = prefixes.first() {
+        check_storage(&*storage, prefix).map_err(CliError::runtime)?;
+    }
     let mut failed = 0;
     let mut json_items = Vec::new();
     for (prefix, path) in prefixes {

@@ -12,7 +12,7 @@ use crate::config::{self, Config, DatabaseConfig, StorageConfig};
 use crate::replica::ReplicaOptions;
 use crate::storage::dir::DirStorage;
 use crate::storage::s3::S3Storage;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 
 pub mod list;
 pub mod prune;
@@ -94,6 +94,18 @@ pub fn open_storage(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, CliError> {
         StorageConfig::S3(s) => Arc::new(S3Storage::new(s.clone()).map_err(CliError::usage)?),
         StorageConfig::Dir(d) => Arc::new(DirStorage::new(d).map_err(CliError::runtime)?),
     })
+}
+
+/// Asks the storage once for what it holds under `prefix` (a listing the
+/// command makes anyway), so that a problem with the storage as a whole
+/// (credentials, bucket, region, endpoint, a server that cannot be reached)
+/// ends the command with one line instead of one per database. Other
+/// failures are left to the command, which names the database.
+pub(crate) fn check_storage(storage: &dyn Storage, prefix: &str) -> Result<(), StorageError> {
+    match storage.list(&crate::keys::database_root(prefix)) {
+        Err(e) if e.is_storage_wide() => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Where to find the backups: a config file, or (for disaster recovery on a
