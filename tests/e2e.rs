@@ -1937,3 +1937,212 @@ fn the_s3_server_killed_and_started_again_loses_nothing() {
     assert_eq!(rows(&out), rows(&path));
     assert_eq!(integrity(&out), "ok");
 }
+
+/// Runs walsync with `args` (and `env` on top of the setup's), waiting at
+/// most a minute: a command that should fail at once must not hang the
+/// suite if it starts running instead.
+fn run_bounded(setup: &Setup, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let (out_path, err_path) = (
+        setup.dir.join("bounded.stdout"),
+        setup.dir.join("bounded.stderr"),
+    );
+    let mut cmd = setup.command();
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    let mut child = Running(cmd.spawn().unwrap());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{args:?} still running after 60 s: {}",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap(),
+        stderr: std::fs::read(&err_path).unwrap(),
+    }
+}
+
+#[test]
+fn wrong_region_missing_bucket_and_a_web_server_are_one_line_errors() {
+    use common::fakeserver::FakeServer;
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    let c = open_app(&setup.dir.join("app.db"));
+    insert(&c, 1);
+    let secret = setup.server.secret_key.clone();
+
+    // s3s-fs 0.14.1 does not check the region in a signature's scope: a
+    // client signing for another region is served as usual. So the wrong
+    // region is played by a fake server giving AWS's answers (below); this
+    // shows the real server's behaviour, and fails if it ever changes.
+    let o = run_bounded(
+        &setup,
+        &["list", "--config", setup.config.to_str().unwrap()],
+        &[("AWS_REGION", "eu-west-3")],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // What AWS answers to a presigned URL signed for the wrong region, and
+    // to a path-style request sent to the wrong regional endpoint.
+    let wrong_region = FakeServer::start(|_| {
+        (
+            "400 Bad Request",
+            "content-type: application/xml\r\n",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AuthorizationQueryParametersError\
+             </Code><Message>Error parsing the X-Amz-Credential parameter; the region 'us-east-1' \
+             is wrong; expecting 'eu-west-3'</Message><Region>eu-west-3</Region>\
+             <RequestId>R</RequestId></Error>"
+                .to_owned(),
+        )
+    });
+    let redirect = FakeServer::start(|_| {
+        (
+            "301 Moved Permanently",
+            "content-type: application/xml\r\nx-amz-bucket-region: eu-west-3\r\n",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>PermanentRedirect</Code>\
+             <Message>The bucket you are attempting to access must be addressed using the \
+             specified endpoint. Please send all future requests to this endpoint.</Message>\
+             <Endpoint>walsync-test.s3.eu-west-3.amazonaws.com</Endpoint></Error>"
+                .to_owned(),
+        )
+    });
+    // Not S3 at all: a web server (a console port, a reverse proxy's default
+    // site) answering HTML, with 200 and with 404.
+    let html_200 = FakeServer::start(|_| {
+        (
+            "200 OK",
+            "content-type: text/html; charset=utf-8\r\n",
+            "<!DOCTYPE html><html><head><title>MinIO Console</title></head><body></body></html>"
+                .to_owned(),
+        )
+    });
+    let html_404 = FakeServer::start(|_| {
+        (
+            "404 Not Found",
+            "content-type: text/html\r\n",
+            "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
+                .to_owned(),
+        )
+    });
+
+    let config = std::fs::read_to_string(&setup.config).unwrap();
+    let endpoint_line = format!("endpoint = \"{}\"", setup.server.endpoint);
+    // (case, bucket, endpoint, what the one line must say)
+    let cases: Vec<(&str, &str, &str, Vec<&str>)> = vec![
+        (
+            "missing bucket",
+            "no-such-bucket",
+            &setup.server.endpoint,
+            vec![
+                "s3://no-such-bucket",
+                "the bucket does not exist",
+                "bucket name",
+            ],
+        ),
+        (
+            "wrong region",
+            &setup.server.bucket,
+            &wrong_region.endpoint,
+            vec!["in region \"eu-west-3\"", "AWS_REGION"],
+        ),
+        (
+            "redirect to another region",
+            &setup.server.bucket,
+            &redirect.endpoint,
+            vec!["eu-west-3.amazonaws.com", "check the region"],
+        ),
+        (
+            "HTML 200",
+            &setup.server.bucket,
+            &html_200.endpoint,
+            vec!["an HTML page titled \"MinIO Console\"", "S3-compatible"],
+        ),
+        (
+            "HTML 404",
+            &setup.server.bucket,
+            &html_404.endpoint,
+            vec!["an HTML page titled \"404 Not Found\"", "S3-compatible"],
+        ),
+    ];
+    let out = setup.dir.join("never.db");
+    let mut tried = 0;
+    let mut failures = Vec::new();
+    for (i, (case, bucket, endpoint, needles)) in cases.iter().enumerate() {
+        let cfg = setup.dir.join(format!("case{i}.toml"));
+        let text = config
+            .replace(&endpoint_line, &format!("endpoint = \"{endpoint}\""))
+            .replace(
+                &format!("bucket = \"{}\"", setup.server.bucket),
+                &format!("bucket = \"{bucket}\""),
+            );
+        std::fs::write(&cfg, text).unwrap();
+        let cfg = cfg.to_str().unwrap();
+        let out = out.to_str().unwrap();
+        let commands: Vec<Vec<&str>> = vec![
+            vec!["list", "--config", cfg],
+            vec![
+                "restore",
+                "--config",
+                cfg,
+                "--prefix",
+                "tenants/acme",
+                "-o",
+                out,
+            ],
+            vec![
+                "restore",
+                "--bucket",
+                bucket,
+                "--endpoint",
+                endpoint,
+                "--prefix",
+                "tenants/acme",
+                "-o",
+                out,
+            ],
+            vec!["snapshot", "--config", cfg],
+            vec!["watch", "--config", cfg],
+        ];
+        for args in commands {
+            let o = run_bounded(&setup, &args, &[]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            let all = format!("{}{err}", String::from_utf8_lossy(&o.stdout));
+            let lines: Vec<&str> = err.lines().collect();
+            let ok = o.status.code() == Some(1)
+                && lines.len() == 1
+                && lines[0].starts_with("walsync: ")
+                && needles.iter().all(|n| lines[0].contains(n))
+                && !all.contains(&secret)
+                && !all.contains("X-Amz-Signature")
+                && !all.contains("panicked");
+            if !ok {
+                failures.push(format!("{case}: {args:?} ({:?}): {all}", o.status.code()));
+            } else if args[0] == "list" {
+                eprintln!("{case}: {}", lines[0]);
+            }
+            tried += 1;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(!out.exists());
+    assert_eq!(tried, 25);
+
+    // A server that does not answer at all may be on its way (at boot, or
+    // down for a while): watch starts anyway and retries, as in an outage.
+    let closed = format!("http://127.0.0.1:{}", common::s3server::free_port());
+    setup.edit_config(|t| t.replace(&endpoint_line, &format!("endpoint = \"{closed}\"")));
+    let mut child = setup.watch("closed.log");
+    wait_log(&setup, "closed.log", "starting anyway", 1);
+    wait_log(&setup, "closed.log", "watching 1 databases", 1);
+    assert!(child.try_wait().unwrap().is_none());
+    assert!(sigterm(&mut child).success());
+}
