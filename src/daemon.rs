@@ -170,7 +170,9 @@ impl Slot {
     /// Whether the database was being replicated (and so may have committed
     /// transactions that a failed last sync leaves unshipped).
     fn was_live(&self) -> bool {
-        self.replica.as_ref().is_some_and(|r| r.is_live())
+        self.replica
+            .as_ref()
+            .is_some_and(|r| r.is_live() || r.is_released())
     }
 }
 
@@ -215,6 +217,44 @@ fn backoff(failures: u32) -> Duration {
     )
 }
 
+/// Descriptors walsync keeps for itself whatever the number of databases:
+/// standard streams, the watcher, S3 connections, the metrics listener.
+const FDS_RESERVED: u64 = 32;
+/// Descriptors an active database may hold: walsync's own, the reader's
+/// database, WAL and -shm files, a checkpointing connection's. A released
+/// (idle) database keeps one.
+const FDS_PER_ACTIVE_DATABASE: u64 = 6;
+/// How often the "out of file descriptors" line may repeat.
+const FD_EXHAUSTED_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The open-file limit walsync would like for `databases`: room for every
+/// one of them to be active at once.
+fn fds_wanted(databases: u64) -> u64 {
+    databases * FDS_PER_ACTIVE_DATABASE + FDS_RESERVED
+}
+
+/// How to raise the limit, for messages.
+fn raise_limit_hint(to: u64) -> String {
+    format!(
+        "raise it to at least {to} (LimitNOFILE={to} in the systemd unit, or ulimit -n {to} \
+         in the shell that starts walsync)"
+    )
+}
+
+/// Whether a failed sync looks like the process ran out of descriptors:
+/// EMFILE itself, or SQLite's "unable to open database file" (which hides
+/// the errno, and may come from the WAL or -shm file) while the limit is
+/// below what every database active at once would need, or nearly every
+/// descriptor is in use.
+fn out_of_fds(error: &str, limit: u64, databases: u64) -> bool {
+    if error.contains("Too many open files") || error.contains("os error 24") {
+        return true;
+    }
+    error.contains("unable to open database file")
+        && (limit < fds_wanted(databases)
+            || signals::open_fd_count().is_some_and(|used| used + used / 10 >= limit))
+}
+
 /// How long file events in a discovery directory are gathered before the
 /// catalog is asked again.
 const DISCOVERY_DEBOUNCE: Duration = Duration::from_millis(300);
@@ -237,6 +277,10 @@ struct Dispatcher {
     idle_release_max_bytes: u64,
     /// Jobs queued or running at most (see `launch_due`).
     max_jobs: usize,
+    /// The soft open-file limit, once known.
+    fd_limit: Option<u64>,
+    /// When the "out of file descriptors" line was last logged.
+    fd_exhausted_logged: Option<Instant>,
 }
 
 impl Dispatcher {
@@ -512,6 +556,7 @@ impl Dispatcher {
     ) {
         self.running -= 1;
         let stopping = self.stopping.is_some();
+        let databases = self.slots.len() as u64;
         let Some(s) = self.slots.get_mut(&id) else {
             return;
         };
@@ -572,6 +617,7 @@ impl Dispatcher {
             }
         }
         let last_sync = stopping || s.removing;
+        let mut retrying = false;
         match result {
             Ok(report) => {
                 if s.failures > 0 {
@@ -611,7 +657,29 @@ impl Dispatcher {
             Err(e) => {
                 s.failures += 1;
                 s.failing_since.get_or_insert(started);
-                if last_sync {
+                let limit = self.fd_limit.unwrap_or(u64::MAX);
+                let fds_short = out_of_fds(&e.to_string(), limit, databases);
+                if fds_short {
+                    let quiet = self
+                        .fd_exhausted_logged
+                        .is_some_and(|t| now.duration_since(t) < FD_EXHAUSTED_LOG_INTERVAL);
+                    if !quiet {
+                        self.fd_exhausted_logged = Some(now);
+                        let used = signals::open_fd_count()
+                            .map_or(String::new(), |n| format!("{n} descriptors in use, "));
+                        log::error!(
+                            "out of file descriptors ({used}open-file limit {limit}) with \
+                             {databases} databases: the databases that cannot be opened now \
+                             are retried every second or two, the others go on; {}",
+                            raise_limit_hint(fds_wanted(databases))
+                        );
+                    }
+                    // Not the database's fault: it should get its turn as
+                    // soon as others are released, not after a backoff that
+                    // grew while descriptors were short.
+                    s.failures = 1;
+                }
+                if last_sync && !fds_short {
                     log::error!("{}: {e}", s.name());
                     // Only a database walsync was replicating can have
                     // committed transactions left unshipped.
@@ -619,8 +687,17 @@ impl Dispatcher {
                         self.failed_at_stop.push(s.name());
                     }
                 } else {
+                    // Also a last sync that found no descriptor free: the
+                    // databases finished before it close theirs (below), and
+                    // the stop timeout bounds the wait.
+                    retrying = true;
                     let wait = backoff(s.failures);
-                    log::error!("{}: {e}; retrying in {:.1}s", s.name(), wait.as_secs_f64());
+                    if fds_short {
+                        // The line above stands for all of them.
+                        log::debug!("{}: {e}; retrying in {:.1}s", s.name(), wait.as_secs_f64());
+                    } else {
+                        log::error!("{}: {e}; retrying in {:.1}s", s.name(), wait.as_secs_f64());
+                    }
                     s.retry_at = Some(now + wait);
                     s.mark_dirty(now);
                     // A database written during the failed sync is dirty
@@ -631,9 +708,20 @@ impl Dispatcher {
                 }
             }
         }
-        if stopping {
+        if stopping && !retrying {
             s.final_sync_done = true;
-        } else if s.removing {
+            // Done with it: its descriptors may let another database's last
+            // sync run (walsync exits next; the connections close then
+            // anyway). Not while another sync is due: a sync that was
+            // running when the stop came is followed by one more, which
+            // must find the replica as it was, not start over from the
+            // bucket.
+            if !s.dirty {
+                if let Some(r) = s.replica.as_mut() {
+                    r.close();
+                }
+            }
+        } else if s.removing && !retrying {
             self.drop_slot(id);
         }
     }
@@ -746,16 +834,32 @@ pub fn run(
         idle_release_after: opts.idle_release_after,
         idle_release_max_bytes: opts.idle_release_max_bytes,
         max_jobs: opts.workers.max(1) * 2,
+        fd_limit: None,
+        fd_exhausted_logged: None,
     };
     let now = Instant::now();
     d.apply(catalog.databases(), now);
     match signals::raise_fd_limit() {
-        Ok((soft, _)) => {
-            let need = d.slots.len() as u64 * 6 + 64;
-            if soft < need {
+        Ok((soft, hard)) => {
+            d.fd_limit = Some(soft);
+            let databases = d.slots.len() as u64;
+            let wanted = fds_wanted(databases);
+            if soft < databases + FDS_RESERVED {
+                // Not even one descriptor per database: some could never be
+                // replicated. Better refused now than failing for ever.
+                return Err(DaemonError::Setup(format!(
+                    "the open-file limit is {soft} (hard limit {hard}), too low for {databases} \
+                     databases: walsync needs one descriptor per database, up to \
+                     {FDS_PER_ACTIVE_DATABASE} per active one and about {FDS_RESERVED} of its own; {}",
+                    raise_limit_hint(wanted)
+                )));
+            }
+            if soft < wanted {
                 log::warn!(
-                    "open-file limit is {soft}, {} databases may need about {need}; raise it (ulimit -n / LimitNOFILE=)",
-                    d.slots.len()
+                    "the open-file limit is {soft} (hard limit {hard}); {databases} databases may \
+                     need up to {wanted} when all are active, and those that cannot be opened \
+                     then wait and are retried; {}",
+                    raise_limit_hint(wanted)
                 );
             }
         }
