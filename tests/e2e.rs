@@ -2146,3 +2146,128 @@ fn wrong_region_missing_bucket_and_a_web_server_are_one_line_errors() {
     assert!(child.try_wait().unwrap().is_none());
     assert!(sigterm(&mut child).success());
 }
+
+impl Setup {
+    /// `walsync watch` with its open-file limit (soft and hard, so walsync
+    /// cannot raise it) set to `limit`.
+    fn watch_with_fd_limit(&self, log: &str, limit: u64) -> Running {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        let mut cmd = self.command();
+        cmd.args(["watch", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let l = libc::rlimit {
+                    rlim_cur: limit as libc::rlim_t,
+                    rlim_max: limit as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Running(cmd.spawn().unwrap())
+    }
+}
+
+#[test]
+fn too_low_an_open_file_limit_is_refused_or_named() {
+    let names: Vec<(String, String)> = (0..64)
+        .map(|i| (format!("db{i}.db"), format!("tenants/t{i}")))
+        .collect();
+    let dbs: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(f, p)| (f.as_str(), p.as_str()))
+        .collect();
+    let setup = Setup::new(&dbs);
+    setup.edit_config(|t| format!("idle_release_after = \"1s\"\n{t}"));
+    for (i, (file, _)) in names.iter().enumerate() {
+        let c = open_app(&setup.dir.join(file));
+        insert(&c, i as i64 + 1);
+    }
+    let storage = setup.storage();
+
+    // 48 descriptors cannot even hold one per database: refused at start,
+    // in one line that names the numbers and the fix.
+    let mut child = setup.watch_with_fd_limit("refused.log", 48);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "walsync started with 48 descriptors for 64 databases"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(setup.dir.join("refused.log")).unwrap();
+    eprintln!("limit 48: {log}");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert_eq!(log.lines().count(), 1, "{log}");
+    for needle in [
+        "walsync: the open-file limit is 48",
+        "64 databases",
+        "LimitNOFILE=416",
+        "ulimit -n 416",
+    ] {
+        assert!(log.contains(needle), "{needle:?}: {log}");
+    }
+    assert!(
+        storage.list("tenants/").unwrap().is_empty(),
+        "nothing uploaded"
+    );
+
+    // Enough for every database released, not for every one active: walsync
+    // starts, warns, replicates what it can open, names the shortage and
+    // retries the rest until each is replicated.
+    let mut child = setup.watch_with_fd_limit("low.log", 100);
+    // Each database is released once its first snapshot is up, keeping one
+    // descriptor; then the applications all write at once, and walsync
+    // cannot open all 64 again at the same time.
+    wait_log(&setup, "low.log", "generation 0000000000000001 started", 64);
+    for (i, (file, _)) in names.iter().enumerate() {
+        insert(&open_app(&setup.dir.join(file)), 1000 + i as i64);
+    }
+    wait_log(&setup, "low.log", "out of file descriptors", 1);
+    for (file, prefix) in &names {
+        wait_shipped(&storage, prefix, &setup.dir.join(file));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "walsync keeps running");
+    let status = sigterm(&mut child);
+    let log = std::fs::read_to_string(setup.dir.join("low.log")).unwrap();
+    let tail: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.contains("Terminate"))
+        .filter(|l| !l.contains("replicating again"))
+        .collect();
+    assert!(status.success(), "{status}: {tail:#?}");
+    let warned = log
+        .lines()
+        .find(|l| l.contains("the open-file limit is 100"))
+        .unwrap_or_else(|| panic!("no warning at start: {log}"));
+    assert!(warned.contains("64 databases") && warned.contains("LimitNOFILE=416"));
+    let short = log
+        .lines()
+        .find(|l| l.contains("out of file descriptors"))
+        .unwrap_or_else(|| panic!("the shortage is not named: {log}"));
+    eprintln!("limit 100: {warned}\n{short}");
+    assert!(
+        short.contains("open-file limit 100") && short.contains("64 databases"),
+        "{short}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    for (file, prefix) in names.iter().take(3) {
+        let out = setup.dir.join(format!("{file}.restored"));
+        let o = setup.restore(prefix, &out, &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(rows(&out), rows(&setup.dir.join(file)));
+        assert_eq!(integrity(&out), "ok");
+    }
+}
