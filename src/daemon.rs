@@ -108,8 +108,9 @@ struct Slot {
     due: Instant,
     last_sync: Option<Instant>,
     failures: u32,
-    /// When the first of the current run of failed syncs began (for the
-    /// recovery line).
+    /// The current run of failed syncs: how many, and when the first
+    /// began (for the recovery line; `failures` drives the backoff).
+    failed_syncs: u32,
     failing_since: Option<Instant>,
     retry_at: Option<Instant>,
     waiting_logged: bool,
@@ -132,6 +133,7 @@ impl Slot {
             due: now,
             last_sync: None,
             failures: 0,
+            failed_syncs: 0,
             failing_since: None,
             retry_at: None,
             waiting_logged: false,
@@ -620,7 +622,7 @@ impl Dispatcher {
         let mut retrying = false;
         match result {
             Ok(report) => {
-                if s.failures > 0 {
+                if s.failed_syncs > 0 {
                     // The counterpart of the error lines: the operator sees
                     // how long the outage lasted and that the backlog went.
                     let outage = s.failing_since.map_or(0.0, |t| (now - t).as_secs_f64());
@@ -628,14 +630,15 @@ impl Dispatcher {
                         "{}: replicating again after {} failed {} over {outage:.1}s; \
                          {} commits shipped",
                         s.name(),
-                        s.failures,
-                        if s.failures == 1 { "sync" } else { "syncs" },
+                        s.failed_syncs,
+                        if s.failed_syncs == 1 { "sync" } else { "syncs" },
                         report.commits
                     );
                 } else if s.waiting_logged {
                     log::info!("{}: replicating again", s.name());
                 }
                 s.failures = 0;
+                s.failed_syncs = 0;
                 s.failing_since = None;
                 s.retry_at = None;
                 s.waiting_logged = false;
@@ -656,6 +659,7 @@ impl Dispatcher {
             }
             Err(e) => {
                 s.failures += 1;
+                s.failed_syncs += 1;
                 s.failing_since.get_or_insert(started);
                 let limit = self.fd_limit.unwrap_or(u64::MAX);
                 let fds_short = out_of_fds(&e.to_string(), limit, databases);
