@@ -257,6 +257,16 @@ fn out_of_fds(error: &str, limit: u64, databases: u64) -> bool {
             || signals::open_fd_count().is_some_and(|used| used + used / 10 >= limit))
 }
 
+/// Whether the application wrote to the database since `before` was taken
+/// (walsync's own first read may create an empty WAL, which is no write).
+fn written_during(before: &FileStat, db: &Path) -> bool {
+    let after = stat_of(db);
+    let wal_len = |s: &FileStat| s.wal.map_or(0, |(len, _)| len);
+    before.db != after.db
+        || wal_len(&after) > wal_len(before)
+        || before.wal.is_some() && before.wal != after.wal
+}
+
 /// How long file events in a discovery directory are gathered before the
 /// catalog is asked again.
 const DISCOVERY_DEBOUNCE: Duration = Duration::from_millis(300);
@@ -604,11 +614,13 @@ impl Dispatcher {
         s.last_sync = Some(now);
         s.stat = Some(stat);
         if let (Ok(r), Some(idle)) = (&result, self.idle_release_after) {
-            if first_sync && r.commits == 0 {
+            if first_sync && r.commits == 0 && !written_during(&stat, &s.want.replica.path) {
                 // Nothing was committed while walsync was away: let go at
                 // once, so that starting with thousands of databases does not
                 // hold them all open (and run out of descriptors) at the
-                // same time.
+                // same time. Not if the application is writing right now:
+                // letting go then only invites it to checkpoint and restart
+                // the WAL before walsync is back, a gap (a new generation).
                 s.release_at = Some(now);
             } else if r.commits > 0
                 || r.snapshot
