@@ -362,7 +362,12 @@ fn point_in_time_restore_is_exact_and_gaps_start_new_generations() {
         insert(&c, id);
     }
     assert!(sigterm(&mut child).success());
-    assert_eq!(generation_count(&storage, "tenants/acme"), 1);
+    assert_eq!(
+        generation_count(&storage, "tenants/acme"),
+        1,
+        "{}",
+        std::fs::read_to_string(setup.dir.join("watch.log")).unwrap()
+    );
 
     // Written while walsync is stopped, with the WAL checkpointed and
     // restarted: walsync must notice and start a new generation.
@@ -384,7 +389,8 @@ fn point_in_time_restore_is_exact_and_gaps_start_new_generations() {
     assert_eq!(
         generation_count(&storage, "tenants/acme"),
         2,
-        "a gap starts a new generation"
+        "a gap starts a new generation: {}",
+        std::fs::read_to_string(setup.dir.join("watch-2.log")).unwrap()
     );
 
     let ts = |ms: u64| walsync::time::format_rfc3339(ms);
