@@ -353,8 +353,10 @@ impl DbHandle {
             )
             .map_err(|e| {
                 // SQLite says only "unable to open database file"; when the
-                // process is out of descriptors, say that instead.
-                match std::fs::File::open(path) {
+                // process is out of descriptors, say that instead. (The probe
+                // opens /dev/null, not the database: closing a descriptor of
+                // the database would drop this process's SQLite locks on it.)
+                match std::fs::File::open("/dev/null") {
                     Err(io) if matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                         SqliteError::Io {
                             path: path.to_path_buf(),
