@@ -1366,11 +1366,13 @@ fn a_second_path_to_a_live_database_never_drops_its_locks() {
     let setup = Setup::new(&[("app.db", "apps/main"), ("alias.db", "apps/alias")]);
     let db = setup.dir.join("app.db");
     python_app(&db, "c.execute('PRAGMA journal_mode=WAL')\nc.execute('CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)')");
-    // The same file under a second name in the config.
-    std::fs::hard_link(&db, setup.dir.join("alias.db")).unwrap();
     let storage = setup.storage();
     let mut child = setup.watch("watch.log");
     wait_shipped(&storage, "apps/main", &db);
+    // The same file under a second name in the config, appearing once the
+    // first is live. (Linked before the start, either name could win the
+    // race to open it first, and the test waited for apps/main in vain.)
+    std::fs::hard_link(&db, setup.dir.join("alias.db")).unwrap();
     thread::sleep(Duration::from_millis(700)); // the alias has been tried and refused
                                                // The application writes and closes: with walsync's locks intact its
                                                // close can neither checkpoint past walsync nor delete the WAL.
