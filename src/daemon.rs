@@ -90,6 +90,8 @@ enum Msg {
         replica: Box<Replica>,
         result: Result<SyncReport, ReplicaError>,
         stat: FileStat,
+        /// When the sync began.
+        started: Instant,
     },
     Released {
         id: u64,
@@ -106,6 +108,10 @@ struct Slot {
     due: Instant,
     last_sync: Option<Instant>,
     failures: u32,
+    /// The current run of failed syncs: how many, and when the first
+    /// began (for the recovery line; `failures` drives the backoff).
+    failed_syncs: u32,
+    failing_since: Option<Instant>,
     retry_at: Option<Instant>,
     waiting_logged: bool,
     stat: Option<FileStat>,
@@ -127,6 +133,8 @@ impl Slot {
             due: now,
             last_sync: None,
             failures: 0,
+            failed_syncs: 0,
+            failing_since: None,
             retry_at: None,
             waiting_logged: false,
             stat: None,
@@ -164,7 +172,9 @@ impl Slot {
     /// Whether the database was being replicated (and so may have committed
     /// transactions that a failed last sync leaves unshipped).
     fn was_live(&self) -> bool {
-        self.replica.as_ref().is_some_and(|r| r.is_live())
+        self.replica
+            .as_ref()
+            .is_some_and(|r| r.is_live() || r.is_released())
     }
 }
 
@@ -209,6 +219,54 @@ fn backoff(failures: u32) -> Duration {
     )
 }
 
+/// Descriptors walsync keeps for itself whatever the number of databases:
+/// standard streams, the watcher, S3 connections, the metrics listener.
+const FDS_RESERVED: u64 = 32;
+/// Descriptors an active database may hold: walsync's own, the reader's
+/// database, WAL and -shm files, a checkpointing connection's. A released
+/// (idle) database keeps one.
+const FDS_PER_ACTIVE_DATABASE: u64 = 6;
+/// How often the "out of file descriptors" line may repeat.
+const FD_EXHAUSTED_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The open-file limit walsync would like for `databases`: room for every
+/// one of them to be active at once.
+fn fds_wanted(databases: u64) -> u64 {
+    databases * FDS_PER_ACTIVE_DATABASE + FDS_RESERVED
+}
+
+/// How to raise the limit, for messages.
+fn raise_limit_hint(to: u64) -> String {
+    format!(
+        "raise it to at least {to} (LimitNOFILE={to} in the systemd unit, or ulimit -n {to} \
+         in the shell that starts walsync)"
+    )
+}
+
+/// Whether a failed sync looks like the process ran out of descriptors:
+/// EMFILE itself, or SQLite's "unable to open database file" (which hides
+/// the errno, and may come from the WAL or -shm file) while the limit is
+/// below what every database active at once would need, or nearly every
+/// descriptor is in use.
+fn out_of_fds(error: &str, limit: u64, databases: u64) -> bool {
+    if error.contains("Too many open files") || error.contains("os error 24") {
+        return true;
+    }
+    error.contains("unable to open database file")
+        && (limit < fds_wanted(databases)
+            || signals::open_fd_count().is_some_and(|used| used + used / 10 >= limit))
+}
+
+/// Whether the application wrote to the database since `before` was taken
+/// (walsync's own first read may create an empty WAL, which is no write).
+fn written_during(before: &FileStat, db: &Path) -> bool {
+    let after = stat_of(db);
+    let wal_len = |s: &FileStat| s.wal.map_or(0, |(len, _)| len);
+    before.db != after.db
+        || wal_len(&after) > wal_len(before)
+        || before.wal.is_some() && before.wal != after.wal
+}
+
 /// How long file events in a discovery directory are gathered before the
 /// catalog is asked again.
 const DISCOVERY_DEBOUNCE: Duration = Duration::from_millis(300);
@@ -244,6 +302,10 @@ struct Dispatcher {
     idle_release_max_bytes: u64,
     /// Jobs queued or running at most (see `launch_due`).
     max_jobs: usize,
+    /// The soft open-file limit, once known.
+    fd_limit: Option<u64>,
+    /// When the "out of file descriptors" line was last logged.
+    fd_exhausted_logged: Option<Instant>,
 }
 
 impl Dispatcher {
@@ -493,6 +555,7 @@ impl Dispatcher {
             let storage = Arc::clone(&self.storage);
             let tx = self.tx.clone();
             self.pool.spawn(move || {
+                let started = Instant::now();
                 let stat = stat_of(replica.path());
                 let result = replica.sync(&*storage, false);
                 let _ = tx.send(Msg::Done {
@@ -500,6 +563,7 @@ impl Dispatcher {
                     replica,
                     result,
                     stat,
+                    started,
                 });
             });
         }
@@ -511,10 +575,12 @@ impl Dispatcher {
         replica: Box<Replica>,
         result: Result<SyncReport, ReplicaError>,
         stat: FileStat,
+        started: Instant,
         now: Instant,
     ) {
         self.running -= 1;
         let stopping = self.stopping.is_some();
+        let databases = self.slots.len() as u64;
         let Some(s) = self.slots.get_mut(&id) else {
             return;
         };
@@ -560,11 +626,13 @@ impl Dispatcher {
         s.last_sync = Some(now);
         s.stat = Some(stat);
         if let (Ok(r), Some(idle)) = (&result, self.idle_release_after) {
-            if first_sync && r.commits == 0 {
+            if first_sync && r.commits == 0 && !written_during(&stat, &s.want.replica.path) {
                 // Nothing was committed while walsync was away: let go at
                 // once, so that starting with thousands of databases does not
                 // hold them all open (and run out of descriptors) at the
-                // same time.
+                // same time. Not if the application is writing right now:
+                // letting go then only invites it to checkpoint and restart
+                // the WAL before walsync is back, a gap (a new generation).
                 s.release_at = Some(now);
             } else if r.commits > 0
                 || r.snapshot
@@ -575,12 +643,27 @@ impl Dispatcher {
             }
         }
         let last_sync = stopping || s.removing;
+        let mut retrying = false;
         match result {
             Ok(report) => {
-                if s.failures > 0 || s.waiting_logged {
+                if s.failed_syncs > 0 {
+                    // The counterpart of the error lines: the operator sees
+                    // how long the outage lasted and that the backlog went.
+                    let outage = s.failing_since.map_or(0.0, |t| (now - t).as_secs_f64());
+                    log::info!(
+                        "{}: replicating again after {} failed {} over {outage:.1}s; \
+                         {} commits shipped",
+                        s.name(),
+                        s.failed_syncs,
+                        if s.failed_syncs == 1 { "sync" } else { "syncs" },
+                        report.commits
+                    );
+                } else if s.waiting_logged {
                     log::info!("{}: replicating again", s.name());
                 }
                 s.failures = 0;
+                s.failed_syncs = 0;
+                s.failing_since = None;
                 s.retry_at = None;
                 s.waiting_logged = false;
                 if report.commits > 0 {
@@ -600,7 +683,31 @@ impl Dispatcher {
             }
             Err(e) => {
                 s.failures += 1;
-                if last_sync {
+                s.failed_syncs += 1;
+                s.failing_since.get_or_insert(started);
+                let limit = self.fd_limit.unwrap_or(u64::MAX);
+                let fds_short = out_of_fds(&e.to_string(), limit, databases);
+                if fds_short {
+                    let quiet = self
+                        .fd_exhausted_logged
+                        .is_some_and(|t| now.duration_since(t) < FD_EXHAUSTED_LOG_INTERVAL);
+                    if !quiet {
+                        self.fd_exhausted_logged = Some(now);
+                        let used = signals::open_fd_count()
+                            .map_or(String::new(), |n| format!("{n} descriptors in use, "));
+                        log::error!(
+                            "out of file descriptors ({used}open-file limit {limit}) with \
+                             {databases} databases: the databases that cannot be opened now \
+                             are retried every second or two, the others go on; {}",
+                            raise_limit_hint(fds_wanted(databases))
+                        );
+                    }
+                    // Not the database's fault: it should get its turn as
+                    // soon as others are released, not after a backoff that
+                    // grew while descriptors were short.
+                    s.failures = 1;
+                }
+                if last_sync && !fds_short {
                     log::error!("{}: {e}", s.name());
                     // Only a database walsync was replicating can have
                     // committed transactions left unshipped.
@@ -608,16 +715,41 @@ impl Dispatcher {
                         self.failed_at_stop.push(s.name());
                     }
                 } else {
+                    // Also a last sync that found no descriptor free: the
+                    // databases finished before it close theirs (below), and
+                    // the stop timeout bounds the wait.
+                    retrying = true;
                     let wait = backoff(s.failures);
-                    log::error!("{}: {e}; retrying in {:.1}s", s.name(), wait.as_secs_f64());
+                    if fds_short {
+                        // The line above stands for all of them.
+                        log::debug!("{}: {e}; retrying in {:.1}s", s.name(), wait.as_secs_f64());
+                    } else {
+                        log::error!("{}: {e}; retrying in {:.1}s", s.name(), wait.as_secs_f64());
+                    }
                     s.retry_at = Some(now + wait);
                     s.mark_dirty(now);
+                    // A database written during the failed sync is dirty
+                    // already, with an earlier due time that `mark_dirty`
+                    // keeps: without this it was retried at once, without
+                    // backing off.
+                    s.due = s.due.max(now + wait);
                 }
             }
         }
-        if stopping {
+        if stopping && !retrying {
             s.final_sync_done = true;
-        } else if s.removing {
+            // Done with it: its descriptors may let another database's last
+            // sync run (walsync exits next; the connections close then
+            // anyway). Not while another sync is due: a sync that was
+            // running when the stop came is followed by one more, which
+            // must find the replica as it was, not start over from the
+            // bucket.
+            if !s.dirty {
+                if let Some(r) = s.replica.as_mut() {
+                    r.close();
+                }
+            }
+        } else if s.removing && !retrying {
             self.drop_slot(id);
         }
     }
@@ -730,16 +862,32 @@ pub fn run(
         idle_release_after: opts.idle_release_after,
         idle_release_max_bytes: opts.idle_release_max_bytes,
         max_jobs: opts.workers.max(1) * 2,
+        fd_limit: None,
+        fd_exhausted_logged: None,
     };
     let now = Instant::now();
     d.apply(catalog.databases(), now);
     match signals::raise_fd_limit() {
-        Ok((soft, _)) => {
-            let need = d.slots.len() as u64 * 6 + 64;
-            if soft < need {
+        Ok((soft, hard)) => {
+            d.fd_limit = Some(soft);
+            let databases = d.slots.len() as u64;
+            let wanted = fds_wanted(databases);
+            if soft < databases + FDS_RESERVED {
+                // Not even one descriptor per database: some could never be
+                // replicated. Better refused now than failing for ever.
+                return Err(DaemonError::Setup(format!(
+                    "the open-file limit is {soft} (hard limit {hard}), too low for {databases} \
+                     databases: walsync needs one descriptor per database, up to \
+                     {FDS_PER_ACTIVE_DATABASE} per active one and about {FDS_RESERVED} of its own; {}",
+                    raise_limit_hint(wanted)
+                )));
+            }
+            if soft < wanted {
                 log::warn!(
-                    "open-file limit is {soft}, {} databases may need about {need}; raise it (ulimit -n / LimitNOFILE=)",
-                    d.slots.len()
+                    "the open-file limit is {soft} (hard limit {hard}); {databases} databases may \
+                     need up to {wanted} when all are active, and those that cannot be opened \
+                     then wait and are retried; {}",
+                    raise_limit_hint(wanted)
                 );
             }
         }
@@ -837,7 +985,8 @@ pub fn run(
                 replica,
                 result,
                 stat,
-            }) => d.on_done(id, replica, result, stat, now),
+                started,
+            }) => d.on_done(id, replica, result, stat, started, now),
             Some(Msg::Released {
                 id,
                 replica,

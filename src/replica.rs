@@ -653,24 +653,59 @@ impl Replica {
     /// fingerprint it had when it held exactly what was shipped (then every
     /// frame of the current WAL is new). Anything else (the application
     /// appended, checkpointed and restarted the WAL meanwhile) is a gap.
+    ///
+    /// If it fails before the proof is done (e.g. out of file descriptors),
+    /// the database stays released with its proof, to be woken again later:
+    /// a failed attempt is no gap.
     fn wake(&mut self, released: Released) -> Result<(), ReplicaError> {
+        let Released {
+            db,
+            cursor: released_cursor,
+            page_size,
+            fingerprint,
+        } = released;
         let path = self.opts.path.clone();
-        let mut handle = DbHandle::connect(released.db, Duration::from_secs(5))?;
-        handle.begin_read()?;
-        let page_size = released.page_size;
-        let continues = match released.cursor.pos {
-            Some(p) => wal_continues(&path, page_size, p)?,
-            None => false,
+        let keep = |db| Released {
+            db,
+            cursor: released_cursor,
+            page_size,
+            fingerprint,
+        };
+        let mut handle = match DbHandle::connect_or_return(db, Duration::from_secs(5)) {
+            Ok(h) => h,
+            Err(failed) => {
+                let (e, db) = *failed;
+                self.released = Some(keep(db));
+                return Err(e.into());
+            }
+        };
+        let proof = handle
+            .begin_read()
+            .map_err(ReplicaError::from)
+            .and_then(|()| {
+                let continues = match released_cursor.pos {
+                    Some(p) => wal_continues(&path, page_size, p)?,
+                    None => false,
+                };
+                Ok(continues || file_as_left(&handle, released_cursor.pos, fingerprint)?)
+                    .map(|proven| (continues, proven))
+            });
+        let (continues, proven) = match proof {
+            Ok(p) => p,
+            Err(e) => {
+                self.released = Some(keep(handle.release()));
+                return Err(e);
+            }
         };
         let cursor = if continues {
             Some(Cursor {
                 base_is_db_file: false,
-                ..released.cursor
+                ..released_cursor
             })
-        } else if file_as_left(&handle, released.cursor.pos, released.fingerprint)? {
+        } else if proven {
             Some(Cursor {
                 base_is_db_file: true,
-                ..released.cursor
+                ..released_cursor
             })
         } else {
             None

@@ -84,3 +84,11 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
         Ok((l.rlim_cur as u64, l.rlim_max as u64))
     }
 }
+
+/// How many descriptors this process has open, where the system can tell
+/// (`/proc/self/fd` on Linux).
+pub fn open_fd_count() -> Option<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
+    // Minus the one read_dir itself holds.
+    Some((entries.count() as u64).saturating_sub(1))
+}

@@ -347,8 +347,36 @@ impl DbHandle {
         DbHandle::connect(DbFile::open(path)?, busy_timeout)
     }
 
+    /// Like `connect`, but hands the file back on failure, so that the
+    /// caller keeps its hold on it.
+    pub fn connect_or_return(
+        db: DbFile,
+        busy_timeout: Duration,
+    ) -> Result<DbHandle, Box<(SqliteError, DbFile)>> {
+        let mut held = Some(db);
+        match DbHandle::connect_from(&mut held, busy_timeout) {
+            Ok(handle) => Ok(handle),
+            Err(e) => Err(Box::new((
+                e,
+                held.expect("invariant: connect_from gives the file back on error"),
+            ))),
+        }
+    }
+
     /// Opens the SQLite connections on a file walsync holds.
     pub fn connect(db: DbFile, busy_timeout: Duration) -> Result<DbHandle, SqliteError> {
+        DbHandle::connect_from(&mut Some(db), busy_timeout)
+    }
+
+    /// Opens the connections on the file in `held`, which it takes only on
+    /// success.
+    fn connect_from(
+        held: &mut Option<DbFile>,
+        busy_timeout: Duration,
+    ) -> Result<DbHandle, SqliteError> {
+        let db = held
+            .as_ref()
+            .expect("invariant: connect_from is given a file");
         let path = db.path.clone();
         let path = path.as_path();
         let reader = open_connection(path, busy_timeout)?;
@@ -369,14 +397,17 @@ impl DbHandle {
         if !db.still_at_path() {
             return Err(replaced(path));
         }
+        let path = path.to_path_buf();
         Ok(DbHandle {
-            path: path.to_path_buf(),
+            path,
             reader,
             writer: None,
             busy_timeout,
             in_read: false,
             writers_locked: false,
-            db,
+            db: held
+                .take()
+                .expect("invariant: the file is still held until here"),
         })
     }
 
@@ -559,7 +590,21 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, Sq
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI,
     )
-    .map_err(sq)?;
+    .map_err(|e| {
+        // SQLite says only "unable to open database file"; when the
+        // process is out of descriptors, say that instead. (The probe
+        // opens /dev/null, not the database: closing a descriptor of
+        // the database would drop this process's SQLite locks on it.)
+        match std::fs::File::open("/dev/null") {
+            Err(io) if matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                SqliteError::Io {
+                    path: path.to_path_buf(),
+                    source: io,
+                }
+            }
+            _ => sq(e),
+        }
+    })?;
     c.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .map_err(sq)?;
     c.busy_timeout(busy_timeout).map_err(sq)?;

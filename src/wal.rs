@@ -401,7 +401,13 @@ pub(crate) mod tests {
         };
         let mut w = WalBuilder::new(false, 512, 1, 2);
         w.frame(1, 1, 9).frame(2, 2, 8);
-        for _ in 0..2000 {
+        let good = scan(
+            &parse_header(&w.bytes).unwrap(),
+            w.header.start(),
+            &w.bytes[HEADER_SIZE..],
+        );
+        let (mut inputs, mut panics, mut beyond) = (0u64, 0u64, 0u64);
+        for _ in 0..crate::testing::fuzz_iters(2000) {
             let mut b = w.bytes.clone();
             let n = (next() % 8) as usize;
             for _ in 0..n {
@@ -410,10 +416,24 @@ pub(crate) mod tests {
             }
             let cut = (next() as usize) % (b.len() + 1);
             b.truncate(cut);
-            if let Ok(h) = parse_header(&b) {
-                let _ = scan(&h, h.start(), &b[HEADER_SIZE.min(b.len())..]);
+            inputs += 1;
+            let found = crate::testing::counting_panics(&mut panics, || {
+                parse_header(&b)
+                    .ok()
+                    .map(|h| scan(&h, h.start(), &b[HEADER_SIZE.min(b.len())..]).len())
+            });
+            // Damage can only end the readable WAL earlier, never add a
+            // transaction the checksums did not vouch for.
+            if found.flatten().is_some_and(|n| n > good.len()) {
+                beyond += 1;
             }
         }
+        eprintln!(
+            "fuzz: WAL header and frame scanner: {inputs} damaged inputs, {panics} panics, \
+             {beyond} accepted beyond the valid frames"
+        );
+        assert_eq!(panics, 0, "the WAL scanner panicked");
+        assert_eq!(beyond, 0);
     }
 
     /// A WAL written by SQLite itself: every transaction is found, in order,

@@ -362,7 +362,12 @@ fn point_in_time_restore_is_exact_and_gaps_start_new_generations() {
         insert(&c, id);
     }
     assert!(sigterm(&mut child).success());
-    assert_eq!(generation_count(&storage, "tenants/acme"), 1);
+    assert_eq!(
+        generation_count(&storage, "tenants/acme"),
+        1,
+        "{}",
+        std::fs::read_to_string(setup.dir.join("watch.log")).unwrap()
+    );
 
     // Written while walsync is stopped, with the WAL checkpointed and
     // restarted: walsync must notice and start a new generation.
@@ -384,7 +389,8 @@ fn point_in_time_restore_is_exact_and_gaps_start_new_generations() {
     assert_eq!(
         generation_count(&storage, "tenants/acme"),
         2,
-        "a gap starts a new generation"
+        "a gap starts a new generation: {}",
+        std::fs::read_to_string(setup.dir.join("watch-2.log")).unwrap()
     );
 
     let ts = |ms: u64| walsync::time::format_rfc3339(ms);
@@ -1366,11 +1372,13 @@ fn a_second_path_to_a_live_database_never_drops_its_locks() {
     let setup = Setup::new(&[("app.db", "apps/main"), ("alias.db", "apps/alias")]);
     let db = setup.dir.join("app.db");
     python_app(&db, "c.execute('PRAGMA journal_mode=WAL')\nc.execute('CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)')");
-    // The same file under a second name in the config.
-    std::fs::hard_link(&db, setup.dir.join("alias.db")).unwrap();
     let storage = setup.storage();
     let mut child = setup.watch("watch.log");
     wait_shipped(&storage, "apps/main", &db);
+    // The same file under a second name in the config, appearing once the
+    // first is live. (Linked before the start, either name could win the
+    // race to open it first, and the test waited for apps/main in vain.)
+    std::fs::hard_link(&db, setup.dir.join("alias.db")).unwrap();
     thread::sleep(Duration::from_millis(700)); // the alias has been tried and refused
                                                // The application writes and closes: with walsync's locks intact its
                                                // close can neither checkpoint past walsync nor delete the WAL.
@@ -1777,4 +1785,503 @@ fn a_restore_that_runs_out_of_space_leaves_nothing_behind() {
     let o = setup.restore("apps/a", &out, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(rows(&out).len(), 400);
+}
+
+/// Waits until `log` (a file in the setup's directory) contains `needle`
+/// `times` times; returns the log.
+fn wait_log(setup: &Setup, log: &str, needle: &str, times: usize) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(setup.dir.join(log)).unwrap_or_default();
+        if text.matches(needle).count() >= times {
+            return text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "waiting for {times}x {needle:?} in {log}: {text}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_s3_server_killed_and_started_again_loses_nothing() {
+    let mut setup = Setup::new(&[("app.db", "tenants/acme")]);
+    let path = setup.dir.join("app.db");
+    let wal = setup.dir.join("app.db-wal");
+    let storage = setup.storage();
+    let c = open_app(&path);
+    for id in 1..=50 {
+        insert(&c, id);
+    }
+    let mut child = setup.watch("watch.log");
+    wait_shipped(&storage, "tenants/acme", &path);
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(std::sync::atomic::AtomicI64::new(50));
+    let writer = {
+        let (stop, written, path) = (Arc::clone(&stop), Arc::clone(&written), path.clone());
+        thread::spawn(move || {
+            let c = open_app(&path);
+            let mut id = 50;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                insert(&c, id);
+                written.store(id, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(3));
+            }
+            id
+        })
+    };
+    thread::sleep(Duration::from_millis(500));
+
+    // The server process dies (not a proxy: the port refuses connections).
+    setup.server.stop();
+    let before = written.load(Ordering::Relaxed);
+    // Two failed syncs, each after the storage layer's own retries: walsync
+    // keeps going, backing off between them.
+    wait_log(
+        &setup,
+        "watch.log",
+        "attempts); check the endpoint and the network; retrying in",
+        2,
+    );
+    // walsync holds its read transaction, so the application cannot
+    // checkpoint the unshipped frames away: its TRUNCATE stays busy and the
+    // WAL keeps them.
+    let (busy, log_frames): (i64, i64) = c
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let wal_len = std::fs::metadata(&wal).unwrap().len();
+    assert_eq!(
+        busy, 1,
+        "the application's TRUNCATE checkpoint is held back"
+    );
+    assert!(
+        log_frames > 0 && wal_len > 0,
+        "{log_frames} frames, {wal_len} bytes"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "walsync exited while the server was down"
+    );
+    let during = written.load(Ordering::Relaxed) - before;
+
+    // Back on the same port with the same data directory.
+    setup.server.restart();
+    thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let n = writer.join().unwrap();
+    let log = wait_log(&setup, "watch.log", "replicating again", 1);
+    wait_shipped(&storage, "tenants/acme", &path);
+    let status = sigterm(&mut child);
+    let log = format!(
+        "{log}{}",
+        std::fs::read_to_string(setup.dir.join("watch.log"))
+            .unwrap()
+            .strip_prefix(log.as_str())
+            .unwrap_or_default()
+    );
+    assert!(status.success(), "{status}: {log}");
+    eprintln!(
+        "{n} rows committed, {during} of them while the server was down ({wal_len} bytes of WAL held)"
+    );
+    for line in log.lines().filter(|l| {
+        l.contains("cannot reach") || l.contains("replicating again") || l.contains("grows")
+    }) {
+        eprintln!("log: {line}");
+    }
+    assert!(during > 100, "the application kept writing: {during} rows");
+    // The outage: which database, what failed, what to check, when the next try is.
+    let outage = log
+        .lines()
+        .find(|l| l.contains("walsync::daemon") && l.contains("cannot reach"))
+        .unwrap_or_else(|| panic!("no outage line for the database: {log}"));
+    assert!(
+        outage.contains("app.db (tenants/acme): ")
+            && outage.contains(&setup.server.endpoint)
+            && outage.contains("retrying in"),
+        "{outage}"
+    );
+    // Each retry waits at least the backoff it announced, even though the
+    // application's writes kept marking the database dirty: the first
+    // attempt of the next sync (which fails at once, connection refused)
+    // comes no earlier.
+    let at = |l: &str| walsync::time::parse_rfc3339(&l[1..25]).unwrap() as f64;
+    let mut backoff_from: Option<(f64, f64)> = None;
+    let mut retries_checked = 0;
+    for line in log.lines() {
+        if line.contains("walsync::daemon") && line.contains("retrying in ") {
+            let wait = line.rsplit("retrying in ").next().unwrap();
+            let wait: f64 = wait.trim_end_matches('s').parse().unwrap();
+            backoff_from = Some((at(line), wait * 1000.0));
+        } else if line.contains("attempt 1/") {
+            if let Some((failed, wait_ms)) = backoff_from.take() {
+                // The announced wait is rounded to 0.1 s.
+                assert!(
+                    at(line) >= failed + wait_ms - 50.0,
+                    "retried {} ms after a failure that announced {wait_ms} ms: {log}",
+                    at(line) - failed
+                );
+                retries_checked += 1;
+            }
+        }
+    }
+    assert!(retries_checked >= 1, "{log}");
+    // The recovery: how long it lasted.
+    let recovery = log
+        .lines()
+        .find(|l| l.contains("replicating again"))
+        .unwrap();
+    assert!(
+        recovery.contains("app.db (tenants/acme)") && recovery.contains("failed sync"),
+        "{recovery}"
+    );
+    assert_eq!(generation_count(&storage, "tenants/acme"), 1, "no gap");
+
+    let out = setup.dir.join("r.db");
+    let o = setup.restore("tenants/acme", &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        rows(&out).len() as i64,
+        n,
+        "every committed row is restored"
+    );
+    assert_eq!(rows(&out), rows(&path));
+    assert_eq!(integrity(&out), "ok");
+}
+
+/// Runs walsync with `args` (and `env` on top of the setup's), waiting at
+/// most a minute: a command that should fail at once must not hang the
+/// suite if it starts running instead.
+fn run_bounded(setup: &Setup, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let (out_path, err_path) = (
+        setup.dir.join("bounded.stdout"),
+        setup.dir.join("bounded.stderr"),
+    );
+    let mut cmd = setup.command();
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    let mut child = Running(cmd.spawn().unwrap());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{args:?} still running after 60 s: {}",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap(),
+        stderr: std::fs::read(&err_path).unwrap(),
+    }
+}
+
+#[test]
+fn wrong_region_missing_bucket_and_a_web_server_are_one_line_errors() {
+    use common::fakeserver::FakeServer;
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    let c = open_app(&setup.dir.join("app.db"));
+    insert(&c, 1);
+    let secret = setup.server.secret_key.clone();
+
+    // s3s-fs 0.14.1 does not check the region in a signature's scope: a
+    // client signing for another region is served as usual. So the wrong
+    // region is played by a fake server giving AWS's answers (below); this
+    // shows the real server's behaviour, and fails if it ever changes.
+    let o = run_bounded(
+        &setup,
+        &["list", "--config", setup.config.to_str().unwrap()],
+        &[("AWS_REGION", "eu-west-3")],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // What AWS answers to a presigned URL signed for the wrong region, and
+    // to a path-style request sent to the wrong regional endpoint.
+    let wrong_region = FakeServer::start(|_| {
+        (
+            "400 Bad Request",
+            "content-type: application/xml\r\n",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AuthorizationQueryParametersError\
+             </Code><Message>Error parsing the X-Amz-Credential parameter; the region 'us-east-1' \
+             is wrong; expecting 'eu-west-3'</Message><Region>eu-west-3</Region>\
+             <RequestId>R</RequestId></Error>"
+                .to_owned(),
+        )
+    });
+    let redirect = FakeServer::start(|_| {
+        (
+            "301 Moved Permanently",
+            "content-type: application/xml\r\nx-amz-bucket-region: eu-west-3\r\n",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>PermanentRedirect</Code>\
+             <Message>The bucket you are attempting to access must be addressed using the \
+             specified endpoint. Please send all future requests to this endpoint.</Message>\
+             <Endpoint>walsync-test.s3.eu-west-3.amazonaws.com</Endpoint></Error>"
+                .to_owned(),
+        )
+    });
+    // Not S3 at all: a web server (a console port, a reverse proxy's default
+    // site) answering HTML, with 200 and with 404.
+    let html_200 = FakeServer::start(|_| {
+        (
+            "200 OK",
+            "content-type: text/html; charset=utf-8\r\n",
+            "<!DOCTYPE html><html><head><title>MinIO Console</title></head><body></body></html>"
+                .to_owned(),
+        )
+    });
+    let html_404 = FakeServer::start(|_| {
+        (
+            "404 Not Found",
+            "content-type: text/html\r\n",
+            "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
+                .to_owned(),
+        )
+    });
+
+    let config = std::fs::read_to_string(&setup.config).unwrap();
+    let endpoint_line = format!("endpoint = \"{}\"", setup.server.endpoint);
+    // (case, bucket, endpoint, what the one line must say)
+    let cases: Vec<(&str, &str, &str, Vec<&str>)> = vec![
+        (
+            "missing bucket",
+            "no-such-bucket",
+            &setup.server.endpoint,
+            vec![
+                "s3://no-such-bucket",
+                "the bucket does not exist",
+                "bucket name",
+            ],
+        ),
+        (
+            "wrong region",
+            &setup.server.bucket,
+            &wrong_region.endpoint,
+            vec!["in region \"eu-west-3\"", "AWS_REGION"],
+        ),
+        (
+            "redirect to another region",
+            &setup.server.bucket,
+            &redirect.endpoint,
+            vec!["eu-west-3.amazonaws.com", "check the region"],
+        ),
+        (
+            "HTML 200",
+            &setup.server.bucket,
+            &html_200.endpoint,
+            vec!["an HTML page titled \"MinIO Console\"", "S3-compatible"],
+        ),
+        (
+            "HTML 404",
+            &setup.server.bucket,
+            &html_404.endpoint,
+            vec!["an HTML page titled \"404 Not Found\"", "S3-compatible"],
+        ),
+    ];
+    let out = setup.dir.join("never.db");
+    let mut tried = 0;
+    let mut failures = Vec::new();
+    for (i, (case, bucket, endpoint, needles)) in cases.iter().enumerate() {
+        let cfg = setup.dir.join(format!("case{i}.toml"));
+        let text = config
+            .replace(&endpoint_line, &format!("endpoint = \"{endpoint}\""))
+            .replace(
+                &format!("bucket = \"{}\"", setup.server.bucket),
+                &format!("bucket = \"{bucket}\""),
+            );
+        std::fs::write(&cfg, text).unwrap();
+        let cfg = cfg.to_str().unwrap();
+        let out = out.to_str().unwrap();
+        let commands: Vec<Vec<&str>> = vec![
+            vec!["list", "--config", cfg],
+            vec![
+                "restore",
+                "--config",
+                cfg,
+                "--prefix",
+                "tenants/acme",
+                "-o",
+                out,
+            ],
+            vec![
+                "restore",
+                "--bucket",
+                bucket,
+                "--endpoint",
+                endpoint,
+                "--prefix",
+                "tenants/acme",
+                "-o",
+                out,
+            ],
+            vec!["snapshot", "--config", cfg],
+            vec!["watch", "--config", cfg],
+        ];
+        for args in commands {
+            let o = run_bounded(&setup, &args, &[]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            let all = format!("{}{err}", String::from_utf8_lossy(&o.stdout));
+            let lines: Vec<&str> = err.lines().collect();
+            let ok = o.status.code() == Some(1)
+                && lines.len() == 1
+                && lines[0].starts_with("walsync: ")
+                && needles.iter().all(|n| lines[0].contains(n))
+                && !all.contains(&secret)
+                && !all.contains("X-Amz-Signature")
+                && !all.contains("panicked");
+            if !ok {
+                failures.push(format!("{case}: {args:?} ({:?}): {all}", o.status.code()));
+            } else if args[0] == "list" {
+                eprintln!("{case}: {}", lines[0]);
+            }
+            tried += 1;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(!out.exists());
+    assert_eq!(tried, 25);
+
+    // A server that does not answer at all may be on its way (at boot, or
+    // down for a while): watch starts anyway and retries, as in an outage.
+    let closed = format!("http://127.0.0.1:{}", common::s3server::free_port());
+    setup.edit_config(|t| t.replace(&endpoint_line, &format!("endpoint = \"{closed}\"")));
+    let mut child = setup.watch("closed.log");
+    wait_log(&setup, "closed.log", "starting anyway", 1);
+    wait_log(&setup, "closed.log", "watching 1 databases", 1);
+    assert!(child.try_wait().unwrap().is_none());
+    assert!(sigterm(&mut child).success());
+}
+
+impl Setup {
+    /// `walsync watch` with its open-file limit (soft and hard, so walsync
+    /// cannot raise it) set to `limit`.
+    fn watch_with_fd_limit(&self, log: &str, limit: u64) -> Running {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        let mut cmd = self.command();
+        cmd.args(["watch", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let l = libc::rlimit {
+                    rlim_cur: limit as libc::rlim_t,
+                    rlim_max: limit as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Running(cmd.spawn().unwrap())
+    }
+}
+
+#[test]
+fn too_low_an_open_file_limit_is_refused_or_named() {
+    let names: Vec<(String, String)> = (0..64)
+        .map(|i| (format!("db{i}.db"), format!("tenants/t{i}")))
+        .collect();
+    let dbs: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(f, p)| (f.as_str(), p.as_str()))
+        .collect();
+    let setup = Setup::new(&dbs);
+    setup.edit_config(|t| format!("idle_release_after = \"1s\"\n{t}"));
+    for (i, (file, _)) in names.iter().enumerate() {
+        let c = open_app(&setup.dir.join(file));
+        insert(&c, i as i64 + 1);
+    }
+    let storage = setup.storage();
+
+    // 48 descriptors cannot even hold one per database: refused at start,
+    // in one line that names the numbers and the fix.
+    let mut child = setup.watch_with_fd_limit("refused.log", 48);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "walsync started with 48 descriptors for 64 databases"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(setup.dir.join("refused.log")).unwrap();
+    eprintln!("limit 48: {log}");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert_eq!(log.lines().count(), 1, "{log}");
+    for needle in [
+        "walsync: the open-file limit is 48",
+        "64 databases",
+        "LimitNOFILE=416",
+        "ulimit -n 416",
+    ] {
+        assert!(log.contains(needle), "{needle:?}: {log}");
+    }
+    assert!(
+        storage.list("tenants/").unwrap().is_empty(),
+        "nothing uploaded"
+    );
+
+    // Enough for every database released, not for every one active: walsync
+    // starts, warns, replicates what it can open, names the shortage and
+    // retries the rest until each is replicated.
+    let mut child = setup.watch_with_fd_limit("low.log", 100);
+    // Each database is released once its first snapshot is up, keeping one
+    // descriptor; then the applications all write at once, and walsync
+    // cannot open all 64 again at the same time.
+    wait_log(&setup, "low.log", "generation 0000000000000001 started", 64);
+    for (i, (file, _)) in names.iter().enumerate() {
+        insert(&open_app(&setup.dir.join(file)), 1000 + i as i64);
+    }
+    wait_log(&setup, "low.log", "out of file descriptors", 1);
+    for (file, prefix) in &names {
+        wait_shipped(&storage, prefix, &setup.dir.join(file));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "walsync keeps running");
+    let status = sigterm(&mut child);
+    let log = std::fs::read_to_string(setup.dir.join("low.log")).unwrap();
+    let tail: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.contains("Terminate"))
+        .filter(|l| !l.contains("replicating again"))
+        .collect();
+    assert!(status.success(), "{status}: {tail:#?}");
+    let warned = log
+        .lines()
+        .find(|l| l.contains("the open-file limit is 100"))
+        .unwrap_or_else(|| panic!("no warning at start: {log}"));
+    assert!(warned.contains("64 databases") && warned.contains("LimitNOFILE=416"));
+    let short = log
+        .lines()
+        .find(|l| l.contains("out of file descriptors"))
+        .unwrap_or_else(|| panic!("the shortage is not named: {log}"));
+    eprintln!("limit 100: {warned}\n{short}");
+    assert!(
+        short.contains("open-file limit 100") && short.contains("64 databases"),
+        "{short}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    for (file, prefix) in names.iter().take(3) {
+        let out = setup.dir.join(format!("{file}.restored"));
+        let o = setup.restore(prefix, &out, &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(rows(&out), rows(&setup.dir.join(file)));
+        assert_eq!(integrity(&out), "ok");
+    }
 }

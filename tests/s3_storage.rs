@@ -3,13 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::io::Read;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::fakeserver::FakeServer;
 use common::s3server::{free_port, S3Server, REGION};
 use rusty_s3::S3Action;
 use walsync::storage::s3::{RetryPolicy, S3Settings, S3Storage};
@@ -705,99 +703,6 @@ fn file_shorter_than_its_length_starts_no_multipart_upload() {
     assert_eq!(unfinished_uploads(&server), Vec::<String>::new());
 }
 
-/// What a fake server answers: status line, extra header lines (each ending
-/// in `\r\n`) and body.
-type Answer = fn(usize) -> (&'static str, &'static str, String);
-
-/// A fake HTTP server on a free port. `answer(n)` gives the answer to the
-/// `n`th request (from 0). Counts connections and keeps request heads, to see
-/// retries, connection reuse and what was sent.
-struct FakeServer {
-    endpoint: String,
-    connections: Arc<AtomicUsize>,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-impl FakeServer {
-    fn start(answer: Answer) -> FakeServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let (c, h) = (connections.clone(), heads.clone());
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                c.fetch_add(1, Ordering::SeqCst);
-                let h = h.clone();
-                thread::spawn(move || serve(stream, &h, answer));
-            }
-        });
-        FakeServer {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            connections,
-            heads,
-        }
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-
-    fn requests(&self) -> usize {
-        self.heads().len()
-    }
-
-    /// The request line and headers of every request so far, lower-cased.
-    fn heads(&self) -> Vec<String> {
-        self.heads.lock().map(|h| h.clone()).unwrap_or_default()
-    }
-}
-
-fn serve(stream: TcpStream, heads: &Mutex<Vec<String>>, answer: Answer) {
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut content_length = 0usize;
-        let mut head = String::new();
-        if reader.read_line(&mut head).unwrap_or(0) == 0 {
-            return;
-        }
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line.to_ascii_lowercase());
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    content_length = value.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0; content_length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let n = match heads.lock() {
-            Ok(mut heads) => {
-                heads.push(head);
-                heads.len() - 1
-            }
-            Err(_) => return,
-        };
-        let (status_line, headers, page) = answer(n);
-        let response = format!(
-            "HTTP/1.1 {status_line}\r\n{headers}content-length: {}\r\n\r\n{page}",
-            page.len()
-        );
-        if reader.get_mut().write_all(response.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
 const NGINX_PAGE: &str =
     "<!DOCTYPE html><html><head><title>Welcome to nginx!</title></head><body>hi</body></html>";
 
@@ -966,14 +871,14 @@ fn wrong_region_redirect_is_reported_not_followed() {
     });
     let storage = storage_at(&server.endpoint);
     match storage.list("db/") {
-        Err(StorageError::Server { status, detail, .. }) => {
-            assert_eq!(status, 301);
+        Err(e @ StorageError::WrongRegion { .. }) => {
+            let text = e.to_string();
             assert!(
-                detail.contains("region") && detail.contains("eu-west-1"),
-                "{detail}"
+                text.contains("region") && text.contains("eu-west-1"),
+                "{text}"
             );
         }
-        other => panic!("expected Server(301), got {other:?}"),
+        other => panic!("expected WrongRegion, got {other:?}"),
     }
     assert_eq!(server.requests(), 1);
 }

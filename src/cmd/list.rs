@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
 
-use super::{check_prefix, human_bytes, json_string, select, CliError};
+use super::{check_prefix, check_storage, human_bytes, json_string, select, CliError};
 use crate::keys::{self, ObjectKind};
 use crate::plan;
 use crate::storage::Storage;
@@ -44,6 +44,9 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
             }
         },
     };
+    if let Some((prefix, _)) = prefixes.first() {
+        check_storage(&*storage, prefix).map_err(CliError::runtime)?;
+    }
     let mut failed = 0;
     let mut json_items = Vec::new();
     for (prefix, path) in prefixes {

@@ -12,7 +12,7 @@ use crate::config::{self, Config, DatabaseConfig, StorageConfig};
 use crate::replica::ReplicaOptions;
 use crate::storage::dir::DirStorage;
 use crate::storage::s3::S3Storage;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 
 /// walsync: continuous backup of SQLite databases (WAL mode) to S3-compatible
 /// storage, and exact restore to the newest transaction or a point in time.
@@ -146,6 +146,18 @@ pub mod restore_all;
 pub mod snapshot;
 pub mod verify;
 pub mod watch;
+
+/// Asks the storage once for what it holds under `prefix` (a listing the
+/// command makes anyway), so that a problem with the storage as a whole
+/// (credentials, bucket, region, endpoint, a server that cannot be reached)
+/// ends the command with one line instead of one per database. Other
+/// failures are left to the command, which names the database.
+pub(crate) fn check_storage(storage: &dyn Storage, prefix: &str) -> Result<(), StorageError> {
+    match storage.list(&crate::keys::database_root(prefix)) {
+        Err(e) if e.is_storage_wide() => Err(e),
+        _ => Ok(()),
+    }
+}
 
 /// Where to find the backups: a config file, or (for disaster recovery on a
 /// machine that has none) the bucket or directory given on the command line.

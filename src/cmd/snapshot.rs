@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use argh::FromArgs;
 
-use super::{load_config, open_storage, replica_options, select, CliError};
+use super::{check_storage, load_config, open_storage, replica_options, select, CliError};
 use crate::replica::Replica;
 
 /// ship what is committed and upload a full snapshot now
@@ -22,8 +22,12 @@ pub struct SnapshotArgs {
 pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
     let cfg = load_config(args.config.as_deref())?;
     let storage = open_storage(&cfg.storage)?;
+    let dbs = select(&cfg, args.prefix.as_deref())?;
+    if let Some(db) = dbs.first() {
+        check_storage(&*storage, &db.prefix).map_err(CliError::runtime)?;
+    }
     let mut failed = 0;
-    for db in select(&cfg, args.prefix.as_deref())? {
+    for db in dbs {
         let mut r = Replica::new(replica_options(&db));
         match r.sync(&*storage, true) {
             Ok(rep) => println!(

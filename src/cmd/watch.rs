@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use super::{env, load_config, open_storage, replica_options, CliError};
+use super::{check_storage, env, load_config, open_storage, replica_options, CliError};
 use crate::config::{self, Config};
 use crate::daemon::{self, Catalog, WatchOptions, WatchedDatabase};
 use crate::discovery;
 use crate::metrics::{self, Registry};
+use crate::storage::StorageError;
 
 /// replicate every database in the config continuously (until SIGINT/SIGTERM; SIGHUP reloads the config)
 #[derive(FromArgs, Debug)]
@@ -126,5 +127,17 @@ pub fn run(args: WatchArgs) -> Result<(), CliError> {
         config: cfg,
         problems: BTreeSet::new(),
     };
+    // A wrong bucket, region, endpoint or key would make every database fail
+    // forever: refuse to start. A server that does not answer yet (at boot,
+    // or down for a while) is waited for, as during an outage.
+    if let Some(db) = catalog.databases().first() {
+        match check_storage(&*storage, &db.replica.prefix) {
+            Ok(()) => {}
+            Err(e @ StorageError::Transport { .. }) => {
+                log::warn!("{e}; starting anyway, each database retries until it answers")
+            }
+            Err(e) => return Err(CliError::runtime(e)),
+        }
+    }
     daemon::run(storage, &mut catalog, opts).map_err(CliError::runtime)
 }

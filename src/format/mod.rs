@@ -435,27 +435,61 @@ mod fuzz {
         b
     }
 
+    /// Inputs tried by one decoder in one fuzz loop, and what came of them.
+    #[derive(Default)]
+    struct Tally {
+        inputs: u64,
+        accepted: u64,
+        panics: u64,
+    }
+
+    impl Tally {
+        fn try_one(&mut self, decode: impl FnOnce() -> bool) {
+            self.inputs += 1;
+            if crate::testing::counting_panics(&mut self.panics, decode) == Some(true) {
+                self.accepted += 1;
+            }
+        }
+
+        /// One line for `bench/fuzz.sh` to collect.
+        fn report(&self, decoder: &str, kind: &str) {
+            eprintln!(
+                "fuzz: {decoder}: {} {kind} inputs, {} panics, {} accepted",
+                self.inputs, self.panics, self.accepted
+            );
+        }
+    }
+
     #[test]
     fn mutated_objects_are_rejected_never_accepted_or_panicking() {
         let mut rng = Rng(0x5eed_1234_abcd_0001);
         let (seg, snap) = (segment(), snapshot());
         assert!(decode_segment(&seg) && decode_snapshot(&snap));
-        for _ in 0..3000 {
+        let (mut segments, mut snapshots) = (Tally::default(), Tally::default());
+        for _ in 0..crate::testing::fuzz_iters(3000) {
             let b = mutate(&mut rng, &seg);
             if b != seg {
-                assert!(!decode_segment(&b), "a mutated segment was accepted");
+                segments.try_one(|| decode_segment(&b));
             }
             let b = mutate(&mut rng, &snap);
             if b != snap {
-                assert!(!decode_snapshot(&b), "a mutated snapshot was accepted");
+                snapshots.try_one(|| decode_snapshot(&b));
             }
+        }
+        segments.report("segment decoder", "mutated");
+        snapshots.report("snapshot decoder", "mutated");
+        for t in [&segments, &snapshots] {
+            assert_eq!(t.panics, 0, "a decoder panicked");
+            assert_eq!(t.accepted, 0, "a mutated object was accepted");
         }
     }
 
     #[test]
     fn garbage_and_lying_headers_never_panic() {
         let mut rng = Rng(0x0bad_cafe_0000_0042);
-        for _ in 0..3000 {
+        let (mut segments, mut snapshots, mut keys) =
+            (Tally::default(), Tally::default(), Tally::default());
+        for _ in 0..crate::testing::fuzz_iters(3000) {
             let n = rng.below(400);
             let mut b: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
             // Half the time, a plausible header: the right magic and version.
@@ -463,10 +497,23 @@ mod fuzz {
                 b[..4].copy_from_slice(if rng.below(2) == 0 { b"WSEG" } else { b"WSNP" });
                 b[4] = 1;
             }
-            let _ = decode_segment(&b);
-            let _ = decode_snapshot(&b);
-            let _ = crate::keys::parse_key("p", &String::from_utf8_lossy(&b));
+            segments.try_one(|| decode_segment(&b));
+            snapshots.try_one(|| decode_snapshot(&b));
+            keys.try_one(|| {
+                matches!(
+                    crate::keys::parse_key("p", &String::from_utf8_lossy(&b)),
+                    Ok(Some(_))
+                )
+            });
         }
+        segments.report("segment decoder", "garbage");
+        snapshots.report("snapshot decoder", "garbage");
+        keys.report("key parser", "garbage");
+        for t in [&segments, &snapshots, &keys] {
+            assert_eq!(t.panics, 0, "a decoder panicked on garbage");
+        }
+        // Random bytes never carry a valid CRC32 in practice (2^-32 each).
+        assert_eq!(segments.accepted + snapshots.accepted, 0);
         // A snapshot claiming 4 billion pages of 64 KiB: read page by page,
         // so it fails at the first missing byte without allocating for it.
         let mut lying = snapshot();

@@ -148,6 +148,10 @@ pub enum StorageError {
     },
     /// The storage answered something that is not what the protocol says.
     BadResponse { location: String, detail: String },
+    /// The server says the bucket lives in another region or behind
+    /// another endpoint (a redirect, or a signature scoped to the wrong
+    /// region).
+    WrongRegion { location: String, detail: String },
     /// A key that this storage cannot hold (empty, absolute, `..`, …).
     InvalidKey { key: String, reason: String },
 }
@@ -163,7 +167,8 @@ impl fmt::Display for StorageError {
             ),
             StorageError::NoSuchBucket { location } => write!(
                 f,
-                "{location}: the bucket does not exist; create it or fix [storage] bucket"
+                "{location}: the bucket does not exist; create it, or fix the bucket name \
+                 ([storage] bucket or --bucket) or the endpoint"
             ),
             StorageError::Server {
                 location,
@@ -180,8 +185,31 @@ impl fmt::Display for StorageError {
                 f,
                 "{location}: unexpected answer from the storage server ({detail}); is the endpoint an S3-compatible server?"
             ),
+            StorageError::WrongRegion { location, detail } => write!(
+                f,
+                "{location}: the server says the bucket is in another region or behind another \
+                 endpoint ({detail}); check the region ([storage] region, --region or AWS_REGION) \
+                 and the endpoint"
+            ),
             StorageError::InvalidKey { key, reason } => write!(f, "invalid object key {key:?}: {reason}"),
         }
+    }
+}
+
+impl StorageError {
+    /// Whether the error is about the storage as a whole (credentials,
+    /// bucket, region, endpoint, a server that cannot be reached) rather
+    /// than one object: every other request would fail the same way, so a
+    /// command stops at the first instead of repeating it per database.
+    pub fn is_storage_wide(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Auth { .. }
+                | StorageError::NoSuchBucket { .. }
+                | StorageError::Transport { .. }
+                | StorageError::BadResponse { .. }
+                | StorageError::WrongRegion { .. }
+        )
     }
 }
 

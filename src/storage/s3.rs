@@ -497,6 +497,34 @@ fn xml_text(xml: &str, tag: &str) -> Option<String> {
     )
 }
 
+/// If `text` is an HTML page (a web server, a console or a proxy answered
+/// instead of the S3 API), a short description naming its title.
+fn html_page(text: &str) -> Option<String> {
+    let head: String = text
+        .chars()
+        .take(512)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let head = head.trim_start();
+    if !(head.starts_with("<!doctype html") || head.starts_with("<html")) {
+        return None;
+    }
+    let lower = text.to_ascii_lowercase();
+    let title = lower
+        .find("<title>")
+        .map(|start| start + "<title>".len())
+        .and_then(|start| {
+            let len = lower[start..].find("</title>")?;
+            text.get(start..start + len)
+        })
+        .map(excerpt)
+        .filter(|t| !t.is_empty());
+    Some(match title {
+        Some(t) => format!("an HTML page titled {t:?}"),
+        None => "an HTML page".to_owned(),
+    })
+}
+
 /// A short single-line excerpt of a body that is not an S3 error document.
 fn excerpt(text: &str) -> String {
     let cleaned: String = text
@@ -549,10 +577,13 @@ fn classify_status(status: u16, body: &[u8], location: &str, key: &str) -> Failu
             })),
             _ => Failure::fatal(StorageError::BadResponse {
                 location,
-                detail: format!(
-                    "status {status} for {key:?} with a body that is not an S3 error: {:?}",
-                    excerpt(&text)
-                ),
+                detail: match html_page(&text) {
+                    Some(page) => format!("status {status} for {key:?} with {page}, not S3 XML"),
+                    None => format!(
+                        "status {status} for {key:?} with a body that is not an S3 error: {:?}",
+                        excerpt(&text)
+                    ),
+                },
             }),
         };
     };
@@ -570,6 +601,20 @@ fn classify_status(status: u16, body: &[u8], location: &str, key: &str) -> Failu
         detail,
     };
     let code = code.as_str();
+    // AWS names the bucket's region in the error of a request signed for
+    // another one (AuthorizationHeaderMalformed, or
+    // AuthorizationQueryParametersError for a presigned URL like ours).
+    let region = xml_text(&text, "Region").filter(|r| !r.is_empty());
+    if REGION_CODES.contains(&code) || region.is_some() {
+        let mut detail = detail;
+        if let Some(region) = region {
+            let _ = write!(detail, "; the bucket is in region {region:?}");
+        }
+        if let Some(endpoint) = xml_text(&text, "Endpoint") {
+            let _ = write!(detail, "; the server suggests endpoint {endpoint}");
+        }
+        return Failure::fatal(StorageError::WrongRegion { location, detail });
+    }
     if AUTH_CODES.contains(&code) {
         let detail = if code == "RequestTimeTooSkewed" {
             format!("{detail}; check this machine's clock")
@@ -588,13 +633,6 @@ fn classify_status(status: u16, body: &[u8], location: &str, key: &str) -> Failu
     } else if CHECKSUM_CODES.contains(&code) {
         Failure::fatal(server(format!(
             "{detail}; the bytes sent do not match their CRC32 ({CHECKSUM_HEADER}): the local data changed while uploading or is corrupt"
-        )))
-    } else if REGION_CODES.contains(&code) {
-        let endpoint = xml_text(&text, "Endpoint")
-            .map(|e| format!(" (the server suggests endpoint {e})"))
-            .unwrap_or_default();
-        Failure::fatal(server(format!(
-            "{detail}; check the region and the endpoint{endpoint}"
         )))
     } else if status == 401 || status == 403 {
         Failure::fatal(StorageError::Auth { location, detail })
@@ -1401,10 +1439,15 @@ impl S3Storage {
         let text = String::from_utf8(bytes)
             .map_err(|_| self.bad_response(format!("the listing of {prefix:?} is not UTF-8")))?;
         ListObjectsV2::parse_response(&text).map_err(|e| {
-            self.bad_response(format!(
-                "the listing of {prefix:?} is not a ListObjectsV2 result ({e}): {:?}",
-                excerpt(&text)
-            ))
+            self.bad_response(match html_page(&text) {
+                Some(page) => {
+                    format!("the listing of {prefix:?} is {page}, not a ListObjectsV2 result")
+                }
+                None => format!(
+                    "the listing of {prefix:?} is not a ListObjectsV2 result ({e}): {:?}",
+                    excerpt(&text)
+                ),
+            })
         })
     }
 }
@@ -1840,9 +1883,13 @@ mod tests {
         let html = b"<!DOCTYPE html><html><head><title>Not Found</title></head></html>";
         let f = classify_status(404, html, LOCATION, "k");
         assert!(!f.retryable);
-        assert!(
-            matches!(&f.error, StorageError::BadResponse { detail, .. } if detail.contains("Not Found"))
+        assert!(matches!(&f.error, StorageError::BadResponse { detail, .. }
+                if detail.contains("an HTML page titled \"Not Found\"")));
+        assert_eq!(
+            html_page("<html><body>x</body></html>").as_deref(),
+            Some("an HTML page")
         );
+        assert_eq!(html_page("<?xml version=\"1.0\"?><Error/>"), None);
         let f = classify_status(400, b"plain text", LOCATION, "k");
         assert!(matches!(f.error, StorageError::BadResponse { .. }));
     }
@@ -1864,6 +1911,20 @@ mod tests {
         let text = f.error.to_string();
         assert!(
             text.contains("region") && text.contains("eu-west-1"),
+            "{text}"
+        );
+        // AWS's answer to a presigned URL scoped to the wrong region is an
+        // authorization error that names the bucket's region.
+        let body =
+            b"<Error><Code>AuthorizationQueryParametersError</Code><Message>Error parsing the \
+                     X-Amz-Credential parameter; the region 'us-east-1' is wrong; expecting \
+                     'eu-west-3'</Message><Region>eu-west-3</Region></Error>";
+        let f = classify_status(400, body, LOCATION, "k");
+        assert!(!f.retryable && f.error.is_storage_wide());
+        assert!(matches!(f.error, StorageError::WrongRegion { .. }));
+        let text = f.error.to_string();
+        assert!(
+            text.contains("in region \"eu-west-3\"") && text.contains("AWS_REGION"),
             "{text}"
         );
     }

@@ -1,2 +1,3 @@
+pub mod fakeserver;
 pub mod faultproxy;
 pub mod s3server;

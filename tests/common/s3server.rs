@@ -36,9 +36,11 @@ pub struct S3Server {
     /// The directory s3s-fs serves; the bucket is `root/<bucket>` and each
     /// object a file under it.
     pub root: PathBuf,
-    /// Holds `root` and the server's log.
+    /// Holds `root` and the server's logs.
     dir: PathBuf,
-    child: Child,
+    port: u16,
+    /// `None` between `stop` and `restart`.
+    child: Option<Child>,
 }
 
 impl S3Server {
@@ -67,24 +69,8 @@ impl S3Server {
         let mut failures = Vec::new();
         for _ in 0..3 {
             let port = free_port();
-            let log_path = dir.join(format!("s3s-fs-{port}.log"));
-            let log = File::create(&log_path)
-                .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
-            let log_err = log
-                .try_clone()
-                .unwrap_or_else(|e| panic!("cannot clone the log file handle: {e}"));
-            let mut child = Command::new(&binary)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", &access_key, "--secret-key", &secret_key])
-                .arg(&root)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_err)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
-
-            match wait_until_listening(&mut child, port) {
-                Ok(()) => {
+            match spawn(&binary, &dir, &root, port, &access_key, &secret_key) {
+                Ok(child) => {
                     return S3Server {
                         endpoint: format!("http://127.0.0.1:{port}"),
                         bucket,
@@ -92,17 +78,11 @@ impl S3Server {
                         secret_key,
                         root,
                         dir,
-                        child,
+                        port,
+                        child: Some(child),
                     }
                 }
-                Err(reason) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    failures.push(format!(
-                        "port {port}: {reason}; log: {}",
-                        log_tail(&log_path)
-                    ));
-                }
+                Err(reason) => failures.push(reason),
             }
         }
         let _ = fs::remove_dir_all(&dir);
@@ -111,6 +91,36 @@ impl S3Server {
             binary.display(),
             failures.join("\n")
         );
+    }
+
+    /// Kills the s3s-fs process (SIGKILL, like a crash or a power cut of
+    /// the server): from now on connections to the endpoint are refused. The
+    /// bucket's files stay where they are.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts s3s-fs again after `stop`, on the same port, with the same
+    /// credentials and the same data directory, so clients find the server
+    /// where it was with every object it had. Panics with the reason if it
+    /// does not come up (e.g. another process took the port meanwhile).
+    pub fn restart(&mut self) {
+        self.stop();
+        let binary = s3s_fs_binary();
+        match spawn(
+            &binary,
+            &self.dir,
+            &self.root,
+            self.port,
+            &self.access_key,
+            &self.secret_key,
+        ) {
+            Ok(child) => self.child = Some(child),
+            Err(reason) => panic!("s3s-fs did not start again: {reason}"),
+        }
     }
 
     /// Settings for `S3Storage` pointing at this server's bucket.
@@ -157,9 +167,49 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs s3s-fs on `port` serving `root`, logging to a new file in `dir`,
+/// and waits until it accepts connections; on failure the reason, with the
+/// end of its log.
+fn spawn(
+    binary: &Path,
+    dir: &Path,
+    root: &Path,
+    port: u16,
+    access_key: &str,
+    secret_key: &str,
+) -> Result<Child, String> {
+    static STARTS: AtomicU64 = AtomicU64::new(0);
+    let n = STARTS.fetch_add(1, Ordering::Relaxed);
+    let log_path = dir.join(format!("s3s-fs-{port}-{n}.log"));
+    let log = File::create(&log_path)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+    let log_err = log
+        .try_clone()
+        .unwrap_or_else(|e| panic!("cannot clone the log file handle: {e}"));
+    let mut child = Command::new(binary)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", access_key, "--secret-key", secret_key])
+        .arg(root)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+    match wait_until_listening(&mut child, port) {
+        Ok(()) => Ok(child),
+        Err(reason) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
+                "port {port}: {reason}; log: {}",
+                log_tail(&log_path)
+            ))
+        }
     }
 }
 
