@@ -9,6 +9,7 @@ DBDIR K RATE` is the writer subprocess the scripts start.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -24,6 +25,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -280,7 +282,7 @@ def log_summary(path: Path, tool: str, ws: Path, keep: int = 10) -> dict:
 
 
 def stop_process(p: subprocess.Popen, timeout: float) -> tuple[int | None, float, bool]:
-    """SIGTERM, bounded wait, SIGKILL. Returns (exit code, seconds, killed)."""
+    """SIGTERM to its process group, bounded wait, SIGKILL. Returns (exit code, seconds, killed)."""
     if p.poll() is not None:
         return p.returncode, 0.0, False
     t = time.monotonic()
@@ -292,15 +294,20 @@ def stop_process(p: subprocess.Popen, timeout: float) -> tuple[int | None, float
         p.wait(timeout=timeout)
         return p.returncode, time.monotonic() - t, False
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        kill(p)
         return p.returncode, time.monotonic() - t, True
+
+
+def kill(p: subprocess.Popen) -> None:
+    """SIGKILL to its process group (started with start_new_session=True), bounded wait."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        p.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def med(vals):
@@ -380,6 +387,28 @@ def header_md(ctx: dict, title: str) -> list[str]:
             f"per tool run"]
 
 
+@contextlib.contextmanager
+def workspace(args, prefix: str):
+    """A temporary directory for the whole run, removed at the end unless --keep.
+    SIGTERM and SIGINT (even when started in the background, where SIGINT is
+    ignored) raise KeyboardInterrupt, so that every `finally` stops what it
+    started and the figures measured so far are reported."""
+
+    def interrupt(_sig, _frm):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=args.workdir))
+    try:
+        yield base
+    finally:
+        if args.keep:
+            log(f"kept the work directories under {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
 def finish(ctx: dict, results, markdown: str, args) -> None:
     if args.out:
         with open(args.out, "a") as fh:
@@ -421,17 +450,18 @@ def wait_port(port: int, proc: subprocess.Popen | None, timeout: float = 20) -> 
 
 
 class S3Server:
-    """s3s-fs on a free loopback port, serving `dir/data` with one empty
-    bucket and random credentials (like tests/common/s3server.rs)."""
+    """s3s-fs on a free loopback port, serving `root` (default `dir/data`,
+    with one empty bucket) with random credentials (like
+    tests/common/s3server.rs); its log goes to `dir`."""
 
-    def __init__(self, dir: Path):
+    def __init__(self, dir: Path, root: Path | None = None):
         binary = s3s_fs_binary()
         if not binary.is_file():
             raise SystemExit(f"error: s3s-fs not found at {binary} (set WALSYNC_S3S_FS, or `cargo install "
                              f"s3s-fs --version {S3S_FS_VERSION} --features binary --root "
                              f"~/.cache/walsync-tools/s3s-fs-{S3S_FS_VERSION}`)")
-        self.root = dir / "data"
-        (self.root / BUCKET).mkdir(parents=True)
+        self.root = root or dir / "data"
+        (self.root / BUCKET).mkdir(parents=True, exist_ok=root is not None)
         self.access_key = "AK" + os.urandom(9).hex().upper()
         self.secret_key = os.urandom(20).hex()
         self.proc = None
@@ -535,14 +565,7 @@ def kill_all(procs) -> None:
     """For `finally`: SIGKILL whatever is still running (each in its own session)."""
     for p in procs:
         if p is not None and p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+            kill(p)
 
 
 if __name__ == "__main__":

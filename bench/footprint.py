@@ -32,10 +32,8 @@ one core busy for the whole window). Stdlib only; Python 3.11.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import shlex
 import shutil
 import sqlite3
 import statistics
@@ -45,9 +43,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (REPO, build_walsync, db_name, f, file_info, kill_all, log, log_summary, machine_info,
-                    make_template, md_table, med, resolve_litestream, sh, spawn_writer, stop_process,
-                    stop_writer)
+from common import (REPO, add_common_args, db_name, f, file_info, kill_all, log, log_summary,
+                    make_template, md_table, med, prepare_binaries, sh, spawn_writer, stop_process,
+                    stop_writer, workspace)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WRITTEN_MAX = 50  # databases written to: min(50, N)
@@ -463,7 +461,6 @@ def main() -> int:
     ap.add_argument("--n", default="1,100,1000", help="comma-separated database counts (default 1,100,1000)")
     ap.add_argument("--big", action="store_true", help="also N=10000 (with --big-runs runs)")
     ap.add_argument("--big-runs", type=int, default=1)
-    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tools", default="walsync,litestream")
     ap.add_argument("--warmup", type=float, default=10)
     ap.add_argument("--window", type=int, default=20, help="active sampling window, s")
@@ -474,14 +471,7 @@ def main() -> int:
     ap.add_argument("--stall", type=float, default=30,
                     help="stop waiting for initial snapshots after this long without progress, s")
     ap.add_argument("--stop-timeout", type=float, default=90)
-    ap.add_argument("--walsync-bin", help="measure this walsync binary (no build)")
-    ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--build-retries", type=int, default=1)
-    ap.add_argument("--build-wait", type=float, default=60)
-    ap.add_argument("--workdir", default=None, help="parent of the temporary directories (default: system temp)")
-    ap.add_argument("--keep", action="store_true", help="keep the work directories")
-    ap.add_argument("--out", help="append a Markdown section to this file")
-    ap.add_argument("--json", help="write the raw results as JSON to this file")
+    add_common_args(ap, runs=3)
     args = ap.parse_args()
 
     ns = [int(x) for x in args.n.split(",") if x.strip()]
@@ -494,70 +484,47 @@ def main() -> int:
         if t not in ("walsync", "litestream"):
             ap.error(f"unknown tool {t!r}")
 
-    walsync_path, walsync_source = build_walsync(args)
-    musl = ensure_musl(args)
-    lt_path, lt_version = resolve_litestream()
-    base = Path(tempfile.mkdtemp(prefix="walsync-footprint-", dir=args.workdir))
     results: list[dict] = []
     interrupted = False
     ctx: dict = {}
-    try:
-        # Copy the binaries so that a concurrent rebuild cannot change them mid-run.
-        bins = {"walsync": base / "walsync", "litestream": base / "litestream"}
-        shutil.copy2(walsync_path, bins["walsync"])
-        shutil.copy2(lt_path, bins["litestream"])
-        ctx = {
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python3 " + " ".join(shlex.quote(a) for a in
-                                             [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
-            "machine": machine_info(base),
-            "walsync": file_info(walsync_path), "walsync_source": walsync_source,
-            "litestream": file_info(lt_path), "litestream_version": lt_version,
-            "args": vars(args),
-        }
-        release = REPO / "target/release/walsync"
-        ctx["binaries"] = [
-            ("walsync (target/release)", file_info(release) if release.exists() else None),
-            ("walsync static musl (target/x86_64-unknown-linux-musl/release)", file_info(musl)),
-            (f"litestream {lt_version}", ctx["litestream"]),
-        ]
-        m = ctx["machine"]
-        log(f"machine: {m.get('cpu')}, {m['nproc']} CPUs, {m.get('ram_gib')} GiB, Linux {m['kernel']}, "
-            f"nofile {m['nofile_soft']}/{m['nofile_hard']}")
-        log(f"walsync: {walsync_path} ({walsync_source})")
-        log(f"litestream: {lt_path} {lt_version}")
-        template = base / "template.db"
-        make_template(template)
-        for n, runs in plan_ns:
-            need = n * WALSYNC_FDS_PER_DB + 64
-            if "walsync" in tools and need > m["nofile_hard"]:
-                log(f"N={n}: walsync estimates {need} open files, above the hard limit {m['nofile_hard']}; "
-                    f"expect it to refuse or fail -- recording what it does")
-            for run in range(1, runs + 1):
-                for tool in tools:
-                    log(f"N={n} run {run}/{runs}: {tool}")
-                    r = run_one(tool, bins[tool], n, run, args, template, base)
-                    a, i = r.get("active", {}), r.get("idle", {})
-                    log(f"  rss {f(a.get('rss_med'))} MiB (max {f(a.get('rss_max'))}), fds {f(a.get('fds'), 0)}, "
-                        f"threads {f(a.get('threads'), 0)}, cpu {f(a.get('cpu'), 2)}% active / "
-                        f"{f(i.get('cpu'), 2)}% idle, ready {f(r.get('ready_s'))}s, "
-                        f"{r.get('dbs_with_objects')}/{n} DBs with objects, restore {r.get('restore')}, "
-                        f"exit {r.get('exit_code')}, log {r.get('log', {}).get('counts')}")
-                    results.append(r)
-    except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted; reporting what was measured")
-    finally:
-        if args.keep:
-            log(f"kept the work directories under {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+    with workspace(args, "walsync-footprint-") as base:
+        try:
+            musl = ensure_musl(args)
+            bins, ctx = prepare_binaries(args, base)
+            release = REPO / "target/release/walsync"
+            ctx["binaries"] = [
+                ("walsync (target/release)", file_info(release) if release.exists() else None),
+                ("walsync static musl (target/x86_64-unknown-linux-musl/release)", file_info(musl)),
+                (f"litestream {ctx['litestream_version']}", ctx["litestream"]),
+            ]
+            m = ctx["machine"]
+            template = base / "template.db"
+            make_template(template)
+            for n, runs in plan_ns:
+                need = n * WALSYNC_FDS_PER_DB + 64
+                if "walsync" in tools and need > m["nofile_hard"]:
+                    log(f"N={n}: walsync estimates {need} open files, above the hard limit {m['nofile_hard']}; "
+                        f"expect it to refuse or fail -- recording what it does")
+                for run in range(1, runs + 1):
+                    for tool in tools:
+                        log(f"N={n} run {run}/{runs}: {tool}")
+                        r = run_one(tool, bins[tool], n, run, args, template, base)
+                        a, i = r.get("active", {}), r.get("idle", {})
+                        log(f"  rss {f(a.get('rss_med'))} MiB (max {f(a.get('rss_max'))}), fds {f(a.get('fds'), 0)}, "
+                            f"threads {f(a.get('threads'), 0)}, cpu {f(a.get('cpu'), 2)}% active / "
+                            f"{f(i.get('cpu'), 2)}% idle, ready {f(r.get('ready_s'))}s, "
+                            f"{r.get('dbs_with_objects')}/{n} DBs with objects, restore {r.get('restore')}, "
+                            f"exit {r.get('exit_code')}, log {r.get('log', {}).get('counts')}")
+                        results.append(r)
+        except KeyboardInterrupt:
+            interrupted = True
+            log("interrupted; reporting what was measured")
 
     if not ctx:
         return 130 if interrupted else 1
     print()
-    print(f"walsync: {ctx['walsync']['path']} ({ctx['walsync']['mib']} MiB) -- {walsync_source}")
-    print(f"litestream: {ctx['litestream']['path']} ({ctx['litestream']['mib']} MiB) -- {lt_version}")
+    print(f"walsync: {ctx['walsync']['path']} ({ctx['walsync']['mib']} MiB) -- {ctx['walsync_source']}")
+    print(f"litestream: {ctx['litestream']['path']} ({ctx['litestream']['mib']} MiB) -- {ctx['litestream_version']}")
     for name, info in ctx["binaries"]:
         if info:
             print(f"binary size: {name}: {info['bytes']} bytes ({info['mib']:.2f} MiB, {info['linkage']})")
