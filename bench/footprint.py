@@ -43,6 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # no bench/__pycache__ in the work tree
 from common import (REPO, add_common_args, db_name, f, file_info, kill_all, log, log_summary,
                     make_template, md_table, med, prepare_binaries, sh, spawn_writer, stop_process,
                     stop_writer, workspace)

@@ -40,7 +40,12 @@ relate to SQLite commits, only that restoring to a higher txid of the same
 database restores no fewer commits and that objects a restore needs were
 uploaded no later than the object naming that txid (both tools upload in txid
 order). Commits of the active window only. Lag includes the proxy's own
-latency (sub-millisecond to a few ms on an idle machine; the same for both).
+latency (sub-millisecond to a few ms on an idle machine, but it is one Python
+process: with many concurrent connections on a busy machine it adds more, and
+to the tool that sends more requests at once). --no-proxy checks that: the
+tools talk to s3s-fs directly, the time an object reached the bucket is its
+file's mtime (s3s-fs writes the file, then answers), restores read the live
+bucket, and requests are not counted.
 
   python3 bench/lag.py                          # N=100, rate 1/s, 3 runs, 60 s windows
   python3 bench/lag.py --quick                  # smoke run, < 2 minutes
@@ -65,6 +70,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+sys.dont_write_bytecode = True  # no bench/__pycache__ in the work tree
 from common import (BUCKET, S3Server, add_common_args, db_name, f, finish, free_port, header_md, kill_all,
                     litestream_s3_config, log, log_summary, make_template, md_table, med, percentile,
                     prepare_binaries, ratio, spawn_writer, stop_process, stop_writer, wait_port,
@@ -182,18 +188,34 @@ def read_proxy_log(path: Path) -> list[dict]:
     return out
 
 
+def objects_as_puts(bucket_dir: Path) -> list[dict]:
+    """--no-proxy: the objects left in the bucket, as PUTs at their file's mtime
+    (s3s-fs writes the file before it answers the PUT). Deleted objects are
+    missed, so only lag is reported then, not request rates."""
+    out = []
+    for p in bucket_dir.rglob("*"):
+        if p.is_file():
+            t = p.stat().st_mtime
+            out.append({"t0": t, "t1": t, "kind": "PUT", "key": str(p.relative_to(bucket_dir)), "status": 200,
+                        "in": p.stat().st_size, "out": 0})
+    return out
+
+
 def rates(reqs: list[dict], t0: float, t1: float) -> dict:
     """Requests per minute by kind in [t0, t1), plus the raw counts."""
     counts = {k: 0 for k in KINDS}
     errors = 0
+    last = None
     for r in reqs:
         if t0 <= r["t1"] < t1:
             counts[r["kind"]] = counts.get(r["kind"], 0) + 1
             errors += r["status"] >= 400
+            last = max(last or 0, r["t1"] - t0)
     minutes = (t1 - t0) / 60
     out = {f"{k}_per_min": round(v / minutes, 1) for k, v in counts.items()}
     out.update({"counts": counts, "total_per_min": round(sum(counts.values()) / minutes, 1),
-                "total": sum(counts.values()), "error_responses": errors, "seconds": round(t1 - t0, 1)})
+                "total": sum(counts.values()), "error_responses": errors, "seconds": round(t1 - t0, 1),
+                "last_request_s": round(last, 1) if last is not None else None})
     return out
 
 
@@ -270,9 +292,9 @@ def restore_at(tool: str, bin_path: Path, i: int, txid: int, out: Path, arch: di
 
 
 def measure_lag(tool: str, bin_path: Path, ws: Path, reqs: list[dict], sample: list[int], t0: float,
-                t1: float, env: dict) -> dict:
+                t1: float, env: dict, archive: Path) -> dict:
     """Lag of every commit made in [t0, t1) to the sampled databases (see the docstring)."""
-    arch = {"root": ws / "archive", "dbdir": ws / "dbs", "env": env}
+    arch = {"root": archive, "dbdir": ws / "dbs", "env": env}
     server = None
     lags: list[float] = []
     unshipped = restores = 0
@@ -354,15 +376,20 @@ def run_one(tool: str, bin_path: Path, run: int, args, template: Path, base: Pat
     logf = None
     try:
         server = S3Server(ws)
-        (ws / "archive" / BUCKET).mkdir(parents=True)
-        pport = free_port()
-        proxy = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_proxy", str(pport),
-                                  str(server.port), str(ws / "proxy.jsonl"), str(server.root), str(ws / "archive")],
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(ws / "proxy.err", "wb"),
-                                 start_new_session=True)
-        if not wait_port(pport, proxy):
-            raise RuntimeError("proxy did not start")
-        endpoint = f"http://127.0.0.1:{pport}"
+        if args.no_proxy:
+            endpoint = server.endpoint
+        else:
+            (ws / "archive" / BUCKET).mkdir(parents=True)
+            pport = free_port()
+            with open(ws / "proxy.err", "wb") as err:
+                proxy = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_proxy", str(pport),
+                                          str(server.port), str(ws / "proxy.jsonl"), str(server.root),
+                                          str(ws / "archive")],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                         start_new_session=True)
+            if not wait_port(pport, proxy):
+                raise RuntimeError("proxy did not start")
+            endpoint = f"http://127.0.0.1:{pport}"
         dbdir = ws / "dbs"
         dbdir.mkdir()
         for i in range(args.n):
@@ -395,9 +422,10 @@ def run_one(tool: str, bin_path: Path, run: int, args, template: Path, base: Pat
         res["exit_code"], res["stop_s"], res["killed"] = code, round(secs, 1), killed
         logf.close()
         logf = None
-        stop_process(proxy, 5)
+        if proxy is not None:
+            stop_process(proxy, 5)
         server.stop()
-        reqs = read_proxy_log(ws / "proxy.jsonl")
+        reqs = objects_as_puts(server.bucket_dir) if args.no_proxy else read_proxy_log(ws / "proxy.jsonl")
         res["active"] = rates(reqs, t_act, t_act_end)
         res["idle"] = rates(reqs, t_idle, t_idle_end)
         res["put_spread"] = put_spread(tool, reqs, args.n, t_act, t_act_end)
@@ -405,7 +433,8 @@ def run_one(tool: str, bin_path: Path, run: int, args, template: Path, base: Pat
         step = max(1, args.n // args.sample)
         sample = list(range(0, args.n, step))[:args.sample]
         t = time.monotonic()
-        res["lag"] = measure_lag(tool, bin_path, ws, reqs, sample, t_act, t_act_end, server.env())
+        res["lag"] = measure_lag(tool, bin_path, ws, reqs, sample, t_act, t_act_end, server.env(),
+                                 server.root if args.no_proxy else ws / "archive")
         res["lag"]["seconds"] = round(time.monotonic() - t, 1)
         res["log"] = log_summary(ws / "tool.log", tool, ws)
         if args.keep:
@@ -490,7 +519,8 @@ def run_rows(results) -> list[list[str]]:
                      "{}/{}/{}".format(*(f(r.get("put_spread", {}).get(k), 0) for k in ("min", "median", "max"))),
                      f"{f(r.get('put_spread', {}).get('put_ms_p50'))}/{f(r.get('put_spread', {}).get('put_ms_p99'))}",
                      " ".join(f"{k} {v}" for k, v in a.get("counts", {}).items() if v) or "-",
-                     " ".join(f"{k} {v}" for k, v in i.get("counts", {}).items() if v) or "0",
+                     (" ".join(f"{k} {v}" for k, v in i.get("counts", {}).items() if v) or "0")
+                     + (f" (last at +{i['last_request_s']:g} s)" if i.get("last_request_s") is not None else ""),
                      f"{a.get('error_responses', '-')}/{i.get('error_responses', '-')}",
                      f"{w.get('writes', '-')} ({w.get('errors', '-')})", f(w.get("max_commit_ms")),
                      f"{r.get('ready_dbs', '-')}/{r['n']}", f(r.get("exit_code")) + (" killed" if r.get("killed") else ""),
@@ -509,7 +539,7 @@ def markdown(ctx: dict, results: list[dict]) -> str:
     L = header_md(ctx, "Replication lag and S3 requests: walsync vs Litestream")
     L += [f"- Workload: {a['n']} WAL-mode databases, each written {a['rate']:g}x/s (one small INSERT per commit, "
           f"synchronous=NORMAL) by one writer process; sync interval 1 s for both, other settings default; S3 "
-          f"through a counting proxy. Warm-up: every DB has an object, then {a['warmup']:g} s; active window "
+          f"{'directly (--no-proxy: request counts below are objects left in the bucket)' if a.get('no_proxy') else 'through a counting proxy'}. Warm-up: every DB has an object, then {a['warmup']:g} s; active window "
           f"{a['window']:g} s; writer stopped, {a['settle']:g} s settle, idle window {a['idle_window']:g} s. "
           f"Tools interleaved run by run; medians over runs.",
           f"- Lag: commit wall-clock time to the response of the first PUT after which the commit is restorable "
@@ -558,6 +588,10 @@ def main() -> int:
     ap.add_argument("--idle-window", type=float, default=60, help="idle window, s (default 60)")
     ap.add_argument("--sample", type=int, default=10, help="databases whose lag is measured (default 10)")
     ap.add_argument("--tools", default="walsync,litestream")
+    ap.add_argument("--no-proxy", action="store_true",
+                    help="no counting proxy: tools talk to s3s-fs directly; lag from the object files' mtimes, "
+                         "restores from the live bucket (objects deleted meanwhile are missed); request rates "
+                         "are then objects left in the bucket, not requests")
     ap.add_argument("--ready-timeout", type=float, default=300)
     ap.add_argument("--stall", type=float, default=30)
     ap.add_argument("--stop-timeout", type=float, default=90)

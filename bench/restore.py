@@ -52,6 +52,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # no bench/__pycache__ in the work tree
 from common import (S3Server, add_common_args, f, finish, header_md, litestream_s3_config, log, md_table, med,
                     prepare_binaries, ratio, walsync_s3_config, workspace)
 
