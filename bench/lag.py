@@ -100,9 +100,13 @@ def proxy_main(port: int, upstream: int, log_path: str, data_root: str, archive_
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.link(src, dst)
-            enc = base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
-            for side in Path(data_root).glob(f".bucket-*.object-{enc}.*"):
-                os.link(side, Path(archive_root) / side.name)
+            # s3s-fs's own files for the object, named from bucket and key (no
+            # directory scan: the data root holds two per object).
+            b64 = lambda t: base64.urlsafe_b64encode(t.encode()).decode().rstrip("=")  # noqa: E731
+            for suffix in ("metadata.json", "internal.json"):
+                name = f".bucket-{b64(BUCKET)}.object-{b64(key)}.{suffix}"
+                if (Path(data_root) / name).exists():
+                    os.link(Path(data_root) / name, Path(archive_root) / name)
         except OSError:
             pass
 
