@@ -279,9 +279,15 @@ def ratios(results: list[dict], ctx: dict) -> list[list[str]]:
 def markdown(ctx: dict, results: list[dict]) -> str:
     a = ctx["args"]
     L = header_md(ctx, "Restore: walsync vs Litestream")
-    L += [f"- Workload: one database of {ctx['big_bytes'] / 1e6:.0f} MB ({a['size_mib']} MiB of 64 KiB random "
-          f"blobs, {ctx['big_rows']} rows) and {a['small']} small databases ({a['small_rows']} rows of random text, "
-          f"{ctx['small_bytes'] / a['small'] / 1024:.1f} KiB each, {ctx['small_bytes'] / 1e6:.1f} MB in all); "
+    parts = []
+    if ctx["big_bytes"]:
+        parts.append(f"one database of {ctx['big_bytes'] / 1e6:.0f} MB ({a['size_mib']} MiB of 64 KiB random "
+                     f"blobs, {ctx['big_rows']} rows)")
+    if ctx["small_bytes"]:
+        parts.append(f"{a['small']} small databases ({a['small_rows']} rows of random text, "
+                     f"{ctx['small_bytes'] / a['small'] / 1024:.1f} KiB each, {ctx['small_bytes'] / 1e6:.1f} MB "
+                     f"in all)")
+    L += [f"- Workload: {' and '.join(parts)}; "
           f"backed up once by each tool (`walsync snapshot`, `litestream replicate -once`), restored {a['runs']} "
           f"times, tools interleaved; each restore verified (row count and SHA-256 of all rows, plus "
           f"`PRAGMA integrity_check` for the small ones), failures not counted. J = {a['jobs']}: walsync "
