@@ -226,6 +226,8 @@ const FDS_RESERVED: u64 = 32;
 /// database, WAL and -shm files, a checkpointing connection's. A released
 /// (idle) database keeps one.
 const FDS_PER_ACTIVE_DATABASE: u64 = 6;
+/// How long a database waits to be opened while descriptors are short.
+const FD_WAIT: Duration = Duration::from_millis(250);
 /// How often the "out of file descriptors" line may repeat.
 const FD_EXHAUSTED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -241,6 +243,23 @@ fn raise_limit_hint(to: u64) -> String {
         "raise it to at least {to} (LimitNOFILE={to} in the systemd unit, or ulimit -n {to} \
          in the shell that starts walsync)"
     )
+}
+
+/// Names a shortage of descriptors, at most once per
+/// `FD_EXHAUSTED_LOG_INTERVAL` (`last` is when it last did).
+fn log_fds_short(last: &mut Option<Instant>, limit: u64, databases: u64, now: Instant) {
+    if last.is_some_and(|t| now.duration_since(t) < FD_EXHAUSTED_LOG_INTERVAL) {
+        return;
+    }
+    *last = Some(now);
+    let used =
+        signals::open_fd_count().map_or(String::new(), |n| format!("{n} descriptors in use, "));
+    log::error!(
+        "out of file descriptors ({used}open-file limit {limit}) with {databases} databases: \
+         the databases that cannot be opened now wait until others are released or fail, \
+         the others go on; {}",
+        raise_limit_hint(fds_wanted(databases))
+    );
 }
 
 /// Whether a failed sync looks like the process ran out of descriptors:
@@ -542,9 +561,36 @@ impl Dispatcher {
         if self.running >= self.max_jobs {
             return;
         }
+        // Descriptors left for databases opened now; worked out only when
+        // the limit is too low for all of them to be open at once.
+        let mut open_budget: Option<Option<u64>> = None;
         for id in due_syncs(&self.slots, now) {
             if self.running >= self.max_jobs {
                 return;
+            }
+            let opens = !self.slots[&id]
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.is_live());
+            if opens {
+                let budget = open_budget.get_or_insert_with(|| self.open_budget());
+                if let Some(left) = budget {
+                    if *left < FDS_PER_ACTIVE_DATABASE {
+                        // Opening it now could take the descriptors that
+                        // open databases need to sync or be released (and
+                        // so give theirs back): it waits a little.
+                        let slot = self.slots.get_mut(&id).expect("invariant: listed above");
+                        slot.due = now + FD_WAIT;
+                        log_fds_short(
+                            &mut self.fd_exhausted_logged,
+                            self.fd_limit.unwrap_or(u64::MAX),
+                            self.slots.len() as u64,
+                            now,
+                        );
+                        continue;
+                    }
+                    *left -= FDS_PER_ACTIVE_DATABASE;
+                }
             }
             let slot = self.slots.get_mut(&id).expect("invariant: listed above");
             let mut replica = slot.replica.take().expect("invariant: checked above");
@@ -567,6 +613,20 @@ impl Dispatcher {
                 });
             });
         }
+    }
+
+    /// Descriptors that databases opened now may take: `None` when the
+    /// open-file limit has room for every database active at once (then
+    /// nothing needs counting), else what is free beyond what the running
+    /// jobs may still open (a database, or a sync point's connection).
+    fn open_budget(&self) -> Option<u64> {
+        let limit = self.fd_limit?;
+        if limit >= fds_wanted(self.slots.len() as u64) {
+            return None;
+        }
+        let used = signals::open_fd_count()?;
+        let running = self.running as u64 * FDS_PER_ACTIVE_DATABASE;
+        Some(limit.saturating_sub(used + running))
     }
 
     fn on_done(
@@ -688,20 +748,7 @@ impl Dispatcher {
                 let limit = self.fd_limit.unwrap_or(u64::MAX);
                 let fds_short = out_of_fds(&e.to_string(), limit, databases);
                 if fds_short {
-                    let quiet = self
-                        .fd_exhausted_logged
-                        .is_some_and(|t| now.duration_since(t) < FD_EXHAUSTED_LOG_INTERVAL);
-                    if !quiet {
-                        self.fd_exhausted_logged = Some(now);
-                        let used = signals::open_fd_count()
-                            .map_or(String::new(), |n| format!("{n} descriptors in use, "));
-                        log::error!(
-                            "out of file descriptors ({used}open-file limit {limit}) with \
-                             {databases} databases: the databases that cannot be opened now \
-                             are retried every second or two, the others go on; {}",
-                            raise_limit_hint(fds_wanted(databases))
-                        );
-                    }
+                    log_fds_short(&mut self.fd_exhausted_logged, limit, databases, now);
                     // Not the database's fault: it should get its turn as
                     // soon as others are released, not after a backoff that
                     // grew while descriptors were short.
