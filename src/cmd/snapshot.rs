@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use argh::FromArgs;
+use rayon::prelude::*;
 
 use super::{check_storage, load_config, open_storage, replica_options, select, CliError};
 use crate::replica::Replica;
@@ -26,28 +27,36 @@ pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
     if let Some(db) = dbs.first() {
         check_storage(&*storage, &db.prefix).map_err(CliError::runtime)?;
     }
-    let mut failed = 0;
-    for db in dbs {
-        let mut r = Replica::new(replica_options(&db));
-        match r.sync(&*storage, true) {
-            Ok(rep) => println!(
-                "{}: snapshot at txid {}{} ({} commits shipped first)",
-                db.prefix,
-                r.last_txid(),
-                if rep.new_generation {
-                    ", new generation"
-                } else {
-                    ""
-                },
-                rep.commits
-            ),
-            Err(e) => {
-                eprintln!("{}: {e}", db.prefix);
-                failed += 1;
-            }
-        }
-        r.close();
-    }
+    // One database per job, `workers` at a time (as `watch` would run
+    // them): a snapshot mostly waits on the disk and the storage.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.workers.max(1))
+        .build()
+        .map_err(|e| CliError::runtime(format!("cannot start {} threads: {e}", cfg.workers)))?;
+    let failed = pool.install(|| {
+        dbs.par_iter()
+            .filter(|db| {
+                let mut r = Replica::new(replica_options(db));
+                let result = r.sync(&*storage, true);
+                match &result {
+                    Ok(rep) => println!(
+                        "{}: snapshot at txid {}{} ({} commits shipped first)",
+                        db.prefix,
+                        r.last_txid(),
+                        if rep.new_generation {
+                            ", new generation"
+                        } else {
+                            ""
+                        },
+                        rep.commits
+                    ),
+                    Err(e) => eprintln!("{}: {e}", db.prefix),
+                }
+                r.close();
+                result.is_err()
+            })
+            .count()
+    });
     if failed > 0 {
         return Err(CliError::runtime(format!("{failed} snapshot(s) failed")));
     }
