@@ -2088,6 +2088,7 @@ fn wrong_region_missing_bucket_and_a_web_server_are_one_line_errors() {
         ),
     ];
     let out = setup.dir.join("never.db");
+    let out_dir = setup.dir.join("never");
     let mut tried = 0;
     let mut failures = Vec::new();
     for (i, (case, bucket, endpoint, needles)) in cases.iter().enumerate() {
@@ -2101,6 +2102,7 @@ fn wrong_region_missing_bucket_and_a_web_server_are_one_line_errors() {
         std::fs::write(&cfg, text).unwrap();
         let cfg = cfg.to_str().unwrap();
         let out = out.to_str().unwrap();
+        let out_dir = out_dir.to_str().unwrap();
         let commands: Vec<Vec<&str>> = vec![
             vec!["list", "--config", cfg],
             vec![
@@ -2125,6 +2127,8 @@ fn wrong_region_missing_bucket_and_a_web_server_are_one_line_errors() {
             ],
             vec!["snapshot", "--config", cfg],
             vec!["watch", "--config", cfg],
+            vec!["restore-all", "--config", cfg, "--output-dir", out_dir],
+            vec!["verify", "--config", cfg],
         ];
         for args in commands {
             let o = run_bounded(&setup, &args, &[]);
@@ -2148,7 +2152,8 @@ fn wrong_region_missing_bucket_and_a_web_server_are_one_line_errors() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(!out.exists());
-    assert_eq!(tried, 25);
+    assert_eq!(std::fs::read_dir(&out_dir).map_or(0, |d| d.count()), 0);
+    assert_eq!(tried, 35);
 
     // A server that does not answer at all may be on its way (at boot, or
     // down for a while): watch starts anyway and retries, as in an outage.

@@ -8,7 +8,7 @@ use argh::FromArgs;
 use rayon::prelude::*;
 
 use super::restore::target_of;
-use super::{check_prefix, human_bytes, json_string, CliError};
+use super::{check_prefix, check_storage, human_bytes, json_string, CliError};
 use crate::keys;
 use crate::restore::{output_path_for, restore, RestoreReport};
 use crate::storage::Storage;
@@ -129,6 +129,11 @@ pub fn select_prefixes(
             },
             storage.location()
         )));
+    }
+    if cfg.is_some() {
+        // Wrong credentials, bucket or endpoint: one line, not one per
+        // database. (Without a config the listing above already asked.)
+        check_storage(storage, &prefixes[0]).map_err(CliError::runtime)?;
     }
     Ok(prefixes)
 }
