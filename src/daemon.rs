@@ -226,6 +226,8 @@ const FDS_RESERVED: u64 = 32;
 /// database, WAL and -shm files, a checkpointing connection's. A released
 /// (idle) database keeps one.
 const FDS_PER_ACTIVE_DATABASE: u64 = 6;
+/// How old a count of open descriptors may be when deciding to open one more.
+const FD_COUNT_MAX_AGE: Duration = Duration::from_millis(100);
 /// How long a database waits to be opened while descriptors are short.
 const FD_WAIT: Duration = Duration::from_millis(250);
 /// How often the "out of file descriptors" line may repeat.
@@ -278,9 +280,16 @@ fn out_of_fds(error: &str, limit: u64, databases: u64) -> bool {
 
 /// Whether the application wrote to the database since `before` was taken
 /// (walsync's own first read may create an empty WAL, which is no write).
-fn written_during(before: &FileStat, db: &Path) -> bool {
+/// When walsync checkpointed in that sync, the database file and the WAL
+/// changed by its own hand, so only a WAL longer than before counts (a
+/// database left with a WAL from its last run checkpoints at its first
+/// sync; counting that as a write kept thousands of them open at start).
+fn written_during(before: &FileStat, db: &Path, checkpointed: bool) -> bool {
     let after = stat_of(db);
     let wal_len = |s: &FileStat| s.wal.map_or(0, |(len, _)| len);
+    if checkpointed {
+        return wal_len(&after) > wal_len(before);
+    }
     before.db != after.db
         || wal_len(&after) > wal_len(before)
         || before.wal.is_some() && before.wal != after.wal
@@ -293,12 +302,18 @@ const DISCOVERY_DEBOUNCE: Duration = Duration::from_millis(300);
 /// The databases whose sync is due and can start, longest waiting first.
 /// In key order instead, the first databases would take every free job
 /// while the last ones wait, whenever more work is due than jobs run.
-fn due_syncs(slots: &BTreeMap<u64, Slot>, now: Instant) -> Vec<u64> {
+/// At most `n` of them: with thousands due at start-up, only the few that
+/// can start are sorted.
+fn due_syncs(slots: &BTreeMap<u64, Slot>, now: Instant, n: usize) -> Vec<u64> {
     let mut due: Vec<(Instant, u64)> = slots
         .iter()
         .filter(|(_, s)| s.dirty && s.due <= now && s.replica.is_some())
         .map(|(&id, s)| (s.due, id))
         .collect();
+    if due.len() > n && n > 0 {
+        due.select_nth_unstable(n - 1);
+    }
+    due.truncate(n);
     due.sort_unstable();
     due.into_iter().map(|(_, id)| id).collect()
 }
@@ -325,6 +340,10 @@ struct Dispatcher {
     fd_limit: Option<u64>,
     /// When the "out of file descriptors" line was last logged.
     fd_exhausted_logged: Option<Instant>,
+    /// The last count of open descriptors, and when it was taken.
+    fd_count: std::cell::Cell<Option<(Instant, u64)>>,
+    /// Databases opened since that count.
+    opened_since_count: std::cell::Cell<u64>,
 }
 
 impl Dispatcher {
@@ -564,7 +583,10 @@ impl Dispatcher {
         // Descriptors left for databases opened now; worked out only when
         // the limit is too low for all of them to be open at once.
         let mut open_budget: Option<Option<u64>> = None;
-        for id in due_syncs(&self.slots, now) {
+        // Room for the jobs that can start, and for those that wait for
+        // descriptors instead.
+        let room = (self.max_jobs - self.running) * 8;
+        for id in due_syncs(&self.slots, now, room) {
             if self.running >= self.max_jobs {
                 return;
             }
@@ -590,6 +612,8 @@ impl Dispatcher {
                         continue;
                     }
                     *left -= FDS_PER_ACTIVE_DATABASE;
+                    self.opened_since_count
+                        .set(self.opened_since_count.get() + 1);
                 }
             }
             let slot = self.slots.get_mut(&id).expect("invariant: listed above");
@@ -624,7 +648,22 @@ impl Dispatcher {
         if limit >= fds_wanted(self.slots.len() as u64) {
             return None;
         }
-        let used = signals::open_fd_count()?;
+        // Counting /proc/self/fd costs a directory read of every
+        // descriptor: at most every FD_COUNT_MAX_AGE (jobs started since
+        // are covered by `running`).
+        let now = Instant::now();
+        let used = match self.fd_count.get() {
+            // Plus what the databases opened since may hold.
+            Some((at, n)) if now.duration_since(at) < FD_COUNT_MAX_AGE => {
+                n + self.opened_since_count.get() * FDS_PER_ACTIVE_DATABASE
+            }
+            _ => {
+                let n = signals::open_fd_count()?;
+                self.fd_count.set(Some((now, n)));
+                self.opened_since_count.set(0);
+                n
+            }
+        };
         let running = self.running as u64 * FDS_PER_ACTIVE_DATABASE;
         Some(limit.saturating_sub(used + running))
     }
@@ -686,7 +725,10 @@ impl Dispatcher {
         s.last_sync = Some(now);
         s.stat = Some(stat);
         if let (Ok(r), Some(idle)) = (&result, self.idle_release_after) {
-            if first_sync && r.commits == 0 && !written_during(&stat, &s.want.replica.path) {
+            if first_sync
+                && r.commits == 0
+                && !written_during(&stat, &s.want.replica.path, r.checkpointed)
+            {
                 // Nothing was committed while walsync was away: let go at
                 // once, so that starting with thousands of databases does not
                 // hold them all open (and run out of descriptors) at the
@@ -911,6 +953,8 @@ pub fn run(
         max_jobs: opts.workers.max(1) * 2,
         fd_limit: None,
         fd_exhausted_logged: None,
+        fd_count: std::cell::Cell::new(None),
+        opened_since_count: std::cell::Cell::new(0),
     };
     let now = Instant::now();
     d.apply(catalog.databases(), now);
@@ -1114,8 +1158,10 @@ mod tests {
             }
             slots.insert(id, s);
         }
-        assert_eq!(due_syncs(&slots, at(1000)), vec![2, 7, 3, 1]);
-        assert_eq!(due_syncs(&slots, at(2000)), vec![2, 7, 3, 1, 6]);
-        assert!(due_syncs(&slots, at(0)).is_empty());
+        assert_eq!(due_syncs(&slots, at(1000), 10), vec![2, 7, 3, 1]);
+        assert_eq!(due_syncs(&slots, at(1000), 2), vec![2, 7]);
+        assert_eq!(due_syncs(&slots, at(1000), 3), vec![2, 7, 3]);
+        assert_eq!(due_syncs(&slots, at(2000), 5), vec![2, 7, 3, 1, 6]);
+        assert!(due_syncs(&slots, at(0), 5).is_empty());
     }
 }
