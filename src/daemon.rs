@@ -642,7 +642,7 @@ impl Dispatcher {
     /// Descriptors that databases opened now may take: `None` when the
     /// open-file limit has room for every database active at once (then
     /// nothing needs counting), else what is free beyond what the running
-    /// jobs may still open (a database, or a sync point's connection).
+    /// jobs may still open (a sync point's connection).
     fn open_budget(&self) -> Option<u64> {
         let limit = self.fd_limit?;
         if limit >= fds_wanted(self.slots.len() as u64) {
@@ -664,7 +664,9 @@ impl Dispatcher {
                 n
             }
         };
-        let running = self.running as u64 * FDS_PER_ACTIVE_DATABASE;
+        // Each running job may open a sync point's connection (the
+        // databases opening are in `opened_since_count`).
+        let running = self.running as u64 * 2;
         Some(limit.saturating_sub(used + running))
     }
 
