@@ -78,17 +78,7 @@ impl Mark {
         if stored != computed {
             return Err(FormatError::ChecksumMismatch { stored, computed });
         }
-        if &bytes[..4] != MAGIC {
-            return Err(FormatError::BadMagic);
-        }
-        let mut f = Fields::new(&bytes[4..BODY]);
-        let version = f.u8();
-        if version != VERSION {
-            return Err(FormatError::UnsupportedVersion(version));
-        }
-        f.u8();
-        f.u8();
-        f.u8();
+        let mut f = Fields::after_head(&bytes[..BODY], MAGIC, VERSION)?;
         let page_size = f.u32();
         if !valid_page_size(page_size) {
             return Err(FormatError::Invalid(format!("page size {page_size}")));

@@ -212,6 +212,24 @@ impl<'a> Fields<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> Self {
         Fields { bytes, at: 0 }
     }
+    /// The fields after the head every object starts with: `magic`, a
+    /// version byte that must be `version`, three reserved bytes.
+    pub(crate) fn after_head(
+        bytes: &'a [u8],
+        magic: &[u8; 4],
+        version: u8,
+    ) -> Result<Self, FormatError> {
+        if &bytes[..4] != magic {
+            return Err(FormatError::BadMagic);
+        }
+        let mut f = Fields::new(&bytes[4..]);
+        let v = f.u8();
+        if v != version {
+            return Err(FormatError::UnsupportedVersion(v));
+        }
+        f.at += 3;
+        Ok(f)
+    }
     pub(crate) fn u8(&mut self) -> u8 {
         self.at += 1;
         self.bytes[self.at - 1]

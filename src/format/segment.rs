@@ -68,17 +68,7 @@ impl SegmentHeader {
     }
 
     fn decode(b: &[u8; HEADER_SIZE]) -> Result<Self, FormatError> {
-        if &b[..4] != MAGIC {
-            return Err(FormatError::BadMagic);
-        }
-        let mut f = Fields::new(&b[4..]);
-        let version = f.u8();
-        if version != VERSION {
-            return Err(FormatError::UnsupportedVersion(version));
-        }
-        f.u8();
-        f.u8();
-        f.u8();
+        let mut f = Fields::after_head(b, MAGIC, VERSION)?;
         let page_size = f.u32();
         let commit_count = f.u32();
         let first_txid = f.u64();

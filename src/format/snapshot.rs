@@ -48,17 +48,7 @@ impl SnapshotHeader {
     }
 
     fn decode(b: &[u8; HEADER_SIZE]) -> Result<Self, FormatError> {
-        if &b[..4] != MAGIC {
-            return Err(FormatError::BadMagic);
-        }
-        let mut f = Fields::new(&b[4..]);
-        let version = f.u8();
-        if version != VERSION {
-            return Err(FormatError::UnsupportedVersion(version));
-        }
-        f.u8();
-        f.u8();
-        f.u8();
+        let mut f = Fields::after_head(b, MAGIC, VERSION)?;
         let h = SnapshotHeader {
             page_size: f.u32(),
             page_count: f.u32(),
