@@ -136,6 +136,19 @@ impl Setup {
         args.extend_from_slice(extra);
         self.run(&args)
     }
+
+    /// Restores `prefix` (newest) to `out`, asserts that it succeeded and
+    /// that the file passes `integrity_check`, and returns its rows.
+    fn restore_verified(&self, prefix: &str, out: &Path) -> Vec<(i64, String)> {
+        let o = self.restore(prefix, out, &[]);
+        assert!(
+            o.status.success(),
+            "restore {prefix}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(integrity(out), "ok", "restore {prefix}");
+        rows(out)
+    }
 }
 
 fn sigterm(child: &mut Running) -> std::process::ExitStatus {
@@ -303,13 +316,7 @@ fn three_databases_survive_kills_and_checkpoints_and_restore_exactly() {
         let out = setup
             .dir
             .join(format!("{}.restored.db", prefix.replace('/', "_")));
-        let o = setup.restore(prefix, &out, &[]);
-        assert!(
-            o.status.success(),
-            "restore {prefix}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let got = rows(&out);
+        let got = setup.restore_verified(prefix, &out);
         assert_eq!(
             got.len() as i64,
             n,
@@ -320,7 +327,6 @@ fn three_databases_survive_kills_and_checkpoints_and_restore_exactly() {
             rows(path),
             "{prefix}: restored content equals the source"
         );
-        assert_eq!(integrity(&out), "ok");
         // With the WAL checkpointed into it, the source file is the same bytes.
         let c = Connection::open(path).unwrap();
         c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -1082,16 +1088,13 @@ fn storage_outages_and_errors_lose_nothing() {
         log.contains("retrying in"),
         "the faults were seen and retried: {log}"
     );
-    let out = setup.dir.join("r.db");
-    let o = setup.restore("tenants/acme", &out, &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = setup.restore_verified("tenants/acme", &setup.dir.join("r.db"));
     assert_eq!(
-        rows(&out).len() as i64,
+        got.len() as i64,
         n,
         "every committed row survived the outages"
     );
-    assert_eq!(rows(&out), rows(&path));
-    assert_eq!(integrity(&out), "ok");
+    assert_eq!(got, rows(&path));
 }
 
 fn signal(child: &Running, sig: i32) {
@@ -1940,16 +1943,9 @@ fn the_s3_server_killed_and_started_again_loses_nothing() {
     );
     assert_eq!(generation_count(&storage, "tenants/acme"), 1, "no gap");
 
-    let out = setup.dir.join("r.db");
-    let o = setup.restore("tenants/acme", &out, &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(
-        rows(&out).len() as i64,
-        n,
-        "every committed row is restored"
-    );
-    assert_eq!(rows(&out), rows(&path));
-    assert_eq!(integrity(&out), "ok");
+    let got = setup.restore_verified("tenants/acme", &setup.dir.join("r.db"));
+    assert_eq!(got.len() as i64, n, "every committed row is restored");
+    assert_eq!(got, rows(&path));
 }
 
 /// Runs walsync with `args` (and `env` on top of the setup's), waiting at
@@ -2284,9 +2280,9 @@ fn too_low_an_open_file_limit_is_refused_or_named() {
     assert!(!log.contains("panicked"), "{log}");
     for (file, prefix) in names.iter().take(3) {
         let out = setup.dir.join(format!("{file}.restored"));
-        let o = setup.restore(prefix, &out, &[]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert_eq!(rows(&out), rows(&setup.dir.join(file)));
-        assert_eq!(integrity(&out), "ok");
+        assert_eq!(
+            setup.restore_verified(prefix, &out),
+            rows(&setup.dir.join(file))
+        );
     }
 }

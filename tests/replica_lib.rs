@@ -52,6 +52,12 @@ fn rows(db: &Path) -> Vec<(i64, String)> {
         .unwrap()
 }
 
+/// Restores prefix `p` (newest) to `out` and returns its rows.
+fn restored_rows(storage: &DirStorage, out: &Path) -> Vec<(i64, String)> {
+    restore(storage, "p", out, Target::Latest, false).unwrap();
+    rows(out)
+}
+
 fn insert(c: &Connection, from: i64, n: i64) {
     for i in from..from + n {
         c.execute(
@@ -144,10 +150,9 @@ fn restart_of_walsync_resumes_or_starts_new_generation() {
     insert(&c, 51, 10);
     r.sync(&storage, false).unwrap();
 
-    let out = dir.join("restored.db");
-    restore(&storage, "p", &out, Target::Latest, false).unwrap();
-    assert_eq!(rows(&out), rows(&db));
-    assert_eq!(rows(&out).len(), 60);
+    let got = restored_rows(&storage, &dir.join("restored.db"));
+    assert_eq!(got, rows(&db));
+    assert_eq!(got.len(), 60);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -218,9 +223,7 @@ fn an_idle_database_is_not_checkpointed_again_and_again() {
     let rep = r.sync(&storage, false).unwrap();
     assert_eq!(rep.commits, 10);
     assert!(!rep.new_generation);
-    let out = dir.join("r.db");
-    restore(&storage, "p", &out, Target::Latest, false).unwrap();
-    assert_eq!(rows(&out), rows(&db));
+    assert_eq!(restored_rows(&storage, &dir.join("r.db")), rows(&db));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -251,9 +254,7 @@ fn commits_before_a_stale_wal_tail_ship_and_restore() {
         assert_eq!(rep.commits, 10, "round {round}: {rep:?}");
         assert!(!rep.new_generation, "round {round}: {rep:?}");
     }
-    let out = dir.join("r.db");
-    restore(&storage, "p", &out, Target::Latest, false).unwrap();
-    assert_eq!(rows(&out), rows(&db));
+    assert_eq!(restored_rows(&storage, &dir.join("r.db")), rows(&db));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -287,9 +288,7 @@ fn a_database_file_longer_than_its_pages_snapshots_its_pages() {
     );
     let mut r = Replica::new(options(&db, "p", &dir));
     assert!(r.sync(&storage, false).unwrap().snapshot);
-    let out = dir.join("r.db");
-    restore(&storage, "p", &out, Target::Latest, false).unwrap();
-    assert_eq!(rows(&out), rows(&db));
+    assert_eq!(restored_rows(&storage, &dir.join("r.db")), rows(&db));
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -430,9 +429,7 @@ fn a_transaction_larger_than_memory_segments_is_spooled_and_restores() {
         })
         .collect();
     assert!(leftovers.is_empty());
-    let out = dir.join("r.db");
-    restore(&storage, "p", &out, Target::Latest, false).unwrap();
-    assert_eq!(rows(&out), rows(&db));
+    assert_eq!(restored_rows(&storage, &dir.join("r.db")), rows(&db));
     r.close();
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -531,9 +528,10 @@ fn a_large_incompressible_database_restores_through_ranged_downloads() {
         c.execute(blob, (2000 + i * 10, 1000, 10)).unwrap();
         r.sync(&storage, false).unwrap();
     }
-    let out = dir.join("latest.db");
-    restore(&storage, "p", &out, Target::Latest, false).unwrap();
-    assert!(rows(&out) == rows(&db), "latest restore differs");
+    assert!(
+        restored_rows(&storage, &dir.join("latest.db")) == rows(&db),
+        "latest restore differs"
+    );
     let out = dir.join("middle.db");
     restore(&storage, "p", &out, Target::Txid(middle_txid), false).unwrap();
     assert!(
