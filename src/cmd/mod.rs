@@ -210,6 +210,14 @@ impl Target {
     }
 }
 
+/// A pool of `threads` threads for a command that works on many databases.
+pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, CliError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| CliError::runtime(format!("cannot start {threads} threads: {e}")))
+}
+
 pub fn replica_options(db: &DatabaseConfig) -> ReplicaOptions {
     ReplicaOptions {
         path: db.path.clone(),

@@ -148,10 +148,7 @@ pub fn run_all(
     started: Instant,
     one: impl Fn(&str) -> Outcome + Sync,
 ) -> Result<(), CliError> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs)
-        .build()
-        .map_err(|e| CliError::runtime(format!("cannot start {jobs} threads: {e}")))?;
+    let pool = super::thread_pool(jobs)?;
     // A progress line on a terminal only: cron logs get the summary lines.
     // SAFETY: isatty on the standard error descriptor.
     let progress = unsafe { libc::isatty(2) } == 1;

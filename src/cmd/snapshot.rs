@@ -29,10 +29,7 @@ pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
     }
     // One database per job, `workers` at a time (as `watch` would run
     // them): a snapshot mostly waits on the disk and the storage.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(cfg.workers.max(1))
-        .build()
-        .map_err(|e| CliError::runtime(format!("cannot start {} threads: {e}", cfg.workers)))?;
+    let pool = super::thread_pool(cfg.workers.max(1))?;
     let failed = pool.install(|| {
         dbs.par_iter()
             .filter(|db| {
