@@ -226,6 +226,11 @@ const FDS_RESERVED: u64 = 32;
 /// database, WAL and -shm files, a checkpointing connection's. A released
 /// (idle) database keeps one.
 const FDS_PER_ACTIVE_DATABASE: u64 = 6;
+/// Descriptors a job may open besides its database's: a connection to the
+/// storage, a spool file for a large transaction. Kept free for every job
+/// that may run: a database opened with the last of them could not upload
+/// its snapshot, nor be let go before it had, and held its own for good.
+const FDS_PER_JOB: u64 = 2;
 /// How old a count of open descriptors may be when deciding to open one more.
 const FD_COUNT_MAX_AGE: Duration = Duration::from_millis(100);
 /// How long a database waits to be opened while descriptors are short.
@@ -275,7 +280,10 @@ fn out_of_fds(error: &str, limit: u64, databases: u64) -> bool {
     }
     error.contains("unable to open database file")
         && (limit < fds_wanted(databases)
-            || signals::open_fd_count().is_some_and(|used| used + used / 10 >= limit))
+            || signals::open_fd_count().map_or_else(
+                |e| signals::is_out_of_fds(&e),
+                |used| used + used / 10 >= limit,
+            ))
 }
 
 /// Whether the application wrote to the database since `before` was taken
@@ -303,11 +311,12 @@ const DISCOVERY_DEBOUNCE: Duration = Duration::from_millis(300);
 /// In key order instead, the first databases would take every free job
 /// while the last ones wait, whenever more work is due than jobs run.
 /// At most `n` of them: with thousands due at start-up, only the few that
-/// can start are sorted.
-fn due_syncs(slots: &BTreeMap<u64, Slot>, now: Instant, n: usize) -> Vec<u64> {
+/// can start are sorted. Unless `may_open`, only those open already.
+fn due_syncs(slots: &BTreeMap<u64, Slot>, now: Instant, n: usize, may_open: bool) -> Vec<u64> {
     let mut due: Vec<(Instant, u64)> = slots
         .iter()
-        .filter(|(_, s)| s.dirty && s.due <= now && s.replica.is_some())
+        .filter(|(_, s)| s.dirty && s.due <= now)
+        .filter(|(_, s)| s.replica.as_ref().is_some_and(|r| may_open || r.is_live()))
         .map(|(&id, s)| (s.due, id))
         .collect();
     if due.len() > n && n > 0 {
@@ -344,6 +353,12 @@ struct Dispatcher {
     fd_count: std::cell::Cell<Option<(Instant, u64)>>,
     /// Databases opened since that count.
     opened_since_count: std::cell::Cell<u64>,
+    /// Until when databases that need opening wait, because descriptors
+    /// were short; cleared when a job ends and gives some back. A database
+    /// that waits keeps its due time, and so its place in line: pushing it
+    /// back instead let the same ones lose the race for freed descriptors
+    /// again and again.
+    opens_wait_until: Option<Instant>,
 }
 
 impl Dispatcher {
@@ -548,11 +563,15 @@ impl Dispatcher {
     /// go first, since they close databases.
     fn launch_due(&mut self, now: Instant) {
         if self.stopping.is_none() {
+            let short = self.short_of_fds(now);
             let due: Vec<u64> = self
                 .slots
                 .iter()
                 .filter(|(_, s)| {
-                    !s.dirty && s.replica.is_some() && s.release_at.is_some_and(|t| t <= now)
+                    let live = s.replica.as_ref().is_some_and(|r| r.is_live());
+                    !s.dirty
+                        && s.replica.is_some()
+                        && s.release_at.is_some_and(|t| t <= now || short && live)
                 })
                 .map(|(&id, _)| id)
                 .collect();
@@ -586,7 +605,8 @@ impl Dispatcher {
         // Room for the jobs that can start, and for those that wait for
         // descriptors instead.
         let room = (self.max_jobs - self.running) * 8;
-        for id in due_syncs(&self.slots, now, room) {
+        let may_open = !self.opens_wait(now);
+        for id in due_syncs(&self.slots, now, room, may_open) {
             if self.running >= self.max_jobs {
                 return;
             }
@@ -595,14 +615,17 @@ impl Dispatcher {
                 .as_ref()
                 .is_some_and(|r| r.is_live());
             if opens {
+                if self.opens_wait(now) {
+                    continue;
+                }
                 let budget = open_budget.get_or_insert_with(|| self.open_budget());
                 if let Some(left) = budget {
                     if *left < FDS_PER_ACTIVE_DATABASE {
                         // Opening it now could take the descriptors that
                         // open databases need to sync or be released (and
-                        // so give theirs back): it waits a little.
-                        let slot = self.slots.get_mut(&id).expect("invariant: listed above");
-                        slot.due = now + FD_WAIT;
+                        // so give theirs back): it and the others that
+                        // need opening wait for a job to end, or a little.
+                        self.opens_wait_until = Some(now + FD_WAIT);
                         log_fds_short(
                             &mut self.fd_exhausted_logged,
                             self.fd_limit.unwrap_or(u64::MAX),
@@ -639,10 +662,24 @@ impl Dispatcher {
         }
     }
 
+    /// Whether databases that need opening wait for descriptors now.
+    fn opens_wait(&self, now: Instant) -> bool {
+        self.opens_wait_until.is_some_and(|t| t > now)
+    }
+
+    /// A job ended: the descriptors it gave back may let the databases that
+    /// wait for some open now, counted afresh.
+    fn descriptors_returned(&mut self) {
+        if self.opens_wait_until.take().is_some() {
+            self.fd_count.set(None);
+        }
+    }
+
     /// Descriptors that databases opened now may take: `None` when the
     /// open-file limit has room for every database active at once (then
-    /// nothing needs counting), else what is free beyond what the running
-    /// jobs may still open (a sync point's connection).
+    /// nothing needs counting), else what is free beyond what the jobs may
+    /// still open (a sync point's connection, a storage connection, a spool
+    /// file).
     fn open_budget(&self) -> Option<u64> {
         let limit = self.fd_limit?;
         if limit >= fds_wanted(self.slots.len() as u64) {
@@ -658,16 +695,38 @@ impl Dispatcher {
                 n + self.opened_since_count.get() * FDS_PER_ACTIVE_DATABASE
             }
             _ => {
-                let n = signals::open_fd_count()?;
+                let n = match signals::open_fd_count() {
+                    Ok(n) => n,
+                    // Not even one left to count them with.
+                    Err(e) if signals::is_out_of_fds(&e) => limit,
+                    // No way to count here: opening is left to fail and be
+                    // retried.
+                    Err(_) => return None,
+                };
                 self.fd_count.set(Some((now, n)));
                 self.opened_since_count.set(0);
                 n
             }
         };
-        // Each running job may open a sync point's connection (the
-        // databases opening are in `opened_since_count`).
-        let running = self.running as u64 * 2;
-        Some(limit.saturating_sub(used + running))
+        let jobs = self.running as u64 * 2 + self.max_jobs as u64 * FDS_PER_JOB;
+        Some(limit.saturating_sub(used + jobs))
+    }
+
+    /// Whether a database waits to be opened while descriptors are short:
+    /// then one whose changes are all shipped lets go at once rather than
+    /// after `idle_release_after`, or the waiting ones would not be
+    /// replicated at all meanwhile.
+    fn short_of_fds(&self, now: Instant) -> bool {
+        let waiting = || {
+            self.slots.values().any(|s| {
+                s.dirty && s.due <= now && s.replica.as_ref().is_some_and(|r| !r.is_live())
+            })
+        };
+        self.opens_wait(now)
+            || self
+                .open_budget()
+                .is_some_and(|left| left < FDS_PER_ACTIVE_DATABASE)
+                && waiting()
     }
 
     fn on_done(
@@ -680,6 +739,7 @@ impl Dispatcher {
         now: Instant,
     ) {
         self.running -= 1;
+        self.descriptors_returned();
         let stopping = self.stopping.is_some();
         let databases = self.slots.len() as u64;
         let Some(s) = self.slots.get_mut(&id) else {
@@ -796,7 +856,7 @@ impl Dispatcher {
                     // Not the database's fault: it should get its turn as
                     // soon as others are released, not after a backoff that
                     // grew while descriptors were short.
-                    s.failures = 1;
+                    s.failures = 0;
                 }
                 if last_sync && !fds_short {
                     log::error!("{}: {e}", s.name());
@@ -805,18 +865,20 @@ impl Dispatcher {
                     if stopping && s.was_live() {
                         self.failed_at_stop.push(s.name());
                     }
-                } else {
+                } else if fds_short {
                     // Also a last sync that found no descriptor free: the
                     // databases finished before it close theirs (below), and
-                    // the stop timeout bounds the wait.
+                    // the stop timeout bounds the wait. The line above
+                    // stands for all of them; this one waits with the others
+                    // that need opening, in its place in line.
+                    retrying = true;
+                    log::debug!("{}: {e}; retrying when descriptors are free", s.name());
+                    s.mark_dirty(now);
+                    self.opens_wait_until = Some(now + FD_WAIT);
+                } else {
                     retrying = true;
                     let wait = backoff(s.failures);
-                    if fds_short {
-                        // The line above stands for all of them.
-                        log::debug!("{}: {e}; retrying in {:.1}s", s.name(), wait.as_secs_f64());
-                    } else {
-                        log::error!("{}: {e}; retrying in {:.1}s", s.name(), wait.as_secs_f64());
-                    }
+                    log::error!("{}: {e}; retrying in {:.1}s", s.name(), wait.as_secs_f64());
                     s.retry_at = Some(now + wait);
                     s.mark_dirty(now);
                     // A database written during the failed sync is dirty
@@ -853,6 +915,7 @@ impl Dispatcher {
         now: Instant,
     ) {
         self.running -= 1;
+        self.descriptors_returned();
         let Some(s) = self.slots.get_mut(&id) else {
             return;
         };
@@ -957,6 +1020,7 @@ pub fn run(
         fd_exhausted_logged: None,
         fd_count: std::cell::Cell::new(None),
         opened_since_count: std::cell::Cell::new(0),
+        opens_wait_until: None,
     };
     let now = Instant::now();
     d.apply(catalog.databases(), now);
@@ -1025,9 +1089,16 @@ pub fn run(
         // With every job slot taken, the next finished job is what can
         // start more: due work must not make this loop spin meanwhile.
         if d.running < d.max_jobs {
+            // Databases that need opening while descriptors are short wait
+            // for a job to end (a message) or for the short wait to pass.
+            let opens_wait = d.opens_wait_until.filter(|&t| t > now);
             for s in d.slots.values() {
-                if s.dirty && s.replica.is_some() {
-                    wake = wake.min(s.due);
+                if let Some(r) = s.replica.as_ref().filter(|_| s.dirty) {
+                    let due = match opens_wait {
+                        Some(t) if !r.is_live() => s.due.max(t),
+                        _ => s.due,
+                    };
+                    wake = wake.min(due);
                 }
                 if let Some(t) = s.release_at {
                     wake = wake.min(t);
@@ -1160,10 +1231,13 @@ mod tests {
             }
             slots.insert(id, s);
         }
-        assert_eq!(due_syncs(&slots, at(1000), 10), vec![2, 7, 3, 1]);
-        assert_eq!(due_syncs(&slots, at(1000), 2), vec![2, 7]);
-        assert_eq!(due_syncs(&slots, at(1000), 3), vec![2, 7, 3]);
-        assert_eq!(due_syncs(&slots, at(2000), 5), vec![2, 7, 3, 1, 6]);
-        assert!(due_syncs(&slots, at(0), 5).is_empty());
+        assert_eq!(due_syncs(&slots, at(1000), 10, true), vec![2, 7, 3, 1]);
+        assert_eq!(due_syncs(&slots, at(1000), 2, true), vec![2, 7]);
+        assert_eq!(due_syncs(&slots, at(1000), 3, true), vec![2, 7, 3]);
+        assert_eq!(due_syncs(&slots, at(2000), 5, true), vec![2, 7, 3, 1, 6]);
+        assert!(due_syncs(&slots, at(0), 5, true).is_empty());
+        // While descriptors are short, only databases open already can
+        // start; none of these is.
+        assert!(due_syncs(&slots, at(1000), 10, false).is_empty());
     }
 }

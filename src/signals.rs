@@ -86,9 +86,16 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
 }
 
 /// How many descriptors this process has open, where the system can tell
-/// (`/proc/self/fd` on Linux).
-pub fn open_fd_count() -> Option<u64> {
-    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
+/// (`/proc/self/fd` on Linux). An error when it cannot: EMFILE or ENFILE
+/// when not even the one descriptor that counting takes is left.
+pub fn open_fd_count() -> std::io::Result<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd")?;
     // Minus the one read_dir itself holds.
-    Some((entries.count() as u64).saturating_sub(1))
+    Ok((entries.count() as u64).saturating_sub(1))
+}
+
+/// Whether an error says the process (EMFILE) or the system (ENFILE) has
+/// no descriptor left.
+pub fn is_out_of_fds(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
