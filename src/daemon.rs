@@ -717,16 +717,24 @@ impl Dispatcher {
     /// after `idle_release_after`, or the waiting ones would not be
     /// replicated at all meanwhile.
     fn short_of_fds(&self, now: Instant) -> bool {
-        let waiting = || {
-            self.slots.values().any(|s| {
-                s.dirty && s.due <= now && s.replica.as_ref().is_some_and(|r| !r.is_live())
-            })
-        };
-        self.opens_wait(now)
-            || self
+        if self.opens_wait(now) {
+            return true;
+        }
+        if self
+            .fd_limit
+            .is_none_or(|limit| limit >= fds_wanted(self.slots.len() as u64))
+        {
+            return false;
+        }
+        // The scan before the count: counting reads /proc/self/fd.
+        let waiting = self
+            .slots
+            .values()
+            .any(|s| s.dirty && s.due <= now && s.replica.as_ref().is_some_and(|r| !r.is_live()));
+        waiting
+            && self
                 .open_budget()
                 .is_some_and(|left| left < FDS_PER_ACTIVE_DATABASE)
-                && waiting()
     }
 
     fn on_done(
