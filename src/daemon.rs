@@ -327,6 +327,28 @@ fn due_syncs(slots: &BTreeMap<u64, Slot>, now: Instant, n: usize, may_open: bool
     due.into_iter().map(|(_, id)| id).collect()
 }
 
+/// A count of the open descriptors (a directory read of /proc/self/fd, as
+/// costly as there are descriptors), and the databases opened and released
+/// since, which move it by an estimate until the next count.
+#[derive(Clone, Copy)]
+struct FdCount {
+    at: Instant,
+    n: u64,
+    opened: u64,
+    released: u64,
+}
+
+impl FdCount {
+    /// Descriptors a release is taken to give back: fewer than an active
+    /// database may hold (an estimate too high would open too many).
+    const FREED_BY_RELEASE: u64 = 3;
+
+    fn used(&self) -> u64 {
+        (self.n + self.opened * FDS_PER_ACTIVE_DATABASE)
+            .saturating_sub(self.released * Self::FREED_BY_RELEASE)
+    }
+}
+
 struct Dispatcher {
     storage: Arc<dyn Storage>,
     pool: rayon::ThreadPool,
@@ -349,10 +371,8 @@ struct Dispatcher {
     fd_limit: Option<u64>,
     /// When the "out of file descriptors" line was last logged.
     fd_exhausted_logged: Option<Instant>,
-    /// The last count of open descriptors, and when it was taken.
-    fd_count: std::cell::Cell<Option<(Instant, u64)>>,
-    /// Databases opened since that count.
-    opened_since_count: std::cell::Cell<u64>,
+    /// The last count of open descriptors, and what changed since.
+    fd_count: std::cell::Cell<Option<FdCount>>,
     /// Until when databases that need opening wait, because descriptors
     /// were short; cleared when a job ends and gives some back. A database
     /// that waits keeps its due time, and so its place in line: pushing it
@@ -635,8 +655,7 @@ impl Dispatcher {
                         continue;
                     }
                     *left -= FDS_PER_ACTIVE_DATABASE;
-                    self.opened_since_count
-                        .set(self.opened_since_count.get() + 1);
+                    self.count_fds(|c| c.opened += 1);
                 }
             }
             let slot = self.slots.get_mut(&id).expect("invariant: listed above");
@@ -668,10 +687,16 @@ impl Dispatcher {
     }
 
     /// A job ended: the descriptors it gave back may let the databases that
-    /// wait for some open now, counted afresh.
+    /// wait for some open now.
     fn descriptors_returned(&mut self) {
-        if self.opens_wait_until.take().is_some() {
-            self.fd_count.set(None);
+        self.opens_wait_until = None;
+    }
+
+    /// Moves the descriptor count, if one was taken, by `change`.
+    fn count_fds(&self, change: impl FnOnce(&mut FdCount)) {
+        if let Some(mut c) = self.fd_count.get() {
+            change(&mut c);
+            self.fd_count.set(Some(c));
         }
     }
 
@@ -686,14 +711,11 @@ impl Dispatcher {
             return None;
         }
         // Counting /proc/self/fd costs a directory read of every
-        // descriptor: at most every FD_COUNT_MAX_AGE (jobs started since
-        // are covered by `running`).
+        // descriptor: at most every FD_COUNT_MAX_AGE, estimated in between
+        // (jobs started since are covered by `running`).
         let now = Instant::now();
         let used = match self.fd_count.get() {
-            // Plus what the databases opened since may hold.
-            Some((at, n)) if now.duration_since(at) < FD_COUNT_MAX_AGE => {
-                n + self.opened_since_count.get() * FDS_PER_ACTIVE_DATABASE
-            }
+            Some(c) if now.duration_since(c.at) < FD_COUNT_MAX_AGE => c.used(),
             _ => {
                 let n = match signals::open_fd_count() {
                     Ok(n) => n,
@@ -703,8 +725,12 @@ impl Dispatcher {
                     // retried.
                     Err(_) => return None,
                 };
-                self.fd_count.set(Some((now, n)));
-                self.opened_since_count.set(0);
+                self.fd_count.set(Some(FdCount {
+                    at: now,
+                    n,
+                    opened: 0,
+                    released: 0,
+                }));
                 n
             }
         };
@@ -924,6 +950,9 @@ impl Dispatcher {
     ) {
         self.running -= 1;
         self.descriptors_returned();
+        if let Ok(Some(_)) = &result {
+            self.count_fds(|c| c.released += 1);
+        }
         let Some(s) = self.slots.get_mut(&id) else {
             return;
         };
@@ -1027,7 +1056,6 @@ pub fn run(
         fd_limit: None,
         fd_exhausted_logged: None,
         fd_count: std::cell::Cell::new(None),
-        opened_since_count: std::cell::Cell::new(0),
         opens_wait_until: None,
     };
     let now = Instant::now();
@@ -1214,6 +1242,22 @@ mod tests {
             },
             now,
         )
+    }
+
+    #[test]
+    fn a_descriptor_count_moves_with_opens_and_releases_until_the_next() {
+        let c = |n, opened, released| FdCount {
+            at: Instant::now(),
+            n,
+            opened,
+            released,
+        };
+        assert_eq!(c(100, 0, 0).used(), 100);
+        // An opened database may take all it can; a release is taken to give
+        // back fewer than that.
+        assert_eq!(c(100, 2, 0).used(), 112);
+        assert_eq!(c(100, 2, 3).used(), 103);
+        assert_eq!(c(4, 0, 10).used(), 0);
     }
 
     #[test]
