@@ -251,8 +251,8 @@ const FD_WAIT: Duration = Duration::from_millis(250);
 /// `idle_release_after` divided by this, not after all of it: otherwise the
 /// waiting ones are not replicated at all meanwhile. Not at once: one
 /// written a moment ago is likely to be written again, and letting it go
-/// and opening it again for every commit took the descriptors and jobs that
-/// starting 10,000 databases needed (75 s instead of 41 s).
+/// and opening it again for every commit would spend the descriptors and
+/// jobs the waiting ones need (and invite a new generation each time).
 const PRESSED_IDLE_DIVISOR: u32 = 10;
 /// How often the "out of file descriptors" line may repeat.
 const FD_EXHAUSTED_LOG_INTERVAL: Duration = Duration::from_secs(60);
