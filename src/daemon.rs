@@ -602,25 +602,7 @@ impl Dispatcher {
     /// go first, since they close databases.
     fn launch_due(&mut self, now: Instant) {
         if self.stopping.is_none() {
-            // While databases wait for descriptors, one counts as idle
-            // after a tenth of the time (`release_at` is the last commit
-            // plus `idle_release_after`).
-            let idle_sooner = match self.idle_release_after {
-                Some(idle) if self.short_of_fds(now) => idle - idle / PRESSED_IDLE_DIVISOR,
-                _ => Duration::ZERO,
-            };
-            let due: Vec<u64> = self
-                .slots
-                .iter()
-                .filter(|(_, s)| {
-                    let live = s.replica.as_ref().is_some_and(|r| r.is_live());
-                    !s.dirty
-                        && s.replica.is_some()
-                        && s.release_at
-                            .is_some_and(|t| t <= now || live && t <= now + idle_sooner)
-                })
-                .map(|(&id, _)| id)
-                .collect();
+            let due = self.due_releases(now);
             for id in due {
                 if self.running >= self.max_jobs {
                     return;
@@ -764,27 +746,45 @@ impl Dispatcher {
         Some(limit.saturating_sub(used + jobs))
     }
 
-    /// Whether a database waits to be opened while descriptors are short:
-    /// then open ones count as idle sooner (`PRESSED_IDLE_DIVISOR`).
-    fn short_of_fds(&self, now: Instant) -> bool {
-        if self.opens_wait(now) {
-            return true;
-        }
-        if self
+    /// The databases to let go now: those idle for `idle_release_after`
+    /// (`release_at` is the last commit plus that), and, while a database
+    /// waits to be opened for want of descriptors, the open ones idle for a
+    /// tenth of it (`PRESSED_IDLE_DIVISOR`). One pass over the databases:
+    /// this runs after every batch of messages.
+    fn due_releases(&self, now: Instant) -> Vec<u64> {
+        let low_limit = self
             .fd_limit
-            .is_none_or(|limit| limit >= fds_wanted(self.slots.len() as u64))
-        {
-            return false;
+            .is_some_and(|limit| limit < fds_wanted(self.slots.len() as u64));
+        let sooner_by = match self.idle_release_after {
+            Some(idle) if low_limit => idle - idle / PRESSED_IDLE_DIVISOR,
+            _ => Duration::ZERO,
+        };
+        let (mut due, mut sooner, mut waiting) = (Vec::new(), Vec::new(), false);
+        for (&id, s) in &self.slots {
+            let Some(r) = s.replica.as_ref() else {
+                continue;
+            };
+            if s.dirty {
+                waiting |= low_limit && s.due <= now && !r.is_live();
+            } else if let Some(t) = s.release_at {
+                if t <= now {
+                    due.push(id);
+                } else if low_limit && r.is_live() && t <= now + sooner_by {
+                    sooner.push(id);
+                }
+            }
         }
-        // The scan before the count: counting reads /proc/self/fd.
-        let waiting = self
-            .slots
-            .values()
-            .any(|s| s.dirty && s.due <= now && s.replica.as_ref().is_some_and(|r| !r.is_live()));
-        waiting
-            && self
-                .open_budget()
-                .is_some_and(|left| left < FDS_PER_ACTIVE_DATABASE)
+        let short = || {
+            self.opens_wait(now)
+                || waiting
+                    && self
+                        .open_budget()
+                        .is_some_and(|left| left < FDS_PER_ACTIVE_DATABASE)
+        };
+        if !sooner.is_empty() && short() {
+            due.append(&mut sooner);
+        }
+        due
     }
 
     fn on_done(
