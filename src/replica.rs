@@ -947,7 +947,8 @@ impl Replica {
         let prefix = self.opts.prefix.clone();
         let generation = self.generation;
         let mut next_txid = self.last_txid + 1;
-        let time_ms = self.now_ms();
+        // Segment times never go back (see `now_ms`).
+        let mut time_floor = self.now_ms();
         // A restarted WAL (accepted above) is where walsync now stands, even
         // before anything of it is shipped.
         let mut cursor_now = Cursor {
@@ -972,6 +973,12 @@ impl Replica {
                 let Some(last) = group.last() else {
                     return Ok(());
                 };
+                // Stamped once its transactions are read, so that each was
+                // committed before the stamp: stamped before the scan, a
+                // commit made meanwhile was restored "as of" a time before
+                // it was made.
+                let time_ms = crate::time::now_ms().max(time_floor);
+                time_floor = time_ms;
                 let header = SegmentHeader {
                     page_size: h.page_size,
                     commit_count: group.len() as u32,
@@ -1019,6 +1026,7 @@ impl Replica {
                 at = header.end;
             }
         })();
+        self.last_time_ms = self.last_time_ms.max(time_floor);
         // Keep what was uploaded even if a later upload failed.
         if shipped != 0 {
             self.last_txid = shipped;
