@@ -643,9 +643,6 @@ impl Dispatcher {
                 .as_ref()
                 .is_some_and(|r| r.is_live());
             if opens {
-                if self.opens_wait(now) {
-                    continue;
-                }
                 let budget = open_budget.get_or_insert_with(|| self.open_budget());
                 if let Some(left) = budget {
                     if *left < FDS_PER_ACTIVE_DATABASE {
@@ -689,6 +686,13 @@ impl Dispatcher {
         }
     }
 
+    /// Whether the open-file limit is below what every database active at
+    /// once could need: only then are descriptors budgeted.
+    fn limit_below_wanted(&self) -> bool {
+        self.fd_limit
+            .is_some_and(|limit| limit < fds_wanted(self.slots.len() as u64))
+    }
+
     /// Whether databases that need opening wait for descriptors now.
     fn opens_wait(&self, now: Instant) -> bool {
         self.opens_wait_until.is_some_and(|t| t > now)
@@ -714,10 +718,10 @@ impl Dispatcher {
     /// still open (a sync point's connection, a storage connection, a spool
     /// file).
     fn open_budget(&self) -> Option<u64> {
-        let limit = self.fd_limit?;
-        if limit >= fds_wanted(self.slots.len() as u64) {
+        if !self.limit_below_wanted() {
             return None;
         }
+        let limit = self.fd_limit?;
         // Counting /proc/self/fd costs a directory read of every
         // descriptor: at most every FD_COUNT_MAX_AGE, estimated in between
         // (jobs started since are covered by `running`).
@@ -752,9 +756,7 @@ impl Dispatcher {
     /// tenth of it (`PRESSED_IDLE_DIVISOR`). One pass over the databases:
     /// this runs after every batch of messages.
     fn due_releases(&self, now: Instant) -> Vec<u64> {
-        let low_limit = self
-            .fd_limit
-            .is_some_and(|limit| limit < fds_wanted(self.slots.len() as u64));
+        let low_limit = self.limit_below_wanted();
         let sooner_by = match self.idle_release_after {
             Some(idle) if low_limit => idle - idle / PRESSED_IDLE_DIVISOR,
             _ => Duration::ZERO,
