@@ -1790,8 +1790,6 @@ fn a_restore_that_runs_out_of_space_leaves_nothing_behind() {
     assert_eq!(rows(&out).len(), 400);
 }
 
-/// Waits until `log` (a file in the setup's directory) contains `needle`
-/// `times` times; returns the log.
 /// Runs `f`; when it panics, prints walsync's log first (the test's
 /// directory, and the log with it, is gone once the panic unwinds).
 fn showing_log_on_failure<T>(setup: &Setup, log: &str, f: impl FnOnce() -> T) -> T {
@@ -1805,6 +1803,8 @@ fn showing_log_on_failure<T>(setup: &Setup, log: &str, f: impl FnOnce() -> T) ->
     }
 }
 
+/// Waits until `log` (a file in the setup's directory) contains `needle`
+/// `times` times; returns the log.
 fn wait_log(setup: &Setup, log: &str, needle: &str, times: usize) -> String {
     let start = Instant::now();
     loop {
