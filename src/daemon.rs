@@ -669,12 +669,19 @@ impl Dispatcher {
             self.running += 1;
             // Options may have changed (reload) since the replica was made.
             replica.opts = slot.want.replica.clone();
+            // The last sync before walsync stops or lets go of the database
+            // for good leaves a mark, so that the next start needs no
+            // snapshot (README "Restarts").
+            let last = self.stopping.is_some() || slot.removing;
             let storage = Arc::clone(&self.storage);
             let tx = self.tx.clone();
             self.pool.spawn(move || {
                 let started = Instant::now();
                 let stat = stat_of(replica.path());
-                let result = replica.sync(&*storage, false);
+                let mut result = replica.sync(&*storage, false);
+                if last {
+                    result = result.and_then(|r| replica.stop(&*storage).map(|()| r));
+                }
                 let _ = tx.send(Msg::Done {
                     id,
                     replica,

@@ -151,6 +151,39 @@ struct Live {
     /// The `-shm` file walsync's read mark lives in; if it is replaced,
     /// the mark protects nothing any more.
     shm_id: Option<sqlite::FileId>,
+    /// An upper bound of the WAL end (salts, frames) that walsync's read
+    /// transaction sees, when known: a checkpoint result read after the
+    /// read transaction began. See `settle`.
+    view: Option<WalEnd>,
+    /// Every frame walsync has seen is in the database file (the last
+    /// settle or sync point backfilled the whole WAL, and nothing was seen
+    /// since): a file renamed over the database now would not get the old
+    /// WAL applied to it.
+    backfilled: bool,
+    /// walsync's read transaction was taken right after a complete
+    /// checkpoint under the write lock, so it has mark 0: the application
+    /// may restart the WAL (and its RESTART and TRUNCATE checkpoints can
+    /// succeed). Cleared when the mark is moved by `settle`.
+    mark_zero: bool,
+}
+
+/// The end of the committed frames of one WAL: its salts and frame count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WalEnd {
+    salt1: u32,
+    salt2: u32,
+    frames: u64,
+}
+
+impl WalEnd {
+    fn of(pos: &WalPos, page_size: u32) -> WalEnd {
+        WalEnd {
+            salt1: pos.salt1,
+            salt2: pos.salt2,
+            frames: pos.offset.saturating_sub(wal::HEADER_SIZE as u64)
+                / (wal::FRAME_HEADER_SIZE as u64 + u64::from(page_size)),
+        }
+    }
 }
 
 /// The WAL no longer continues what was shipped: a new generation starts.
@@ -160,6 +193,8 @@ struct Gap {
     /// walsync's locks on the database were lost (the WAL or the -shm file
     /// vanished under it): the connections must be opened again.
     reopen: bool,
+    /// Another file was renamed over the database.
+    replaced: bool,
 }
 
 impl Gap {
@@ -167,6 +202,7 @@ impl Gap {
         Gap {
             reason: reason.into(),
             reopen: false,
+            replaced: false,
         }
     }
 
@@ -174,6 +210,15 @@ impl Gap {
         Gap {
             reason: reason.into(),
             reopen: true,
+            replaced: false,
+        }
+    }
+
+    fn replaced() -> Gap {
+        Gap {
+            reason: "the database file was replaced".into(),
+            reopen: true,
+            replaced: true,
         }
     }
 }
@@ -460,11 +505,7 @@ impl Replica {
             match sqlite::file_id(&self.opts.path) {
                 Ok(id) if id == live.handle.id() => {}
                 Ok(_) => {
-                    log::warn!(
-                        "{} ({}): the database file was replaced; starting a new generation",
-                        self.opts.path.display(),
-                        self.opts.prefix
-                    );
+                    self.log_replaced();
                     self.live = None;
                     self.needs_generation = true;
                 }
@@ -498,6 +539,13 @@ impl Replica {
         let shipped = self.ship(storage, &mut report);
         if let Err(ReplicaError::Storage(e)) = &shipped {
             self.warn_if_wal_grows(e);
+            // Nothing can be shipped, but the WAL can still be backfilled
+            // (its frames stay in it: walsync's read mark keeps it from
+            // being restarted), so that replacing the database stays safe
+            // during an outage too.
+            if let Err(e) = self.settle(false) {
+                log::debug!("{}: settling the WAL failed: {e}", self.opts.path.display());
+            }
         }
         if let Err(gap) = shipped? {
             self.handle_gap(storage, gap, &mut report)?;
@@ -514,21 +562,24 @@ impl Replica {
         // reuses a restarted WAL file without shrinking it, and an idle
         // database must not be checkpointed over and over.
         let cursor = self.live_mut().cursor;
-        let unbackfilled = if cursor.base_is_db_file {
-            0
-        } else {
-            cursor.pos.map_or(0, |p| p.offset)
-        };
+        let mark_zero = self.live_mut().mark_zero;
+        // How far the current WAL has grown since it was last restarted:
+        // walsync's read mark (see `settle`) keeps the application from
+        // restarting it, so walsync's own sync point, which leaves it with
+        // mark 0, is what lets the next writer start the WAL over. Not again
+        // while nothing was shipped since the last one.
+        let wal_used = cursor.pos.map_or(0, |p| p.offset);
         if forced || (self.commits_since_snapshot > 0 && crate::time::now_ms() >= due) {
             self.snapshot(storage, false, &mut report)?;
-        } else if cursor.base_is_db_file && wal_len >= self.opts.truncate_threshold {
+        } else if cursor.base_is_db_file && mark_zero && wal_len >= self.opts.truncate_threshold {
             // Everything is in the database file and walsync holds read mark
             // 0, so TRUNCATE can only drop frames already shipped and
             // backfilled (a frame appended since makes it report busy).
             let r = self.live_mut().handle.checkpoint_truncate()?;
             log::debug!("{}: TRUNCATE checkpoint: {r:?}", self.opts.path.display());
-        } else if unbackfilled >= self.opts.checkpoint_threshold
-            || wal_len >= self.opts.truncate_threshold
+        } else if !(mark_zero && cursor.base_is_db_file)
+            && (wal_used >= self.opts.checkpoint_threshold
+                || wal_len >= self.opts.truncate_threshold)
         {
             // Also when the file is large but walsync's position is not: a
             // restarted WAL keeps the old frames as a stale tail until it is
@@ -539,6 +590,7 @@ impl Replica {
                 &mut report,
             )?;
         }
+        self.settle(true)?;
         if let (true, Some(retention)) = (report.snapshot, self.opts.retention) {
             // A new snapshot is what makes older objects unnecessary; an idle
             // database costs no requests for retention either.
@@ -593,6 +645,39 @@ impl Replica {
         storage: &dyn Storage,
         max_db_bytes: u64,
     ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
+        self.let_go(storage, max_db_bytes, "idle, connections released")
+    }
+
+    /// Stops replicating (SIGTERM, or the database left the configuration)
+    /// the way a release does, whatever the database's size: ships what is
+    /// left, backfills the WAL under the write lock and leaves a mark with
+    /// the database file's fingerprint in the bucket, so that the next
+    /// start continues this generation without a snapshot even if the
+    /// application restarts the WAL meanwhile (README "Restarts"). If the
+    /// write lock or a complete checkpoint is not to be had, no mark is
+    /// left and the next start relies on the WAL alone.
+    pub fn stop(&mut self, storage: &dyn Storage) -> Result<(), ReplicaError> {
+        if self.live.is_some() {
+            let left = self.let_go(storage, u64::MAX, "stopped, mark left")?;
+            if left.is_none() {
+                log::info!(
+                    "{} ({}): no complete checkpoint at stop (the write lock was busy or an \
+                     application reader held old frames); the next start resumes only if the WAL \
+                     still continues the backup",
+                    self.opts.path.display(),
+                    self.opts.prefix
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn let_go(
+        &mut self,
+        storage: &dyn Storage,
+        max_db_bytes: u64,
+        done: &str,
+    ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
         if self.needs_generation || self.live.is_none() {
             return Ok(None);
         }
@@ -639,11 +724,7 @@ impl Replica {
             page_size: live.page_size,
             fingerprint,
         });
-        log::debug!(
-            "{} ({}): idle, connections released",
-            path.display(),
-            self.opts.prefix
-        );
+        log::debug!("{} ({}): {done}", path.display(), self.opts.prefix);
         Ok(Some(stat))
     }
 
@@ -743,9 +824,124 @@ impl Replica {
                 db_pages: None,
             }),
             shm_id,
+            view: None,
+            backfilled: false,
+            mark_zero: false,
         });
         if !proven {
             self.begin_new_generation(why_new);
+        }
+    }
+
+    /// Keeps the WAL backfilled, so that the database file alone holds
+    /// every commit and SQLite ignores the WAL (its wal-index says every
+    /// frame is backfilled) in any connection that opens this path next:
+    /// what SQLite itself leaves behind when the application's last
+    /// connection closes, which walsync's read transaction otherwise
+    /// prevents. Run at the end of every sync (`shipped_all`: every frame
+    /// up to the WAL end that walsync's read transaction sees is shipped),
+    /// and while uploads fail.
+    ///
+    /// The read mark is moved to the WAL's end by a handover (a new
+    /// connection takes its read transaction before the old one ends its
+    /// own), then a PASSIVE checkpoint, bounded by the new mark, backfills.
+    /// walsync therefore always holds a read mark, and it holds mark 0 (no
+    /// pin: the application may restart the WAL, and its own RESTART and
+    /// TRUNCATE checkpoints succeed) only once every frame is shipped and
+    /// backfilled. A new read transaction gets mark 0 only when the WAL is
+    /// fully backfilled as it starts; so while frames are unshipped the
+    /// mark is moved only when that cannot be the case:
+    /// - after a complete ship, the old mark is at or below the shipped
+    ///   end, so nothing after it can have been backfilled;
+    /// - during an outage, only once the WAL has grown (or been restarted,
+    ///   which happens only while walsync holds mark 0, blocking every
+    ///   backfill) past what the old read transaction can see.
+    fn settle(&mut self, shipped_all: bool) -> Result<(), ReplicaError> {
+        let path = self.opts.path.clone();
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        let page_size = live.page_size;
+        if shipped_all {
+            if live.cursor.base_is_db_file {
+                // Nothing new since the last settle: an idle database costs
+                // nothing.
+                return Ok(());
+            }
+            let ck = live
+                .handle
+                .move_read_mark(true)?
+                .expect("invariant: asked for a checkpoint");
+            let end = wal_end_after(&path, &ck)?;
+            live.view = Some(end);
+            live.backfilled = ck.complete();
+            let at_end = match live.cursor.pos {
+                Some(p) => WalEnd::of(&p, page_size) == end,
+                None => end.frames == 0,
+            };
+            live.mark_zero = false;
+            if ck.complete() && at_end {
+                // The database file is exactly what was shipped, and the
+                // read mark (at the WAL's end, which is fully backfilled)
+                // keeps it so: no checkpoint can go past it, and no writer
+                // can restart the WAL while it is held.
+                live.cursor.base_is_db_file = true;
+            }
+            log::debug!(
+                "{}: settled: {ck:?}, at the shipped end: {at_end}",
+                path.display()
+            );
+            return Ok(());
+        }
+        let now = live.handle.checkpoint_passive_beside()?;
+        if now.complete() {
+            live.backfilled = true;
+            return Ok(());
+        }
+        live.backfilled = false;
+        let end = wal_end_after(&path, &now)?;
+        let moved = live
+            .view
+            .is_some_and(|v| (v.salt1, v.salt2) != (end.salt1, end.salt2) || end.frames > v.frames);
+        if !moved {
+            // The checkpoint ran after walsync's read transaction began, so
+            // it saw at least as far: the next one can move the mark.
+            live.view = Some(end);
+            return Ok(());
+        }
+        let ck = live
+            .handle
+            .move_read_mark(true)?
+            .expect("invariant: asked for a checkpoint");
+        live.mark_zero = false;
+        live.view = Some(wal_end_after(&path, &ck)?);
+        live.backfilled = ck.complete();
+        log::debug!("{}: settled while uploads fail: {ck:?}", path.display());
+        Ok(())
+    }
+
+    /// Says that the database file was replaced, and, when the old WAL
+    /// still held frames that were not in the old file, that SQLite may
+    /// apply them to the new one (README "Replacing a database").
+    fn log_replaced(&self) {
+        let (who, prefix) = (self.opts.path.display(), &self.opts.prefix);
+        let stale = self
+            .live
+            .as_ref()
+            .is_some_and(|l| !l.backfilled || wal_has_commits_after(&self.opts.path, l.cursor.pos));
+        if stale {
+            log::error!(
+                "{who} ({prefix}): the database file was replaced while its WAL still held \
+                 transactions of the old file that were not in it; SQLite applies such a WAL \
+                 to the new file, which may now be corrupt: check it with PRAGMA integrity_check \
+                 and restore it if needed. To replace a database safely, wait one sync_interval \
+                 after the application's last commit before renaming (README \"Replacing a \
+                 database\"). Starting a new generation"
+            );
+        } else {
+            log::warn!(
+                "{who} ({prefix}): the database file was replaced; starting a new generation"
+            );
         }
     }
 
@@ -762,7 +958,12 @@ impl Replica {
         gap: Gap,
         report: &mut SyncReport,
     ) -> Result<(), ReplicaError> {
-        self.begin_new_generation(&gap.reason);
+        if gap.replaced {
+            self.log_replaced();
+            self.needs_generation = true;
+        } else {
+            self.begin_new_generation(&gap.reason);
+        }
         if gap.reopen {
             self.live = None;
             self.start(storage)?;
@@ -958,6 +1159,7 @@ impl Replica {
         let mut commits_total = 0u64;
         let mut segments = 0u64;
         let mut bytes_up = 0u64;
+        let mut replaced = false;
         let result = (|| -> Result<(), ReplicaError> {
             let mut at = from;
             loop {
@@ -1000,6 +1202,16 @@ impl Replica {
                     header.first_time_ms,
                     header.last_time_ms,
                 );
+                // The frames just read were written before this check, so
+                // if the path still names the file walsync holds they are
+                // that file's, not those of a file renamed over it.
+                if !self.live.as_ref().is_some_and(|l| l.handle.still_at_path()) {
+                    if let Some(p) = &spool {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    replaced = true;
+                    return Ok(());
+                }
                 let uploaded = encoded.and_then(|(sink, len, crc)| {
                     let body = match &sink {
                         Sink::Memory(v) => Body::Bytes(v),
@@ -1035,8 +1247,15 @@ impl Replica {
             report.segments += segments;
             report.bytes_uploaded += bytes_up;
         }
-        self.live.as_mut().expect("invariant: still live").cursor = cursor_now;
+        let live = self.live.as_mut().expect("invariant: still live");
+        live.cursor = cursor_now;
+        if shipped != 0 {
+            live.backfilled = false;
+        }
         result?;
+        if replaced {
+            return Ok(Err(Gap::replaced()));
+        }
         Ok(Ok(()))
     }
 
@@ -1110,7 +1329,14 @@ impl Replica {
                 ))));
             }
         }
-        self.live_mut().cursor.base_is_db_file = ck.complete();
+        // The read transaction began under the write lock, right after the
+        // checkpoint: it sees exactly the end the checkpoint reported.
+        let end = wal_end_after(&path, &ck)?;
+        let live = self.live_mut();
+        live.cursor.base_is_db_file = ck.complete();
+        live.backfilled = ck.complete();
+        live.mark_zero = ck.complete();
+        live.view = Some(end);
         Ok(Ok(ck.complete()))
     }
 
@@ -1246,13 +1472,18 @@ impl Replica {
                 })
             }
             (None, _) => {
-                // The database file is the image. Its size in pages is the
-                // last commit's, else the header's; the file itself may be
-                // longer (SQLITE_FCNTL_CHUNK_SIZE rounds it up).
+                // The database file is the image (every frame is in it).
+                // Its size in pages is its header's (SQLite writes it with
+                // every commit that changes it), else the last commit's;
+                // the file itself may be longer (SQLITE_FCNTL_CHUNK_SIZE
+                // rounds it up). The header comes first: a WAL found at a
+                // new generation may be a fully backfilled one left by a
+                // file that was renamed over (SQLite ignores it, and so
+                // must the snapshot).
                 let mut h = [0u8; 100];
                 db.read_exact_at(&mut h, 0).map_err(io_err(&path))?;
-                let n = db_pages
-                    .or_else(|| sqlite::db_header_pages(&h))
+                let n = sqlite::db_header_pages(&h)
+                    .or(db_pages)
                     .unwrap_or((db_len / u64::from(page_size)) as u32);
                 if n == 0 || u64::from(n) * u64::from(page_size) > db_len {
                     return Err(ReplicaError::Unstable {
@@ -1338,7 +1569,7 @@ impl Replica {
         }
         let live = self.live_mut();
         live.cursor.pos = pos;
-        live.cursor.db_pages = db_pages;
+        live.cursor.db_pages = Some(pages);
         self.last_snapshot_ms = time_ms;
         self.commits_since_snapshot = 0;
         report.snapshot = true;
@@ -1608,6 +1839,39 @@ fn wal_restarted_since(db: &Path, pos: Option<WalPos>) -> Result<bool, ReplicaEr
         (Some(h), Some(p)) => !p.same_wal(&h),
         _ => true,
     })
+}
+
+/// The WAL end a checkpoint result reports, with the salts of the WAL
+/// as it is now.
+fn wal_end_after(db: &Path, ck: &sqlite::CheckpointResult) -> Result<WalEnd, ReplicaError> {
+    let header = match WalFile::open(db)? {
+        Some(w) => w.header()?,
+        None => None,
+    };
+    Ok(WalEnd {
+        salt1: header.map_or(0, |h| h.salt1),
+        salt2: header.map_or(0, |h| h.salt2),
+        frames: ck.log_frames.max(0) as u64,
+    })
+}
+
+/// Whether the WAL holds a committed transaction after `pos` (in the same
+/// WAL), read from the file alone.
+fn wal_has_commits_after(db: &Path, pos: Option<WalPos>) -> bool {
+    let Some(p) = pos else {
+        return false;
+    };
+    let Ok(Some(wal)) = WalFile::open(db) else {
+        return false;
+    };
+    let Ok(Some(h)) = wal.header() else {
+        return false;
+    };
+    if !p.same_wal(&h) || wal.len < p.offset {
+        return false;
+    }
+    wal.scan_spans(&h, p, u64::MAX, |_| Ok(false))
+        .is_ok_and(|(end, _)| end != p)
 }
 
 /// Whether the current WAL provably continues `pos`: same salts, and the

@@ -426,6 +426,11 @@ impl DbHandle {
         self.db.id
     }
 
+    /// Whether the path still names the file walsync holds.
+    pub fn still_at_path(&self) -> bool {
+        self.db.still_at_path()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -462,19 +467,7 @@ impl DbHandle {
         if self.in_read {
             return Ok(());
         }
-        self.reader
-            .execute_batch("BEGIN")
-            .map_err(self.err("begin read"))?;
-        // A read statement is what actually takes the WAL read lock.
-        let r = self
-            .reader
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-                r.get::<_, i64>(0)
-            });
-        if let Err(e) = r {
-            let _ = self.reader.execute_batch("ROLLBACK");
-            return Err(self.err("take read lock")(e));
-        }
+        begin_read_on(&self.reader).map_err(self.err("take read lock"))?;
         self.in_read = true;
         Ok(())
     }
@@ -500,9 +493,69 @@ impl DbHandle {
         writer
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(self.err("take write lock"))?;
+        // Checked again with the lock held: the read mark that came with it
+        // bounds every checkpoint walsync runs under this lock, and it must
+        // have been taken while the path named the file walsync holds, so
+        // that no frame of a file renamed over it is ever checkpointed
+        // (README "Replacing a database").
+        if !self.db.still_at_path() {
+            let _ = writer.execute_batch("ROLLBACK");
+            return Err(replaced(&self.path));
+        }
         self.writer = Some(writer);
         self.writers_locked = true;
         Ok(())
+    }
+
+    /// Moves walsync's read mark to the WAL's current end without ever
+    /// holding no read mark at all: a new connection takes its read
+    /// transaction first (after which the path is checked again: the new
+    /// mark was taken on the file walsync holds), then the old one ends its
+    /// own and, with `checkpoint`, runs a PASSIVE checkpoint, which the new
+    /// mark bounds, before it closes. The new connection becomes the reader.
+    ///
+    /// This is how walsync keeps the WAL backfilled without the write lock
+    /// (README "How replication stays correct"): while a read mark is at an
+    /// old frame, no checkpoint can copy the frames after it into the
+    /// database file, and a WAL that is not fully backfilled is applied by
+    /// SQLite to whatever file next opens under this path.
+    ///
+    /// The new mark is 0 (no pin on the WAL at all: the application may
+    /// restart it) only if the WAL was fully backfilled when it was taken;
+    /// callers make sure that happens only when every frame is shipped.
+    pub fn move_read_mark(
+        &mut self,
+        checkpoint: bool,
+    ) -> Result<Option<CheckpointResult>, SqliteError> {
+        assert!(
+            self.in_read,
+            "invariant: the read mark is moved only while one is held"
+        );
+        let next = open_connection(&self.path, self.busy_timeout)?;
+        begin_read_on(&next).map_err(self.err("take read lock"))?;
+        if !self.db.still_at_path() {
+            // `next` closes with its read transaction; the old one still
+            // holds walsync's mark on the file it holds.
+            return Err(replaced(&self.path));
+        }
+        let old = std::mem::replace(&mut self.reader, next);
+        old.execute_batch("COMMIT").map_err(self.err("end read"))?;
+        let ck = if checkpoint {
+            Some(self::checkpoint(&old, "PASSIVE").map_err(self.err("checkpoint"))?)
+        } else {
+            None
+        };
+        drop(old);
+        Ok(ck)
+    }
+
+    /// `PRAGMA wal_checkpoint(PASSIVE)` on a connection of its own while the
+    /// reader keeps its read transaction, whose mark bounds what it can
+    /// backfill. Returns the WAL's committed end and how much of it is
+    /// backfilled.
+    pub fn checkpoint_passive_beside(&self) -> Result<CheckpointResult, SqliteError> {
+        let c = self.open_writer()?;
+        checkpoint(&c, "PASSIVE").map_err(self.err("checkpoint"))
     }
 
     /// Releases the write lock and closes the connection that held it
@@ -629,6 +682,19 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, Sq
     }
     c.execute_batch("PRAGMA cache_size = 2").map_err(sq)?;
     Ok(c)
+}
+
+/// Starts a read transaction on `c` and takes its WAL read mark (a read
+/// statement is what takes it; `BEGIN` alone does not).
+fn begin_read_on(c: &Connection) -> rusqlite::Result<()> {
+    c.execute_batch("BEGIN")?;
+    let r = c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    if r.is_err() {
+        let _ = c.execute_batch("ROLLBACK");
+    }
+    r.map(|_| ())
 }
 
 fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<CheckpointResult> {

@@ -129,14 +129,18 @@ fn restart_of_walsync_resumes_or_starts_new_generation() {
     r.sync(&storage, false).unwrap();
     insert(&c, 11, 10);
     r.sync(&storage, false).unwrap();
+    r.stop(&storage).unwrap();
     r.close();
 
-    // Written while walsync is stopped, no checkpoint: the WAL continues.
+    // Written while walsync is stopped, no checkpoint: the WAL (restarted
+    // by the first write, since walsync left it backfilled) follows the
+    // database file walsync left, as its stop mark proves.
     insert(&c, 21, 10);
     let mut r = Replica::new(options(&db, "p", &dir));
     let rep = r.sync(&storage, false).unwrap();
     assert!(!rep.new_generation, "{rep:?}");
     assert!(rep.commits >= 10);
+    r.stop(&storage).unwrap();
     r.close();
 
     // Written and checkpointed with a WAL restart while walsync is stopped.

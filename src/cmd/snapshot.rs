@@ -34,7 +34,11 @@ pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
         dbs.par_iter()
             .filter(|db| {
                 let mut r = Replica::new(replica_options(db));
-                let result = r.sync(&*storage, true);
+                // Left with a mark, so that a `watch` started later goes
+                // on with this generation (README "Restarts").
+                let result = r
+                    .sync(&*storage, true)
+                    .and_then(|rep| r.stop(&*storage).map(|()| rep));
                 match &result {
                     Ok(rep) => println!(
                         "{}: snapshot at txid {}{} ({} commits shipped first)",
