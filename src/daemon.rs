@@ -906,6 +906,11 @@ impl Dispatcher {
                     );
                 }
             }
+            Err(e) if e.is_replaced_database() => {
+                log::debug!("{}: {e}", s.name());
+                retrying = true;
+                s.mark_dirty(now);
+            }
             Err(e) if e.is_missing_database() => {
                 if !s.waiting_logged && !last_sync {
                     log::info!("{}: waiting for the database to be created", s.name());

@@ -116,6 +116,12 @@ impl ReplicaError {
     pub fn is_missing_database(&self) -> bool {
         matches!(self, ReplicaError::Sqlite(SqliteError::Missing(_)))
     }
+
+    /// Another file took the database's path while walsync worked on it:
+    /// the next sync sees the new file (no backoff, nothing failed).
+    pub fn is_replaced_database(&self) -> bool {
+        matches!(self, ReplicaError::Sqlite(SqliteError::Replaced(_)))
+    }
 }
 
 /// What one `sync` did.
@@ -828,7 +834,8 @@ impl Replica {
             backfilled: false,
             mark_zero: false,
         });
-        if !proven {
+        // A reason was given already (e.g. the file was replaced).
+        if !proven && !self.needs_generation {
             self.begin_new_generation(why_new);
         }
     }
@@ -925,10 +932,10 @@ impl Replica {
     /// apply them to the new one (README "Replacing a database").
     fn log_replaced(&self) {
         let (who, prefix) = (self.opts.path.display(), &self.opts.prefix);
-        let stale = self
-            .live
-            .as_ref()
-            .is_some_and(|l| !l.backfilled || wal_has_commits_after(&self.opts.path, l.cursor.pos));
+        // Only what walsync saw: frames appended after its last settle
+        // may be the old file's (committed just before the rename) or the
+        // new file's (committed after it), which the WAL cannot tell apart.
+        let stale = self.live.as_ref().is_some_and(|l| !l.backfilled);
         if stale {
             log::error!(
                 "{who} ({prefix}): the database file was replaced while its WAL still held \
@@ -1853,25 +1860,6 @@ fn wal_end_after(db: &Path, ck: &sqlite::CheckpointResult) -> Result<WalEnd, Rep
         salt2: header.map_or(0, |h| h.salt2),
         frames: ck.log_frames.max(0) as u64,
     })
-}
-
-/// Whether the WAL holds a committed transaction after `pos` (in the same
-/// WAL), read from the file alone.
-fn wal_has_commits_after(db: &Path, pos: Option<WalPos>) -> bool {
-    let Some(p) = pos else {
-        return false;
-    };
-    let Ok(Some(wal)) = WalFile::open(db) else {
-        return false;
-    };
-    let Ok(Some(h)) = wal.header() else {
-        return false;
-    };
-    if !p.same_wal(&h) || wal.len < p.offset {
-        return false;
-    }
-    wal.scan_spans(&h, p, u64::MAX, |_| Ok(false))
-        .is_ok_and(|(end, _)| end != p)
 }
 
 /// Whether the current WAL provably continues `pos`: same salts, and the

@@ -36,6 +36,8 @@ pub enum SqliteError {
     Locked(PathBuf),
     /// This process already replicates this file, under another path.
     AlreadyOpen(PathBuf),
+    /// Another file took the path while walsync opened or locked it.
+    Replaced(PathBuf),
     Sqlite {
         path: PathBuf,
         what: &'static str,
@@ -69,8 +71,23 @@ impl fmt::Display for SqliteError {
                  (two would interleave their histories in one prefix); stop the other one first",
                 p.display()
             ),
-            SqliteError::Sqlite { path, what, source } => write!(f, "{}: {what}: {source}", path.display()),
+            SqliteError::Sqlite { path, what, source } => match source.sqlite_error() {
+                // The extended code tells which of SQLite's many "disk I/O
+                // error"s it was.
+                Some(e) if e.extended_code != e.code as i32 => write!(
+                    f,
+                    "{}: {what}: {source} (SQLite code {})",
+                    path.display(),
+                    e.extended_code
+                ),
+                _ => write!(f, "{}: {what}: {source}", path.display()),
+            },
             SqliteError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            SqliteError::Replaced(p) => write!(
+                f,
+                "{}: the file was replaced while being opened; will retry",
+                p.display()
+            ),
         }
     }
 }
@@ -291,12 +308,7 @@ impl DbFile {
                 // locks, so it is kept open (leaked) instead.
                 std::mem::forget(file);
             }
-            return Err(SqliteError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::other(
-                    "the file was replaced while being opened; will retry",
-                ),
-            });
+            return Err(SqliteError::Replaced(path.to_path_buf()));
         }
         {
             use std::os::unix::fs::FileExt;
@@ -621,10 +633,7 @@ impl DbHandle {
 }
 
 fn replaced(path: &Path) -> SqliteError {
-    SqliteError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other("the file was replaced while being opened; will retry"),
-    }
+    SqliteError::Replaced(path.to_path_buf())
 }
 
 /// One of walsync's connections on a database: never checkpoints on close,
@@ -828,6 +837,36 @@ mod tests {
             std::fs::metadata(wal_path(&db)).unwrap().len() > 0,
             "the new file's WAL was not checkpointed"
         );
+        drop(h);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod move_mark_tests {
+    use super::*;
+
+    #[test]
+    fn the_read_mark_moves_to_the_end_and_the_wal_is_backfilled() {
+        let dir = std::env::temp_dir().join(format!("walsync-move-mark-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("t.db");
+        let a = Connection::open(&db).unwrap();
+        a.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let mut h = DbHandle::open(&db, Duration::from_secs(1)).unwrap();
+        h.begin_read().unwrap();
+        for i in 0..20 {
+            a.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+        }
+        let ck = h.move_read_mark(true).unwrap().unwrap();
+        assert!(ck.complete(), "{ck:?}");
+        for i in 0..20 {
+            a.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+        }
+        let ck = h.move_read_mark(true).unwrap().unwrap();
+        assert!(ck.complete(), "{ck:?}");
         drop(h);
         std::fs::remove_dir_all(&dir).unwrap();
     }
