@@ -47,7 +47,6 @@ pub enum RestoreError {
         prefix: String,
         source: PlanError,
     },
-    BadKey(keys::BadKey),
     Storage(StorageError),
     Corrupt {
         key: String,
@@ -80,7 +79,6 @@ impl fmt::Display for RestoreError {
                 )
             }
             RestoreError::Plan { prefix, source } => write!(f, "prefix {prefix:?}: {source}"),
-            RestoreError::BadKey(e) => e.fmt(f),
             RestoreError::Storage(e) => e.fmt(f),
             RestoreError::Corrupt { key, source } => {
                 write!(
@@ -120,6 +118,8 @@ pub struct RestoreReport {
     pub objects: usize,
     pub downloaded_bytes: u64,
     pub seconds: f64,
+    /// The objects under the prefix that are not walsync's (ignored).
+    pub stray: Vec<keys::StrayObject>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
@@ -224,7 +224,13 @@ pub fn restore(
     check_output(output, force)?;
 
     let listing = storage.list(&keys::database_root(prefix))?;
-    let objects = keys::parse_listing(prefix, &listing).map_err(RestoreError::BadKey)?;
+    // An object walsync did not write is named and left out: it cannot be
+    // part of any restore, and it must not stop one.
+    let stray = keys::stray_objects(prefix, &listing);
+    for s in &stray {
+        log::warn!("prefix {prefix:?}: {s}");
+    }
+    let (objects, _) = keys::parse_listing_lenient(prefix, &listing);
     if objects.is_empty() {
         return Err(RestoreError::NoBackup {
             prefix: prefix.to_string(),
@@ -334,6 +340,7 @@ pub fn restore(
         objects: 1 + plan.segments.len(),
         downloaded_bytes: downloaded,
         seconds: started.elapsed().as_secs_f64(),
+        stray,
     })
 }
 

@@ -583,10 +583,33 @@ fn corrupt_or_missing_objects_are_named_and_nothing_is_written() {
         .bucket_dir()
         .join("services/auth/generations/0000000000000001/snapshots/junk");
     std::fs::write(&stray, b"junk").unwrap();
+    // Named, and otherwise no part of the restore, which succeeds.
     let o = setup.restore("services/auth", &out, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("snapshots/junk"), "{err}");
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("snapshots/junk") && err.contains("not a walsync object"),
+        "{err}"
+    );
+    assert_eq!(rows(&out), rows(&path));
+    std::fs::remove_file(&out).unwrap();
+    // list and verify name it too, and succeed.
+    let cfg = setup.config.to_str().unwrap();
+    for args in [
+        vec!["list", "--config", cfg, "--json"],
+        vec!["verify", "--config", cfg],
+    ] {
+        let o = setup.run(&args);
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success(), "{args:?}: {err}");
+        assert!(err.contains("snapshots/junk"), "{args:?}: {err}");
+        if args[0] == "list" {
+            assert!(out.contains("\"stray\":[{\"key\":\"services/auth/generations/0000000000000001/snapshots/junk\",\"bytes\":4}]"), "{out}");
+        }
+    }
     std::fs::remove_file(&stray).unwrap();
 
     // With everything back in place, the restore is whole.
@@ -2661,4 +2684,107 @@ fn restore_output_is_private_and_leftovers_of_a_killed_restore_go() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(mode_of(&out), 0o640);
     assert_eq!(rows(&out), rows(&db));
+}
+
+#[test]
+fn stray_objects_are_named_by_list_and_verify_and_ignored_by_restore() {
+    let setup = DirSetup::new("stray", &[("app.db", "apps/app")]);
+    let db = setup.dir.join("app.db");
+    {
+        let c = open_app(&db);
+        for id in 1..=40 {
+            insert(&c, id);
+        }
+    }
+    let o = setup.run(&["snapshot", "-c", "{config}"], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let generations = setup.backup.join("apps/app/generations");
+    let generation = std::fs::read_dir(&generations)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .file_name()
+        .into_string()
+        .unwrap();
+    let junk_key = format!("apps/app/generations/{generation}/snapshots/x.snap");
+    std::fs::write(setup.backup.join(&junk_key), b"junk").unwrap();
+    std::fs::write(setup.backup.join("apps/app/notes.txt"), b"hello").unwrap();
+    let strays = [junk_key.as_str(), "apps/app/notes.txt"];
+
+    let backup = setup.backup.to_str().unwrap().to_string();
+    for via in [
+        vec!["-c", "{config}"],
+        vec!["--dir", backup.as_str(), "--prefix", "apps/app"],
+    ] {
+        let list = |extra: &[&str]| {
+            let mut args = vec!["list"];
+            args.extend_from_slice(&via);
+            args.extend_from_slice(extra);
+            setup.run(&args, &[])
+        };
+        let o = list(&[]);
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success(), "{err}");
+        assert!(out.contains("1 generations, 1 objects"), "{out}");
+        for k in strays {
+            assert!(
+                err.contains(&format!("{k:?}")) && err.contains("not a walsync object"),
+                "list names {k}: {err}"
+            );
+        }
+        let o = list(&["--json"]);
+        let json = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            json.contains(&format!(
+                "\"stray\":[{{\"key\":\"{junk_key}\",\"bytes\":4}},{{\"key\":\"apps/app/notes.txt\",\"bytes\":5}}]"
+            )),
+            "{json}"
+        );
+        assert!(json.contains("\"objects\":1,"), "{json}");
+    }
+
+    // verify names them and succeeds (they are no part of any restore).
+    let o = setup.run(&["verify", "-c", "{config}", "--json"], &[]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("\"ok\":1,\"failed\":0"), "{out}");
+    assert!(
+        out.contains(&format!("{{\"key\":\"{junk_key}\",\"bytes\":4}}")),
+        "{out}"
+    );
+    for k in strays {
+        assert!(err.contains(&format!("{k:?}")), "verify names {k}: {err}");
+    }
+
+    // restore is whole and exact, and says what it left out.
+    let out = setup.dir.join("r.db");
+    let o = setup.run(
+        &[
+            "restore",
+            "-c",
+            "{config}",
+            "--prefix",
+            "apps/app",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains(&junk_key), "{err}");
+    assert_eq!(rows(&out), rows(&db));
+    assert_eq!(integrity(&out), "ok");
+    // The stray objects are still there: walsync names them, never deletes them.
+    for k in strays {
+        assert!(setup.backup.join(k).exists(), "{k}");
+    }
 }

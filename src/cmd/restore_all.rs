@@ -268,14 +268,19 @@ fn to_json(outcomes: &[Outcome], seconds: f64) -> String {
                 .map_or("null".to_string(), |p| json_string(&p.display().to_string()));
             match &o.result {
                 Ok(r) => format!(
-                    "{{\"prefix\":{},\"output\":{output},\"ok\":true,\"generation\":\"{:016x}\",\"txid\":{},\"time\":{},\"pages\":{},\"bytes\":{},\"seconds\":{:.3}}}",
+                    "{{\"prefix\":{},\"output\":{output},\"ok\":true,\"generation\":\"{:016x}\",\"txid\":{},\"time\":{},\"pages\":{},\"bytes\":{},\"seconds\":{:.3},\"stray\":[{}]}}",
                     json_string(&o.prefix),
                     r.generation,
                     r.txid,
                     json_string(&format_rfc3339(r.time_ms)),
                     r.pages,
                     r.bytes,
-                    r.seconds
+                    r.seconds,
+                    r.stray
+                        .iter()
+                        .map(|o| format!("{{\"key\":{},\"bytes\":{}}}", json_string(&o.key), o.size))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ),
                 Err(e) => format!(
                     "{{\"prefix\":{},\"output\":{output},\"ok\":false,\"error\":{}}}",
