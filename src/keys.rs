@@ -212,6 +212,49 @@ pub fn parse_listing_lenient(
     (good, bad)
 }
 
+/// An object under a database's prefix that is not one of walsync's: a key
+/// under `<prefix>/generations/` that is not a walsync object name, or any
+/// other key under `<prefix>/`. Commands name each one and otherwise ignore
+/// it: no restore reads it, no retention deletes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrayObject {
+    pub key: String,
+    pub size: u64,
+}
+
+impl fmt::Display for StrayObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "object {:?} ({} bytes) is not a walsync object and is ignored; remove it, or check              what else writes under this prefix",
+            self.key, self.size
+        )
+    }
+}
+
+/// The stray objects in a listing of `database_root(prefix)`, in listing
+/// order. The objects of another database whose prefix lies inside this one
+/// (`<prefix>/x/generations/...`, which `--bucket`/`--dir` listings of a
+/// parent can show) are that database's, not strays.
+pub fn stray_objects(prefix: &str, listing: &[ObjectMeta]) -> Vec<StrayObject> {
+    let root = database_root(prefix);
+    listing
+        .iter()
+        .filter(|o| o.key.starts_with(&root))
+        .filter(|o| !matches!(parse_key(prefix, &o.key), Ok(Some(_))))
+        .filter(|o| {
+            let nested = o.key[root.len()..]
+                .rfind("/generations/")
+                .map(|i| &o.key[..root.len() + i]);
+            !nested.is_some_and(|p| matches!(parse_key(p, &o.key), Ok(Some(_))))
+        })
+        .map(|o| StrayObject {
+            key: o.key.clone(),
+            size: o.size,
+        })
+        .collect()
+}
+
 /// The database prefixes that have objects in a listing (of a bucket, or
 /// of a parent prefix): every key of the form
 /// `<prefix>/generations/<generation>/...` that parses as a walsync object.
@@ -234,6 +277,49 @@ pub fn discover_prefixes(listing: &[ObjectMeta]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strays_are_every_key_of_the_prefix_that_is_not_a_walsync_object() {
+        let meta = |key: &str| ObjectMeta {
+            key: key.to_string(),
+            size: 3,
+        };
+        let snap = snapshot_key("db", 1, 1, 10);
+        let nested = snapshot_key("db/inner", 1, 1, 10);
+        let listing = [
+            meta("db/notes.txt"),
+            meta(&snap),
+            meta("db/generations/0000000000000001/snapshots/x.snap"),
+            meta("db/generations/0000000000000001/README"),
+            meta(&mark_key("db", 1, 2, 11)),
+            meta(&segment_key("db", 1, 2, 3, 11, 12)),
+            meta(&nested),
+            meta("db/inner/generations/0000000000000001/snapshots/junk"),
+            meta("db2/notes.txt"),
+        ];
+        let keys: Vec<String> = stray_objects("db", &listing)
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "db/notes.txt",
+                "db/generations/0000000000000001/snapshots/x.snap",
+                "db/generations/0000000000000001/README",
+                "db/inner/generations/0000000000000001/snapshots/junk",
+            ]
+        );
+        // What restore uses is unchanged by them.
+        let (objects, _) = parse_listing_lenient("db", &listing);
+        assert_eq!(objects.len(), 3);
+        let stray = &stray_objects("db", &listing)[0];
+        assert!(
+            stray.to_string().contains("\"db/notes.txt\" (3 bytes)"),
+            "{stray}"
+        );
+        assert!(stray_objects("db", &listing[1..2]).is_empty());
+    }
 
     #[test]
     fn keys_round_trip() {

@@ -19,6 +19,7 @@ pub mod replica;
 pub mod restore;
 pub mod retention;
 pub mod signals;
+pub mod spool;
 pub mod sqlite;
 pub mod storage;
 pub mod time;

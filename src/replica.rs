@@ -38,6 +38,7 @@ use crate::format::segment::{CommitRecord, SegmentDecoder, SegmentEncoder, Segme
 use crate::format::snapshot::{SnapshotDecoder, SnapshotEncoder, SnapshotHeader};
 use crate::format::FormatError;
 use crate::keys::{self, ObjectKind};
+use crate::spool::SpoolFile;
 use crate::sqlite::{self, DbHandle, SqliteError};
 use crate::storage::{Body, Storage, StorageError};
 use crate::wal::{self, Checksum, TxnSpan, WalHeader, WalPos};
@@ -1198,9 +1199,10 @@ impl Replica {
                     start: at,
                     end: last.end,
                 };
-                let spool =
-                    (size > SEGMENT_IN_MEMORY).then(|| spool_path(&self.opts.spool_dir, "segment"));
-                let encoded = encode_segment(&wal, &h, header, &group, spool.as_deref());
+                let spool = (size > SEGMENT_IN_MEMORY)
+                    .then(|| SpoolFile::create(&self.opts.spool_dir, "segment"))
+                    .transpose()?;
+                let encoded = encode_segment(&wal, &h, header, &group, spool.as_ref());
                 let key = keys::segment_key(
                     &prefix,
                     generation,
@@ -1213,9 +1215,7 @@ impl Replica {
                 // if the path still names the file walsync holds they are
                 // that file's, not those of a file renamed over it.
                 if !self.live.as_ref().is_some_and(|l| l.handle.still_at_path()) {
-                    if let Some(p) = &spool {
-                        let _ = std::fs::remove_file(p);
-                    }
+                    drop(spool);
                     replaced = true;
                     return Ok(());
                 }
@@ -1227,9 +1227,7 @@ impl Replica {
                     storage.put(&key, body, crc)?;
                     Ok(len)
                 });
-                if let Some(p) = &spool {
-                    let _ = std::fs::remove_file(p);
-                }
+                drop(spool);
                 let len = uploaded?;
                 log::debug!("{prefix}: uploaded {key} ({len} bytes)");
                 next_txid = header.last_txid + 1;
@@ -1511,9 +1509,10 @@ impl Replica {
             time_ms,
             pos,
         };
-        let spool = spool_path(&self.opts.spool_dir, "snapshot");
+        let spool_file = SpoolFile::create(&self.opts.spool_dir, "snapshot")?;
+        let spool = spool_file.path().to_path_buf();
         let result = (|| {
-            let f = File::create(&spool).map_err(io_err(&spool))?;
+            let f = spool_file.writer().map_err(io_err(&spool))?;
             let mut enc =
                 SnapshotEncoder::new(BufWriter::new(f), header).map_err(io_err(&spool))?;
             let mut buf = vec![0u8; page_size as usize];
@@ -1554,7 +1553,7 @@ impl Replica {
             storage.put(&key, Body::File { path: &spool, len }, crc)?;
             Ok((key, len))
         })();
-        let _ = std::fs::remove_file(&spool);
+        drop(spool_file);
         let (key, len) = result?;
 
         if new_generation {
@@ -1592,8 +1591,6 @@ fn live_reset_base(r: &mut Replica) {
         live.cursor.base_is_db_file = false;
     }
 }
-
-static SPOOL_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Where the newest copy of each page lives in the WAL, up to a position,
 /// with what its frame must checksum to.
@@ -1658,16 +1655,16 @@ fn encode_segment(
     h: &WalHeader,
     header: SegmentHeader,
     group: &[TxnSpan],
-    spool: Option<&Path>,
+    spool: Option<&SpoolFile>,
 ) -> Result<(Sink, u64, u32), ReplicaError> {
     let sink = match spool {
         None => Sink::Memory(Vec::new()),
-        Some(p) => Sink::File(
-            BufWriter::new(File::create(p).map_err(io_err(p))?),
-            p.to_path_buf(),
+        Some(s) => Sink::File(
+            BufWriter::new(s.writer().map_err(io_err(s.path()))?),
+            s.path().to_path_buf(),
         ),
     };
-    let out_err = |e: io::Error| io_err(spool.unwrap_or(&wal.path))(e);
+    let out_err = |e: io::Error| io_err(spool.map_or(&wal.path, SpoolFile::path))(e);
     let mut enc = SegmentEncoder::new(sink, header).map_err(out_err)?;
     for (i, t) in group.iter().enumerate() {
         enc.commit(&CommitRecord {
@@ -1709,15 +1706,6 @@ fn encode_segment(
         m => m,
     };
     Ok((sink, len, crc))
-}
-
-/// A fresh spool file name in `dir`.
-fn spool_path(dir: &Path, what: &str) -> PathBuf {
-    dir.join(format!(
-        "walsync-{what}-{}-{}.tmp",
-        std::process::id(),
-        SPOOL_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ))
 }
 
 /// How far a local database is ahead of its backup: the commits (and WAL

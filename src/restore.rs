@@ -7,11 +7,18 @@
 //! renamed into place. A failed restore leaves nothing at the output path and
 //! never replaces an existing file unless asked to (`force`). Downloads are
 //! streamed: memory is one page plus decoder buffers (invariant 7).
+//!
+//! The temporary file is a copy of the database, made as `crate::spool`
+//! makes its files: `.<name>.walsync-restore-<token>`, created exclusively,
+//! never through a symlink, mode 0600, locked while the restore runs. The
+//! restored file keeps mode 0600, or with `force` takes the permission bits
+//! of the file it replaces. `remove_leftover_temps` removes what a killed
+//! restore left beside an output.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -40,7 +47,6 @@ pub enum RestoreError {
         prefix: String,
         source: PlanError,
     },
-    BadKey(keys::BadKey),
     Storage(StorageError),
     Corrupt {
         key: String,
@@ -73,7 +79,6 @@ impl fmt::Display for RestoreError {
                 )
             }
             RestoreError::Plan { prefix, source } => write!(f, "prefix {prefix:?}: {source}"),
-            RestoreError::BadKey(e) => e.fmt(f),
             RestoreError::Storage(e) => e.fmt(f),
             RestoreError::Corrupt { key, source } => {
                 write!(
@@ -113,6 +118,8 @@ pub struct RestoreReport {
     pub objects: usize,
     pub downloaded_bytes: u64,
     pub seconds: f64,
+    /// The objects under the prefix that are not walsync's (ignored).
+    pub stray: Vec<keys::StrayObject>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
@@ -125,16 +132,84 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
 /// Removes the temporary file (and any -wal/-shm SQLite made beside it) on drop.
 struct TempOutput {
     path: PathBuf,
+    /// Holds the file's `flock` (see `crate::spool`) until it is removed.
+    lock: File,
 }
 
 impl Drop for TempOutput {
     fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let mut p = self.path.as_os_str().to_owned();
-            p.push(suffix);
-            let _ = fs::remove_file(PathBuf::from(p));
+        // The side files first: a kill in between leaves the main file,
+        // which `remove_leftover_temps` knows to take them with.
+        for side in sidecars(&self.path) {
+            let _ = fs::remove_file(side);
+        }
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// How the temporary files of restores to `<dir>/<name>` begin.
+fn temp_prefix(name: &str) -> String {
+    format!(".{name}.walsync-restore-")
+}
+
+/// Removes what killed restores left in `dir`: temporary files (of outputs
+/// named `name`, or of every output) that no running restore holds, with
+/// the `-wal`, `-shm` and `-journal` SQLite made beside them. Returns how
+/// many temporary files went. Nothing else is touched; a file that cannot
+/// be removed is logged and left.
+pub fn remove_leftover_temps(dir: &Path, name: Option<&str>) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let wanted = name.map(temp_prefix);
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(n) = file_name.to_str() else {
+            continue;
+        };
+        let ours = match &wanted {
+            Some(p) => n.strip_prefix(p.as_str()),
+            None => n
+                .strip_prefix('.')
+                .and_then(|n| n.rsplit_once(".walsync-restore-"))
+                .map(|(_, rest)| rest),
+        };
+        let Some(rest) = ours else {
+            continue;
+        };
+        let path = entry.path();
+        if crate::spool::is_token(rest) {
+            match crate::spool::remove_if_unlocked(&path) {
+                Ok(true) => {
+                    log::info!(
+                        "removed {}, left by a restore that was killed",
+                        path.display()
+                    );
+                    removed += 1;
+                    for side in sidecars(&path) {
+                        let _ = fs::remove_file(side);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => log::warn!(
+                    "{}: cannot remove a leftover of a restore: {e}",
+                    path.display()
+                ),
+            }
+        } else if let Some(main) = ["-wal", "-shm", "-journal"]
+            .iter()
+            .find_map(|s| rest.strip_suffix(s).filter(|t| crate::spool::is_token(t)))
+        {
+            // A side file whose main file is gone: the restore that made it
+            // died while removing them (a live one removes its main file last).
+            let main_path = dir.join(&n[..n.len() - rest.len() + main.len()]);
+            if fs::symlink_metadata(&main_path).is_err() {
+                let _ = fs::remove_file(&path);
+            }
         }
     }
+    removed
 }
 
 /// Restores the database backed up under `prefix` to `output`.
@@ -149,7 +224,13 @@ pub fn restore(
     check_output(output, force)?;
 
     let listing = storage.list(&keys::database_root(prefix))?;
-    let objects = keys::parse_listing(prefix, &listing).map_err(RestoreError::BadKey)?;
+    // An object walsync did not write is named and left out: it cannot be
+    // part of any restore, and it must not stop one.
+    let stray = keys::stray_objects(prefix, &listing);
+    for s in &stray {
+        log::warn!("prefix {prefix:?}: {s}");
+    }
+    let (objects, _) = keys::parse_listing_lenient(prefix, &listing);
     if objects.is_empty() {
         return Err(RestoreError::NoBackup {
             prefix: prefix.to_string(),
@@ -169,17 +250,16 @@ pub fn restore(
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("restore");
+    let prefix_of_temp = temp_prefix(name);
+    let (file, path) = crate::spool::create_locked(dir, &|t| format!("{prefix_of_temp}{t}"))
+        .map_err(io_err(dir))?;
     let temp = TempOutput {
-        path: dir.join(format!(".{name}.walsync-restore-{}", std::process::id())),
+        lock: file.try_clone().map_err(io_err(&path))?,
+        path,
     };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&temp.path)
-        .map_err(io_err(&temp.path))?;
-    // A WAL or journal left beside the temp name by a killed earlier run
-    // must not be replayed onto the restored file when it is verified.
+    // A WAL or journal beside the temp name (which is new, so only if
+    // something planted one) must not be replayed onto the restored file
+    // when it is verified.
     for side in sidecars(&temp.path) {
         match fs::remove_file(&side) {
             Ok(()) => {}
@@ -210,6 +290,15 @@ pub fn restore(
     verify(&temp.path, prefix, pages, page_size)?;
 
     if force {
+        // The file replaced keeps its permission bits (who may read the
+        // database was decided for it); a new one stays 0600.
+        if let Ok(old) = fs::symlink_metadata(output) {
+            if old.is_file() {
+                temp.lock
+                    .set_permissions(fs::Permissions::from_mode(old.mode() & 0o777))
+                    .map_err(io_err(&temp.path))?;
+            }
+        }
         // Replacing: the old database's WAL and journal go with it, or
         // SQLite would replay them onto the restored file.
         for side in sidecars(output) {
@@ -251,6 +340,7 @@ pub fn restore(
         objects: 1 + plan.segments.len(),
         downloaded_bytes: downloaded,
         seconds: started.elapsed().as_secs_f64(),
+        stray,
     })
 }
 
@@ -476,6 +566,50 @@ fn verify(path: &Path, prefix: &str, pages: u32, page_size: u32) -> Result<(), R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leftovers_of_killed_restores_go_and_live_or_foreign_files_stay() {
+        let dir = std::env::temp_dir().join(format!("walsync-leftovers-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let t = crate::spool::token;
+        let dead_a = dir.join(format!(".a.db.walsync-restore-{}", t()));
+        let dead_b = dir.join(format!(".b.db.walsync-restore-{}", t()));
+        let orphan = dir.join(format!(".a.db.walsync-restore-{}-shm", t()));
+        for p in [&dead_a, &dead_b, &orphan] {
+            fs::write(p, b"x").unwrap();
+        }
+        let mut side = dead_b.as_os_str().to_owned();
+        side.push("-wal");
+        fs::write(&side, b"x").unwrap();
+        // A restore running now holds its temp file and its side files.
+        let (held, live) =
+            crate::spool::create_locked(&dir, &|t| format!(".c.db.walsync-restore-{t}")).unwrap();
+        let live_wal = sidecars(&live).remove(0);
+        fs::write(&live_wal, b"x").unwrap();
+        // Not ours: another name, and no token.
+        let foreign = [
+            dir.join("a.db"),
+            dir.join(".a.db.walsync-restore-1234"),
+            dir.join(".a.db.walsync-restore-notatoken000000"),
+        ];
+        for p in &foreign {
+            fs::write(p, b"x").unwrap();
+        }
+
+        // One output's: only its own.
+        assert_eq!(remove_leftover_temps(&dir, Some("a.db")), 1);
+        assert!(!dead_a.exists() && !orphan.exists() && dead_b.exists());
+        // Every output's (restore-all).
+        assert_eq!(remove_leftover_temps(&dir, None), 1);
+        assert!(!dead_b.exists() && !PathBuf::from(&side).exists());
+        assert!(live.exists() && live_wal.exists());
+        assert!(foreign.iter().all(|p| p.exists()));
+        drop(held);
+        assert_eq!(remove_leftover_temps(&dir, None), 1);
+        assert!(!live.exists() && !live_wal.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn output_paths_stay_inside_the_output_directory() {

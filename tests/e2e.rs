@@ -583,10 +583,33 @@ fn corrupt_or_missing_objects_are_named_and_nothing_is_written() {
         .bucket_dir()
         .join("services/auth/generations/0000000000000001/snapshots/junk");
     std::fs::write(&stray, b"junk").unwrap();
+    // Named, and otherwise no part of the restore, which succeeds.
     let o = setup.restore("services/auth", &out, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("snapshots/junk"), "{err}");
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("snapshots/junk") && err.contains("not a walsync object"),
+        "{err}"
+    );
+    assert_eq!(rows(&out), rows(&path));
+    std::fs::remove_file(&out).unwrap();
+    // list and verify name it too, and succeed.
+    let cfg = setup.config.to_str().unwrap();
+    for args in [
+        vec!["list", "--config", cfg, "--json"],
+        vec!["verify", "--config", cfg],
+    ] {
+        let o = setup.run(&args);
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success(), "{args:?}: {err}");
+        assert!(err.contains("snapshots/junk"), "{args:?}: {err}");
+        if args[0] == "list" {
+            assert!(out.contains("\"stray\":[{\"key\":\"services/auth/generations/0000000000000001/snapshots/junk\",\"bytes\":4}]"), "{out}");
+        }
+    }
     std::fs::remove_file(&stray).unwrap();
 
     // With everything back in place, the restore is whole.
@@ -2550,4 +2573,441 @@ fn a_restart_continues_a_large_database_without_a_snapshot() {
         setup.restore_verified(prefix, &setup.dir.join("r.db")),
         rows(&db)
     );
+}
+
+/// A test directory whose config backs up to a local directory (`dir`
+/// storage): for what needs no S3 server. Removed on drop.
+struct DirSetup {
+    dir: PathBuf,
+    config: PathBuf,
+    backup: PathBuf,
+}
+
+impl DirSetup {
+    fn new(name: &str, dbs: &[(&str, &str)]) -> DirSetup {
+        let dir = common::s3server::unique_temp_dir(&format!("walsync-{name}"));
+        let backup = dir.join("backup");
+        let config = dir.join("walsync.toml");
+        let mut text = format!("[storage]\ndir = \"{}\"\n", backup.display());
+        for (file, prefix) in dbs {
+            text.push_str(&format!(
+                "[[databases]]\npath = \"{}\"\nprefix = \"{prefix}\"\n",
+                dir.join(file).display()
+            ));
+        }
+        std::fs::write(&config, text).unwrap();
+        DirSetup {
+            dir,
+            config,
+            backup,
+        }
+    }
+
+    /// Runs walsync with `args` (`{config}` stands for the config file's
+    /// path) and the extra environment `env`.
+    fn run(&self, args: &[&str], env: &[(&str, &Path)]) -> Output {
+        let config = self.config.to_str().unwrap();
+        let args: Vec<&str> = args
+            .iter()
+            .map(|a| if *a == "{config}" { config } else { a })
+            .collect();
+        let mut c = Command::new(bin());
+        c.current_dir(&self.dir).env("RUST_LOG", "info").args(&args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+}
+
+impl Drop for DirSetup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+fn uid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The pid the next child process will likely get (Linux hands them out in
+/// order), to plant files under names a walsync child would predict.
+fn next_pid_guess() -> u32 {
+    let mut c = Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid + 1
+}
+
+#[test]
+fn spool_files_are_private_gone_after_and_planted_symlinks_are_not_followed() {
+    use std::os::unix::fs::symlink;
+    let setup = DirSetup::new("spool", &[("big.db", "apps/big")]);
+    let db = setup.dir.join("big.db");
+    {
+        // About 24 MiB that LZ4 cannot shrink: each snapshot sits in its
+        // spool file long enough to be seen there.
+        let c = open_app(&db);
+        c.execute_batch(
+            "CREATE TABLE blobs(id INTEGER PRIMARY KEY, b BLOB NOT NULL);
+             WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 24)
+             INSERT INTO blobs SELECT x, randomblob(1048576) FROM n;
+             PRAGMA wal_checkpoint(TRUNCATE);",
+        )
+        .unwrap();
+        for id in 1..=20 {
+            insert(&c, id);
+        }
+    }
+    let tmp = setup.dir.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let private = tmp.join(format!("walsync-{}", uid()));
+
+    // A file another user wants written: symlinks to it under every name
+    // the old spool scheme (walsync-snapshot-<pid>-<n>.tmp in TMPDIR) would
+    // use for the next few thousand pids.
+    let precious = setup.dir.join("precious");
+    std::fs::write(&precious, b"precious").unwrap();
+    let first = next_pid_guess();
+    for pid in first..first + 4000 {
+        symlink(&precious, tmp.join(format!("walsync-snapshot-{pid}-0.tmp"))).unwrap();
+    }
+    // What a walsync killed while spooling left in its private directory.
+    std::fs::DirBuilder::new().create(&private).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let leftover = private.join("snapshot-00112233445566ff.spool");
+    std::fs::write(&leftover, b"an old copy of the database").unwrap();
+
+    // Watch the private directory while snapshots are spooled: every spool
+    // file seen must be a regular file of ours with mode 0600.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watcher = {
+        let (stop, seen) = (Arc::clone(&stop), Arc::clone(&seen));
+        let (private, leftover) = (private.clone(), leftover.clone());
+        thread::spawn(move || {
+            use std::os::unix::fs::MetadataExt;
+            while !stop.load(Ordering::Relaxed) {
+                for e in std::fs::read_dir(&private).into_iter().flatten().flatten() {
+                    let p = e.path();
+                    if p == leftover {
+                        continue;
+                    }
+                    if let Ok(m) = std::fs::symlink_metadata(&p) {
+                        let entry = (p, m.is_file(), m.uid(), m.mode() & 0o7777);
+                        seen.lock().unwrap().push(entry);
+                    }
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    // Up to five snapshots, until the watcher has caught one being spooled.
+    let mut runs = 0;
+    while runs < 5 && seen.lock().unwrap().is_empty() {
+        let o = setup.run(&["snapshot", "-c", "{config}"], &[("TMPDIR", &tmp)]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        runs += 1;
+        if runs == 1 {
+            assert!(
+                !leftover.exists(),
+                "the leftover is removed at start: {err}"
+            );
+            assert!(err.contains("removed 1 spool file"), "{err}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        !seen.is_empty(),
+        "no spool file seen in {} after {runs} snapshots",
+        private.display()
+    );
+    for (p, is_file, owner, mode) in &seen {
+        assert!(*is_file, "{} is not a regular file", p.display());
+        assert_eq!(*owner, uid(), "{}", p.display());
+        assert_eq!(*mode, 0o600, "{} has mode {mode:o}", p.display());
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with("snapshot-") && name.ends_with(".spool"),
+            "{name}"
+        );
+    }
+    assert_eq!(mode_of(&private), 0o700);
+    let left: Vec<_> = std::fs::read_dir(&private).unwrap().flatten().collect();
+    assert!(left.is_empty(), "spool files left behind: {left:?}");
+    assert_eq!(std::fs::read(&precious).unwrap(), b"precious");
+    let mut others = 0;
+    for e in std::fs::read_dir(&tmp).unwrap().flatten() {
+        let p = e.path();
+        if p == private {
+            continue;
+        }
+        assert!(
+            std::fs::symlink_metadata(&p)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{}",
+            p.display()
+        );
+        others += 1;
+    }
+    assert_eq!(others, 4000, "nothing else appeared in TMPDIR");
+    // The backup's objects are as private as the spool files.
+    let objects = walk_files(&setup.backup);
+    assert!(!objects.is_empty());
+    for p in &objects {
+        assert_eq!(mode_of(p), 0o600, "{}", p.display());
+    }
+
+    // The private directory's predictable name, planted as a symlink to a
+    // directory another user reads: refused, nothing written there.
+    let attacker = setup.dir.join("attacker");
+    std::fs::create_dir(&attacker).unwrap();
+    std::fs::remove_dir(&private).unwrap();
+    symlink(&attacker, &private).unwrap();
+    let o = setup.run(&["snapshot", "-c", "{config}"], &[("TMPDIR", &tmp)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&private.display().to_string()) && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&attacker).unwrap().count(), 0);
+    // So is one with a mode others can use.
+    std::fs::remove_file(&private).unwrap();
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let o = setup.run(&["snapshot", "-c", "{config}"], &[("TMPDIR", &tmp)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("mode 0777"), "{err}");
+}
+
+/// Every regular file under `dir`, recursively.
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn restore_output_is_private_and_leftovers_of_a_killed_restore_go() {
+    use std::os::unix::fs::symlink;
+    let setup = DirSetup::new("restore-private", &[("app.db", "apps/app")]);
+    let db = setup.dir.join("app.db");
+    {
+        let c = open_app(&db);
+        for id in 1..=30 {
+            insert(&c, id);
+        }
+    }
+    let o = setup.run(&["snapshot", "-c", "{config}"], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out_dir = setup.dir.join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("r.db");
+    // Leftovers of a restore to the same output that was killed: the temp
+    // file and the WAL SQLite made beside it.
+    let dead = out_dir.join(".r.db.walsync-restore-0123456789abcdef");
+    std::fs::write(&dead, b"half a database").unwrap();
+    std::fs::write(
+        out_dir.join(".r.db.walsync-restore-0123456789abcdef-wal"),
+        b"w",
+    )
+    .unwrap();
+    // Symlinks under the names the old scheme (.<name>.walsync-restore-<pid>)
+    // would use, to a file that must stay as it is.
+    let precious = setup.dir.join("precious");
+    std::fs::write(&precious, b"precious").unwrap();
+    let first = next_pid_guess();
+    for pid in first..first + 2000 {
+        symlink(
+            &precious,
+            out_dir.join(format!(".r.db.walsync-restore-{pid}")),
+        )
+        .unwrap();
+    }
+    // Another output's file, and a file that only looks like a leftover.
+    std::fs::write(
+        out_dir.join(".other.db.walsync-restore-0123456789abcdef"),
+        b"x",
+    )
+    .unwrap();
+
+    let o = setup.run(
+        &[
+            "restore", "-c", "{config}", "--prefix", "apps/app", "-o", "out/r.db",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(rows(&out), rows(&db));
+    // Not readable by others, whatever the umask.
+    assert_eq!(mode_of(&out), 0o600);
+    assert!(!dead.exists(), "{err}");
+    assert!(!out_dir
+        .join(".r.db.walsync-restore-0123456789abcdef-wal")
+        .exists());
+    assert!(err.contains("left by a restore that was killed"), "{err}");
+    assert_eq!(std::fs::read(&precious).unwrap(), b"precious");
+    assert!(out_dir
+        .join(".other.db.walsync-restore-0123456789abcdef")
+        .exists());
+    // Besides the planted symlinks: the output, and what is not ours.
+    let mut names: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_type().unwrap().is_symlink())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [".other.db.walsync-restore-0123456789abcdef", "r.db"]
+    );
+
+    // Replacing a file with --force keeps the mode its owner chose.
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let o = setup.run(
+        &[
+            "restore", "-c", "{config}", "--prefix", "apps/app", "-o", "out/r.db", "--force",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mode_of(&out), 0o640);
+    assert_eq!(rows(&out), rows(&db));
+}
+
+#[test]
+fn stray_objects_are_named_by_list_and_verify_and_ignored_by_restore() {
+    let setup = DirSetup::new("stray", &[("app.db", "apps/app")]);
+    let db = setup.dir.join("app.db");
+    {
+        let c = open_app(&db);
+        for id in 1..=40 {
+            insert(&c, id);
+        }
+    }
+    let o = setup.run(&["snapshot", "-c", "{config}"], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let generations = setup.backup.join("apps/app/generations");
+    let generation = std::fs::read_dir(&generations)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .file_name()
+        .into_string()
+        .unwrap();
+    let junk_key = format!("apps/app/generations/{generation}/snapshots/x.snap");
+    std::fs::write(setup.backup.join(&junk_key), b"junk").unwrap();
+    std::fs::write(setup.backup.join("apps/app/notes.txt"), b"hello").unwrap();
+    let strays = [junk_key.as_str(), "apps/app/notes.txt"];
+
+    let backup = setup.backup.to_str().unwrap().to_string();
+    for via in [
+        vec!["-c", "{config}"],
+        vec!["--dir", backup.as_str(), "--prefix", "apps/app"],
+    ] {
+        let list = |extra: &[&str]| {
+            let mut args = vec!["list"];
+            args.extend_from_slice(&via);
+            args.extend_from_slice(extra);
+            setup.run(&args, &[])
+        };
+        let o = list(&[]);
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success(), "{err}");
+        assert!(out.contains("1 generations, 1 objects"), "{out}");
+        for k in strays {
+            assert!(
+                err.contains(&format!("{k:?}")) && err.contains("not a walsync object"),
+                "list names {k}: {err}"
+            );
+        }
+        let o = list(&["--json"]);
+        let json = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            json.contains(&format!(
+                "\"stray\":[{{\"key\":\"{junk_key}\",\"bytes\":4}},{{\"key\":\"apps/app/notes.txt\",\"bytes\":5}}]"
+            )),
+            "{json}"
+        );
+        assert!(json.contains("\"objects\":1,"), "{json}");
+    }
+
+    // verify names them and succeeds (they are no part of any restore).
+    let o = setup.run(&["verify", "-c", "{config}", "--json"], &[]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("\"ok\":1,\"failed\":0"), "{out}");
+    assert!(
+        out.contains(&format!("{{\"key\":\"{junk_key}\",\"bytes\":4}}")),
+        "{out}"
+    );
+    for k in strays {
+        assert!(err.contains(&format!("{k:?}")), "verify names {k}: {err}");
+    }
+
+    // restore is whole and exact, and says what it left out.
+    let out = setup.dir.join("r.db");
+    let o = setup.run(
+        &[
+            "restore",
+            "-c",
+            "{config}",
+            "--prefix",
+            "apps/app",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains(&junk_key), "{err}");
+    assert_eq!(rows(&out), rows(&db));
+    assert_eq!(integrity(&out), "ok");
+    // The stray objects are still there: walsync names them, never deletes them.
+    for k in strays {
+        assert!(setup.backup.join(k).exists(), "{k}");
+    }
 }

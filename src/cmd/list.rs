@@ -58,6 +58,11 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
             }
             Ok(s)
         });
+        if let Ok(s) = &summary {
+            for o in &s.stray {
+                log::warn!("prefix {prefix:?}: {o}");
+            }
+        }
         match summary {
             Ok(summary) if args.json => {
                 json_items.push(to_json(&prefix, path.as_deref(), &summary))
@@ -98,13 +103,17 @@ struct Summary {
     /// With a local file: how far it is ahead of the backup (`Some(None)`:
     /// cannot be told from the files).
     lag: Option<Option<crate::replica::Lag>>,
+    /// Objects under the prefix that are not walsync's.
+    stray: Vec<keys::StrayObject>,
 }
 
 fn summarize(storage: &dyn Storage, prefix: &str) -> Result<Summary, String> {
     let listing = storage
         .list(&keys::database_root(prefix))
         .map_err(|e| e.to_string())?;
-    let objects = keys::parse_listing(prefix, &listing).map_err(|e| e.to_string())?;
+    // Objects walsync did not write are named (by `run`) and not counted.
+    let stray = keys::stray_objects(prefix, &listing);
+    let (objects, _) = keys::parse_listing_lenient(prefix, &listing);
     let generations = plan::generations(&objects)
         .iter()
         .map(|(&id, gen)| {
@@ -137,6 +146,7 @@ fn summarize(storage: &dyn Storage, prefix: &str) -> Result<Summary, String> {
         bytes: objects.iter().map(|o| o.size).sum(),
         generations,
         lag: None,
+        stray,
     })
 }
 
@@ -212,9 +222,14 @@ fn to_json(prefix: &str, path: Option<&Path>, s: &Summary) -> String {
             )
         })
         .collect();
+    let stray: Vec<String> = s
+        .stray
+        .iter()
+        .map(|o| format!("{{\"key\":{},\"bytes\":{}}}", json_string(&o.key), o.size))
+        .collect();
     let newest = s.generations.last();
     format!(
-        "{{\"prefix\":{},\"path\":{},\"objects\":{},\"bytes\":{},\"newest_txid\":{},\"newest_time\":{},\"lag_commits\":{},\"lag_wal_bytes\":{},\"generations\":[{}]}}",
+        "{{\"prefix\":{},\"path\":{},\"objects\":{},\"bytes\":{},\"newest_txid\":{},\"newest_time\":{},\"lag_commits\":{},\"lag_wal_bytes\":{},\"generations\":[{}],\"stray\":[{}]}}",
         json_string(prefix),
         path.map_or("null".to_string(), |p| json_string(&p.display().to_string())),
         s.objects,
@@ -223,6 +238,7 @@ fn to_json(prefix: &str, path: Option<&Path>, s: &Summary) -> String {
         opt_time(newest.and_then(|g| g.newest_time_ms)),
         opt_u64(s.lag.flatten().map(|l| l.commits)),
         opt_u64(s.lag.flatten().map(|l| l.wal_bytes)),
-        gens.join(",")
+        gens.join(","),
+        stray.join(",")
     )
 }

@@ -231,6 +231,22 @@ pub fn replica_options(db: &DatabaseConfig) -> ReplicaOptions {
     }
 }
 
+/// Checks walsync's private spool directory (`crate::spool`) before any
+/// work, so an unsafe `TMPDIR` is one clear error at start rather than a
+/// failed snapshot per database, and removes the spool files that walsync
+/// processes killed earlier left there.
+pub fn prepare_spool() -> Result<(), CliError> {
+    let removed = crate::spool::remove_stale(&std::env::temp_dir()).map_err(|e| {
+        CliError::runtime(format!(
+            "the spool directory under TMPDIR cannot be used: {e}"
+        ))
+    })?;
+    if removed > 0 {
+        log::info!("removed {removed} spool file(s) left by walsync processes that were killed");
+    }
+    Ok(())
+}
+
 /// Every database of the config: those listed, and those found now in its
 /// `[[directories]]` (what a directory scan could not use is logged).
 pub fn all_databases(cfg: &Config) -> Vec<DatabaseConfig> {

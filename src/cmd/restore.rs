@@ -6,7 +6,7 @@ use argh::FromArgs;
 
 use super::{check_prefix, human_bytes, CliError};
 use crate::plan;
-use crate::restore::{restore, RestoreError};
+use crate::restore::{remove_leftover_temps, restore, RestoreError};
 use crate::time::{format_rfc3339, parse_rfc3339};
 args_with_target! {
 
@@ -53,6 +53,14 @@ pub fn run(args: RestoreArgs) -> Result<(), CliError> {
     check_prefix(&args.prefix)?;
     let target = target_of(args.timestamp.as_deref(), args.txid)?;
     let (storage, _cfg) = args.target().resolve()?;
+    if let Some(name) = args.output.file_name().and_then(|n| n.to_str()) {
+        let dir = args
+            .output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        remove_leftover_temps(dir, Some(name));
+    }
     match restore(&*storage, &args.prefix, &args.output, target, args.force) {
         Ok(r) => {
             println!(

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::restore::target_of;
 use super::{check_prefix, check_storage, human_bytes, json_string, CliError};
 use crate::keys;
-use crate::restore::{output_path_for, restore, RestoreReport};
+use crate::restore::{output_path_for, remove_leftover_temps, restore, RestoreReport};
 use crate::storage::Storage;
 use crate::time::format_rfc3339;
 args_with_target! {
@@ -75,8 +75,9 @@ pub fn run(args: RestoreAllArgs) -> Result<(), CliError> {
     let jobs = args.jobs.or(cfg.as_ref().map(|c| c.workers)).unwrap_or(2);
     let output_dir = args.output_dir.clone();
     let force = args.force;
+    let cleaned = std::sync::Mutex::new(std::collections::HashSet::new());
     run_all(&prefixes, jobs, args.json, started, |prefix| {
-        restore_one(&*storage, &output_dir, prefix, target, force)
+        restore_one(&*storage, &output_dir, prefix, target, force, &cleaned)
     })
 }
 
@@ -207,6 +208,7 @@ fn restore_one(
     prefix: &str,
     target: crate::plan::Target,
     force: bool,
+    cleaned: &std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 ) -> Outcome {
     let output = match output_path_for(dir, prefix) {
         Ok(p) => p,
@@ -218,6 +220,17 @@ fn restore_one(
             }
         }
     };
+    // What killed restores left, once per output folder (not once per
+    // database: one folder may hold thousands).
+    if let Some(parent) = output.parent() {
+        let first = cleaned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(parent.to_path_buf());
+        if first {
+            remove_leftover_temps(parent, None);
+        }
+    }
     let result = restore(storage, prefix, &output, target, force).map_err(|e| e.to_string());
     Outcome {
         prefix: prefix.to_string(),
@@ -255,14 +268,19 @@ fn to_json(outcomes: &[Outcome], seconds: f64) -> String {
                 .map_or("null".to_string(), |p| json_string(&p.display().to_string()));
             match &o.result {
                 Ok(r) => format!(
-                    "{{\"prefix\":{},\"output\":{output},\"ok\":true,\"generation\":\"{:016x}\",\"txid\":{},\"time\":{},\"pages\":{},\"bytes\":{},\"seconds\":{:.3}}}",
+                    "{{\"prefix\":{},\"output\":{output},\"ok\":true,\"generation\":\"{:016x}\",\"txid\":{},\"time\":{},\"pages\":{},\"bytes\":{},\"seconds\":{:.3},\"stray\":[{}]}}",
                     json_string(&o.prefix),
                     r.generation,
                     r.txid,
                     json_string(&format_rfc3339(r.time_ms)),
                     r.pages,
                     r.bytes,
-                    r.seconds
+                    r.seconds,
+                    r.stray
+                        .iter()
+                        .map(|o| format!("{{\"key\":{},\"bytes\":{}}}", json_string(&o.key), o.size))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ),
                 Err(e) => format!(
                     "{{\"prefix\":{},\"output\":{output},\"ok\":false,\"error\":{}}}",

@@ -24,6 +24,7 @@ pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
     let cfg = load_config(args.config.as_deref())?;
     let storage = open_storage(&cfg.storage)?;
     let dbs = select(&cfg, args.prefix.as_deref())?;
+    super::prepare_spool()?;
     if let Some(db) = dbs.first() {
         check_storage(&*storage, &db.prefix).map_err(CliError::runtime)?;
     }

@@ -1,5 +1,6 @@
 //! `walsync verify`: prove each backup restores, without keeping the files.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -46,11 +47,14 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
     let started = Instant::now();
     let prefixes = select_prefixes(&*storage, cfg.as_ref(), args.prefix.as_deref())?;
     let jobs = args.jobs.or(cfg.as_ref().map(|c| c.workers)).unwrap_or(2);
-    // A private directory, so no name can clash with anything and
-    // everything in it can go at the end.
+    // A private directory (mode 0700, a name nobody can guess or plant
+    // first), so no name can clash with anything, no other user can read
+    // the restored copies, and everything in it can go at the end.
     let base = args.temp_dir.unwrap_or_else(std::env::temp_dir);
-    let scratch = base.join(format!("walsync-verify-{}", std::process::id()));
-    std::fs::create_dir(&scratch)
+    let scratch = base.join(format!("walsync-verify-{}", crate::spool::token()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&scratch)
         .map_err(|e| CliError::runtime(format!("{}: {e}", scratch.display())))?;
     let index: std::collections::HashMap<&str, usize> = prefixes
         .iter()

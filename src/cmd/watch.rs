@@ -100,6 +100,7 @@ pub fn run(args: WatchArgs) -> Result<(), CliError> {
     let path = config::find_config(args.config.as_deref()).map_err(CliError::usage)?;
     let cfg = load_config(Some(&path))?;
     let storage = open_storage(&cfg.storage)?;
+    super::prepare_spool()?;
     let metrics = match cfg.metrics_listen {
         Some(listen) => {
             let registry = Arc::new(Registry::new(crate::time::now_ms()));

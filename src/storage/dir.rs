@@ -5,12 +5,18 @@
 //! rename, fsync of the directory), so a crash never leaves a half object
 //! under a real key. Keys are checked so that none can name a path outside
 //! the root (DESIGN.md invariant 9).
+//!
+//! Objects are copies of databases, so they are written private: each temp
+//! file is made as `crate::spool` makes its files (exclusively, never
+//! through a symlink, mode 0600, an unguessable name, locked while written),
+//! and keeps mode 0600 as the object. A temp file a killed process left
+//! behind is removed by the next listing that walks past it, once no live
+//! process holds it.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Body, ObjectMeta, ObjectReader, Storage, StorageError};
 
@@ -18,7 +24,6 @@ const TEMP_SUFFIX: &str = ".walsync-tmp";
 
 pub struct DirStorage {
     root: PathBuf,
-    counter: AtomicU64,
 }
 
 impl DirStorage {
@@ -30,7 +35,6 @@ impl DirStorage {
         })?;
         Ok(DirStorage {
             root: root.to_path_buf(),
-            counter: AtomicU64::new(0),
         })
     }
 
@@ -79,16 +83,14 @@ impl Storage for DirStorage {
             .parent()
             .expect("invariant: object paths are below the root");
         fs::create_dir_all(parent).map_err(Self::io(parent))?;
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = path.with_file_name(format!(
-            "{}.{}.{n}{TEMP_SUFFIX}",
-            path.file_name()
-                .and_then(|s| s.to_str())
-                .unwrap_or("object"),
-            std::process::id()
-        ));
+        let name = path
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("object");
+        let (mut f, tmp) =
+            crate::spool::create_locked(parent, &|t| format!("{name}.{t}{TEMP_SUFFIX}"))
+                .map_err(Self::io(parent))?;
         let result = (|| {
-            let mut f = File::create(&tmp)?;
             let copied = io::copy(&mut body.open()?, &mut f)?;
             if copied != body.len() {
                 return Err(io::Error::new(
@@ -187,7 +189,18 @@ impl Storage for DirStorage {
                     if prefix.starts_with(&format!("{key}/")) || key.starts_with(prefix) {
                         stack.push((entry.path(), key));
                     }
-                } else if ft.is_file() && key.starts_with(prefix) && !name.ends_with(TEMP_SUFFIX) {
+                } else if ft.is_file() && key.starts_with(prefix) && name.ends_with(TEMP_SUFFIX) {
+                    // Left by a killed process if no one holds it. Not
+                    // being able to remove it (a read-only backup) is fine.
+                    match crate::spool::remove_if_unlocked(&entry.path()) {
+                        Ok(true) => log::info!(
+                            "removed {}, left by a walsync process that was killed",
+                            entry.path().display()
+                        ),
+                        Ok(false) => {}
+                        Err(e) => log::debug!("{}: {e}", entry.path().display()),
+                    }
+                } else if ft.is_file() && key.starts_with(prefix) {
                     let size = entry.metadata().map_err(Self::io(&entry.path()))?.len();
                     out.push(ObjectMeta { key, size });
                 }
@@ -252,6 +265,30 @@ mod tests {
             s.get("a/b/two"),
             Err(StorageError::NotFound { .. })
         ));
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn objects_are_private_and_leftover_temp_files_go() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = temp_root("private");
+        let s = DirStorage::new(&root).unwrap();
+        s.put("db/generations/x/one", Body::Bytes(b"copy"), 0)
+            .unwrap();
+        let object = root.join("db/generations/x/one");
+        let mode = fs::metadata(&object).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        // A temp file a killed put left behind, and one a live put holds.
+        let dir = object.parent().unwrap();
+        let dead = dir.join(format!("two.{}{TEMP_SUFFIX}", crate::spool::token()));
+        fs::write(&dead, b"half").unwrap();
+        let (held, live) =
+            crate::spool::create_locked(dir, &|t| format!("three.{t}{TEMP_SUFFIX}")).unwrap();
+        let keys: Vec<_> = s.list("db/").unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, ["db/generations/x/one"]);
+        assert!(!dead.exists(), "a leftover nobody holds is removed");
+        assert!(live.exists(), "a temp file being written stays");
+        drop(held);
         fs::remove_dir_all(root).unwrap();
     }
 
