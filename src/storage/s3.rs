@@ -2077,3 +2077,55 @@ n88mt2TK+7GHU3TH4s4O
         assert!(err.to_string().contains("path-style"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! What a server answers is input from outside: listings, error
+    //! documents, HTML pages from proxies. Object keys come from listings.
+    use super::*;
+    use crate::testing::fuzz_text;
+
+    const LISTING: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><Prefix>t/</Prefix><KeyCount>2</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated><NextContinuationToken>tok</NextContinuationToken><EncodingType>url</EncodingType><Contents><Key>t/a%C3%A9/generations/x</Key><LastModified>2026-11-25T20:43:16.000Z</LastModified><ETag>&quot;e&quot;</ETag><Size>12</Size><StorageClass>STANDARD</StorageClass></Contents><Contents><Key>t/b&amp;c</Key><Size>0</Size></Contents><CommonPrefixes><Prefix>t/x/</Prefix></CommonPrefixes></ListBucketResult>"#;
+
+    #[test]
+    fn listings_never_panic() {
+        assert!(ListObjectsV2::parse_response(LISTING).is_ok());
+        fuzz_text("listing parser", 0x53_0001, 3000, &[LISTING], |text| {
+            ListObjectsV2::parse_response(text).is_ok()
+        });
+    }
+
+    #[test]
+    fn error_answers_never_panic() {
+        let bodies = [
+            "<?xml version=\"1.0\"?><Error><Code>PermanentRedirect</Code><Message>a &amp; b</Message><Region>eu-west-1</Region><Endpoint>s3.eu-west-1.amazonaws.com</Endpoint></Error>",
+            "<Error><Code>SlowDown</Code></Error>",
+            "<!DOCTYPE html><html><head><title>Console – Login</title></head></html>",
+            "<html><TITLE>é</TITLE>",
+        ];
+        fuzz_text(
+            "error answer classifier",
+            0x53_0002,
+            3000,
+            &bodies,
+            |text| {
+                let status = [301, 400, 403, 404, 416, 500, 503][text.len() % 7];
+                let failure = classify_status(status, text.as_bytes(), "s3://b", "t/k");
+                let _ = failure.error.to_string();
+                failure.retryable
+            },
+        );
+    }
+
+    #[test]
+    fn object_keys_never_panic() {
+        fuzz_text(
+            "S3 key check",
+            0x53_0003,
+            3000,
+            &["t/a/generations/x", "a"],
+            |key| check_key(key).is_ok(),
+        );
+    }
+}
