@@ -55,7 +55,7 @@ pub fn run(args: RestoreArgs) -> Result<(), CliError> {
     let (storage, _cfg) = args.target().resolve()?;
     match restore(&*storage, &args.prefix, &args.output, target, args.force) {
         Ok(r) => {
-            println!(
+            outln!(
                 "restored {} to {}: txid {} ({}), generation {:016x}, {} pages, {}, {} objects ({} downloaded) in {:.2}s",
                 args.prefix,
                 args.output.display(),

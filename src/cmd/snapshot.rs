@@ -36,7 +36,7 @@ pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
                 let mut r = Replica::new(replica_options(db));
                 let result = r.sync(&*storage, true);
                 match &result {
-                    Ok(rep) => println!(
+                    Ok(rep) => outln!(
                         "{}: snapshot at txid {}{} ({} commits shipped first)",
                         db.prefix,
                         r.last_txid(),
@@ -47,7 +47,7 @@ pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
                         },
                         rep.commits
                     ),
-                    Err(e) => eprintln!("{}: {e}", db.prefix),
+                    Err(e) => errln!("{}: {e}", db.prefix),
                 }
                 r.close();
                 result.is_err()
