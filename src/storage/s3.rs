@@ -73,6 +73,8 @@ pub const DEFAULT_PART_BYTES: u64 = 16 * 1024 * 1024;
 const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
 /// S3's largest part, and its largest single PutObject.
 const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// S3's largest object.
+const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 /// S3's most parts in one upload.
 const MAX_PARTS: u64 = 10_000;
 /// Buffer for reading a part to compute its CRC32.
@@ -1452,6 +1454,22 @@ impl S3Storage {
     }
 }
 
+/// The size a listing gives `key`, if it is one an S3 object can have. A
+/// restore plans its downloads from these sizes (a list of 2 MiB ranges), so
+/// a server claiming 16 EiB would make it allocate without end.
+fn listed_size(prefix: &str, key: &str, size: Option<u64>) -> Result<u64, String> {
+    match size {
+        None => Err(format!(
+            "the listing of {prefix:?} gives no size for {key:?}"
+        )),
+        Some(size) if size > MAX_OBJECT_BYTES => Err(format!(
+            "the listing of {prefix:?} gives {key:?} a size of {size} bytes, more than an S3 \
+             object can have (5 TiB); check that the endpoint is an S3 server"
+        )),
+        Some(size) => Ok(size),
+    }
+}
+
 /// Adds "after N attempts" to the detail of an error that was retried.
 fn note_attempts(error: &mut StorageError, tries: u32) {
     match error {
@@ -1493,15 +1511,12 @@ impl Storage for S3Storage {
         loop {
             let page = self.retry("list", prefix, || self.list_page(prefix, token.as_deref()))?;
             for object in page.contents {
-                let Some(size) = object.size else {
-                    return Err(StorageError::BadResponse {
+                let size = listed_size(prefix, &object.key, object.size).map_err(|detail| {
+                    StorageError::BadResponse {
                         location: self.location.clone(),
-                        detail: format!(
-                            "the listing of {prefix:?} gives no size for {:?}",
-                            object.key
-                        ),
-                    });
-                };
+                        detail,
+                    }
+                })?;
                 objects.push(ObjectMeta {
                     key: object.key,
                     size,
@@ -1951,6 +1966,19 @@ mod tests {
             LOCATION,
         );
         assert!(!f.error.to_string().contains("Signature"));
+    }
+
+    #[test]
+    fn listed_sizes_are_those_of_s3_objects() {
+        assert_eq!(listed_size("p", "p/k", Some(0)), Ok(0));
+        assert_eq!(
+            listed_size("p", "p/k", Some(MAX_OBJECT_BYTES)),
+            Ok(MAX_OBJECT_BYTES)
+        );
+        let err = listed_size("p", "p/k", Some(u64::MAX)).expect_err("16 EiB");
+        assert!(err.contains("\"p/k\"") && err.contains("5 TiB"), "{err}");
+        let err = listed_size("p", "p/k", None).expect_err("no size");
+        assert!(err.contains("no size"), "{err}");
     }
 
     #[test]
