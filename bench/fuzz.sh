@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# Long run of the decoders' fuzz tests (not part of the test command).
+# Long run of the fuzz tests of decoders and parsers (not part of the test
+# command).
 #
-# The unit tests that feed the pure decoders damaged and random inputs
-# (segment and snapshot decoders, object-key parser, WAL header and frame
-# scanner; see `fuzz` in src/format/mod.rs and `random_garbage_never_panics`
-# in src/wal.rs) try a few thousand inputs on every `cargo test`. This runs
-# the same tests in release mode with WALSYNC_FUZZ_ITERS inputs per loop and
-# prints, per decoder, the inputs tried, the panics and the damaged objects
-# accepted (both must be 0; the tests fail otherwise).
+# The unit tests that feed damaged and random inputs to everything that reads
+# outside input try a few thousand inputs on every `cargo test`:
+# - the decoders of objects (segment, snapshot, idle mark) and the WAL
+#   header and frame scanner: `fuzz` in src/format/mod.rs and
+#   `random_garbage_never_panics` in src/wal.rs;
+# - the text parsers, each in a `fuzz` module beside its code: timestamps
+#   (src/time.rs), durations, sizes, prefixes, bucket names, endpoints,
+#   regions, AWS_* variables and whole config files (src/config.rs), glob
+#   patterns, prefix templates and template matching (src/discovery.rs),
+#   object keys and listings (src/keys.rs), S3 listings, error answers and
+#   keys (src/storage/s3.rs), dir storage keys (src/storage/dir.rs). They
+#   get random bytes, random UTF-8 (multi-byte characters included) and
+#   valid inputs mutated at character boundaries (see `fuzz_text` in
+#   src/lib.rs).
+# This runs the same tests in release mode with WALSYNC_FUZZ_ITERS inputs
+# per loop and prints, per decoder or parser, the inputs tried, the panics
+# and the inputs accepted. Panics must be 0, and damaged objects accepted
+# must be 0; the tests fail otherwise (a parser of text may accept a
+# mutated input that is still valid).
 #
 #   bash bench/fuzz.sh              # 1,000,000 inputs per loop
 #   bash bench/fuzz.sh 200000
@@ -28,7 +41,7 @@ trap 'rm -f "$log"' EXIT
 start=$(date +%s)
 status=0
 WALSYNC_FUZZ_ITERS="$iters" cargo test --release --lib -- --nocapture \
-    format::fuzz:: wal::tests::random_garbage_never_panics >"$log" 2>&1 || status=$?
+    fuzz:: wal::tests::random_garbage_never_panics >"$log" 2>&1 || status=$?
 elapsed=$(( $(date +%s) - start ))
 
 grep '^fuzz: ' "$log" | sed 's/^fuzz: /  /'

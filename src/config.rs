@@ -2896,3 +2896,166 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Every value of the config file, every `AWS_*` variable and every
+    //! `--bucket`/`--endpoint`/`--region` flag is user input: the parsers
+    //! must answer with an error for any of it, never panic.
+    use super::*;
+    use crate::testing::{fuzz_text, text_input, Rng};
+
+    const CONFIG: &str = r#"sync_interval = "1s"
+snapshot_interval = "1h"
+checkpoint_threshold = "4MiB"
+truncate_threshold = 67108864
+workers = 2
+retention = "7d"
+idle_release_after = "1m"
+idle_release_max_size = "64MiB"
+rescan_interval = "10s"
+[storage]
+bucket = "my-backups"
+endpoint = "http://127.0.0.1:9000"
+region = "us-east-1"
+path_style = true
+access_key_id = "AKID"
+secret_access_key = "secret"
+[metrics]
+listen = "127.0.0.1:9095"
+[[databases]]
+path = "/var/lib/app/tenants/acme.db"
+prefix = "tenants/acme"
+sync_interval = "500ms"
+[[directories]]
+dir = "/var/lib/shop/stores"
+pattern = "*.sqlite3"
+recursive = true
+prefix = "shops/{path}"
+snapshot_interval = "6h"
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "AWS_ACCESS_KEY_ID" => Some("AKID".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("secret".to_string()),
+            _ => None,
+        }
+    }
+
+    /// `s` as a TOML basic string, so that any text reaches the value's parser.
+    fn toml_quoted(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    #[test]
+    fn durations_and_sizes_never_panic() {
+        let durations = ["500ms", "1s", "10m", "1h30m", "72h", "7d", "1d2h3m4s5ms"];
+        fuzz_text("duration parser", 0xc0f1_0001, 3000, &durations, |s| {
+            parse_duration(s).is_ok()
+        });
+        let sizes = ["1048576", "4MiB", "64 MB", "1kB", "2TiB", "0", "7 B"];
+        fuzz_text("size parser", 0xc0f1_0002, 3000, &sizes, |s| {
+            parse_size(s).is_ok()
+        });
+    }
+
+    #[test]
+    fn names_prefixes_and_endpoints_never_panic() {
+        let prefixes = ["tenants/acme", "a", "edge/node-1/cache", "a.b_c/d"];
+        fuzz_text("prefix check", 0xc0f1_0003, 3000, &prefixes, |s| {
+            validate_prefix(s).is_ok()
+        });
+        let buckets = ["my-backups", "b", "a.b_c-d"];
+        fuzz_text("bucket check", 0xc0f1_0004, 3000, &buckets, |s| {
+            validate_bucket(s).is_ok() && virtual_host_problem(s, None).is_none()
+        });
+        let endpoints = [
+            "http://127.0.0.1:9000",
+            "https://s3.eu-west-1.amazonaws.com/",
+            "http://[::1]:9000/",
+            "https://minio.internal",
+        ];
+        fuzz_text("endpoint check", 0xc0f1_0005, 3000, &endpoints, |s| {
+            let ok = validate_endpoint(s).is_ok();
+            let _ = virtual_host_problem("my-backups", Some(s));
+            ok
+        });
+        let regions = ["us-east-1", "eu-west-3", "auto"];
+        fuzz_text("region check", 0xc0f1_0006, 3000, &regions, |s| {
+            validate_region(s).is_ok() && check_credential(s).is_ok()
+        });
+        fuzz_text(
+            "flags to S3 settings",
+            0xc0f1_0008,
+            3000,
+            &endpoints,
+            |endpoint| {
+                let mut rng = rng_for(endpoint);
+                let bucket = text_input(&mut rng, &buckets);
+                let region = text_input(&mut rng, &regions);
+                s3_from_flags(&bucket, Some(endpoint), Some(&region), None, &env).is_ok()
+            },
+        );
+        // The same from the environment.
+        let variables = ["AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_ACCESS_KEY_ID"];
+        fuzz_text("AWS_* variables", 0xc0f1_0009, 3000, &endpoints, |value| {
+            let fuzzed = variables[rng_for(value).below(variables.len())];
+            let env = |name: &str| {
+                if name == fuzzed {
+                    Some(value.to_string())
+                } else {
+                    env(name)
+                }
+            };
+            s3_from_flags("b", None, None, None, &env).is_ok()
+        });
+    }
+
+    /// A generator seeded from an input, for the other arguments of a call.
+    fn rng_for(s: &str) -> Rng {
+        Rng(s.bytes().fold(0x9e37_79b9_7f4a_7c15, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        }) | 1)
+    }
+
+    #[test]
+    fn config_files_never_panic() {
+        // Whole files, damaged anywhere (syntax, keys, spans, lines).
+        fuzz_text("config file", 0xc0f1_000a, 1500, &[CONFIG], |text| {
+            Config::parse(text, Path::new("/etc/walsync.toml"), &env).is_ok()
+        });
+        // One value at a time replaced by any text, quoted, so that it reaches
+        // the value's own parser.
+        let values: Vec<&str> = CONFIG
+            .lines()
+            .filter_map(|line| line.split_once(" = ").map(|(_, v)| v.trim_matches('"')))
+            .collect();
+        fuzz_text("config values", 0xc0f1_000c, 1500, &values, |value| {
+            let lines: Vec<&str> = CONFIG.lines().collect();
+            let candidates: Vec<usize> = (0..lines.len())
+                .filter(|&i| lines[i].contains(" = "))
+                .collect();
+            let target = candidates[rng_for(value).below(candidates.len())];
+            let text: String = lines
+                .iter()
+                .enumerate()
+                .map(|(i, line)| match line.split_once(" = ") {
+                    Some((key, _)) if i == target => format!("{key} = {}\n", toml_quoted(value)),
+                    _ => format!("{line}\n"),
+                })
+                .collect();
+            Config::parse(&text, Path::new("/etc/walsync.toml"), &env).is_ok()
+        });
+    }
+}

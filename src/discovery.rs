@@ -17,7 +17,7 @@
 //! out collisions between two files of the same directory by backing up
 //! neither.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use crate::config::{validate_prefix, DirectoryConfig};
@@ -291,20 +291,44 @@ pub fn check_template(template: &str) -> Result<&str, String> {
 /// more. Used to recognise, in a bucket listing, the backups of databases a
 /// directory once held (the files themselves may be gone).
 pub fn template_matches(template: &str, prefix: &str) -> bool {
-    fn go(pieces: &[Piece<'_>], s: &str) -> bool {
-        match pieces.split_first() {
-            None => s.is_empty(),
-            Some((Piece::Text(t), rest)) => s.strip_prefix(t).is_some_and(|s| go(rest, s)),
-            Some((Piece::Name, rest)) => (1..=s.len())
-                .take_while(|&i| !s[..i].contains('/'))
-                .filter(|&i| s.is_char_boundary(i))
-                .any(|i| go(rest, &s[i..])),
-            Some((Piece::Path, rest)) => (1..=s.len())
-                .filter(|&i| s.is_char_boundary(i))
-                .any(|i| go(rest, &s[i..])),
+    /// Whether `pieces[p..]` match `s[at..]`. `failed` holds the (piece,
+    /// offset) pairs already known not to, so each is tried once and
+    /// `{path}-{path}-{path}` stays polynomial on a long prefix.
+    fn go(
+        pieces: &[Piece<'_>],
+        p: usize,
+        s: &str,
+        at: usize,
+        failed: &mut HashSet<(usize, usize)>,
+    ) -> bool {
+        if failed.contains(&(p, at)) {
+            return false;
         }
+        let rest = &s[at..];
+        // Cut only at character boundaries: a prefix from a bucket listing
+        // may hold any character (`tenants/é`), and slicing a `str` inside
+        // one panics.
+        let mut rest_from = |p: usize, ends: &mut dyn Iterator<Item = usize>| {
+            ends.filter(|&i| rest.is_char_boundary(i))
+                .any(|i| go(pieces, p, s, at + i, failed))
+        };
+        let found = match pieces.get(p) {
+            None => rest.is_empty(),
+            Some(Piece::Text(t)) => {
+                rest.starts_with(t) && rest_from(p + 1, &mut std::iter::once(t.len()))
+            }
+            Some(Piece::Name) => {
+                let component = rest.find('/').unwrap_or(rest.len());
+                rest_from(p + 1, &mut (1..=component))
+            }
+            Some(Piece::Path) => rest_from(p + 1, &mut (1..=rest.len())),
+        };
+        if !found {
+            failed.insert((p, at));
+        }
+        found
     }
-    parse_template(template).is_ok_and(|pieces| go(&pieces, prefix))
+    parse_template(template).is_ok_and(|pieces| go(&pieces, 0, prefix, 0, &mut HashSet::new()))
 }
 
 /// The plain components of a relative path, as UTF-8; `Err` names the first
@@ -939,6 +963,14 @@ mod tests {
     }
 
     #[test]
+    fn template_matching_with_many_paths_is_fast() {
+        let template = "t/{path}-{path}-{path}-{path}-{path}-{path}-{path}/db";
+        let prefix = format!("t/{}", "a-".repeat(300));
+        assert!(!template_matches(template, &prefix));
+        assert!(template_matches(template, &format!("{prefix}a/db")));
+    }
+
+    #[test]
     fn templates_recognise_their_prefixes() {
         assert!(template_matches("tenants/{name}", "tenants/acme"));
         assert!(!template_matches("tenants/{name}", "tenants/eu/acme"));
@@ -948,5 +980,103 @@ mod tests {
         assert!(template_matches("t/{name}/db", "t/acme/db"));
         assert!(!template_matches("t/{name}/db", "t/acme/x"));
         assert!(!template_matches("t/{bogus}", "t/x"));
+        // Prefixes from a bucket listing may hold any character (issue 10).
+        assert!(template_matches("tenants/{name}", "tenants/é"));
+        assert!(template_matches("tenants/{name}", "tenants/a😀b"));
+        assert!(!template_matches("tenants/{name}", "tenants/é/x"));
+        assert!(template_matches("t/{name}-{name}", "t/é-€"));
+        assert!(template_matches("t/{path}/db", "t/é/€/db"));
+        assert!(!template_matches("t/{name}/db", "t/é"));
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! Patterns and templates come from the config, file names from the
+    //! disk, prefixes from bucket listings: none may make discovery panic.
+    use super::*;
+    use crate::testing::fuzz_text;
+
+    const PATTERNS: &[&str] = &[
+        "*.db",
+        "[a-m]*.db",
+        "[!.]*",
+        "tenant-?.sqlite3",
+        "x]",
+        "[]a-]",
+    ];
+    const TEMPLATES: &[&str] = &[
+        "tenants/{name}",
+        "eu/{path}/db",
+        "t/{name}-{name}",
+        "a/{name}.{path}",
+        "{path}",
+    ];
+    const NAMES: &[&str] = &[
+        "acme.db",
+        "eu/acme.db",
+        "a.b.db",
+        "x.db-mj1A2B3C901",
+        "é.db",
+    ];
+    const PREFIXES: &[&str] = &["tenants/acme", "eu/x/y/db", "t/a-b", "a/b.c/d", "tenants/é"];
+
+    #[test]
+    fn glob_patterns_never_panic() {
+        fuzz_text("glob pattern check", 0xd15c_0001, 3000, PATTERNS, |p| {
+            check_pattern(p).is_ok()
+        });
+        fuzz_text("glob matcher", 0xd15c_0002, 3000, PATTERNS, |p| {
+            glob_match(p, "acme.db") | glob_match(p, "é€😀.db") | glob_match(p, p)
+        });
+        fuzz_text("glob matcher (names)", 0xd15c_0003, 3000, NAMES, |name| {
+            PATTERNS.iter().any(|p| glob_match(p, name))
+        });
+    }
+
+    #[test]
+    fn prefix_templates_never_panic() {
+        fuzz_text("prefix template check", 0xd15c_0004, 3000, TEMPLATES, |t| {
+            check_template(t).is_ok()
+        });
+        fuzz_text("prefix template fill", 0xd15c_0005, 3000, TEMPLATES, |t| {
+            prefix_for(t, Path::new("eu/acme.db")).is_ok()
+        });
+        fuzz_text("prefix for file name", 0xd15c_0006, 3000, NAMES, |name| {
+            prefix_for("t/{path}", Path::new(name)).is_ok()
+                | prefix_for("t/{name}", Path::new(name)).is_ok()
+        });
+        fuzz_text("candidate check", 0xd15c_0007, 3000, NAMES, |name| {
+            let dir = DirectoryConfig {
+                dir: PathBuf::from("/d"),
+                pattern: "*".to_string(),
+                recursive: true,
+                prefix_template: "t/{path}".to_string(),
+                sync_interval: std::time::Duration::from_secs(1),
+                snapshot_interval: std::time::Duration::from_secs(1),
+                checkpoint_threshold: 1,
+                truncate_threshold: 1,
+                retention: None,
+            };
+            is_candidate(&dir, Path::new(name))
+        });
+    }
+
+    #[test]
+    fn template_matching_of_listed_prefixes_never_panics() {
+        fuzz_text(
+            "template matcher (prefixes)",
+            0xd15c_0008,
+            3000,
+            PREFIXES,
+            |prefix| TEMPLATES.iter().any(|t| template_matches(t, prefix)),
+        );
+        fuzz_text(
+            "template matcher (templates)",
+            0xd15c_0009,
+            3000,
+            TEMPLATES,
+            |t| PREFIXES.iter().any(|prefix| template_matches(t, prefix)),
+        );
     }
 }

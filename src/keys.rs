@@ -418,3 +418,30 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Keys come from bucket listings, which anything may have written to.
+    use super::*;
+    use crate::testing::fuzz_text;
+
+    #[test]
+    fn listed_keys_never_panic() {
+        let keys = [
+            snapshot_key("tenants/acme", 1, 1, 5),
+            segment_key("tenants/acme", 1, 2, 3, 6, 7),
+            mark_key("tenants/acme", 1, 3, 7),
+            snapshot_key("a/generations/b", 4, 4, 5),
+        ];
+        let valid: Vec<&str> = keys.iter().map(String::as_str).collect();
+        fuzz_text("object key parser", 0x6e75_0001, 3000, &valid, |key| {
+            let listing = [ObjectMeta {
+                key: key.to_string(),
+                size: 1,
+            }];
+            let parsed = parse_key("tenants/acme", key).is_ok_and(|k| k.is_some());
+            let _ = parse_listing("tenants/acme", &listing);
+            !discover_prefixes(&listing).is_empty() | parsed
+        });
+    }
+}

@@ -3,6 +3,7 @@
 //! configuration error).
 
 use argh::FromArgs;
+use walsync::cmd::output::{stderr_line, stdout_error, stdout_line};
 use walsync::cmd::Cli;
 
 fn main() {
@@ -10,21 +11,37 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let name = args.first().map(String::as_str).unwrap_or("walsync");
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
-    let cli = match Cli::from_args(&[name], &rest) {
-        Ok(cli) => cli,
+    // Every line goes through `output`: `println!` panics (aborts) when the
+    // reader of a pipe has gone, e.g. `walsync --help | head -1`.
+    let code = match Cli::from_args(&[name], &rest) {
+        Ok(cli) => match cli.run() {
+            Ok(()) => 0,
+            Err(e) => {
+                stderr_line(format_args!("walsync: {}", e.message));
+                e.code
+            }
+        },
         Err(early) => match early.status {
             Ok(()) => {
-                println!("{}", early.output);
-                std::process::exit(0);
+                stdout_line(format_args!("{}", early.output));
+                0
             }
             Err(()) => {
-                eprintln!("{}", early.output);
-                std::process::exit(2);
+                stderr_line(format_args!("{}", early.output));
+                2
             }
         },
     };
-    if let Err(e) = cli.run() {
-        eprintln!("walsync: {}", e.message);
-        std::process::exit(e.code);
-    }
+    // A closed pipe is not an error (the reader wanted no more); losing the
+    // output any other way is.
+    let code = match stdout_error() {
+        Some(e) => {
+            stderr_line(format_args!(
+                "walsync: cannot write to standard output: {e}"
+            ));
+            code.max(1)
+        }
+        None => code,
+    };
+    std::process::exit(code);
 }

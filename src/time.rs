@@ -117,19 +117,24 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
         if i == start {
             return Err(bad());
         }
-        let digits = &s[start..i.min(start + 3)];
-        frac_ms = digits.parse::<u64>().map_err(|_| bad())? * 10u64.pow(3 - digits.len() as u32);
+        let digits = &b[start..i.min(start + 3)];
+        let value = digits
+            .iter()
+            .fold(0u64, |acc, c| acc * 10 + u64::from(c - b'0'));
+        frac_ms = value * 10u64.pow(3 - digits.len() as u32);
     }
-    let offset_secs: i64 = match &s[i..] {
-        "Z" | "z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
-            let oh = num(i + 1..i + 3)? as i64;
-            let om = num(i + 4..i + 6)? as i64;
+    // Bytes, not `str` slices: the offset may hold multi-byte characters
+    // (`+0é00`), and slicing a `str` inside one panics.
+    let offset_secs: i64 = match &b[i..] {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let oh = i64::from(num(i + 1..i + 3)?);
+            let om = i64::from(num(i + 4..i + 6)?);
             if oh > 23 || om > 59 {
                 return Err(bad());
             }
             let v = oh * 3600 + om * 60;
-            if o.starts_with('-') {
+            if *sign == b'-' {
                 -v
             } else {
                 v
@@ -201,8 +206,37 @@ mod tests {
             "2026-11-25T20:43:16.Z",
             "2026-11-25T20:43:16+1:00",
             "２026-11-25T20:43:16Z",
+            // Multi-byte characters where the offset's digits and colon go
+            // (issue 10: these once sliced a `str` inside a character).
+            "2026-11-25T20:43:16+0é00",
+            "2026-11-25T20:43:16+é:00",
+            "2026-11-25T20:43:16+01é0",
+            "2026-11-25T20:43:16.5+0€0",
+            "2026-11-25T20:43:16😀",
+            "2026-11-25T20:43:1é",
+            "2026-11-25é20:43:16Z",
         ] {
-            assert!(parse_rfc3339(s).is_err(), "{s:?} accepted");
+            let err = parse_rfc3339(s).expect_err(s);
+            assert!(err.contains("RFC 3339"), "{s:?}: {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    #[test]
+    fn rfc3339_parser_never_panics() {
+        let valid = [
+            "2026-11-25T20:43:16Z",
+            "2026-11-25T21:43:16+01:00",
+            "2026-11-25T19:43:16.123456-01:00",
+            "1970-01-01T00:00:00.5z",
+            "2024-02-29 23:59:60+23:59",
+        ];
+        crate::testing::fuzz_text("timestamp parser", 0x7117_0001, 3000, &valid, |s| {
+            parse_rfc3339(s).is_ok()
+        });
     }
 }

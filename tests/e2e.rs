@@ -3011,3 +3011,206 @@ fn stray_objects_are_named_by_list_and_verify_and_ignored_by_restore() {
         assert!(setup.backup.join(k).exists(), "{k}");
     }
 }
+
+/// A scratch directory whose config keeps its backups in a local directory
+/// (`[storage] dir`): for tests of input handling, which need no S3 server.
+struct DirOnly {
+    dir: PathBuf,
+}
+
+impl DirOnly {
+    fn new(name: &str) -> DirOnly {
+        let dir = std::env::temp_dir().join(format!("walsync-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        DirOnly { dir }
+    }
+
+    /// Writes `walsync.toml` with dir storage `backups` and `tables`.
+    fn config(&self, tables: &str) -> String {
+        let path = self.dir.join("walsync.toml");
+        std::fs::write(&path, format!("[storage]\ndir = \"backups\"\n{tables}")).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.current_dir(&self.dir).env("RUST_LOG", "info").args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+}
+
+impl Drop for DirOnly {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The process ended by exiting, not by a signal (SIGABRT is what a panic
+/// gives in the release build), and said nothing of a panic.
+fn assert_no_abort(what: &str, o: &Output) {
+    use std::os::unix::process::ExitStatusExt;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.signal(), None, "{what}: killed by a signal: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{what}: {err}"
+    );
+}
+
+#[test]
+fn bad_timestamps_are_usage_errors_never_an_abort() {
+    let setup = DirOnly::new("timestamps");
+    let cfg = setup.config("[[databases]]\npath = \"app.db\"\nprefix = \"apps/a\"\n");
+    for timestamp in [
+        "2026-11-25T20:43:16+0é00",
+        "2026-11-25T20:43:16+é:00",
+        "2026-11-25T20:43:16+01é0",
+        "2026-11-25T20:43:16😀",
+        "2026-11-25T20:43:1€",
+        "é",
+    ] {
+        for args in [
+            vec!["restore", "--dir", "d", "--prefix", "a", "-o", "x.db"],
+            vec!["restore-all", "--dir", "d", "--output-dir", "out"],
+            vec!["restore-all", "--config", &cfg, "--output-dir", "out"],
+            vec!["verify", "--dir", "d"],
+            vec!["verify", "--config", &cfg],
+        ] {
+            let what = format!("{} --timestamp {timestamp:?}", args.join(" "));
+            let mut args = args.clone();
+            args.extend(["--timestamp", timestamp]);
+            let o = setup.run(&args);
+            assert_no_abort(&what, &o);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+            assert!(
+                err.contains("--timestamp") && err.contains("RFC 3339"),
+                "{what}: {err}"
+            );
+        }
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_non_ascii_key_in_the_bucket_is_named_never_an_abort() {
+    let setup = DirOnly::new("non-ascii-key");
+    std::fs::create_dir_all(setup.dir.join("tenants")).unwrap();
+    let c = open_app(&setup.dir.join("tenants/acme.db"));
+    insert(&c, 1);
+    let cfg = setup.config(
+        "[[directories]]\ndir = \"tenants\"\npattern = \"*.db\"\nprefix = \"tenants/{name}\"\n",
+    );
+    let o = setup.run(&["snapshot", "--config", &cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // What no walsync writes (prefixes are ASCII), but a bucket may hold:
+    // tenants/é/generations/..., here a copy of a real backup.
+    let backups = setup.dir.join("backups/tenants");
+    copy_tree(&backups.join("acme"), &backups.join("é"));
+
+    let o = setup.run(&["restore-all", "--config", &cfg, "--output-dir", "out"]);
+    assert_no_abort("restore-all", &o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // The database of the config is restored; the stray prefix is named,
+    // with why it cannot be written, and makes the run fail (exit 1).
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(out.contains("ok      tenants/acme"), "{out}");
+    let failed = out
+        .lines()
+        .find(|l| l.starts_with("FAILED  tenants/é"))
+        .unwrap_or_else(|| panic!("tenants/é is not named: {out}"));
+    assert!(failed.contains("cannot name a file"), "{failed}");
+    assert_eq!(
+        rows(&setup.dir.join("out/tenants/acme.db")),
+        rows(&setup.dir.join("tenants/acme.db"))
+    );
+
+    let o = setup.run(&["verify", "--config", &cfg]);
+    assert_no_abort("verify", &o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // Verify keeps no file, so the copy under tenants/é verifies like any.
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(
+        out.contains("ok      tenants/acme") && out.contains("ok      tenants/é"),
+        "{out}"
+    );
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    let setup = DirOnly::new("closed-pipe");
+    // Enough databases for `list --json` to write far more than a pipe holds.
+    let long = "x".repeat(200);
+    let tables: String = (0..400)
+        .map(|i| format!("[[databases]]\npath = \"db{i}.db\"\nprefix = \"fleet/{long}/{i}\"\n"))
+        .collect();
+    let cfg = setup.config(&tables);
+
+    // A reader that takes 100 bytes and goes away (`| head -c 100`).
+    for args in [
+        vec!["list", "--json", "--config", &cfg],
+        vec!["list", "--config", &cfg],
+    ] {
+        let mut child = setup
+            .command(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut head = [0u8; 100];
+        child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert_no_abort(&args.join(" "), &o);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    // A pipe closed before anything is written (`--help` into a reader
+    // that already exited).
+    for args in [
+        vec!["--help"],
+        vec!["list", "--help"],
+        vec!["list", "--json", "--config", &cfg],
+    ] {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills two descriptors we then own.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just created and are owned here once.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        drop(read);
+        let o = setup.command(&args).stdout(write).output().unwrap();
+        assert_no_abort(&args.join(" "), &o);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}

@@ -50,6 +50,10 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
     let mut failed = 0;
     let mut json_items = Vec::new();
     for (prefix, path) in prefixes {
+        if super::output::stdout_stopped() {
+            // The reader went away (`list | head`): listing on is wasted.
+            break;
+        }
         let summary = summarize(&*storage, &prefix).and_then(|mut s| {
             if let Some(p) = path.as_deref().filter(|p| p.exists()) {
                 s.lag = Some(
@@ -69,13 +73,13 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
             }
             Ok(summary) => print_human(&prefix, path.as_deref(), &summary),
             Err(e) => {
-                eprintln!("{prefix}: {e}");
+                errln!("{prefix}: {e}");
                 failed += 1;
             }
         }
     }
     if args.json {
-        println!("[{}]", json_items.join(","));
+        outln!("[{}]", json_items.join(","));
     }
     if failed > 0 {
         return Err(CliError::runtime(format!(
@@ -152,33 +156,33 @@ fn summarize(storage: &dyn Storage, prefix: &str) -> Result<Summary, String> {
 
 fn print_human(prefix: &str, path: Option<&Path>, s: &Summary) {
     match path {
-        Some(p) => println!("{prefix} ({})", p.display()),
-        None => println!("{prefix}"),
+        Some(p) => outln!("{prefix} ({})", p.display()),
+        None => outln!("{prefix}"),
     }
     if s.generations.is_empty() {
-        println!("  no backup yet");
+        outln!("  no backup yet");
         return;
     }
     match s.lag {
-        Some(Some(l)) if l.commits == 0 => println!("  local file: in step with the backup"),
-        Some(Some(l)) => println!(
+        Some(Some(l)) if l.commits == 0 => outln!("  local file: in step with the backup"),
+        Some(Some(l)) => outln!(
             "  local file: {} commits ({}) of its WAL not yet in the backup",
             l.commits,
             human_bytes(l.wal_bytes)
         ),
         Some(None) => {
-            println!("  local file: lag unknown (its WAL was restarted after the newest backup)")
+            outln!("  local file: lag unknown (its WAL was restarted after the newest backup)")
         }
         None => {}
     }
-    println!(
+    outln!(
         "  {} generations, {} objects, {}",
         s.generations.len(),
         s.objects,
         human_bytes(s.bytes)
     );
     for g in &s.generations {
-        println!(
+        outln!(
             "  generation {:016x}: {} snapshots (newest {}), {} segments, newest txid {}{}, {}",
             g.id,
             g.snapshots,

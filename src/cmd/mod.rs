@@ -138,8 +138,31 @@ macro_rules! args_with_target {
     };
 }
 
-// After the macro: the modules use it.
+/// `println!` for the commands: through `output`, so that a closed or
+/// failing standard output never panics (which aborts the release build).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cmd::output::stdout_line(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that never panics (see `output`).
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cmd::output::stderr_line(format_args!($($arg)*))
+    };
+}
+
+/// `eprint!` that never panics (see `output`).
+macro_rules! err {
+    ($($arg:tt)*) => {
+        $crate::cmd::output::stderr(format_args!($($arg)*))
+    };
+}
+
+// After the macros: the modules use them.
 pub mod list;
+pub mod output;
 pub mod prune;
 pub mod restore;
 pub mod restore_all;

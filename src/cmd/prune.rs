@@ -39,13 +39,13 @@ pub fn run(args: PruneArgs) -> Result<(), CliError> {
     let mut failed = 0;
     for db in select(&cfg, args.prefix.as_deref())? {
         let Some(retention) = flag.or(db.retention) else {
-            println!("{}: no retention set, keeping everything", db.prefix);
+            outln!("{}: no retention set, keeping everything", db.prefix);
             continue;
         };
         match prune(&*storage, &db.prefix, retention, now, args.dry_run) {
             Ok(r) => {
                 for key in &r.deleted {
-                    println!(
+                    outln!(
                         "{} {key}",
                         if args.dry_run {
                             "would delete"
@@ -54,7 +54,7 @@ pub fn run(args: PruneArgs) -> Result<(), CliError> {
                         }
                     );
                 }
-                println!(
+                outln!(
                     "{}: {} {} objects ({}), {} kept",
                     db.prefix,
                     if args.dry_run {
@@ -68,7 +68,7 @@ pub fn run(args: PruneArgs) -> Result<(), CliError> {
                 );
             }
             Err(e) => {
-                eprintln!("{}: {e}", db.prefix);
+                errln!("{}: {e}", db.prefix);
                 failed += 1;
             }
         }

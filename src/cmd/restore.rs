@@ -63,7 +63,7 @@ pub fn run(args: RestoreArgs) -> Result<(), CliError> {
     }
     match restore(&*storage, &args.prefix, &args.output, target, args.force) {
         Ok(r) => {
-            println!(
+            outln!(
                 "restored {} to {}: txid {} ({}), generation {:016x}, {} pages, {}, {} objects ({} downloaded) in {:.2}s",
                 args.prefix,
                 args.output.display(),

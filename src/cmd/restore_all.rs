@@ -160,17 +160,17 @@ pub fn run_all(
             .map(|prefix| {
                 let o = one(prefix);
                 if !json {
-                    println!("{}", line(&o));
+                    outln!("{}", line(&o));
                 }
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 if progress {
-                    eprint!(
+                    err!(
                         "\r[{n}/{}] {:.0}%",
                         prefixes.len(),
                         100.0 * n as f64 / prefixes.len() as f64
                     );
                     if n == prefixes.len() {
-                        eprintln!();
+                        errln!("");
                     }
                 }
                 o
@@ -180,14 +180,14 @@ pub fn run_all(
     let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
     let seconds = started.elapsed().as_secs_f64();
     if json {
-        println!("{}", to_json(&outcomes, seconds));
+        outln!("{}", to_json(&outcomes, seconds));
     } else {
         let bytes: u64 = outcomes
             .iter()
             .filter_map(|o| o.result.as_ref().ok())
             .map(|r| r.bytes)
             .sum();
-        println!(
+        outln!(
             "{} ok, {failed} failed, {} in {seconds:.2}s",
             outcomes.len() - failed,
             human_bytes(bytes)

@@ -41,7 +41,7 @@ pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
                     .sync(&*storage, true)
                     .and_then(|rep| r.stop(&*storage).map(|()| rep));
                 match &result {
-                    Ok(rep) => println!(
+                    Ok(rep) => outln!(
                         "{}: snapshot at txid {}{} ({} commits shipped first)",
                         db.prefix,
                         r.last_txid(),
@@ -52,7 +52,7 @@ pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
                         },
                         rep.commits
                     ),
-                    Err(e) => eprintln!("{}: {e}", db.prefix),
+                    Err(e) => errln!("{}: {e}", db.prefix),
                 }
                 r.close();
                 result.is_err()

@@ -410,6 +410,25 @@ mod fuzz {
         d.finish().is_ok()
     }
 
+    fn mark() -> Vec<u8> {
+        super::mark::Mark {
+            page_size: 4096,
+            db_pages: Some(3),
+            fingerprint: super::mark::Fingerprint {
+                len: 12288,
+                crc: 7,
+                mix: 9,
+            },
+            pos: None,
+        }
+        .encode()
+        .0
+    }
+
+    fn decode_mark(b: &[u8]) -> bool {
+        super::mark::Mark::decode(b).is_ok()
+    }
+
     fn decode_snapshot(b: &[u8]) -> bool {
         let Ok(mut d) = SnapshotDecoder::new(b) else {
             return false;
@@ -481,10 +500,15 @@ mod fuzz {
     #[test]
     fn mutated_objects_are_rejected_never_accepted_or_panicking() {
         let mut rng = Rng(0x5eed_1234_abcd_0001);
-        let (seg, snap) = (segment(), snapshot());
-        assert!(decode_segment(&seg) && decode_snapshot(&snap));
-        let (mut segments, mut snapshots) = (Tally::default(), Tally::default());
+        let (seg, snap, mrk) = (segment(), snapshot(), mark());
+        assert!(decode_segment(&seg) && decode_snapshot(&snap) && decode_mark(&mrk));
+        let (mut segments, mut snapshots, mut marks) =
+            (Tally::default(), Tally::default(), Tally::default());
         for _ in 0..crate::testing::fuzz_iters(3000) {
+            let b = mutate(&mut rng, &mrk);
+            if b != mrk {
+                marks.try_one(|| decode_mark(&b));
+            }
             let b = mutate(&mut rng, &seg);
             if b != seg {
                 segments.try_one(|| decode_segment(&b));
@@ -496,7 +520,8 @@ mod fuzz {
         }
         segments.report("segment decoder", "mutated");
         snapshots.report("snapshot decoder", "mutated");
-        for t in [&segments, &snapshots] {
+        marks.report("mark decoder", "mutated");
+        for t in [&segments, &snapshots, &marks] {
             assert_eq!(t.panics, 0, "a decoder panicked");
             assert_eq!(t.accepted, 0, "a mutated object was accepted");
         }
@@ -505,18 +530,23 @@ mod fuzz {
     #[test]
     fn garbage_and_lying_headers_never_panic() {
         let mut rng = Rng(0x0bad_cafe_0000_0042);
-        let (mut segments, mut snapshots, mut keys) =
-            (Tally::default(), Tally::default(), Tally::default());
+        let (mut segments, mut snapshots, mut marks, mut keys) = (
+            Tally::default(),
+            Tally::default(),
+            Tally::default(),
+            Tally::default(),
+        );
         for _ in 0..crate::testing::fuzz_iters(3000) {
             let n = rng.below(400);
             let mut b: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
             // Half the time, a plausible header: the right magic and version.
             if rng.below(2) == 0 && b.len() >= 8 {
-                b[..4].copy_from_slice(if rng.below(2) == 0 { b"WSEG" } else { b"WSNP" });
+                b[..4].copy_from_slice([b"WSEG", b"WSNP", b"WMRK"][rng.below(3)]);
                 b[4] = 1;
             }
             segments.try_one(|| decode_segment(&b));
             snapshots.try_one(|| decode_snapshot(&b));
+            marks.try_one(|| decode_mark(&b));
             keys.try_one(|| {
                 matches!(
                     crate::keys::parse_key("p", &String::from_utf8_lossy(&b)),
@@ -526,12 +556,13 @@ mod fuzz {
         }
         segments.report("segment decoder", "garbage");
         snapshots.report("snapshot decoder", "garbage");
+        marks.report("mark decoder", "garbage");
         keys.report("key parser", "garbage");
-        for t in [&segments, &snapshots, &keys] {
+        for t in [&segments, &snapshots, &marks, &keys] {
             assert_eq!(t.panics, 0, "a decoder panicked on garbage");
         }
         // Random bytes never carry a valid CRC32 in practice (2^-32 each).
-        assert_eq!(segments.accepted + snapshots.accepted, 0);
+        assert_eq!(segments.accepted + snapshots.accepted + marks.accepted, 0);
         // A snapshot claiming 4 billion pages of 64 KiB: read page by page,
         // so it fails at the first missing byte without allocating for it.
         let mut lying = snapshot();

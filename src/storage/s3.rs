@@ -73,6 +73,8 @@ pub const DEFAULT_PART_BYTES: u64 = 16 * 1024 * 1024;
 const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
 /// S3's largest part, and its largest single PutObject.
 const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// S3's largest object.
+const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 /// S3's most parts in one upload.
 const MAX_PARTS: u64 = 10_000;
 /// Buffer for reading a part to compute its CRC32.
@@ -1452,6 +1454,22 @@ impl S3Storage {
     }
 }
 
+/// The size a listing gives `key`, if it is one an S3 object can have. A
+/// restore plans its downloads from these sizes (a list of 2 MiB ranges), so
+/// a server claiming 16 EiB would make it allocate without end.
+fn listed_size(prefix: &str, key: &str, size: Option<u64>) -> Result<u64, String> {
+    match size {
+        None => Err(format!(
+            "the listing of {prefix:?} gives no size for {key:?}"
+        )),
+        Some(size) if size > MAX_OBJECT_BYTES => Err(format!(
+            "the listing of {prefix:?} gives {key:?} a size of {size} bytes, more than an S3 \
+             object can have (5 TiB); check that the endpoint is an S3 server"
+        )),
+        Some(size) => Ok(size),
+    }
+}
+
 /// Adds "after N attempts" to the detail of an error that was retried.
 fn note_attempts(error: &mut StorageError, tries: u32) {
     match error {
@@ -1493,15 +1511,12 @@ impl Storage for S3Storage {
         loop {
             let page = self.retry("list", prefix, || self.list_page(prefix, token.as_deref()))?;
             for object in page.contents {
-                let Some(size) = object.size else {
-                    return Err(StorageError::BadResponse {
+                let size = listed_size(prefix, &object.key, object.size).map_err(|detail| {
+                    StorageError::BadResponse {
                         location: self.location.clone(),
-                        detail: format!(
-                            "the listing of {prefix:?} gives no size for {:?}",
-                            object.key
-                        ),
-                    });
-                };
+                        detail,
+                    }
+                })?;
                 objects.push(ObjectMeta {
                     key: object.key,
                     size,
@@ -1954,6 +1969,19 @@ mod tests {
     }
 
     #[test]
+    fn listed_sizes_are_those_of_s3_objects() {
+        assert_eq!(listed_size("p", "p/k", Some(0)), Ok(0));
+        assert_eq!(
+            listed_size("p", "p/k", Some(MAX_OBJECT_BYTES)),
+            Ok(MAX_OBJECT_BYTES)
+        );
+        let err = listed_size("p", "p/k", Some(u64::MAX)).expect_err("16 EiB");
+        assert!(err.contains("\"p/k\"") && err.contains("5 TiB"), "{err}");
+        let err = listed_size("p", "p/k", None).expect_err("no size");
+        assert!(err.contains("no size"), "{err}");
+    }
+
+    #[test]
     fn keys_that_do_not_name_one_object_are_refused() {
         for key in ["", "/abs", "a/../b", "./a", "a//b", "a/", "a\nb"] {
             assert!(
@@ -2075,5 +2103,57 @@ n88mt2TK+7GHU3TH4s4O
         let err = S3Storage::new(settings(Some("http://127.0.0.1:9000"), false))
             .expect_err("IP + virtual host");
         assert!(err.to_string().contains("path-style"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! What a server answers is input from outside: listings, error
+    //! documents, HTML pages from proxies. Object keys come from listings.
+    use super::*;
+    use crate::testing::fuzz_text;
+
+    const LISTING: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><Prefix>t/</Prefix><KeyCount>2</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated><NextContinuationToken>tok</NextContinuationToken><EncodingType>url</EncodingType><Contents><Key>t/a%C3%A9/generations/x</Key><LastModified>2026-11-25T20:43:16.000Z</LastModified><ETag>&quot;e&quot;</ETag><Size>12</Size><StorageClass>STANDARD</StorageClass></Contents><Contents><Key>t/b&amp;c</Key><Size>0</Size></Contents><CommonPrefixes><Prefix>t/x/</Prefix></CommonPrefixes></ListBucketResult>"#;
+
+    #[test]
+    fn listings_never_panic() {
+        assert!(ListObjectsV2::parse_response(LISTING).is_ok());
+        fuzz_text("listing parser", 0x53_0001, 3000, &[LISTING], |text| {
+            ListObjectsV2::parse_response(text).is_ok()
+        });
+    }
+
+    #[test]
+    fn error_answers_never_panic() {
+        let bodies = [
+            "<?xml version=\"1.0\"?><Error><Code>PermanentRedirect</Code><Message>a &amp; b</Message><Region>eu-west-1</Region><Endpoint>s3.eu-west-1.amazonaws.com</Endpoint></Error>",
+            "<Error><Code>SlowDown</Code></Error>",
+            "<!DOCTYPE html><html><head><title>Console – Login</title></head></html>",
+            "<html><TITLE>é</TITLE>",
+        ];
+        fuzz_text(
+            "error answer classifier",
+            0x53_0002,
+            3000,
+            &bodies,
+            |text| {
+                let status = [301, 400, 403, 404, 416, 500, 503][text.len() % 7];
+                let failure = classify_status(status, text.as_bytes(), "s3://b", "t/k");
+                let _ = failure.error.to_string();
+                failure.retryable
+            },
+        );
+    }
+
+    #[test]
+    fn object_keys_never_panic() {
+        fuzz_text(
+            "S3 key check",
+            0x53_0003,
+            3000,
+            &["t/a/generations/x", "a"],
+            |key| check_key(key).is_ok(),
+        );
     }
 }
