@@ -543,7 +543,11 @@ impl DbHandle {
             self.in_read,
             "invariant: the read mark is moved only while one is held"
         );
-        let next = open_connection(&self.path, self.busy_timeout)?;
+        // Checked before the new connection reads anything, too: on a file
+        // renamed over the database it would open the same -shm file
+        // through a second SQLite inode, and closing that would drop every
+        // lock this process holds on it, walsync's read mark included.
+        let next = self.open_writer()?;
         begin_read_on(&next).map_err(self.err("take read lock"))?;
         if !self.db.still_at_path() {
             // `next` closes with its read transaction; the old one still

