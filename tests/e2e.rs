@@ -2586,17 +2586,33 @@ struct DirSetup {
 }
 
 impl DirSetup {
+    /// One `[[databases]]` table per (file in the directory, prefix).
     fn new(name: &str, dbs: &[(&str, &str)]) -> DirSetup {
         let dir = common::s3server::unique_temp_dir(&format!("walsync-{name}"));
+        let tables: String = dbs
+            .iter()
+            .map(|(file, prefix)| {
+                format!(
+                    "[[databases]]\npath = \"{}\"\nprefix = \"{prefix}\"\n",
+                    dir.join(file).display()
+                )
+            })
+            .collect();
+        DirSetup::in_dir(dir, &tables)
+    }
+
+    /// The config's tables as given (paths relative to the directory).
+    fn with_tables(name: &str, tables: &str) -> DirSetup {
+        DirSetup::in_dir(
+            common::s3server::unique_temp_dir(&format!("walsync-{name}")),
+            tables,
+        )
+    }
+
+    fn in_dir(dir: PathBuf, tables: &str) -> DirSetup {
         let backup = dir.join("backup");
         let config = dir.join("walsync.toml");
-        let mut text = format!("[storage]\ndir = \"{}\"\n", backup.display());
-        for (file, prefix) in dbs {
-            text.push_str(&format!(
-                "[[databases]]\npath = \"{}\"\nprefix = \"{prefix}\"\n",
-                dir.join(file).display()
-            ));
-        }
+        let text = format!("[storage]\ndir = \"{}\"\n{tables}", backup.display());
         std::fs::write(&config, text).unwrap();
         DirSetup {
             dir,
@@ -2605,9 +2621,9 @@ impl DirSetup {
         }
     }
 
-    /// Runs walsync with `args` (`{config}` stands for the config file's
-    /// path) and the extra environment `env`.
-    fn run(&self, args: &[&str], env: &[(&str, &Path)]) -> Output {
+    /// walsync with `args` (`{config}` stands for the config file's path),
+    /// run in the directory.
+    fn command(&self, args: &[&str]) -> Command {
         let config = self.config.to_str().unwrap();
         let args: Vec<&str> = args
             .iter()
@@ -2615,6 +2631,12 @@ impl DirSetup {
             .collect();
         let mut c = Command::new(bin());
         c.current_dir(&self.dir).env("RUST_LOG", "info").args(&args);
+        c
+    }
+
+    /// Runs walsync with `args` and the extra environment `env`.
+    fn run(&self, args: &[&str], env: &[(&str, &Path)]) -> Output {
+        let mut c = self.command(args);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -3015,44 +3037,6 @@ fn stray_objects_are_named_by_list_and_verify_and_ignored_by_restore() {
     }
 }
 
-/// A scratch directory whose config keeps its backups in a local directory
-/// (`[storage] dir`): for tests of input handling, which need no S3 server.
-struct DirOnly {
-    dir: PathBuf,
-}
-
-impl DirOnly {
-    fn new(name: &str) -> DirOnly {
-        let dir = std::env::temp_dir().join(format!("walsync-e2e-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        DirOnly { dir }
-    }
-
-    /// Writes `walsync.toml` with dir storage `backups` and `tables`.
-    fn config(&self, tables: &str) -> String {
-        let path = self.dir.join("walsync.toml");
-        std::fs::write(&path, format!("[storage]\ndir = \"backups\"\n{tables}")).unwrap();
-        path.to_str().unwrap().to_string()
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
-        c.current_dir(&self.dir).env("RUST_LOG", "info").args(args);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-}
-
-impl Drop for DirOnly {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// The process ended by exiting, not by a signal (SIGABRT is what a panic
 /// gives in the release build), and said nothing of a panic.
 fn assert_no_abort(what: &str, o: &Output) {
@@ -3067,8 +3051,11 @@ fn assert_no_abort(what: &str, o: &Output) {
 
 #[test]
 fn bad_timestamps_are_usage_errors_never_an_abort() {
-    let setup = DirOnly::new("timestamps");
-    let cfg = setup.config("[[databases]]\npath = \"app.db\"\nprefix = \"apps/a\"\n");
+    let setup = DirSetup::with_tables(
+        "timestamps",
+        "[[databases]]\npath = \"app.db\"\nprefix = \"apps/a\"\n",
+    );
+    let cfg = setup.config.to_str().unwrap();
     for timestamp in [
         "2026-11-25T20:43:16+0é00",
         "2026-11-25T20:43:16+é:00",
@@ -3080,14 +3067,14 @@ fn bad_timestamps_are_usage_errors_never_an_abort() {
         for args in [
             vec!["restore", "--dir", "d", "--prefix", "a", "-o", "x.db"],
             vec!["restore-all", "--dir", "d", "--output-dir", "out"],
-            vec!["restore-all", "--config", &cfg, "--output-dir", "out"],
+            vec!["restore-all", "--config", cfg, "--output-dir", "out"],
             vec!["verify", "--dir", "d"],
-            vec!["verify", "--config", &cfg],
+            vec!["verify", "--config", cfg],
         ] {
             let what = format!("{} --timestamp {timestamp:?}", args.join(" "));
             let mut args = args.clone();
             args.extend(["--timestamp", timestamp]);
-            let o = setup.run(&args);
+            let o = setup.run(&args, &[]);
             assert_no_abort(&what, &o);
             let err = String::from_utf8_lossy(&o.stderr);
             assert_eq!(o.status.code(), Some(2), "{what}: {err}");
@@ -3114,21 +3101,24 @@ fn copy_tree(from: &Path, to: &Path) {
 
 #[test]
 fn a_non_ascii_key_in_the_bucket_is_named_never_an_abort() {
-    let setup = DirOnly::new("non-ascii-key");
+    let setup = DirSetup::with_tables(
+        "non-ascii-key",
+        "[[directories]]\ndir = \"tenants\"\npattern = \"*.db\"\nprefix = \"tenants/{name}\"\n",
+    );
     std::fs::create_dir_all(setup.dir.join("tenants")).unwrap();
     let c = open_app(&setup.dir.join("tenants/acme.db"));
     insert(&c, 1);
-    let cfg = setup.config(
-        "[[directories]]\ndir = \"tenants\"\npattern = \"*.db\"\nprefix = \"tenants/{name}\"\n",
-    );
-    let o = setup.run(&["snapshot", "--config", &cfg]);
+    let o = setup.run(&["snapshot", "--config", "{config}"], &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // What no walsync writes (prefixes are ASCII), but a bucket may hold:
     // tenants/é/generations/..., here a copy of a real backup.
-    let backups = setup.dir.join("backups/tenants");
+    let backups = setup.backup.join("tenants");
     copy_tree(&backups.join("acme"), &backups.join("é"));
 
-    let o = setup.run(&["restore-all", "--config", &cfg, "--output-dir", "out"]);
+    let o = setup.run(
+        &["restore-all", "--config", "{config}", "--output-dir", "out"],
+        &[],
+    );
     assert_no_abort("restore-all", &o);
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -3146,7 +3136,7 @@ fn a_non_ascii_key_in_the_bucket_is_named_never_an_abort() {
         rows(&setup.dir.join("tenants/acme.db"))
     );
 
-    let o = setup.run(&["verify", "--config", &cfg]);
+    let o = setup.run(&["verify", "--config", "{config}"], &[]);
     assert_no_abort("verify", &o);
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -3163,18 +3153,18 @@ fn output_into_a_closed_pipe_ends_quietly() {
     use std::io::Read;
     use std::os::fd::{FromRawFd, OwnedFd};
 
-    let setup = DirOnly::new("closed-pipe");
     // Enough databases for `list --json` to write far more than a pipe holds.
     let long = "x".repeat(200);
     let tables: String = (0..400)
         .map(|i| format!("[[databases]]\npath = \"db{i}.db\"\nprefix = \"fleet/{long}/{i}\"\n"))
         .collect();
-    let cfg = setup.config(&tables);
+    let setup = DirSetup::with_tables("closed-pipe", &tables);
+    let cfg = setup.config.to_str().unwrap();
 
     // A reader that takes 100 bytes and goes away (`| head -c 100`).
     for args in [
-        vec!["list", "--json", "--config", &cfg],
-        vec!["list", "--config", &cfg],
+        vec!["list", "--json", "--config", cfg],
+        vec!["list", "--config", cfg],
     ] {
         let mut child = setup
             .command(&args)
@@ -3199,7 +3189,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
     for args in [
         vec!["--help"],
         vec!["list", "--help"],
-        vec!["list", "--json", "--config", &cfg],
+        vec!["list", "--json", "--config", cfg],
     ] {
         let mut fds = [0; 2];
         // SAFETY: pipe(2) fills two descriptors we then own.
