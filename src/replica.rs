@@ -174,6 +174,20 @@ struct Live {
     mark_zero: bool,
 }
 
+impl Live {
+    /// Moves the read mark to the WAL's end and backfills (see
+    /// `Replica::settle`); returns the checkpoint's result and the WAL end
+    /// it reported, which the new read transaction sees at most.
+    fn move_mark(&mut self, db: &Path) -> Result<(sqlite::CheckpointResult, WalEnd), ReplicaError> {
+        let ck = self.handle.move_read_mark()?;
+        let end = wal_end_after(db, &ck)?;
+        self.view = Some(end);
+        self.backfilled = ck.complete();
+        self.mark_zero = false;
+        Ok((ck, end))
+    }
+}
+
 /// The end of the committed frames of one WAL: its salts and frame count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct WalEnd {
@@ -183,6 +197,15 @@ struct WalEnd {
 }
 
 impl WalEnd {
+    /// The end a checkpoint reported, in the WAL with `header`.
+    fn reported(header: Option<WalHeader>, ck: &sqlite::CheckpointResult) -> WalEnd {
+        WalEnd {
+            salt1: header.map_or(0, |h| h.salt1),
+            salt2: header.map_or(0, |h| h.salt2),
+            frames: ck.log_frames.max(0) as u64,
+        }
+    }
+
     fn of(pos: &WalPos, page_size: u32) -> WalEnd {
         WalEnd {
             salt1: pos.salt1,
@@ -853,12 +876,11 @@ impl Replica {
     /// The read mark is moved to the WAL's end by a handover (a new
     /// connection takes its read transaction before the old one ends its
     /// own), then a PASSIVE checkpoint, bounded by the new mark, backfills.
-    /// walsync therefore always holds a read mark, and it holds mark 0 (no
-    /// pin: the application may restart the WAL, and its own RESTART and
-    /// TRUNCATE checkpoints succeed) only once every frame is shipped and
-    /// backfilled. A new read transaction gets mark 0 only when the WAL is
-    /// fully backfilled as it starts; so while frames are unshipped the
-    /// mark is moved only when that cannot be the case:
+    /// walsync therefore always holds a read mark. It must not be mark 0
+    /// (no pin: the application could restart the WAL) while a frame is
+    /// unshipped, and a new read transaction gets mark 0 when the WAL is
+    /// fully backfilled as it starts; so the mark is moved only when that
+    /// cannot be the case:
     /// - after a complete ship, the old mark is at or below the shipped
     ///   end, so nothing after it can have been backfilled;
     /// - during an outage, only once the WAL has grown (or been restarted,
@@ -876,18 +898,11 @@ impl Replica {
                 // nothing.
                 return Ok(());
             }
-            let ck = live
-                .handle
-                .move_read_mark(true)?
-                .expect("invariant: asked for a checkpoint");
-            let end = wal_end_after(&path, &ck)?;
-            live.view = Some(end);
-            live.backfilled = ck.complete();
+            let (ck, end) = live.move_mark(&path)?;
             let at_end = match live.cursor.pos {
                 Some(p) => WalEnd::of(&p, page_size) == end,
                 None => end.frames == 0,
             };
-            live.mark_zero = false;
             if ck.complete() && at_end {
                 // The database file is exactly what was shipped, and the
                 // read mark (at the WAL's end, which is fully backfilled)
@@ -917,13 +932,7 @@ impl Replica {
             live.view = Some(end);
             return Ok(());
         }
-        let ck = live
-            .handle
-            .move_read_mark(true)?
-            .expect("invariant: asked for a checkpoint");
-        live.mark_zero = false;
-        live.view = Some(wal_end_after(&path, &ck)?);
-        live.backfilled = ck.complete();
+        let (ck, _) = live.move_mark(&path)?;
         log::debug!("{}: settled while uploads fail: {ck:?}", path.display());
         Ok(())
     }
@@ -1312,11 +1321,8 @@ impl Replica {
         // end (log_frames) must be exactly where walsync stands. If not,
         // something walsync has not shipped could be in the database file
         // now, and only a new generation is safe.
+        let header = wal_header(&path)?;
         if ck.log_frames > 0 {
-            let header = WalFile::open(&path)?
-                .map(|w| w.header())
-                .transpose()?
-                .flatten();
             let agrees = match (header, shipped_to) {
                 (Some(h), Some(p)) => {
                     p.same_wal(&h)
@@ -1336,7 +1342,7 @@ impl Replica {
         }
         // The read transaction began under the write lock, right after the
         // checkpoint: it sees exactly the end the checkpoint reported.
-        let end = wal_end_after(&path, &ck)?;
+        let end = WalEnd::reported(header, &ck);
         let live = self.live_mut();
         live.cursor.base_is_db_file = ck.complete();
         live.backfilled = ck.complete();
@@ -1826,28 +1832,24 @@ fn file_as_left(
 /// header): then every frame in it came after `pos`. A WAL with the same
 /// salts that does not continue `pos` proves nothing.
 fn wal_restarted_since(db: &Path, pos: Option<WalPos>) -> Result<bool, ReplicaError> {
-    let header = match WalFile::open(db)? {
-        Some(w) => w.header()?,
-        None => None,
-    };
-    Ok(match (header, pos) {
+    Ok(match (wal_header(db)?, pos) {
         (Some(h), Some(p)) => !p.same_wal(&h),
         _ => true,
     })
 }
 
+/// The WAL's header, if it has a valid one.
+fn wal_header(db: &Path) -> Result<Option<WalHeader>, ReplicaError> {
+    match WalFile::open(db)? {
+        Some(w) => w.header(),
+        None => Ok(None),
+    }
+}
+
 /// The WAL end a checkpoint result reports, with the salts of the WAL
 /// as it is now.
 fn wal_end_after(db: &Path, ck: &sqlite::CheckpointResult) -> Result<WalEnd, ReplicaError> {
-    let header = match WalFile::open(db)? {
-        Some(w) => w.header()?,
-        None => None,
-    };
-    Ok(WalEnd {
-        salt1: header.map_or(0, |h| h.salt1),
-        salt2: header.map_or(0, |h| h.salt2),
-        frames: ck.log_frames.max(0) as u64,
-    })
+    Ok(WalEnd::reported(wal_header(db)?, ck))
 }
 
 /// Whether the current WAL provably continues `pos`: same salts, and the

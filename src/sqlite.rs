@@ -523,8 +523,8 @@ impl DbHandle {
     /// holding no read mark at all: a new connection takes its read
     /// transaction first (after which the path is checked again: the new
     /// mark was taken on the file walsync holds), then the old one ends its
-    /// own and, with `checkpoint`, runs a PASSIVE checkpoint, which the new
-    /// mark bounds, before it closes. The new connection becomes the reader.
+    /// own and runs a PASSIVE checkpoint, which the new mark bounds, before
+    /// it closes. The new connection becomes the reader.
     ///
     /// This is how walsync keeps the WAL backfilled without the write lock
     /// (README "How replication stays correct"): while a read mark is at an
@@ -535,10 +535,7 @@ impl DbHandle {
     /// The new mark is 0 (no pin on the WAL at all: the application may
     /// restart it) only if the WAL was fully backfilled when it was taken;
     /// callers make sure that happens only when every frame is shipped.
-    pub fn move_read_mark(
-        &mut self,
-        checkpoint: bool,
-    ) -> Result<Option<CheckpointResult>, SqliteError> {
+    pub fn move_read_mark(&mut self) -> Result<CheckpointResult, SqliteError> {
         assert!(
             self.in_read,
             "invariant: the read mark is moved only while one is held"
@@ -556,13 +553,9 @@ impl DbHandle {
         }
         let old = std::mem::replace(&mut self.reader, next);
         old.execute_batch("COMMIT").map_err(self.err("end read"))?;
-        let ck = if checkpoint {
-            Some(self::checkpoint(&old, "PASSIVE").map_err(self.err("checkpoint"))?)
-        } else {
-            None
-        };
+        let ck = checkpoint(&old, "PASSIVE").map_err(self.err("checkpoint"));
         drop(old);
-        Ok(ck)
+        ck
     }
 
     /// `PRAGMA wal_checkpoint(PASSIVE)` on a connection of its own while the
@@ -819,6 +812,23 @@ mod tests {
     }
 
     #[test]
+    fn the_read_mark_moves_to_the_end_and_the_wal_is_backfilled() {
+        let (dir, db) = temp_db("move-mark");
+        let a = app(&db);
+        let mut h = DbHandle::open(&db, Duration::from_secs(1)).unwrap();
+        h.begin_read().unwrap();
+        for _ in 0..2 {
+            for i in 0..20 {
+                a.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+            }
+            let ck = h.move_read_mark().unwrap();
+            assert!(ck.complete(), "{ck:?}");
+        }
+        drop(h);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_file_that_replaced_the_database_is_never_locked_or_checkpointed() {
         let (dir, db) = temp_db("replaced");
         let mut h = DbHandle::open(&db, Duration::from_secs(1)).unwrap();
@@ -841,36 +851,6 @@ mod tests {
             std::fs::metadata(wal_path(&db)).unwrap().len() > 0,
             "the new file's WAL was not checkpointed"
         );
-        drop(h);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
-#[cfg(test)]
-mod move_mark_tests {
-    use super::*;
-
-    #[test]
-    fn the_read_mark_moves_to_the_end_and_the_wal_is_backfilled() {
-        let dir = std::env::temp_dir().join(format!("walsync-move-mark-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = dir.join("t.db");
-        let a = Connection::open(&db).unwrap();
-        a.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);")
-            .unwrap();
-        let mut h = DbHandle::open(&db, Duration::from_secs(1)).unwrap();
-        h.begin_read().unwrap();
-        for i in 0..20 {
-            a.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
-        }
-        let ck = h.move_read_mark(true).unwrap().unwrap();
-        assert!(ck.complete(), "{ck:?}");
-        for i in 0..20 {
-            a.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
-        }
-        let ck = h.move_read_mark(true).unwrap().unwrap();
-        assert!(ck.complete(), "{ck:?}");
         drop(h);
         std::fs::remove_dir_all(&dir).unwrap();
     }
