@@ -19,8 +19,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use walsync::storage::s3::S3Settings;
 
-/// The s3s-fs version the harness is written against.
-pub const S3S_FS_VERSION: &str = "0.14.1";
+/// The s3s-fs version the harness is written against: the one
+/// `contrib/tools.versions` names (where `contrib/test.sh` reads it too).
+pub fn s3s_fs_version() -> &'static str {
+    include_str!("../../contrib/tools.versions")
+        .lines()
+        .find_map(|line| line.strip_prefix("S3S_FS_VERSION="))
+        .map(str::trim)
+        .expect("contrib/tools.versions names S3S_FS_VERSION")
+}
 /// How long the server may take to accept connections.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Region we sign for; s3s-fs accepts any.
@@ -49,9 +56,10 @@ impl S3Server {
     pub fn start() -> S3Server {
         let binary = s3s_fs_binary();
         if !binary.is_file() {
+            let v = s3s_fs_version();
             panic!(
                 "s3s-fs not found at {} (set WALSYNC_S3S_FS or install it with \
-                 `cargo install s3s-fs --version {S3S_FS_VERSION} --features binary --root ~/.cache/walsync-tools/s3s-fs-{S3S_FS_VERSION}`)",
+                 `cargo install s3s-fs --version {v} --features binary --root ~/.cache/walsync-tools/s3s-fs-{v}`)",
                 binary.display()
             );
         }
@@ -220,7 +228,8 @@ fn s3s_fs_binary() -> PathBuf {
     let home = std::env::var_os("HOME")
         .unwrap_or_else(|| panic!("HOME is not set; set WALSYNC_S3S_FS instead"));
     Path::new(&home).join(format!(
-        ".cache/walsync-tools/s3s-fs-{S3S_FS_VERSION}/bin/s3s-fs"
+        ".cache/walsync-tools/s3s-fs-{}/bin/s3s-fs",
+        s3s_fs_version()
     ))
 }
 
