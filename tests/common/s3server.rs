@@ -6,7 +6,6 @@
 //! `~/.cache/walsync-tools/s3s-fs-0.14.1/bin/s3s-fs` (where CI installs it).
 //! If it is missing or does not come up, the test panics with the reason:
 //! nothing is skipped silently.
-#![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::fs::{self, File};
 use std::hash::{BuildHasher, RandomState};
@@ -15,7 +14,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use walsync::storage::s3::S3Settings;
 
@@ -64,7 +63,7 @@ impl S3Server {
             );
         }
 
-        let dir = unique_temp_dir("walsync-s3s");
+        let dir = super::unique_temp_dir("walsync-s3s");
         let root = dir.join("data");
         let bucket = "walsync-test".to_owned();
         fs::create_dir_all(root.join(&bucket))
@@ -272,20 +271,6 @@ fn log_tail(path: &Path) -> String {
     } else {
         tail
     }
-}
-
-/// A new, empty directory under the system temp dir, unique per process and
-/// call.
-pub fn unique_temp_dir(prefix: &str) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos}", std::process::id()));
-    fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-    path
 }
 
 /// `len` random lower-case hex digits (not cryptographic; test credentials).
