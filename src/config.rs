@@ -28,7 +28,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::discovery;
+use crate::file_pattern;
+use crate::keys::prefix::check_template;
 pub use crate::keys::prefix::{validate_prefix, MAX_PREFIX_LEN};
 use crate::storage::s3::S3Settings;
 
@@ -139,14 +140,14 @@ pub struct DirectoryConfig {
     /// The directory, resolved against the config file's directory and
     /// lexically normalised like [`DatabaseConfig::path`].
     pub dir: PathBuf,
-    /// Glob on the file name ([`crate::discovery::glob_match`]), checked by
-    /// [`crate::discovery::check_pattern`]. Default [`DEFAULT_PATTERN`].
+    /// Glob on the file name ([`crate::file_pattern::glob_match`]), checked by
+    /// [`crate::file_pattern::check_pattern`]. Default [`DEFAULT_PATTERN`].
     pub pattern: String,
     /// Whether subdirectories are searched too (symlinked ones never are).
     pub recursive: bool,
     /// `prefix` as written, e.g. `"tenants/{name}"`: `{name}` is the file name
     /// without its last extension, `{path}` the path below `dir` without it.
-    /// Checked by [`crate::discovery::check_template`].
+    /// Checked by [`crate::keys::prefix::check_template`].
     pub prefix_template: String,
     pub sync_interval: Duration,
     pub snapshot_interval: Duration,
@@ -1321,14 +1322,14 @@ impl Document<'_> {
             let pattern = match &table.pattern {
                 None => DEFAULT_PATTERN.to_string(),
                 Some(pattern) => {
-                    discovery::check_pattern(pattern.get_ref()).map_err(|problem| {
+                    file_pattern::check_pattern(pattern.get_ref()).map_err(|problem| {
                         self.error(Some(pattern.span()), &key("pattern"), problem, PATTERN_FORM)
                     })?;
                     pattern.get_ref().clone()
                 }
             };
             let template = &table.prefix;
-            let fixed = discovery::check_template(template.get_ref()).map_err(|problem| {
+            let fixed = check_template(template.get_ref()).map_err(|problem| {
                 self.error(
                     Some(template.span()),
                     &key("prefix"),
@@ -1406,7 +1407,7 @@ impl Document<'_> {
                 let Ok(relative) = db.path.strip_prefix(&directory.dir) else {
                     continue;
                 };
-                if !discovery::is_candidate(directory, relative) {
+                if !file_pattern::is_candidate(&directory.pattern, directory.recursive, relative) {
                     continue;
                 }
                 return Err(self.error(
