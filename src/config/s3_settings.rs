@@ -193,17 +193,28 @@ pub(super) fn validate_bucket(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+const NO_HOST: &str = "the endpoint has no host";
+const BAD_PORT: &str = "the endpoint's port is not a number from 1 to 65535";
+const UNCLOSED_HOST: &str = "the endpoint's host is not closed by ']'";
+
 /// An endpoint must be `http://` or `https://` with a host, and no
-/// credentials, query or fragment. Returns it without a trailing `/`. The
-/// value is never echoed (it could hold `user:password@`).
-pub(super) fn validate_endpoint(url: &str) -> Result<String, String> {
-    let rest = url
+/// credentials, query or fragment. Host and port are read by the url crate,
+/// the parser `S3Storage::new` uses, so an endpoint accepted here is one it
+/// accepts. Returns it without a trailing `/`. The value is never echoed (it
+/// could hold `user:password@`).
+pub(super) fn validate_endpoint(endpoint: &str) -> Result<String, String> {
+    let rest = endpoint
         .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
+        .or_else(|| endpoint.strip_prefix("https://"))
         .ok_or_else(|| "the endpoint must start with http:// or https://".to_string())?;
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if endpoint
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err("the endpoint contains whitespace".to_string());
     }
+    // The authority as written: the url crate drops an empty `@` or `:` and
+    // reads `http:///h` as `http://h`, all of which are refused here.
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.contains('@') {
         return Err(
@@ -214,35 +225,27 @@ pub(super) fn validate_endpoint(url: &str) -> Result<String, String> {
     if rest.contains('?') || rest.contains('#') {
         return Err("the endpoint has a query or fragment ('?' or '#')".to_string());
     }
-    let (host, port) = split_authority(authority)
-        .ok_or_else(|| "the endpoint's host is not closed by ']'".to_string())?;
-    if host.is_empty() || host == "[]" {
-        return Err("the endpoint has no host".to_string());
-    }
-    if let Some(port) = port {
-        if port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err("the endpoint's port is not a number from 1 to 65535".to_string());
+    let url = url::Url::parse(endpoint).map_err(|e| {
+        match e {
+            url::ParseError::EmptyHost => NO_HOST,
+            url::ParseError::InvalidPort => BAD_PORT,
+            url::ParseError::InvalidIpv6Address => match authority.split_once(']') {
+                None => UNCLOSED_HOST,
+                Some(("[", _)) => NO_HOST,
+                Some((_, after)) if !after.is_empty() && !after.starts_with(':') => UNCLOSED_HOST,
+                Some(_) => "the endpoint's host is not a valid IPv6 address",
+            },
+            _ => "the endpoint's host is not a valid host name or IP address",
         }
+        .to_string()
+    })?;
+    if authority.is_empty() {
+        return Err(NO_HOST.to_string());
     }
-    Ok(url.trim_end_matches('/').to_string())
-}
-
-/// `host:port` → (`host`, `Some("port")`); an IPv6 host keeps its brackets.
-/// `None` if a `[` is not closed or is followed by something but a port.
-pub(super) fn split_authority(authority: &str) -> Option<(&str, Option<&str>)> {
-    if authority.starts_with('[') {
-        let end = authority.find(']')? + 1;
-        let (host, rest) = authority.split_at(end);
-        match rest {
-            "" => Some((host, None)),
-            _ => Some((host, Some(rest.strip_prefix(':')?))),
-        }
-    } else {
-        Some(match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        })
+    if authority.ends_with(':') || url.port() == Some(0) {
+        return Err(BAD_PORT.to_string());
     }
+    Ok(endpoint.trim_end_matches('/').to_string())
 }
 
 /// Why virtual-host style URLs (`bucket.host/key`) cannot work with this
@@ -259,14 +262,8 @@ pub(super) fn virtual_host_problem(bucket: &str, endpoint: Option<&str>) -> Opti
              valid host name"
         ));
     }
-    let authority = endpoint?
-        .split_once("://")?
-        .1
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    let (host, _) = split_authority(authority)?;
-    (host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok()).then(|| {
+    let url = url::Url::parse(endpoint?).ok()?;
+    matches!(url.host()?, url::Host::Ipv4(_) | url::Host::Ipv6(_)).then(|| {
         "virtual-host style URLs put the bucket in the host name, and the endpoint's host is \
          an IP address"
             .to_string()
@@ -302,6 +299,80 @@ pub(super) fn check_credential(value: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::config::testing::*;
+
+    #[test]
+    fn endpoints_are_checked() {
+        let scheme = "the endpoint must start with http:// or https://";
+        let whitespace = "the endpoint contains whitespace";
+        let credentials =
+            "the endpoint contains credentials (user@); they are not allowed in the URL";
+        let query = "the endpoint has a query or fragment ('?' or '#')";
+        let bad_host = "the endpoint's host is not a valid host name or IP address";
+        let bad_ipv6 = "the endpoint's host is not a valid IPv6 address";
+        for (endpoint, expected) in [
+            ("http://127.0.0.1:9000", Ok("http://127.0.0.1:9000")),
+            (
+                "https://s3.eu-west-1.amazonaws.com/",
+                Ok("https://s3.eu-west-1.amazonaws.com"),
+            ),
+            ("http://[::1]:9000/", Ok("http://[::1]:9000")),
+            (
+                "http://minio.internal/base//",
+                Ok("http://minio.internal/base"),
+            ),
+            ("http://h:65535", Ok("http://h:65535")),
+            ("ftp://x", Err(scheme)),
+            ("127.0.0.1:9000", Err(scheme)),
+            ("HTTP://h", Err(scheme)),
+            ("http://h x", Err(whitespace)),
+            ("http://h\n", Err(whitespace)),
+            ("http://user:pw@host", Err(credentials)),
+            ("http://@host", Err(credentials)),
+            ("http://h?x", Err(query)),
+            ("http://h/#x", Err(query)),
+            ("http://", Err(NO_HOST)),
+            ("http://:9000", Err(NO_HOST)),
+            ("http:///h", Err(NO_HOST)),
+            ("http://[]:9000", Err(NO_HOST)),
+            ("http://[::1", Err(UNCLOSED_HOST)),
+            ("http://[::1]x", Err(UNCLOSED_HOST)),
+            ("http://h:0", Err(BAD_PORT)),
+            ("http://h:", Err(BAD_PORT)),
+            ("http://h:99999", Err(BAD_PORT)),
+            ("http://h:+1", Err(BAD_PORT)),
+            ("http://a:b:c", Err(BAD_PORT)),
+            ("http://[::1]:", Err(BAD_PORT)),
+            ("http://a<b", Err(bad_host)),
+            ("http://256.0.0.1", Err(bad_host)),
+            ("http://[zz]", Err(bad_ipv6)),
+        ] {
+            let result = validate_endpoint(endpoint);
+            assert_eq!(
+                result,
+                expected.map(str::to_string).map_err(str::to_string),
+                "{endpoint:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn virtual_host_style_needs_a_host_name_for_the_bucket_and_the_endpoint() {
+        for (bucket, endpoint, refused) in [
+            ("my-backups", None, false),
+            ("my-backups", Some("https://s3.example.com"), false),
+            ("my.backups-1", Some("http://minio.internal:9000"), false),
+            ("My-Backups", None, true),
+            ("my_backups", Some("https://s3.example.com"), true),
+            ("my-backups", Some("http://127.0.0.1:9000"), true),
+            ("my-backups", Some("http://[::1]:9000"), true),
+        ] {
+            assert_eq!(
+                virtual_host_problem(bucket, endpoint).is_some(),
+                refused,
+                "{bucket:?} {endpoint:?}"
+            );
+        }
+    }
 
     #[test]
     fn flags_build_s3_settings() {
