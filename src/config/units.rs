@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+/// Parses a duration such as `"500ms"`, `"1s"`, `"10m"`, `"1h30m"`, `"72h"`
 /// or `"7d"`: whole numbers with units `d`, `h`, `m`, `s`, `ms`, largest
 /// first, each at most once. Empty, negative, fractional, unit-less and zero
 /// durations are rejected (every walsync duration is an interval, where zero
