@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
+pub mod file_pattern;
 pub mod format;
 pub mod keys;
 pub mod logging;
