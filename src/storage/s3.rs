@@ -25,15 +25,12 @@
 //! never leaves an object under the key: S3 makes the object appear only on
 //! CompleteMultipartUpload.
 
-use std::cell::Cell;
 use std::ffi::OsString;
 use std::fmt;
 use std::fmt::Write as _;
-use std::hash::{BuildHasher, RandomState};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusty_s3::actions::{ListObjectsV2, ListObjectsV2Response};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
@@ -42,6 +39,7 @@ use ureq::tls::{PemItem, RootCerts, TlsConfig};
 use ureq::{Agent, SendBody};
 
 use super::{Body, ObjectMeta, ObjectReader, Storage, StorageError};
+use crate::backoff::{self, Jitter};
 
 /// How long a presigned URL stays valid. Each request is signed right before
 /// it is sent, so this only has to cover clock skew and a slow start.
@@ -141,47 +139,8 @@ impl RetryPolicy {
     /// random `unit` in `[0, 1)`: "equal jitter", i.e. between half and all of
     /// `min(max_delay, base_delay * 2^(retry-1))`.
     pub fn backoff(&self, retry: u32, unit: f64) -> Duration {
-        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
-        let cap = self.base_delay.saturating_mul(factor).min(self.max_delay);
-        let half = cap / 2;
-        half + (cap - half).mul_f64(unit.clamp(0.0, 1.0))
-    }
-}
-
-/// A tiny xorshift generator for backoff jitter (no `rand` dependency).
-struct Jitter(Cell<u64>);
-
-impl Jitter {
-    /// Seeded from the clock, a per-process random hasher (which differs per
-    /// process) and a counter, so that threads retrying together spread out.
-    fn seeded() -> Jitter {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let hashed = RandomState::new().hash_one((nanos, count, std::thread::current().id()));
-        Jitter::from_seed(hashed)
-    }
-
-    fn from_seed(seed: u64) -> Jitter {
-        // xorshift must never hold 0.
-        Jitter(Cell::new(if seed == 0 {
-            0x9E37_79B9_7F4A_7C15
-        } else {
-            seed
-        }))
-    }
-
-    /// A value in `[0, 1)`.
-    fn next_unit(&self) -> f64 {
-        let mut x = self.0.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
+        let cap = backoff::exponential(self.base_delay, retry.saturating_sub(1), self.max_delay);
+        backoff::down_to_half(cap, unit)
     }
 }
 
@@ -1828,16 +1787,6 @@ mod tests {
         }
         assert_eq!(policy.backoff(1, 1.0), Duration::from_millis(100));
         assert_eq!(policy.backoff(u32::MAX, 1.0), Duration::from_secs(5));
-    }
-
-    #[test]
-    fn jitter_stays_in_unit_interval_and_varies() {
-        let jitter = Jitter::from_seed(0);
-        let values: Vec<f64> = (0..1000).map(|_| jitter.next_unit()).collect();
-        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
-        let mean = values.iter().sum::<f64>() / values.len() as f64;
-        assert!((0.4..0.6).contains(&mean), "mean {mean}");
-        assert_ne!(Jitter::seeded().next_unit(), Jitter::seeded().next_unit());
     }
 
     #[test]
