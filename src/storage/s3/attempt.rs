@@ -6,11 +6,14 @@
 
 use std::io::{self, Read};
 
-use rusty_s3::actions::{ListObjectsV2, ListObjectsV2Response};
+use rusty_s3::actions::ListObjectsV2Response;
 use ureq::http::Response;
 use ureq::SendBody;
 
-use super::answers::{classify_status, classify_transport, excerpt, html_page, xml_text, Failure};
+use super::answers::{
+    classify_status, classify_transport, completed_upload, listing_page, stored_etag, upload_id,
+    Failure, LIST_PAGE_LIMIT,
+};
 use super::multipart::{
     complete_upload_xml, open_part, short_part, PartReader, PartSpan, UploadedPart,
 };
@@ -23,8 +26,6 @@ const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 /// How much of a body we read only to reuse the connection; past this, the
 /// connection is dropped instead.
 const DRAIN_LIMIT: u64 = 1024 * 1024;
-/// Largest ListObjectsV2 page we accept (1000 keys are far below this).
-const LIST_PAGE_LIMIT: u64 = 32 * 1024 * 1024;
 
 /// Reads up to `limit` bytes of a body, ignoring read errors (the caller only
 /// wants a description), then drains the rest so the connection can be reused.
@@ -149,19 +150,16 @@ impl S3Storage {
         if !response.status().is_success() {
             return Err(self.rejected(response, key));
         }
-        let etag = header(&response, "etag").is_some();
+        let etag = header(&response, "etag").map(str::to_owned);
         let echoed = header(&response, CHECKSUM_HEADER).map(str::to_owned);
         drain(response);
-        if !etag {
-            return Err(self.bad_response(format!(
-                "PutObject of {key:?} answered success without an ETag header"
-            )));
-        }
-        if let Some(echoed) = echoed.filter(|e| e != checksum) {
-            return Err(self.bad_response(format!(
-                "PutObject of {key:?} stored CRC32 {echoed}, but we sent {checksum}"
-            )));
-        }
+        stored_etag(
+            &format!("PutObject of {key:?}"),
+            etag,
+            echoed.as_deref(),
+            checksum,
+        )
+        .map_err(|detail| self.bad_response(detail))?;
         Ok(())
     }
 
@@ -178,13 +176,7 @@ impl S3Storage {
             return Err(self.rejected(response, key));
         }
         let text = self.read_answer(response, "CreateMultipartUpload", key)?;
-        match xml_text(&text, "UploadId") {
-            Some(id) if !id.is_empty() => Ok(id),
-            _ => Err(self.bad_response(format!(
-                "CreateMultipartUpload of {key:?} answered without an UploadId: {:?}",
-                excerpt(&text)
-            ))),
-        }
+        upload_id(key, &text).map_err(|detail| self.bad_response(detail))
     }
 
     /// Sends one part; returns its ETag.
@@ -229,19 +221,13 @@ impl S3Storage {
         let etag = header(&response, "etag").map(str::to_owned);
         let echoed = header(&response, CHECKSUM_HEADER).map(str::to_owned);
         drain(response);
-        let Some(etag) = etag else {
-            return Err(self.bad_response(format!(
-                "UploadPart {} of {key:?} answered success without an ETag header",
-                part.number
-            )));
-        };
-        if let Some(echoed) = echoed.filter(|e| e != checksum) {
-            return Err(self.bad_response(format!(
-                "UploadPart {} of {key:?} stored CRC32 {echoed}, but we sent {checksum}",
-                part.number
-            )));
-        }
-        Ok(etag)
+        stored_etag(
+            &format!("UploadPart {} of {key:?}", part.number),
+            etag,
+            echoed.as_deref(),
+            checksum,
+        )
+        .map_err(|detail| self.bad_response(detail))
     }
 
     /// Completes the upload; returns the object's `ChecksumCRC32` if the
@@ -270,22 +256,7 @@ impl S3Storage {
             return Err(self.rejected(response, key));
         }
         let text = self.read_answer(response, "CompleteMultipartUpload", key)?;
-        // S3 may answer 200 and report an error in the body.
-        if text.contains("<Error>") {
-            return Err(classify_status(
-                status,
-                text.as_bytes(),
-                &self.location,
-                key,
-            ));
-        }
-        if !text.contains("<CompleteMultipartUploadResult") {
-            return Err(self.bad_response(format!(
-                "CompleteMultipartUpload of {key:?} answered {:?}",
-                excerpt(&text)
-            )));
-        }
-        Ok(xml_text(&text, "ChecksumCRC32").filter(|c| !c.is_empty()))
+        completed_upload(status, &text, &self.location, key)
     }
 
     pub(super) fn abort_upload_once(&self, key: &str, upload_id: &str) -> Result<(), Failure> {
@@ -411,23 +382,6 @@ impl S3Storage {
                     detail: format!("reading the listing of {prefix:?}: {e}"),
                 })
             })?;
-        if bytes.len() as u64 > LIST_PAGE_LIMIT {
-            return Err(self.bad_response(format!(
-                "a listing page of {prefix:?} is larger than {LIST_PAGE_LIMIT} bytes"
-            )));
-        }
-        let text = String::from_utf8(bytes)
-            .map_err(|_| self.bad_response(format!("the listing of {prefix:?} is not UTF-8")))?;
-        ListObjectsV2::parse_response(&text).map_err(|e| {
-            self.bad_response(match html_page(&text) {
-                Some(page) => {
-                    format!("the listing of {prefix:?} is {page}, not a ListObjectsV2 result")
-                }
-                None => format!(
-                    "the listing of {prefix:?} is not a ListObjectsV2 result ({e}): {:?}",
-                    excerpt(&text)
-                ),
-            })
-        })
+        listing_page(prefix, bytes).map_err(|detail| self.bad_response(detail))
     }
 }
