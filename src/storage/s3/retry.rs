@@ -39,6 +39,33 @@ impl RetryPolicy {
         let cap = backoff::exponential(self.base_delay, retry.saturating_sub(1), self.max_delay);
         backoff::down_to_half(cap, unit)
     }
+
+    /// Tries in total, at least one.
+    fn attempts(&self) -> u32 {
+        self.max_attempts.max(1)
+    }
+
+    /// What to do after try number `tries` (from 1) failed, `retryable` or
+    /// not; `unit` is a random number in `[0, 1)` for the jitter.
+    pub(super) fn after_failure(&self, tries: u32, retryable: bool, unit: f64) -> AfterFailure {
+        if retryable && tries < self.attempts() {
+            AfterFailure::RetryAfter(self.backoff(tries, unit))
+        } else {
+            AfterFailure::GiveUp {
+                note_attempts: retryable && tries > 1,
+            }
+        }
+    }
+}
+
+/// The retry loop's decision after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AfterFailure {
+    /// Wait this long, then try again.
+    RetryAfter(Duration),
+    /// Report the failure; `note_attempts` when it is a retryable one that
+    /// used up the tries, whose message then says how many were made.
+    GiveUp { note_attempts: bool },
 }
 
 /// Adds "after N attempts" to the detail of an error that was retried.
@@ -63,24 +90,31 @@ impl S3Storage {
         key: &str,
         mut attempt: impl FnMut() -> Result<T, Failure>,
     ) -> Result<T, StorageError> {
-        let max_attempts = self.retry.max_attempts.max(1);
         let jitter = Jitter::seeded();
         let mut tries = 1;
         loop {
-            match attempt() {
+            let failure = match attempt() {
                 Ok(value) => return Ok(value),
-                Err(failure) if failure.retryable && tries < max_attempts => {
-                    let delay = self.retry.backoff(tries, jitter.next_unit());
+                Err(failure) => failure,
+            };
+            match self
+                .retry
+                .after_failure(tries, failure.retryable, jitter.next_unit())
+            {
+                AfterFailure::RetryAfter(delay) => {
                     log::warn!(
-                        "{what} {key:?}: attempt {tries}/{max_attempts} failed: {}; retrying in {delay:?}",
+                        "{what} {key:?}: attempt {tries}/{} failed: {}; retrying in {delay:?}",
+                        self.retry.attempts(),
                         failure.error
                     );
                     std::thread::sleep(delay);
                     tries += 1;
                 }
-                Err(failure) => {
+                AfterFailure::GiveUp {
+                    note_attempts: note,
+                } => {
                     let mut error = failure.error;
-                    if failure.retryable && tries > 1 {
+                    if note {
                         note_attempts(&mut error, tries);
                     }
                     return Err(error);
@@ -109,5 +143,128 @@ mod tests {
         }
         assert_eq!(policy.backoff(1, 1.0), Duration::from_millis(100));
         assert_eq!(policy.backoff(u32::MAX, 1.0), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn failures_are_retried_while_tries_are_left_and_the_failure_is_retryable() {
+        use AfterFailure::*;
+        let ms = Duration::from_millis;
+        let policy = |max_attempts| RetryPolicy {
+            max_attempts,
+            base_delay: ms(100),
+            max_delay: ms(1000),
+        };
+        // (max_attempts, tries so far, retryable, unit, decision)
+        #[rustfmt::skip]
+        let cases = [
+            (6, 1, true, 0.0, RetryAfter(ms(50))),
+            (6, 1, true, 1.0, RetryAfter(ms(100))),
+            (6, 2, true, 0.0, RetryAfter(ms(100))),
+            (6, 3, true, 1.0, RetryAfter(ms(400))),
+            (6, 5, true, 1.0, RetryAfter(ms(1000))),
+            (6, 5, true, 0.0, RetryAfter(ms(500))),
+            (6, 6, true, 0.0, GiveUp { note_attempts: true }),
+            (6, 7, true, 0.0, GiveUp { note_attempts: true }),
+            (6, 1, false, 0.0, GiveUp { note_attempts: false }),
+            (6, 3, false, 0.0, GiveUp { note_attempts: false }),
+            (2, 1, true, 0.0, RetryAfter(ms(50))),
+            (2, 2, true, 0.0, GiveUp { note_attempts: true }),
+            // 0 and 1 attempt: the first failure is final, and said to be
+            // the only try.
+            (1, 1, true, 0.0, GiveUp { note_attempts: false }),
+            (0, 1, true, 0.0, GiveUp { note_attempts: false }),
+            (u32::MAX, 40, true, 0.0, RetryAfter(ms(500))),
+        ];
+        for (max_attempts, tries, retryable, unit, expected) in cases {
+            assert_eq!(
+                policy(max_attempts).after_failure(tries, retryable, unit),
+                expected,
+                "{max_attempts} attempts, {tries} tried, retryable {retryable}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_errors_with_a_detail_say_how_many_attempts_were_made() {
+        let location = || "s3://b".to_owned();
+        let detail = || "d".to_owned();
+        // (error, message has ", after 3 attempts")
+        #[rustfmt::skip]
+        let cases = [
+            (StorageError::Transport { location: location(), detail: detail() }, true),
+            (
+                StorageError::Server { location: location(), key: "k".to_owned(), status: 503, detail: detail() },
+                true,
+            ),
+            (StorageError::BadResponse { location: location(), detail: detail() }, true),
+            (StorageError::Auth { location: location(), detail: detail() }, false),
+            (StorageError::WrongRegion { location: location(), detail: detail() }, false),
+            (StorageError::NoSuchBucket { location: location() }, false),
+            (StorageError::NotFound { key: "k".to_owned() }, false),
+        ];
+        for (mut error, noted) in cases {
+            note_attempts(&mut error, 3);
+            let text = error.to_string();
+            assert_eq!(text.contains(", after 3 attempts"), noted, "{text}");
+        }
+    }
+
+    fn storage(max_attempts: u32) -> S3Storage {
+        S3Storage::new(crate::storage::s3::tests::settings(
+            Some("http://127.0.0.1:9"),
+            true,
+        ))
+        .expect("valid settings")
+        .with_retry(RetryPolicy {
+            max_attempts,
+            base_delay: Duration::ZERO,
+            max_delay: Duration::ZERO,
+        })
+    }
+
+    fn busy() -> Failure {
+        Failure::retryable(StorageError::Server {
+            location: "s3://b".to_owned(),
+            key: "k".to_owned(),
+            status: 503,
+            detail: "SlowDown".to_owned(),
+        })
+    }
+
+    #[test]
+    fn the_loop_stops_at_success_at_a_final_failure_or_after_max_attempts() {
+        let storage = storage(4);
+        let mut tries = 0;
+        let value = storage.retry("get", "k", || {
+            tries += 1;
+            if tries < 3 {
+                Err(busy())
+            } else {
+                Ok(tries)
+            }
+        });
+        assert_eq!(value.expect("third try succeeds"), 3);
+
+        let mut tries = 0;
+        let err = storage
+            .retry("get", "k", || -> Result<(), Failure> {
+                tries += 1;
+                Err(busy())
+            })
+            .expect_err("always busy");
+        assert_eq!(tries, 4);
+        assert!(err.to_string().contains(", after 4 attempts"), "{err}");
+
+        let mut tries = 0;
+        let err = storage
+            .retry("get", "k", || -> Result<(), Failure> {
+                tries += 1;
+                Err(Failure::fatal(StorageError::NotFound {
+                    key: "k".to_owned(),
+                }))
+            })
+            .expect_err("not found");
+        assert_eq!(tries, 1);
+        assert!(matches!(err, StorageError::NotFound { .. }));
     }
 }
