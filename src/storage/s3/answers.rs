@@ -464,6 +464,46 @@ pub(super) fn listing_page(prefix: &str, bytes: Vec<u8>) -> Result<ListObjectsV2
     })
 }
 
+/// Whether the answer to a GetObject of `len` bytes from `start` (a `Range`
+/// request) holds those bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum RangeAnswer {
+    /// Its body is the range.
+    Holds,
+    /// An error status: classify it with `classify_status`.
+    Unsuccessful,
+    /// A success that cannot be used; the detail of a bad response.
+    Unusable(String),
+}
+
+/// What the answer with `status` (and `content_length`, if given) to a
+/// GetObject of `key` for `len` bytes from `start` is.
+pub(super) fn range_answer(
+    key: &str,
+    status: u16,
+    start: u64,
+    len: u64,
+    content_length: Option<u64>,
+) -> RangeAnswer {
+    if status == 416 {
+        return RangeAnswer::Unusable(format!(
+            "object {key:?}: {}",
+            crate::storage::range_short(start, len, start)
+        ));
+    }
+    if !(200..300).contains(&status) {
+        return RangeAnswer::Unsuccessful;
+    }
+    // 206 with exactly the range; a server that ignores `Range` answers
+    // 200 with the whole object, usable only when the range is all of it.
+    if status != 206 && (start != 0 || content_length != Some(len)) {
+        return RangeAnswer::Unusable(format!(
+            "GetObject of {key:?} with a Range header answered {status}, not 206 Partial Content"
+        ));
+    }
+    RangeAnswer::Holds
+}
+
 /// The size a listing gives `key`, if it is one an S3 object can have. A
 /// restore plans its downloads from these sizes (a list of 2 MiB ranges), so
 /// a server claiming 16 EiB would make it allocate without end.
@@ -927,6 +967,39 @@ mod tests {
             "{}",
             f.error
         );
+    }
+
+    #[test]
+    fn ranged_answers_hold_the_range_or_say_why_not() {
+        // (status, start, len, content-length, answer, words of its detail)
+        #[rustfmt::skip]
+        let cases = [
+            (206, 10, 5, Some(5), "Holds", ""),
+            (206, 10, 5, None, "Holds", ""),
+            (200, 0, 5, Some(5), "Holds", ""),
+            (200, 0, 5, Some(9), "Unusable", "answered 200, not 206 Partial Content"),
+            (200, 0, 5, None, "Unusable", "answered 200, not 206 Partial Content"),
+            (200, 10, 5, Some(5), "Unusable", "answered 200, not 206 Partial Content"),
+            (204, 0, 5, Some(5), "Holds", ""),
+            (204, 0, 5, Some(0), "Unusable", "answered 204, not 206 Partial Content"),
+            (416, 10, 5, None, "Unusable", "bytes 10..15 were asked for but the object ends at byte 10"),
+            (404, 10, 5, None, "Unsuccessful", ""),
+            (503, 0, 5, Some(5), "Unsuccessful", ""),
+            (301, 0, 5, Some(5), "Unsuccessful", ""),
+        ];
+        for (status, start, len, content_length, answer, words) in cases {
+            let (got, detail) = match range_answer("k", status, start, len, content_length) {
+                RangeAnswer::Holds => ("Holds", String::new()),
+                RangeAnswer::Unsuccessful => ("Unsuccessful", String::new()),
+                RangeAnswer::Unusable(detail) => ("Unusable", detail),
+            };
+            assert_eq!(
+                got, answer,
+                "{status} {start}+{len} {content_length:?}: {detail}"
+            );
+            assert!(detail.contains(words), "{detail}");
+            assert!(detail.is_empty() || detail.contains("\"k\""), "{detail}");
+        }
     }
 
     #[test]

@@ -11,8 +11,8 @@ use ureq::http::Response;
 use ureq::SendBody;
 
 use super::answers::{
-    classify_status, classify_transport, completed_upload, listing_page, stored_etag, upload_id,
-    Failure, LIST_PAGE_LIMIT,
+    classify_status, classify_transport, completed_upload, listing_page, range_answer, stored_etag,
+    upload_id, Failure, RangeAnswer, LIST_PAGE_LIMIT,
 };
 use super::multipart::{
     complete_upload_xml, open_part, short_part, PartReader, PartSpan, UploadedPart,
@@ -306,24 +306,15 @@ impl S3Storage {
             .call()
             .map_err(|e| self.transport(e))?;
         let status = response.status().as_u16();
-        if status == 416 {
-            drain(response);
-            return Err(self.bad_response(format!(
-                "object {key:?}: {}",
-                crate::storage::range_short(start, len, start)
-            )));
-        }
-        if !response.status().is_success() {
-            return Err(self.rejected(response, key));
-        }
-        // 206 with exactly the range; a server that ignores `Range` answers
-        // 200 with the whole object, usable only when the range is all of it.
-        let whole = header(&response, "content-length").and_then(|v| v.parse::<u64>().ok());
-        if status != 206 && (start != 0 || whole != Some(len)) {
-            drain(response);
-            return Err(self.bad_response(format!(
-                "GetObject of {key:?} with a Range header answered {status}, not 206 Partial Content"
-            )));
+        let content_length =
+            header(&response, "content-length").and_then(|v| v.parse::<u64>().ok());
+        match range_answer(key, status, start, len, content_length) {
+            RangeAnswer::Holds => {}
+            RangeAnswer::Unsuccessful => return Err(self.rejected(response, key)),
+            RangeAnswer::Unusable(detail) => {
+                drain(response);
+                return Err(self.bad_response(detail));
+            }
         }
         // Sized once: no doubling of a multi-MiB buffer while it fills.
         let mut body = Vec::with_capacity(len as usize);
