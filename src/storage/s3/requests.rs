@@ -228,6 +228,44 @@ mod tests {
         assert!(url.contains("X-Amz-Security-Token=SESSIONTOKEN"), "{url}");
         assert!(!url.contains("SUPERSECRET"));
     }
+
+    #[test]
+    fn each_request_names_its_object_and_signs_its_headers() {
+        let storage =
+            S3Storage::new(settings(Some("http://127.0.0.1:9000"), true)).expect("valid settings");
+        let checksum = checksum_header_value(0xCBF4_3926);
+        let object = "http://127.0.0.1:9000/my-bucket/db/key?";
+        let bucket = "http://127.0.0.1:9000/my-bucket/?";
+        // (request, URL, its start, what it has, what it must not have)
+        #[rustfmt::skip]
+        let cases = [
+            ("create", storage.create_upload_url("db/key"), object,
+             vec!["uploads", "X-Amz-SignedHeaders=host%3Bx-amz-checksum-algorithm"], vec![]),
+            ("part", storage.upload_part_url("db/key", 3, "up-1", &checksum), object,
+             vec!["partNumber=3", "uploadId=up-1", "X-Amz-SignedHeaders=host%3Bx-amz-checksum-crc32"], vec![]),
+            ("complete", storage.complete_upload_url("db/key", "up-1"), object,
+             vec!["uploadId=up-1", "X-Amz-SignedHeaders=host&"], vec!["partNumber"]),
+            ("abort", storage.abort_upload_url("db/key", "up-1"), object,
+             vec!["uploadId=up-1", "X-Amz-SignedHeaders=host&"], vec![]),
+            ("get", storage.get_url("db/key"), object,
+             vec!["X-Amz-SignedHeaders=host&"], vec!["uploadId"]),
+            ("delete", storage.delete_url("db/key"), object,
+             vec!["X-Amz-SignedHeaders=host&"], vec!["uploadId"]),
+            ("list", storage.list_url("db/", Some("tok")), bucket,
+             vec!["list-type=2", "prefix=db%2F", "continuation-token=tok"], vec!["encoding-type"]),
+            ("first list page", storage.list_url("", None), bucket,
+             vec!["list-type=2"], vec!["prefix=", "continuation-token", "encoding-type"]),
+        ];
+        for (request, url, start, has, has_not) in cases {
+            assert!(url.starts_with(start), "{request}: {url}");
+            for part in has.iter().chain(&["X-Amz-Security-Token=SESSIONTOKEN"]) {
+                assert!(url.contains(part), "{request}: {url} lacks {part}");
+            }
+            for part in has_not.iter().chain(&["SUPERSECRET"]) {
+                assert!(!url.contains(part), "{request}: {url} has {part}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
