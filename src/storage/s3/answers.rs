@@ -1,8 +1,11 @@
-//! What S3 answered, as values: an unsuccessful answer (status and the
-//! start of its body) or a transport error turned into the `StorageError` to
-//! report and whether trying again may help (`Failure`); the pieces of XML
-//! and HTML that a classification reads; the sizes a listing may give.
-//! Pure: nothing here sends, reads a socket or sleeps. Never puts a URL (it
+//! What S3 answered, as values. An unsuccessful answer (status and the start
+//! of its body) or a transport error becomes the `StorageError` to report
+//! and whether trying again may help (`Failure`): `meaning` is that
+//! decision as a table of statuses and error codes, worded apart. The
+//! answers of successful requests are checked here too: the ETag and echoed
+//! CRC32 of a stored object or part, an UploadId, a completed upload, a
+//! ranged read, a listing page and the sizes it gives. Pure: nothing here
+//! sends, reads a socket or sleeps (`attempt` does). Never puts a URL (it
 //! may hold a signature) into an error.
 
 use std::fmt::Write as _;
@@ -82,7 +85,7 @@ const REGION_CODES: &[&str] = &[
 ];
 
 /// S3's largest object.
-pub(super) const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024 * 1024;
+const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 
 /// The text of the first `<tag>…</tag>` in `xml`, with the five predefined
 /// entities decoded. Enough for S3 error documents (`<Code>`, `<Message>`).
@@ -103,7 +106,7 @@ pub(super) fn xml_text(xml: &str, tag: &str) -> Option<String> {
 
 /// If `text` is an HTML page (a web server, a console or a proxy answered
 /// instead of the S3 API), a short description naming its title.
-pub(super) fn html_page(text: &str) -> Option<String> {
+fn html_page(text: &str) -> Option<String> {
     let head: String = text
         .chars()
         .take(512)
@@ -130,7 +133,7 @@ pub(super) fn html_page(text: &str) -> Option<String> {
 }
 
 /// A short single-line excerpt of a body that is not an S3 error document.
-pub(super) fn excerpt(text: &str) -> String {
+fn excerpt(text: &str) -> String {
     let cleaned: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -150,7 +153,7 @@ pub(super) fn excerpt(text: &str) -> String {
 /// decision `classify_status` makes, apart from its wording so that it reads
 /// (and is tested) as a table of statuses and error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Meaning {
+enum Meaning {
     /// The bucket is in another region or behind another endpoint.
     WrongRegion,
     /// Our credentials or signature were refused.
@@ -170,7 +173,7 @@ pub(super) enum Meaning {
 
 impl Meaning {
     /// Whether trying the same request again may help.
-    pub(super) fn retryable(self) -> bool {
+    fn retryable(self) -> bool {
         self == Meaning::Transient
     }
 }
@@ -179,7 +182,7 @@ impl Meaning {
 /// `<Code>` of its S3 error document (`None` if the body is not one),
 /// `names_region` whether that document names the bucket's region, and
 /// `blank` whether the body is empty or only whitespace.
-pub(super) fn meaning(status: u16, code: Option<&str>, names_region: bool, blank: bool) -> Meaning {
+fn meaning(status: u16, code: Option<&str>, names_region: bool, blank: bool) -> Meaning {
     let Some(code) = code else {
         return match status {
             401 | 403 => Meaning::Auth,
@@ -213,20 +216,20 @@ pub(super) fn meaning(status: u16, code: Option<&str>, names_region: bool, blank
 /// The parts of an S3 error document (`<Error>…</Error>`) that an error
 /// message uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct ErrorDocument {
-    pub(super) code: String,
+struct ErrorDocument {
+    code: String,
     /// Empty if the document has none.
-    pub(super) message: String,
+    message: String,
     /// The bucket's region, if the document names one.
-    pub(super) region: Option<String>,
+    region: Option<String>,
     /// The endpoint the server suggests, if any.
-    pub(super) endpoint: Option<String>,
+    endpoint: Option<String>,
 }
 
 impl ErrorDocument {
     /// The document in `text`, if `text` is an S3 error document with a
     /// `<Code>`.
-    pub(super) fn parse(text: &str) -> Option<ErrorDocument> {
+    fn parse(text: &str) -> Option<ErrorDocument> {
         if !text.contains("<Error>") {
             return None;
         }

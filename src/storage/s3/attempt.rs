@@ -50,17 +50,17 @@ fn header<'r>(response: &'r Response<ureq::Body>, name: &str) -> Option<&'r str>
 }
 
 impl S3Storage {
-    pub(super) fn transport(&self, err: ureq::Error) -> Failure {
+    fn transport(&self, err: ureq::Error) -> Failure {
         classify_transport(err, &self.location)
     }
 
-    pub(super) fn rejected(&self, response: Response<ureq::Body>, key: &str) -> Failure {
+    fn rejected(&self, response: Response<ureq::Body>, key: &str) -> Failure {
         let status = response.status().as_u16();
         let body = read_error_body(response);
         classify_status(status, &body, &self.location, key)
     }
 
-    pub(super) fn bad_response(&self, detail: String) -> Failure {
+    fn bad_response(&self, detail: String) -> Failure {
         Failure::fatal(StorageError::BadResponse {
             location: self.location.clone(),
             detail,
@@ -106,7 +106,7 @@ impl S3Storage {
 
     /// Reads a short XML answer (at most `ERROR_BODY_LIMIT` bytes kept), then
     /// drains the rest so the connection can be reused.
-    pub(super) fn read_answer(
+    fn read_answer(
         &self,
         response: Response<ureq::Body>,
         what: &str,

@@ -15,9 +15,9 @@ pub const DEFAULT_MULTIPART_THRESHOLD_BYTES: u64 = 64 * 1024 * 1024;
 /// The default size of each part but the last.
 pub const DEFAULT_PART_BYTES: u64 = 16 * 1024 * 1024;
 /// S3's smallest part (every part but the last).
-pub(super) const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
+const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
 /// S3's largest part, and its largest single PutObject.
-pub(super) const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 /// S3's most parts in one upload.
 const MAX_PARTS: u64 = 10_000;
 /// Buffer for reading a part to compute its CRC32.

@@ -13,7 +13,7 @@ use super::S3Storage;
 use crate::storage::{Body, StorageError};
 
 impl S3Storage {
-    /// Uploads `body` as a multipart upload (see the module documentation);
+    /// Uploads `body` as a multipart upload (see the documentation of `s3`);
     /// `crc32` is the CRC32 of the whole body, which the bytes read for the
     /// parts must have. Any failure after CreateMultipartUpload aborts the
     /// upload, so no object appears under `key`.
@@ -73,7 +73,7 @@ impl S3Storage {
     /// Reads and uploads each part in turn; a part is read twice (once for
     /// its CRC32, which must be signed before sending, then to send it), never
     /// held in memory. Checks the CRC32 of all bytes read against `crc32`.
-    pub(super) fn upload_parts(
+    fn upload_parts(
         &self,
         key: &str,
         upload_id: &str,
@@ -116,7 +116,7 @@ impl S3Storage {
 
     /// Best effort: aborts the upload so its parts go away, and logs how it
     /// went; `cause` is why.
-    pub(super) fn abort_upload(&self, key: &str, upload_id: &str, cause: &StorageError) {
+    fn abort_upload(&self, key: &str, upload_id: &str, cause: &StorageError) {
         match self.retry("abort multipart upload", key, || {
             self.abort_upload_once(key, upload_id)
         }) {

@@ -13,7 +13,7 @@ use crate::storage::StorageError;
 
 /// How long a presigned URL stays valid. Each request is signed right before
 /// it is sent, so this only has to cover clock skew and a slow start.
-pub(super) const SIGN_EXPIRY: Duration = Duration::from_secs(5 * 60);
+const SIGN_EXPIRY: Duration = Duration::from_secs(5 * 60);
 /// The signed checksum header of every PutObject and UploadPart.
 pub(super) const CHECKSUM_HEADER: &str = "x-amz-checksum-crc32";
 /// The signed header of CreateMultipartUpload that makes S3 expect (and
