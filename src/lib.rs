@@ -6,6 +6,7 @@
 //! edges (`storage`, `sqlite`, `replica`, `restore`, `daemon`, `cmd`) do.
 //! See DESIGN.md for the invariants each module upholds.
 
+pub mod backoff;
 pub mod cmd;
 pub mod config;
 pub mod daemon;
