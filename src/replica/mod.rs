@@ -34,6 +34,8 @@
 //!   the WAL continue a position);
 //! - `ship`: shipping transactions as segments, and what a gap does;
 //! - `sync_point`: walsync's own checkpoints and the read mark (`settle`);
+//! - `sync_plan`: what a sync must do and how `settle` moves the mark,
+//!   decided from plain values (table-tested);
 //! - `snapshot`: snapshots read from the files;
 //! - `resume`: taking a database up, from the bucket or after a release;
 //! - `release`: letting go of an idle or stopped database, and its proof;
@@ -49,6 +51,7 @@ mod release;
 mod resume;
 mod ship;
 mod snapshot;
+mod sync_plan;
 mod sync_point;
 mod wal_file;
 
@@ -65,6 +68,7 @@ pub use lag::{local_lag, Lag};
 use error::io_err;
 use live::Live;
 use release::Released;
+use sync_plan::{SnapshotState, Thresholds, Upkeep, WalState};
 
 /// How one database is replicated.
 #[derive(Debug, Clone)]
@@ -210,12 +214,8 @@ impl Replica {
             self.snapshot(storage, true, &mut report)?;
         }
         let shipped = self.ship(storage, &mut report);
-        if let Err(ReplicaError::Storage(e)) = &shipped {
+        if let Some(e) = shipped.as_ref().err().and_then(sync_plan::outage) {
             self.warn_if_wal_grows(e);
-            // Nothing can be shipped, but the WAL can still be backfilled
-            // (its frames stay in it: walsync's read mark keeps it from
-            // being restarted), so that replacing the database stays safe
-            // during an outage too.
             if let Err(e) = self.settle(false) {
                 log::debug!("{}: settling the WAL failed: {e}", self.opts.path.display());
             }
@@ -226,42 +226,32 @@ impl Replica {
         let wal_len = std::fs::metadata(sqlite::wal_path(&self.opts.path))
             .map(|m| m.len())
             .unwrap_or(0);
-        let due = self.last_snapshot_ms + self.opts.snapshot_interval.as_millis() as u64;
-        // A forced snapshot right after a new generation's first one would
-        // upload the same image twice.
-        let forced = force_snapshot && (!report.snapshot || self.commits_since_snapshot > 0);
-        // What the WAL holds beyond the database file is measured by where
-        // walsync stands in the current WAL, not by the file's size: SQLite
-        // reuses a restarted WAL file without shrinking it, and an idle
-        // database must not be checkpointed over and over.
-        let cursor = self.live_mut().cursor;
-        let mark_zero = self.live_mut().mark_zero;
-        // How far the current WAL has grown since it was last restarted:
-        // walsync's read mark (see `settle`) keeps the application from
-        // restarting it, so walsync's own sync point, which leaves it with
-        // mark 0, is what lets the next writer start the WAL over. Not again
-        // while nothing was shipped since the last one.
-        let wal_used = cursor.pos.map_or(0, |p| p.offset);
-        if forced || (self.commits_since_snapshot > 0 && crate::time::now_ms() >= due) {
-            self.snapshot(storage, false, &mut report)?;
-        } else if cursor.base_is_db_file && mark_zero && wal_len >= self.opts.truncate_threshold {
-            // Everything is in the database file and walsync holds read mark
-            // 0, so TRUNCATE can only drop frames already shipped and
-            // backfilled (a frame appended since makes it report busy).
-            let r = self.live_mut().handle.checkpoint_truncate()?;
-            log::debug!("{}: TRUNCATE checkpoint: {r:?}", self.opts.path.display());
-        } else if !(mark_zero && cursor.base_is_db_file)
-            && (wal_used >= self.opts.checkpoint_threshold
-                || wal_len >= self.opts.truncate_threshold)
-        {
-            // Also when the file is large but walsync's position is not: a
-            // restarted WAL keeps the old frames as a stale tail until it is
-            // truncated.
-            self.checkpoint(
-                storage,
-                wal_len >= self.opts.truncate_threshold,
-                &mut report,
-            )?;
+        let live = self.live_mut();
+        let wal = WalState {
+            used_bytes: live.cursor.pos.map_or(0, |p| p.offset),
+            file_bytes: wal_len,
+            base_is_db_file: live.cursor.base_is_db_file,
+            mark_zero: live.mark_zero,
+        };
+        let snapshot = SnapshotState {
+            forced: force_snapshot,
+            taken_this_sync: report.snapshot,
+            commits_since_snapshot: self.commits_since_snapshot,
+            now_ms: crate::time::now_ms(),
+            due_ms: self.last_snapshot_ms + self.opts.snapshot_interval.as_millis() as u64,
+        };
+        let limits = Thresholds {
+            checkpoint_bytes: self.opts.checkpoint_threshold,
+            truncate_bytes: self.opts.truncate_threshold,
+        };
+        match sync_plan::upkeep(snapshot, wal, limits) {
+            Upkeep::Snapshot => self.snapshot(storage, false, &mut report)?,
+            Upkeep::Truncate => {
+                let r = self.live_mut().handle.checkpoint_truncate()?;
+                log::debug!("{}: TRUNCATE checkpoint: {r:?}", self.opts.path.display());
+            }
+            Upkeep::SyncPoint { truncate } => self.checkpoint(storage, truncate, &mut report)?,
+            Upkeep::Nothing => {}
         }
         self.settle(true)?;
         if let (true, Some(retention)) = (report.snapshot, self.opts.retention) {

@@ -7,11 +7,12 @@
 use super::error::ReplicaError;
 use super::live::WalEnd;
 use super::ship::Gap;
+use super::sync_plan::{self, SettleStep};
 use super::wal_file::{wal_end_after, wal_header};
 use super::{Replica, SyncReport};
 use crate::sqlite;
 use crate::storage::Storage;
-use crate::wal::{self, WalPos};
+use crate::wal::WalPos;
 
 /// After a failed position check the database file is not known to equal
 /// anything shipped.
@@ -50,49 +51,44 @@ impl Replica {
             return Ok(());
         };
         let page_size = live.page_size;
-        if shipped_all {
-            if live.cursor.base_is_db_file {
-                // Nothing new since the last settle: an idle database costs
-                // nothing.
-                return Ok(());
+        match sync_plan::settle_step(shipped_all, live.cursor.base_is_db_file) {
+            SettleStep::Nothing => Ok(()),
+            SettleStep::MoveMark => {
+                let (ck, end) = live.move_mark(&path)?;
+                let at_end = sync_plan::at_shipped_end(live.cursor.pos, end, page_size);
+                if ck.complete() && at_end {
+                    // The database file is exactly what was shipped, and the
+                    // read mark (at the WAL's end, which is fully backfilled)
+                    // keeps it so: no checkpoint can go past it, and no writer
+                    // can restart the WAL while it is held.
+                    live.cursor.base_is_db_file = true;
+                }
+                log::debug!(
+                    "{}: settled: {ck:?}, at the shipped end: {at_end}",
+                    path.display()
+                );
+                Ok(())
             }
-            let (ck, end) = live.move_mark(&path)?;
-            let at_end = match live.cursor.pos {
-                Some(p) => WalEnd::of(&p, page_size) == end,
-                None => end.frames == 0,
-            };
-            if ck.complete() && at_end {
-                // The database file is exactly what was shipped, and the
-                // read mark (at the WAL's end, which is fully backfilled)
-                // keeps it so: no checkpoint can go past it, and no writer
-                // can restart the WAL while it is held.
-                live.cursor.base_is_db_file = true;
+            SettleStep::CheckpointBeside => {
+                let now = live.handle.checkpoint_passive_beside()?;
+                if now.complete() {
+                    live.backfilled = true;
+                    return Ok(());
+                }
+                live.backfilled = false;
+                let end = wal_end_after(&path, &now)?;
+                if !sync_plan::mark_may_move(live.view, end) {
+                    // The checkpoint ran after walsync's read transaction
+                    // began, so it saw at least as far: the next one can
+                    // move the mark.
+                    live.view = Some(end);
+                    return Ok(());
+                }
+                let (ck, _) = live.move_mark(&path)?;
+                log::debug!("{}: settled while uploads fail: {ck:?}", path.display());
+                Ok(())
             }
-            log::debug!(
-                "{}: settled: {ck:?}, at the shipped end: {at_end}",
-                path.display()
-            );
-            return Ok(());
         }
-        let now = live.handle.checkpoint_passive_beside()?;
-        if now.complete() {
-            live.backfilled = true;
-            return Ok(());
-        }
-        live.backfilled = false;
-        let end = wal_end_after(&path, &now)?;
-        let moved = live
-            .view
-            .is_some_and(|v| (v.salt1, v.salt2) != (end.salt1, end.salt2) || end.frames > v.frames);
-        if !moved {
-            // The checkpoint ran after walsync's read transaction began, so
-            // it saw at least as far: the next one can move the mark.
-            live.view = Some(end);
-            return Ok(());
-        }
-        let (ck, _) = live.move_mark(&path)?;
-        log::debug!("{}: settled while uploads fail: {ck:?}", path.display());
-        Ok(())
     }
 
     /// Runs `f` while walsync holds the database's write lock.
@@ -138,23 +134,13 @@ impl Replica {
         // something walsync has not shipped could be in the database file
         // now, and only a new generation is safe.
         let header = wal_header(&path)?;
-        if ck.log_frames > 0 {
-            let agrees = match (header, shipped_to) {
-                (Some(h), Some(p)) => {
-                    p.same_wal(&h)
-                        && p.offset
-                            == wal::HEADER_SIZE as u64 + ck.log_frames as u64 * h.frame_size()
-                }
-                _ => false,
-            };
-            if !agrees {
-                live_reset_base(self);
-                return Ok(Err(Gap::new(format!(
-                    "at a sync point the WAL ends after frame {} but walsync stands at {:?}",
-                    ck.log_frames,
-                    shipped_to.map(|p| p.offset)
-                ))));
-            }
+        if !sync_plan::sync_point_agrees(ck.log_frames, header, shipped_to) {
+            live_reset_base(self);
+            return Ok(Err(Gap::new(format!(
+                "at a sync point the WAL ends after frame {} but walsync stands at {:?}",
+                ck.log_frames,
+                shipped_to.map(|p| p.offset)
+            ))));
         }
         // The read transaction began under the write lock, right after the
         // checkpoint: it sees exactly the end the checkpoint reported.
