@@ -10,7 +10,7 @@ use crate::sqlite::{self, DbHandle};
 use crate::wal::{self, WalHeader, WalPos};
 
 /// Where walsync stands in the WAL.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Cursor {
     /// Just past the last shipped commit frame; `None` when the WAL was
     /// empty at the base.

@@ -38,12 +38,15 @@
 //!   decided from plain values (table-tested);
 //! - `snapshot`: snapshots read from the files;
 //! - `resume`: taking a database up, from the bucket or after a release;
+//! - `continuity`: does this WAL continue that backup? (the decisions of
+//!   `resume` and of a wake, apart from the reading; table-tested);
 //! - `release`: letting go of an idle or stopped database, and its proof;
 //! - `bucket`: what a backup object in the bucket says about where it stands;
 //! - `lag`: how far a local database is ahead of its backup (`walsync list`);
 //! - `error`: `ReplicaError`.
 
 mod bucket;
+mod continuity;
 mod error;
 mod lag;
 mod live;

@@ -9,15 +9,15 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
+use super::continuity;
 use super::error::{io_err, ReplicaError};
 use super::live::Cursor;
-use super::wal_file::{wal_continues, wal_restarted_since};
+use super::resume::LocalFiles;
 use super::{Replica, SyncReport};
 use crate::format::mark::{Fingerprint, Mark};
 use crate::keys;
 use crate::sqlite::{self, DbHandle};
 use crate::storage::{Body, Storage};
-use crate::wal::WalPos;
 
 /// A database walsync let go of while it was idle (DESIGN.md "Scale"): no
 /// connections and no read transaction, only walsync's own descriptor (which
@@ -57,19 +57,6 @@ pub(super) fn fingerprint(file: &File, path: &Path) -> Result<Fingerprint, Repli
         crc: crc.finalize(),
         mix,
     })
-}
-
-/// The second proof of continuity (the first is a WAL that continues the
-/// shipped position): the WAL was restarted since `pos`, so all of it is
-/// new, and the database file still has the fingerprint it had when it held
-/// exactly what was shipped. Call with the read transaction open.
-pub(super) fn file_as_left(
-    handle: &DbHandle,
-    pos: Option<WalPos>,
-    left: Fingerprint,
-) -> Result<bool, ReplicaError> {
-    Ok(wal_restarted_since(handle.path(), pos)?
-        && fingerprint(handle.file(), handle.path())? == left)
 }
 
 impl Replica {
@@ -202,32 +189,19 @@ impl Replica {
             .begin_read()
             .map_err(ReplicaError::from)
             .and_then(|()| {
-                let continues = match released_cursor.pos {
-                    Some(p) => wal_continues(&path, page_size, p)?,
-                    None => false,
+                let mut local = LocalFiles {
+                    path: &path,
+                    page_size,
+                    handle: &handle,
                 };
-                Ok(continues || file_as_left(&handle, released_cursor.pos, fingerprint)?)
-                    .map(|proven| (continues, proven))
+                continuity::wake(released_cursor, fingerprint, &mut local)
             });
-        let (continues, proven) = match proof {
-            Ok(p) => p,
+        let cursor = match proof {
+            Ok(c) => c,
             Err(e) => {
                 self.released = Some(keep(handle.release()));
                 return Err(e);
             }
-        };
-        let cursor = if continues {
-            Some(Cursor {
-                base_is_db_file: false,
-                ..released_cursor
-            })
-        } else if proven {
-            Some(Cursor {
-                base_is_db_file: true,
-                ..released_cursor
-            })
-        } else {
-            None
         };
         if cursor.is_some() {
             log::debug!(
@@ -240,7 +214,7 @@ impl Replica {
             handle,
             page_size,
             cursor,
-            "the database changed while walsync had let go of it (idle) in a way it cannot follow",
+            continuity::CHANGED_WHILE_RELEASED,
         );
         Ok(())
     }

@@ -2,17 +2,21 @@
 //! the bucket holds, resuming its generation when the WAL or the database
 //! file provably continues it, else a new generation with a snapshot.
 
+use std::path::Path;
 use std::time::Duration;
 
 use super::bucket::{read_mark, read_object_pos};
+use super::continuity::{self, BucketEvidence, Continuity, LocalEvidence, Resume, ShippedPos};
 use super::error::ReplicaError;
 use super::live::{Cursor, Live};
-use super::release::file_as_left;
-use super::wal_file::wal_continues;
+use super::release::fingerprint;
+use super::wal_file::{wal_continues, wal_header};
 use super::Replica;
-use crate::keys::{self, ObjectKind};
+use crate::format::mark::{Fingerprint, Mark};
+use crate::keys::{self, BackupObject};
 use crate::sqlite::{self, DbHandle};
 use crate::storage::Storage;
+use crate::wal::{WalHeader, WalPos};
 
 impl Replica {
     /// Opens the database, learns from the bucket where its backup stands and
@@ -39,91 +43,40 @@ impl Replica {
         for b in bad {
             log::warn!("{} ({}): {b}", self.opts.path.display(), self.opts.prefix);
         }
-        let mut newest: Option<&keys::BackupObject> = None;
-        let mut newest_mark: Option<&keys::BackupObject> = None;
-        for o in &objects {
-            let (txid, time) = (o.kind.txid(), o.kind.time_ms());
-            self.last_time_ms = self.last_time_ms.max(time);
-            if let ObjectKind::Mark { .. } = o.kind {
-                if newest_mark.is_none_or(|m| (m.generation, m.kind.txid()) <= (o.generation, txid))
-                {
-                    newest_mark = Some(o);
-                }
-                continue;
-            }
-            if txid > self.last_txid || newest.is_none() {
-                self.last_txid = self.last_txid.max(txid);
-                newest = Some(o);
-            }
-            if let ObjectKind::Snapshot { time_ms, .. } = o.kind {
-                self.last_snapshot_ms = self.last_snapshot_ms.max(time_ms);
-            }
-        }
-
-        let mut cursor = None;
-        if let Some(o) = newest {
-            let pos = match read_object_pos(storage, o) {
-                Ok(pos) => pos,
-                // A newest object that cannot be read proves nothing to build
-                // on; a new generation does not need it.
-                Err(e @ ReplicaError::Corrupt { .. }) => {
-                    log::error!("{} ({}): {e}", self.opts.path.display(), self.opts.prefix);
-                    None
-                }
-                Err(e) => return Err(e),
-            };
-            if let Some((pos, db_pages)) = pos {
-                if wal_continues(&self.opts.path, page_size, pos)? {
-                    cursor = Some(Cursor {
-                        pos: Some(pos),
-                        base_is_db_file: false,
-                        db_pages,
-                    });
-                    self.generation = o.generation;
-                    log::info!(
-                        "{} ({}): resuming generation {:016x} at txid {}",
-                        self.opts.path.display(),
-                        self.opts.prefix,
-                        o.generation,
-                        self.last_txid
-                    );
-                }
-            }
-        }
-        // The WAL was restarted, but the database file may still be exactly
-        // what was shipped when walsync last let go of it (an idle mark).
-        if let (None, Some(o), Some(m)) = (cursor, newest, newest_mark) {
-            if m.generation == o.generation && m.kind.txid() == self.last_txid {
-                match read_mark(storage, m) {
-                    Ok(mark) if mark.page_size == page_size => {
-                        if file_as_left(&handle, mark.pos, mark.fingerprint)? {
-                            cursor = Some(Cursor {
-                                pos: mark.pos,
-                                base_is_db_file: true,
-                                db_pages: mark.db_pages,
-                            });
-                            self.generation = o.generation;
-                            log::info!(
-                                "{} ({}): resuming generation {:016x} at txid {} (the database file is as walsync left it)",
-                                self.opts.path.display(),
-                                self.opts.prefix,
-                                o.generation,
-                                self.last_txid
-                            );
-                        }
+        let bucket = continuity::summarize(&objects, self.last_txid);
+        self.last_time_ms = self.last_time_ms.max(bucket.last_time_ms);
+        self.last_txid = bucket.last_txid;
+        self.last_snapshot_ms = self.last_snapshot_ms.max(bucket.last_snapshot_ms);
+        let mut evidence = BucketFiles {
+            storage,
+            local: LocalFiles {
+                path: &self.opts.path,
+                page_size,
+                handle: &handle,
+            },
+            prefix: &self.opts.prefix,
+        };
+        let (cursor, why) = match continuity::resume(&bucket, page_size, &mut evidence)? {
+            Resume::Continue {
+                generation,
+                cursor,
+                proof,
+            } => {
+                self.generation = generation;
+                log::info!(
+                    "{} ({}): resuming generation {:016x} at txid {}{}",
+                    self.opts.path.display(),
+                    self.opts.prefix,
+                    generation,
+                    self.last_txid,
+                    match proof {
+                        Continuity::WalContinues => "",
+                        Continuity::FileAsLeft => " (the database file is as walsync left it)",
                     }
-                    Ok(_) => {}
-                    Err(e @ ReplicaError::Corrupt { .. }) => {
-                        log::warn!("{} ({}): {e}", self.opts.path.display(), self.opts.prefix)
-                    }
-                    Err(e) => return Err(e),
-                }
+                );
+                (Some(cursor), "")
             }
-        }
-        let why = if newest.is_some() {
-            "the WAL does not continue the backup in the bucket (the database changed while walsync was not running)"
-        } else {
-            "no backup in the bucket yet"
+            Resume::NewGeneration { why } => (None, why),
         };
         self.go_live(handle, page_size, cursor, why);
         Ok(())
@@ -160,5 +113,76 @@ impl Replica {
         if !proven && !self.needs_generation {
             self.begin_new_generation(why_new);
         }
+    }
+}
+
+/// The local files, as `continuity` asks about them (with walsync's read
+/// transaction open on `handle`).
+pub(super) struct LocalFiles<'a> {
+    pub(super) path: &'a Path,
+    pub(super) page_size: u32,
+    pub(super) handle: &'a DbHandle,
+}
+
+impl LocalEvidence for LocalFiles<'_> {
+    fn wal_continues(&mut self, pos: WalPos) -> Result<bool, ReplicaError> {
+        wal_continues(self.path, self.page_size, pos)
+    }
+
+    fn wal_header(&mut self) -> Result<Option<WalHeader>, ReplicaError> {
+        wal_header(self.handle.path())
+    }
+
+    fn fingerprint(&mut self) -> Result<Fingerprint, ReplicaError> {
+        fingerprint(self.handle.file(), self.handle.path())
+    }
+}
+
+/// The bucket and the local files, as `continuity` asks about them. An
+/// object that cannot be decoded proves nothing: it is logged and answered
+/// with `None`.
+struct BucketFiles<'a> {
+    storage: &'a dyn Storage,
+    local: LocalFiles<'a>,
+    prefix: &'a str,
+}
+
+impl BucketEvidence for BucketFiles<'_> {
+    fn shipped_pos(&mut self, newest: &BackupObject) -> Result<Option<ShippedPos>, ReplicaError> {
+        match read_object_pos(self.storage, newest) {
+            Ok(pos) => Ok(pos),
+            // A newest object that cannot be read proves nothing to build
+            // on; a new generation does not need it.
+            Err(e @ ReplicaError::Corrupt { .. }) => {
+                log::error!("{} ({}): {e}", self.local.path.display(), self.prefix);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn mark(&mut self, mark: &BackupObject) -> Result<Option<Mark>, ReplicaError> {
+        match read_mark(self.storage, mark) {
+            Ok(m) => Ok(Some(m)),
+            Err(e @ ReplicaError::Corrupt { .. }) => {
+                log::warn!("{} ({}): {e}", self.local.path.display(), self.prefix);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl LocalEvidence for BucketFiles<'_> {
+    fn wal_continues(&mut self, pos: WalPos) -> Result<bool, ReplicaError> {
+        self.local.wal_continues(pos)
+    }
+
+    fn wal_header(&mut self) -> Result<Option<WalHeader>, ReplicaError> {
+        self.local.wal_header()
+    }
+
+    fn fingerprint(&mut self) -> Result<Fingerprint, ReplicaError> {
+        self.local.fingerprint()
     }
 }

@@ -142,16 +142,6 @@ impl WalFile {
     }
 }
 
-/// Whether the WAL is no longer the one `pos` is in (new salts, or no
-/// header): then every frame in it came after `pos`. A WAL with the same
-/// salts that does not continue `pos` proves nothing.
-pub(super) fn wal_restarted_since(db: &Path, pos: Option<WalPos>) -> Result<bool, ReplicaError> {
-    Ok(match (wal_header(db)?, pos) {
-        (Some(h), Some(p)) => !p.same_wal(&h),
-        _ => true,
-    })
-}
-
 /// The WAL's header, if it has a valid one.
 pub(super) fn wal_header(db: &Path) -> Result<Option<WalHeader>, ReplicaError> {
     match WalFile::open(db)? {
