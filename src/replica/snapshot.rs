@@ -76,6 +76,48 @@ pub(super) fn build_overlay(
     Ok(Overlay { header: h, frames })
 }
 
+/// The generation and txid of a snapshot: the first of a new generation is
+/// named after its txid, the one after the newest shipped; a periodic one
+/// stands at the newest shipped txid of the current generation.
+pub(super) fn snapshot_id(new_generation: bool, generation: u64, last_txid: u64) -> (u64, u64) {
+    if new_generation {
+        (last_txid + 1, last_txid + 1)
+    } else {
+        (generation, last_txid)
+    }
+}
+
+/// The WAL position up to which a snapshot overlays the database file with
+/// WAL frames, taken at `pos` after a checkpoint: none if the checkpoint was
+/// complete (every frame is in the database file) or the WAL holds no frame
+/// up to `pos`.
+pub(super) fn overlay_upto(pos: Option<WalPos>, checkpoint_complete: bool) -> Option<WalPos> {
+    pos.filter(|p| !checkpoint_complete && p.offset > wal::HEADER_SIZE as u64)
+}
+
+/// The size in pages of a snapshot read from the database file alone (every
+/// frame is in it): its header's (`header_pages`; SQLite writes it with
+/// every commit that changes it), else the last commit's, else what the
+/// file's length holds. The file itself may be longer
+/// (SQLITE_FCNTL_CHUNK_SIZE rounds it up), never shorter: that is a file
+/// that changed while walsync read it, retried by the next sync.
+pub(super) fn db_file_pages(
+    header_pages: Option<u32>,
+    commit_pages: Option<u32>,
+    db_len: u64,
+    page_size: u32,
+) -> Result<u32, String> {
+    let n = header_pages
+        .or(commit_pages)
+        .unwrap_or((db_len / u64::from(page_size)) as u32);
+    if n == 0 || u64::from(n) * u64::from(page_size) > db_len {
+        return Err(format!(
+            "database file of {db_len} bytes is shorter than its {n} pages"
+        ));
+    }
+    Ok(n)
+}
+
 impl Replica {
     /// Takes a snapshot and uploads it: the first of a new generation
     /// (`new_generation`), or a periodic one inside the current generation.
@@ -115,22 +157,11 @@ impl Replica {
         }
         let new_generation = new_generation || self.needs_generation;
         let time_ms = self.now_ms();
-        let txid = if new_generation {
-            self.last_txid + 1
-        } else {
-            self.last_txid
-        };
-        let generation = if new_generation {
-            txid
-        } else {
-            self.generation
-        };
+        let (generation, txid) = snapshot_id(new_generation, self.generation, self.last_txid);
 
-        let overlay = match pos {
-            Some(p) if !complete && p.offset > wal::HEADER_SIZE as u64 => {
-                Some(build_overlay(&path, page_size, p)?)
-            }
-            _ => None,
+        let overlay = match overlay_upto(pos, complete) {
+            Some(p) => Some(build_overlay(&path, page_size, p)?),
+            None => None,
         };
         let db = self.live.as_ref().expect("invariant: live").handle.file();
         let db_len = db.metadata().map_err(io_err(&path))?.len();
@@ -143,28 +174,18 @@ impl Replica {
                 })
             }
             (None, _) => {
-                // The database file is the image (every frame is in it).
-                // Its size in pages is its header's (SQLite writes it with
-                // every commit that changes it), else the last commit's;
-                // the file itself may be longer (SQLITE_FCNTL_CHUNK_SIZE
-                // rounds it up). The header comes first: a WAL found at a
-                // new generation may be a fully backfilled one left by a
-                // file that was renamed over (SQLite ignores it, and so
-                // must the snapshot).
+                // The header comes first: a WAL found at a new generation
+                // may be a fully backfilled one left by a file that was
+                // renamed over (SQLite ignores it, and so must the
+                // snapshot).
                 let mut h = [0u8; 100];
                 db.read_exact_at(&mut h, 0).map_err(io_err(&path))?;
-                let n = sqlite::db_header_pages(&h)
-                    .or(db_pages)
-                    .unwrap_or((db_len / u64::from(page_size)) as u32);
-                if n == 0 || u64::from(n) * u64::from(page_size) > db_len {
-                    return Err(ReplicaError::Unstable {
-                        path,
-                        what: format!(
-                            "database file of {db_len} bytes is shorter than its {n} pages"
-                        ),
-                    });
-                }
-                n
+                db_file_pages(sqlite::db_header_pages(&h), db_pages, db_len, page_size).map_err(
+                    |what| ReplicaError::Unstable {
+                        path: path.clone(),
+                        what,
+                    },
+                )?
             }
         };
 
@@ -247,5 +268,100 @@ impl Replica {
         report.snapshot = true;
         report.bytes_uploaded += len;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_generation_is_named_after_its_first_txid() {
+        // (new generation, generation, newest txid) -> (generation, txid)
+        let rows = [
+            ((true, 0, 0), (1, 1)),
+            ((true, 5, 41), (42, 42)),
+            ((false, 5, 41), (5, 41)),
+        ];
+        for ((new, generation, txid), want) in rows {
+            assert_eq!(
+                snapshot_id(new, generation, txid),
+                want,
+                "{new} {generation} {txid}"
+            );
+        }
+    }
+
+    #[test]
+    fn frames_are_overlaid_only_after_an_incomplete_checkpoint_of_a_wal_with_frames() {
+        let at = |offset| WalPos {
+            salt1: 1,
+            salt2: 2,
+            offset,
+            checksum: Checksum(3, 4),
+        };
+        let first_frame_end = wal::HEADER_SIZE as u64 + wal::FRAME_HEADER_SIZE as u64 + 4096;
+        let rows = [
+            (
+                (Some(at(first_frame_end)), false),
+                Some(at(first_frame_end)),
+            ),
+            ((Some(at(first_frame_end)), true), None),
+            // At the WAL's start: no frame to overlay.
+            ((Some(at(wal::HEADER_SIZE as u64)), false), None),
+            ((None, false), None),
+            ((None, true), None),
+        ];
+        for ((pos, complete), want) in rows {
+            assert_eq!(overlay_upto(pos, complete), want, "{pos:?} {complete}");
+        }
+    }
+
+    #[test]
+    fn the_database_file_size_comes_from_its_header_then_the_last_commit_then_its_length() {
+        const PAGE: u32 = 4096;
+        let len = |pages: u64| pages * u64::from(PAGE);
+        // (header pages, last commit's pages, file length) -> pages
+        type Row = ((Option<u32>, Option<u32>, u64), Result<u32, String>);
+        let rows: [Row; 9] = [
+            ((Some(3), Some(5), len(8)), Ok(3)),
+            ((None, Some(5), len(8)), Ok(5)),
+            ((None, None, len(8)), Ok(8)),
+            // A length that is not a whole number of pages rounds down.
+            ((None, None, len(8) + 100), Ok(8)),
+            // The file may be longer than its pages (chunk size)...
+            ((Some(2), None, len(16)), Ok(2)),
+            // ...never shorter.
+            (
+                (Some(9), None, len(8)),
+                Err(format!(
+                    "database file of {} bytes is shorter than its 9 pages",
+                    len(8)
+                )),
+            ),
+            (
+                (None, Some(9), len(8)),
+                Err(format!(
+                    "database file of {} bytes is shorter than its 9 pages",
+                    len(8)
+                )),
+            ),
+            // An empty file has no image.
+            (
+                (None, None, 0),
+                Err("database file of 0 bytes is shorter than its 0 pages".into()),
+            ),
+            (
+                (None, None, 100),
+                Err("database file of 100 bytes is shorter than its 0 pages".into()),
+            ),
+        ];
+        for ((header, commit, db_len), want) in rows {
+            assert_eq!(
+                db_file_pages(header, commit, db_len, PAGE),
+                want,
+                "{header:?} {commit:?} {db_len}"
+            );
+        }
     }
 }
