@@ -18,13 +18,93 @@
 //!   file still has the fingerprint it had when it held exactly what was
 //!   shipped: every frame of the WAL is new, ship from its start.
 //!
-//! Anything else is a gap: a new generation with a full snapshot.
+//! Anything else is a gap: a new generation with a full snapshot. While
+//! walsync holds a database, `ship_from` says whether the WAL still
+//! continues what was shipped (a restart is a continuation only while the
+//! database file is the shipped state).
 
 use super::error::ReplicaError;
 use super::live::Cursor;
 use crate::format::mark::{Fingerprint, Mark};
 use crate::keys::{BackupObject, ObjectKind};
 use crate::wal::{WalHeader, WalPos};
+
+/// The WAL no longer continues what was shipped: a new generation starts.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Gap {
+    pub(super) reason: String,
+    /// walsync's locks on the database were lost (the WAL or the -shm file
+    /// vanished under it): the connections must be opened again.
+    pub(super) reopen: bool,
+    /// Another file was renamed over the database.
+    pub(super) replaced: bool,
+}
+
+impl Gap {
+    pub(super) fn new(reason: impl Into<String>) -> Gap {
+        Gap {
+            reason: reason.into(),
+            reopen: false,
+            replaced: false,
+        }
+    }
+
+    pub(super) fn lost_locks(reason: impl Into<String>) -> Gap {
+        Gap {
+            reason: reason.into(),
+            reopen: true,
+            replaced: false,
+        }
+    }
+
+    pub(super) fn replaced() -> Gap {
+        Gap {
+            reason: "the database file was replaced".into(),
+            reopen: true,
+            replaced: true,
+        }
+    }
+}
+
+/// Where shipping goes on in the current WAL (with `header`, if valid, and
+/// `len` bytes), from where walsync stands (`cursor`) in a database of
+/// `page_size`: at walsync's position if the WAL is the one it is in, at
+/// the WAL's start if it was restarted while the database file was the
+/// shipped state; `Ok(None)` if there is nothing to ship and nothing lost
+/// (no valid header, and nothing of this WAL was shipped or the database
+/// file is the shipped state). Anything else is a gap.
+pub(super) fn ship_from(
+    cursor: Cursor,
+    page_size: u32,
+    header: Option<WalHeader>,
+    len: u64,
+) -> Result<Option<WalPos>, Gap> {
+    let Some(h) = header else {
+        return if cursor.base_is_db_file || cursor.pos.is_none() {
+            Ok(None)
+        } else {
+            Err(Gap::new("the WAL was truncated or overwritten"))
+        };
+    };
+    if h.page_size != page_size {
+        return Err(Gap::new(format!(
+            "the WAL page size {} differs from the database's {}",
+            h.page_size, page_size
+        )));
+    }
+    match cursor.pos {
+        Some(p) if p.same_wal(&h) => {
+            if len < p.offset {
+                return Err(Gap::new("the WAL is shorter than what was shipped"));
+            }
+            Ok(Some(p))
+        }
+        _ if cursor.base_is_db_file => Ok(Some(h.start())),
+        _ => Err(Gap::new(
+            "the WAL was restarted before walsync shipped all of it",
+        )),
+    }
+}
 
 /// What the bucket's listing of one database says about its backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -738,6 +818,71 @@ mod tests {
                 assert_eq!((c.pos, c.db_pages), (p, Some(3)), "{what}");
             }
             assert_eq!(local.asked, asked, "{what}");
+        }
+    }
+
+    #[test]
+    fn shipping_goes_on_where_walsync_stands_or_at_a_restart_over_the_shipped_state() {
+        let at = pos(1, 1000);
+        let cursor = |pos: Option<WalPos>, base_is_db_file: bool| Cursor {
+            pos,
+            base_is_db_file,
+            db_pages: Some(2),
+        };
+        let gap = |reason: &str| Err(Gap::new(reason));
+        let other_page = WalHeader {
+            page_size: 1024,
+            ..header(1)
+        };
+        type Row = (
+            (Option<WalPos>, bool, Option<WalHeader>, u64),
+            Result<Option<WalPos>, Gap>,
+        );
+        // (walsync's position, base is the db file, WAL header, WAL length)
+        //   -> where shipping goes on, or the gap.
+        let rows: Vec<Row> = vec![
+            ((Some(at), false, Some(header(1)), 1000), Ok(Some(at))),
+            ((Some(at), false, Some(header(1)), 5000), Ok(Some(at))),
+            ((Some(at), true, Some(header(1)), 1000), Ok(Some(at))),
+            (
+                (Some(at), false, Some(header(1)), 999),
+                gap("the WAL is shorter than what was shipped"),
+            ),
+            // Restarted: a continuation only over the shipped state.
+            (
+                (Some(at), true, Some(header(2)), 5000),
+                Ok(Some(header(2).start())),
+            ),
+            (
+                (None, true, Some(header(2)), 5000),
+                Ok(Some(header(2).start())),
+            ),
+            (
+                (Some(at), false, Some(header(2)), 5000),
+                gap("the WAL was restarted before walsync shipped all of it"),
+            ),
+            (
+                (None, false, Some(header(2)), 5000),
+                gap("the WAL was restarted before walsync shipped all of it"),
+            ),
+            // No valid header (empty or truncated WAL).
+            ((None, false, None, 0), Ok(None)),
+            ((Some(at), true, None, 0), Ok(None)),
+            (
+                (Some(at), false, None, 0),
+                gap("the WAL was truncated or overwritten"),
+            ),
+            (
+                (Some(at), true, Some(other_page), 5000),
+                gap("the WAL page size 1024 differs from the database's 4096"),
+            ),
+        ];
+        for ((p, base, h, len), want) in rows {
+            assert_eq!(
+                ship_from(cursor(p, base), PAGE, h, len),
+                want,
+                "{p:?} base {base} {h:?} len {len}"
+            );
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Shipping: the committed transactions after walsync's position are read
 //! from the WAL and uploaded as segments of whole transactions (spooled to
 //! a file when one transaction makes a segment large); a WAL that no longer
-//! continues what was shipped is a `Gap`, which starts a new generation.
+//! continues what was shipped is a `Gap` (`continuity::ship_from`), which
+//! starts a new generation.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
+use super::continuity::{self, Gap};
 use super::error::{io_err, ReplicaError};
 use super::live::Cursor;
 use super::wal_file::WalFile;
@@ -16,43 +18,6 @@ use crate::keys;
 use crate::spool::SpoolFile;
 use crate::storage::{Body, Storage};
 use crate::wal::{self, TxnSpan, WalHeader, WalPos};
-
-/// The WAL no longer continues what was shipped: a new generation starts.
-#[derive(Debug)]
-pub(super) struct Gap {
-    pub(super) reason: String,
-    /// walsync's locks on the database were lost (the WAL or the -shm file
-    /// vanished under it): the connections must be opened again.
-    pub(super) reopen: bool,
-    /// Another file was renamed over the database.
-    pub(super) replaced: bool,
-}
-
-impl Gap {
-    pub(super) fn new(reason: impl Into<String>) -> Gap {
-        Gap {
-            reason: reason.into(),
-            reopen: false,
-            replaced: false,
-        }
-    }
-
-    pub(super) fn lost_locks(reason: impl Into<String>) -> Gap {
-        Gap {
-            reason: reason.into(),
-            reopen: true,
-            replaced: false,
-        }
-    }
-
-    pub(super) fn replaced() -> Gap {
-        Gap {
-            reason: "the database file was replaced".into(),
-            reopen: true,
-            replaced: true,
-        }
-    }
-}
 
 /// Where an encoded segment goes: memory when small, a spool file when one
 /// transaction makes it large.
@@ -162,33 +127,13 @@ impl Replica {
         let Some(wal) = WalFile::open(&self.opts.path)? else {
             return Ok(Err(Gap::lost_locks("the WAL file was deleted")));
         };
-        let Some(h) = wal.header()? else {
-            return Ok(if cursor.base_is_db_file || cursor.pos.is_none() {
-                Ok(())
-            } else {
-                Err(Gap::new("the WAL was truncated or overwritten"))
-            });
+        let header = wal.header()?;
+        let from = match continuity::ship_from(cursor, live.page_size, header, wal.len) {
+            Ok(Some(from)) => from,
+            Ok(None) => return Ok(Ok(())),
+            Err(gap) => return Ok(Err(gap)),
         };
-        if h.page_size != live.page_size {
-            return Ok(Err(Gap::new(format!(
-                "the WAL page size {} differs from the database's {}",
-                h.page_size, live.page_size
-            ))));
-        }
-        let from = match cursor.pos {
-            Some(p) if p.same_wal(&h) => {
-                if wal.len < p.offset {
-                    return Ok(Err(Gap::new("the WAL is shorter than what was shipped")));
-                }
-                p
-            }
-            _ if cursor.base_is_db_file => h.start(),
-            _ => {
-                return Ok(Err(Gap::new(
-                    "the WAL was restarted before walsync shipped all of it",
-                )))
-            }
-        };
+        let h = header.expect("invariant: shipping goes on only in a WAL with a header");
         let max_segment = self.opts.max_segment_bytes;
         let mut shipped = 0u64;
         let prefix = self.opts.prefix.clone();

@@ -4,9 +4,9 @@
 //! that the WAL stays backfilled (issue 10: a database replaced by rename
 //! must never get a stale WAL applied to it).
 
+use super::continuity::Gap;
 use super::error::ReplicaError;
 use super::live::WalEnd;
-use super::ship::Gap;
 use super::sync_plan::{self, SettleStep};
 use super::wal_file::{wal_end_after, wal_header};
 use super::{Replica, SyncReport};
