@@ -21,7 +21,11 @@ pub(super) struct WalState {
     /// How far the current WAL has grown since it was last restarted:
     /// walsync's position in it (0 without one). Not the file's size: SQLite
     /// reuses a restarted WAL file without shrinking it, and an idle database
-    /// must not be checkpointed over and over.
+    /// must not be checkpointed over and over. walsync's read mark (see
+    /// `settle`) keeps the application from restarting the WAL, so
+    /// walsync's own sync point, which leaves it with mark 0, is what lets
+    /// the next writer start the WAL over; not again while nothing was
+    /// shipped since the last one (`base_is_db_file` and `mark_zero`).
     pub(super) used_bytes: u64,
     /// The `-wal` file's size (0 without one), stale tail included.
     pub(super) file_bytes: u64,
