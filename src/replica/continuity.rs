@@ -516,6 +516,54 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_start_takes_the_newest_txid_whatever_the_listing() {
+        // Property: with no txid known before, the newest object has the
+        // largest txid of every snapshot and segment, and is the first of
+        // them listed with it; the mark is the largest (generation, txid).
+        let mut rng = crate::testing::Rng(0x5eed_1234);
+        for _ in 0..crate::testing::fuzz_iters(500) {
+            let mut objects = Vec::new();
+            for _ in 0..rng.below(12) {
+                let generation = 1 + rng.below(3) as u64;
+                let txid = 1 + rng.below(20) as u64;
+                let time = rng.below(1000) as u64;
+                objects.push(match rng.below(3) {
+                    0 => snap(generation, txid, time),
+                    1 => seg(generation, txid, txid + rng.below(3) as u64, time),
+                    _ => mark(generation, txid, time),
+                });
+            }
+            let objects = listing(objects);
+            let s = summarize(&objects, 0);
+            let shipped = || {
+                objects
+                    .iter()
+                    .filter(|o| !matches!(o.kind, ObjectKind::Mark { .. }))
+            };
+            let max = shipped().map(|o| o.kind.txid()).max();
+            assert_eq!(s.newest.map(|o| o.kind.txid()), max, "{objects:?}");
+            assert_eq!(
+                s.newest.map(|o| &o.key),
+                shipped()
+                    .find(|o| Some(o.kind.txid()) == max)
+                    .map(|o| &o.key),
+                "{objects:?}"
+            );
+            assert_eq!(s.last_txid, max.unwrap_or(0), "{objects:?}");
+            let newest_mark = objects
+                .iter()
+                .filter(|o| matches!(o.kind, ObjectKind::Mark { .. }))
+                .map(|o| (o.generation, o.kind.txid()))
+                .max();
+            assert_eq!(
+                s.newest_mark.map(|o| (o.generation, o.kind.txid())),
+                newest_mark,
+                "{objects:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_known_txid_keeps_the_first_listed_object_unless_a_later_one_is_newer() {
         // The replica's txid before the listing is read counts as seen
         // (today's behaviour, kept by this refactor).
