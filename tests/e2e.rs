@@ -2393,9 +2393,42 @@ fn snapshot_count(storage: &S3Storage, prefix: &str) -> usize {
         .count()
 }
 
+/// Whether walsync holds an SQLite connection on `db`: a descriptor of its
+/// `-wal` or `-shm` file is open in the process (a released database keeps
+/// a descriptor of the database file only).
+fn holds(child: &Running, db: &Path) -> bool {
+    let side: Vec<PathBuf> = ["-wal", "-shm"]
+        .iter()
+        .map(|s| PathBuf::from(format!("{}{s}", db.display())))
+        .collect();
+    std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|target| side.contains(&target))
+}
+
+/// Waits (up to 30 s) until `done` says so.
+fn wait_for(done: impl Fn() -> bool, what: &str) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "waited 30 s for {what}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until walsync holds no SQLite connection on `db`.
+fn wait_let_go(child: &Running, db: &Path) {
+    wait_for(|| !holds(child, db), "walsync to let go of the database");
+}
+
 #[test]
 fn a_database_replaced_by_rename_is_never_corrupted_and_starts_a_new_generation() {
     let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    // Long enough that the application closes first in the even rounds.
+    setup.edit_config(|t| format!("idle_release_after = \"5s\"\n{t}"));
     let prefix = "tenants/acme";
     let db = setup.dir.join("app.db");
     let storage = setup.storage();
@@ -2406,22 +2439,35 @@ fn a_database_replaced_by_rename_is_never_corrupted_and_starts_a_new_generation(
     let mut child = setup.watch("watch.log");
     let mut next = 1_000;
     for round in 0..3 {
-        // The steps: commits and a delete, one sync interval, then
-        // VACUUM INTO, the application's only connection closed, rename.
-        for _ in 0..50 {
+        // The steps: commits and a delete, then VACUUM INTO, the
+        // application's only connection closed, rename; the replacement a
+        // different size each round (smaller, larger, larger).
+        let n = [50, 2_000, 400][round];
+        for _ in 0..n {
             insert(&c, next);
             next += 1;
         }
         c.execute("DELETE FROM t WHERE id % 3 = 0", []).unwrap();
         showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
-        // What makes the rename safe: the WAL is fully backfilled once
-        // walsync has caught up, so SQLite ignores it for the new file.
-        wait_backfilled(&db);
         let expected = rows(&db);
         let new = setup.dir.join("x.db");
         c.execute("VACUUM INTO ?1", [new.to_str().unwrap()])
             .unwrap();
-        drop(c);
+        // What makes the rename safe: walsync has let go of the quiet
+        // database (README "Replacing a database"). Whoever closes last,
+        // no stale frame or wal-index reaches the new file: the
+        // application's last close deletes the WAL, and walsync's leaves
+        // it empty.
+        if round % 2 == 0 {
+            // walsync holds the database (a first sync may let go of it
+            // at once; the writes above took it up again), so it closes last.
+            wait_for(|| holds(&child, &db), "walsync to hold the database");
+            drop(c);
+            showing_log_on_failure(&setup, "watch.log", || wait_let_go(&child, &db));
+        } else {
+            showing_log_on_failure(&setup, "watch.log", || wait_let_go(&child, &db));
+            drop(c);
+        }
         std::fs::rename(&new, &db).unwrap();
         c = open_app(&db);
         assert_eq!(integrity(&db), "ok", "round {round}");
@@ -2430,10 +2476,12 @@ fn a_database_replaced_by_rename_is_never_corrupted_and_starts_a_new_generation(
         insert(&c, next);
         next += 1;
         showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+        assert_eq!(integrity(&db), "ok", "round {round}");
     }
     assert!(sigterm(&mut child).success());
     let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
     assert_eq!(generation_count(&storage, prefix), 4, "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
     assert_eq!(
         setup.restore_verified(prefix, &setup.dir.join("r.db")),
         rows(&db)

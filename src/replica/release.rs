@@ -118,9 +118,32 @@ impl Replica {
             return Ok(None);
         }
         let mut report = SyncReport::default();
-        let Some((true, stat)) = self.sync_point(storage, &mut report)? else {
+        let Some((true, mut stat)) = self.sync_point(storage, &mut report)? else {
             return Ok(None);
         };
+        // Leave the WAL empty, as the application's last close would have
+        // (it deletes the WAL; walsync's connection kept it from doing so).
+        // Once walsync's connections are closed, the next connection to
+        // open this path rebuilds the wal-index from the WAL; a WAL still
+        // holding frames, even backfilled ones, would then be applied to
+        // whatever file is at the path, e.g. one renamed over the database
+        // (README "Replacing a database"). Safe: read mark 0 is held, so
+        // every frame is shipped and in the database file.
+        let truncated = self.live_mut().handle.checkpoint_truncate()?;
+        if truncated.complete() {
+            // Taken again, so that the next write (which restarts the
+            // empty WAL) shows as a change. A write between the TRUNCATE
+            // and this stat is not in the bucket yet: not the moment.
+            stat = sqlite::stat_of(&path);
+            if stat.wal.is_some_and(|(len, _)| len != 0) {
+                return Ok(None);
+            }
+        } else {
+            log::debug!(
+                "{}: TRUNCATE before letting go not complete: {truncated:?}",
+                path.display()
+            );
+        }
         // Read mark 0 is held: the database file cannot change meanwhile.
         let fingerprint = fingerprint(self.live_mut().handle.file(), &path)?;
         // Leave the proof in the bucket too, so that a restart (or a kill)
