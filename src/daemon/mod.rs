@@ -26,7 +26,7 @@ mod catalog;
 mod fds;
 mod schedule;
 
-pub use catalog::{Catalog, WatchedDatabase};
+pub use catalog::{config_databases, replica_options, Catalog, ConfigCatalog, WatchedDatabase};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
