@@ -30,7 +30,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-S3S_FS_VERSION = "0.14.1"
+# The one place the version is named: contrib/tools.versions.
+S3S_FS_VERSION = next(line.split("=", 1)[1].strip()
+                      for line in (REPO / "contrib/tools.versions").read_text().splitlines()
+                      if line.startswith("S3S_FS_VERSION="))
 BUCKET = "bench-bucket"  # S3 bucket names need 3 to 63 characters
 REGION = "us-east-1"
 

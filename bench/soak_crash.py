@@ -17,6 +17,8 @@ anything was lost or a restore failed.
 import argparse, hashlib, os, random, shutil, signal, socket, sqlite3, subprocess
 import sys, tempfile, threading, time
 
+from common import s3s_fs_binary  # bench/common.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -108,8 +110,7 @@ def main():
     env = dict(os.environ, RUST_LOG="info")
     try:
         if args.s3:
-            s3s = os.environ.get("WALSYNC_S3S_FS") or os.path.expanduser(
-                "~/.cache/walsync-tools/s3s-fs-0.14.1/bin/s3s-fs")
+            s3s = str(s3s_fs_binary())
             port = free_port()
             os.makedirs(os.path.join(work, "s3/bucket"))
             server = subprocess.Popen([s3s, "--host", "127.0.0.1", "--port", str(port), "--access-key", "AKSOAK",

@@ -21,9 +21,10 @@
 #   CI=true          also pass --locked to cargo (Cargo.lock must be current)
 set -euo pipefail
 
-S3S_FS_VERSION=0.14.1
-
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# S3S_FS_VERSION
+source contrib/tools.versions
 
 section() {
     printf '\n==> %s\n' "$*"

@@ -6,10 +6,12 @@
 //! edges (`storage`, `sqlite`, `replica`, `restore`, `daemon`, `cmd`) do.
 //! See DESIGN.md for the invariants each module upholds.
 
+pub mod backoff;
 pub mod cmd;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
+pub mod file_pattern;
 pub mod format;
 pub mod keys;
 pub mod logging;

@@ -31,7 +31,6 @@ use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -261,14 +260,12 @@ enum Lock {
 
 fn try_lock(file: &File) -> Lock {
     loop {
-        // SAFETY: flock on a descriptor `file` owns for this whole call.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Lock::Held;
-        }
-        match io::Error::last_os_error().raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Lock::Busy,
-            _ => return Lock::Unsupported,
+        // std's try_lock is flock(2) with LOCK_EX | LOCK_NB on Linux.
+        match file.try_lock() {
+            Ok(()) => return Lock::Held,
+            Err(fs::TryLockError::WouldBlock) => return Lock::Busy,
+            Err(fs::TryLockError::Error(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(fs::TryLockError::Error(_)) => return Lock::Unsupported,
         }
     }
 }

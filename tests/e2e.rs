@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::app::{integrity, rows};
 use common::s3server::S3Server;
 use rusqlite::Connection;
 use walsync::keys::{self, ObjectKind};
@@ -177,22 +178,6 @@ fn open_app(path: &Path) -> Connection {
     c
 }
 
-fn rows(path: &Path) -> Vec<(i64, String)> {
-    let c = Connection::open(path).unwrap();
-    let mut s = c.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
-    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-fn integrity(path: &Path) -> String {
-    Connection::open(path)
-        .unwrap()
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap()
-}
-
 /// Inserts row `id`, retrying while walsync briefly holds the write lock.
 /// Returns once the row is committed.
 fn insert(c: &Connection, id: i64) {
@@ -214,7 +199,7 @@ fn insert(c: &Connection, id: i64) {
 /// commits made by another process, whose end the test cannot time.
 fn wait_restorable(storage: &S3Storage, prefix: &str, db: &Path) {
     // Outside the database's directory, which walsync may be watching.
-    let scratch = common::s3server::unique_temp_dir("walsync-probe").join("probe.db");
+    let scratch = common::unique_temp_dir("walsync-probe").join("probe.db");
     let start = Instant::now();
     loop {
         let _ = std::fs::remove_file(&scratch);
@@ -1044,7 +1029,12 @@ fn a_second_walsync_on_the_same_database_is_refused() {
         "{err}"
     );
     let mut second = setup.watch("second.log");
-    thread::sleep(Duration::from_millis(1500));
+    wait_log(
+        &setup,
+        "second.log",
+        "another walsync process is already replicating",
+        1,
+    );
     assert!(sigterm(&mut second).success());
     let log = std::fs::read_to_string(setup.dir.join("second.log")).unwrap();
     assert!(
@@ -1174,7 +1164,12 @@ fn sighup_adds_and_removes_databases_while_another_is_written() {
     // A broken config on SIGHUP is refused; the running set stays.
     std::fs::write(&setup.config, "this is = not [valid").unwrap();
     signal(&child, libc::SIGHUP);
-    thread::sleep(Duration::from_millis(300));
+    wait_log(
+        &setup,
+        "watch.log",
+        "the current configuration stays in force",
+        1,
+    );
     for id in 31..=35 {
         insert(&new, id);
     }
@@ -1408,14 +1403,20 @@ fn a_second_path_to_a_live_database_never_drops_its_locks() {
     // first is live. (Linked before the start, either name could win the
     // race to open it first, and the test waited for apps/main in vain.)
     std::fs::hard_link(&db, setup.dir.join("alias.db")).unwrap();
-    thread::sleep(Duration::from_millis(700)); // the alias has been tried and refused
-                                               // The application writes and closes: with walsync's locks intact its
-                                               // close can neither checkpoint past walsync nor delete the WAL.
+    // The alias has been tried and refused.
+    wait_log(
+        &setup,
+        "watch.log",
+        "already replicated by this walsync under another path",
+        1,
+    );
+    // The application writes and closes: with walsync's locks intact its
+    // close can neither checkpoint past walsync nor delete the WAL.
     python_app(
         &db,
         "c.execute(\"INSERT INTO t(v) VALUES ('a')\")\nc.execute(\"UPDATE t SET v = 'a2'\")",
     );
-    thread::sleep(Duration::from_millis(300));
+    wait_shipped(&storage, "apps/main", &db);
     python_app(&db, "c.execute(\"INSERT INTO t(v) VALUES ('b')\")");
     wait_restorable(&storage, "apps/main", &db);
     assert!(sigterm(&mut child).success());
@@ -2588,7 +2589,7 @@ struct DirSetup {
 impl DirSetup {
     /// One `[[databases]]` table per (file in the directory, prefix).
     fn new(name: &str, dbs: &[(&str, &str)]) -> DirSetup {
-        let dir = common::s3server::unique_temp_dir(&format!("walsync-{name}"));
+        let dir = common::unique_temp_dir(&format!("walsync-{name}"));
         let tables: String = dbs
             .iter()
             .map(|(file, prefix)| {
@@ -2603,10 +2604,7 @@ impl DirSetup {
 
     /// The config's tables as given (paths relative to the directory).
     fn with_tables(name: &str, tables: &str) -> DirSetup {
-        DirSetup::in_dir(
-            common::s3server::unique_temp_dir(&format!("walsync-{name}")),
-            tables,
-        )
+        DirSetup::in_dir(common::unique_temp_dir(&format!("walsync-{name}")), tables)
     }
 
     fn in_dir(dir: PathBuf, tables: &str) -> DirSetup {

@@ -4,9 +4,12 @@
 //! compared. (The same paths against the real S3 server, through the real
 //! binary, are in `tests/e2e.rs`.)
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::app::rows;
 use rusqlite::Connection;
 use walsync::plan::Target;
 use walsync::replica::{Replica, ReplicaOptions};
@@ -14,10 +17,7 @@ use walsync::restore::{restore, RestoreError};
 use walsync::storage::dir::DirStorage;
 
 fn temp_dir(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("walsync-lib-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
+    common::unique_temp_dir(&format!("walsync-lib-{name}"))
 }
 
 fn options(db: &Path, prefix: &str, spool: &Path) -> ReplicaOptions {
@@ -41,15 +41,6 @@ fn app(db: &Path) -> Connection {
     )
     .unwrap();
     c
-}
-
-fn rows(db: &Path) -> Vec<(i64, String)> {
-    let c = Connection::open(db).unwrap();
-    let mut s = c.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
-    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
 }
 
 /// Restores prefix `p` (newest) to `out` and returns its rows.

@@ -803,7 +803,7 @@ fn put_sends_a_content_length_and_the_signed_checksum() {
     let server = FakeServer::start(|_| ("200 OK", "etag: \"0123\"\r\n", String::new()));
     let storage = storage_at(&server.endpoint);
     let bytes = pseudo_random_bytes(300_000);
-    let dir = common::s3server::unique_temp_dir("walsync-put-head");
+    let dir = common::unique_temp_dir("walsync-put-head");
     let path = dir.join("body.bin");
     std::fs::write(&path, &bytes).expect("write the body file");
     let crc = crc32fast::hash(&bytes);

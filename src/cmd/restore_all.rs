@@ -1,6 +1,7 @@
 //! `walsync restore-all`: restore every database, for cron jobs that prove
 //! the backups work and for rebuilding a lost machine.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -151,8 +152,7 @@ pub fn run_all(
 ) -> Result<(), CliError> {
     let pool = super::thread_pool(jobs)?;
     // A progress line on a terminal only: cron logs get the summary lines.
-    // SAFETY: isatty on the standard error descriptor.
-    let progress = unsafe { libc::isatty(2) } == 1;
+    let progress = std::io::stderr().is_terminal();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let outcomes: Vec<Outcome> = pool.install(|| {
         prefixes

@@ -6,7 +6,6 @@
 //! `~/.cache/walsync-tools/s3s-fs-0.14.1/bin/s3s-fs` (where CI installs it).
 //! If it is missing or does not come up, the test panics with the reason:
 //! nothing is skipped silently.
-#![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::fs::{self, File};
 use std::hash::{BuildHasher, RandomState};
@@ -15,12 +14,19 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use walsync::storage::s3::S3Settings;
 
-/// The s3s-fs version the harness is written against.
-pub const S3S_FS_VERSION: &str = "0.14.1";
+/// The s3s-fs version the harness is written against: the one
+/// `contrib/tools.versions` names (where `contrib/test.sh` reads it too).
+pub fn s3s_fs_version() -> &'static str {
+    include_str!("../../contrib/tools.versions")
+        .lines()
+        .find_map(|line| line.strip_prefix("S3S_FS_VERSION="))
+        .map(str::trim)
+        .expect("contrib/tools.versions names S3S_FS_VERSION")
+}
 /// How long the server may take to accept connections.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Region we sign for; s3s-fs accepts any.
@@ -49,14 +55,15 @@ impl S3Server {
     pub fn start() -> S3Server {
         let binary = s3s_fs_binary();
         if !binary.is_file() {
+            let v = s3s_fs_version();
             panic!(
                 "s3s-fs not found at {} (set WALSYNC_S3S_FS or install it with \
-                 `cargo install s3s-fs --version {S3S_FS_VERSION} --features binary --root ~/.cache/walsync-tools/s3s-fs-{S3S_FS_VERSION}`)",
+                 `cargo install s3s-fs --version {v} --features binary --root ~/.cache/walsync-tools/s3s-fs-{v}`)",
                 binary.display()
             );
         }
 
-        let dir = unique_temp_dir("walsync-s3s");
+        let dir = super::unique_temp_dir("walsync-s3s");
         let root = dir.join("data");
         let bucket = "walsync-test".to_owned();
         fs::create_dir_all(root.join(&bucket))
@@ -220,7 +227,8 @@ fn s3s_fs_binary() -> PathBuf {
     let home = std::env::var_os("HOME")
         .unwrap_or_else(|| panic!("HOME is not set; set WALSYNC_S3S_FS instead"));
     Path::new(&home).join(format!(
-        ".cache/walsync-tools/s3s-fs-{S3S_FS_VERSION}/bin/s3s-fs"
+        ".cache/walsync-tools/s3s-fs-{}/bin/s3s-fs",
+        s3s_fs_version()
     ))
 }
 
@@ -263,20 +271,6 @@ fn log_tail(path: &Path) -> String {
     } else {
         tail
     }
-}
-
-/// A new, empty directory under the system temp dir, unique per process and
-/// call.
-pub fn unique_temp_dir(prefix: &str) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos}", std::process::id()));
-    fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-    path
 }
 
 /// `len` random lower-case hex digits (not cryptographic; test credentials).

@@ -15,6 +15,8 @@ use std::fmt;
 
 use crate::storage::ObjectMeta;
 
+pub mod prefix;
+
 /// What one object of a backup is, as its key says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ObjectKind {

@@ -1,0 +1,113 @@
+//! `ReplicaError`: what can go wrong while replicating one database, with
+//! the questions the daemon asks of it (keep `impl ReplicaError` here, in
+//! one block).
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::format::FormatError;
+use crate::keys;
+use crate::sqlite::SqliteError;
+use crate::storage::StorageError;
+
+#[derive(Debug)]
+pub enum ReplicaError {
+    Sqlite(SqliteError),
+    Storage(StorageError),
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// An object in the bucket could not be decoded.
+    Corrupt {
+        key: String,
+        source: FormatError,
+    },
+    BadKey(keys::BadKey),
+    /// The files changed while walsync read them; it tries again.
+    Unstable {
+        path: PathBuf,
+        what: String,
+    },
+}
+
+impl fmt::Display for ReplicaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplicaError::Sqlite(e) => e.fmt(f),
+            ReplicaError::Storage(e) => e.fmt(f),
+            ReplicaError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            ReplicaError::Corrupt { key, source } => write!(f, "object {key:?}: {source}"),
+            ReplicaError::BadKey(e) => e.fmt(f),
+            ReplicaError::Unstable { path, what } => {
+                write!(f, "{}: {what}; will retry", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReplicaError {}
+
+impl From<SqliteError> for ReplicaError {
+    fn from(e: SqliteError) -> Self {
+        ReplicaError::Sqlite(e)
+    }
+}
+
+impl From<StorageError> for ReplicaError {
+    fn from(e: StorageError) -> Self {
+        ReplicaError::Storage(e)
+    }
+}
+
+impl ReplicaError {
+    /// The database file is not there (yet): wait for it, do not back off loudly.
+    pub fn is_missing_database(&self) -> bool {
+        matches!(self, ReplicaError::Sqlite(SqliteError::Missing(_)))
+    }
+
+    /// Another file took the database's path while walsync worked on it:
+    /// the next sync sees the new file (no backoff, nothing failed).
+    pub fn is_replaced_database(&self) -> bool {
+        matches!(self, ReplicaError::Sqlite(SqliteError::Replaced(_)))
+    }
+
+    /// The process (EMFILE) or the system (ENFILE) had no descriptor left,
+    /// as the OS error says; `is_cannot_open` is SQLite's word for what may
+    /// be the same. The S3 client keeps only the text of a transport error,
+    /// so there the errno is read from it.
+    pub fn is_out_of_descriptors(&self) -> bool {
+        let os = |e: &io::Error| crate::signals::is_out_of_fds(e);
+        match self {
+            ReplicaError::Io { source, .. }
+            | ReplicaError::Sqlite(SqliteError::Io { source, .. })
+            | ReplicaError::Storage(StorageError::Io { source, .. })
+            | ReplicaError::Corrupt {
+                source: FormatError::Io(source),
+                ..
+            } => os(source),
+            ReplicaError::Storage(StorageError::Transport { detail, .. }) => {
+                detail.contains("(os error 24)") || detail.contains("(os error 23)")
+            }
+            _ => false,
+        }
+    }
+
+    /// SQLite could not open the database, its WAL or its -shm file
+    /// (SQLITE_CANTOPEN, which hides the errno).
+    pub fn is_cannot_open(&self) -> bool {
+        matches!(
+            self,
+            ReplicaError::Sqlite(SqliteError::Sqlite { source, .. })
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen)
+        )
+    }
+}
+
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ReplicaError + '_ {
+    move |source| ReplicaError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,221 @@
+//! Letting go of a database (idle release, or stop) with the proof that
+//! lets it be taken up again without a snapshot: the database file's
+//! fingerprint while it held exactly what was shipped, kept in memory and
+//! left in the bucket as a mark; and waking a released database.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+use super::continuity;
+use super::error::{io_err, ReplicaError};
+use super::live::Cursor;
+use super::resume::LocalFiles;
+use super::{Replica, SyncReport};
+use crate::format::mark::{Fingerprint, Mark};
+use crate::keys;
+use crate::sqlite::{self, DbHandle};
+use crate::storage::{Body, Storage};
+
+/// A database walsync let go of while it was idle (DESIGN.md "Scale"): no
+/// connections and no read transaction, only walsync's own descriptor (which
+/// keeps the flock and the process-wide registration) and a fingerprint of
+/// the database file taken when it held exactly what was shipped.
+pub(super) struct Released {
+    pub(super) db: sqlite::DbFile,
+    pub(super) cursor: Cursor,
+    pub(super) page_size: u32,
+    pub(super) fingerprint: Fingerprint,
+}
+
+pub(super) fn fingerprint(file: &File, path: &Path) -> Result<Fingerprint, ReplicaError> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut mix = 0x9e37_79b9_7f4a_7c15u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = match file.read_at(&mut buf, at) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        crc.update(&buf[..n]);
+        for word in buf[..n].chunks(8) {
+            let mut w = [0u8; 8];
+            w[..word.len()].copy_from_slice(word);
+            mix = (mix ^ u64::from_le_bytes(w))
+                .wrapping_mul(0x0000_0100_0000_01b3)
+                .rotate_left(29);
+        }
+        at += n as u64;
+    }
+    Ok(Fingerprint {
+        len: at,
+        crc: crc.finalize(),
+        mix,
+    })
+}
+
+impl Replica {
+    /// Lets go of an idle database: ships what is left and runs a sync
+    /// point; if the checkpoint was complete (the database file is then
+    /// exactly what was shipped), fingerprints the file and closes the
+    /// connections, keeping only walsync's descriptor. `Ok(false)` if it
+    /// was not the moment (not live, too large, not complete).
+    pub fn release(
+        &mut self,
+        storage: &dyn Storage,
+        max_db_bytes: u64,
+    ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
+        self.let_go(storage, max_db_bytes, "idle, connections released")
+    }
+
+    /// Stops replicating (SIGTERM, or the database left the configuration)
+    /// the way a release does, whatever the database's size: ships what is
+    /// left, backfills the WAL under the write lock and leaves a mark with
+    /// the database file's fingerprint in the bucket, so that the next
+    /// start continues this generation without a snapshot even if the
+    /// application restarts the WAL meanwhile (README "Restarts"). If the
+    /// write lock or a complete checkpoint is not to be had, no mark is
+    /// left and the next start relies on the WAL alone.
+    pub fn stop(&mut self, storage: &dyn Storage) -> Result<(), ReplicaError> {
+        if self.live.is_some() {
+            let left = self.let_go(storage, u64::MAX, "stopped, mark left")?;
+            if left.is_none() {
+                log::info!(
+                    "{} ({}): no complete checkpoint at stop (the write lock was busy or an \
+                     application reader held old frames); the next start resumes only if the WAL \
+                     still continues the backup",
+                    self.opts.path.display(),
+                    self.opts.prefix
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn let_go(
+        &mut self,
+        storage: &dyn Storage,
+        max_db_bytes: u64,
+        done: &str,
+    ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
+        if self.needs_generation || self.live.is_none() {
+            return Ok(None);
+        }
+        let path = self.opts.path.clone();
+        let len = self
+            .live_mut()
+            .handle
+            .file()
+            .metadata()
+            .map_err(io_err(&path))?
+            .len();
+        if len > max_db_bytes {
+            return Ok(None);
+        }
+        let mut report = SyncReport::default();
+        let Some((true, stat)) = self.sync_point(storage, &mut report)? else {
+            return Ok(None);
+        };
+        // Read mark 0 is held: the database file cannot change meanwhile.
+        let fingerprint = fingerprint(self.live_mut().handle.file(), &path)?;
+        // Leave the proof in the bucket too, so that a restart (or a kill)
+        // while the database is idle can resume without a full snapshot.
+        let cursor = self.live_mut().cursor;
+        let mark = Mark {
+            page_size: self.live_mut().page_size,
+            db_pages: cursor.db_pages,
+            fingerprint,
+            pos: cursor.pos,
+        };
+        let (bytes, crc) = mark.encode();
+        let time_ms = self.now_ms();
+        let key = keys::mark_key(&self.opts.prefix, self.generation, self.last_txid, time_ms);
+        if let Err(e) = storage.put(&key, Body::Bytes(&bytes), crc) {
+            log::warn!(
+                "{} ({}): idle mark not written: {e}",
+                path.display(),
+                self.opts.prefix
+            );
+        }
+        let live = self.live.take().expect("invariant: still live");
+        self.released = Some(Released {
+            db: live.handle.release(),
+            cursor: live.cursor,
+            page_size: live.page_size,
+            fingerprint,
+        });
+        log::debug!("{} ({}): {done}", path.display(), self.opts.prefix);
+        Ok(Some(stat))
+    }
+
+    /// Takes a released database up again. Continuity is proven, with the
+    /// read transaction already held, in one of two ways: the WAL still
+    /// continues the shipped position, or the database file still has the
+    /// fingerprint it had when it held exactly what was shipped (then every
+    /// frame of the current WAL is new). Anything else (the application
+    /// appended, checkpointed and restarted the WAL meanwhile) is a gap.
+    ///
+    /// If it fails before the proof is done (e.g. out of file descriptors),
+    /// the database stays released with its proof, to be woken again later:
+    /// a failed attempt is no gap.
+    pub(super) fn wake(&mut self, released: Released) -> Result<(), ReplicaError> {
+        let Released {
+            db,
+            cursor: released_cursor,
+            page_size,
+            fingerprint,
+        } = released;
+        let path = self.opts.path.clone();
+        let keep = |db| Released {
+            db,
+            cursor: released_cursor,
+            page_size,
+            fingerprint,
+        };
+        let mut handle = match DbHandle::connect_or_return(db, Duration::from_secs(5)) {
+            Ok(h) => h,
+            Err(failed) => {
+                let (e, db) = *failed;
+                self.released = Some(keep(db));
+                return Err(e.into());
+            }
+        };
+        let proof = handle
+            .begin_read()
+            .map_err(ReplicaError::from)
+            .and_then(|()| {
+                let mut local = LocalFiles {
+                    path: &path,
+                    page_size,
+                    handle: &handle,
+                };
+                continuity::wake(released_cursor, fingerprint, &mut local)
+            });
+        let cursor = match proof {
+            Ok(c) => c,
+            Err(e) => {
+                self.released = Some(keep(handle.release()));
+                return Err(e);
+            }
+        };
+        if cursor.is_some() {
+            log::debug!(
+                "{} ({}): woke up, continuing generation",
+                path.display(),
+                self.opts.prefix
+            );
+        }
+        self.go_live(
+            handle,
+            page_size,
+            cursor,
+            continuity::CHANGED_WHILE_RELEASED,
+        );
+        Ok(())
+    }
+}

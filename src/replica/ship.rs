@@ -1,0 +1,298 @@
+//! Shipping: the committed transactions after walsync's position are read
+//! from the WAL and uploaded as segments of whole transactions (spooled to
+//! a file when one transaction makes a segment large); a WAL that no longer
+//! continues what was shipped is a `Gap` (`continuity::ship_from`), which
+//! starts a new generation.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+
+use super::continuity::{self, Gap};
+use super::error::{io_err, ReplicaError};
+use super::live::Cursor;
+use super::wal_file::WalFile;
+use super::{Replica, SyncReport};
+use crate::format::segment::{CommitRecord, SegmentEncoder, SegmentHeader};
+use crate::keys;
+use crate::spool::SpoolFile;
+use crate::storage::{Body, Storage};
+use crate::wal::{self, TxnSpan, WalHeader, WalPos};
+
+/// Where an encoded segment goes: memory when small, a spool file when one
+/// transaction makes it large.
+pub(super) enum Sink {
+    Memory(Vec<u8>),
+    File(BufWriter<File>, PathBuf),
+}
+
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Memory(v) => v.write(b),
+            Sink::File(f, _) => f.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Memory(v) => v.flush(),
+            Sink::File(f, _) => f.flush(),
+        }
+    }
+}
+
+/// Segments whose WAL bytes exceed this are spooled to a file, not memory.
+pub(super) const SEGMENT_IN_MEMORY: u64 = 16 << 20;
+
+/// Encodes the transactions `group` as one segment, reading their frames
+/// from the WAL file again (and checking them again: a WAL that changed
+/// since the scan is an error, retried by the next sync), into memory or,
+/// for a large group, into the spool file `spool`. Returns the sink, the
+/// object's length and its CRC32.
+pub(super) fn encode_segment(
+    wal: &WalFile,
+    h: &WalHeader,
+    header: SegmentHeader,
+    group: &[TxnSpan],
+    spool: Option<&SpoolFile>,
+) -> Result<(Sink, u64, u32), ReplicaError> {
+    let sink = match spool {
+        None => Sink::Memory(Vec::new()),
+        Some(s) => Sink::File(
+            BufWriter::new(s.writer().map_err(io_err(s.path()))?),
+            s.path().to_path_buf(),
+        ),
+    };
+    let out_err = |e: io::Error| io_err(spool.map_or(&wal.path, SpoolFile::path))(e);
+    let mut enc = SegmentEncoder::new(sink, header).map_err(out_err)?;
+    for (i, t) in group.iter().enumerate() {
+        enc.commit(&CommitRecord {
+            txid: header.first_txid + i as u64,
+            time_ms: header.first_time_ms,
+            db_pages: t.db_pages,
+            page_count: t.frame_count,
+        })
+        .map_err(out_err)?;
+        let from = WalPos {
+            salt1: h.salt1,
+            salt2: h.salt2,
+            offset: t.start,
+            checksum: t.start_checksum,
+        };
+        let mut seen = 0u32;
+        let mut last_sum = t.start_checksum;
+        wal.stream_frames(h, from, t.end.offset, |_, _, frame, bytes| {
+            enc.page(frame.page_no, &bytes[wal::FRAME_HEADER_SIZE..])
+                .map_err(out_err)?;
+            seen += 1;
+            last_sum = frame.checksum;
+            Ok(true)
+        })?;
+        if seen != t.frame_count || last_sum != t.end.checksum {
+            return Err(ReplicaError::Unstable {
+                path: wal.path.clone(),
+                what: "the WAL changed while a segment was read from it".into(),
+            });
+        }
+    }
+    let (sink, len, crc) = enc.finish().map_err(out_err)?;
+    let sink = match sink {
+        Sink::File(f, p) => {
+            let file = f.into_inner().map_err(|e| io_err(&p)(e.into_error()))?;
+            file.sync_all().map_err(io_err(&p))?;
+            Sink::File(BufWriter::new(file), p)
+        }
+        m => m,
+    };
+    Ok((sink, len, crc))
+}
+
+impl Replica {
+    /// Ships the committed transactions after the cursor. `Ok(Err(reason))`
+    /// is a gap: the WAL no longer continues what was shipped.
+    pub(super) fn ship(
+        &mut self,
+        storage: &dyn Storage,
+        report: &mut SyncReport,
+    ) -> Result<Result<(), Gap>, ReplicaError> {
+        let live = self
+            .live
+            .as_ref()
+            .expect("invariant: ship runs on a live replica");
+        let cursor = live.cursor;
+        // While walsync holds its connections the WAL file exists (SQLite
+        // creates it when the read transaction starts, and deletes it only
+        // under an EXCLUSIVE lock walsync's SHARED lock forbids): if it is
+        // gone, that lock was lost.
+        let Some(wal) = WalFile::open(&self.opts.path)? else {
+            return Ok(Err(Gap::lost_locks("the WAL file was deleted")));
+        };
+        let header = wal.header()?;
+        let from = match continuity::ship_from(cursor, live.page_size, header, wal.len) {
+            Ok(Some(from)) => from,
+            Ok(None) => return Ok(Ok(())),
+            Err(gap) => return Ok(Err(gap)),
+        };
+        let h = header.expect("invariant: shipping goes on only in a WAL with a header");
+        let max_segment = self.opts.max_segment_bytes;
+        let mut shipped = 0u64;
+        let prefix = self.opts.prefix.clone();
+        let generation = self.generation;
+        let mut next_txid = self.last_txid + 1;
+        // Segment times never go back (see `now_ms`).
+        let mut time_floor = self.now_ms();
+        // A restarted WAL (accepted above) is where walsync now stands, even
+        // before anything of it is shipped.
+        let mut cursor_now = Cursor {
+            pos: Some(from),
+            ..cursor
+        };
+        let mut commits_total = 0u64;
+        let mut segments = 0u64;
+        let mut bytes_up = 0u64;
+        let mut replaced = false;
+        let result = (|| -> Result<(), ReplicaError> {
+            let mut at = from;
+            loop {
+                // A run of whole transactions of about max_segment bytes
+                // (one larger transaction goes whole into its own segment).
+                let mut group: Vec<TxnSpan> = Vec::new();
+                let mut size = 0u64;
+                wal.scan_spans(&h, at, u64::MAX, |t| {
+                    size += t.end.offset - t.start;
+                    group.push(t.clone());
+                    Ok(size < max_segment)
+                })?;
+                let Some(last) = group.last() else {
+                    return Ok(());
+                };
+                // Stamped once its transactions are read, so that each was
+                // committed before the stamp: stamped before the scan, a
+                // commit made meanwhile was restored "as of" a time before
+                // it was made.
+                let time_ms = crate::time::now_ms().max(time_floor);
+                time_floor = time_ms;
+                let header = SegmentHeader {
+                    page_size: h.page_size,
+                    commit_count: group.len() as u32,
+                    first_txid: next_txid,
+                    last_txid: next_txid + group.len() as u64 - 1,
+                    first_time_ms: time_ms,
+                    last_time_ms: time_ms,
+                    start: at,
+                    end: last.end,
+                };
+                let spool = (size > SEGMENT_IN_MEMORY)
+                    .then(|| SpoolFile::create(&self.opts.spool_dir, "segment"))
+                    .transpose()?;
+                let encoded = encode_segment(&wal, &h, header, &group, spool.as_ref());
+                let key = keys::segment_key(
+                    &prefix,
+                    generation,
+                    header.first_txid,
+                    header.last_txid,
+                    header.first_time_ms,
+                    header.last_time_ms,
+                );
+                // The frames just read were written before this check, so
+                // if the path still names the file walsync holds they are
+                // that file's, not those of a file renamed over it.
+                if !self.live.as_ref().is_some_and(|l| l.handle.still_at_path()) {
+                    drop(spool);
+                    replaced = true;
+                    return Ok(());
+                }
+                let uploaded = encoded.and_then(|(sink, len, crc)| {
+                    let body = match &sink {
+                        Sink::Memory(v) => Body::Bytes(v),
+                        Sink::File(_, path) => Body::File { path, len },
+                    };
+                    storage.put(&key, body, crc)?;
+                    Ok(len)
+                });
+                drop(spool);
+                let len = uploaded?;
+                log::debug!("{prefix}: uploaded {key} ({len} bytes)");
+                next_txid = header.last_txid + 1;
+                cursor_now = Cursor {
+                    pos: Some(header.end),
+                    base_is_db_file: false,
+                    db_pages: Some(last.db_pages),
+                };
+                shipped = header.last_txid;
+                commits_total += group.len() as u64;
+                segments += 1;
+                bytes_up += len;
+                at = header.end;
+            }
+        })();
+        self.last_time_ms = self.last_time_ms.max(time_floor);
+        // Keep what was uploaded even if a later upload failed.
+        if shipped != 0 {
+            self.last_txid = shipped;
+            self.commits_since_snapshot += commits_total;
+            report.commits += commits_total;
+            report.segments += segments;
+            report.bytes_uploaded += bytes_up;
+        }
+        let live = self.live.as_mut().expect("invariant: still live");
+        live.cursor = cursor_now;
+        if shipped != 0 {
+            live.backfilled = false;
+        }
+        result?;
+        if replaced {
+            return Ok(Err(Gap::replaced()));
+        }
+        Ok(Ok(()))
+    }
+
+    /// After a gap: a new generation, with fresh connections first if
+    /// walsync's locks were lost.
+    pub(super) fn handle_gap(
+        &mut self,
+        storage: &dyn Storage,
+        gap: Gap,
+        report: &mut SyncReport,
+    ) -> Result<(), ReplicaError> {
+        if gap.replaced {
+            self.log_replaced();
+            self.needs_generation = true;
+        } else {
+            self.begin_new_generation(&gap.reason);
+        }
+        if gap.reopen {
+            self.live = None;
+            self.start(storage)?;
+            // start() may think the WAL continues the bucket; after lost
+            // locks nothing is proven.
+            self.needs_generation = true;
+        }
+        self.snapshot(storage, true, report)
+    }
+
+    /// Says that the database file was replaced, and, when the old WAL
+    /// still held frames that were not in the old file, that SQLite may
+    /// apply them to the new one (README "Replacing a database").
+    pub(super) fn log_replaced(&self) {
+        let (who, prefix) = (self.opts.path.display(), &self.opts.prefix);
+        // Only what walsync saw: frames appended after its last settle
+        // may be the old file's (committed just before the rename) or the
+        // new file's (committed after it), which the WAL cannot tell apart.
+        let stale = self.live.as_ref().is_some_and(|l| !l.backfilled);
+        if stale {
+            log::error!(
+                "{who} ({prefix}): the database file was replaced while its WAL still held \
+                 transactions of the old file that were not in it; SQLite applies such a WAL \
+                 to the new file, which may now be corrupt: check it with PRAGMA integrity_check \
+                 and restore it if needed. To replace a database safely, wait one sync_interval \
+                 after the application's last commit before renaming (README \"Replacing a \
+                 database\"). Starting a new generation"
+            );
+        } else {
+            log::warn!(
+                "{who} ({prefix}): the database file was replaced; starting a new generation"
+            );
+        }
+    }
+}

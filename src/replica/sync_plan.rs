@@ -1,0 +1,439 @@
+//! What a sync must do, decided from plain values, without I/O: the upkeep
+//! after shipping (a snapshot, a sync point, a TRUNCATE, or nothing), what a
+//! ship that failed on the storage still does, the steps of `settle`, which
+//! keeps the WAL backfilled by moving walsync's read mark, and the check a
+//! sync point makes of the WAL's end. `Replica::sync`, `Replica::settle` and
+//! `Replica::checkpoint_under_lock` gather the values and act on the answers.
+//!
+//! These rules are what keeps a database replaced by rename from getting a
+//! stale WAL applied to it (issue 10), and what keeps every frame readable
+//! until it is shipped (DESIGN.md invariant 1): read `Replica::settle` before
+//! changing one.
+
+use super::error::ReplicaError;
+use super::live::WalEnd;
+use crate::storage::StorageError;
+use crate::wal::{self, WalHeader, WalPos};
+
+/// The WAL as a sync sees it once everything it could ship is shipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct WalState {
+    /// How far the current WAL has grown since it was last restarted:
+    /// walsync's position in it (0 without one). Not the file's size: SQLite
+    /// reuses a restarted WAL file without shrinking it, and an idle database
+    /// must not be checkpointed over and over. walsync's read mark (see
+    /// `settle`) keeps the application from restarting the WAL, so
+    /// walsync's own sync point, which leaves it with mark 0, is what lets
+    /// the next writer start the WAL over; not again while nothing was
+    /// shipped since the last one (`base_is_db_file` and `mark_zero`).
+    pub(super) used_bytes: u64,
+    /// The `-wal` file's size (0 without one), stale tail included.
+    pub(super) file_bytes: u64,
+    /// The database file equals the shipped state (`Cursor::base_is_db_file`).
+    pub(super) base_is_db_file: bool,
+    /// walsync's read transaction has read mark 0 (`Live::mark_zero`).
+    pub(super) mark_zero: bool,
+}
+
+/// What decides whether a sync takes a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SnapshotState {
+    /// The caller asked for a snapshot (`walsync snapshot`).
+    pub(super) forced: bool,
+    /// This sync took one already (the first of a new generation).
+    pub(super) taken_this_sync: bool,
+    pub(super) commits_since_snapshot: u64,
+    pub(super) now_ms: u64,
+    /// When the periodic snapshot is due: the last one's time plus
+    /// `snapshot_interval`.
+    pub(super) due_ms: u64,
+}
+
+/// The WAL sizes at which walsync checkpoints (`ReplicaOptions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Thresholds {
+    /// WAL grown this far since its restart: a sync point (PASSIVE).
+    pub(super) checkpoint_bytes: u64,
+    /// `-wal` file this large: a TRUNCATE after the sync point.
+    pub(super) truncate_bytes: u64,
+}
+
+/// The work a sync does after shipping, before it settles the WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Upkeep {
+    /// A snapshot in the current generation (itself a sync point).
+    Snapshot,
+    /// A TRUNCATE checkpoint alone: every frame is shipped and in the
+    /// database file and walsync holds read mark 0, so TRUNCATE can only drop
+    /// frames already shipped and backfilled (a frame appended since makes it
+    /// report busy).
+    Truncate,
+    /// A sync point (PASSIVE checkpoint under the write lock), followed by a
+    /// TRUNCATE if `truncate` and the checkpoint was complete.
+    SyncPoint {
+        truncate: bool,
+    },
+    Nothing,
+}
+
+/// What a sync does once everything it could ship is shipped.
+pub(super) fn upkeep(snapshot: SnapshotState, wal: WalState, limits: Thresholds) -> Upkeep {
+    // A forced snapshot right after a new generation's first one would
+    // upload the same image twice.
+    let forced =
+        snapshot.forced && (!snapshot.taken_this_sync || snapshot.commits_since_snapshot > 0);
+    let due = snapshot.commits_since_snapshot > 0 && snapshot.now_ms >= snapshot.due_ms;
+    let truncate = wal.file_bytes >= limits.truncate_bytes;
+    // Nothing shipped since walsync's last sync point left it with read
+    // mark 0: a new one would change nothing, and the application may
+    // restart the WAL already.
+    let at_rest = wal.base_is_db_file && wal.mark_zero;
+    if forced || due {
+        Upkeep::Snapshot
+    } else if at_rest && truncate {
+        Upkeep::Truncate
+    } else if !at_rest && (wal.used_bytes >= limits.checkpoint_bytes || truncate) {
+        // Also when the file is large but walsync's position is not: a
+        // restarted WAL keeps the old frames as a stale tail until it is
+        // truncated.
+        Upkeep::SyncPoint { truncate }
+    } else {
+        Upkeep::Nothing
+    }
+}
+
+/// A ship that failed because the storage did (an outage): nothing can be
+/// shipped, but the sync still backfills the WAL (`settle(false)`; its
+/// frames stay in it, walsync's read mark keeps it from being restarted), so
+/// that replacing the database stays safe during an outage too, and says so
+/// if the WAL grows large. Any other failure just ends the sync.
+pub(super) fn outage(failure: &ReplicaError) -> Option<&StorageError> {
+    match failure {
+        ReplicaError::Storage(e) => Some(e),
+        _ => None,
+    }
+}
+
+/// The first step of `settle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SettleStep {
+    /// Nothing new since the last settle: an idle database costs nothing.
+    Nothing,
+    /// Everything is shipped: move the read mark to the WAL's end and
+    /// backfill.
+    MoveMark,
+    /// Uploads fail: a PASSIVE checkpoint beside the read transaction
+    /// (bounded by its mark); the mark moves only if `mark_may_move`.
+    CheckpointBeside,
+}
+
+/// `shipped_all`: every frame up to the WAL end that walsync's read
+/// transaction sees is shipped (false while uploads fail).
+pub(super) fn settle_step(shipped_all: bool, base_is_db_file: bool) -> SettleStep {
+    match (shipped_all, base_is_db_file) {
+        (true, true) => SettleStep::Nothing,
+        (true, false) => SettleStep::MoveMark,
+        (false, _) => SettleStep::CheckpointBeside,
+    }
+}
+
+/// Whether the WAL end a moved read mark sees (`end`, reported by the
+/// checkpoint that followed) is exactly walsync's shipped position. If so,
+/// and that checkpoint was complete, the database file is exactly what was
+/// shipped and the new mark keeps it so.
+pub(super) fn at_shipped_end(shipped: Option<WalPos>, end: WalEnd, page_size: u32) -> bool {
+    match shipped {
+        Some(p) => WalEnd::of(&p, page_size) == end,
+        None => end.frames == 0,
+    }
+}
+
+/// While uploads fail, whether the read mark may move to the WAL's end,
+/// given the end the old read transaction sees at most (`view`) and the
+/// end now (`now`): only once the WAL has grown past it, or been restarted
+/// (which happens only while walsync holds mark 0, blocking every
+/// backfill). Then the new read transaction cannot get mark 0 while a frame
+/// is unshipped. Without a known view it waits for the next settle.
+pub(super) fn mark_may_move(view: Option<WalEnd>, now: WalEnd) -> bool {
+    view.is_some_and(|v| (v.salt1, v.salt2) != (now.salt1, now.salt2) || now.frames > v.frames)
+}
+
+/// Defence in depth at a sync point: with the write lock held, the WAL's
+/// committed end (`log_frames`, reported by the checkpoint) must be exactly
+/// where walsync stands. If not, something walsync has not shipped could be
+/// in the database file now, and only a new generation is safe. An empty
+/// WAL (no frames) agrees with any position.
+pub(super) fn sync_point_agrees(
+    log_frames: i64,
+    header: Option<WalHeader>,
+    shipped_to: Option<WalPos>,
+) -> bool {
+    if log_frames <= 0 {
+        return true;
+    }
+    match (header, shipped_to) {
+        (Some(h), Some(p)) => {
+            p.same_wal(&h)
+                && p.offset == wal::HEADER_SIZE as u64 + log_frames as u64 * h.frame_size()
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sqlite::SqliteError;
+    use crate::wal::Checksum;
+
+    const PAGE: u32 = 4096;
+    const FRAME: u64 = wal::FRAME_HEADER_SIZE as u64 + PAGE as u64;
+    const LIMITS: Thresholds = Thresholds {
+        checkpoint_bytes: 1000,
+        truncate_bytes: 5000,
+    };
+
+    fn header(salt1: u32) -> WalHeader {
+        WalHeader {
+            big_endian: false,
+            page_size: PAGE,
+            checkpoint_seq: 0,
+            salt1,
+            salt2: 7,
+            checksum: Checksum(1, 2),
+        }
+    }
+
+    /// Just past frame `frames` of the WAL with `salt1`.
+    fn pos(salt1: u32, frames: u64) -> WalPos {
+        WalPos {
+            salt1,
+            salt2: 7,
+            offset: wal::HEADER_SIZE as u64 + frames * FRAME,
+            checksum: Checksum(3, 4),
+        }
+    }
+
+    fn end(salt1: u32, frames: u64) -> WalEnd {
+        WalEnd {
+            salt1,
+            salt2: 7,
+            frames,
+        }
+    }
+
+    fn quiet() -> SnapshotState {
+        SnapshotState {
+            forced: false,
+            taken_this_sync: false,
+            commits_since_snapshot: 0,
+            now_ms: 10_000,
+            due_ms: 20_000,
+        }
+    }
+
+    fn wal_state(used: u64, file: u64, base: bool, mark_zero: bool) -> WalState {
+        WalState {
+            used_bytes: used,
+            file_bytes: file,
+            base_is_db_file: base,
+            mark_zero,
+        }
+    }
+
+    #[test]
+    fn upkeep_follows_the_wal_and_the_thresholds() {
+        use Upkeep::*;
+        // (used, file, base_is_db_file, mark_zero) -> upkeep, with no
+        // snapshot due.
+        let rows = [
+            // Below both thresholds: nothing, whatever the state.
+            ((0, 0, false, false), Nothing),
+            ((999, 4999, false, false), Nothing),
+            ((999, 4999, true, true), Nothing),
+            // Grown past the checkpoint threshold since the last restart.
+            ((1000, 1000, false, false), SyncPoint { truncate: false }),
+            ((1000, 1000, true, false), SyncPoint { truncate: false }),
+            ((1000, 1000, false, true), SyncPoint { truncate: false }),
+            // At rest (read mark 0 right after a complete sync point): a new
+            // sync point would change nothing, however far walsync stands.
+            ((1000, 1000, true, true), Nothing),
+            // A large file: a sync point and a TRUNCATE, also when
+            // walsync's position is small (a stale tail of a restarted WAL).
+            ((1000, 5000, false, false), SyncPoint { truncate: true }),
+            ((0, 5000, false, false), SyncPoint { truncate: true }),
+            ((0, 5000, true, false), SyncPoint { truncate: true }),
+            ((0, 5000, false, true), SyncPoint { truncate: true }),
+            // At rest with a large file: TRUNCATE alone.
+            ((0, 5000, true, true), Truncate),
+            ((9999, 9999, true, true), Truncate),
+        ];
+        for ((used, file, base, zero), want) in rows {
+            let got = upkeep(quiet(), wal_state(used, file, base, zero), LIMITS);
+            assert_eq!(
+                got, want,
+                "used {used}, file {file}, base {base}, mark 0 {zero}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_snapshot_comes_before_any_checkpoint_when_it_is_due_or_forced() {
+        let busy = wal_state(9999, 9999, false, false);
+        let at_rest = wal_state(0, 0, true, true);
+        // (forced, taken this sync, commits since, now, due) -> snapshot?
+        let rows = [
+            // Periodic: due only once the interval passed and something
+            // was committed since the last one.
+            ((false, false, 1, 20_000, 20_000), true),
+            ((false, false, 1, 19_999, 20_000), false),
+            ((false, false, 0, 99_999, 20_000), false),
+            // Forced: always, but not twice in one sync for the same image
+            // (a new generation's first snapshot was just taken).
+            ((true, false, 0, 0, 20_000), true),
+            ((true, true, 0, 0, 20_000), false),
+            ((true, true, 3, 0, 20_000), true),
+        ];
+        for ((forced, taken, commits, now_ms, due_ms), want) in rows {
+            let state = SnapshotState {
+                forced,
+                taken_this_sync: taken,
+                commits_since_snapshot: commits,
+                now_ms,
+                due_ms,
+            };
+            for wal in [busy, at_rest] {
+                let got = upkeep(state, wal, LIMITS) == Upkeep::Snapshot;
+                assert_eq!(got, want, "{state:?}, {wal:?}");
+            }
+        }
+        // Not a snapshot: the WAL decides as without one.
+        let taken = SnapshotState {
+            forced: true,
+            taken_this_sync: true,
+            ..quiet()
+        };
+        assert_eq!(
+            upkeep(taken, busy, LIMITS),
+            Upkeep::SyncPoint { truncate: true }
+        );
+        assert_eq!(upkeep(taken, at_rest, LIMITS), Upkeep::Nothing);
+    }
+
+    #[test]
+    fn only_a_storage_failure_is_an_outage_that_still_settles_the_wal() {
+        let storage = ReplicaError::Storage(StorageError::Transport {
+            location: "s3".into(),
+            detail: "connection refused".into(),
+        });
+        assert!(outage(&storage).is_some());
+        let others = [
+            ReplicaError::Sqlite(SqliteError::Missing("db".into())),
+            ReplicaError::Io {
+                path: "db-wal".into(),
+                source: std::io::Error::other("read"),
+            },
+            ReplicaError::Unstable {
+                path: "db".into(),
+                what: "the WAL changed".into(),
+            },
+        ];
+        for e in others {
+            assert!(outage(&e).is_none(), "{e}");
+        }
+    }
+
+    #[test]
+    fn settle_moves_the_mark_after_a_complete_ship_and_checkpoints_beside_during_an_outage() {
+        use SettleStep::*;
+        // (shipped_all, base_is_db_file) -> first step.
+        let rows = [
+            ((true, true), Nothing),
+            ((true, false), MoveMark),
+            // Uploads fail (`settle(false)`): never a plain move, whatever
+            // the base.
+            ((false, false), CheckpointBeside),
+            ((false, true), CheckpointBeside),
+        ];
+        for ((shipped_all, base), want) in rows {
+            assert_eq!(settle_step(shipped_all, base), want, "{shipped_all} {base}");
+        }
+    }
+
+    #[test]
+    fn the_database_file_is_the_shipped_state_only_at_the_shipped_end() {
+        // (shipped position, end the new mark sees) -> at the shipped end?
+        let rows = [
+            ((Some(pos(1, 10)), end(1, 10)), true),
+            // The application committed after walsync shipped.
+            ((Some(pos(1, 10)), end(1, 11)), false),
+            // Another WAL (restarted), same frame count.
+            ((Some(pos(1, 10)), end(2, 10)), false),
+            ((Some(pos(1, 0)), end(1, 0)), true),
+            // Nothing shipped in this WAL: only an empty WAL is the end.
+            ((None, end(1, 0)), true),
+            ((None, end(1, 1)), false),
+        ];
+        for ((shipped, e), want) in rows {
+            assert_eq!(at_shipped_end(shipped, e, PAGE), want, "{shipped:?} {e:?}");
+        }
+    }
+
+    #[test]
+    fn during_an_outage_the_mark_moves_only_past_what_the_old_read_transaction_sees() {
+        // (view, end now) -> may move?
+        let rows = [
+            // No view known yet: note this end, move at the next settle.
+            ((None, end(1, 5)), false),
+            ((Some(end(1, 5)), end(1, 5)), false),
+            // The WAL grew past the view.
+            ((Some(end(1, 5)), end(1, 6)), true),
+            // A smaller count in the same WAL is not growth.
+            ((Some(end(1, 5)), end(1, 4)), false),
+            // The WAL was restarted (new salts), whatever its length.
+            ((Some(end(1, 5)), end(2, 0)), true),
+            ((Some(end(1, 5)), end(2, 5)), true),
+            (
+                (
+                    Some(end(1, 5)),
+                    WalEnd {
+                        salt1: 1,
+                        salt2: 8,
+                        frames: 1,
+                    },
+                ),
+                true,
+            ),
+        ];
+        for ((view, now), want) in rows {
+            assert_eq!(mark_may_move(view, now), want, "{view:?} {now:?}");
+        }
+    }
+
+    #[test]
+    fn a_sync_point_agrees_only_when_the_wal_ends_where_walsync_stands() {
+        // (log_frames, header salt, shipped to) -> agrees?
+        let rows = [
+            // An empty WAL agrees with anything.
+            ((0, None, None), true),
+            ((0, Some(header(1)), Some(pos(2, 9))), true),
+            ((-1, None, Some(pos(1, 3))), true),
+            ((3, Some(header(1)), Some(pos(1, 3))), true),
+            // Frames walsync has not shipped, or fewer than it shipped.
+            ((4, Some(header(1)), Some(pos(1, 3))), false),
+            ((2, Some(header(1)), Some(pos(1, 3))), false),
+            // Another WAL than the one walsync stands in.
+            ((3, Some(header(2)), Some(pos(1, 3))), false),
+            // Frames but no header, or no position.
+            ((3, None, Some(pos(1, 3))), false),
+            ((3, Some(header(1)), None), false),
+        ];
+        for ((frames, h, p), want) in rows {
+            assert_eq!(
+                sync_point_agrees(frames, h, p),
+                want,
+                "{frames} {h:?} {p:?}"
+            );
+        }
+    }
+}

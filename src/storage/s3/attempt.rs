@@ -1,0 +1,378 @@
+//! One attempt of each S3 request: send it with the pooled agent, read the
+//! answer, and turn it into a value or a `Failure` (classified by
+//! `answers`). The retry loop (`retry`) repeats these; nothing here sleeps
+//! or retries. Reads no more of a body than it needs, and drains a short
+//! rest so the connection goes back to the pool.
+
+use std::io::{self, Read};
+
+use rusty_s3::actions::ListObjectsV2Response;
+use ureq::http::Response;
+use ureq::SendBody;
+
+use super::answers::{
+    classify_status, classify_transport, completed_upload, listing_page, range_answer, stored_etag,
+    upload_id, Failure, RangeAnswer, LIST_PAGE_LIMIT,
+};
+use super::multipart::{
+    complete_upload_xml, open_part, short_part, PartReader, PartSpan, UploadedPart,
+};
+use super::requests::{CHECKSUM_ALGORITHM_HEADER, CHECKSUM_HEADER};
+use super::S3Storage;
+use crate::storage::{Body, ObjectReader, StorageError};
+
+/// How much of an error body is kept to classify it.
+const ERROR_BODY_LIMIT: u64 = 64 * 1024;
+/// How much of a body we read only to reuse the connection; past this, the
+/// connection is dropped instead.
+const DRAIN_LIMIT: u64 = 1024 * 1024;
+
+/// Reads up to `limit` bytes of a body, ignoring read errors (the caller only
+/// wants a description), then drains the rest so the connection can be reused.
+fn read_error_body(response: Response<ureq::Body>) -> Vec<u8> {
+    let mut reader = response.into_body().into_reader();
+    let mut bytes = Vec::new();
+    let _ = (&mut reader).take(ERROR_BODY_LIMIT).read_to_end(&mut bytes);
+    let _ = io::copy(&mut reader.take(DRAIN_LIMIT), &mut io::sink());
+    bytes
+}
+
+/// Reads and discards a (small) body so the connection goes back to the pool.
+fn drain(response: Response<ureq::Body>) {
+    let _ = io::copy(
+        &mut response.into_body().into_reader().take(DRAIN_LIMIT),
+        &mut io::sink(),
+    );
+}
+
+fn header<'r>(response: &'r Response<ureq::Body>, name: &str) -> Option<&'r str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+impl S3Storage {
+    fn transport(&self, err: ureq::Error) -> Failure {
+        classify_transport(err, &self.location)
+    }
+
+    fn rejected(&self, response: Response<ureq::Body>, key: &str) -> Failure {
+        let status = response.status().as_u16();
+        let body = read_error_body(response);
+        classify_status(status, &body, &self.location, key)
+    }
+
+    fn bad_response(&self, detail: String) -> Failure {
+        Failure::fatal(StorageError::BadResponse {
+            location: self.location.clone(),
+            detail,
+        })
+    }
+
+    /// The error for a body that cannot be read as declared: an `Io` error
+    /// naming the file, or for bytes in memory (which cannot fail to read, so
+    /// only a caller's mistake gets here) a `Transport` error with the detail.
+    pub(super) fn body_error(&self, body: Body<'_>, source: io::Error) -> StorageError {
+        match body {
+            Body::File { path, .. } => StorageError::Io {
+                path: path.to_owned(),
+                source,
+            },
+            Body::Bytes(_) => StorageError::Transport {
+                location: self.location.clone(),
+                detail: source.to_string(),
+            },
+        }
+    }
+
+    /// Refuses a file body whose file is shorter than the length to upload.
+    pub(super) fn check_body_len(&self, key: &str, body: Body<'_>) -> Result<(), StorageError> {
+        if let Body::File { path, len } = body {
+            let on_disk = std::fs::metadata(path)
+                .map_err(|e| self.body_error(body, e))?
+                .len();
+            if on_disk < len {
+                return Err(self.body_error(
+                    body,
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "the file has {on_disk} bytes, fewer than the {len} to upload as {key:?}"
+                        ),
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a short XML answer (at most `ERROR_BODY_LIMIT` bytes kept), then
+    /// drains the rest so the connection can be reused.
+    fn read_answer(
+        &self,
+        response: Response<ureq::Body>,
+        what: &str,
+        key: &str,
+    ) -> Result<String, Failure> {
+        let mut reader = response.into_body().into_reader();
+        let mut bytes = Vec::new();
+        (&mut reader)
+            .take(ERROR_BODY_LIMIT)
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                Failure::retryable(StorageError::Transport {
+                    location: self.location.clone(),
+                    detail: format!("reading the answer to {what} of {key:?}: {e}"),
+                })
+            })?;
+        let _ = io::copy(&mut reader.take(DRAIN_LIMIT), &mut io::sink());
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    pub(super) fn put_once(
+        &self,
+        key: &str,
+        body: Body<'_>,
+        checksum: &str,
+    ) -> Result<(), Failure> {
+        let io_error = |source: io::Error| Failure::fatal(self.body_error(body, source));
+        self.check_body_len(key, body).map_err(Failure::fatal)?;
+        let mut reader = body.open().map_err(io_error)?;
+
+        let url = self.put_url(key, checksum);
+        log::debug!("{}: PUT {key:?} ({} bytes)", self.location, body.len());
+        let response = self
+            .agent
+            .put(&url)
+            .header("content-length", body.len().to_string())
+            .header(CHECKSUM_HEADER, checksum)
+            .send(SendBody::from_reader(&mut reader))
+            .map_err(|e| self.transport(e))?;
+
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        let etag = header(&response, "etag").map(str::to_owned);
+        let echoed = header(&response, CHECKSUM_HEADER).map(str::to_owned);
+        drain(response);
+        stored_etag(
+            &format!("PutObject of {key:?}"),
+            etag,
+            echoed.as_deref(),
+            checksum,
+        )
+        .map_err(|detail| self.bad_response(detail))?;
+        Ok(())
+    }
+
+    pub(super) fn create_upload_once(&self, key: &str) -> Result<String, Failure> {
+        let url = self.create_upload_url(key);
+        log::debug!("{}: create multipart upload {key:?}", self.location);
+        let response = self
+            .agent
+            .post(&url)
+            .header(CHECKSUM_ALGORITHM_HEADER, "CRC32")
+            .send_empty()
+            .map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        let text = self.read_answer(response, "CreateMultipartUpload", key)?;
+        upload_id(key, &text).map_err(|detail| self.bad_response(detail))
+    }
+
+    /// Sends one part; returns its ETag.
+    pub(super) fn upload_part_once(
+        &self,
+        key: &str,
+        upload_id: &str,
+        body: Body<'_>,
+        part: &PartSpan,
+        checksum: &str,
+    ) -> Result<String, Failure> {
+        let inner = open_part(body, part.offset, part.len)
+            .map_err(|e| Failure::fatal(self.body_error(body, e)))?;
+        let mut reader = PartReader {
+            inner,
+            remaining: part.len,
+            ended_early: false,
+        };
+        let url = self.upload_part_url(key, part.number, upload_id, checksum);
+        log::debug!(
+            "{}: PUT {key:?} part {} ({} bytes)",
+            self.location,
+            part.number,
+            part.len
+        );
+        let sent = self
+            .agent
+            .put(&url)
+            .header("content-length", part.len.to_string())
+            .header(CHECKSUM_HEADER, checksum)
+            .send(SendBody::from_reader(&mut reader));
+        if reader.ended_early {
+            let read = part.len - reader.remaining;
+            return Err(Failure::fatal(
+                self.body_error(body, short_part(part, read)),
+            ));
+        }
+        let response = sent.map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        let etag = header(&response, "etag").map(str::to_owned);
+        let echoed = header(&response, CHECKSUM_HEADER).map(str::to_owned);
+        drain(response);
+        stored_etag(
+            &format!("UploadPart {} of {key:?}", part.number),
+            etag,
+            echoed.as_deref(),
+            checksum,
+        )
+        .map_err(|detail| self.bad_response(detail))
+    }
+
+    /// Completes the upload; returns the object's `ChecksumCRC32` if the
+    /// server reports one.
+    pub(super) fn complete_upload_once(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> Result<Option<String>, Failure> {
+        let url = self.complete_upload_url(key, upload_id);
+        let xml = complete_upload_xml(parts);
+        log::debug!(
+            "{}: complete multipart upload {key:?} ({} parts)",
+            self.location,
+            parts.len()
+        );
+        let response = self
+            .agent
+            .post(&url)
+            .header("content-type", "application/xml")
+            .send(xml.as_bytes())
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        let text = self.read_answer(response, "CompleteMultipartUpload", key)?;
+        completed_upload(status, &text, &self.location, key)
+    }
+
+    pub(super) fn abort_upload_once(&self, key: &str, upload_id: &str) -> Result<(), Failure> {
+        let url = self.abort_upload_url(key, upload_id);
+        log::debug!("{}: abort multipart upload {key:?}", self.location);
+        let response = self
+            .agent
+            .delete(&url)
+            .call()
+            .map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        drain(response);
+        Ok(())
+    }
+
+    pub(super) fn get_once(&self, key: &str) -> Result<ObjectReader, Failure> {
+        let url = self.get_url(key);
+        log::debug!("{}: GET {key:?}", self.location);
+        let response = self.agent.get(&url).call().map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        if header(&response, "etag").is_none() {
+            drain(response);
+            return Err(self.bad_response(format!(
+                "GetObject of {key:?} answered success without an ETag header"
+            )));
+        }
+        Ok(Box::new(response.into_body().into_reader()))
+    }
+
+    pub(super) fn get_range_once(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, Failure> {
+        let url = self.get_url(key);
+        let last = start + len - 1;
+        log::debug!("{}: GET {key:?} bytes {start}-{last}", self.location);
+        let response = self
+            .agent
+            .get(&url)
+            .header("range", format!("bytes={start}-{last}"))
+            .call()
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        let content_length =
+            header(&response, "content-length").and_then(|v| v.parse::<u64>().ok());
+        match range_answer(key, status, start, len, content_length) {
+            RangeAnswer::Holds => {}
+            RangeAnswer::Unsuccessful => return Err(self.rejected(response, key)),
+            RangeAnswer::Unusable(detail) => {
+                drain(response);
+                return Err(self.bad_response(detail));
+            }
+        }
+        // Sized once: no doubling of a multi-MiB buffer while it fills.
+        let mut body = Vec::with_capacity(len as usize);
+        response
+            .into_body()
+            .into_reader()
+            .take(len + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| self.transport(ureq::Error::Io(e)))?;
+        if body.len() as u64 != len {
+            // The body is all the server sent (a cut transfer is a transport
+            // error, retried): the object is shorter than the listing said.
+            return Err(self.bad_response(format!(
+                "object {key:?}: {}",
+                crate::storage::range_short(start, len, start + body.len() as u64)
+            )));
+        }
+        Ok(body)
+    }
+
+    pub(super) fn delete_once(&self, key: &str) -> Result<(), Failure> {
+        let url = self.delete_url(key);
+        log::debug!("{}: DELETE {key:?}", self.location);
+        let response = self
+            .agent
+            .delete(&url)
+            .call()
+            .map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(self.rejected(response, key));
+        }
+        drain(response);
+        Ok(())
+    }
+
+    pub(super) fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+    ) -> Result<ListObjectsV2Response, Failure> {
+        let url = self.list_url(prefix, token);
+        log::debug!("{}: LIST {prefix:?}", self.location);
+        let response = self.agent.get(&url).call().map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(self.rejected(response, prefix));
+        }
+        let mut bytes = Vec::new();
+        response
+            .into_body()
+            .into_reader()
+            .take(LIST_PAGE_LIMIT + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                Failure::retryable(StorageError::Transport {
+                    location: self.location.clone(),
+                    detail: format!("reading the listing of {prefix:?}: {e}"),
+                })
+            })?;
+        listing_page(prefix, bytes).map_err(|detail| self.bad_response(detail))
+    }
+}

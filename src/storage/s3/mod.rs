@@ -1,0 +1,369 @@
+//! S3-compatible storage: rusty-s3 signs, one shared ureq agent sends.
+//!
+//! This module owns everything between the `Storage` trait and the wire for S3:
+//! building and presigning each request (rusty-s3, signed right before it is
+//! sent), the one pooled `ureq::Agent` with its timeouts and TLS roots
+//! (`AWS_CA_BUNDLE` / `SSL_CERT_FILE`), the single retry loop with jittered
+//! exponential backoff that every call goes through, and the mapping of S3
+//! answers (status and XML error code) to `StorageError`.
+//!
+//! It upholds DESIGN.md invariant 4 on the way up: every `put` sends the
+//! object's CRC32 as a signed `x-amz-checksum-crc32` header, so the server
+//! refuses bytes that changed on the way. It must never log or return a
+//! secret or a full signed URL: messages name the bucket, the endpoint and the
+//! object key only.
+//!
+//! Bodies larger than the multipart threshold (`S3Storage::with_multipart`)
+//! go up as a multipart upload declared with `x-amz-checksum-algorithm:
+//! CRC32`: each part carries its own signed `x-amz-checksum-crc32`, which the
+//! server checks, and CompleteMultipartUpload lists every part's CRC32 again.
+//! The whole-object CRC32 given to `put` is still honoured: the CRC32 of the
+//! bytes read for the parts must equal it, or the upload is aborted before it
+//! is completed. (S3 then reports the object's checksum as a CRC32 of the
+//! parts' CRC32s, `xxx-N`, not as the CRC32 of the whole object.) Any failure
+//! after the upload is created aborts it, so an interrupted multipart upload
+//! never leaves an object under the key: S3 makes the object appear only on
+//! CompleteMultipartUpload.
+//!
+//! One concern per file; the protocol is kept in plain values, the way
+//! rusty-s3 keeps it, and the I/O shell around it is thin:
+//! - `mod.rs`: `S3Settings`, `S3Storage` (the agent, its timeouts) and its
+//!   `Storage` implementation;
+//! - `requests`: the presigned requests and their signed headers, the
+//!   checksum header's value, the key check (pure);
+//! - `answers`: what an answer or a transport error means, as a `Failure`
+//!   (the error, whether to retry) (pure);
+//! - `retry`: `RetryPolicy` and the one retry loop every call goes through;
+//! - `multipart`: the multipart plan, completion body and checksums, and
+//!   the part readers (no network);
+//! - `attempt`: one attempt of each request over the agent;
+//! - `multipart_upload`: a multipart upload from create to complete or abort;
+//! - `tls`: the TLS roots from `AWS_CA_BUNDLE` / `SSL_CERT_FILE`.
+
+mod answers;
+mod attempt;
+mod multipart;
+mod multipart_upload;
+mod requests;
+mod retry;
+mod tls;
+
+use std::fmt;
+use std::time::Duration;
+
+use rusty_s3::{Bucket, Credentials, UrlStyle};
+use ureq::tls::TlsConfig;
+use ureq::Agent;
+
+use super::{Body, ObjectMeta, ObjectReader, Storage, StorageError};
+use answers::listed_size;
+use multipart::MultipartPolicy;
+use requests::check_key;
+use tls::root_certs_from_env;
+
+pub use multipart::{DEFAULT_MULTIPART_THRESHOLD_BYTES, DEFAULT_PART_BYTES};
+pub use requests::checksum_header_value;
+pub use retry::RetryPolicy;
+
+/// Establishing a TCP (and TLS) connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// From the end of the request body to the response headers.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Any single read or write on the socket (so a stalled transfer fails, while
+/// a long but progressing one does not).
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Everything needed to talk to one bucket. Built by `crate::config` from the
+/// config file, CLI flags and the `AWS_*` environment.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Base URL of the server, e.g. `http://127.0.0.1:9000`. `None` means AWS:
+    /// `https://s3.<region>.amazonaws.com`.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Path-style URLs (`endpoint/bucket/key`) instead of virtual-host style
+    /// (`bucket.endpoint/key`).
+    pub path_style: bool,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for S3Settings {
+    // Hand-written so that secrets never reach a log line or an error.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// An S3 bucket reached through one pooled HTTP agent.
+pub struct S3Storage {
+    bucket: Bucket,
+    credentials: Credentials,
+    agent: Agent,
+    retry: RetryPolicy,
+    multipart: MultipartPolicy,
+    location: String,
+}
+
+impl fmt::Debug for S3Storage {
+    // Hand-written: `Credentials` must not be printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Storage")
+            .field("location", &self.location)
+            .field("retry", &self.retry)
+            .field("multipart", &self.multipart)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Storage {
+    /// Checks the settings, loads the TLS roots and builds the agent. Sends
+    /// nothing.
+    pub fn new(settings: S3Settings) -> Result<S3Storage, StorageError> {
+        let S3Settings {
+            bucket,
+            endpoint,
+            region,
+            path_style,
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } = settings;
+
+        let endpoint_text =
+            endpoint.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let config_error = |detail: String| StorageError::Transport {
+            location: format!("s3://{bucket}"),
+            detail,
+        };
+        let endpoint_url = endpoint_text.parse().map_err(|e| {
+            config_error(format!("the endpoint {endpoint_text:?} is not a URL: {e}"))
+        })?;
+        let style = if path_style {
+            UrlStyle::Path
+        } else {
+            UrlStyle::VirtualHost
+        };
+        let bucket = Bucket::new(endpoint_url, style, bucket.clone(), region).map_err(|e| {
+            let hint = match e {
+                rusty_s3::BucketError::UnsupportedScheme => "the endpoint must start with http:// or https://",
+                rusty_s3::BucketError::MissingHost => "the endpoint has no host",
+                rusty_s3::BucketError::ParseError(_) if !path_style => {
+                    "virtual-host style needs a bucket name that is a valid DNS label and an endpoint \
+                     that is a host name, not an IP address; use path-style URLs instead"
+                }
+                rusty_s3::BucketError::ParseError(_) => "the bucket name does not fit in a URL",
+            };
+            config_error(format!("invalid endpoint {endpoint_text:?} or bucket: {hint}"))
+        })?;
+        let location = location_of(&bucket, path_style);
+
+        let credentials = match session_token {
+            Some(token) => Credentials::new_with_token(access_key_id, secret_access_key, token),
+            None => Credentials::new(access_key_id, secret_access_key),
+        };
+
+        let root_certs = root_certs_from_env(|name| std::env::var_os(name))?;
+        let agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_recv_response(Some(RESPONSE_TIMEOUT))
+            .timeout_per_read(Some(IO_TIMEOUT))
+            .timeout_per_write(Some(IO_TIMEOUT))
+            .max_idle_connections(32)
+            .max_idle_connections_per_host(16)
+            .user_agent(concat!("walsync/", env!("CARGO_PKG_VERSION")))
+            .tls_config(TlsConfig::builder().root_certs(root_certs).build())
+            .build()
+            .new_agent();
+
+        Ok(S3Storage {
+            bucket,
+            credentials,
+            agent,
+            retry: RetryPolicy::default(),
+            multipart: MultipartPolicy {
+                threshold_bytes: DEFAULT_MULTIPART_THRESHOLD_BYTES,
+                part_bytes: DEFAULT_PART_BYTES,
+            },
+            location,
+        })
+    }
+
+    /// Replaces the retry policy (tests use a fast one).
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Makes `put` upload bodies larger than `threshold_bytes` as a multipart
+    /// upload in parts of `part_bytes` (defaults: 64 MiB and 16 MiB). S3's
+    /// rules win over both: bodies over 5 GiB always go in parts, and the part
+    /// size is kept between 5 MiB and 5 GiB and raised so that no upload needs
+    /// more than 10,000 parts.
+    pub fn with_multipart(mut self, threshold_bytes: u64, part_bytes: u64) -> Self {
+        self.multipart = MultipartPolicy {
+            threshold_bytes,
+            part_bytes,
+        };
+        self
+    }
+}
+
+impl Storage for S3Storage {
+    fn put(&self, key: &str, body: Body<'_>, crc32: u32) -> Result<(), StorageError> {
+        check_key(key)?;
+        if self.multipart.applies_to(body.len()) {
+            return self.put_multipart(key, body, crc32);
+        }
+        let checksum = checksum_header_value(crc32);
+        self.retry("put", key, || self.put_once(key, body, &checksum))
+    }
+
+    fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
+        check_key(key)?;
+        self.retry("get", key, || self.get_once(key))
+    }
+
+    fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+        check_key(key)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        self.retry("get", key, || self.get_range_once(key, start, len))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut objects = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.retry("list", prefix, || self.list_page(prefix, token.as_deref()))?;
+            for object in page.contents {
+                let size = listed_size(prefix, &object.key, object.size).map_err(|detail| {
+                    StorageError::BadResponse {
+                        location: self.location.clone(),
+                        detail,
+                    }
+                })?;
+                objects.push(ObjectMeta {
+                    key: object.key,
+                    size,
+                });
+            }
+            match page.next_continuation_token {
+                Some(next) if token.as_deref() == Some(next.as_str()) => {
+                    return Err(StorageError::BadResponse {
+                        location: self.location.clone(),
+                        detail: format!("the listing of {prefix:?} repeats its continuation token"),
+                    });
+                }
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        objects.dedup_by(|a, b| a.key == b.key);
+        Ok(objects)
+    }
+
+    fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
+        for key in keys {
+            check_key(key)?;
+            match self.retry("delete", key, || self.delete_once(key)) {
+                Ok(()) | Err(StorageError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+}
+
+/// `s3://bucket` for AWS, plus the endpoint (scheme, host, port; never a
+/// user or password) for any other server.
+fn location_of(bucket: &Bucket, path_style: bool) -> String {
+    let base = bucket.base_url();
+    let host = base.host_str().unwrap_or_default();
+    let host = if path_style {
+        host
+    } else {
+        host.strip_prefix(&format!("{}.", bucket.name()))
+            .unwrap_or(host)
+    };
+    if host.ends_with(".amazonaws.com") {
+        format!("s3://{}", bucket.name())
+    } else {
+        let port = base.port().map(|p| format!(":{p}")).unwrap_or_default();
+        format!(
+            "s3://{} (endpoint {}://{host}{port})",
+            bucket.name(),
+            base.scheme()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn settings(endpoint: Option<&str>, path_style: bool) -> S3Settings {
+        S3Settings {
+            bucket: "my-bucket".to_owned(),
+            endpoint: endpoint.map(str::to_owned),
+            region: "eu-west-1".to_owned(),
+            path_style,
+            access_key_id: "AKIDEXAMPLE".to_owned(),
+            secret_access_key: "SUPERSECRET".to_owned(),
+            session_token: Some("SESSIONTOKEN".to_owned()),
+        }
+    }
+
+    #[test]
+    fn location_names_bucket_and_endpoint_but_no_secret() {
+        let aws = S3Storage::new(settings(None, false)).expect("valid settings");
+        assert_eq!(aws.location(), "s3://my-bucket");
+        let local = S3Storage::new(settings(Some("http://user:pw@127.0.0.1:9000/"), true))
+            .expect("valid settings");
+        assert_eq!(
+            local.location(),
+            "s3://my-bucket (endpoint http://127.0.0.1:9000)"
+        );
+        for text in [format!("{aws:?}"), format!("{local:?}"), local.location()] {
+            assert!(
+                !text.contains("SUPERSECRET")
+                    && !text.contains("SESSIONTOKEN")
+                    && !text.contains("pw")
+            );
+        }
+    }
+
+    #[test]
+    fn bad_endpoints_are_refused_with_a_hint() {
+        let err =
+            S3Storage::new(settings(Some("ftp://example.com"), true)).expect_err("ftp is refused");
+        assert!(err.to_string().contains("http://"), "{err}");
+        let err =
+            S3Storage::new(settings(Some("not a url"), true)).expect_err("garbage is refused");
+        assert!(err.to_string().contains("not a URL"), "{err}");
+        let err = S3Storage::new(settings(Some("http://127.0.0.1:9000"), false))
+            .expect_err("IP + virtual host");
+        assert!(err.to_string().contains("path-style"), "{err}");
+    }
+}

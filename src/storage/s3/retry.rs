@@ -1,0 +1,270 @@
+//! The retry policy of every S3 call: how many tries, how long to wait
+//! between them (jittered exponential backoff, from `crate::backoff`), and
+//! the one loop that runs an attempt until it succeeds, fails for good or
+//! runs out of tries.
+
+use std::time::Duration;
+
+use super::answers::Failure;
+use super::S3Storage;
+use crate::backoff::{self, Jitter};
+use crate::storage::StorageError;
+
+/// How often and how patiently a failed request is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries in total, the first one included (0 counts as 1).
+    pub max_attempts: u32,
+    /// The delay before the first retry, doubled for each further one.
+    pub base_delay: Duration,
+    /// No delay is longer than this.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `retry` (1 for the first retry), given a
+    /// random `unit` in `[0, 1)`: "equal jitter", i.e. between half and all of
+    /// `min(max_delay, base_delay * 2^(retry-1))`.
+    pub fn backoff(&self, retry: u32, unit: f64) -> Duration {
+        let cap = backoff::exponential(self.base_delay, retry.saturating_sub(1), self.max_delay);
+        backoff::down_to_half(cap, unit)
+    }
+
+    /// Tries in total, at least one.
+    fn attempts(&self) -> u32 {
+        self.max_attempts.max(1)
+    }
+
+    /// What to do after try number `tries` (from 1) failed, `retryable` or
+    /// not; `unit` is a random number in `[0, 1)` for the jitter.
+    pub(super) fn after_failure(&self, tries: u32, retryable: bool, unit: f64) -> AfterFailure {
+        if retryable && tries < self.attempts() {
+            AfterFailure::RetryAfter(self.backoff(tries, unit))
+        } else {
+            AfterFailure::GiveUp {
+                note_attempts: retryable && tries > 1,
+            }
+        }
+    }
+}
+
+/// The retry loop's decision after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AfterFailure {
+    /// Wait this long, then try again.
+    RetryAfter(Duration),
+    /// Report the failure; `note_attempts` when it is a retryable one that
+    /// used up the tries, whose message then says how many were made.
+    GiveUp { note_attempts: bool },
+}
+
+/// Adds "after N attempts" to the detail of an error that was retried.
+fn note_attempts(error: &mut StorageError, tries: u32) {
+    match error {
+        StorageError::Transport { detail, .. }
+        | StorageError::Server { detail, .. }
+        | StorageError::BadResponse { detail, .. } => {
+            detail.push_str(&format!(", after {tries} attempts"))
+        }
+        _ => {}
+    }
+}
+
+impl S3Storage {
+    /// The one retry loop of every S3 call: runs `attempt` until it succeeds,
+    /// fails for good, or `max_attempts` are used, sleeping a jittered
+    /// exponential backoff between tries. `what` and `key` are for log lines.
+    pub(super) fn retry<T>(
+        &self,
+        what: &str,
+        key: &str,
+        mut attempt: impl FnMut() -> Result<T, Failure>,
+    ) -> Result<T, StorageError> {
+        let jitter = Jitter::seeded();
+        let mut tries = 1;
+        loop {
+            let failure = match attempt() {
+                Ok(value) => return Ok(value),
+                Err(failure) => failure,
+            };
+            match self
+                .retry
+                .after_failure(tries, failure.retryable, jitter.next_unit())
+            {
+                AfterFailure::RetryAfter(delay) => {
+                    log::warn!(
+                        "{what} {key:?}: attempt {tries}/{} failed: {}; retrying in {delay:?}",
+                        self.retry.attempts(),
+                        failure.error
+                    );
+                    std::thread::sleep(delay);
+                    tries += 1;
+                }
+                AfterFailure::GiveUp {
+                    note_attempts: note,
+                } => {
+                    let mut error = failure.error;
+                    if note {
+                        note_attempts(&mut error, tries);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_half_and_full_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+        };
+        for retry in 1..=12 {
+            let cap = Duration::from_millis(100 * 2u64.pow(retry - 1)).min(Duration::from_secs(5));
+            assert_eq!(policy.backoff(retry, 0.0), cap / 2, "retry {retry}");
+            assert!(policy.backoff(retry, 0.999_999) <= cap, "retry {retry}");
+            assert!(policy.backoff(retry, 0.5) >= cap / 2, "retry {retry}");
+        }
+        assert_eq!(policy.backoff(1, 1.0), Duration::from_millis(100));
+        assert_eq!(policy.backoff(u32::MAX, 1.0), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn failures_are_retried_while_tries_are_left_and_the_failure_is_retryable() {
+        use AfterFailure::*;
+        let ms = Duration::from_millis;
+        let policy = |max_attempts| RetryPolicy {
+            max_attempts,
+            base_delay: ms(100),
+            max_delay: ms(1000),
+        };
+        // (max_attempts, tries so far, retryable, unit, decision)
+        #[rustfmt::skip]
+        let cases = [
+            (6, 1, true, 0.0, RetryAfter(ms(50))),
+            (6, 1, true, 1.0, RetryAfter(ms(100))),
+            (6, 2, true, 0.0, RetryAfter(ms(100))),
+            (6, 3, true, 1.0, RetryAfter(ms(400))),
+            (6, 5, true, 1.0, RetryAfter(ms(1000))),
+            (6, 5, true, 0.0, RetryAfter(ms(500))),
+            (6, 6, true, 0.0, GiveUp { note_attempts: true }),
+            (6, 7, true, 0.0, GiveUp { note_attempts: true }),
+            (6, 1, false, 0.0, GiveUp { note_attempts: false }),
+            (6, 3, false, 0.0, GiveUp { note_attempts: false }),
+            (2, 1, true, 0.0, RetryAfter(ms(50))),
+            (2, 2, true, 0.0, GiveUp { note_attempts: true }),
+            // 0 and 1 attempt: the first failure is final, and said to be
+            // the only try.
+            (1, 1, true, 0.0, GiveUp { note_attempts: false }),
+            (0, 1, true, 0.0, GiveUp { note_attempts: false }),
+            (u32::MAX, 40, true, 0.0, RetryAfter(ms(500))),
+        ];
+        for (max_attempts, tries, retryable, unit, expected) in cases {
+            assert_eq!(
+                policy(max_attempts).after_failure(tries, retryable, unit),
+                expected,
+                "{max_attempts} attempts, {tries} tried, retryable {retryable}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_errors_with_a_detail_say_how_many_attempts_were_made() {
+        let location = || "s3://b".to_owned();
+        let detail = || "d".to_owned();
+        // (error, message has ", after 3 attempts")
+        #[rustfmt::skip]
+        let cases = [
+            (StorageError::Transport { location: location(), detail: detail() }, true),
+            (
+                StorageError::Server { location: location(), key: "k".to_owned(), status: 503, detail: detail() },
+                true,
+            ),
+            (StorageError::BadResponse { location: location(), detail: detail() }, true),
+            (StorageError::Auth { location: location(), detail: detail() }, false),
+            (StorageError::WrongRegion { location: location(), detail: detail() }, false),
+            (StorageError::NoSuchBucket { location: location() }, false),
+            (StorageError::NotFound { key: "k".to_owned() }, false),
+        ];
+        for (mut error, noted) in cases {
+            note_attempts(&mut error, 3);
+            let text = error.to_string();
+            assert_eq!(text.contains(", after 3 attempts"), noted, "{text}");
+        }
+    }
+
+    fn storage(max_attempts: u32) -> S3Storage {
+        S3Storage::new(crate::storage::s3::tests::settings(
+            Some("http://127.0.0.1:9"),
+            true,
+        ))
+        .expect("valid settings")
+        .with_retry(RetryPolicy {
+            max_attempts,
+            base_delay: Duration::ZERO,
+            max_delay: Duration::ZERO,
+        })
+    }
+
+    fn busy() -> Failure {
+        Failure::retryable(StorageError::Server {
+            location: "s3://b".to_owned(),
+            key: "k".to_owned(),
+            status: 503,
+            detail: "SlowDown".to_owned(),
+        })
+    }
+
+    #[test]
+    fn the_loop_stops_at_success_at_a_final_failure_or_after_max_attempts() {
+        let storage = storage(4);
+        let mut tries = 0;
+        let value = storage.retry("get", "k", || {
+            tries += 1;
+            if tries < 3 {
+                Err(busy())
+            } else {
+                Ok(tries)
+            }
+        });
+        assert_eq!(value.expect("third try succeeds"), 3);
+
+        let mut tries = 0;
+        let err = storage
+            .retry("get", "k", || -> Result<(), Failure> {
+                tries += 1;
+                Err(busy())
+            })
+            .expect_err("always busy");
+        assert_eq!(tries, 4);
+        assert!(err.to_string().contains(", after 4 attempts"), "{err}");
+
+        let mut tries = 0;
+        let err = storage
+            .retry("get", "k", || -> Result<(), Failure> {
+                tries += 1;
+                Err(Failure::fatal(StorageError::NotFound {
+                    key: "k".to_owned(),
+                }))
+            })
+            .expect_err("not found");
+        assert_eq!(tries, 1);
+        assert!(matches!(err, StorageError::NotFound { .. }));
+    }
+}

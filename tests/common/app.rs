@@ -1,0 +1,25 @@
+//! The application side of a test: what a test reads back from a real
+//! SQLite database (its rows, its `integrity_check`). Every test database
+//! has the table `t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)`.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+/// Every row of `t`, by id.
+pub fn rows(path: &Path) -> Vec<(i64, String)> {
+    let c = Connection::open(path).unwrap();
+    let mut s = c.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
+    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// What `PRAGMA integrity_check` says of the database ("ok" when sound).
+pub fn integrity(path: &Path) -> String {
+    Connection::open(path)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
