@@ -9,7 +9,6 @@ use std::sync::Arc;
 use argh::FromArgs;
 
 use crate::config::{self, Config, DatabaseConfig, StorageConfig};
-use crate::replica::ReplicaOptions;
 use crate::storage::dir::DirStorage;
 use crate::storage::s3::S3Storage;
 use crate::storage::{Storage, StorageError};
@@ -241,18 +240,9 @@ pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, CliError> {
         .map_err(|e| CliError::runtime(format!("cannot start {threads} threads: {e}")))
 }
 
-pub fn replica_options(db: &DatabaseConfig) -> ReplicaOptions {
-    ReplicaOptions {
-        path: db.path.clone(),
-        prefix: db.prefix.clone(),
-        snapshot_interval: db.snapshot_interval,
-        checkpoint_threshold: db.checkpoint_threshold,
-        truncate_threshold: db.truncate_threshold,
-        max_segment_bytes: 16 << 20,
-        spool_dir: std::env::temp_dir(),
-        retention: db.retention,
-    }
-}
+/// What a replica of a configured database is made with (shared with the
+/// daemon's catalog).
+pub use crate::daemon::replica_options;
 
 /// Checks walsync's private spool directory (`crate::spool`) before any
 /// work, so an unsafe `TMPDIR` is one clear error at start rather than a
@@ -270,27 +260,13 @@ pub fn prepare_spool() -> Result<(), CliError> {
     Ok(())
 }
 
-/// Every database of the config: those listed, and those found now in its
-/// `[[directories]]` (what a directory scan could not use is logged).
-pub fn all_databases(cfg: &Config) -> Vec<DatabaseConfig> {
-    let mut all = cfg.databases.clone();
-    for dir in &cfg.directories {
-        let (found, problems) = crate::discovery::scan(dir);
-        for p in problems {
-            log::warn!("{}: {p}", dir.dir.display());
-        }
-        all.extend(
-            found
-                .into_iter()
-                .map(|(path, prefix)| dir.database(path, prefix)),
-        );
-    }
-    all
-}
+/// Every database of the config, listed and found in its `[[directories]]`:
+/// the daemon's catalog, taken once.
+pub use crate::daemon::config_databases as all_databases;
 
 /// The databases of the config, or the one whose prefix is `prefix`.
 pub fn select(cfg: &Config, prefix: Option<&str>) -> Result<Vec<DatabaseConfig>, CliError> {
-    let all = all_databases(cfg);
+    let all = crate::daemon::config_databases(cfg);
     match prefix {
         None => Ok(all),
         Some(p) => {

@@ -1,16 +1,14 @@
 //! `walsync watch`: replicate every database of the config until stopped.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use argh::FromArgs;
 
-use super::{check_storage, env, load_config, open_storage, replica_options, CliError};
-use crate::config::{self, Config};
-use crate::daemon::{self, Catalog, WatchOptions, WatchedDatabase};
-use crate::discovery;
+use super::{check_storage, load_config, open_storage, CliError};
+use crate::config;
+use crate::daemon::{self, Catalog, ConfigCatalog, WatchOptions};
 use crate::metrics::{self, Registry};
 use crate::storage::StorageError;
 
@@ -21,79 +19,6 @@ pub struct WatchArgs {
     /// config file (default: ./walsync.toml, then /etc/walsync.toml)
     #[argh(option, short = 'c')]
     pub config: Option<PathBuf>,
-}
-
-/// The databases of a config file (listed, and found in its
-/// `[[directories]]`), re-read on SIGHUP.
-struct ConfigCatalog {
-    path: PathBuf,
-    config: Config,
-    /// What the last directory scans could not use, so each problem is
-    /// logged once, not on every rescan.
-    problems: BTreeSet<String>,
-}
-
-impl Catalog for ConfigCatalog {
-    fn databases(&mut self) -> Vec<WatchedDatabase> {
-        let mut all: Vec<WatchedDatabase> = self
-            .config
-            .databases
-            .iter()
-            .map(|d| WatchedDatabase {
-                replica: replica_options(d),
-                sync_interval: d.sync_interval,
-            })
-            .collect();
-        let mut problems = BTreeSet::new();
-        for dir in &self.config.directories {
-            let (found, trouble) = discovery::scan(dir);
-            for p in trouble {
-                let line = format!("{}: {p}", dir.dir.display());
-                if !self.problems.contains(&line) {
-                    log::warn!("{line}");
-                }
-                problems.insert(line);
-            }
-            all.extend(found.into_iter().map(|(path, prefix)| {
-                let d = dir.database(path, prefix);
-                WatchedDatabase {
-                    replica: replica_options(&d),
-                    sync_interval: d.sync_interval,
-                }
-            }));
-        }
-        self.problems = problems;
-        all
-    }
-
-    fn discovery_dirs(&self) -> Vec<(PathBuf, bool)> {
-        self.config
-            .directories
-            .iter()
-            .map(|d| (d.dir.clone(), d.recursive))
-            .collect()
-    }
-
-    fn reload(&mut self) -> Result<(), String> {
-        let new = Config::load(&self.path, &env).map_err(|e| e.to_string())?;
-        if new.storage != self.config.storage {
-            log::warn!(
-                "SIGHUP: [storage] changed; that takes effect at the next start, the rest now"
-            );
-        }
-        if new.metrics_listen != self.config.metrics_listen {
-            log::warn!(
-                "SIGHUP: [metrics] changed; that takes effect at the next start, the rest now"
-            );
-        }
-        if new.workers != self.config.workers {
-            log::warn!(
-                "SIGHUP: workers changed; that takes effect at the next start, the rest now"
-            );
-        }
-        self.config = new;
-        Ok(())
-    }
 }
 
 pub fn run(args: WatchArgs) -> Result<(), CliError> {
@@ -123,11 +48,7 @@ pub fn run(args: WatchArgs) -> Result<(), CliError> {
         idle_release_after: Some(cfg.idle_release_after),
         idle_release_max_bytes: cfg.idle_release_max_size,
     };
-    let mut catalog = ConfigCatalog {
-        path,
-        config: cfg,
-        problems: BTreeSet::new(),
-    };
+    let mut catalog = ConfigCatalog::new(path, cfg);
     // A wrong bucket, region, endpoint or key would make every database fail
     // forever: refuse to start. A server that does not answer yet (at boot,
     // or down for a while) is waited for, as during an outage.

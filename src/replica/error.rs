@@ -72,6 +72,37 @@ impl ReplicaError {
     pub fn is_replaced_database(&self) -> bool {
         matches!(self, ReplicaError::Sqlite(SqliteError::Replaced(_)))
     }
+
+    /// The process (EMFILE) or the system (ENFILE) had no descriptor left,
+    /// as the OS error says; `is_cannot_open` is SQLite's word for what may
+    /// be the same. The S3 client keeps only the text of a transport error,
+    /// so there the errno is read from it.
+    pub fn is_out_of_descriptors(&self) -> bool {
+        let os = |e: &io::Error| crate::signals::is_out_of_fds(e);
+        match self {
+            ReplicaError::Io { source, .. }
+            | ReplicaError::Sqlite(SqliteError::Io { source, .. })
+            | ReplicaError::Storage(StorageError::Io { source, .. })
+            | ReplicaError::Corrupt {
+                source: FormatError::Io(source),
+                ..
+            } => os(source),
+            ReplicaError::Storage(StorageError::Transport { detail, .. }) => {
+                detail.contains("(os error 24)") || detail.contains("(os error 23)")
+            }
+            _ => false,
+        }
+    }
+
+    /// SQLite could not open the database, its WAL or its -shm file
+    /// (SQLITE_CANTOPEN, which hides the errno).
+    pub fn is_cannot_open(&self) -> bool {
+        matches!(
+            self,
+            ReplicaError::Sqlite(SqliteError::Sqlite { source, .. })
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen)
+        )
+    }
 }
 
 pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ReplicaError + '_ {

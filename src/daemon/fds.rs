@@ -1,0 +1,300 @@
+//! The descriptor budget of the daemon: how many file descriptors walsync
+//! wants for its databases, whether the open-file limit leaves room for
+//! every one of them active at once, and, when it does not, how many
+//! databases may be opened now without taking the descriptors that open
+//! ones need to sync or be released (and so give theirs back).
+//!
+//! It counts /proc/self/fd (I/O) and logs the shortage; the scheduler asks
+//! it through `Descriptors`, so that the decisions stay testable with a
+//! fake. A sync that failed for want of descriptors is recognised by the
+//! OS error it carries (EMFILE, ENFILE), or by SQLite's "cannot open" when
+//! the descriptors are nearly all in use, never by the text of a message.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use crate::replica::ReplicaError;
+use crate::signals;
+
+/// Descriptors walsync keeps for itself whatever the number of databases:
+/// standard streams, the watcher, S3 connections, the metrics listener.
+pub(crate) const FDS_RESERVED: u64 = 32;
+/// Descriptors an active database may hold: walsync's own, the reader's
+/// database, WAL and -shm files, a checkpointing connection's. A released
+/// (idle) database keeps one.
+pub(crate) const FDS_PER_ACTIVE_DATABASE: u64 = 6;
+/// Descriptors a job may open besides its database's: a connection to the
+/// storage, a spool file for a large transaction. Kept free for every job
+/// that may run: a database opened with the last of them could not upload
+/// its snapshot, nor be let go before it had, and held its own for good.
+const FDS_PER_JOB: u64 = 2;
+/// How old a count of open descriptors may be when deciding to open one more.
+const FD_COUNT_MAX_AGE: Duration = Duration::from_millis(100);
+/// How long a database waits to be opened while descriptors are short.
+pub(crate) const FD_WAIT: Duration = Duration::from_millis(250);
+/// While databases wait for descriptors, an open one counts as idle after
+/// `idle_release_after` divided by this, not after all of it: otherwise the
+/// waiting ones are not replicated at all meanwhile. Not at once: one
+/// written a moment ago is likely to be written again, and letting it go
+/// and opening it again for every commit would spend the descriptors and
+/// jobs the waiting ones need (and invite a new generation each time).
+pub(crate) const PRESSED_IDLE_DIVISOR: u32 = 10;
+/// How often the "out of file descriptors" line may repeat.
+const FD_EXHAUSTED_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The open-file limit walsync would like for `databases`: room for every
+/// one of them to be active at once.
+pub(crate) fn fds_wanted(databases: u64) -> u64 {
+    databases * FDS_PER_ACTIVE_DATABASE + FDS_RESERVED
+}
+
+/// How to raise the limit, for messages.
+fn raise_limit_hint(to: u64) -> String {
+    format!(
+        "raise it to at least {to} (LimitNOFILE={to} in the systemd unit, or ulimit -n {to} \
+         in the shell that starts walsync)"
+    )
+}
+
+/// What the scheduler needs to know about descriptors (the daemon's
+/// `FdBudget`, or a fake in tests).
+pub(crate) trait Descriptors {
+    /// Whether the open-file limit is below what `databases` active at once
+    /// could need: only then are descriptors budgeted.
+    fn limit_below_wanted(&self, databases: u64) -> bool;
+    /// Descriptors that databases opened now may take: `None` when the
+    /// open-file limit has room for every database active at once (then
+    /// nothing needs counting), else what is free beyond what the jobs may
+    /// still open (`running` of at most `max_jobs`).
+    fn open_budget(&self, databases: u64, running: usize, max_jobs: usize) -> Option<u64>;
+    /// A database is being opened: the count moves by an estimate.
+    fn opened(&self);
+    /// Names a shortage of descriptors (at most once a minute).
+    fn report_shortage(&mut self, databases: u64, now: Instant);
+}
+
+/// A count of the open descriptors (a directory read of /proc/self/fd, as
+/// costly as there are descriptors), and the databases opened and released
+/// since, which move it by an estimate until the next count.
+#[derive(Clone, Copy)]
+struct FdCount {
+    at: Instant,
+    n: u64,
+    opened: u64,
+    released: u64,
+}
+
+impl FdCount {
+    /// Descriptors a release is taken to give back: fewer than an active
+    /// database may hold (an estimate too high would open too many).
+    const FREED_BY_RELEASE: u64 = 3;
+
+    fn used(&self) -> u64 {
+        (self.n + self.opened * FDS_PER_ACTIVE_DATABASE)
+            .saturating_sub(self.released * Self::FREED_BY_RELEASE)
+    }
+}
+
+/// The process's descriptors: its soft limit, and the last count.
+#[derive(Default)]
+pub(crate) struct FdBudget {
+    /// The soft open-file limit, once known.
+    limit: Option<u64>,
+    /// When the "out of file descriptors" line was last logged.
+    exhausted_logged: Option<Instant>,
+    /// The last count of open descriptors, and what changed since.
+    count: Cell<Option<FdCount>>,
+}
+
+impl FdBudget {
+    /// Raises the soft open-file limit as far as the hard one allows and
+    /// checks it against `databases`: `Err` (the message) when it cannot
+    /// hold even one descriptor per database; a warning when it cannot
+    /// hold every one active at once.
+    pub(crate) fn raise_limit(&mut self, databases: u64) -> Result<(), String> {
+        match signals::raise_fd_limit() {
+            Ok((soft, hard)) => {
+                self.limit = Some(soft);
+                let wanted = fds_wanted(databases);
+                if soft < databases + FDS_RESERVED {
+                    // Not even one descriptor per database: some could never be
+                    // replicated. Better refused now than failing for ever.
+                    return Err(format!(
+                        "the open-file limit is {soft} (hard limit {hard}), too low for {databases} \
+                         databases: walsync needs one descriptor per database, up to \
+                         {FDS_PER_ACTIVE_DATABASE} per active one and about {FDS_RESERVED} of its own; {}",
+                        raise_limit_hint(wanted)
+                    ));
+                }
+                if soft < wanted {
+                    log::warn!(
+                        "the open-file limit is {soft} (hard limit {hard}); {databases} databases may \
+                         need up to {wanted} when all are active, and those that cannot be opened \
+                         then wait and are retried; {}",
+                        raise_limit_hint(wanted)
+                    );
+                }
+            }
+            Err(e) => log::warn!("cannot read the open-file limit: {e}"),
+        }
+        Ok(())
+    }
+
+    /// A database was released: the count moves by an estimate.
+    pub(crate) fn released(&self) {
+        self.count_moves(|c| c.released += 1);
+    }
+
+    /// Moves the descriptor count, if one was taken, by `change`.
+    fn count_moves(&self, change: impl FnOnce(&mut FdCount)) {
+        if let Some(mut c) = self.count.get() {
+            change(&mut c);
+            self.count.set(Some(c));
+        }
+    }
+
+    /// Whether a failed sync looks like the process ran out of descriptors:
+    /// an OS error that says so (EMFILE, ENFILE), or SQLite's "unable to
+    /// open database file" (which hides the errno, and may come from the
+    /// WAL or -shm file) while the limit is below what every database
+    /// active at once would need, or nearly every descriptor is in use.
+    pub(crate) fn sync_failed_for_descriptors(&self, error: &ReplicaError, databases: u64) -> bool {
+        if error.is_out_of_descriptors() {
+            return true;
+        }
+        let limit = self.limit.unwrap_or(u64::MAX);
+        error.is_cannot_open()
+            && (limit < fds_wanted(databases)
+                || signals::open_fd_count().map_or_else(
+                    |e| signals::is_out_of_fds(&e),
+                    |used| used + used / 10 >= limit,
+                ))
+    }
+}
+
+impl Descriptors for FdBudget {
+    fn limit_below_wanted(&self, databases: u64) -> bool {
+        self.limit
+            .is_some_and(|limit| limit < fds_wanted(databases))
+    }
+
+    fn open_budget(&self, databases: u64, running: usize, max_jobs: usize) -> Option<u64> {
+        if !self.limit_below_wanted(databases) {
+            return None;
+        }
+        let limit = self.limit?;
+        // Counting /proc/self/fd costs a directory read of every
+        // descriptor: at most every FD_COUNT_MAX_AGE, estimated in between
+        // (jobs started since are covered by `running`).
+        let now = Instant::now();
+        let used = match self.count.get() {
+            Some(c) if now.duration_since(c.at) < FD_COUNT_MAX_AGE => c.used(),
+            _ => {
+                let n = match signals::open_fd_count() {
+                    Ok(n) => n,
+                    // Not even one left to count them with.
+                    Err(e) if signals::is_out_of_fds(&e) => limit,
+                    // No way to count here: opening is left to fail and be
+                    // retried.
+                    Err(_) => return None,
+                };
+                self.count.set(Some(FdCount {
+                    at: now,
+                    n,
+                    opened: 0,
+                    released: 0,
+                }));
+                n
+            }
+        };
+        let jobs = running as u64 * 2 + max_jobs as u64 * FDS_PER_JOB;
+        Some(limit.saturating_sub(used + jobs))
+    }
+
+    fn opened(&self) {
+        self.count_moves(|c| c.opened += 1);
+    }
+
+    fn report_shortage(&mut self, databases: u64, now: Instant) {
+        if self
+            .exhausted_logged
+            .is_some_and(|t| now.duration_since(t) < FD_EXHAUSTED_LOG_INTERVAL)
+        {
+            return;
+        }
+        self.exhausted_logged = Some(now);
+        let limit = self.limit.unwrap_or(u64::MAX);
+        let used =
+            signals::open_fd_count().map_or(String::new(), |n| format!("{n} descriptors in use, "));
+        log::error!(
+            "out of file descriptors ({used}open-file limit {limit}) with {databases} databases: \
+             the databases that cannot be opened now wait until others are released or fail, \
+             the others go on; {}",
+            raise_limit_hint(fds_wanted(databases))
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_descriptor_count_moves_with_opens_and_releases_until_the_next() {
+        let c = |n, opened, released| FdCount {
+            at: Instant::now(),
+            n,
+            opened,
+            released,
+        };
+        assert_eq!(c(100, 0, 0).used(), 100);
+        // An opened database may take all it can; a release is taken to give
+        // back fewer than that.
+        assert_eq!(c(100, 2, 0).used(), 112);
+        assert_eq!(c(100, 2, 3).used(), 103);
+        assert_eq!(c(4, 0, 10).used(), 0);
+    }
+
+    #[test]
+    fn a_sync_short_of_descriptors_is_known_by_its_error_kind() {
+        use crate::sqlite::SqliteError;
+        use std::path::PathBuf;
+        let io = |errno| ReplicaError::Io {
+            path: PathBuf::from("/db-wal"),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        let cannot_open = || {
+            ReplicaError::Sqlite(SqliteError::Sqlite {
+                path: PathBuf::from("/db"),
+                what: "take read lock",
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                    Some("unable to open database file".into()),
+                ),
+            })
+        };
+        let roomy = FdBudget::default();
+        let low = FdBudget {
+            limit: Some(1000),
+            ..FdBudget::default()
+        };
+        // EMFILE and ENFILE whatever the limit; not another OS error.
+        for budget in [&roomy, &low] {
+            assert!(budget.sync_failed_for_descriptors(&io(libc::EMFILE), 64));
+            assert!(budget.sync_failed_for_descriptors(&io(libc::ENFILE), 64));
+            assert!(!budget.sync_failed_for_descriptors(&io(libc::EACCES), 64));
+        }
+        let wrapped = ReplicaError::Sqlite(SqliteError::Io {
+            path: PathBuf::from("/db"),
+            source: std::io::Error::from_raw_os_error(libc::EMFILE),
+        });
+        assert!(roomy.sync_failed_for_descriptors(&wrapped, 64));
+        // SQLite's "cannot open" hides the errno: a shortage only while the
+        // limit is below what every database active at once needs.
+        assert!(low.sync_failed_for_descriptors(&cannot_open(), 200));
+        assert!(!low.sync_failed_for_descriptors(&cannot_open(), 2));
+        assert!(!roomy.sync_failed_for_descriptors(&cannot_open(), 200));
+        let missing = ReplicaError::Sqlite(SqliteError::Missing(PathBuf::from("/db")));
+        assert!(!low.sync_failed_for_descriptors(&missing, 200));
+    }
+}

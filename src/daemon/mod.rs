@@ -1,0 +1,614 @@
+//! The daemon (`walsync watch`): one notify watcher for every database's
+//! directory, one dispatcher (this module's loop, on the calling thread)
+//! and a small rayon pool that runs sync jobs.
+//!
+//! The dispatcher owns each database's `Replica` and lends it to at most one
+//! job at a time, so a database's segments are produced in order while many
+//! databases sync in parallel. File events are hints: a burst of them marks a
+//! database dirty once, and a sync runs at most once per `sync_interval`; a
+//! cheap periodic stat of every WAL catches missed events. An idle database
+//! costs no S3 request. A failing database backs off (jittered, exponential)
+//! without holding up the others.
+//!
+//! The set of databases comes from a `Catalog` and may change while running:
+//! databases discovered in watched directories appear and disappear, and
+//! SIGHUP re-reads the configuration. A database that leaves the set gets one
+//! last sync (shipping what it committed) before its connections close; the
+//! others are not touched. SIGINT/SIGTERM stop taking events, run one last
+//! sync of every database and exit (DESIGN.md invariant 8).
+//!
+//! This module is the loop and its effects: messages, the watcher, the
+//! worker pool, the replicas and the metrics. What to do when is decided
+//! by `schedule` (pure); the descriptor budget is `fds`, the set of
+//! databases `catalog`.
+
+mod catalog;
+mod fds;
+mod schedule;
+
+pub use catalog::{config_databases, replica_options, Catalog, ConfigCatalog, WatchedDatabase};
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+
+use crate::replica::{Replica, ReplicaError, SyncReport};
+use crate::signals::{self, Signal};
+use crate::sqlite::{stat_of, FileStat};
+use crate::storage::Storage;
+use fds::FdBudget;
+use schedule::{Action, Connection, Finished, Outcome, Schedule};
+
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    pub workers: usize,
+    pub rescan_interval: Duration,
+    /// How long a stop may take to ship what is committed.
+    pub shutdown_timeout: Duration,
+    /// Where to publish per-database figures (the metrics page), if anywhere.
+    pub metrics: Option<Arc<crate::metrics::Registry>>,
+    /// Let go of a database's connections after this long without commits
+    /// (DESIGN.md "Scale"); `None` keeps every database open.
+    pub idle_release_after: Option<Duration>,
+    /// Databases larger than this are never released (waking one up reads
+    /// the whole file to fingerprint it).
+    pub idle_release_max_bytes: u64,
+}
+
+enum Msg {
+    Fs(notify::Result<notify::Event>),
+    Signal(Signal),
+    Done {
+        id: u64,
+        replica: Box<Replica>,
+        result: Result<SyncReport, ReplicaError>,
+        stat: FileStat,
+        /// When the sync began.
+        started: Instant,
+    },
+    Released {
+        id: u64,
+        replica: Box<Replica>,
+        result: Result<Option<FileStat>, ReplicaError>,
+    },
+}
+
+/// Whether the main loop goes on after a message.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Go,
+    /// A second signal: stop without waiting for the last syncs.
+    StopNow,
+}
+
+/// Messages handled at most before the main loop looks at every database
+/// again.
+const MESSAGE_BATCH: usize = 256;
+
+#[derive(Debug)]
+pub enum DaemonError {
+    Setup(String),
+    /// Stopped, but some databases could not ship everything.
+    IncompleteStop {
+        failed: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DaemonError::Setup(s) => write!(f, "{s}"),
+            DaemonError::IncompleteStop { failed } => write!(
+                f,
+                "stopped before every committed transaction was shipped for: {}; they will be shipped \
+                 (or a new generation started) at the next start",
+                failed.join(", ")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+fn jitter(d: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    // Up to +25%.
+    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
+fn backoff(failures: u32) -> Duration {
+    jitter(
+        Duration::from_millis(500u64.saturating_mul(1 << failures.min(7)))
+            .min(Duration::from_secs(60)),
+    )
+}
+
+/// Whether the application wrote to the database since `before` was taken
+/// (walsync's own first read may create an empty WAL, which is no write).
+/// When walsync checkpointed in that sync, the database file and the WAL
+/// changed by its own hand, so only a WAL longer than before counts (a
+/// database left with a WAL from its last run checkpoints at its first
+/// sync; counting that as a write kept thousands of them open at start).
+fn written_during(before: &FileStat, db: &Path, checkpointed: bool) -> bool {
+    let after = stat_of(db);
+    let wal_len = |s: &FileStat| s.wal.map_or(0, |(len, _)| len);
+    if checkpointed {
+        return wal_len(&after) > wal_len(before);
+    }
+    before.db != after.db
+        || wal_len(&after) > wal_len(before)
+        || before.wal.is_some() && before.wal != after.wal
+}
+
+/// How long file events in a discovery directory are gathered before the
+/// catalog is asked again.
+const DISCOVERY_DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// What the scheduler is told about a replica's connections.
+fn connection_of(replica: &Replica) -> Connection {
+    if replica.is_live() {
+        Connection::Open
+    } else if replica.is_released() {
+        Connection::Released
+    } else {
+        Connection::Closed
+    }
+}
+
+struct Dispatcher {
+    storage: Arc<dyn Storage>,
+    pool: rayon::ThreadPool,
+    tx: Sender<Msg>,
+    schedule: Schedule,
+    /// The replica of every database that has been synced and is not lent
+    /// to a job now (one is made at a database's first sync).
+    replicas: HashMap<u64, Box<Replica>>,
+    watcher: RecommendedWatcher,
+    watched: HashMap<PathBuf, RecursiveMode>,
+    discovery: Vec<(PathBuf, bool)>,
+    metrics: Option<Arc<crate::metrics::Registry>>,
+    idle_release_max_bytes: u64,
+    fds: FdBudget,
+}
+
+impl Dispatcher {
+    /// Brings the databases in line with the catalog (see
+    /// `Schedule::apply`) and the watches with the databases.
+    fn apply(&mut self, wanted: Vec<WatchedDatabase>, now: Instant) {
+        self.schedule.apply(wanted, now);
+        self.refresh_watches();
+    }
+
+    /// One watch per directory that holds a database or may hold new ones.
+    fn refresh_watches(&mut self) {
+        let mut want: HashMap<PathBuf, RecursiveMode> = HashMap::new();
+        for path in self.schedule.paths() {
+            let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            want.entry(dir).or_insert(RecursiveMode::NonRecursive);
+        }
+        for (dir, recursive) in &self.discovery {
+            if *recursive {
+                want.insert(dir.clone(), RecursiveMode::Recursive);
+            } else {
+                want.entry(dir.clone())
+                    .or_insert(RecursiveMode::NonRecursive);
+            }
+        }
+        let stale: Vec<PathBuf> = self
+            .watched
+            .iter()
+            .filter(|(d, m)| want.get(*d) != Some(*m))
+            .map(|(d, _)| d.clone())
+            .collect();
+        for dir in stale {
+            let _ = self.watcher.unwatch(&dir);
+            self.watched.remove(&dir);
+        }
+        for (dir, mode) in want {
+            if self.watched.contains_key(&dir) {
+                continue;
+            }
+            match self.watcher.watch(&dir, mode) {
+                Ok(()) => {
+                    self.watched.insert(dir, mode);
+                }
+                Err(e) => log::warn!(
+                    "cannot watch {}: {e}; relying on the periodic rescan there",
+                    dir.display()
+                ),
+            }
+        }
+    }
+
+    /// Maps a file event to the databases it concerns. Returns whether it
+    /// may change the catalog (something appeared or went in a discovery
+    /// directory).
+    fn on_fs_event(&mut self, ev: &notify::Event, now: Instant) -> bool {
+        // Opens and closes are no news: walsync's own reads of a WAL open it,
+        // and treating that as a change resynced every database forever.
+        // Writes come as Modify (and a closed-after-write file has had them).
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return false;
+        }
+        if ev.need_rescan() {
+            self.schedule.mark_all_dirty(now);
+            return !self.discovery.is_empty();
+        }
+        let mut catalog_may_change = false;
+        for p in &ev.paths {
+            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let db = match name.strip_suffix("-wal") {
+                Some(stem) => p.with_file_name(stem),
+                None => p.clone(),
+            };
+            if self.schedule.on_file_event(&db, now, &stat_of) {
+                // A database file that went away may leave the catalog.
+                if !db.exists() {
+                    catalog_may_change |= self.in_discovery(&db);
+                }
+            } else {
+                catalog_may_change |= self.in_discovery(p);
+            }
+        }
+        catalog_may_change
+    }
+
+    fn in_discovery(&self, path: &Path) -> bool {
+        self.discovery.iter().any(|(dir, recursive)| {
+            if *recursive {
+                path.starts_with(dir)
+            } else {
+                path.parent() == Some(dir.as_path())
+            }
+        })
+    }
+
+    /// Starts the jobs the scheduler finds due.
+    fn launch_due(&mut self, now: Instant) {
+        let actions = self.schedule.launch(now, &mut self.fds);
+        self.perform(actions);
+    }
+
+    /// Does what the scheduler decided.
+    fn perform(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Sync { id, last } => {
+                    let opts = match self.schedule.get(id) {
+                        Some(db) => db.want.replica.clone(),
+                        None => continue,
+                    };
+                    let mut replica = self
+                        .replicas
+                        .remove(&id)
+                        .unwrap_or_else(|| Box::new(Replica::new(opts.clone())));
+                    // Options may have changed (reload) since the replica was made.
+                    replica.opts = opts;
+                    let storage = Arc::clone(&self.storage);
+                    let tx = self.tx.clone();
+                    self.pool.spawn(move || {
+                        let started = Instant::now();
+                        let stat = stat_of(replica.path());
+                        let mut result = replica.sync(&*storage, false);
+                        if last {
+                            result = result.and_then(|r| replica.stop(&*storage).map(|()| r));
+                        }
+                        let _ = tx.send(Msg::Done {
+                            id,
+                            replica,
+                            result,
+                            stat,
+                            started,
+                        });
+                    });
+                }
+                Action::Release { id } => {
+                    let mut replica = self
+                        .replicas
+                        .remove(&id)
+                        .expect("invariant: a release is due only after a sync, which left the replica here");
+                    let storage = Arc::clone(&self.storage);
+                    let tx = self.tx.clone();
+                    let max = self.idle_release_max_bytes;
+                    self.pool.spawn(move || {
+                        let result = replica.release(&*storage, max);
+                        let _ = tx.send(Msg::Released {
+                            id,
+                            replica,
+                            result,
+                        });
+                    });
+                }
+                Action::Close { id } => {
+                    if let Some(r) = self.replicas.get_mut(&id) {
+                        r.close();
+                    }
+                }
+                Action::Forget { id, prefix } => {
+                    self.replicas.remove(&id);
+                    if let Some(m) = &self.metrics {
+                        m.remove(&prefix);
+                    }
+                    self.refresh_watches();
+                }
+            }
+        }
+    }
+
+    fn on_done(
+        &mut self,
+        id: u64,
+        replica: Box<Replica>,
+        result: Result<SyncReport, ReplicaError>,
+        stat: FileStat,
+        started: Instant,
+        now: Instant,
+    ) {
+        if let (Some(m), Some(db)) = (&self.metrics, self.schedule.get(id)) {
+            let wall = crate::time::now_ms();
+            let lag_bytes = match (stat.wal, replica.shipped_wal_offset()) {
+                (Some((len, _)), Some(off)) => len.saturating_sub(off),
+                _ => 0,
+            };
+            let pending = if result.is_ok() && !db.is_dirty() {
+                None
+            } else {
+                db.pending_since_ms()
+            };
+            m.update(
+                &db.want.replica.prefix,
+                &db.want.replica.path.display().to_string(),
+                |m| {
+                    m.syncs += 1;
+                    m.last_sync_ms = Some(wall);
+                    m.last_txid = replica.last_txid();
+                    m.lag_bytes = lag_bytes;
+                    m.pending_since_ms = pending;
+                    match &result {
+                        Ok(r) => {
+                            m.last_success_ms = Some(wall);
+                            m.commits += r.commits;
+                            m.snapshots += u64::from(r.snapshot);
+                            m.generations += u64::from(r.new_generation);
+                            m.puts += r.segments + u64::from(r.snapshot);
+                            m.uploaded_bytes += r.bytes_uploaded;
+                        }
+                        Err(_) => m.errors += 1,
+                    }
+                },
+            );
+        }
+        let databases = self.schedule.len() as u64;
+        let outcome = match result {
+            Ok(report) => Outcome::Synced(report),
+            Err(e) if e.is_replaced_database() => Outcome::Replaced(e.to_string()),
+            Err(e) if e.is_missing_database() => Outcome::Missing,
+            Err(e) if self.fds.sync_failed_for_descriptors(&e, databases) => {
+                Outcome::OutOfDescriptors(e.to_string())
+            }
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        let connection = connection_of(&replica);
+        let path = replica.path().to_path_buf();
+        if self.schedule.get(id).is_some() {
+            self.replicas.insert(id, replica);
+        }
+        let done = Finished {
+            outcome,
+            connection,
+            stat,
+            started,
+        };
+        let written = |checkpointed| written_during(&stat, &path, checkpointed);
+        let actions = self.schedule.on_done(id, done, written, &mut self.fds, now);
+        self.perform(actions);
+    }
+
+    fn on_released(
+        &mut self,
+        id: u64,
+        replica: Box<Replica>,
+        result: Result<Option<FileStat>, ReplicaError>,
+        now: Instant,
+    ) {
+        if let Ok(Some(_)) = &result {
+            self.fds.released();
+        }
+        let connection = connection_of(&replica);
+        if self.schedule.get(id).is_some() {
+            self.replicas.insert(id, replica);
+        }
+        let result = result.map_err(|e| e.to_string());
+        self.schedule
+            .on_released(id, result, connection, now, &stat_of);
+    }
+
+    /// Handles one message of the main loop.
+    fn handle(
+        &mut self,
+        msg: Msg,
+        catalog: &mut dyn Catalog,
+        catalog_due: &mut Option<Instant>,
+        now: Instant,
+    ) -> Flow {
+        let stopping = self.schedule.stopping().is_some();
+        match msg {
+            Msg::Fs(Ok(ev)) => {
+                let catalog_may_change = !stopping && self.on_fs_event(&ev, now);
+                if catalog_may_change && catalog_due.is_none() {
+                    *catalog_due = Some(now + DISCOVERY_DEBOUNCE);
+                }
+            }
+            Msg::Fs(Err(e)) => {
+                log::warn!("file watcher: {e}; rescanning every database");
+                self.schedule.mark_all_dirty(now);
+            }
+            Msg::Signal(Signal::Hangup) if !stopping => match catalog.reload() {
+                Ok(()) => {
+                    log::info!("SIGHUP: configuration reloaded");
+                    self.discovery = catalog.discovery_dirs();
+                    *catalog_due = Some(now);
+                }
+                Err(e) => log::error!("SIGHUP: {e}; the current configuration stays in force"),
+            },
+            Msg::Signal(Signal::Hangup) => {}
+            Msg::Signal(sig) => {
+                if !stopping {
+                    log::info!("{sig:?}: stopping; shipping what is committed");
+                    self.schedule.begin_stop(now, &stat_of);
+                } else {
+                    log::warn!("{sig:?} again: stopping now");
+                    self.schedule.abandon_stop();
+                    return Flow::StopNow;
+                }
+            }
+            Msg::Done {
+                id,
+                replica,
+                result,
+                stat,
+                started,
+            } => self.on_done(id, replica, result, stat, started, now),
+            Msg::Released {
+                id,
+                replica,
+                result,
+            } => self.on_released(id, replica, result, now),
+        }
+        Flow::Go
+    }
+}
+
+/// Runs until SIGINT or SIGTERM. Blocks those signals (and SIGHUP) for the
+/// calling thread and every thread it starts; call it before starting other
+/// threads, or block the signals first with `signals::block`.
+pub fn run(
+    storage: Arc<dyn Storage>,
+    catalog: &mut dyn Catalog,
+    opts: WatchOptions,
+) -> Result<(), DaemonError> {
+    signals::block().map_err(|e| DaemonError::Setup(format!("cannot block signals: {e}")))?;
+    let (tx, rx) = mpsc::channel::<Msg>();
+    signals::forward(tx.clone(), Msg::Signal)
+        .map_err(|e| DaemonError::Setup(format!("cannot start the signal thread: {e}")))?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.workers.max(1))
+        .thread_name(|i| format!("walsync-worker-{i}"))
+        .build()
+        .map_err(|e| DaemonError::Setup(format!("cannot start the worker pool: {e}")))?;
+    let fs_tx = tx.clone();
+    let watcher = notify::recommended_watcher(move |ev| {
+        let _ = fs_tx.send(Msg::Fs(ev));
+    })
+    .map_err(|e| DaemonError::Setup(format!("cannot start the file watcher: {e}")))?;
+
+    let mut d = Dispatcher {
+        storage: Arc::clone(&storage),
+        pool,
+        tx,
+        schedule: Schedule::new(
+            opts.workers.max(1) * 2,
+            opts.idle_release_after,
+            backoff,
+            crate::time::now_ms,
+        ),
+        replicas: HashMap::new(),
+        watcher,
+        watched: HashMap::new(),
+        discovery: catalog.discovery_dirs(),
+        metrics: opts.metrics.clone(),
+        idle_release_max_bytes: opts.idle_release_max_bytes,
+        fds: FdBudget::default(),
+    };
+    let now = Instant::now();
+    d.apply(catalog.databases(), now);
+    d.fds
+        .raise_limit(d.schedule.len() as u64)
+        .map_err(DaemonError::Setup)?;
+    log::info!(
+        "watching {} databases ({} directories), {} workers, storage {}",
+        d.schedule.len(),
+        d.watched.len(),
+        opts.workers.max(1),
+        storage.location()
+    );
+
+    let mut next_rescan = now + opts.rescan_interval;
+    let mut catalog_due: Option<Instant> = None;
+    'outer: loop {
+        let now = Instant::now();
+        d.launch_due(now);
+        if let Some(since) = d.schedule.stopping() {
+            if d.schedule.stop_complete() {
+                break;
+            }
+            if since.elapsed() > opts.shutdown_timeout {
+                log::error!(
+                    "stop timed out after {:?} with {} syncs still running",
+                    opts.shutdown_timeout,
+                    d.schedule.running()
+                );
+                d.schedule.abandon_stop();
+                break;
+            }
+        }
+        let mut wake = if d.schedule.stopping().is_some() {
+            now + Duration::from_millis(100)
+        } else {
+            next_rescan
+        };
+        if let Some(c) = catalog_due {
+            wake = wake.min(c);
+        }
+        let wake = d.schedule.next_wake(now, wake);
+        let mut msg = match rx.recv_timeout(wake.saturating_duration_since(now)) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        // What arrived meanwhile is handled before the next look at every
+        // database (above): with 10,000 databases starting, one look per
+        // message kept the main thread busy with nothing else. A bounded
+        // batch, so that a flood of events cannot hold the jobs back.
+        for _ in 0..MESSAGE_BATCH {
+            let Some(m) = msg.take() else { break };
+            if d.handle(m, catalog, &mut catalog_due, Instant::now()) == Flow::StopNow {
+                break 'outer;
+            }
+            msg = rx.try_recv().ok();
+        }
+        let now = Instant::now();
+        if d.schedule.stopping().is_none() {
+            if catalog_due.is_some_and(|c| c <= now) {
+                catalog_due = None;
+                d.apply(catalog.databases(), now);
+            }
+            if now >= next_rescan {
+                d.schedule.rescan(now, &stat_of);
+                if !d.discovery.is_empty() && catalog_due.is_none() {
+                    catalog_due = Some(now);
+                }
+                next_rescan = now + opts.rescan_interval;
+            }
+        }
+    }
+    let failed = d.schedule.take_failed_at_stop();
+    // Closing the connections releases the read transactions; checkpoint on
+    // close is disabled, so the WAL stays as it is for the next start.
+    drop(d);
+    if failed.is_empty() {
+        log::info!("stopped");
+        Ok(())
+    } else {
+        Err(DaemonError::IncompleteStop { failed })
+    }
+}

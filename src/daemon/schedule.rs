@@ -1,0 +1,1331 @@
+//! The daemon's decisions, apart from its effects: which databases sync
+//! now and in what order (longest waiting first, so none starves), when a
+//! failing one is retried (backoff), when an idle one is let go (and
+//! sooner while others wait for descriptors), what follows a finished job,
+//! and what a stop still has to do (DESIGN.md invariant 8: a last sync of
+//! every database, nothing new after it).
+//!
+//! The state of each database is explicit: whether a job has its replica
+//! (`Job`), whether a sync is wanted and from when (`Work`), how its syncs
+//! have been failing (`Health`), and whether it stays, leaves the catalog
+//! or is done at a stop (`Membership`). `Schedule` changes these and
+//! returns `Action`s; the loop (`super`) performs them: it owns the
+//! replicas, the worker pool, the watcher and the metrics. Nothing here
+//! opens a file: the clock is the `now` passed in, the backoff and the
+//! wall clock are functions given at construction, file stats come from a
+//! function parameter, and descriptors are asked through `Descriptors`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::catalog::WatchedDatabase;
+use super::fds::{Descriptors, FDS_PER_ACTIVE_DATABASE, FD_WAIT, PRESSED_IDLE_DIVISOR};
+use crate::replica::SyncReport;
+use crate::sqlite::FileStat;
+
+/// What a database's connections are, between jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Connection {
+    /// Not opened yet, or closed: the next sync opens it (and resumes from
+    /// what the bucket holds).
+    Closed,
+    /// Replicating: connections open, a read transaction held.
+    Open,
+    /// Let go while idle: one descriptor kept, files fingerprinted.
+    Released,
+}
+
+/// Whether a job has the database's replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Job {
+    /// No job: the loop holds the replica.
+    Idle(Connection),
+    Syncing,
+    Releasing,
+}
+
+/// Whether a sync is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Work {
+    /// Nothing new since the last sync started.
+    Clean,
+    /// Something changed (or may have): sync at this time or later.
+    Due(Instant),
+}
+
+/// How the database's syncs have been going.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Health {
+    /// Failures that drive the backoff (not counted when descriptors were
+    /// short, which is not the database's fault).
+    failures: u32,
+    /// The current run of failed syncs: how many, and when the first
+    /// began (for the recovery line).
+    failed_syncs: u32,
+    failing_since: Option<Instant>,
+    /// Backing off: no sync before this.
+    retry_at: Option<Instant>,
+    /// "waiting for the database to be created" was said.
+    waiting_logged: bool,
+}
+
+/// Whether the database stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Membership {
+    Replicating,
+    /// Left the catalog: one last sync, then it is forgotten.
+    Leaving,
+    /// Stopping: its last sync ran (or it had nothing to ship).
+    Finished,
+}
+
+/// One database as the scheduler sees it.
+pub(crate) struct Database {
+    pub(crate) want: WatchedDatabase,
+    job: Job,
+    work: Work,
+    last_sync: Option<Instant>,
+    health: Health,
+    /// The files as the last job left them.
+    stat: Option<FileStat>,
+    /// Wall-clock ms since which changes have been waiting to be shipped.
+    pending_since_ms: Option<u64>,
+    /// When to let go of the connections if nothing is committed until then.
+    release_at: Option<Instant>,
+    membership: Membership,
+}
+
+impl Database {
+    fn new(want: WatchedDatabase, now: Instant) -> Database {
+        Database {
+            want,
+            job: Job::Idle(Connection::Closed),
+            work: Work::Due(now),
+            last_sync: None,
+            health: Health::default(),
+            stat: None,
+            pending_since_ms: None,
+            release_at: None,
+            membership: Membership::Replicating,
+        }
+    }
+
+    pub(crate) fn name(&self) -> String {
+        format!(
+            "{} ({})",
+            self.want.replica.path.display(),
+            self.want.replica.prefix
+        )
+    }
+
+    pub(crate) fn is_dirty(&self) -> bool {
+        matches!(self.work, Work::Due(_))
+    }
+
+    pub(crate) fn pending_since_ms(&self) -> Option<u64> {
+        self.pending_since_ms
+    }
+
+    fn mark_dirty(&mut self, now: Instant, wall_ms: fn() -> u64) {
+        let mut due = match self.last_sync {
+            Some(last) => (last + self.want.sync_interval).max(now),
+            None => now,
+        };
+        if let Some(retry) = self.health.retry_at {
+            due = due.max(retry);
+        }
+        match self.work {
+            Work::Due(earlier) if earlier <= due => {}
+            _ => self.work = Work::Due(due),
+        }
+        self.pending_since_ms.get_or_insert_with(wall_ms);
+    }
+
+    /// Released, and its files as walsync left them.
+    fn released_unchanged(&self, stat_of: &dyn Fn(&Path) -> FileStat) -> bool {
+        self.job == Job::Idle(Connection::Released)
+            && self.stat == Some(stat_of(&self.want.replica.path))
+    }
+}
+
+/// What the loop does for the scheduler.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Lend the replica to a job that syncs it (with the options in `want`);
+    /// `last`: then stop it, leaving a mark (README "Restarts").
+    Sync { id: u64, last: bool },
+    /// Lend the replica to a job that lets go of the idle database.
+    Release { id: u64 },
+    /// Close the replica's connections: done with it at a stop.
+    Close { id: u64 },
+    /// The database left and had its last sync: drop the replica and its
+    /// figures (under `prefix`).
+    Forget { id: u64, prefix: String },
+}
+
+/// How a sync job ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Synced(SyncReport),
+    /// Another file took the database's path: sync again, no backoff.
+    Replaced(String),
+    /// The database file is not there (yet).
+    Missing,
+    /// No descriptor was free: wait for some, no backoff.
+    OutOfDescriptors(String),
+    Failed(String),
+}
+
+/// A sync job's return.
+pub(crate) struct Finished {
+    pub(crate) outcome: Outcome,
+    /// The replica's connections after the job.
+    pub(crate) connection: Connection,
+    /// The files when the job began.
+    pub(crate) stat: FileStat,
+    /// When the job began.
+    pub(crate) started: Instant,
+}
+
+/// The scheduler: every database's state and the daemon-wide decisions.
+pub(crate) struct Schedule {
+    dbs: BTreeMap<u64, Database>,
+    by_path: HashMap<PathBuf, u64>,
+    next_id: u64,
+    running: usize,
+    /// Jobs queued or running at most (see `launch`).
+    max_jobs: usize,
+    stopping: Option<Instant>,
+    failed_at_stop: Vec<String>,
+    idle_release_after: Option<Duration>,
+    /// Until when databases that need opening wait, because descriptors
+    /// were short; cleared when a job ends and gives some back. A database
+    /// that waits keeps its due time, and so its place in line: pushing it
+    /// back instead let the same ones lose the race for freed descriptors
+    /// again and again.
+    opens_wait_until: Option<Instant>,
+    /// The wait after the `n`th failure in a row.
+    backoff: fn(u32) -> Duration,
+    /// Wall-clock milliseconds (for `pending_since_ms`).
+    wall_ms: fn() -> u64,
+}
+
+impl Schedule {
+    pub(crate) fn new(
+        max_jobs: usize,
+        idle_release_after: Option<Duration>,
+        backoff: fn(u32) -> Duration,
+        wall_ms: fn() -> u64,
+    ) -> Schedule {
+        Schedule {
+            dbs: BTreeMap::new(),
+            by_path: HashMap::new(),
+            next_id: 0,
+            running: 0,
+            max_jobs,
+            stopping: None,
+            failed_at_stop: Vec::new(),
+            idle_release_after,
+            opens_wait_until: None,
+            backoff,
+            wall_ms,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.dbs.len()
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<&Database> {
+        self.dbs.get(&id)
+    }
+
+    /// Every database's path.
+    pub(crate) fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.dbs.values().map(|d| d.want.replica.path.as_path())
+    }
+
+    pub(crate) fn running(&self) -> usize {
+        self.running
+    }
+
+    pub(crate) fn stopping(&self) -> Option<Instant> {
+        self.stopping
+    }
+
+    /// The databases a stop left with commits unshipped.
+    pub(crate) fn take_failed_at_stop(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.failed_at_stop)
+    }
+
+    /// Brings the databases in line with the catalog: adds new ones,
+    /// updates the options of kept ones, schedules removed ones for a last
+    /// sync.
+    pub(crate) fn apply(&mut self, wanted: Vec<WatchedDatabase>, now: Instant) {
+        let mut keep = HashMap::new();
+        for want in wanted {
+            let path = want.replica.path.clone();
+            if keep.contains_key(&path) {
+                log::warn!("{} is listed twice; replicating it once", path.display());
+                continue;
+            }
+            match self.by_path.get(&path).copied() {
+                Some(id) if self.dbs[&id].want.replica.prefix == want.replica.prefix => {
+                    let db = self
+                        .dbs
+                        .get_mut(&id)
+                        .expect("invariant: by_path points at a database");
+                    if db.membership == Membership::Leaving {
+                        log::info!(
+                            "{}: back in the configuration, keeps replicating",
+                            db.name()
+                        );
+                        db.membership = Membership::Replicating;
+                    }
+                    db.want = want;
+                    keep.insert(path, id);
+                }
+                Some(id) => {
+                    // Same file, new prefix: the old replica ends, a new one starts
+                    // once the old one let go of the database.
+                    self.remove(id, now);
+                    let id = self.add(want, now);
+                    keep.insert(path, id);
+                }
+                None => {
+                    let id = self.add(want, now);
+                    keep.insert(path, id);
+                }
+            }
+        }
+        let gone: Vec<u64> = self
+            .dbs
+            .iter()
+            .filter(|(id, d)| {
+                d.membership != Membership::Leaving && keep.get(&d.want.replica.path) != Some(id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.remove(id, now);
+        }
+    }
+
+    fn add(&mut self, want: WatchedDatabase, now: Instant) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let db = Database::new(want, now);
+        if self.stopping.is_none() && self.next_id > 1 {
+            log::debug!("{}: added", db.name());
+        }
+        self.by_path.insert(db.want.replica.path.clone(), id);
+        self.dbs.insert(id, db);
+        id
+    }
+
+    fn remove(&mut self, id: u64, now: Instant) {
+        if let Some(db) = self.dbs.get_mut(&id) {
+            log::info!(
+                "{}: no longer configured; shipping what it committed, then letting go",
+                db.name()
+            );
+            db.membership = Membership::Leaving;
+            db.health.retry_at = None;
+            db.last_sync = None;
+            db.mark_dirty(now, self.wall_ms);
+        }
+    }
+
+    /// Drops a database that left, once its last sync ran.
+    fn forget(&mut self, id: u64) -> Option<Action> {
+        let db = self.dbs.remove(&id)?;
+        if self.by_path.get(&db.want.replica.path) == Some(&id) {
+            self.by_path.remove(&db.want.replica.path);
+        }
+        log::info!("{}: stopped replicating", db.name());
+        Some(Action::Forget {
+            id,
+            prefix: db.want.replica.prefix,
+        })
+    }
+
+    /// Every database may have changed (a lost event, a watcher error).
+    pub(crate) fn mark_all_dirty(&mut self, now: Instant) {
+        for db in self.dbs.values_mut() {
+            db.mark_dirty(now, self.wall_ms);
+        }
+    }
+
+    /// A file event for the database at `path`. Returns whether it is one
+    /// of them.
+    pub(crate) fn on_file_event(
+        &mut self,
+        path: &Path,
+        now: Instant,
+        stat_of: &dyn Fn(&Path) -> FileStat,
+    ) -> bool {
+        let Some(id) = self.by_path.get(path) else {
+            return false;
+        };
+        if let Some(db) = self.dbs.get_mut(id) {
+            // A released database wakes only for a real change, not for the
+            // tail of walsync's own checkpoint.
+            if !db.released_unchanged(stat_of) {
+                db.mark_dirty(now, self.wall_ms);
+            }
+        }
+        true
+    }
+
+    /// The safety net: a database whose files changed without an event.
+    pub(crate) fn rescan(&mut self, now: Instant, stat_of: &dyn Fn(&Path) -> FileStat) {
+        for db in self.dbs.values_mut() {
+            if matches!(db.job, Job::Idle(_))
+                && !db.is_dirty()
+                && db.stat != Some(stat_of(&db.want.replica.path))
+            {
+                db.mark_dirty(now, self.wall_ms);
+            }
+        }
+    }
+
+    /// Whether databases that need opening wait for descriptors now.
+    fn opens_wait(&self, now: Instant) -> bool {
+        self.opens_wait_until.is_some_and(|t| t > now)
+    }
+
+    /// Starts due jobs, at most `max_jobs` at a time: a job holds its
+    /// database open, so an unbounded queue would open every database at
+    /// once (thousands at start-up, more descriptors than allowed). Releases
+    /// go first, since they close databases.
+    pub(crate) fn launch(&mut self, now: Instant, fds: &mut dyn Descriptors) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.stopping.is_none() {
+            for id in self.due_releases(now, fds) {
+                if self.running >= self.max_jobs {
+                    return actions;
+                }
+                let db = self.dbs.get_mut(&id).expect("invariant: listed above");
+                db.job = Job::Releasing;
+                db.release_at = None;
+                self.running += 1;
+                actions.push(Action::Release { id });
+            }
+        }
+        if self.running >= self.max_jobs {
+            return actions;
+        }
+        let databases = self.dbs.len() as u64;
+        // Descriptors left for databases opened now; worked out only when
+        // the limit is too low for all of them to be open at once.
+        let mut open_budget: Option<Option<u64>> = None;
+        // Room for the jobs that can start, and for those that wait for
+        // descriptors instead.
+        let room = (self.max_jobs - self.running) * 8;
+        let may_open = !self.opens_wait(now);
+        for id in due_syncs(&self.dbs, now, room, may_open) {
+            if self.running >= self.max_jobs {
+                return actions;
+            }
+            let opens = self.dbs[&id].job != Job::Idle(Connection::Open);
+            if opens {
+                let (running, max_jobs) = (self.running, self.max_jobs);
+                let budget = open_budget
+                    .get_or_insert_with(|| fds.open_budget(databases, running, max_jobs));
+                if let Some(left) = budget {
+                    if *left < FDS_PER_ACTIVE_DATABASE {
+                        // Opening it now could take the descriptors that
+                        // open databases need to sync or be released (and
+                        // so give theirs back): it and the others that
+                        // need opening wait for a job to end, or a little.
+                        self.opens_wait_until = Some(now + FD_WAIT);
+                        fds.report_shortage(databases, now);
+                        continue;
+                    }
+                    *left -= FDS_PER_ACTIVE_DATABASE;
+                    fds.opened();
+                }
+            }
+            let db = self.dbs.get_mut(&id).expect("invariant: listed above");
+            db.work = Work::Clean;
+            db.job = Job::Syncing;
+            self.running += 1;
+            // The last sync before walsync stops or lets go of the database
+            // for good leaves a mark, so that the next start needs no
+            // snapshot (README "Restarts").
+            let last = self.stopping.is_some() || db.membership == Membership::Leaving;
+            actions.push(Action::Sync { id, last });
+        }
+        actions
+    }
+
+    /// The databases to let go now: those idle for `idle_release_after`
+    /// (`release_at` is the last commit plus that), and, while a database
+    /// waits to be opened for want of descriptors, the open ones idle for a
+    /// tenth of it (`PRESSED_IDLE_DIVISOR`). One pass over the databases:
+    /// this runs after every batch of messages.
+    fn due_releases(&self, now: Instant, fds: &dyn Descriptors) -> Vec<u64> {
+        let databases = self.dbs.len() as u64;
+        let low_limit = fds.limit_below_wanted(databases);
+        let sooner_by = match self.idle_release_after {
+            Some(idle) if low_limit => idle - idle / PRESSED_IDLE_DIVISOR,
+            _ => Duration::ZERO,
+        };
+        let (mut due, mut sooner, mut waiting) = (Vec::new(), Vec::new(), false);
+        for (&id, db) in &self.dbs {
+            let Job::Idle(connection) = db.job else {
+                continue;
+            };
+            let open = connection == Connection::Open;
+            if let Work::Due(at) = db.work {
+                waiting |= low_limit && at <= now && !open;
+            } else if let Some(t) = db.release_at {
+                if t <= now {
+                    due.push(id);
+                } else if low_limit && open && t <= now + sooner_by {
+                    sooner.push(id);
+                }
+            }
+        }
+        let short = || {
+            self.opens_wait(now)
+                || waiting
+                    && fds
+                        .open_budget(databases, self.running, self.max_jobs)
+                        .is_some_and(|left| left < FDS_PER_ACTIVE_DATABASE)
+        };
+        if !sooner.is_empty() && short() {
+            due.append(&mut sooner);
+        }
+        due
+    }
+
+    /// A sync job ended: what follows for its database. `written_during`
+    /// says whether the application wrote to it since the job began (given
+    /// whether walsync checkpointed), asked only when it matters.
+    pub(crate) fn on_done(
+        &mut self,
+        id: u64,
+        done: Finished,
+        written_during: impl FnOnce(bool) -> bool,
+        fds: &mut dyn Descriptors,
+        now: Instant,
+    ) -> Vec<Action> {
+        self.running -= 1;
+        // The descriptors it gave back may let the databases that wait for
+        // some open now.
+        self.opens_wait_until = None;
+        let stopping = self.stopping.is_some();
+        let databases = self.dbs.len() as u64;
+        let wall_ms = self.wall_ms;
+        let Some(s) = self.dbs.get_mut(&id) else {
+            return Vec::new();
+        };
+        let Finished {
+            outcome,
+            connection,
+            stat,
+            started,
+        } = done;
+        if matches!(outcome, Outcome::Synced(_)) && !s.is_dirty() {
+            s.pending_since_ms = None;
+        }
+        s.job = Job::Idle(connection);
+        let first_sync = s.last_sync.is_none();
+        s.last_sync = Some(now);
+        s.stat = Some(stat);
+        if let (Outcome::Synced(r), Some(idle)) = (&outcome, self.idle_release_after) {
+            if first_sync && r.commits == 0 && !written_during(r.checkpointed) {
+                // Nothing was committed while walsync was away: let go at
+                // once, so that starting with thousands of databases does not
+                // hold them all open (and run out of descriptors) at the
+                // same time. Not if the application is writing right now:
+                // letting go then only invites it to checkpoint and restart
+                // the WAL before walsync is back, a gap (a new generation).
+                s.release_at = Some(now);
+            } else if r.commits > 0
+                || r.snapshot
+                || s.release_at.is_none() && connection == Connection::Open
+            {
+                // Each commit restarts the idle clock.
+                s.release_at = Some(now + idle);
+            }
+        }
+        let last_sync = stopping || s.membership == Membership::Leaving;
+        let mut retrying = false;
+        match &outcome {
+            Outcome::Synced(report) => {
+                let h = &s.health;
+                if h.failed_syncs > 0 {
+                    // The counterpart of the error lines: the operator sees
+                    // how long the outage lasted and that the backlog went.
+                    let outage = h.failing_since.map_or(0.0, |t| (now - t).as_secs_f64());
+                    log::info!(
+                        "{}: replicating again after {} failed {} over {outage:.1}s; \
+                         {} commits shipped",
+                        s.name(),
+                        h.failed_syncs,
+                        if h.failed_syncs == 1 { "sync" } else { "syncs" },
+                        report.commits
+                    );
+                } else if h.waiting_logged {
+                    log::info!("{}: replicating again", s.name());
+                }
+                s.health = Health::default();
+                if report.commits > 0 {
+                    log::debug!(
+                        "{}: shipped {} commits in {} segments",
+                        s.name(),
+                        report.commits,
+                        report.segments
+                    );
+                }
+            }
+            Outcome::Replaced(e) => {
+                log::debug!("{}: {e}", s.name());
+                retrying = true;
+                s.mark_dirty(now, wall_ms);
+            }
+            Outcome::Missing => {
+                if !s.health.waiting_logged && !last_sync {
+                    log::info!("{}: waiting for the database to be created", s.name());
+                    s.health.waiting_logged = true;
+                }
+            }
+            Outcome::OutOfDescriptors(e) | Outcome::Failed(e) => {
+                let fds_short = matches!(outcome, Outcome::OutOfDescriptors(_));
+                s.health.failures += 1;
+                s.health.failed_syncs += 1;
+                s.health.failing_since.get_or_insert(started);
+                if fds_short {
+                    fds.report_shortage(databases, now);
+                    // Not the database's fault: it should get its turn as
+                    // soon as others are released, not after a backoff that
+                    // grew while descriptors were short.
+                    s.health.failures = 0;
+                }
+                if last_sync && !fds_short {
+                    log::error!("{}: {e}", s.name());
+                    // Only a database walsync was replicating can have
+                    // committed transactions left unshipped.
+                    if stopping && connection != Connection::Closed {
+                        self.failed_at_stop.push(s.name());
+                    }
+                } else if fds_short {
+                    // Also a last sync that found no descriptor free: the
+                    // databases finished before it close theirs (below), and
+                    // the stop timeout bounds the wait. The line above
+                    // stands for all of them; this one waits with the others
+                    // that need opening, in its place in line.
+                    retrying = true;
+                    log::debug!("{}: {e}; retrying when descriptors are free", s.name());
+                    s.mark_dirty(now, wall_ms);
+                    self.opens_wait_until = Some(now + FD_WAIT);
+                } else {
+                    retrying = true;
+                    let wait = (self.backoff)(s.health.failures);
+                    log::error!("{}: {e}; retrying in {:.1}s", s.name(), wait.as_secs_f64());
+                    s.health.retry_at = Some(now + wait);
+                    s.mark_dirty(now, wall_ms);
+                    // A database written during the failed sync is dirty
+                    // already, with an earlier due time that `mark_dirty`
+                    // keeps: without this it was retried at once, without
+                    // backing off.
+                    if let Work::Due(at) = &mut s.work {
+                        *at = (*at).max(now + wait);
+                    }
+                }
+            }
+        }
+        let mut actions = Vec::new();
+        if stopping && !retrying {
+            s.membership = Membership::Finished;
+            // Done with it: its descriptors may let another database's last
+            // sync run (walsync exits next; the connections close then
+            // anyway). Not while another sync is due: a sync that was
+            // running when the stop came is followed by one more, which
+            // must find the replica as it was, not start over from the
+            // bucket.
+            if !s.is_dirty() {
+                s.job = Job::Idle(Connection::Closed);
+                actions.push(Action::Close { id });
+            }
+        } else if s.membership == Membership::Leaving && !retrying {
+            actions.extend(self.forget(id));
+        }
+        actions
+    }
+
+    /// A release job ended: `Ok(Some(stat))` if it let go (the files as it
+    /// left them, taken under the write lock), `Ok(None)` if it was not
+    /// the moment, `Err` with the message if it failed.
+    pub(crate) fn on_released(
+        &mut self,
+        id: u64,
+        result: Result<Option<FileStat>, String>,
+        connection: Connection,
+        now: Instant,
+        stat_of: &dyn Fn(&Path) -> FileStat,
+    ) {
+        self.running -= 1;
+        self.opens_wait_until = None;
+        let wall_ms = self.wall_ms;
+        let Some(s) = self.dbs.get_mut(&id) else {
+            return;
+        };
+        s.job = Job::Idle(connection);
+        match result {
+            // The events of its own checkpoint are no news, a change from
+            // this is (see `on_file_event`).
+            Ok(Some(stat)) => s.stat = Some(stat),
+            Ok(None) => {}
+            Err(e) => {
+                log::warn!("{}: releasing the idle database failed: {e}", s.name());
+                s.mark_dirty(now, wall_ms);
+            }
+        }
+        if s.is_dirty() && s.released_unchanged(stat_of) {
+            s.work = Work::Clean;
+        }
+    }
+
+    /// SIGINT/SIGTERM: every database gets one last sync (nothing else
+    /// starts), except released ones whose files did not change since.
+    pub(crate) fn begin_stop(&mut self, now: Instant, stat_of: &dyn Fn(&Path) -> FileStat) {
+        self.stopping = Some(now);
+        for db in self.dbs.values_mut() {
+            db.health.retry_at = None;
+            db.last_sync = None;
+            db.release_at = None;
+            // A released database whose files did not change since has
+            // nothing to ship: waking it only to stop would cost a fingerprint.
+            if !db.is_dirty() && db.released_unchanged(stat_of) {
+                db.membership = Membership::Finished;
+            } else {
+                db.mark_dirty(now, self.wall_ms);
+            }
+        }
+    }
+
+    /// The databases whose last sync has not run (yet).
+    pub(crate) fn unfinished(&self) -> Vec<String> {
+        self.dbs
+            .values()
+            .filter(|d| {
+                (!matches!(d.job, Job::Idle(_)) || d.is_dirty())
+                    && d.membership != Membership::Finished
+            })
+            .map(|d| d.name())
+            .collect()
+    }
+
+    /// Gives up on a stop: what is unfinished counts as failed.
+    pub(crate) fn abandon_stop(&mut self) {
+        let unfinished = self.unfinished();
+        self.failed_at_stop.extend(unfinished);
+    }
+
+    /// Whether a stop is complete: no job runs and every last sync ran.
+    pub(crate) fn stop_complete(&self) -> bool {
+        self.running == 0
+            && self
+                .dbs
+                .values()
+                .all(|d| d.membership == Membership::Finished || !d.is_dirty())
+    }
+
+    /// When the loop must look again at the latest, given `wake` (its own
+    /// timers): the next due sync or release, unless every job slot is
+    /// taken (then the next finished job is what can start more: due work
+    /// must not make the loop spin meanwhile).
+    pub(crate) fn next_wake(&self, now: Instant, mut wake: Instant) -> Instant {
+        if self.running >= self.max_jobs {
+            return wake;
+        }
+        // Databases that need opening while descriptors are short wait for
+        // a job to end (a message) or for the short wait to pass.
+        let opens_wait = self.opens_wait_until.filter(|&t| t > now);
+        for d in self.dbs.values() {
+            if let (Job::Idle(c), Work::Due(due)) = (d.job, d.work) {
+                let due = match opens_wait {
+                    Some(t) if c != Connection::Open => due.max(t),
+                    _ => due,
+                };
+                wake = wake.min(due);
+            }
+            if let Some(t) = d.release_at {
+                wake = wake.min(t);
+            }
+        }
+        wake
+    }
+}
+
+/// The databases whose sync is due and can start, longest waiting first.
+/// In key order instead, the first databases would take every free job
+/// while the last ones wait, whenever more work is due than jobs run.
+/// At most `n` of them: with thousands due at start-up, only the few that
+/// can start are sorted. Unless `may_open`, only those open already.
+fn due_syncs(dbs: &BTreeMap<u64, Database>, now: Instant, n: usize, may_open: bool) -> Vec<u64> {
+    let mut due: Vec<(Instant, u64)> = dbs
+        .iter()
+        .filter_map(|(&id, d)| match (d.work, d.job) {
+            (Work::Due(at), Job::Idle(c)) if at <= now && (may_open || c == Connection::Open) => {
+                Some((at, id))
+            }
+            _ => None,
+        })
+        .collect();
+    if due.len() > n && n > 0 {
+        due.select_nth_unstable(n - 1);
+    }
+    due.truncate(n);
+    due.sort_unstable();
+    due.into_iter().map(|(_, id)| id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::replica::ReplicaOptions;
+
+    fn want(id: u64) -> WatchedDatabase {
+        WatchedDatabase {
+            replica: ReplicaOptions {
+                path: PathBuf::from(format!("/nonexistent/{id}.db")),
+                prefix: format!("db/{id}"),
+                snapshot_interval: Duration::from_secs(3600),
+                checkpoint_threshold: 1 << 22,
+                truncate_threshold: 1 << 26,
+                max_segment_bytes: 1 << 24,
+                spool_dir: std::env::temp_dir(),
+                retention: None,
+            },
+            sync_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// 2 s after the first failure in a row, 4 s after the second, …
+    fn test_backoff(failures: u32) -> Duration {
+        Duration::from_secs(1 << failures)
+    }
+
+    fn wall_ms() -> u64 {
+        0
+    }
+
+    const STAT: FileStat = FileStat {
+        wal: None,
+        db: None,
+    };
+
+    /// The files as the jobs left them.
+    fn unchanged(_: &Path) -> FileStat {
+        STAT
+    }
+
+    /// The files written since the jobs left them.
+    fn written(_: &Path) -> FileStat {
+        FileStat {
+            wal: Some((4096, SystemTime::UNIX_EPOCH)),
+            db: None,
+        }
+    }
+
+    /// Descriptors as a test sets them: `left` is the budget for opening
+    /// (`None`: the limit has room for every database).
+    #[derive(Default)]
+    struct FakeFds {
+        left: Option<u64>,
+        opened: Cell<u32>,
+        reports: u32,
+    }
+
+    impl Descriptors for FakeFds {
+        fn limit_below_wanted(&self, _databases: u64) -> bool {
+            self.left.is_some()
+        }
+        fn open_budget(&self, _databases: u64, _running: usize, _max_jobs: usize) -> Option<u64> {
+            self.left
+        }
+        fn opened(&self) {
+            self.opened.set(self.opened.get() + 1);
+        }
+        fn report_shortage(&mut self, _databases: u64, _now: Instant) {
+            self.reports += 1;
+        }
+    }
+
+    fn schedule(databases: u64, max_jobs: usize, idle: Option<Duration>) -> (Schedule, Instant) {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(max_jobs, idle, test_backoff, wall_ms);
+        s.apply((0..databases).map(want).collect(), t0);
+        (s, t0)
+    }
+
+    fn ms(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    fn finished(outcome: Outcome, connection: Connection, started: Instant) -> Finished {
+        Finished {
+            outcome,
+            connection,
+            stat: STAT,
+            started,
+        }
+    }
+
+    fn synced(commits: u64, started: Instant) -> Finished {
+        let report = SyncReport {
+            commits,
+            ..SyncReport::default()
+        };
+        finished(Outcome::Synced(report), Connection::Open, started)
+    }
+
+    fn failed(started: Instant) -> Finished {
+        finished(
+            Outcome::Failed("the storage is down".into()),
+            Connection::Open,
+            started,
+        )
+    }
+
+    /// The databases that `actions` sync, and whether as their last.
+    fn syncs(actions: &[Action]) -> Vec<(u64, bool)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Sync { id, last } => Some((*id, *last)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn releases(actions: &[Action]) -> Vec<u64> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Release { id } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A write to database `id`, as a file event reports it.
+    fn write(s: &mut Schedule, id: u64, now: Instant) {
+        let path = want(id).replica.path;
+        assert!(s.on_file_event(&path, now, &written));
+    }
+
+    #[test]
+    fn due_syncs_go_longest_waiting_first() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut dbs = BTreeMap::new();
+        // id -> (due, dirty, replica present)
+        for (id, due, dirty, present) in [
+            (1, 900, true, true),
+            (2, 100, true, true),
+            (3, 500, true, true),
+            (4, 50, false, true),  // clean
+            (5, 10, true, false),  // its job is running
+            (6, 2000, true, true), // not yet due
+            (7, 100, true, true),
+        ] {
+            let mut d = Database::new(want(id), t0);
+            d.work = if dirty {
+                Work::Due(at(due))
+            } else {
+                Work::Clean
+            };
+            if !present {
+                d.job = Job::Syncing;
+            }
+            dbs.insert(id, d);
+        }
+        assert_eq!(due_syncs(&dbs, at(1000), 10, true), vec![2, 7, 3, 1]);
+        assert_eq!(due_syncs(&dbs, at(1000), 2, true), vec![2, 7]);
+        assert_eq!(due_syncs(&dbs, at(1000), 3, true), vec![2, 7, 3]);
+        assert_eq!(due_syncs(&dbs, at(2000), 5, true), vec![2, 7, 3, 1, 6]);
+        assert!(due_syncs(&dbs, at(0), 5, true).is_empty());
+        // While descriptors are short, only databases open already can
+        // start; none of these is.
+        assert!(due_syncs(&dbs, at(1000), 10, false).is_empty());
+    }
+
+    #[test]
+    fn a_new_database_syncs_at_once_then_at_most_once_per_sync_interval() {
+        let (mut s, t0) = schedule(1, 2, None);
+        let mut fds = FakeFds::default();
+        assert_eq!(syncs(&s.launch(t0, &mut fds)), vec![(0, false)]);
+        s.on_done(0, synced(1, t0), |_| true, &mut fds, ms(t0, 10));
+        // Written after that sync: due one sync interval after it.
+        write(&mut s, 0, ms(t0, 20));
+        assert!(s.launch(ms(t0, 500), &mut fds).is_empty());
+        assert_eq!(s.next_wake(ms(t0, 500), ms(t0, 60_000)), ms(t0, 1010));
+        assert_eq!(syncs(&s.launch(ms(t0, 1010), &mut fds)), vec![(0, false)]);
+        // One job per database at a time, however often it is written.
+        write(&mut s, 0, ms(t0, 1015));
+        assert!(s.launch(ms(t0, 3000), &mut fds).is_empty());
+        s.on_done(0, synced(0, ms(t0, 1010)), |_| true, &mut fds, ms(t0, 3000));
+        // Written during that sync: due again at once (a sync interval
+        // after the one before).
+        assert_eq!(syncs(&s.launch(ms(t0, 3000), &mut fds)), vec![(0, false)]);
+        s.on_done(0, synced(0, ms(t0, 3000)), |_| true, &mut fds, ms(t0, 3010));
+        // Nothing written since: nothing due, however long it waits.
+        assert!(s.launch(ms(t0, 60_000), &mut fds).is_empty());
+        // A rescan finds a change that no event reported.
+        s.rescan(ms(t0, 60_000), &written);
+        assert_eq!(syncs(&s.launch(ms(t0, 60_000), &mut fds)), vec![(0, false)]);
+        assert_eq!(
+            fds.opened.get(),
+            0,
+            "no budget asked while the limit has room"
+        );
+    }
+
+    /// A tiny deterministic generator for the fairness property.
+    fn lcg(state: &mut u64) -> u64 {
+        *state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *state >> 33
+    }
+
+    #[test]
+    fn every_due_database_gets_its_turn_whatever_the_number_of_jobs() {
+        for (databases, max_jobs, seed) in [(1, 1, 1), (5, 1, 2), (16, 2, 3), (50, 4, 4), (7, 8, 5)]
+        {
+            let (mut s, t0) = schedule(databases, max_jobs, None);
+            let mut fds = FakeFds::default();
+            let mut rng = seed;
+            let mut running: Vec<u64> = Vec::new();
+            let mut syncs_of = vec![0u32; databases as usize];
+            // Every database is written all the time; jobs end in a random
+            // order, one at a time, 2 s apart (past every sync interval).
+            let rounds = databases * 8;
+            for round in 0..rounds {
+                let now = t0 + Duration::from_secs(2 * round);
+                for id in 0..databases {
+                    write(&mut s, id, now);
+                }
+                for (id, last) in syncs(&s.launch(now, &mut fds)) {
+                    assert!(!last);
+                    syncs_of[id as usize] += 1;
+                    running.push(id);
+                }
+                assert!(
+                    running.len() <= max_jobs,
+                    "{databases}/{max_jobs}: too many jobs"
+                );
+                let i = (lcg(&mut rng) % running.len() as u64) as usize;
+                let id = running.swap_remove(i);
+                s.on_done(id, synced(1, now), |_| true, &mut fds, now);
+            }
+            let (least, most) = (
+                *syncs_of.iter().min().unwrap(),
+                *syncs_of.iter().max().unwrap(),
+            );
+            // Longest waiting first: no database starves, none is served
+            // much more often than another.
+            assert!(
+                least >= 1,
+                "{databases}/{max_jobs}: one never synced: {syncs_of:?}"
+            );
+            assert!(
+                most - least <= 2 + max_jobs as u32,
+                "{databases}/{max_jobs}: unfair: {syncs_of:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failing_database_backs_off_longer_each_time_and_a_success_resets_it() {
+        let (mut s, t0) = schedule(2, 2, None);
+        let mut fds = FakeFds::default();
+        assert_eq!(s.launch(t0, &mut fds).len(), 2);
+        s.on_done(1, synced(0, t0), |_| true, &mut fds, t0);
+        // Written while the failing sync ran: still waits out the backoff.
+        write(&mut s, 0, ms(t0, 1));
+        s.on_done(0, failed(t0), |_| true, &mut fds, ms(t0, 10));
+        // 2 s after the first failure; the other database goes on.
+        write(&mut s, 1, ms(t0, 1500));
+        assert_eq!(syncs(&s.launch(ms(t0, 1500), &mut fds)), vec![(1, false)]);
+        s.on_done(1, synced(1, t0), |_| true, &mut fds, ms(t0, 1510));
+        assert!(s.launch(ms(t0, 2000), &mut fds).is_empty());
+        assert_eq!(syncs(&s.launch(ms(t0, 2010), &mut fds)), vec![(0, false)]);
+        // 4 s after the second.
+        s.on_done(0, failed(ms(t0, 2010)), |_| true, &mut fds, ms(t0, 2020));
+        write(&mut s, 0, ms(t0, 2030));
+        assert!(s.launch(ms(t0, 6000), &mut fds).is_empty());
+        assert_eq!(syncs(&s.launch(ms(t0, 6020), &mut fds)), vec![(0, false)]);
+        assert_eq!(s.get(0).unwrap().health.failed_syncs, 2);
+        // A success ends the run: the next failure waits 2 s again.
+        s.on_done(0, synced(3, ms(t0, 6020)), |_| true, &mut fds, ms(t0, 6030));
+        assert_eq!(s.get(0).unwrap().health.failed_syncs, 0);
+        write(&mut s, 0, ms(t0, 7100));
+        assert_eq!(syncs(&s.launch(ms(t0, 7100), &mut fds)), vec![(0, false)]);
+        s.on_done(0, failed(ms(t0, 7100)), |_| true, &mut fds, ms(t0, 7110));
+        assert!(s.launch(ms(t0, 9100), &mut fds).is_empty());
+        assert_eq!(syncs(&s.launch(ms(t0, 9110), &mut fds)), vec![(0, false)]);
+    }
+
+    #[test]
+    fn a_replaced_or_missing_database_does_not_back_off() {
+        let (mut s, t0) = schedule(2, 2, None);
+        let mut fds = FakeFds::default();
+        assert_eq!(s.launch(t0, &mut fds).len(), 2);
+        let replaced = Outcome::Replaced("replaced".into());
+        s.on_done(
+            0,
+            finished(replaced, Connection::Closed, t0),
+            |_| true,
+            &mut fds,
+            t0,
+        );
+        s.on_done(
+            1,
+            finished(Outcome::Missing, Connection::Closed, t0),
+            |_| true,
+            &mut fds,
+            t0,
+        );
+        // The replaced one syncs again a sync interval later; the missing
+        // one when its file shows up.
+        assert_eq!(syncs(&s.launch(ms(t0, 1000), &mut fds)), vec![(0, false)]);
+        assert!(s.get(1).unwrap().health.waiting_logged);
+        assert_eq!(s.get(1).unwrap().health.retry_at, None);
+        write(&mut s, 1, ms(t0, 1000));
+        assert_eq!(syncs(&s.launch(ms(t0, 1000), &mut fds)), vec![(1, false)]);
+    }
+
+    #[test]
+    fn databases_that_need_opening_wait_while_descriptors_are_short() {
+        let (mut s, t0) = schedule(2, 4, None);
+        let mut fds = FakeFds {
+            left: Some(FDS_PER_ACTIVE_DATABASE),
+            ..FakeFds::default()
+        };
+        // Room to open one of them: the other waits, and the shortage is named.
+        assert_eq!(syncs(&s.launch(t0, &mut fds)), vec![(0, false)]);
+        assert_eq!((fds.opened.get(), fds.reports), (1, 1));
+        fds.left = Some(FDS_PER_ACTIVE_DATABASE - 1);
+        assert!(s.launch(ms(t0, 100), &mut fds).is_empty(), "waits a little");
+        assert_eq!(s.next_wake(ms(t0, 100), ms(t0, 60_000)), t0 + FD_WAIT);
+        // Still short after the wait: waits again, keeping its place.
+        assert!(s.launch(t0 + FD_WAIT, &mut fds).is_empty());
+        // An open database needs no descriptors to sync, short or not.
+        s.on_done(0, synced(1, t0), |_| true, &mut fds, ms(t0, 300));
+        write(&mut s, 0, ms(t0, 1300));
+        fds.left = Some(0);
+        assert_eq!(syncs(&s.launch(ms(t0, 1300), &mut fds)), vec![(0, false)]);
+        // A job that ends gives descriptors back: the waiting one opens.
+        fds.left = Some(FDS_PER_ACTIVE_DATABASE);
+        s.on_done(0, synced(0, ms(t0, 1300)), |_| true, &mut fds, ms(t0, 1310));
+        assert_eq!(syncs(&s.launch(ms(t0, 1310), &mut fds)), vec![(1, false)]);
+    }
+
+    #[test]
+    fn a_sync_short_of_descriptors_waits_for_them_without_backing_off() {
+        let (mut s, t0) = schedule(1, 2, None);
+        let mut fds = FakeFds::default();
+        for round in 0..5 {
+            let now = ms(t0, round * 1000);
+            assert_eq!(
+                syncs(&s.launch(now, &mut fds)),
+                vec![(0, false)],
+                "round {round}"
+            );
+            let short = Outcome::OutOfDescriptors("Too many open files".into());
+            s.on_done(
+                0,
+                finished(short, Connection::Closed, now),
+                |_| true,
+                &mut fds,
+                now,
+            );
+            assert_eq!(s.get(0).unwrap().health.failures, 0, "no backoff builds up");
+            // Due again one interval after, opening once the short wait is over.
+            assert!(s.launch(now + FD_WAIT / 2, &mut fds).is_empty());
+        }
+        assert_eq!(
+            fds.reports, 5,
+            "the fake names every shortage it is told of"
+        );
+    }
+
+    #[test]
+    fn idle_databases_are_released_and_sooner_while_others_wait_for_descriptors() {
+        let idle = Duration::from_secs(10);
+        let (mut s, t0) = schedule(2, 4, Some(idle));
+        let mut fds = FakeFds::default();
+        assert_eq!(s.launch(t0, &mut fds).len(), 2);
+        // Database 0 committed: released after `idle` without commits.
+        s.on_done(0, synced(1, t0), |_| true, &mut fds, t0);
+        // Database 1 had nothing committed while walsync was away: let go
+        // after its first sync; its files as the release left them.
+        s.on_done(1, synced(0, t0), |_| false, &mut fds, t0);
+        assert_eq!(releases(&s.launch(ms(t0, 1), &mut fds)), vec![1]);
+        s.on_released(
+            1,
+            Ok(Some(STAT)),
+            Connection::Released,
+            ms(t0, 2),
+            &unchanged,
+        );
+        // Its own checkpoint's events wake nothing; a write does.
+        let path = want(1).replica.path;
+        assert!(s.on_file_event(&path, ms(t0, 3), &unchanged));
+        assert!(!s.get(1).unwrap().is_dirty());
+        assert!(s.launch(ms(t0, 2000), &mut fds).is_empty());
+        // Written while descriptors are short: it must be opened, and the
+        // open idle database is let go at a tenth of `idle`.
+        fds.left = Some(0);
+        write(&mut s, 1, ms(t0, 2000));
+        let actions = s.launch(ms(t0, 2000), &mut fds);
+        assert_eq!((releases(&actions), syncs(&actions)), (vec![0], vec![]));
+        s.on_released(
+            0,
+            Ok(Some(STAT)),
+            Connection::Released,
+            ms(t0, 2010),
+            &unchanged,
+        );
+        fds.left = Some(FDS_PER_ACTIVE_DATABASE);
+        assert_eq!(syncs(&s.launch(ms(t0, 2010), &mut fds)), vec![(1, false)]);
+    }
+
+    #[test]
+    fn without_a_shortage_an_open_database_is_released_only_when_idle() {
+        let idle = Duration::from_secs(10);
+        let (mut s, t0) = schedule(1, 2, Some(idle));
+        let mut fds = FakeFds::default();
+        s.launch(t0, &mut fds);
+        s.on_done(0, synced(1, t0), |_| true, &mut fds, t0);
+        assert!(s.launch(ms(t0, 9999), &mut fds).is_empty());
+        // A commit restarts the idle clock.
+        write(&mut s, 0, ms(t0, 5000));
+        s.launch(ms(t0, 5000), &mut fds);
+        s.on_done(0, synced(2, ms(t0, 5000)), |_| true, &mut fds, ms(t0, 5000));
+        assert!(s.launch(ms(t0, 14_999), &mut fds).is_empty());
+        assert_eq!(releases(&s.launch(ms(t0, 15_000), &mut fds)), vec![0]);
+        // A failed release: synced again.
+        s.on_released(
+            0,
+            Err("busy".into()),
+            Connection::Open,
+            ms(t0, 15_010),
+            &unchanged,
+        );
+        assert_eq!(syncs(&s.launch(ms(t0, 16_000), &mut fds)), vec![(0, false)]);
+    }
+
+    #[test]
+    fn a_stop_gives_each_database_one_last_sync_and_starts_nothing_else() {
+        let idle = Duration::from_secs(10);
+        let (mut s, t0) = schedule(4, 8, Some(idle));
+        let mut fds = FakeFds::default();
+        assert_eq!(s.launch(t0, &mut fds).len(), 4);
+        // 0: open, idle since its sync; 1: released, unchanged since;
+        // 2: released, then written; 3: still syncing when the stop comes.
+        s.on_done(0, synced(1, t0), |_| true, &mut fds, t0);
+        s.on_done(1, synced(0, t0), |_| false, &mut fds, t0);
+        s.on_done(2, synced(0, t0), |_| false, &mut fds, t0);
+        assert_eq!(releases(&s.launch(ms(t0, 1), &mut fds)), vec![1, 2]);
+        s.on_released(
+            1,
+            Ok(Some(STAT)),
+            Connection::Released,
+            ms(t0, 2),
+            &unchanged,
+        );
+        s.on_released(
+            2,
+            Ok(Some(STAT)),
+            Connection::Released,
+            ms(t0, 2),
+            &unchanged,
+        );
+        let stat_now = |p: &Path| {
+            if p == want(2).replica.path {
+                written(p)
+            } else {
+                unchanged(p)
+            }
+        };
+        s.begin_stop(ms(t0, 20_000), &stat_now);
+        let name = |id| s.get(id).unwrap().name();
+        assert_eq!(s.unfinished(), vec![name(0), name(2), name(3)]);
+        // Last syncs for all but the released, unchanged one; no release
+        // although database 0 has been idle long enough.
+        let actions = s.launch(ms(t0, 20_000), &mut fds);
+        assert_eq!(syncs(&actions), vec![(0, true), (2, true)]);
+        assert!(releases(&actions).is_empty());
+        assert!(!s.stop_complete());
+        let now = ms(t0, 20_010);
+        assert_eq!(
+            s.on_done(0, synced(0, now), |_| true, &mut fds, now),
+            vec![Action::Close { id: 0 }]
+        );
+        assert_eq!(
+            s.on_done(2, synced(0, now), |_| true, &mut fds, now),
+            vec![Action::Close { id: 2 }]
+        );
+        // The sync that was running gets one more, as a last sync.
+        assert_eq!(s.on_done(3, synced(1, t0), |_| true, &mut fds, now), vec![]);
+        assert_eq!(syncs(&s.launch(now, &mut fds)), vec![(3, true)]);
+        s.on_done(3, synced(0, now), |_| true, &mut fds, now);
+        assert!(s.stop_complete());
+        assert!(s.take_failed_at_stop().is_empty());
+    }
+
+    #[test]
+    fn a_failed_last_sync_counts_only_for_a_database_that_was_replicated() {
+        let (mut s, t0) = schedule(2, 4, None);
+        let mut fds = FakeFds::default();
+        s.begin_stop(t0, &unchanged);
+        assert_eq!(syncs(&s.launch(t0, &mut fds)), vec![(0, true), (1, true)]);
+        s.on_done(0, failed(t0), |_| true, &mut fds, ms(t0, 4));
+        let never_opened = finished(Outcome::Failed("no".into()), Connection::Closed, t0);
+        s.on_done(1, never_opened, |_| true, &mut fds, ms(t0, 4));
+        assert!(
+            s.launch(ms(t0, 5), &mut fds).is_empty(),
+            "a failed last sync is not retried"
+        );
+        assert!(s.stop_complete());
+        assert_eq!(s.take_failed_at_stop(), vec![s.get(0).unwrap().name()]);
+    }
+
+    #[test]
+    fn a_database_that_leaves_the_catalog_gets_a_last_sync_then_is_forgotten() {
+        let (mut s, t0) = schedule(2, 4, None);
+        let mut fds = FakeFds::default();
+        s.launch(t0, &mut fds);
+        s.on_done(0, synced(0, t0), |_| true, &mut fds, t0);
+        s.on_done(1, synced(0, t0), |_| true, &mut fds, t0);
+        s.apply(vec![want(0)], ms(t0, 10));
+        // At once, not a sync interval after the last.
+        assert_eq!(syncs(&s.launch(ms(t0, 10), &mut fds)), vec![(1, true)]);
+        assert_eq!(
+            s.on_done(1, synced(0, t0), |_| true, &mut fds, ms(t0, 20)),
+            vec![Action::Forget {
+                id: 1,
+                prefix: "db/1".into()
+            }]
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            s.paths().collect::<Vec<_>>(),
+            vec![want(0).replica.path.as_path()]
+        );
+        // Back in the catalog: a new database, synced from the start.
+        s.apply(vec![want(0), want(1)], ms(t0, 30));
+        assert_eq!(syncs(&s.launch(ms(t0, 30), &mut fds)), vec![(2, false)]);
+    }
+}
