@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
@@ -114,20 +114,16 @@ impl std::fmt::Display for DaemonError {
 
 impl std::error::Error for DaemonError {}
 
-fn jitter(d: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    // Up to +25%.
-    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
-}
-
+/// How long a failing database waits before its next try: 0.5 s doubling
+/// up to 60 s, plus up to a quarter more at random, so that databases that
+/// failed together do not retry together.
 fn backoff(failures: u32) -> Duration {
-    jitter(
-        Duration::from_millis(500u64.saturating_mul(1 << failures.min(7)))
-            .min(Duration::from_secs(60)),
-    )
+    let base = crate::backoff::exponential(
+        Duration::from_millis(500),
+        failures,
+        Duration::from_secs(60),
+    );
+    crate::backoff::up_by(base, 0.25, crate::backoff::random_unit())
 }
 
 /// Whether the application wrote to the database since `before` was taken
