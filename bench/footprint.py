@@ -50,7 +50,7 @@ from common import (REPO, add_common_args, db_name, f, file_info, kill_all, log,
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WRITTEN_MAX = 50  # databases written to: min(50, N)
-WALSYNC_FDS_PER_DB = 6  # walsync's own estimate (src/daemon.rs: need = n*6 + 64)
+WALSYNC_FDS_PER_DB = 6  # walsync's own estimate (src/daemon/fds.rs)
 
 
 # ---------------------------------------------------------------------------

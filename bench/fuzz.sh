@@ -9,10 +9,11 @@
 #   `random_garbage_never_panics` in src/wal.rs;
 # - the text parsers, each in a `fuzz` module beside its code: timestamps
 #   (src/time.rs), durations, sizes, prefixes, bucket names, endpoints,
-#   regions, AWS_* variables and whole config files (src/config.rs), glob
-#   patterns, prefix templates and template matching (src/discovery.rs),
-#   object keys and listings (src/keys.rs), S3 listings, error answers and
-#   keys (src/storage/s3.rs), dir storage keys (src/storage/dir.rs). They
+#   regions, AWS_* variables and whole config files (src/config/), glob
+#   patterns (src/file_pattern.rs), prefixes, prefix templates and template
+#   matching (src/keys/prefix.rs), object keys and listings (src/keys/), S3
+#   listings, error answers and keys (src/storage/s3/), dir storage keys
+#   (src/storage/dir.rs). They
 #   get random bytes, random UTF-8 (multi-byte characters included) and
 #   valid inputs mutated at character boundaries (see `fuzz_text` in
 #   src/lib.rs).

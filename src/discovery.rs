@@ -10,7 +10,7 @@
 //! directory, never panics on what it finds, and returns problems as lines
 //! for the caller to log instead of failing.
 //!
-//! It upholds DESIGN.md's prefix rule for discovered databases: one
+//! It upholds ARCHITECTURE.md invariant 13 for discovered databases: one
 //! database per prefix, no prefix inside another. `config` rules out
 //! collisions between directories and with `[[databases]]`; [`scan`] rules
 //! out collisions between two files of the same directory by backing up

@@ -2,9 +2,12 @@
 //! S3-compatible storage from one small synchronous process, and exact
 //! restore of any of them to the newest transaction or a point in time.
 //!
-//! The pure core (`wal`, `format`, `keys`, `plan`, `time`) does no I/O; the
-//! edges (`storage`, `sqlite`, `replica`, `restore`, `daemon`, `cmd`) do.
-//! See DESIGN.md for the invariants each module upholds.
+//! The pure core (`wal`, `format`, `keys`, `plan`, `time`, `file_pattern`,
+//! `backoff`'s arithmetic, and the decision modules `daemon::schedule`,
+//! `replica::sync_plan`, `replica::continuity`, `storage::s3::answers`) does
+//! no I/O; the edges (`storage`, `sqlite`, `spool`, `replica`, `restore`,
+//! `daemon`, `cmd`) do. docs/ARCHITECTURE.md maps the code and numbers the
+//! invariants that comments cite as "ARCHITECTURE.md invariant N".
 
 pub mod backoff;
 pub mod cmd;

@@ -3,7 +3,7 @@
 //! segments to apply, in order, and where to stop.
 //!
 //! Pure: takes parsed keys (`keys::parse_listing`) and returns a plan; no
-//! object is downloaded here. Upholds DESIGN.md invariant 2 (restore stops at
+//! object is downloaded here. Upholds ARCHITECTURE.md invariant 2 (restore stops at
 //! the last commit at or before the target) and the "Time" rule: a restore to
 //! time T contains exactly the commits walsync read at or before T. A chain
 //! with a hole in it is an error, never a silently shorter restore.

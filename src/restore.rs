@@ -1,6 +1,6 @@
 //! Restore: rebuilds a database file from its snapshot and segments.
 //!
-//! Upholds DESIGN.md invariant 6 (atomic restore): everything is written to
+//! Upholds ARCHITECTURE.md invariant 6 (atomic restore): everything is written to
 //! a temporary file next to the output, fsynced, verified (every object's
 //! CRC32 — including the unread rest of a segment a point-in-time restore
 //! stops inside —, the page count, `PRAGMA integrity_check`) and only then
@@ -450,7 +450,7 @@ fn apply(
 /// with its parent folders created. The prefix comes from a config or from
 /// a bucket listing (untrusted), so it is validated, and the created parent
 /// must still lie inside `output_dir` once symlinks are resolved
-/// (DESIGN.md invariant 9).
+/// (ARCHITECTURE.md invariant 9).
 pub fn output_path_for(output_dir: &Path, prefix: &str) -> Result<PathBuf, RestoreError> {
     let bad = |reason: String| RestoreError::BadOutput {
         path: output_dir.join(prefix),

@@ -3,7 +3,7 @@
 //! `block` must run on the main thread before any other thread starts, so
 //! every thread inherits the blocked mask; then one thread waits for them
 //! with `sigwait` and forwards each as a message. No handler runs in signal
-//! context, so nothing here needs to be async-signal-safe. (DESIGN.md
+//! context, so nothing here needs to be async-signal-safe. (ARCHITECTURE.md
 //! invariant 8: a stop request becomes an ordinary event of the dispatcher.)
 
 use std::io;

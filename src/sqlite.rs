@@ -2,7 +2,7 @@
 //!
 //! Two connections per database:
 //! - `reader` holds the long-lived read transaction that stops the
-//!   application from restarting the WAL behind walsync's back (DESIGN.md
+//!   application from restarting the WAL behind walsync's back (ARCHITECTURE.md
 //!   invariant 1); it is released only inside `sync point` procedures run
 //!   while `writer` holds the write lock;
 //! - `writer` takes the write lock (`BEGIN IMMEDIATE`, which writes nothing)
@@ -671,7 +671,7 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, Sq
     // hold a read mark, take the write lock and checkpoint, none of
     // which needs a page cache or a lookaside allocator. Without them
     // a connection costs tens of KiB instead of a few hundred
-    // (DESIGN.md "Scale").
+    // (ARCHITECTURE.md "Idle databases").
     // SAFETY: configuring a connection that has not run a statement
     // yet, with the documented (NULL, 0, 0) arguments.
     let rc = unsafe {

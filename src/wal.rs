@@ -2,7 +2,7 @@
 //! cumulative checksum chain (https://www.sqlite.org/fileformat2.html#walformat).
 //!
 //! Pure: functions take bytes and return values; no file is opened here.
-//! Upholds DESIGN.md invariant 3 (every frame is checked: salts and the
+//! Upholds ARCHITECTURE.md invariant 3 (every frame is checked: salts and the
 //! cumulative checksum; the first frame that fails ends the readable WAL) and
 //! the first half of invariant 2 (`scan` only ever returns whole transactions,
 //! each ending at a commit frame).

@@ -7,10 +7,11 @@
 //! caller passes `env`, so [`Config::parse`] is a pure function) and touches the
 //! filesystem only in [`Config::load`] and [`find_config`].
 //!
-//! It upholds DESIGN.md "Configuration" (unknown keys are errors naming the
-//! key and its line; secrets are never logged: no error message and no `Debug`
-//! output contains a credential) and invariant 9 (bad input gets a clear
-//! error): every [`ConfigError`] names the file, the key, the line and the fix.
+//! It upholds ARCHITECTURE.md invariant 9 (bad input gets a clear error):
+//! unknown keys are errors naming the key and its line, every
+//! [`ConfigError`] names the file, the key, the line and the fix, and secrets
+//! are never logged (no error message and no `Debug` output contains a
+//! credential).
 //! Prefixes are checked here ([`validate_prefix`]) so that no prefix can
 //! escape a directory (`..`) and no database's prefix is a parent of another's,
 //! which would make listing one database return the other's objects. The same

@@ -15,7 +15,7 @@
 //! SIGHUP re-reads the configuration. A database that leaves the set gets one
 //! last sync (shipping what it committed) before its connections close; the
 //! others are not touched. SIGINT/SIGTERM stop taking events, run one last
-//! sync of every database and exit (DESIGN.md invariant 8).
+//! sync of every database and exit (ARCHITECTURE.md invariant 8).
 //!
 //! This module is the loop and its effects: messages, the watcher, the
 //! worker pool, the replicas and the metrics. What to do when is decided
@@ -52,7 +52,7 @@ pub struct WatchOptions {
     /// Where to publish per-database figures (the metrics page), if anywhere.
     pub metrics: Option<Arc<crate::metrics::Registry>>,
     /// Let go of a database's connections after this long without commits
-    /// (DESIGN.md "Scale"); `None` keeps every database open.
+    /// (ARCHITECTURE.md "Idle databases"); `None` keeps every database open.
     pub idle_release_after: Option<Duration>,
     /// Databases larger than this are never released (waking one up reads
     /// the whole file to fingerprint it).

@@ -2,7 +2,7 @@
 //! now and in what order (longest waiting first, so none starves), when a
 //! failing one is retried (backoff), when an idle one is let go (and
 //! sooner while others wait for descriptors), what follows a finished job,
-//! and what a stop still has to do (DESIGN.md invariant 8: a last sync of
+//! and what a stop still has to do (ARCHITECTURE.md invariant 8: a last sync of
 //! every database, nothing new after it).
 //!
 //! The state of each database is explicit: whether a job has its replica

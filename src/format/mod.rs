@@ -4,7 +4,7 @@
 //! Pure: encoders write to any `Write`, decoders read from any `Read`, and
 //! neither opens a file or a socket. Every object is
 //! `header | LZ4 frame | CRC32 trailer`, where the trailer is the CRC32
-//! (crc32fast) of every byte before it (DESIGN.md invariant 4). Decoders verify
+//! (crc32fast) of every byte before it (ARCHITECTURE.md invariant 4). Decoders verify
 //! the trailer when the object has been read to its end (`finish`) and never
 //! trust a length field for an allocation (invariant 9): pages are read one at
 //! a time into a buffer of the page size, which itself is checked.

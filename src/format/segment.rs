@@ -12,7 +12,7 @@
 //!   page_count × (page_no u32, page bytes[page_size])
 //! CRC32 of all of the above (u32)
 //! ```
-//! A segment always ends at a commit (DESIGN.md invariant 2): the encoder only
+//! A segment always ends at a commit (ARCHITECTURE.md invariant 2): the encoder only
 //! takes whole commits, and restore truncates the file to each commit's
 //! `db_pages`.
 

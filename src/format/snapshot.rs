@@ -10,7 +10,7 @@
 //! CRC32 of all of the above (u32)
 //! ```
 //! Encoding and decoding stream page by page: memory is one page plus the
-//! LZ4 window, whatever the database size (DESIGN.md invariant 7).
+//! LZ4 window, whatever the database size (ARCHITECTURE.md invariant 7).
 
 use std::io::{Read, Write};
 

@@ -6,7 +6,7 @@
 //! <prefix>/generations/<generation>/marks/<txid>-<time_ms>.mark
 //! ```
 //! Every number is 16 lower-case hex digits, so keys sort in replay order
-//! (DESIGN.md invariant 5) and a restore to a time or a txid is planned from
+//! (ARCHITECTURE.md invariant 5) and a restore to a time or a txid is planned from
 //! the listing alone. A generation is named by the txid of the snapshot that
 //! starts it; txids grow by one per commit across generations, so every txid
 //! belongs to exactly one generation. Pure: no I/O.

@@ -11,7 +11,7 @@
 //! answer matters; `resume` and `release` answer from the real files and
 //! bucket, the tests from tables.
 //!
-//! Two proofs of continuity (DESIGN.md invariant 1):
+//! Two proofs of continuity (ARCHITECTURE.md invariant 1):
 //! - the WAL continues the shipped position (same salts, and the checksum
 //!   chain from the WAL's start reaches it exactly): ship from there;
 //! - the WAL was restarted since (new salts, or no header) and the database

@@ -2,7 +2,7 @@
 //! transactions as segments, takes snapshots, runs walsync's own
 //! checkpoints, and notices every way the WAL history can break.
 //!
-//! This is where DESIGN.md invariant 1 lives. The rules, in one place:
+//! This is where ARCHITECTURE.md invariant 1 lives. The rules, in one place:
 //! - walsync holds a read transaction on the database at all times while it
 //!   runs. With a read mark above 0 the application can append to the WAL but
 //!   cannot restart it, so every frame stays readable until walsync ships it.

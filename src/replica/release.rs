@@ -19,7 +19,7 @@ use crate::keys;
 use crate::sqlite::{self, DbHandle};
 use crate::storage::{Body, Storage};
 
-/// A database walsync let go of while it was idle (DESIGN.md "Scale"): no
+/// A database walsync let go of while it was idle (ARCHITECTURE.md "Idle databases"): no
 /// connections and no read transaction, only walsync's own descriptor (which
 /// keeps the flock and the process-wide registration) and a fingerprint of
 /// the database file taken when it held exactly what was shipped.

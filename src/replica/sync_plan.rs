@@ -7,7 +7,7 @@
 //!
 //! These rules are what keeps a database replaced by rename from getting a
 //! stale WAL applied to it (issue 10), and what keeps every frame readable
-//! until it is shipped (DESIGN.md invariant 1): read `Replica::settle` before
+//! until it is shipped (ARCHITECTURE.md invariant 1): read `Replica::settle` before
 //! changing one.
 
 use super::error::ReplicaError;

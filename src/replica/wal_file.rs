@@ -1,7 +1,7 @@
 //! Reading the `-wal` file itself, never through SQLite: frames checked
 //! against the salts and the checksum chain, whole transactions, and
 //! whether the WAL continues a shipped position. Memory stays one read
-//! buffer whatever the size of a transaction (DESIGN.md invariant 7).
+//! buffer whatever the size of a transaction (ARCHITECTURE.md invariant 7).
 
 use std::fs::File;
 use std::io;
@@ -63,7 +63,7 @@ impl WalFile {
     /// and the checksum chain, and calls `f(offset, chain_before, frame,
     /// frame_bytes)` for each valid one, until the first invalid frame, the
     /// end of the file, or `f` returning `false`. Memory: one read buffer,
-    /// whatever the size of a transaction (DESIGN.md invariant 7).
+    /// whatever the size of a transaction (ARCHITECTURE.md invariant 7).
     pub(super) fn stream_frames(
         &self,
         h: &WalHeader,

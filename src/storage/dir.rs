@@ -4,7 +4,7 @@
 //! command, which runs with no server. Writes are atomic (temp file, fsync,
 //! rename, fsync of the directory), so a crash never leaves a half object
 //! under a real key. Keys are checked so that none can name a path outside
-//! the root (DESIGN.md invariant 9).
+//! the root (ARCHITECTURE.md invariant 9).
 //!
 //! Objects are copies of databases, so they are written private: each temp
 //! file is made as `crate::spool` makes its files (exclusively, never
@@ -320,7 +320,7 @@ mod tests {
 #[cfg(test)]
 mod fuzz {
     //! Keys come from listings and prefixes from flags and configs; no key
-    //! may panic or lead outside the root (DESIGN.md invariant 9).
+    //! may panic or lead outside the root (ARCHITECTURE.md invariant 9).
     use super::*;
     use crate::testing::fuzz_text;
 

@@ -2,7 +2,7 @@
 //! local-directory implementation (`dir`).
 //!
 //! This layer moves opaque bytes under keys; it knows nothing of WAL frames,
-//! generations or snapshots. It upholds DESIGN.md invariant 4 on the way up:
+//! generations or snapshots. It upholds ARCHITECTURE.md invariant 4 on the way up:
 //! every `put` carries the CRC32 of the whole object, which the S3 backend sends
 //! as `x-amz-checksum-crc32` so the server verifies it (a multipart upload
 //! sends one per part, and checks the whole object's CRC32 itself before it

@@ -7,7 +7,7 @@
 //! exponential backoff that every call goes through, and the mapping of S3
 //! answers (status and XML error code) to `StorageError`.
 //!
-//! It upholds DESIGN.md invariant 4 on the way up: every `put` sends the
+//! It upholds ARCHITECTURE.md invariant 4 on the way up: every `put` sends the
 //! object's CRC32 as a signed `x-amz-checksum-crc32` header, so the server
 //! refuses bytes that changed on the way. It must never log or return a
 //! secret or a full signed URL: messages name the bucket, the endpoint and the
