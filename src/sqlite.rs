@@ -321,18 +321,13 @@ impl DbFile {
         // One walsync per database: an advisory flock on our descriptor,
         // released when it closes. flock(2) locks are separate from the
         // fcntl(2) locks SQLite uses, so this never touches SQLite's locking.
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: flock on a descriptor we own and keep open.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc != 0 {
-                let e = std::io::Error::last_os_error();
-                return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
-                    SqliteError::Locked(path.to_path_buf())
-                } else {
-                    io(e)
-                });
+        // std's try_lock is flock(2) with LOCK_EX | LOCK_NB on Linux.
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(SqliteError::Locked(path.to_path_buf()))
             }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
         Ok(DbFile {
             path: path.to_path_buf(),
