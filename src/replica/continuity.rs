@@ -125,9 +125,12 @@ pub(super) struct BucketSummary<'a> {
 
 /// Reads a listing (`keys::parse_listing_lenient`, sorted by generation and
 /// kind). `known_last_txid` is the newest txid the replica knew before
-/// (0 for a new one): the newest object is the first snapshot or segment
-/// listed, replaced by each later one whose txid is above every txid seen
-/// so far, `known_last_txid` included.
+/// (0 for a new one), which the last txid never goes below. The newest
+/// object is the snapshot or segment with the highest txid (the first
+/// listed of equals), whatever the replica knew: a replica that starts over
+/// (after a failed sync point) resumes from the newest object, never from an
+/// older one whose WAL position the WAL may still continue, which would ship
+/// those commits again under new txids.
 pub(super) fn summarize(objects: &[BackupObject], known_last_txid: u64) -> BucketSummary<'_> {
     let mut s = BucketSummary {
         newest: None,
@@ -147,8 +150,8 @@ pub(super) fn summarize(objects: &[BackupObject], known_last_txid: u64) -> Bucke
             }
             continue;
         }
-        if txid > s.last_txid || s.newest.is_none() {
-            s.last_txid = s.last_txid.max(txid);
+        s.last_txid = s.last_txid.max(txid);
+        if s.newest.is_none_or(|n| txid > n.kind.txid()) {
             s.newest = Some(o);
         }
         if let ObjectKind::Snapshot { time_ms, .. } = o.kind {
@@ -564,15 +567,16 @@ mod tests {
     }
 
     #[test]
-    fn a_known_txid_keeps_the_first_listed_object_unless_a_later_one_is_newer() {
-        // The replica's txid before the listing is read counts as seen
-        // (today's behaviour, kept by this refactor).
+    fn a_known_txid_never_makes_an_older_object_the_newest() {
+        // A replica starting over knows the txid it shipped last; the newest
+        // object is still the one with the highest txid, never the first
+        // listed.
         let objects = listing(vec![snap(1, 1, 10), seg(1, 2, 4, 20)]);
-        let s = summarize(&objects, 4);
-        assert_eq!(s.newest.map(|o| o.kind.txid()), Some(1));
-        assert_eq!(s.last_txid, 4);
-        let s = summarize(&objects, 3);
-        assert_eq!(s.newest.map(|o| o.kind.txid()), Some(4));
+        for known in [0, 3, 4, 9] {
+            let s = summarize(&objects, known);
+            assert_eq!(s.newest.map(|o| o.kind.txid()), Some(4), "known {known}");
+            assert_eq!(s.last_txid, known.max(4), "known {known}");
+        }
     }
 
     #[test]
