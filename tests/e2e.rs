@@ -84,7 +84,10 @@ impl Setup {
 
     fn command(&self) -> Command {
         let mut c = Command::new(bin());
-        c.current_dir(&self.dir).env("RUST_LOG", "info");
+        // WALSYNC_TEST_LOG=debug shows walsync's debug lines in a failing
+        // test's log.
+        let level = std::env::var("WALSYNC_TEST_LOG").unwrap_or_else(|_| "info".into());
+        c.current_dir(&self.dir).env("RUST_LOG", level);
         for (k, v) in self.server.env() {
             c.env(k, v);
         }

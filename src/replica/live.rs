@@ -45,6 +45,9 @@ pub(super) struct Live {
     /// may restart the WAL (and its RESTART and TRUNCATE checkpoints can
     /// succeed). Cleared when the mark is moved by `settle`.
     pub(super) mark_zero: bool,
+    /// A frame was shipped since walsync's read mark was taken (by a sync
+    /// point, a move, or opening the database).
+    pub(super) shipped_since_mark: bool,
 }
 
 impl Live {
@@ -60,6 +63,7 @@ impl Live {
         self.view = Some(end);
         self.backfilled = ck.complete();
         self.mark_zero = false;
+        self.shipped_since_mark = false;
         Ok((ck, end))
     }
 }

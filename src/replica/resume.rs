@@ -108,6 +108,7 @@ impl Replica {
             view: None,
             backfilled: false,
             mark_zero: false,
+            shipped_since_mark: false,
         });
         // A reason was given already (e.g. the file was replaced).
         if !proven && !self.needs_generation {

@@ -239,6 +239,7 @@ impl Replica {
         live.cursor = cursor_now;
         if shipped != 0 {
             live.backfilled = false;
+            live.shipped_since_mark = true;
         }
         result?;
         if replaced {

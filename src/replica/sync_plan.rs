@@ -119,21 +119,36 @@ pub(super) fn outage(failure: &ReplicaError) -> Option<&StorageError> {
 pub(super) enum SettleStep {
     /// Nothing new since the last settle: an idle database costs nothing.
     Nothing,
-    /// Everything is shipped: move the read mark to the WAL's end and
-    /// backfill.
+    /// Everything is shipped, some of it since the read mark was taken:
+    /// move the read mark to the WAL's end and backfill.
     MoveMark,
+    /// Everything is shipped, and nothing since the read mark was taken
+    /// (the last backfill was not complete, e.g. an application checkpoint
+    /// held the checkpointer lock): a PASSIVE checkpoint beside the read
+    /// transaction, which its mark bounds at the shipped end. Moving the
+    /// mark now could give walsync read mark 0 (the WAL fully backfilled as
+    /// the new read transaction starts) while it believes otherwise, and
+    /// the application's next write would then restart the WAL: a gap that
+    /// is none, costing a new generation.
+    CheckpointAtEnd,
     /// Uploads fail: a PASSIVE checkpoint beside the read transaction
     /// (bounded by its mark); the mark moves only if `mark_may_move`.
     CheckpointBeside,
 }
 
 /// `shipped_all`: every frame up to the WAL end that walsync's read
-/// transaction sees is shipped (false while uploads fail).
-pub(super) fn settle_step(shipped_all: bool, base_is_db_file: bool) -> SettleStep {
-    match (shipped_all, base_is_db_file) {
-        (true, true) => SettleStep::Nothing,
-        (true, false) => SettleStep::MoveMark,
-        (false, _) => SettleStep::CheckpointBeside,
+/// transaction sees is shipped (false while uploads fail);
+/// `shipped_since_mark`: a frame was shipped since the read mark was taken.
+pub(super) fn settle_step(
+    shipped_all: bool,
+    base_is_db_file: bool,
+    shipped_since_mark: bool,
+) -> SettleStep {
+    match (shipped_all, base_is_db_file, shipped_since_mark) {
+        (true, true, _) => SettleStep::Nothing,
+        (true, false, true) => SettleStep::MoveMark,
+        (true, false, false) => SettleStep::CheckpointAtEnd,
+        (false, _, _) => SettleStep::CheckpointBeside,
     }
 }
 
@@ -346,17 +361,27 @@ mod tests {
     #[test]
     fn settle_moves_the_mark_after_a_complete_ship_and_checkpoints_beside_during_an_outage() {
         use SettleStep::*;
-        // (shipped_all, base_is_db_file) -> first step.
+        // (shipped_all, base_is_db_file, shipped_since_mark) -> first step.
         let rows = [
-            ((true, true), Nothing),
-            ((true, false), MoveMark),
+            ((true, true, true), Nothing),
+            ((true, true, false), Nothing),
+            ((true, false, true), MoveMark),
+            // Nothing shipped since the mark was taken: never a move, which
+            // could take mark 0 unknowingly; a checkpoint at the end.
+            ((true, false, false), CheckpointAtEnd),
             // Uploads fail (`settle(false)`): never a plain move, whatever
             // the base.
-            ((false, false), CheckpointBeside),
-            ((false, true), CheckpointBeside),
+            ((false, false, true), CheckpointBeside),
+            ((false, false, false), CheckpointBeside),
+            ((false, true, true), CheckpointBeside),
+            ((false, true, false), CheckpointBeside),
         ];
-        for ((shipped_all, base), want) in rows {
-            assert_eq!(settle_step(shipped_all, base), want, "{shipped_all} {base}");
+        for ((shipped_all, base, since), want) in rows {
+            assert_eq!(
+                settle_step(shipped_all, base, since),
+                want,
+                "{shipped_all} {base} {since}"
+            );
         }
     }
 

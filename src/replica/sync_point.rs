@@ -51,8 +51,30 @@ impl Replica {
             return Ok(());
         };
         let page_size = live.page_size;
-        match sync_plan::settle_step(shipped_all, live.cursor.base_is_db_file) {
+        match sync_plan::settle_step(
+            shipped_all,
+            live.cursor.base_is_db_file,
+            live.shipped_since_mark,
+        ) {
             SettleStep::Nothing => Ok(()),
+            SettleStep::CheckpointAtEnd => {
+                // The mark is at or past the shipped end (taken after the
+                // last ship), so this backfills shipped frames only.
+                let ck = live.handle.checkpoint_passive_beside()?;
+                let end = wal_end_after(&path, &ck)?;
+                let at_end = sync_plan::at_shipped_end(live.cursor.pos, end, page_size);
+                if ck.complete() {
+                    live.backfilled = true;
+                    // The file is exactly what was shipped, and the mark
+                    // (at the end, or 0) keeps it so.
+                    live.cursor.base_is_db_file = at_end;
+                }
+                log::debug!(
+                    "{}: settled at the end: {ck:?}, at the shipped end: {at_end}",
+                    path.display()
+                );
+                Ok(())
+            }
             SettleStep::MoveMark => {
                 let (ck, end) = live.move_mark(&path)?;
                 let at_end = sync_plan::at_shipped_end(live.cursor.pos, end, page_size);
@@ -149,6 +171,7 @@ impl Replica {
         live.cursor.base_is_db_file = ck.complete();
         live.backfilled = ck.complete();
         live.mark_zero = ck.complete();
+        live.shipped_since_mark = false;
         live.view = Some(end);
         Ok(Ok(ck.complete()))
     }
