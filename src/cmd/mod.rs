@@ -17,8 +17,13 @@ use crate::storage::{Storage, StorageError};
 /// storage, and exact restore to the newest transaction or a point in time.
 #[derive(FromArgs, Debug)]
 pub struct Cli {
+    /// print the version, target, git commit and SQLite version, and exit
+    #[argh(switch)]
+    pub version: bool,
+    // Optional only so that `walsync --version` needs no command; `run`
+    // refuses a missing one as argh would.
     #[argh(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -31,11 +36,26 @@ pub enum Command {
     List(list::ListArgs),
     Prune(prune::PruneArgs),
     Verify(verify::VerifyArgs),
+    Version(version::VersionArgs),
 }
 
 impl Cli {
     pub fn run(self) -> Result<(), CliError> {
-        match self.command {
+        let command = match (self.version, self.command) {
+            (true, _) => Command::Version(version::VersionArgs {}),
+            (false, Some(command)) => command,
+            (false, None) => {
+                let names: Vec<&str> = <Command as argh::SubCommands>::COMMANDS
+                    .iter()
+                    .map(|c| c.name)
+                    .collect();
+                return Err(CliError::usage(format_args!(
+                    "a command is needed, one of: {} (walsync COMMAND --help for its flags)",
+                    names.join(", ")
+                )));
+            }
+        };
+        match command {
             Command::Watch(a) => watch::run(a),
             Command::Snapshot(a) => snapshot::run(a),
             Command::Restore(a) => restore::run(a),
@@ -43,6 +63,7 @@ impl Cli {
             Command::List(a) => list::run(a),
             Command::Prune(a) => prune::run(a),
             Command::Verify(a) => verify::run(a),
+            Command::Version(a) => version::run(a),
         }
     }
 }
@@ -167,6 +188,7 @@ pub mod restore;
 pub mod restore_all;
 pub mod snapshot;
 pub mod verify;
+pub mod version;
 pub mod watch;
 
 /// Asks the storage once for what it holds under `prefix` (a listing the
