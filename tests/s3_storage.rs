@@ -906,6 +906,49 @@ fn slow_down_is_retried_until_it_passes() {
     assert_eq!(server.connections(), 1);
 }
 
+/// Two pages as s3rver 3.7.1 writes them: its own namespace, entries
+/// without `<ETag>`. rusty-s3's parser refused both ("unexpected root
+/// element"), so every walsync command failed at start against s3rver.
+fn s3rver_listing_page(n: usize) -> (&'static str, &'static str, String) {
+    let body = match n {
+        0 => {
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+              <ListBucketResult xmlns=\"http://doc.s3.amazonaws.com/2006-03-01/\">\
+              <IsTruncated>true</IsTruncated><NextContinuationToken>page2</NextContinuationToken>\
+              <Contents><Key>db/a</Key><Size>3</Size></Contents></ListBucketResult>"
+        }
+        _ => {
+            "<ListBucketResult><IsTruncated>false</IsTruncated>\
+              <Contents><Key>db/b</Key><LastModified>2026-11-29T10:00:00.000Z</LastModified>\
+              <Size>5</Size></Contents></ListBucketResult>"
+        }
+    };
+    (
+        "200 OK",
+        "content-type: application/xml\r\n",
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn listings_in_another_or_no_namespace_and_without_etags_are_read() {
+    let server = FakeServer::start(s3rver_listing_page);
+    let storage = storage_at(&server.endpoint);
+    let listed = storage.list("db/").expect("both pages");
+    let meta = |key: &str, size| ObjectMeta {
+        key: key.to_owned(),
+        size,
+    };
+    assert_eq!(listed, vec![meta("db/a", 3), meta("db/b", 5)]);
+    let heads = server.heads();
+    assert_eq!(heads.len(), 2);
+    assert!(
+        heads[1].contains("continuation-token=page2"),
+        "{}",
+        heads[1]
+    );
+}
+
 #[test]
 fn lasting_slow_down_gives_up_after_max_attempts() {
     let server = FakeServer::start(|_| {
