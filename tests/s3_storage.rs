@@ -949,6 +949,34 @@ fn listings_in_another_or_no_namespace_and_without_etags_are_read() {
     );
 }
 
+/// Tigris sheds load with 408 `RequestCanceled`
+/// (<https://github.com/earth-mover/icechunk/issues/1563>); 429 is the
+/// throttling answer of other providers. Both are retried with backoff.
+#[test]
+fn load_shedding_408_and_429_are_retried_until_they_pass() {
+    let server = FakeServer::start(|n| match n {
+        0 => (
+            "408 Request Timeout",
+            "content-type: application/xml\r\n",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>RequestCanceled</Code>\
+             <Message>Request canceled</Message></Error>"
+                .to_owned(),
+        ),
+        1 => ("429 Too Many Requests", "", String::new()),
+        _ => ("200 OK", "content-type: application/xml\r\n", listing_xml()),
+    });
+    let storage = storage_at(&server.endpoint);
+    let listed = storage.list("").expect("the third try succeeds");
+    assert_eq!(
+        listed,
+        vec![ObjectMeta {
+            key: "db/a".to_owned(),
+            size: 3
+        }]
+    );
+    assert_eq!(server.requests(), 3);
+}
+
 #[test]
 fn lasting_slow_down_gives_up_after_max_attempts() {
     let server = FakeServer::start(|_| {

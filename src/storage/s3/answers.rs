@@ -54,17 +54,38 @@ const AUTH_CODES: &[&str] = &[
     "AuthorizationQueryParametersError",
 ];
 
-/// S3 error codes worth retrying whatever their status.
+/// S3 error codes worth retrying whatever their status: the throttling and
+/// transient codes the AWS SDKs retry (aws-sdk-js-v3,
+/// <https://github.com/aws/aws-sdk-js-v3/blob/main/packages/service-error-classification/src/constants.ts>),
+/// and Tigris's `RequestCanceled`, the 408 it sheds load with
+/// (<https://github.com/earth-mover/icechunk/issues/1563>).
+/// `RequestTimeTooSkewed` is not one: it is an `AUTH_CODES` answer that
+/// only a corrected clock fixes.
 const RETRY_CODES: &[&str] = &[
     "InternalError",
     "OperationAborted",
     "RequestTimeout",
+    "RequestTimeoutException",
+    "RequestCanceled",
     "ServiceUnavailable",
     "SlowDown",
     "Throttling",
     "ThrottlingException",
+    "ThrottledException",
     "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
 ];
+
+/// Statuses retried whatever the body says: 408 Request Timeout (the
+/// server gave up waiting or shed the request; RFC 9110 section 15.5.9 lets
+/// the client repeat it, and Tigris answers it under load), 429 Too Many
+/// Requests, and every 5xx.
+fn retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
+}
 
 /// S3 error codes saying the bytes did not match their declared checksum.
 const CHECKSUM_CODES: &[&str] = &[
@@ -186,7 +207,7 @@ fn meaning(status: u16, code: Option<&str>, names_region: bool, blank: bool) -> 
         return match status {
             401 | 403 => Meaning::Auth,
             404 if blank => Meaning::NotFound,
-            429 | 500..=599 => Meaning::Transient,
+            status if retryable_status(status) => Meaning::Transient,
             _ => Meaning::NotS3,
         };
     };
@@ -201,7 +222,7 @@ fn meaning(status: u16, code: Option<&str>, names_region: bool, blank: bool) -> 
         Meaning::NoSuchBucket
     } else if code == "NoSuchKey" {
         Meaning::NotFound
-    } else if RETRY_CODES.contains(&code) || status == 429 || status >= 500 {
+    } else if RETRY_CODES.contains(&code) || retryable_status(status) {
         Meaning::Transient
     } else if CHECKSUM_CODES.contains(&code) {
         Meaning::ChecksumMismatch
@@ -573,6 +594,8 @@ mod tests {
             (429, Vec::new()),
             (502, b"<html><body>Bad Gateway</body></html>".to_vec()),
             (400, s3_error("RequestTimeout", "socket idle")),
+            (408, s3_error("RequestCanceled", "request canceled")),
+            (408, Vec::new()),
         ] {
             let f = classify_status(status, &body, LOCATION, "k");
             assert!(f.retryable, "{status}");
@@ -712,7 +735,10 @@ mod tests {
             (600, None, false, true, NotS3),
             (301, None, false, true, NotS3),
             (400, None, false, false, NotS3),
-            (408, None, false, true, NotS3),
+            // Tigris sheds load with 408, with or without its error code
+            // (https://github.com/earth-mover/icechunk/issues/1563).
+            (408, None, false, true, Transient),
+            (408, None, false, false, Transient),
             (416, None, false, true, NotS3),
             // With one, the code first, then the status.
             (301, Some("PermanentRedirect"), false, false, WrongRegion),
@@ -742,7 +768,13 @@ mod tests {
             (400, Some("InvalidArgument"), false, false, Refused),
             (400, Some(""), false, false, Refused),
             (404, Some("NoSuchUpload"), false, false, Refused),
-            (408, Some("RequestCanceled"), false, false, Refused),
+            (408, Some("RequestCanceled"), false, false, Transient),
+            (400, Some("RequestCanceled"), false, false, Transient),
+            (408, Some("Anything"), false, false, Transient),
+            (400, Some("TooManyRequestsException"), false, false, Transient),
+            // A skewed clock is not cured by trying again.
+            (403, Some("RequestTimeTooSkewed"), false, false, Auth),
+            (408, Some("RequestTimeTooSkewed"), false, false, Auth),
             (409, Some("BucketAlreadyExists"), false, false, Refused),
         ];
         for &(status, code, names_region, blank, expected) in cases {
@@ -827,6 +859,8 @@ mod tests {
             (403, b"<html>denied</html>", "Auth", false, "status 403"),
             (404, b" \n", "NotFound", false, "\"k\""),
             (500, b"", "Server", true, "no error details"),
+            (408, b"", "Server", true, "no error details"),
+            (408, b"<Error><Code>RequestCanceled</Code><Message>canceled</Message></Error>", "Server", true, "RequestCanceled: canceled"),
             (503, b"busy, try later", "Server", true, "not an S3 error body: busy, try later"),
             (400, b"plain", "BadResponse", false, "status 400 for \"k\" with a body that is not an S3 error: \"plain\""),
             (404, b"<html><title>Gone</title></html>", "BadResponse", false, "an HTML page titled \"Gone\""),
