@@ -518,7 +518,7 @@ mod fuzz {
         for listing in listings {
             assert!(parse_listing(listing).is_ok(), "{listing}");
         }
-        fuzz_text("listing parser", 0x53_0003, 3000, &listings, |text| {
+        fuzz_text("listing parser", 0x53_0004, 3000, &listings, |text| {
             parse_listing(text).is_ok()
         });
     }
