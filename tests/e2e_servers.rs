@@ -210,7 +210,7 @@ fn watch_restore_and_verify_on_every_server() {
         let txid = restored_txid(&setup.restore(&first, &[]));
         assert_eq!(rows(&first).len(), 150, "{name}");
 
-        // One transaction of 2,000 rows (a few MiB of pages), then more
+        // One transaction of 2,000 rows (about 2 MiB of pages), then more
         // single-row commits.
         c.execute_batch("BEGIN").expect("begin");
         for id in 151..=2150 {
