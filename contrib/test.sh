@@ -4,13 +4,16 @@
 #
 #   bash contrib/test.sh
 #
-# Needs: Rust 1.95 with rustfmt and clippy, and network access to crates.io
-# the first time (to install the S3 test server). Idempotent: run it as often
-# as you like; tools already installed are reused.
+# Needs: Rust 1.95 with rustfmt and clippy, Python 3 with venv, Node.js 18+
+# with npm, and network access to crates.io, PyPI and npm the first time (to
+# install the S3 test servers). Idempotent: run it as often as you like;
+# tools already installed are reused.
 #
 # Steps:
-#   1. install s3s-fs (the S3-compatible server the integration tests start)
-#      into ~/.cache/walsync-tools unless it is already there
+#   1. install the three S3 servers the integration tests start, at the
+#      versions contrib/tools.versions names, into ~/.cache/walsync-tools
+#      unless they are already there: s3s-fs (crates.io), moto's server
+#      (PyPI, in a venv) and s3rver (npm)
 #   2. cargo fmt --check
 #   3. cargo clippy --all-targets -- -D warnings
 #   4. cargo test --no-fail-fast (unit and integration tests, debug build)
@@ -23,12 +26,14 @@
 #
 # Environment:
 #   WALSYNC_S3S_FS   use this s3s-fs binary instead of installing one
+#   WALSYNC_MOTO_SERVER, WALSYNC_S3RVER
+#                    the same for moto_server and s3rver
 #   CI=true          also pass --locked to cargo (Cargo.lock must be current)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# S3S_FS_VERSION
+# S3S_FS_VERSION, MOTO_VERSION, S3RVER_VERSION
 source contrib/tools.versions
 
 section() {
@@ -74,6 +79,58 @@ else
         [[ -x "$s3s_bin" ]] || fail "cargo install finished but $s3s_bin is missing"
     fi
     export WALSYNC_S3S_FS="$s3s_bin"
+fi
+
+# moto and s3rver are installed into a directory of their own, which is
+# complete once it holds this marker; a directory without it (an install cut
+# short) is removed and installed again.
+installed_marker=.walsync-installed
+
+section "moto[server] ${MOTO_VERSION} (S3 server for the integration tests)"
+if [[ -n "${WALSYNC_MOTO_SERVER:-}" ]]; then
+    [[ -x "$WALSYNC_MOTO_SERVER" ]] \
+        || fail "WALSYNC_MOTO_SERVER=$WALSYNC_MOTO_SERVER is not an executable file"
+    echo "using WALSYNC_MOTO_SERVER=$WALSYNC_MOTO_SERVER"
+else
+    moto_root="$HOME/.cache/walsync-tools/moto-${MOTO_VERSION}"
+    if [[ -f "$moto_root/$installed_marker" ]]; then
+        echo "already installed: $moto_root"
+    else
+        command -v python3 >/dev/null || fail "python3 not found; moto's server needs Python 3.9+"
+        echo "installing into $moto_root (a venv; about a minute, once)"
+        rm -rf "$moto_root"
+        python3 -m venv "$moto_root" \
+            || fail "python3 -m venv $moto_root (on Debian/Ubuntu: apt-get install python3-venv)"
+        "$moto_root/bin/pip" install --quiet --disable-pip-version-check \
+            "moto[server]==${MOTO_VERSION}" \
+            || fail "pip install moto[server]==${MOTO_VERSION}"
+        [[ -x "$moto_root/bin/moto_server" ]] || fail "pip finished but moto_server is missing"
+        touch "$moto_root/$installed_marker"
+    fi
+    export WALSYNC_MOTO_SERVER="$moto_root/bin/moto_server"
+fi
+
+section "s3rver ${S3RVER_VERSION} (S3 server for the integration tests)"
+if [[ -n "${WALSYNC_S3RVER:-}" ]]; then
+    [[ -x "$WALSYNC_S3RVER" ]] || fail "WALSYNC_S3RVER=$WALSYNC_S3RVER is not an executable file"
+    echo "using WALSYNC_S3RVER=$WALSYNC_S3RVER"
+else
+    s3rver_root="$HOME/.cache/walsync-tools/s3rver-${S3RVER_VERSION}"
+    if [[ -f "$s3rver_root/$installed_marker" ]]; then
+        echo "already installed: $s3rver_root"
+    else
+        command -v npm >/dev/null || fail "npm not found; s3rver needs Node.js 18+ with npm"
+        echo "installing into $s3rver_root (a few seconds, once)"
+        rm -rf "$s3rver_root"
+        mkdir -p "$s3rver_root"
+        npm install --prefix "$s3rver_root" --no-audit --no-fund --loglevel=error \
+            "s3rver@${S3RVER_VERSION}" \
+            || fail "npm install s3rver@${S3RVER_VERSION}"
+        [[ -x "$s3rver_root/node_modules/.bin/s3rver" ]] \
+            || fail "npm finished but node_modules/.bin/s3rver is missing"
+        touch "$s3rver_root/$installed_marker"
+    fi
+    export WALSYNC_S3RVER="$s3rver_root/node_modules/.bin/s3rver"
 fi
 
 # The three checks all run, so one report shows every problem; the script

@@ -906,6 +906,77 @@ fn slow_down_is_retried_until_it_passes() {
     assert_eq!(server.connections(), 1);
 }
 
+/// Two pages as s3rver 3.7.1 writes them: its own namespace, entries
+/// without `<ETag>`. rusty-s3's parser refused both ("unexpected root
+/// element"), so every walsync command failed at start against s3rver.
+fn s3rver_listing_page(n: usize) -> (&'static str, &'static str, String) {
+    let body = match n {
+        0 => {
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+              <ListBucketResult xmlns=\"http://doc.s3.amazonaws.com/2006-03-01/\">\
+              <IsTruncated>true</IsTruncated><NextContinuationToken>page2</NextContinuationToken>\
+              <Contents><Key>db/a</Key><Size>3</Size></Contents></ListBucketResult>"
+        }
+        _ => {
+            "<ListBucketResult><IsTruncated>false</IsTruncated>\
+              <Contents><Key>db/b</Key><LastModified>2026-11-29T10:00:00.000Z</LastModified>\
+              <Size>5</Size></Contents></ListBucketResult>"
+        }
+    };
+    (
+        "200 OK",
+        "content-type: application/xml\r\n",
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn listings_in_another_or_no_namespace_and_without_etags_are_read() {
+    let server = FakeServer::start(s3rver_listing_page);
+    let storage = storage_at(&server.endpoint);
+    let listed = storage.list("db/").expect("both pages");
+    let meta = |key: &str, size| ObjectMeta {
+        key: key.to_owned(),
+        size,
+    };
+    assert_eq!(listed, vec![meta("db/a", 3), meta("db/b", 5)]);
+    let heads = server.heads();
+    assert_eq!(heads.len(), 2);
+    assert!(
+        heads[1].contains("continuation-token=page2"),
+        "{}",
+        heads[1]
+    );
+}
+
+/// Tigris sheds load with 408 `RequestCanceled`
+/// (<https://github.com/earth-mover/icechunk/issues/1563>); 429 is the
+/// throttling answer of other providers. Both are retried with backoff.
+#[test]
+fn load_shedding_408_and_429_are_retried_until_they_pass() {
+    let server = FakeServer::start(|n| match n {
+        0 => (
+            "408 Request Timeout",
+            "content-type: application/xml\r\n",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>RequestCanceled</Code>\
+             <Message>Request canceled</Message></Error>"
+                .to_owned(),
+        ),
+        1 => ("429 Too Many Requests", "", String::new()),
+        _ => ("200 OK", "content-type: application/xml\r\n", listing_xml()),
+    });
+    let storage = storage_at(&server.endpoint);
+    let listed = storage.list("").expect("the third try succeeds");
+    assert_eq!(
+        listed,
+        vec![ObjectMeta {
+            key: "db/a".to_owned(),
+            size: 3
+        }]
+    );
+    assert_eq!(server.requests(), 3);
+}
+
 #[test]
 fn lasting_slow_down_gives_up_after_max_attempts() {
     let server = FakeServer::start(|_| {

@@ -13,6 +13,7 @@ pub mod app;
 pub mod fakeserver;
 pub mod faultproxy;
 pub mod s3server;
+pub mod s3servers;
 
 /// A new, empty directory under the system temp dir, unique per process and
 /// call.

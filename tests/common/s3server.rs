@@ -242,7 +242,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_until_listening(child: &mut Child, port: u16) -> Result<(), String> {
+/// Waits until `child` accepts connections on `port`, or says why not.
+pub fn wait_until_listening(child: &mut Child, port: u16) -> Result<(), String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let start = Instant::now();
     while start.elapsed() < STARTUP_TIMEOUT {
@@ -259,7 +260,8 @@ fn wait_until_listening(child: &mut Child, port: u16) -> Result<(), String> {
     ))
 }
 
-fn log_tail(path: &Path) -> String {
+/// The last 20 lines of the log at `path`.
+pub fn log_tail(path: &Path) -> String {
     let mut text = String::new();
     if let Ok(mut file) = File::open(path) {
         let _ = file.read_to_string(&mut text);

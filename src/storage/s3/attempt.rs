@@ -6,7 +6,6 @@
 
 use std::io::{self, Read};
 
-use rusty_s3::actions::ListObjectsV2Response;
 use ureq::http::Response;
 use ureq::SendBody;
 
@@ -14,6 +13,7 @@ use super::answers::{
     classify_status, classify_transport, completed_upload, listing_page, range_answer, stored_etag,
     upload_id, Failure, RangeAnswer, LIST_PAGE_LIMIT,
 };
+use super::listing::ListingPage;
 use super::multipart::{
     complete_upload_xml, open_part, short_part, PartReader, PartSpan, UploadedPart,
 };
@@ -354,7 +354,7 @@ impl S3Storage {
         &self,
         prefix: &str,
         token: Option<&str>,
-    ) -> Result<ListObjectsV2Response, Failure> {
+    ) -> Result<ListingPage, Failure> {
         let url = self.list_url(prefix, token);
         log::debug!("{}: LIST {prefix:?}", self.location);
         let response = self.agent.get(&url).call().map_err(|e| self.transport(e))?;

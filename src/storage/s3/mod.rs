@@ -42,6 +42,7 @@
 
 mod answers;
 mod attempt;
+mod listing;
 mod multipart;
 mod multipart_upload;
 mod requests;
@@ -252,7 +253,7 @@ impl Storage for S3Storage {
         let mut token: Option<String> = None;
         loop {
             let page = self.retry("list", prefix, || self.list_page(prefix, token.as_deref()))?;
-            for object in page.contents {
+            for object in page.objects {
                 let size = listed_size(prefix, &object.key, object.size).map_err(|detail| {
                     StorageError::BadResponse {
                         location: self.location.clone(),
