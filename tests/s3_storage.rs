@@ -1012,7 +1012,9 @@ fn unreachable_endpoint_is_a_transport_error_after_retries() {
     let storage = storage_at(&endpoint);
     let start = Instant::now();
     match storage.list("") {
-        Err(StorageError::Transport { detail, location }) => {
+        Err(StorageError::Transport {
+            detail, location, ..
+        }) => {
             assert!(detail.contains("after 3 attempts"), "{detail}");
             assert!(location.contains("127.0.0.1"), "{location}");
         }

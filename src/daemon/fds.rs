@@ -289,6 +289,17 @@ mod tests {
             source: std::io::Error::from_raw_os_error(libc::EMFILE),
         });
         assert!(roomy.sync_failed_for_descriptors(&wrapped, 64));
+        // An S3 request that could not open its socket, by the OS error it
+        // carries, not by its text.
+        let transport = |os_error| {
+            ReplicaError::Storage(crate::storage::StorageError::Transport {
+                location: "s3://b".into(),
+                detail: "Too many open files (os error 24)".into(),
+                os_error,
+            })
+        };
+        assert!(roomy.sync_failed_for_descriptors(&transport(Some(libc::EMFILE)), 64));
+        assert!(!roomy.sync_failed_for_descriptors(&transport(None), 64));
         // SQLite's "cannot open" hides the errno: a shortage only while the
         // limit is below what every database active at once needs.
         assert!(low.sync_failed_for_descriptors(&cannot_open(), 200));

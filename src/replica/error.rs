@@ -75,8 +75,8 @@ impl ReplicaError {
 
     /// The process (EMFILE) or the system (ENFILE) had no descriptor left,
     /// as the OS error says; `is_cannot_open` is SQLite's word for what may
-    /// be the same. The S3 client keeps only the text of a transport error,
-    /// so there the errno is read from it.
+    /// be the same. An S3 transport error carries the OS error that caused
+    /// it, if any.
     pub fn is_out_of_descriptors(&self) -> bool {
         let os = |e: &io::Error| crate::signals::is_out_of_fds(e);
         match self {
@@ -87,9 +87,10 @@ impl ReplicaError {
                 source: FormatError::Io(source),
                 ..
             } => os(source),
-            ReplicaError::Storage(StorageError::Transport { detail, .. }) => {
-                detail.contains("(os error 24)") || detail.contains("(os error 23)")
-            }
+            ReplicaError::Storage(StorageError::Transport {
+                os_error: Some(errno),
+                ..
+            }) => os(&io::Error::from_raw_os_error(*errno)),
             _ => false,
         }
     }

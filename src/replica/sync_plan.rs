@@ -340,6 +340,7 @@ mod tests {
         let storage = ReplicaError::Storage(StorageError::Transport {
             location: "s3".into(),
             detail: "connection refused".into(),
+            os_error: None,
         });
         assert!(outage(&storage).is_some());
         let others = [

@@ -196,6 +196,7 @@ impl<'s> Fetcher<'s> {
                 return Err(StorageError::Transport {
                     location: self.storage.location(),
                     detail: "the download was stopped".into(),
+                    os_error: None,
                 });
             }
             if s.next <= i && s.next == s.taken {

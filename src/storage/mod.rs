@@ -140,7 +140,13 @@ pub enum StorageError {
         detail: String,
     },
     /// The server could not be reached or the connection broke (after retries).
-    Transport { location: String, detail: String },
+    /// `os_error`: the OS error number, when a local I/O error caused it
+    /// (EMFILE: the process is out of descriptors).
+    Transport {
+        location: String,
+        detail: String,
+        os_error: Option<i32>,
+    },
     /// A local file or directory could not be read or written.
     Io {
         path: PathBuf,
@@ -176,7 +182,9 @@ impl fmt::Display for StorageError {
                 status,
                 detail,
             } => write!(f, "{location}: object {key:?}: server answered {status}: {detail}"),
-            StorageError::Transport { location, detail } => write!(
+            StorageError::Transport {
+                location, detail, ..
+            } => write!(
                 f,
                 "{location}: cannot reach the storage server ({detail}); check the endpoint and the network"
             ),

@@ -383,10 +383,15 @@ pub(super) fn classify_transport(err: ureq::Error, location: &str) -> Failure {
     let transport = |detail: String| StorageError::Transport {
         location: location.to_owned(),
         detail,
+        os_error: None,
     };
     match err {
         ureq::Error::Timeout(t) => Failure::retryable(transport(format!("timed out ({t})"))),
-        ureq::Error::Io(e) => Failure::retryable(transport(e.to_string())),
+        ureq::Error::Io(e) => Failure::retryable(StorageError::Transport {
+            location: location.to_owned(),
+            detail: e.to_string(),
+            os_error: e.raw_os_error(),
+        }),
         ureq::Error::ConnectionFailed => {
             Failure::retryable(transport("connection failed".to_owned()))
         }

@@ -79,6 +79,7 @@ impl S3Storage {
             Body::Bytes(_) => StorageError::Transport {
                 location: self.location.clone(),
                 detail: source.to_string(),
+                os_error: source.raw_os_error(),
             },
         }
     }
@@ -121,6 +122,7 @@ impl S3Storage {
                 Failure::retryable(StorageError::Transport {
                     location: self.location.clone(),
                     detail: format!("reading the answer to {what} of {key:?}: {e}"),
+                    os_error: e.raw_os_error(),
                 })
             })?;
         let _ = io::copy(&mut reader.take(DRAIN_LIMIT), &mut io::sink());
@@ -371,6 +373,7 @@ impl S3Storage {
                 Failure::retryable(StorageError::Transport {
                     location: self.location.clone(),
                     detail: format!("reading the listing of {prefix:?}: {e}"),
+                    os_error: e.raw_os_error(),
                 })
             })?;
         listing_page(prefix, bytes).map_err(|detail| self.bad_response(detail))

@@ -149,6 +149,7 @@ impl S3Storage {
         let config_error = |detail: String| StorageError::Transport {
             location: format!("s3://{bucket}"),
             detail,
+            os_error: None,
         };
         let endpoint_url = endpoint_text.parse().map_err(|e| {
             config_error(format!("the endpoint {endpoint_text:?} is not a URL: {e}"))

@@ -191,7 +191,7 @@ mod tests {
         // (error, message has ", after 3 attempts")
         #[rustfmt::skip]
         let cases = [
-            (StorageError::Transport { location: location(), detail: detail() }, true),
+            (StorageError::Transport { location: location(), detail: detail(), os_error: None }, true),
             (
                 StorageError::Server { location: location(), key: "k".to_owned(), status: 503, detail: detail() },
                 true,
