@@ -128,9 +128,14 @@ impl Database {
     }
 
     fn mark_dirty(&mut self, now: Instant, wall_ms: fn() -> u64) {
+        // A released database holds no read transaction: until walsync takes
+        // one again, the application's checkpoints can restart the WAL over
+        // commits walsync has not read (a new generation). It wakes at once;
+        // the sync interval paces databases whose WAL walsync pins.
+        let released = self.job == Job::Idle(Connection::Released);
         let mut due = match self.last_sync {
-            Some(last) => (last + self.want.sync_interval).max(now),
-            None => now,
+            Some(last) if !released => (last + self.want.sync_interval).max(now),
+            _ => now,
         };
         if let Some(retry) = self.health.retry_at {
             due = due.max(retry);
@@ -1199,6 +1204,28 @@ mod tests {
         );
         fds.left = Some(FDS_PER_ACTIVE_DATABASE);
         assert_eq!(syncs(&s.launch(ms(t0, 2010), &mut fds)), vec![(1, false)]);
+    }
+
+    #[test]
+    fn a_released_database_wakes_at_once_when_written() {
+        let idle = Duration::from_secs(10);
+        let (mut s, t0) = schedule(1, 2, Some(idle));
+        let mut fds = FakeFds::default();
+        s.launch(t0, &mut fds);
+        // A first sync that found nothing new: let go of at once.
+        s.on_done(0, synced(0, t0), |_| false, &mut fds, ms(t0, 10));
+        assert_eq!(releases(&s.launch(ms(t0, 10), &mut fds)), vec![0]);
+        s.on_released(
+            0,
+            Ok(Some(STAT)),
+            Connection::Released,
+            ms(t0, 20),
+            &unchanged,
+        );
+        // Written 10 ms later: due at once, not a sync interval after its
+        // last sync (walsync pins nothing while it is let go of).
+        write(&mut s, 0, ms(t0, 30));
+        assert_eq!(syncs(&s.launch(ms(t0, 30), &mut fds)), vec![(0, false)]);
     }
 
     #[test]
