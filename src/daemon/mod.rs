@@ -19,11 +19,13 @@
 //!
 //! This module is the loop and its effects: messages, the watcher, the
 //! worker pool, the replicas and the metrics. What to do when is decided
-//! by `schedule` (pure); the descriptor budget is `fds`, the set of
-//! databases `catalog`.
+//! by `schedule` (pure), whether the storage as a whole is down by
+//! `outage` (pure); the descriptor budget is `fds`, the set of databases
+//! `catalog`.
 
 mod catalog;
 mod fds;
+mod outage;
 mod schedule;
 
 pub use catalog::{config_databases, replica_options, Catalog, ConfigCatalog, WatchedDatabase};
@@ -391,6 +393,7 @@ impl Dispatcher {
             Err(e) if self.fds.sync_failed_for_descriptors(&e, databases) => {
                 Outcome::OutOfDescriptors(e.to_string())
             }
+            Err(e) if e.is_storage_unreachable() => Outcome::Unreachable(e.to_string()),
             Err(e) => Outcome::Failed(e.to_string()),
         };
         let connection = connection_of(&replica);

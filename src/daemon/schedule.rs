@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::catalog::WatchedDatabase;
 use super::fds::{Descriptors, FDS_PER_ACTIVE_DATABASE, FD_WAIT, PRESSED_IDLE_DIVISOR};
+use super::outage::{Notice, OutageWatch};
 use crate::replica::SyncReport;
 use crate::sqlite::FileStat;
 
@@ -174,6 +175,10 @@ pub(crate) enum Outcome {
     Missing,
     /// No descriptor was free: wait for some, no backoff.
     OutOfDescriptors(String),
+    /// The storage could not be reached (or answered with a server error
+    /// or throttling): back off, and see whether many databases see the
+    /// same (`outage`).
+    Unreachable(String),
     Failed(String),
 }
 
@@ -209,6 +214,9 @@ pub(crate) struct Schedule {
     backoff: fn(u32) -> Duration,
     /// Wall-clock milliseconds (for `pending_since_ms`).
     wall_ms: fn() -> u64,
+    /// Whether the storage as a whole is down: then one line says so, and
+    /// the databases' own lines go to debug.
+    outage: OutageWatch,
 }
 
 impl Schedule {
@@ -230,6 +238,7 @@ impl Schedule {
             opens_wait_until: None,
             backoff,
             wall_ms,
+            outage: OutageWatch::default(),
         }
     }
 
@@ -340,6 +349,7 @@ impl Schedule {
     /// Drops a database that left, once its last sync ran.
     fn forget(&mut self, id: u64) -> Option<Action> {
         let db = self.dbs.remove(&id)?;
+        tell(self.outage.forget(id));
         if self.by_path.get(&db.want.replica.path) == Some(&id) {
             self.by_path.remove(&db.want.replica.path);
         }
@@ -557,11 +567,20 @@ impl Schedule {
         match &outcome {
             Outcome::Synced(report) => {
                 let h = &s.health;
+                // During a storage outage, one line for every database
+                // (below) stands for theirs.
+                let level = if self.outage.in_outage() && self.outage.is_waiting(id) {
+                    log::Level::Debug
+                } else {
+                    log::Level::Info
+                };
+                tell(self.outage.reached(id, now));
                 if h.failed_syncs > 0 {
                     // The counterpart of the error lines: the operator sees
                     // how long the outage lasted and that the backlog went.
                     let outage = h.failing_since.map_or(0.0, |t| (now - t).as_secs_f64());
-                    log::info!(
+                    log::log!(
+                        level,
                         "{}: replicating again after {} failed {} over {outage:.1}s; \
                          {} commits shipped",
                         s.name(),
@@ -593,8 +612,25 @@ impl Schedule {
                     s.health.waiting_logged = true;
                 }
             }
-            Outcome::OutOfDescriptors(e) | Outcome::Failed(e) => {
+            Outcome::OutOfDescriptors(e) | Outcome::Unreachable(e) | Outcome::Failed(e) => {
                 let fds_short = matches!(outcome, Outcome::OutOfDescriptors(_));
+                // Whether the storage is down for many databases: their
+                // lines go to debug, one line speaks for all of them.
+                let mut quiet = false;
+                match &outcome {
+                    Outcome::Unreachable(_) if !last_sync => {
+                        let wall = wall_ms();
+                        let databases = databases as usize;
+                        if let Some(n) = self.outage.unreachable(id, started, now, databases, wall)
+                        {
+                            // What this database saw stands for the others.
+                            log::error!("{n}: {e}");
+                        }
+                        quiet = self.outage.in_outage();
+                    }
+                    Outcome::Failed(_) => tell(self.outage.failed_otherwise(id, now)),
+                    _ => {}
+                }
                 s.health.failures += 1;
                 s.health.failed_syncs += 1;
                 s.health.failing_since.get_or_insert(started);
@@ -625,7 +661,17 @@ impl Schedule {
                 } else {
                     retrying = true;
                     let wait = (self.backoff)(s.health.failures);
-                    log::error!("{}: {e}; retrying in {:.1}s", s.name(), wait.as_secs_f64());
+                    let level = if quiet {
+                        log::Level::Debug
+                    } else {
+                        log::Level::Error
+                    };
+                    log::log!(
+                        level,
+                        "{}: {e}; retrying in {:.1}s",
+                        s.name(),
+                        wait.as_secs_f64()
+                    );
                     s.health.retry_at = Some(now + wait);
                     s.mark_dirty(now, wall_ms);
                     // A database written during the failed sync is dirty
@@ -759,6 +805,16 @@ impl Schedule {
             }
         }
         wake
+    }
+}
+
+/// Logs what the outage watch has to say: that the storage went down (an
+/// error) or came back (the counterpart).
+fn tell(notice: Option<Notice>) {
+    match notice {
+        Some(n @ Notice::Began { .. }) => log::error!("{n}"),
+        Some(n @ Notice::Ended { .. }) => log::info!("{n}"),
+        None => {}
     }
 }
 
@@ -1074,6 +1130,66 @@ mod tests {
         s.on_done(0, failed(ms(t0, 7100)), |_| true, &mut fds, ms(t0, 7110));
         assert!(s.launch(ms(t0, 9100), &mut fds).is_empty());
         assert_eq!(syncs(&s.launch(ms(t0, 9110), &mut fds)), vec![(0, false)]);
+    }
+
+    #[test]
+    fn many_databases_failing_to_reach_the_storage_are_one_outage_that_ends_when_all_caught_up() {
+        let (mut s, t0) = schedule(5, 5, None);
+        let mut fds = FakeFds::default();
+        let unreachable = |started| {
+            finished(
+                Outcome::Unreachable("cannot reach the storage server".into()),
+                Connection::Open,
+                started,
+            )
+        };
+        assert_eq!(s.launch(t0, &mut fds).len(), 5);
+        // A database failing for its own reason is not the storage's.
+        s.on_done(4, failed(t0), |_| true, &mut fds, ms(t0, 5));
+        s.on_done(0, unreachable(t0), |_| true, &mut fds, ms(t0, 10));
+        s.on_done(1, unreachable(t0), |_| true, &mut fds, ms(t0, 20));
+        assert!(!s.outage.in_outage());
+        s.on_done(2, unreachable(t0), |_| true, &mut fds, ms(t0, 30));
+        assert!(s.outage.in_outage(), "three at once: the storage is down");
+        // Each still backs off on its own.
+        assert!(s.get(2).unwrap().health.retry_at.is_some());
+        s.on_done(3, synced(0, t0), |_| true, &mut fds, ms(t0, 40));
+        assert!(
+            s.outage.in_outage(),
+            "a database that did not wait proves nothing"
+        );
+        let mut retried = syncs(&s.launch(ms(t0, 5000), &mut fds));
+        retried.sort_unstable();
+        assert_eq!(
+            retried,
+            vec![(0, false), (1, false), (2, false), (4, false)]
+        );
+        s.on_done(4, failed(t0), |_| true, &mut fds, ms(t0, 5005));
+        for id in [0, 1] {
+            s.on_done(
+                id,
+                synced(1, ms(t0, 5000)),
+                |_| true,
+                &mut fds,
+                ms(t0, 5010),
+            );
+        }
+        assert!(s.outage.in_outage(), "one still waits");
+        s.on_done(2, unreachable(t0), |_| true, &mut fds, ms(t0, 5030));
+        assert!(s.outage.in_outage());
+        // Forgotten: it no longer waits, and the storage was seen back.
+        s.apply([0, 1, 3, 4].into_iter().map(want).collect(), ms(t0, 5040));
+        let last = syncs(&s.launch(ms(t0, 20_000), &mut fds));
+        assert!(last.contains(&(2, true)), "{last:?}");
+        let actions = s.on_done(
+            2,
+            synced(0, ms(t0, 20_000)),
+            |_| true,
+            &mut fds,
+            ms(t0, 20_010),
+        );
+        assert!(matches!(actions[..], [Action::Forget { id: 2, .. }]));
+        assert!(!s.outage.in_outage());
     }
 
     #[test]
