@@ -207,16 +207,28 @@ pub fn render(dbs: &[DatabaseMetrics], started_ms: u64, now_ms: u64) -> String {
             },
         ),
     ];
+    // Each database's labels, escaped once rather than once per family:
+    // with 10,000 databases that was most of the page's time.
+    let labels: Vec<String> = dbs
+        .iter()
+        .map(|m| {
+            format!(
+                "{{prefix=\"{}\",path=\"{}\"}} ",
+                label(&m.prefix),
+                label(&m.path)
+            )
+        })
+        .collect();
+    // About 13 lines of 100 bytes per database.
+    out.reserve(dbs.len() * 13 * 100);
     for (name, kind, help, get) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for m in dbs {
+        for (m, labels) in dbs.iter().zip(&labels) {
             if let Some(v) = get(m, now_ms) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{prefix=\"{}\",path=\"{}\"}} {v}",
-                    label(&m.prefix),
-                    label(&m.path)
-                );
+                out.push_str(name);
+                out.push_str(labels);
+                out.push_str(&v);
+                out.push('\n');
             }
         }
     }
