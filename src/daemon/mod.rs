@@ -87,8 +87,8 @@ enum Flow {
     StopNow,
 }
 
-/// Messages handled at most before the main loop looks at every database
-/// again.
+/// Messages handled at most before the main loop looks again at what is
+/// due.
 const MESSAGE_BATCH: usize = 256;
 
 #[derive(Debug)]
@@ -574,10 +574,12 @@ pub fn run(
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        // What arrived meanwhile is handled before the next look at every
-        // database (above): with 10,000 databases starting, one look per
-        // message kept the main thread busy with nothing else. A bounded
-        // batch, so that a flood of events cannot hold the jobs back.
+        // What arrived meanwhile is handled before the next look at what is
+        // due (above): with 10,000 databases starting, one look at every
+        // database per message kept the main thread busy with nothing else
+        // (the look is now at the scheduler's queues, but a batch still
+        // saves it). A bounded batch, so that a flood of events cannot hold
+        // the jobs back.
         for _ in 0..MESSAGE_BATCH {
             let Some(m) = msg.take() else { break };
             if d.handle(m, catalog, &mut catalog_due, Instant::now()) == Flow::StopNow {
