@@ -28,7 +28,10 @@ pub fn run(args: WatchArgs) -> Result<(), CliError> {
     super::prepare_spool()?;
     let metrics = match cfg.metrics_listen {
         Some(listen) => {
-            let registry = Arc::new(Registry::new(crate::time::now_ms()));
+            let registry = Arc::new(Registry::with_per_database(
+                crate::time::now_ms(),
+                cfg.metrics_per_database,
+            ));
             // Blocks the stop signals first, so the metrics thread inherits
             // the mask (the daemon takes them with sigwait).
             crate::signals::block()

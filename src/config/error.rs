@@ -279,8 +279,8 @@ fn expected_form(leaf: &str) -> &'static str {
         }
         "workers" => "a whole number from 1 to 64, e.g. `workers = 2`",
         "listen" => "a quoted address and port such as \"127.0.0.1:9095\"",
-        "metrics" => "a [metrics] table with `listen`",
-        "path_style" | "recursive" => "true or false, without quotes",
+        "metrics" => "a [metrics] table with `listen` (and `per_database`)",
+        "path_style" | "recursive" | "per_database" => "true or false, without quotes",
         "storage" => "a [storage] table",
         "databases" => "one [[databases]] table per database, each with `path` and `prefix`",
         "directories" => {

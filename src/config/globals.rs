@@ -120,6 +120,11 @@ impl Document<'_> {
                 )
             })?),
         };
+        let metrics_per_database = raw
+            .metrics
+            .as_ref()
+            .and_then(|m| m.get_ref().per_database.as_ref())
+            .is_none_or(|v| *v.get_ref());
         Ok(Config {
             storage,
             workers,
@@ -130,6 +135,7 @@ impl Document<'_> {
             directories,
             source: self.file.to_path_buf(),
             metrics_listen,
+            metrics_per_database,
         })
     }
 
@@ -273,6 +279,23 @@ mod tests {
         assert_eq!(err.line(), Some(7));
         let err = parse(&format!("{STORAGE}{DATABASE}[metrics]\nport = 1\n")).unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn metrics_per_database_is_on_unless_turned_off() {
+        let on = |text: &str| {
+            parse(&format!("{STORAGE}{DATABASE}{text}")).map(|c| c.metrics_per_database)
+        };
+        assert!(on("").unwrap());
+        assert!(on("[metrics]\nlisten = \"127.0.0.1:9095\"\n").unwrap());
+        assert!(!on("[metrics]\nlisten = \"127.0.0.1:9095\"\nper_database = false\n").unwrap());
+        assert!(on("[metrics]\nper_database = true\n").unwrap());
+        let err = on("[metrics]\nper_database = \"no\"\n").unwrap_err();
+        assert_eq!(err.line(), Some(7));
+        assert!(err.to_string().contains("true or false"), "{err}");
+        let err = on("[metrics]\nper_databases = false\n").unwrap_err();
+        assert_eq!(err.line(), Some(7));
+        assert!(err.to_string().contains("per_databases"), "{err}");
     }
 
     #[test]

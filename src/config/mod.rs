@@ -99,6 +99,9 @@ pub struct Config {
     pub source: PathBuf,
     /// `[metrics] listen`: where to serve the Prometheus page; `None` is off.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[metrics] per_database` (default true): series per database on the
+    /// page; false keeps only totals and a histogram of lag.
+    pub metrics_per_database: bool,
 }
 
 /// Where backups go.

@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMetrics {
     pub(super) listen: Option<Spanned<String>>,
+    pub(super) per_database: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -135,11 +136,12 @@ impl<'de> Deserialize<'de> for RawSize {
 
 /// Every key of the format, so a syntax error can name the key on its line
 /// without ever echoing something that is not a key (such as a pasted secret).
-pub(super) const KNOWN_KEYS: [&str; 25] = [
+pub(super) const KNOWN_KEYS: [&str; 26] = [
     "idle_release_after",
     "idle_release_max_size",
     "metrics",
     "listen",
+    "per_database",
     "retention",
     "sync_interval",
     "snapshot_interval",

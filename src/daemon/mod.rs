@@ -19,11 +19,13 @@
 //!
 //! This module is the loop and its effects: messages, the watcher, the
 //! worker pool, the replicas and the metrics. What to do when is decided
-//! by `schedule` (pure); the descriptor budget is `fds`, the set of
-//! databases `catalog`.
+//! by `schedule` (pure), whether the storage as a whole is down by
+//! `outage` (pure); the descriptor budget is `fds`, the set of databases
+//! `catalog`.
 
 mod catalog;
 mod fds;
+mod outage;
 mod schedule;
 
 pub use catalog::{config_databases, replica_options, Catalog, ConfigCatalog, WatchedDatabase};
@@ -85,8 +87,8 @@ enum Flow {
     StopNow,
 }
 
-/// Messages handled at most before the main loop looks at every database
-/// again.
+/// Messages handled at most before the main loop looks again at what is
+/// due.
 const MESSAGE_BATCH: usize = 256;
 
 #[derive(Debug)]
@@ -391,6 +393,7 @@ impl Dispatcher {
             Err(e) if self.fds.sync_failed_for_descriptors(&e, databases) => {
                 Outcome::OutOfDescriptors(e.to_string())
             }
+            Err(e) if e.is_storage_unreachable() => Outcome::Unreachable(e.to_string()),
             Err(e) => Outcome::Failed(e.to_string()),
         };
         let connection = connection_of(&replica);
@@ -571,10 +574,12 @@ pub fn run(
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        // What arrived meanwhile is handled before the next look at every
-        // database (above): with 10,000 databases starting, one look per
-        // message kept the main thread busy with nothing else. A bounded
-        // batch, so that a flood of events cannot hold the jobs back.
+        // What arrived meanwhile is handled before the next look at what is
+        // due (above): with 10,000 databases starting, one look at every
+        // database per message kept the main thread busy with nothing else
+        // (the look is now at the scheduler's queues, but a batch still
+        // saves it). A bounded batch, so that a flood of events cannot hold
+        // the jobs back.
         for _ in 0..MESSAGE_BATCH {
             let Some(m) = msg.take() else { break };
             if d.handle(m, catalog, &mut catalog_due, Instant::now()) == Flow::StopNow {

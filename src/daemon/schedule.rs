@@ -8,19 +8,22 @@
 //! The state of each database is explicit: whether a job has its replica
 //! (`Job`), whether a sync is wanted and from when (`Work`), how its syncs
 //! have been failing (`Health`), and whether it stays, leaves the catalog
-//! or is done at a stop (`Membership`). `Schedule` changes these and
-//! returns `Action`s; the loop (`super`) performs them: it owns the
+//! or is done at a stop (`Membership`). Two queues list the databases by
+//! due time and by release time, so that what is due is found without
+//! looking at every database (`reindex` keeps them after each change).
+//! `Schedule` changes these and returns `Action`s; the loop (`super`) performs them: it owns the
 //! replicas, the worker pool, the watcher and the metrics. Nothing here
 //! opens a file: the clock is the `now` passed in, the backoff and the
 //! wall clock are functions given at construction, file stats come from a
 //! function parameter, and descriptors are asked through `Descriptors`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::catalog::WatchedDatabase;
 use super::fds::{Descriptors, FDS_PER_ACTIVE_DATABASE, FD_WAIT, PRESSED_IDLE_DIVISOR};
+use super::outage::{Notice, OutageWatch};
 use crate::replica::SyncReport;
 use crate::sqlite::FileStat;
 
@@ -94,6 +97,9 @@ pub(crate) struct Database {
     /// When to let go of the connections if nothing is committed until then.
     release_at: Option<Instant>,
     membership: Membership,
+    /// The due time and release time under which `Schedule::due` and
+    /// `Schedule::releases` list it now (see `Schedule::reindex`).
+    indexed: (Option<Instant>, Option<Instant>),
 }
 
 impl Database {
@@ -108,6 +114,15 @@ impl Database {
             pending_since_ms: None,
             release_at: None,
             membership: Membership::Replicating,
+            indexed: (None, None),
+        }
+    }
+
+    /// When its sync is due, if one is wanted.
+    fn due_at(&self) -> Option<Instant> {
+        match self.work {
+            Work::Due(at) => Some(at),
+            Work::Clean => None,
         }
     }
 
@@ -179,6 +194,10 @@ pub(crate) enum Outcome {
     Missing,
     /// No descriptor was free: wait for some, no backoff.
     OutOfDescriptors(String),
+    /// The storage could not be reached (or answered with a server error
+    /// or throttling): back off, and see whether many databases see the
+    /// same (`outage`).
+    Unreachable(String),
     Failed(String),
 }
 
@@ -196,6 +215,12 @@ pub(crate) struct Finished {
 /// The scheduler: every database's state and the daemon-wide decisions.
 pub(crate) struct Schedule {
     dbs: BTreeMap<u64, Database>,
+    /// The databases that want a sync, by due time (then id): the loop
+    /// looks at those due now, not at every database, after each batch of
+    /// messages. Kept by `reindex` after every change of a database.
+    due: BTreeSet<(Instant, u64)>,
+    /// The databases with a release time, by that time (then id).
+    releases: BTreeSet<(Instant, u64)>,
     by_path: HashMap<PathBuf, u64>,
     next_id: u64,
     running: usize,
@@ -214,6 +239,9 @@ pub(crate) struct Schedule {
     backoff: fn(u32) -> Duration,
     /// Wall-clock milliseconds (for `pending_since_ms`).
     wall_ms: fn() -> u64,
+    /// Whether the storage as a whole is down: then one line says so, and
+    /// the databases' own lines go to debug.
+    outage: OutageWatch,
 }
 
 impl Schedule {
@@ -225,6 +253,8 @@ impl Schedule {
     ) -> Schedule {
         Schedule {
             dbs: BTreeMap::new(),
+            due: BTreeSet::new(),
+            releases: BTreeSet::new(),
             by_path: HashMap::new(),
             next_id: 0,
             running: 0,
@@ -235,6 +265,7 @@ impl Schedule {
             opens_wait_until: None,
             backoff,
             wall_ms,
+            outage: OutageWatch::default(),
         }
     }
 
@@ -262,6 +293,41 @@ impl Schedule {
     /// The databases a stop left with commits unshipped.
     pub(crate) fn take_failed_at_stop(&mut self) -> Vec<String> {
         std::mem::take(&mut self.failed_at_stop)
+    }
+
+    /// Lists database `id` under its due time and release time as they are
+    /// now (and nowhere once it is gone). Every change of a database's
+    /// `work` or `release_at` is followed by this.
+    fn reindex(&mut self, id: u64) {
+        let Some(d) = self.dbs.get_mut(&id) else {
+            return;
+        };
+        let (due, release) = (d.due_at(), d.release_at);
+        let (was_due, was_release) = std::mem::replace(&mut d.indexed, (due, release));
+        if was_due != due {
+            if let Some(t) = was_due {
+                self.due.remove(&(t, id));
+            }
+            if let Some(t) = due {
+                self.due.insert((t, id));
+            }
+        }
+        if was_release != release {
+            if let Some(t) = was_release {
+                self.releases.remove(&(t, id));
+            }
+            if let Some(t) = release {
+                self.releases.insert((t, id));
+            }
+        }
+    }
+
+    /// `reindex` for every database, after a change to all of them.
+    fn reindex_all(&mut self) {
+        let ids: Vec<u64> = self.dbs.keys().copied().collect();
+        for id in ids {
+            self.reindex(id);
+        }
     }
 
     /// Brings the databases in line with the catalog: adds new ones,
@@ -326,6 +392,7 @@ impl Schedule {
         }
         self.by_path.insert(db.want.replica.path.clone(), id);
         self.dbs.insert(id, db);
+        self.reindex(id);
         id
     }
 
@@ -339,12 +406,20 @@ impl Schedule {
             db.health.retry_at = None;
             db.last_sync = None;
             db.mark_dirty(now, self.wall_ms);
+            self.reindex(id);
         }
     }
 
     /// Drops a database that left, once its last sync ran.
     fn forget(&mut self, id: u64) -> Option<Action> {
         let db = self.dbs.remove(&id)?;
+        if let Some(t) = db.indexed.0 {
+            self.due.remove(&(t, id));
+        }
+        if let Some(t) = db.indexed.1 {
+            self.releases.remove(&(t, id));
+        }
+        tell(self.outage.forget(id));
         if self.by_path.get(&db.want.replica.path) == Some(&id) {
             self.by_path.remove(&db.want.replica.path);
         }
@@ -360,6 +435,7 @@ impl Schedule {
         for db in self.dbs.values_mut() {
             db.mark_dirty(now, self.wall_ms);
         }
+        self.reindex_all();
     }
 
     /// A file event for the database at `path`. Returns whether it is one
@@ -370,14 +446,15 @@ impl Schedule {
         now: Instant,
         stat_of: &dyn Fn(&Path) -> FileStat,
     ) -> bool {
-        let Some(id) = self.by_path.get(path) else {
+        let Some(&id) = self.by_path.get(path) else {
             return false;
         };
-        if let Some(db) = self.dbs.get_mut(id) {
+        if let Some(db) = self.dbs.get_mut(&id) {
             // A released database wakes only for a real change, not for the
             // tail of walsync's own checkpoint.
             if !db.released_unchanged(stat_of) {
                 db.mark_dirty(now, self.wall_ms);
+                self.reindex(id);
             }
         }
         true
@@ -393,6 +470,7 @@ impl Schedule {
                 db.mark_dirty(now, self.wall_ms);
             }
         }
+        self.reindex_all();
     }
 
     /// Whether databases that need opening wait for descriptors now.
@@ -414,6 +492,7 @@ impl Schedule {
                 let db = self.dbs.get_mut(&id).expect("invariant: listed above");
                 db.job = Job::Releasing;
                 db.release_at = None;
+                self.reindex(id);
                 self.running += 1;
                 actions.push(Action::Release { id });
             }
@@ -429,7 +508,7 @@ impl Schedule {
         // descriptors instead.
         let room = (self.max_jobs - self.running) * 8;
         let may_open = !self.opens_wait(now);
-        for id in due_syncs(&self.dbs, now, room, may_open) {
+        for id in due_syncs(&self.dbs, &self.due, now, room, may_open) {
             if self.running >= self.max_jobs {
                 return actions;
             }
@@ -455,11 +534,12 @@ impl Schedule {
             let db = self.dbs.get_mut(&id).expect("invariant: listed above");
             db.work = Work::Clean;
             db.job = Job::Syncing;
-            self.running += 1;
             // The last sync before walsync stops or lets go of the database
             // for good leaves a mark, so that the next start needs no
             // snapshot (README "Restarts").
             let last = self.stopping.is_some() || db.membership == Membership::Leaving;
+            self.reindex(id);
+            self.running += 1;
             actions.push(Action::Sync { id, last });
         }
         actions
@@ -468,8 +548,10 @@ impl Schedule {
     /// The databases to let go now: those idle for `idle_release_after`
     /// (`release_at` is the last commit plus that), and, while a database
     /// waits to be opened for want of descriptors, the open ones idle for a
-    /// tenth of it (`PRESSED_IDLE_DIVISOR`). One pass over the databases:
-    /// this runs after every batch of messages.
+    /// tenth of it (`PRESSED_IDLE_DIVISOR`). This runs after every batch
+    /// of messages: it looks only at the databases whose release time has
+    /// come (or comes within the shortened wait), and at those due, not at
+    /// every database. Both lists are in id order.
     fn due_releases(&self, now: Instant, fds: &dyn Descriptors) -> Vec<u64> {
         let databases = self.dbs.len() as u64;
         let low_limit = fds.limit_below_wanted(databases);
@@ -477,22 +559,29 @@ impl Schedule {
             Some(idle) if low_limit => idle - idle / PRESSED_IDLE_DIVISOR,
             _ => Duration::ZERO,
         };
-        let (mut due, mut sooner, mut waiting) = (Vec::new(), Vec::new(), false);
-        for (&id, db) in &self.dbs {
+        let (mut due, mut sooner) = (Vec::new(), Vec::new());
+        for &(t, id) in self.releases.range(..=(now + sooner_by, u64::MAX)) {
+            let db = &self.dbs[&id];
             let Job::Idle(connection) = db.job else {
                 continue;
             };
-            let open = connection == Connection::Open;
-            if let Work::Due(at) = db.work {
-                waiting |= low_limit && at <= now && !open;
-            } else if let Some(t) = db.release_at {
-                if t <= now {
-                    due.push(id);
-                } else if low_limit && open && t <= now + sooner_by {
-                    sooner.push(id);
-                }
+            if db.is_dirty() {
+                continue;
+            }
+            if t <= now {
+                due.push(id);
+            } else if low_limit && connection == Connection::Open {
+                sooner.push(id);
             }
         }
+        due.sort_unstable();
+        sooner.sort_unstable();
+        // Whether a database waits to be opened.
+        let waiting = low_limit
+            && self
+                .due
+                .range(..=(now, u64::MAX))
+                .any(|(_, id)| matches!(self.dbs[id].job, Job::Idle(c) if c != Connection::Open));
         let short = || {
             self.opens_wait(now)
                 || waiting
@@ -562,11 +651,20 @@ impl Schedule {
         match &outcome {
             Outcome::Synced(report) => {
                 let h = &s.health;
+                // During a storage outage, one line for every database
+                // (below) stands for theirs.
+                let level = if self.outage.in_outage() && self.outage.is_waiting(id) {
+                    log::Level::Debug
+                } else {
+                    log::Level::Info
+                };
+                tell(self.outage.reached(id, now));
                 if h.failed_syncs > 0 {
                     // The counterpart of the error lines: the operator sees
                     // how long the outage lasted and that the backlog went.
                     let outage = h.failing_since.map_or(0.0, |t| (now - t).as_secs_f64());
-                    log::info!(
+                    log::log!(
+                        level,
                         "{}: replicating again after {} failed {} over {outage:.1}s; \
                          {} commits shipped",
                         s.name(),
@@ -598,8 +696,25 @@ impl Schedule {
                     s.health.waiting_logged = true;
                 }
             }
-            Outcome::OutOfDescriptors(e) | Outcome::Failed(e) => {
+            Outcome::OutOfDescriptors(e) | Outcome::Unreachable(e) | Outcome::Failed(e) => {
                 let fds_short = matches!(outcome, Outcome::OutOfDescriptors(_));
+                // Whether the storage is down for many databases: their
+                // lines go to debug, one line speaks for all of them.
+                let mut quiet = false;
+                match &outcome {
+                    Outcome::Unreachable(_) if !last_sync => {
+                        let wall = wall_ms();
+                        let databases = databases as usize;
+                        if let Some(n) = self.outage.unreachable(id, started, now, databases, wall)
+                        {
+                            // What this database saw stands for the others.
+                            log::error!("{n}: {e}");
+                        }
+                        quiet = self.outage.in_outage();
+                    }
+                    Outcome::Failed(_) => tell(self.outage.failed_otherwise(id, now)),
+                    _ => {}
+                }
                 s.health.failures += 1;
                 s.health.failed_syncs += 1;
                 s.health.failing_since.get_or_insert(started);
@@ -630,7 +745,17 @@ impl Schedule {
                 } else {
                     retrying = true;
                     let wait = (self.backoff)(s.health.failures);
-                    log::error!("{}: {e}; retrying in {:.1}s", s.name(), wait.as_secs_f64());
+                    let level = if quiet {
+                        log::Level::Debug
+                    } else {
+                        log::Level::Error
+                    };
+                    log::log!(
+                        level,
+                        "{}: {e}; retrying in {:.1}s",
+                        s.name(),
+                        wait.as_secs_f64()
+                    );
                     s.health.retry_at = Some(now + wait);
                     s.mark_dirty(now, wall_ms);
                     // A database written during the failed sync is dirty
@@ -659,6 +784,7 @@ impl Schedule {
         } else if s.membership == Membership::Leaving && !retrying {
             actions.extend(self.forget(id));
         }
+        self.reindex(id);
         actions
     }
 
@@ -693,6 +819,7 @@ impl Schedule {
         if s.is_dirty() && s.released_unchanged(stat_of) {
             s.work = Work::Clean;
         }
+        self.reindex(id);
     }
 
     /// SIGINT/SIGTERM: every database gets one last sync (nothing else
@@ -711,6 +838,7 @@ impl Schedule {
                 db.mark_dirty(now, self.wall_ms);
             }
         }
+        self.reindex_all();
     }
 
     /// The databases whose last sync has not run (yet).
@@ -751,43 +879,55 @@ impl Schedule {
         // Databases that need opening while descriptors are short wait for
         // a job to end (a message) or for the short wait to pass.
         let opens_wait = self.opens_wait_until.filter(|&t| t > now);
-        for d in self.dbs.values() {
-            if let (Job::Idle(c), Work::Due(due)) = (d.job, d.work) {
+        // In due order: once a due time is past `wake`, no later one can
+        // bring it forward.
+        for &(due, id) in &self.due {
+            if due >= wake {
+                break;
+            }
+            if let Job::Idle(c) = self.dbs[&id].job {
                 let due = match opens_wait {
                     Some(t) if c != Connection::Open => due.max(t),
                     _ => due,
                 };
                 wake = wake.min(due);
             }
-            if let Some(t) = d.release_at {
-                wake = wake.min(t);
-            }
+        }
+        if let Some(&(t, _)) = self.releases.first() {
+            wake = wake.min(t);
         }
         wake
+    }
+}
+
+/// Logs what the outage watch has to say: that the storage went down (an
+/// error) or came back (the counterpart).
+fn tell(notice: Option<Notice>) {
+    match notice {
+        Some(n @ Notice::Began { .. }) => log::error!("{n}"),
+        Some(n @ Notice::Ended { .. }) => log::info!("{n}"),
+        None => {}
     }
 }
 
 /// The databases whose sync is due and can start, longest waiting first.
 /// In key order instead, the first databases would take every free job
 /// while the last ones wait, whenever more work is due than jobs run.
-/// At most `n` of them: with thousands due at start-up, only the few that
-/// can start are sorted. Unless `may_open`, only those open already.
-fn due_syncs(dbs: &BTreeMap<u64, Database>, now: Instant, n: usize, may_open: bool) -> Vec<u64> {
-    let mut due: Vec<(Instant, u64)> = dbs
-        .iter()
-        .filter_map(|(&id, d)| match (d.work, d.job) {
-            (Work::Due(at), Job::Idle(c)) if at <= now && (may_open || c == Connection::Open) => {
-                Some((at, id))
-            }
-            _ => None,
-        })
-        .collect();
-    if due.len() > n && n > 0 {
-        due.select_nth_unstable(n - 1);
-    }
-    due.truncate(n);
-    due.sort_unstable();
-    due.into_iter().map(|(_, id)| id).collect()
+/// At most `n` of them, read off `due` (every database that wants a sync,
+/// by due time then id) up to `now`: with thousands of databases, only
+/// those due are looked at. Unless `may_open`, only those open already.
+fn due_syncs(
+    dbs: &BTreeMap<u64, Database>,
+    due: &BTreeSet<(Instant, u64)>,
+    now: Instant,
+    n: usize,
+    may_open: bool,
+) -> Vec<u64> {
+    due.range(..=(now, u64::MAX))
+        .filter(|(_, id)| matches!(dbs[id].job, Job::Idle(c) if may_open || c == Connection::Open))
+        .take(n)
+        .map(|&(_, id)| id)
+        .collect()
 }
 
 #[cfg(test)]
@@ -954,14 +1094,20 @@ mod tests {
             }
             dbs.insert(id, d);
         }
-        assert_eq!(due_syncs(&dbs, at(1000), 10, true), vec![2, 7, 3, 1]);
-        assert_eq!(due_syncs(&dbs, at(1000), 2, true), vec![2, 7]);
-        assert_eq!(due_syncs(&dbs, at(1000), 3, true), vec![2, 7, 3]);
-        assert_eq!(due_syncs(&dbs, at(2000), 5, true), vec![2, 7, 3, 1, 6]);
-        assert!(due_syncs(&dbs, at(0), 5, true).is_empty());
+        // The index the schedule keeps of them.
+        let due: BTreeSet<(Instant, u64)> = dbs
+            .iter()
+            .filter_map(|(&id, d)| Some((d.due_at()?, id)))
+            .collect();
+        let due_syncs = |now, n, may_open| due_syncs(&dbs, &due, now, n, may_open);
+        assert_eq!(due_syncs(at(1000), 10, true), vec![2, 7, 3, 1]);
+        assert_eq!(due_syncs(at(1000), 2, true), vec![2, 7]);
+        assert_eq!(due_syncs(at(1000), 3, true), vec![2, 7, 3]);
+        assert_eq!(due_syncs(at(2000), 5, true), vec![2, 7, 3, 1, 6]);
+        assert!(due_syncs(at(0), 5, true).is_empty());
         // While descriptors are short, only databases open already can
         // start; none of these is.
-        assert!(due_syncs(&dbs, at(1000), 10, false).is_empty());
+        assert!(due_syncs(at(1000), 10, false).is_empty());
     }
 
     #[test]
@@ -1050,6 +1196,110 @@ mod tests {
         }
     }
 
+    impl Schedule {
+        /// The due and release queues hold exactly what every database's
+        /// state says.
+        fn assert_queues_match_the_databases(&self, step: &str) {
+            let due: BTreeSet<(Instant, u64)> = self
+                .dbs
+                .iter()
+                .filter_map(|(&id, d)| Some((d.due_at()?, id)))
+                .collect();
+            let releases: BTreeSet<(Instant, u64)> = self
+                .dbs
+                .iter()
+                .filter_map(|(&id, d)| Some((d.release_at?, id)))
+                .collect();
+            assert_eq!(self.due, due, "due queue after {step}");
+            assert_eq!(self.releases, releases, "release queue after {step}");
+        }
+
+        /// `next_wake` by a look at every database.
+        fn next_wake_of_every_database(&self, now: Instant, mut wake: Instant) -> Instant {
+            if self.running >= self.max_jobs {
+                return wake;
+            }
+            let opens_wait = self.opens_wait_until.filter(|&t| t > now);
+            for d in self.dbs.values() {
+                if let (Job::Idle(c), Work::Due(due)) = (d.job, d.work) {
+                    let due = match opens_wait {
+                        Some(t) if c != Connection::Open => due.max(t),
+                        _ => due,
+                    };
+                    wake = wake.min(due);
+                }
+                if let Some(t) = d.release_at {
+                    wake = wake.min(t);
+                }
+            }
+            wake
+        }
+    }
+
+    #[test]
+    fn the_queues_follow_every_change_of_the_databases() {
+        for seed in 1..=20u64 {
+            let (mut s, t0) = schedule(12, 3, Some(Duration::from_secs(5)));
+            let mut fds = FakeFds::default();
+            let mut rng = seed;
+            let mut syncing: Vec<u64> = Vec::new();
+            let mut releasing: Vec<u64> = Vec::new();
+            let mut next_new = 12;
+            for step in 0..400u64 {
+                let now = t0 + Duration::from_millis(700 * step);
+                let what = lcg(&mut rng) % 9;
+                let id = lcg(&mut rng) % next_new;
+                match what {
+                    0 | 1 => {
+                        let path = want(id).replica.path;
+                        s.on_file_event(&path, now, &written);
+                    }
+                    2 | 3 => {
+                        for a in s.launch(now, &mut fds) {
+                            match a {
+                                Action::Sync { id, .. } => syncing.push(id),
+                                Action::Release { id } => releasing.push(id),
+                                _ => {}
+                            }
+                        }
+                    }
+                    4 | 5 if !syncing.is_empty() => {
+                        let i = (lcg(&mut rng) % syncing.len() as u64) as usize;
+                        let id = syncing.swap_remove(i);
+                        let done = match lcg(&mut rng) % 4 {
+                            0 => failed(now),
+                            1 => {
+                                finished(Outcome::Unreachable("down".into()), Connection::Open, now)
+                            }
+                            _ => synced(lcg(&mut rng) % 2, now),
+                        };
+                        s.on_done(id, done, |_| false, &mut fds, now);
+                    }
+                    6 if !releasing.is_empty() => {
+                        let id = releasing.swap_remove(0);
+                        s.on_released(id, Ok(Some(STAT)), Connection::Released, now, &unchanged);
+                    }
+                    7 => {
+                        // One database leaves, another comes.
+                        let keep = (0..next_new).filter(|&k| k != id).map(want);
+                        next_new += 1;
+                        s.apply(keep.chain([want(next_new - 1)]).collect(), now);
+                    }
+                    8 => s.rescan(now, &written),
+                    _ => {}
+                }
+                s.assert_queues_match_the_databases(&format!("seed {seed} step {step} ({what})"));
+                let later = now + Duration::from_secs(3600);
+                assert_eq!(
+                    s.next_wake(now, later),
+                    s.next_wake_of_every_database(now, later)
+                );
+            }
+            s.begin_stop(t0 + Duration::from_secs(1000), &unchanged);
+            s.assert_queues_match_the_databases("stop");
+        }
+    }
+
     #[test]
     fn a_failing_database_backs_off_longer_each_time_and_a_success_resets_it() {
         let (mut s, t0) = schedule(2, 2, None);
@@ -1079,6 +1329,66 @@ mod tests {
         s.on_done(0, failed(ms(t0, 7100)), |_| true, &mut fds, ms(t0, 7110));
         assert!(s.launch(ms(t0, 9100), &mut fds).is_empty());
         assert_eq!(syncs(&s.launch(ms(t0, 9110), &mut fds)), vec![(0, false)]);
+    }
+
+    #[test]
+    fn many_databases_failing_to_reach_the_storage_are_one_outage_that_ends_when_all_caught_up() {
+        let (mut s, t0) = schedule(5, 5, None);
+        let mut fds = FakeFds::default();
+        let unreachable = |started| {
+            finished(
+                Outcome::Unreachable("cannot reach the storage server".into()),
+                Connection::Open,
+                started,
+            )
+        };
+        assert_eq!(s.launch(t0, &mut fds).len(), 5);
+        // A database failing for its own reason is not the storage's.
+        s.on_done(4, failed(t0), |_| true, &mut fds, ms(t0, 5));
+        s.on_done(0, unreachable(t0), |_| true, &mut fds, ms(t0, 10));
+        s.on_done(1, unreachable(t0), |_| true, &mut fds, ms(t0, 20));
+        assert!(!s.outage.in_outage());
+        s.on_done(2, unreachable(t0), |_| true, &mut fds, ms(t0, 30));
+        assert!(s.outage.in_outage(), "three at once: the storage is down");
+        // Each still backs off on its own.
+        assert!(s.get(2).unwrap().health.retry_at.is_some());
+        s.on_done(3, synced(0, t0), |_| true, &mut fds, ms(t0, 40));
+        assert!(
+            s.outage.in_outage(),
+            "a database that did not wait proves nothing"
+        );
+        let mut retried = syncs(&s.launch(ms(t0, 5000), &mut fds));
+        retried.sort_unstable();
+        assert_eq!(
+            retried,
+            vec![(0, false), (1, false), (2, false), (4, false)]
+        );
+        s.on_done(4, failed(t0), |_| true, &mut fds, ms(t0, 5005));
+        for id in [0, 1] {
+            s.on_done(
+                id,
+                synced(1, ms(t0, 5000)),
+                |_| true,
+                &mut fds,
+                ms(t0, 5010),
+            );
+        }
+        assert!(s.outage.in_outage(), "one still waits");
+        s.on_done(2, unreachable(t0), |_| true, &mut fds, ms(t0, 5030));
+        assert!(s.outage.in_outage());
+        // Forgotten: it no longer waits, and the storage was seen back.
+        s.apply([0, 1, 3, 4].into_iter().map(want).collect(), ms(t0, 5040));
+        let last = syncs(&s.launch(ms(t0, 20_000), &mut fds));
+        assert!(last.contains(&(2, true)), "{last:?}");
+        let actions = s.on_done(
+            2,
+            synced(0, ms(t0, 20_000)),
+            |_| true,
+            &mut fds,
+            ms(t0, 20_010),
+        );
+        assert!(matches!(actions[..], [Action::Forget { id: 2, .. }]));
+        assert!(!s.outage.in_outage());
     }
 
     #[test]

@@ -73,6 +73,20 @@ impl ReplicaError {
         matches!(self, ReplicaError::Sqlite(SqliteError::Replaced(_)))
     }
 
+    /// The storage could not be reached, or answered with a server error or
+    /// throttling, after the client's own retries: the storage's trouble,
+    /// not this database's, when many databases see it at once (the daemon
+    /// then logs one outage instead of an error per database).
+    pub fn is_storage_unreachable(&self) -> bool {
+        match self {
+            ReplicaError::Storage(StorageError::Transport { .. }) => true,
+            ReplicaError::Storage(StorageError::Server { status, .. }) => {
+                *status >= 500 || *status == 429
+            }
+            _ => false,
+        }
+    }
+
     /// The process (EMFILE) or the system (ENFILE) had no descriptor left,
     /// as the OS error says; `is_cannot_open` is SQLite's word for what may
     /// be the same. An S3 transport error carries the OS error that caused
