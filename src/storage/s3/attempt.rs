@@ -26,6 +26,10 @@ use crate::storage::{Body, ObjectReader, StorageError};
 
 /// How much of an error body is kept to classify it.
 const ERROR_BODY_LIMIT: u64 = 64 * 1024;
+/// The longest DeleteObjects answer read: one `<Deleted>` entry per key
+/// (servers that ignore quiet mode send them) of 1,000 keys of up to 1,024
+/// bytes, escaped, is under 8 MiB.
+const DELETE_ANSWER_LIMIT: u64 = 8 * 1024 * 1024;
 /// How much of a body we read only to reuse the connection; past this, the
 /// connection is dropped instead.
 const DRAIN_LIMIT: u64 = 1024 * 1024;
@@ -384,7 +388,28 @@ impl S3Storage {
             }
             return Err(classify_status(status, &body, &self.location, first));
         }
-        let text = self.read_answer(response, "DeleteObjects", first)?;
+        // Not `read_answer`: servers that ignore `<Quiet>` (s3s-fs 0.14.1)
+        // list every deleted key, up to about 1 MiB for 1,000 long keys.
+        let mut bytes = Vec::new();
+        response
+            .into_body()
+            .into_reader()
+            .take(DELETE_ANSWER_LIMIT + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                Failure::retryable(StorageError::Transport {
+                    location: self.location.clone(),
+                    detail: format!("reading the answer to DeleteObjects from {first:?}: {e}"),
+                    os_error: e.raw_os_error(),
+                })
+            })?;
+        if bytes.len() as u64 > DELETE_ANSWER_LIMIT {
+            return Err(self.bad_response(format!(
+                "the answer to DeleteObjects of {} keys from {first:?} is longer than {DELETE_ANSWER_LIMIT} bytes",
+                keys.len()
+            )));
+        }
+        let text = String::from_utf8_lossy(&bytes);
         let errors = parse_delete_result(&text).map_err(|detail| {
             self.bad_response(format!(
                 "the answer to DeleteObjects of {} keys from {first:?} is not a DeleteResult: {detail}",
