@@ -137,6 +137,27 @@ fn listings_span_pages_on_every_server() {
             kind.name()
         );
         assert!(listed.iter().all(|o| o.size == 11), "{}", kind.name());
+
+        // Two DeleteObjects batches (1,000 keys and 3), with a key that
+        // needs escaping in the body and one that does not exist.
+        put_bytes(&storage, "many/c d+e&f<'\">", b"odd key");
+        let mut doomed = keys.clone();
+        doomed.push("many/c d+e&f<'\">".to_owned());
+        doomed.push("many/missing".to_owned());
+        storage
+            .delete(&doomed)
+            .unwrap_or_else(|e| panic!("{}: delete many/: {e}", kind.name()));
+        assert_eq!(
+            storage.list("many/").expect("list many/"),
+            vec![],
+            "{}: every key deleted",
+            kind.name()
+        );
+        assert!(
+            storage.deletes_in_batches(),
+            "{}: DeleteObjects was taken, not fallen back from",
+            kind.name()
+        );
     }
 }
 

@@ -61,7 +61,7 @@ const AUTH_CODES: &[&str] = &[
 /// (<https://github.com/earth-mover/icechunk/issues/1563>).
 /// `RequestTimeTooSkewed` is not one: it is an `AUTH_CODES` answer that
 /// only a corrected clock fixes.
-const RETRY_CODES: &[&str] = &[
+pub(super) const RETRY_CODES: &[&str] = &[
     "InternalError",
     "OperationAborted",
     "RequestTimeout",

@@ -13,16 +13,23 @@ use super::answers::{
     classify_status, classify_transport, completed_upload, listing_page, range_answer, stored_etag,
     upload_id, Failure, RangeAnswer, LIST_PAGE_LIMIT,
 };
+use super::delete_objects::{
+    batch_failure, delete_objects_xml, lacks_delete_objects, parse_delete_result,
+};
 use super::listing::ListingPage;
 use super::multipart::{
     complete_upload_xml, open_part, short_part, PartReader, PartSpan, UploadedPart,
 };
-use super::requests::{CHECKSUM_ALGORITHM_HEADER, CHECKSUM_HEADER};
+use super::requests::{checksum_header_value, CHECKSUM_ALGORITHM_HEADER, CHECKSUM_HEADER};
 use super::S3Storage;
 use crate::storage::{Body, ObjectReader, StorageError};
 
 /// How much of an error body is kept to classify it.
 const ERROR_BODY_LIMIT: u64 = 64 * 1024;
+/// The longest DeleteObjects answer read: one `<Deleted>` entry per key
+/// (servers that ignore quiet mode send them) of 1,000 keys of up to 1,024
+/// bytes, escaped, is under 8 MiB.
+const DELETE_ANSWER_LIMIT: u64 = 8 * 1024 * 1024;
 /// How much of a body we read only to reuse the connection; past this, the
 /// connection is dropped instead.
 const DRAIN_LIMIT: u64 = 1024 * 1024;
@@ -350,6 +357,69 @@ impl S3Storage {
         }
         drain(response);
         Ok(())
+    }
+
+    /// Sends one DeleteObjects request for `keys` (at most
+    /// `MAX_KEYS_PER_BATCH`). `Ok(Some(said))` when the answer means the
+    /// server lacks the operation (`lacks_delete_objects`); keys it reports
+    /// as not deleted, other than missing ones, are a `Failure`.
+    pub(super) fn delete_batch_once(&self, keys: &[String]) -> Result<Option<String>, Failure> {
+        let first = keys.first().map(String::as_str).unwrap_or_default();
+        let xml = delete_objects_xml(keys);
+        let checksum = checksum_header_value(crc32fast::hash(xml.as_bytes()));
+        let url = self.delete_objects_url(&checksum);
+        log::debug!(
+            "{}: DeleteObjects of {} keys from {first:?}",
+            self.location,
+            keys.len()
+        );
+        let response = self
+            .agent
+            .post(&url)
+            .header("content-type", "application/xml")
+            .header(CHECKSUM_HEADER, &checksum)
+            .send(xml.as_bytes())
+            .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        if !response.status().is_success() {
+            let body = read_error_body(response);
+            if let Some(said) = lacks_delete_objects(status, &body) {
+                return Ok(Some(said));
+            }
+            return Err(classify_status(status, &body, &self.location, first));
+        }
+        // Not `read_answer`: servers that ignore `<Quiet>` (s3s-fs 0.14.1)
+        // list every deleted key, up to about 1 MiB for 1,000 long keys.
+        let mut bytes = Vec::new();
+        response
+            .into_body()
+            .into_reader()
+            .take(DELETE_ANSWER_LIMIT + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                Failure::retryable(StorageError::Transport {
+                    location: self.location.clone(),
+                    detail: format!("reading the answer to DeleteObjects from {first:?}: {e}"),
+                    os_error: e.raw_os_error(),
+                })
+            })?;
+        if bytes.len() as u64 > DELETE_ANSWER_LIMIT {
+            return Err(self.bad_response(format!(
+                "the answer to DeleteObjects of {} keys from {first:?} is longer than {DELETE_ANSWER_LIMIT} bytes",
+                keys.len()
+            )));
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let errors = parse_delete_result(&text).map_err(|detail| {
+            self.bad_response(format!(
+                "the answer to DeleteObjects of {} keys from {first:?} is not a DeleteResult: {detail}",
+                keys.len()
+            ))
+        })?;
+        match batch_failure(&errors, status, &self.location) {
+            Some(failure) => Err(failure),
+            None => Ok(None),
+        }
     }
 
     pub(super) fn list_page(

@@ -300,7 +300,7 @@ fn excerpt(text: &str) -> String {
 
 /// Appends `raw` (character data between tags) to `out` with its entity and
 /// character references replaced.
-fn decode_into(raw: &str, out: &mut String) -> Result<(), String> {
+pub(super) fn decode_into(raw: &str, out: &mut String) -> Result<(), String> {
     let mut rest = raw;
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);

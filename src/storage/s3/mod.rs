@@ -25,6 +25,12 @@
 //! never leaves an object under the key: S3 makes the object appear only on
 //! CompleteMultipartUpload.
 //!
+//! `delete` sends DeleteObjects (`POST /?delete`) in batches of at most
+//! 1,000 keys, each body with a signed `x-amz-checksum-crc32`. A server
+//! that lacks it (501, 405, or 400 naming it or `Content-MD5`: GCS's XML
+//! API, older MinIO) gets one DELETE per key instead, for that call and
+//! the rest of the process, with one WARN.
+//!
 //! One concern per file; the protocol is kept in plain values, the way
 //! rusty-s3 keeps it, and the I/O shell around it is thin:
 //! - `mod.rs`: `S3Settings`, `S3Storage` (the agent, its timeouts) and its
@@ -36,12 +42,15 @@
 //! - `retry`: `RetryPolicy` and the one retry loop every call goes through;
 //! - `multipart`: the multipart plan, completion body and checksums, and
 //!   the part readers (no network);
+//! - `delete_objects`: the body of a DeleteObjects batch, its answer, and
+//!   which answers mean the server lacks it (pure);
 //! - `attempt`: one attempt of each request over the agent;
 //! - `multipart_upload`: a multipart upload from create to complete or abort;
 //! - `tls`: the TLS roots from `AWS_CA_BUNDLE` / `SSL_CERT_FILE`.
 
 mod answers;
 mod attempt;
+mod delete_objects;
 mod listing;
 mod multipart;
 mod multipart_upload;
@@ -50,6 +59,7 @@ mod retry;
 mod tls;
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rusty_s3::{Bucket, Credentials, UrlStyle};
@@ -58,6 +68,7 @@ use ureq::Agent;
 
 use super::{Body, ObjectMeta, ObjectReader, Storage, StorageError};
 use answers::listed_size;
+use delete_objects::MAX_KEYS_PER_BATCH;
 use multipart::MultipartPolicy;
 use requests::check_key;
 use tls::root_certs_from_env;
@@ -117,6 +128,9 @@ pub struct S3Storage {
     retry: RetryPolicy,
     multipart: MultipartPolicy,
     location: String,
+    /// Set once the server has answered DeleteObjects as an operation it
+    /// lacks: from then on, `delete` sends one DELETE per key.
+    batch_delete_lacking: AtomicBool,
 }
 
 impl fmt::Debug for S3Storage {
@@ -203,6 +217,7 @@ impl S3Storage {
                 part_bytes: DEFAULT_PART_BYTES,
             },
             location,
+            batch_delete_lacking: AtomicBool::new(false),
         })
     }
 
@@ -210,6 +225,13 @@ impl S3Storage {
     pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
+    }
+
+    /// Whether `delete` sends DeleteObjects batches: true until the server
+    /// answers DeleteObjects as an operation it lacks, after which `delete`
+    /// sends one DELETE per key for the rest of the process.
+    pub fn deletes_in_batches(&self) -> bool {
+        !self.batch_delete_lacking.load(Ordering::Relaxed)
     }
 
     /// Makes `put` upload bodies larger than `threshold_bytes` as a multipart
@@ -285,6 +307,26 @@ impl Storage for S3Storage {
     fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
         for key in keys {
             check_key(key)?;
+        }
+        let mut done = 0;
+        // One key costs one request either way; a DELETE needs no body.
+        while keys.len() - done > 1 && !self.batch_delete_lacking.load(Ordering::Relaxed) {
+            let batch = &keys[done..keys.len().min(done + MAX_KEYS_PER_BATCH)];
+            let first = &batch[0];
+            match self.retry("delete", first, || self.delete_batch_once(batch))? {
+                None => done += batch.len(),
+                Some(said) => {
+                    if !self.batch_delete_lacking.swap(true, Ordering::Relaxed) {
+                        log::warn!(
+                            "{}: the server does not take DeleteObjects ({said}); \
+                             deleting one object per request from now on",
+                            self.location
+                        );
+                    }
+                }
+            }
+        }
+        for key in &keys[done..] {
             match self.retry("delete", key, || self.delete_once(key)) {
                 Ok(()) | Err(StorageError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
