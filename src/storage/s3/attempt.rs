@@ -269,18 +269,8 @@ impl S3Storage {
     }
 
     pub(super) fn abort_upload_once(&self, key: &str, upload_id: &str) -> Result<(), Failure> {
-        let url = self.abort_upload_url(key, upload_id);
         log::debug!("{}: abort multipart upload {key:?}", self.location);
-        let response = self
-            .agent
-            .delete(&url)
-            .call()
-            .map_err(|e| self.transport(e))?;
-        if !response.status().is_success() {
-            return Err(self.rejected(response, key));
-        }
-        drain(response);
-        Ok(())
+        self.send_delete(&self.abort_upload_url(key, upload_id), key)
     }
 
     pub(super) fn get_once(&self, key: &str) -> Result<ObjectReader, Failure> {
@@ -345,11 +335,15 @@ impl S3Storage {
     }
 
     pub(super) fn delete_once(&self, key: &str) -> Result<(), Failure> {
-        let url = self.delete_url(key);
         log::debug!("{}: DELETE {key:?}", self.location);
+        self.send_delete(&self.delete_url(key), key)
+    }
+
+    /// One DELETE request (an object, or a multipart upload) about `key`.
+    fn send_delete(&self, url: &str, key: &str) -> Result<(), Failure> {
         let response = self
             .agent
-            .delete(&url)
+            .delete(url)
             .call()
             .map_err(|e| self.transport(e))?;
         if !response.status().is_success() {
