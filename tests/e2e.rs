@@ -8,13 +8,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::app::{integrity, rows};
+use common::app::{insert, integrity, rows};
+use common::process::{sigterm, Running};
 use common::s3server::S3Server;
 use rusqlite::Connection;
 use walsync::keys::{self, ObjectKind};
@@ -25,32 +26,6 @@ const PREFIXES: [&str; 3] = ["tenants/acme", "services/auth", "edge/node-1/cache
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_walsync")
-}
-
-/// A walsync child process, killed if the test ends without stopping it
-/// (a failing assertion must not leave daemons behind).
-struct Running(Child);
-
-impl std::ops::Deref for Running {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Running {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 struct Setup {
@@ -155,22 +130,6 @@ impl Setup {
     }
 }
 
-fn sigterm(child: &mut Running) -> std::process::ExitStatus {
-    // SAFETY: kill(2) with the pid of our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "walsync did not stop after SIGTERM"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn open_app(path: &Path) -> Connection {
     let c = Connection::open(path).unwrap();
     c.execute_batch(
@@ -179,23 +138,6 @@ fn open_app(path: &Path) -> Connection {
     )
     .unwrap();
     c
-}
-
-/// Inserts row `id`, retrying while walsync briefly holds the write lock.
-/// Returns once the row is committed.
-fn insert(c: &Connection, id: i64) {
-    let v = format!("row {id} {}", "x".repeat((id % 97) as usize * 20));
-    loop {
-        match c.execute("INSERT INTO t(id, v) VALUES (?1, ?2)", (id, &v)) {
-            Ok(_) => return,
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-            {
-                thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => panic!("insert {id}: {e}"),
-        }
-    }
 }
 
 /// Waits until a restore of `prefix` has exactly the rows of `db`: for
@@ -2387,13 +2329,20 @@ fn wait_backfilled(db: &Path) {
     }
 }
 
-fn snapshot_count(storage: &S3Storage, prefix: &str) -> usize {
+/// How many objects of `prefix` are of the kind `of` accepts.
+fn object_count(storage: &S3Storage, prefix: &str, of: impl Fn(&ObjectKind) -> bool) -> usize {
     let listing = storage.list(&keys::database_root(prefix)).unwrap();
     keys::parse_listing(prefix, &listing)
         .unwrap()
         .iter()
-        .filter(|o| matches!(o.kind, ObjectKind::Snapshot { .. }))
+        .filter(|o| of(&o.kind))
         .count()
+}
+
+fn snapshot_count(storage: &S3Storage, prefix: &str) -> usize {
+    object_count(storage, prefix, |k| {
+        matches!(k, ObjectKind::Snapshot { .. })
+    })
 }
 
 /// Whether walsync holds an SQLite connection on `db`: a descriptor of its
@@ -2428,14 +2377,7 @@ fn wait_for(done: impl Fn() -> bool, what: &str) {
 /// a change nobody reads (`user_version`), then waits until walsync has
 /// shipped it as a segment and holds the database.
 fn take_up(child: &Running, storage: &S3Storage, prefix: &str, db: &Path) {
-    let segments = || {
-        let listing = storage.list(&keys::database_root(prefix)).unwrap();
-        keys::parse_listing(prefix, &listing)
-            .unwrap()
-            .iter()
-            .filter(|o| matches!(o.kind, ObjectKind::Segment { .. }))
-            .count()
-    };
+    let segments = || object_count(storage, prefix, |k| matches!(k, ObjectKind::Segment { .. }));
     let before = segments();
     let c = open_app(db);
     let start = Instant::now();

@@ -9,29 +9,18 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::app::{integrity, rows};
+use common::app::{insert, integrity, rows};
+use common::process::{sigterm, Running};
 use common::s3servers::{AnyS3Server, ServerKind};
 use rusqlite::Connection;
 use walsync::storage::s3::S3Storage;
 use walsync::storage::Storage;
 
 const PREFIX: &str = "tenants/acme";
-
-/// A walsync child process, killed if the test ends without stopping it.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 struct Setup {
     server: AnyS3Server,
@@ -143,37 +132,6 @@ impl Setup {
             );
             thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-fn insert(c: &Connection, id: i64) {
-    let v = format!("row {id} {}", "x".repeat((id % 97) as usize * 20));
-    loop {
-        match c.execute("INSERT INTO t(id, v) VALUES (?1, ?2)", (id, &v)) {
-            Ok(_) => return,
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-            {
-                thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => panic!("insert {id}: {e}"),
-        }
-    }
-}
-
-fn sigterm(child: &mut Running) -> std::process::ExitStatus {
-    // SAFETY: kill(2) with the pid of our own child.
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.0.try_wait().expect("wait for walsync") {
-            return status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "walsync did not stop after SIGTERM"
-        );
-        thread::sleep(Duration::from_millis(20));
     }
 }
 

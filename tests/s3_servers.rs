@@ -5,45 +5,17 @@
 
 mod common;
 
-use std::io::Read;
 use std::thread;
-use std::time::Duration;
 
+use common::s3client::{fast_retry, fast_storage, get_bytes, put_bytes};
 use common::s3servers::{AnyS3Server, ServerKind, SignatureCheck};
-use walsync::storage::s3::{RetryPolicy, S3Settings, S3Storage};
+use walsync::storage::s3::{S3Settings, S3Storage};
 use walsync::storage::{Body, ObjectMeta, Storage, StorageError};
 
 const MIB: usize = 1024 * 1024;
 
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 3,
-        base_delay: Duration::from_millis(10),
-        max_delay: Duration::from_millis(20),
-    }
-}
-
 fn storage(server: &AnyS3Server) -> S3Storage {
-    S3Storage::new(server.settings())
-        .unwrap_or_else(|e| panic!("settings of the test server are valid: {e}"))
-        .with_retry(fast_retry())
-}
-
-fn put_bytes(storage: &dyn Storage, key: &str, bytes: &[u8]) {
-    storage
-        .put(key, Body::Bytes(bytes), crc32fast::hash(bytes))
-        .unwrap_or_else(|e| panic!("{}: put {key}: {e}", storage.location()));
-}
-
-fn get_bytes(storage: &S3Storage, key: &str) -> Vec<u8> {
-    let mut reader = storage
-        .get(key)
-        .unwrap_or_else(|e| panic!("{}: get {key}: {e}", storage.location()));
-    let mut bytes = Vec::new();
-    reader
-        .read_to_end(&mut bytes)
-        .unwrap_or_else(|e| panic!("{}: read {key}: {e}", storage.location()));
-    bytes
+    fast_storage(server.settings())
 }
 
 /// Deterministic, incompressible-looking bytes.

@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::io::Read;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::fakeserver::FakeServer;
+use common::s3client::{fast_retry, fast_storage, get_bytes, put_bytes};
 use common::s3server::{free_port, S3Server, REGION};
 use rusty_s3::S3Action;
 use walsync::storage::s3::{RetryPolicy, S3Settings, S3Storage};
@@ -22,35 +22,8 @@ fn slow_retry() -> RetryPolicy {
     }
 }
 
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 3,
-        base_delay: Duration::from_millis(10),
-        max_delay: Duration::from_millis(20),
-    }
-}
-
 fn storage(server: &S3Server) -> S3Storage {
-    S3Storage::new(server.settings())
-        .unwrap_or_else(|e| panic!("settings of the test server are valid: {e}"))
-        .with_retry(fast_retry())
-}
-
-fn put_bytes(storage: &dyn Storage, key: &str, bytes: &[u8]) {
-    storage
-        .put(key, Body::Bytes(bytes), crc32fast::hash(bytes))
-        .unwrap_or_else(|e| panic!("put {key}: {e}"));
-}
-
-fn get_bytes(storage: &S3Storage, key: &str) -> Vec<u8> {
-    let mut reader = storage
-        .get(key)
-        .unwrap_or_else(|e| panic!("get {key}: {e}"));
-    let mut bytes = Vec::new();
-    reader
-        .read_to_end(&mut bytes)
-        .unwrap_or_else(|e| panic!("read {key}: {e}"));
-    bytes
+    fast_storage(server.settings())
 }
 
 const MIB: usize = 1024 * 1024;

@@ -23,3 +23,20 @@ pub fn integrity(path: &Path) -> String {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap()
 }
+
+/// Inserts row `id` into `t`, retrying while walsync briefly holds the
+/// write lock. Returns once the row is committed.
+pub fn insert(c: &Connection, id: i64) {
+    let v = format!("row {id} {}", "x".repeat((id % 97) as usize * 20));
+    loop {
+        match c.execute("INSERT INTO t(id, v) VALUES (?1, ?2)", (id, &v)) {
+            Ok(_) => return,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(e) => panic!("insert {id}: {e}"),
+        }
+    }
+}

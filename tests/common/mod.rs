@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: real servers (`s3server`, and the
 //! scripted `fakeserver` and `faultproxy` for answers no local server gives)
-//! and the application side of a test (`app`: a real SQLite database).
+//! the application side of a test (`app`: a real SQLite database), the
+//! walsync binary as a child (`process`) and the S3 client as the storage
+//! tests use it (`s3client`).
 //! Each test binary uses some of them, so unused ones are no warning.
 #![allow(dead_code)]
 
@@ -12,6 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub mod app;
 pub mod fakeserver;
 pub mod faultproxy;
+pub mod process;
+pub mod s3client;
 pub mod s3server;
 pub mod s3servers;
 
@@ -27,4 +31,14 @@ pub fn unique_temp_dir(prefix: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos}", std::process::id()));
     fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
     path
+}
+
+/// The version of the tool `name` (e.g. `S3S_FS_VERSION`) that
+/// `contrib/tools.versions` names, where `contrib/test.sh` reads it too.
+pub fn tool_version(name: &str) -> &'static str {
+    include_str!("../../contrib/tools.versions")
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("contrib/tools.versions names {name}"))
 }

@@ -18,15 +18,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use walsync::storage::s3::S3Settings;
 
-/// The s3s-fs version the harness is written against: the one
-/// `contrib/tools.versions` names (where `contrib/test.sh` reads it too).
+/// The s3s-fs version the harness is written against.
 pub fn s3s_fs_version() -> &'static str {
-    include_str!("../../contrib/tools.versions")
-        .lines()
-        .find_map(|line| line.strip_prefix("S3S_FS_VERSION="))
-        .map(str::trim)
-        .expect("contrib/tools.versions names S3S_FS_VERSION")
+    super::tool_version("S3S_FS_VERSION")
 }
+
 /// How long the server may take to accept connections.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Region we sign for; s3s-fs accepts any.
@@ -132,30 +128,18 @@ impl S3Server {
 
     /// Settings for `S3Storage` pointing at this server's bucket.
     pub fn settings(&self) -> S3Settings {
-        S3Settings {
-            bucket: self.bucket.clone(),
-            endpoint: Some(self.endpoint.clone()),
-            region: REGION.to_owned(),
-            path_style: true,
-            access_key_id: self.access_key.clone(),
-            secret_access_key: self.secret_key.clone(),
-            session_token: None,
-        }
+        settings(
+            &self.endpoint,
+            &self.bucket,
+            &self.access_key,
+            &self.secret_key,
+        )
     }
 
     /// The `AWS_*` environment for a child process (e.g. the walsync binary)
     /// that should use this server.
     pub fn env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ACCESS_KEY_ID", self.access_key.as_str()),
-            ("AWS_SECRET_ACCESS_KEY", self.secret_key.as_str()),
-            ("AWS_REGION", REGION),
-            ("AWS_DEFAULT_REGION", REGION),
-            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        env(&self.endpoint, &self.access_key, &self.secret_key)
     }
 
     /// The directory holding the bucket's objects.
@@ -230,6 +214,35 @@ fn s3s_fs_binary() -> PathBuf {
         ".cache/walsync-tools/s3s-fs-{}/bin/s3s-fs",
         s3s_fs_version()
     ))
+}
+
+/// Settings for `S3Storage` pointing at `bucket` of the server at
+/// `endpoint` (any of the test servers: path style, `REGION`).
+pub fn settings(endpoint: &str, bucket: &str, access_key: &str, secret_key: &str) -> S3Settings {
+    S3Settings {
+        bucket: bucket.to_owned(),
+        endpoint: Some(endpoint.to_owned()),
+        region: REGION.to_owned(),
+        path_style: true,
+        access_key_id: access_key.to_owned(),
+        secret_access_key: secret_key.to_owned(),
+        session_token: None,
+    }
+}
+
+/// The `AWS_*` environment for a child process that should use the server
+/// at `endpoint` with these credentials.
+pub fn env(endpoint: &str, access_key: &str, secret_key: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ACCESS_KEY_ID", access_key),
+        ("AWS_SECRET_ACCESS_KEY", secret_key),
+        ("AWS_REGION", REGION),
+        ("AWS_DEFAULT_REGION", REGION),
+        ("AWS_ENDPOINT_URL", endpoint),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
 }
 
 /// A port nobody listens on right now.

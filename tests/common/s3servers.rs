@@ -83,15 +83,6 @@ pub enum SignatureCheck {
     Nothing,
 }
 
-/// The version of `name` in `contrib/tools.versions`.
-pub fn tool_version(name: &str) -> &'static str {
-    include_str!("../../contrib/tools.versions")
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("contrib/tools.versions names {name}"))
-}
-
 /// A running S3 server of any kind with one empty bucket; stopped and
 /// cleaned up on drop.
 pub struct AnyS3Server {
@@ -236,30 +227,18 @@ impl AnyS3Server {
 
     /// Settings for `S3Storage` pointing at this server's bucket.
     pub fn settings(&self) -> S3Settings {
-        S3Settings {
-            bucket: self.bucket.clone(),
-            endpoint: Some(self.endpoint.clone()),
-            region: REGION.to_owned(),
-            path_style: true,
-            access_key_id: self.access_key.clone(),
-            secret_access_key: self.secret_key.clone(),
-            session_token: None,
-        }
+        super::s3server::settings(
+            &self.endpoint,
+            &self.bucket,
+            &self.access_key,
+            &self.secret_key,
+        )
     }
 
     /// The `AWS_*` environment for a child process (e.g. the walsync binary)
     /// that should use this server.
     pub fn env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ACCESS_KEY_ID", self.access_key.as_str()),
-            ("AWS_SECRET_ACCESS_KEY", self.secret_key.as_str()),
-            ("AWS_REGION", REGION),
-            ("AWS_DEFAULT_REGION", REGION),
-            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        super::s3server::env(&self.endpoint, &self.access_key, &self.secret_key)
     }
 
     /// A fresh directory for the test's own files, removed with the server.
@@ -304,11 +283,11 @@ fn program(kind: ServerKind) -> PathBuf {
     match kind {
         ServerKind::Moto => tools.join(format!(
             "moto-{}/bin/moto_server",
-            tool_version("MOTO_VERSION")
+            super::tool_version("MOTO_VERSION")
         )),
         ServerKind::S3rver => tools.join(format!(
             "s3rver-{}/node_modules/.bin/s3rver",
-            tool_version("S3RVER_VERSION")
+            super::tool_version("S3RVER_VERSION")
         )),
         ServerKind::S3sFs => unreachable!("s3server.rs finds s3s-fs"),
     }
