@@ -139,6 +139,27 @@ pub fn shm_path(db: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Offset of the DMS ("dead man switch") byte in the `-shm` file in
+/// SQLite's unix VFS: `UNIX_SHM_DMS`, after the 8 WAL lock bytes at 120.
+const SHM_DMS_BYTE: libc::off_t = 128;
+
+/// Whether another process holds a lock on the DMS byte of the `-shm` file
+/// open as `shm` (`F_GETLK` for a write lock: it takes nothing).
+fn dms_locked_by_others(shm: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero flock is a valid value of a plain C struct.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as _;
+    lock.l_whence = libc::SEEK_SET as _;
+    lock.l_start = SHM_DMS_BYTE;
+    lock.l_len = 1;
+    // SAFETY: F_GETLK with a pointer to a flock that lives across the call.
+    if unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_GETLK, &mut lock) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(lock.l_type != libc::F_UNLCK as _)
+}
+
 /// The `-wal` file of a database.
 pub fn wal_path(db: &Path) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
@@ -156,6 +177,11 @@ pub struct DbHandle {
     busy_timeout: Duration,
     in_read: bool,
     writers_locked: bool,
+    /// walsync's own descriptor of the `-shm` file, for `others_attached`;
+    /// opened while the read transaction holds it mapped, closed only after
+    /// the connections (closing it earlier would drop SQLite's locks on the
+    /// `-shm`, walsync's read mark included: see `DbFile`).
+    shm: Option<std::fs::File>,
     db: DbFile,
 }
 
@@ -412,6 +438,7 @@ impl DbHandle {
             busy_timeout,
             in_read: false,
             writers_locked: false,
+            shm: None,
             db: held
                 .take()
                 .expect("invariant: the file is still held until here"),
@@ -422,11 +449,53 @@ impl DbHandle {
     /// and keeps only walsync's hold on the file.
     pub fn release(self) -> DbFile {
         let DbHandle {
-            reader, writer, db, ..
+            reader,
+            writer,
+            shm,
+            db,
+            ..
         } = self;
         drop(writer);
         drop(reader);
+        drop(shm);
         db
+    }
+
+    /// Whether a connection of another process has the database open:
+    /// whether any other process holds a lock on the DMS byte of the `-shm`
+    /// file, which SQLite's unix VFS keeps SHARED-locked in every process
+    /// that has the wal-index mapped (`unixLockSharedMemory` asks exactly
+    /// this, with `F_GETLK`, to learn whether it is the first to open the
+    /// database). Locks of this process never conflict with its own, so
+    /// walsync's connections do not count. Takes and changes no lock.
+    /// `shm_id` is the `-shm` file walsync's read mark is in; `None` when
+    /// that cannot be asked (no read transaction, the `-shm` file replaced
+    /// or unreadable).
+    pub fn others_attached(&mut self, shm_id: Option<FileId>) -> Option<bool> {
+        if !self.in_read {
+            return None;
+        }
+        if self.shm.is_none() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(shm_path(&self.path))
+                .ok()?;
+            let m = f.metadata().ok()?;
+            if Some(FileId {
+                dev: m.dev(),
+                ino: m.ino(),
+            }) != shm_id
+            {
+                // Not the -shm SQLite has mapped for walsync (replaced),
+                // so closing this descriptor drops no lock of walsync's.
+                return None;
+            }
+            self.shm = Some(f);
+        }
+        let f = self.shm.as_ref()?;
+        dms_locked_by_others(f).ok()
     }
 
     pub fn id(&self) -> FileId {
@@ -847,6 +916,53 @@ mod tests {
             "the new file's WAL was not checkpointed"
         );
         drop(h);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_another_process_with_the_database_open_counts_as_attached() {
+        use std::io::{BufRead, BufReader, Write};
+        let (dir, db) = temp_db("attached");
+        let mut h = DbHandle::open(&db, Duration::from_secs(1)).unwrap();
+        assert_eq!(h.others_attached(None), None, "no read transaction yet");
+        h.begin_read().unwrap();
+        let shm = file_id(&shm_path(&db)).ok();
+        assert_eq!(
+            h.others_attached(Some(FileId { dev: 0, ino: 0 })),
+            None,
+            "not the -shm its read mark is in"
+        );
+        // walsync's own connections, and an application connection in this
+        // process, never count (POSIX locks do not conflict within one).
+        let a = app(&db);
+        a.execute("INSERT INTO t VALUES (3)", []).unwrap();
+        assert_eq!(h.others_attached(shm), Some(false));
+        // Another process with the database open does, until it closes.
+        let mut py = std::process::Command::new("python3")
+            .args(["-c", "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nc.execute('select count(*) from t').fetchone()\nprint('open',flush=True)\nsys.stdin.read()\nc.close()"])
+            .arg(&db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        BufReader::new(py.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "open");
+        assert_eq!(h.others_attached(shm), Some(true));
+        py.stdin.take().unwrap().write_all(b"").unwrap();
+        assert!(py.wait().unwrap().success());
+        assert_eq!(h.others_attached(shm), Some(false));
+        // The probe took no lock: the application's TRUNCATE still runs
+        // once walsync's read transaction ends.
+        h.end_read().unwrap();
+        let busy: i64 = a
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(busy, 0);
+        drop(h);
+        drop(a);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -232,7 +232,15 @@ impl Dispatcher {
         // Opens and closes are no news: walsync's own reads of a WAL open it,
         // and treating that as a change resynced every database forever.
         // Writes come as Modify (and a closed-after-write file has had them).
-        if matches!(ev.kind, notify::EventKind::Access(_)) {
+        // A close may be the application's last, though: it only makes
+        // walsync ask, without a sync, whether another process still has the
+        // database open, and let go of it if none has.
+        if let notify::EventKind::Access(access) = ev.kind {
+            if matches!(access, notify::event::AccessKind::Close(_)) {
+                for p in &ev.paths {
+                    self.on_close(p, now);
+                }
+            }
             return false;
         }
         if ev.need_rescan() {
@@ -258,6 +266,24 @@ impl Dispatcher {
             }
         }
         catalog_may_change
+    }
+
+    /// A file of a database (itself, its `-wal` or its `-shm`) was closed:
+    /// if walsync holds the database and no other process has it open any
+    /// more, the scheduler lets go of it (`Schedule::on_probe`).
+    fn on_close(&mut self, p: &Path, now: Instant) {
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        let db = match name.strip_suffix("-wal").or(name.strip_suffix("-shm")) {
+            Some(stem) => p.with_file_name(stem),
+            None => p.to_path_buf(),
+        };
+        let Some(id) = self.schedule.probe_wanted(&db) else {
+            return;
+        };
+        let attached = self.replicas.get_mut(&id).and_then(|r| r.others_attached());
+        self.schedule.on_probe(id, attached, now);
     }
 
     fn in_discovery(&self, path: &Path) -> bool {
@@ -309,7 +335,7 @@ impl Dispatcher {
                         });
                     });
                 }
-                Action::Release { id } => {
+                Action::Release { id, closed } => {
                     let mut replica = self
                         .replicas
                         .remove(&id)
@@ -318,7 +344,11 @@ impl Dispatcher {
                     let tx = self.tx.clone();
                     let max = self.idle_release_max_bytes;
                     self.pool.spawn(move || {
-                        let result = replica.release(&*storage, max);
+                        let result = if closed {
+                            replica.release_closed(&*storage)
+                        } else {
+                            replica.release(&*storage, max)
+                        };
                         let _ = tx.send(Msg::Released {
                             id,
                             replica,

@@ -96,6 +96,10 @@ pub(crate) struct Database {
     pending_since_ms: Option<u64>,
     /// When to let go of the connections if nothing is committed until then.
     release_at: Option<Instant>,
+    /// No other process had it open at the last probe: the application
+    /// closed its last connection, so walsync lets go now, whatever the
+    /// database's size and whether commits wait (`last_close`).
+    closed_by_app: bool,
     membership: Membership,
     /// The due time and release time under which `Schedule::due` and
     /// `Schedule::releases` list it now (see `Schedule::reindex`).
@@ -113,6 +117,7 @@ impl Database {
             stat: None,
             pending_since_ms: None,
             release_at: None,
+            closed_by_app: false,
             membership: Membership::Replicating,
             indexed: (None, None),
         }
@@ -175,8 +180,10 @@ pub(crate) enum Action {
     /// Lend the replica to a job that syncs it (with the options in `want`);
     /// `last`: then stop it, leaving a mark (README "Restarts").
     Sync { id: u64, last: bool },
-    /// Lend the replica to a job that lets go of the idle database.
-    Release { id: u64 },
+    /// Lend the replica to a job that lets go of the idle database;
+    /// `closed`: because no other process has it open any more
+    /// (`Replica::release_closed`).
+    Release { id: u64, closed: bool },
     /// Close the replica's connections: done with it at a stop.
     Close { id: u64 },
     /// The database left and had its last sync: drop the replica and its
@@ -460,6 +467,32 @@ impl Schedule {
         true
     }
 
+    /// The database at `path`, if walsync holds it open and no job has it:
+    /// the one to ask, after a file of it was closed, whether another
+    /// process still has it open (`on_probe`).
+    pub(crate) fn probe_wanted(&self, path: &Path) -> Option<u64> {
+        let id = *self.by_path.get(path)?;
+        let db = self.dbs.get(&id)?;
+        (db.job == Job::Idle(Connection::Open) && self.stopping.is_none()).then_some(id)
+    }
+
+    /// What the probe of `probe_wanted` found: whether another process has
+    /// database `id` open (`None`: not known). If none has, walsync lets go
+    /// of it now (`last_close`).
+    pub(crate) fn on_probe(&mut self, id: u64, others_attached: Option<bool>, now: Instant) {
+        let leaving = self.stopping.is_some();
+        let Some(db) = self.dbs.get_mut(&id) else {
+            return;
+        };
+        let leaving = leaving || db.membership == Membership::Leaving;
+        if last_close(db.job, others_attached, leaving) {
+            log::debug!("{}: no other process has it open; letting go", db.name());
+            db.closed_by_app = true;
+            db.release_at = Some(now);
+            self.reindex(id);
+        }
+    }
+
     /// The safety net: a database whose files changed without an event.
     pub(crate) fn rescan(&mut self, now: Instant, stat_of: &dyn Fn(&Path) -> FileStat) {
         for db in self.dbs.values_mut() {
@@ -492,9 +525,10 @@ impl Schedule {
                 let db = self.dbs.get_mut(&id).expect("invariant: listed above");
                 db.job = Job::Releasing;
                 db.release_at = None;
+                let closed = std::mem::take(&mut db.closed_by_app);
                 self.reindex(id);
                 self.running += 1;
-                actions.push(Action::Release { id });
+                actions.push(Action::Release { id, closed });
             }
         }
         if self.running >= self.max_jobs {
@@ -565,7 +599,9 @@ impl Schedule {
             let Job::Idle(connection) = db.job else {
                 continue;
             };
-            if db.is_dirty() {
+            // Commits that wait are shipped by the release of a database
+            // the application closed (and for an idle one a sync is due).
+            if db.is_dirty() && !db.closed_by_app {
                 continue;
             }
             if t <= now {
@@ -645,6 +681,12 @@ impl Schedule {
                 // Each commit restarts the idle clock.
                 s.release_at = Some(now + idle);
             }
+        }
+        let alone = matches!(&outcome, Outcome::Synced(r) if r.alone);
+        let leaving = stopping || s.membership == Membership::Leaving;
+        s.closed_by_app = last_close(s.job, alone.then_some(false), leaving);
+        if s.closed_by_app {
+            s.release_at = Some(now);
         }
         let last_sync = stopping || s.membership == Membership::Leaving;
         let mut retrying = false;
@@ -807,6 +849,10 @@ impl Schedule {
         };
         s.job = Job::Idle(connection);
         match result {
+            // Let go of with commits unshipped (the storage was down when
+            // the application closed it): taken up again from the bucket,
+            // as a new generation, once the storage answers.
+            Ok(Some(_)) if connection == Connection::Closed => s.mark_dirty(now, wall_ms),
             // The events of its own checkpoint are no news, a change from
             // this is (see `on_file_event`).
             Ok(Some(stat)) => s.stat = Some(stat),
@@ -898,6 +944,18 @@ impl Schedule {
         }
         wake
     }
+}
+
+/// Whether walsync lets go of a database now because the application
+/// closed it: no other process has it open (`others_attached`, from the
+/// DMS lock of its `-shm` file) while walsync holds it open and no job has
+/// it. SQLite's own last close would checkpoint and delete the WAL then;
+/// walsync's connection prevents that, so walsync does it, and the
+/// database can be replaced or deleted as if walsync were not there. Not
+/// when it leaves (`leaving`: stopping, or no longer configured): its last
+/// sync lets go of it anyway.
+fn last_close(job: Job, others_attached: Option<bool>, leaving: bool) -> bool {
+    job == Job::Idle(Connection::Open) && others_attached == Some(false) && !leaving
 }
 
 /// Logs what the outage watch has to say: that the storage went down (an
@@ -1056,7 +1114,7 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Release { id } => Some(*id),
+                Action::Release { id, .. } => Some(*id),
                 _ => None,
             })
             .collect()
@@ -1258,7 +1316,7 @@ mod tests {
                         for a in s.launch(now, &mut fds) {
                             match a {
                                 Action::Sync { id, .. } => syncing.push(id),
-                                Action::Release { id } => releasing.push(id),
+                                Action::Release { id, .. } => releasing.push(id),
                                 _ => {}
                             }
                         }
@@ -1561,6 +1619,113 @@ mod tests {
             &unchanged,
         );
         assert_eq!(syncs(&s.launch(ms(t0, 16_000), &mut fds)), vec![(0, false)]);
+    }
+
+    #[test]
+    fn walsync_lets_go_at_the_last_close_only_of_an_open_database_it_keeps() {
+        use Connection::*;
+        // (job, another process has it open, leaving) -> let go now
+        for (job, others, leaving, let_go) in [
+            (Job::Idle(Open), Some(false), false, true),
+            (Job::Idle(Open), Some(true), false, false),
+            (Job::Idle(Open), None, false, false),
+            (Job::Idle(Open), Some(false), true, false),
+            (Job::Idle(Released), Some(false), false, false),
+            (Job::Idle(Closed), Some(false), false, false),
+            (Job::Syncing, Some(false), false, false),
+            (Job::Releasing, Some(false), false, false),
+        ] {
+            assert_eq!(
+                last_close(job, others, leaving),
+                let_go,
+                "{job:?} {others:?} {leaving}"
+            );
+        }
+    }
+
+    fn alone(commits: u64, started: Instant) -> Finished {
+        let report = SyncReport {
+            commits,
+            alone: true,
+            ..SyncReport::default()
+        };
+        finished(Outcome::Synced(report), Connection::Open, started)
+    }
+
+    fn closed_releases(actions: &[Action]) -> Vec<(u64, bool)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Release { id, closed } => Some((*id, *closed)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_database_the_application_closed_is_let_go_at_once() {
+        // Also without idle releases: replacing the database must be safe.
+        let (mut s, t0) = schedule(2, 4, None);
+        let mut fds = FakeFds::default();
+        assert_eq!(s.launch(t0, &mut fds).len(), 2);
+        // Database 0's sync found nobody else with it open; 1's did not.
+        s.on_done(0, alone(3, t0), |_| true, &mut fds, ms(t0, 5));
+        s.on_done(1, synced(3, t0), |_| true, &mut fds, ms(t0, 5));
+        assert_eq!(
+            closed_releases(&s.launch(ms(t0, 5), &mut fds)),
+            vec![(0, true)]
+        );
+        s.on_released(
+            0,
+            Ok(Some(STAT)),
+            Connection::Released,
+            ms(t0, 6),
+            &unchanged,
+        );
+        // Database 1 is written, then its last file closes: probed while
+        // the commit waits for its sync interval; let go at once (the
+        // release ships the commit), not a sync first.
+        write(&mut s, 1, ms(t0, 10));
+        assert_eq!(s.probe_wanted(&want(1).replica.path), Some(1));
+        assert_eq!(s.probe_wanted(&want(0).replica.path), None, "released");
+        s.on_probe(1, Some(true), ms(t0, 11));
+        assert!(s.launch(ms(t0, 11), &mut fds).is_empty());
+        s.on_probe(1, Some(false), ms(t0, 12));
+        let actions = s.launch(ms(t0, 12), &mut fds);
+        assert_eq!(
+            (closed_releases(&actions), syncs(&actions)),
+            (vec![(1, true)], vec![])
+        );
+        assert_eq!(s.probe_wanted(&want(1).replica.path), None, "a job has it");
+        // Let go with commits unshipped (the storage was down): closed, and
+        // a sync takes it up again from the bucket.
+        s.on_released(
+            1,
+            Ok(Some(written(Path::new("")))),
+            Connection::Closed,
+            ms(t0, 20),
+            &written,
+        );
+        assert!(s.get(1).unwrap().is_dirty());
+        assert_eq!(syncs(&s.launch(ms(t0, 1020), &mut fds)), vec![(1, false)]);
+    }
+
+    #[test]
+    fn no_release_for_a_last_close_while_stopping() {
+        let (mut s, t0) = schedule(1, 2, None);
+        let mut fds = FakeFds::default();
+        s.launch(t0, &mut fds);
+        s.on_done(0, synced(1, t0), |_| true, &mut fds, ms(t0, 5));
+        s.begin_stop(ms(t0, 6), &unchanged);
+        assert_eq!(s.probe_wanted(&want(0).replica.path), None);
+        s.on_probe(0, Some(false), ms(t0, 7));
+        let actions = s.launch(ms(t0, 7), &mut fds);
+        assert_eq!(
+            (releases(&actions), syncs(&actions)),
+            (vec![], vec![(0, true)])
+        );
+        s.on_done(0, alone(0, ms(t0, 7)), |_| false, &mut fds, ms(t0, 8));
+        assert!(releases(&s.launch(ms(t0, 9), &mut fds)).is_empty());
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub struct SyncReport {
     pub snapshot: bool,
     pub new_generation: bool,
     pub checkpointed: bool,
+    /// At the end of the sync no other process had the database open: the
+    /// application closed its last connection (`Replica::release_closed`).
+    pub alone: bool,
 }
 
 pub struct Replica {
@@ -210,6 +213,12 @@ impl Replica {
                 self.needs_generation = true;
             }
         }
+        if self.live.is_none() && self.released.is_none() && self.needs_generation {
+            // Let go of with commits unshipped during an outage
+            // (`release_closed`): holding the database again is safe only
+            // while walsync can ship, so the storage is asked first.
+            storage.list(&crate::keys::database_root(&self.opts.prefix))?;
+        }
         if self.live.is_none() {
             self.start(storage)?;
         }
@@ -283,7 +292,15 @@ impl Replica {
                 ),
             }
         }
+        report.alone = self.others_attached() == Some(false);
         Ok(report)
+    }
+
+    /// Whether a connection of another process has the database open
+    /// (`DbHandle::others_attached`); `None` when not live or not known.
+    pub fn others_attached(&mut self) -> Option<bool> {
+        let live = self.live.as_mut()?;
+        live.handle.others_attached(live.shm_id)
     }
 
     /// While uploads fail walsync keeps holding the WAL, so nothing is lost

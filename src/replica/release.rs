@@ -97,6 +97,76 @@ impl Replica {
         Ok(())
     }
 
+    /// Lets go of a database that no other process has open any more, as
+    /// the application's own last close would have had walsync not held it
+    /// (SQLite checkpoints and deletes the WAL then): ships what is left,
+    /// checkpoints, leaves the WAL empty and closes the connections, so
+    /// that the database can be replaced by rename or deleted at once
+    /// (README "Replacing a database"). Whatever its size. `Ok(None)` if
+    /// it was not the moment (another process has it open again, the write
+    /// lock was busy, a write came in between).
+    ///
+    /// If the storage cannot be reached, walsync lets go all the same: a
+    /// database that cannot be replaced safely is worse than a broken
+    /// history. The commits not yet shipped stay in the database file but
+    /// not in the bucket, so the next sync, once the storage answers,
+    /// starts a new generation (and nothing is opened until then).
+    pub fn release_closed(
+        &mut self,
+        storage: &dyn Storage,
+    ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
+        if self.others_attached() != Some(false) {
+            return Ok(None);
+        }
+        match self.let_go(
+            storage,
+            u64::MAX,
+            "closed by the application, connections released",
+        ) {
+            Err(e) if self.live.is_some() && super::sync_plan::outage(&e).is_some() => {
+                self.let_go_unshipped(&e)
+            }
+            r => r,
+        }
+    }
+
+    /// `release_closed` while the storage is down (`cause`): gives up the
+    /// read mark, empties the WAL into the database file (TRUNCATE) and
+    /// closes the connections; the next sync starts a new generation.
+    fn let_go_unshipped(
+        &mut self,
+        cause: &ReplicaError,
+    ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
+        let path = self.opts.path.clone();
+        let live = self.live.as_mut().expect("invariant: checked live");
+        // From here the WAL is not pinned any more: whatever happens next,
+        // the history walsync holds ends here.
+        self.needs_generation = true;
+        let truncated = live
+            .handle
+            .end_read()
+            .map_err(ReplicaError::from)
+            .and_then(|()| {
+                live.handle
+                    .checkpoint_truncate()
+                    .map_err(ReplicaError::from)
+            });
+        self.live = None;
+        self.released = None;
+        let truncated = truncated?;
+        log::warn!(
+            "{} ({}): the application closed the database while the storage is unreachable              ({cause}); walsync let go of it anyway so that it can be replaced or deleted safely,              which leaves the commits not yet shipped out of this generation: a new generation              with a full snapshot starts once the storage answers{}",
+            path.display(),
+            self.opts.prefix,
+            if truncated.complete() {
+                ""
+            } else {
+                " (the WAL was not emptied: another connection opened the database meanwhile)"
+            }
+        );
+        Ok(Some(sqlite::stat_of(&path)))
+    }
+
     pub(super) fn let_go(
         &mut self,
         storage: &dyn Storage,
