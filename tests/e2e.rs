@@ -3241,3 +3241,205 @@ fn output_into_a_closed_pipe_ends_quietly() {
         );
     }
 }
+
+/// Sleeps until `t` (at once if it is past).
+fn sleep_until(t: Instant) {
+    thread::sleep(t.saturating_duration_since(Instant::now()));
+}
+
+/// The steps with the rename one `sync_interval` after the
+/// application's last commit (and close), not after `idle_release_after`:
+/// walsync lets go at the application's last close, as SQLite's own last
+/// close would have checkpointed and deleted the WAL.
+#[test]
+fn a_database_renamed_over_one_sync_interval_after_the_application_closed_it_is_not_corrupted() {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    let interval = Duration::from_secs(1);
+    setup.edit_config(|t| {
+        format!(
+            "idle_release_after = \"1h\"\n{}",
+            t.replace("sync_interval = \"100ms\"", "sync_interval = \"1s\"")
+        )
+    });
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let mut c = open_app(&db);
+    for id in 1..=300 {
+        insert(&c, id);
+    }
+    let mut child = setup.watch("watch.log");
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    let mut next = 1_000;
+    for round in 0..3 {
+        // walsync holds the database while the application has it open.
+        showing_log_on_failure(&setup, "watch.log", || {
+            wait_for(|| holds(&child, &db), "walsync to hold the database")
+        });
+        // Smaller, larger, larger than the file it replaces.
+        let n = [50, 2_000, 400][round];
+        for _ in 0..n {
+            insert(&c, next);
+            next += 1;
+        }
+        c.execute("DELETE FROM t WHERE id % 3 = 0", []).unwrap();
+        let last_commit = Instant::now();
+        let expected = rows(&db);
+        let new = setup.dir.join("x.db");
+        c.execute("VACUUM INTO ?1", [new.to_str().unwrap()])
+            .unwrap();
+        drop(c);
+        sleep_until(last_commit + interval);
+        std::fs::rename(&new, &db).unwrap();
+        c = open_app(&db);
+        assert_eq!(integrity(&db), "ok", "round {round}");
+        assert_eq!(rows(&db), expected, "round {round}");
+        // walsync backs the new file up as a new generation.
+        insert(&c, next);
+        next += 1;
+        showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+        assert_eq!(integrity(&db), "ok", "round {round}");
+    }
+    // The application's last close: walsync lets go too, so the file holds
+    // every commit and its restore is the same bytes.
+    drop(c);
+    showing_log_on_failure(&setup, "watch.log", || wait_let_go(&child, &db));
+    let restored = setup.dir.join("r.db");
+    assert_eq!(setup.restore_verified(prefix, &restored), rows(&db));
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&db).unwrap());
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert_eq!(generation_count(&storage, prefix), 4, "{log}");
+    assert!(!log.contains("while its WAL still held"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+/// The same during a storage outage: walsync cannot ship the last commits,
+/// lets go at the application's last close all the same (without trying to
+/// ship once a sync has failed), says so, and starts a new generation of the
+/// new file once the storage is back. A sync in flight when the application
+/// closes ends first (its upload retries take up to about 3 s), so the
+/// sync interval here is longer than that.
+#[test]
+fn a_database_renamed_over_during_a_storage_outage_after_the_application_closed_it_is_not_corrupted(
+) {
+    use common::faultproxy::{Fault, FaultProxy};
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    let interval = Duration::from_secs(4);
+    let proxy = FaultProxy::start(setup.server.endpoint.trim_start_matches("http://"));
+    setup.edit_config(|t| {
+        format!(
+            "idle_release_after = \"1h\"\n{}",
+            t.replace(&setup.server.endpoint, &proxy.endpoint)
+                .replace("sync_interval = \"100ms\"", "sync_interval = \"4s\"")
+        )
+    });
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_app(&db);
+    for id in 1..=100 {
+        insert(&c, id);
+    }
+    let mut child = setup.watch("watch.log");
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    proxy.set(Fault::Unavailable);
+    for id in 101..=1_300 {
+        insert(&c, id);
+    }
+    c.execute("DELETE FROM t WHERE id % 3 = 0", []).unwrap();
+    let last_commit = Instant::now();
+    let expected = rows(&db);
+    let new = setup.dir.join("x.db");
+    c.execute("VACUUM INTO ?1", [new.to_str().unwrap()])
+        .unwrap();
+    drop(c);
+    sleep_until(last_commit + interval);
+    std::fs::rename(&new, &db).unwrap();
+    let c = open_app(&db);
+    assert_eq!(integrity(&db), "ok");
+    assert_eq!(rows(&db), expected);
+    insert(&c, 5_000);
+    proxy.set(Fault::None);
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert!(
+        log.contains("closed the database while the storage is unreachable"),
+        "{log}"
+    );
+    assert_eq!(generation_count(&storage, prefix), 2, "{log}");
+    assert_eq!(
+        setup.restore_verified(prefix, &setup.dir.join("r.db")),
+        rows(&db)
+    );
+}
+
+/// The neighbouring cases of a rename: right after the application's last
+/// close, it deletes the database with its `-wal` and `-shm` and creates a
+/// new one, or `walsync restore --force` puts an older state in its place.
+#[test]
+fn a_database_deleted_and_created_again_or_restored_over_after_the_application_closed_it() {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    let interval = Duration::from_secs(1);
+    setup.edit_config(|t| {
+        format!(
+            "idle_release_after = \"1h\"\n{}",
+            t.replace("sync_interval = \"100ms\"", "sync_interval = \"1s\"")
+        )
+    });
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_app(&db);
+    for id in 1..=500 {
+        insert(&c, id);
+    }
+    let mut child = setup.watch("watch.log");
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    let first = rows(&db);
+    let txid = {
+        let listing = storage.list(&keys::database_root(prefix)).unwrap();
+        let objs = keys::parse_listing(prefix, &listing).unwrap();
+        objs.iter().map(|o| o.kind.txid()).max().unwrap()
+    };
+    // Deleted with its -wal and -shm, and created again, smaller.
+    for id in 501..=800 {
+        insert(&c, id);
+    }
+    let last_commit = Instant::now();
+    drop(c);
+    sleep_until(last_commit + interval);
+    for side in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{side}", db.display()));
+    }
+    let c = open_app(&db);
+    for id in 1..=20 {
+        insert(&c, id);
+    }
+    assert_eq!(integrity(&db), "ok");
+    assert_eq!(rows(&db).len(), 20);
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    // An older state restored over it right after the application's close.
+    for id in 21..=40 {
+        insert(&c, id);
+    }
+    let last_commit = Instant::now();
+    drop(c);
+    sleep_until(last_commit + interval);
+    let o = setup.restore(prefix, &db, &["--force", "--txid", &txid.to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c = open_app(&db);
+    assert_eq!(integrity(&db), "ok");
+    assert_eq!(rows(&db), first);
+    insert(&c, 10_000);
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    drop(c);
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert_eq!(generation_count(&storage, prefix), 3, "{log}");
+    assert_eq!(
+        setup.restore_verified(prefix, &setup.dir.join("r.db")),
+        rows(&db)
+    );
+}

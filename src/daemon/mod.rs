@@ -43,7 +43,7 @@ use crate::signals::{self, Signal};
 use crate::sqlite::{stat_of, FileStat};
 use crate::storage::Storage;
 use fds::FdBudget;
-use schedule::{Action, Connection, Finished, Outcome, Schedule};
+use schedule::{Action, Connection, Finished, LetGo, Outcome, Schedule};
 
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
@@ -335,7 +335,7 @@ impl Dispatcher {
                         });
                     });
                 }
-                Action::Release { id, closed } => {
+                Action::Release { id, why } => {
                     let mut replica = self
                         .replicas
                         .remove(&id)
@@ -344,10 +344,11 @@ impl Dispatcher {
                     let tx = self.tx.clone();
                     let max = self.idle_release_max_bytes;
                     self.pool.spawn(move || {
-                        let result = if closed {
-                            replica.release_closed(&*storage)
-                        } else {
-                            replica.release(&*storage, max)
+                        let result = match why {
+                            LetGo::Idle => replica.release(&*storage, max),
+                            LetGo::Closed { storage_failing } => {
+                                replica.release_closed(&*storage, storage_failing)
+                            }
                         };
                         let _ = tx.send(Msg::Released {
                             id,
@@ -426,8 +427,12 @@ impl Dispatcher {
             Err(e) if e.is_storage_unreachable() => Outcome::Unreachable(e.to_string()),
             Err(e) => Outcome::Failed(e.to_string()),
         };
+        let mut replica = replica;
         let connection = connection_of(&replica);
         let path = replica.path().to_path_buf();
+        // Whether the application has closed the database: a cheap probe
+        // (`Replica::others_attached`) after each sync, failed ones too.
+        let others_attached = replica.others_attached();
         if self.schedule.get(id).is_some() {
             self.replicas.insert(id, replica);
         }
@@ -436,6 +441,7 @@ impl Dispatcher {
             connection,
             stat,
             started,
+            others_attached,
         };
         let written = |checkpointed| written_during(&stat, &path, checkpointed);
         let actions = self.schedule.on_done(id, done, written, &mut self.fds, now);

@@ -69,6 +69,8 @@ pub(crate) struct Health {
     failing_since: Option<Instant>,
     /// Backing off: no sync before this.
     retry_at: Option<Instant>,
+    /// The last sync failed to reach the storage.
+    unreachable: bool,
     /// "waiting for the database to be created" was said.
     waiting_logged: bool,
 }
@@ -180,15 +182,25 @@ pub(crate) enum Action {
     /// Lend the replica to a job that syncs it (with the options in `want`);
     /// `last`: then stop it, leaving a mark (README "Restarts").
     Sync { id: u64, last: bool },
-    /// Lend the replica to a job that lets go of the idle database;
-    /// `closed`: because no other process has it open any more
-    /// (`Replica::release_closed`).
-    Release { id: u64, closed: bool },
+    /// Lend the replica to a job that lets go of the database, for the
+    /// reason given.
+    Release { id: u64, why: LetGo },
     /// Close the replica's connections: done with it at a stop.
     Close { id: u64 },
     /// The database left and had its last sync: drop the replica and its
     /// figures (under `prefix`).
     Forget { id: u64, prefix: String },
+}
+
+/// Why walsync lets go of a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LetGo {
+    /// Idle for `idle_release_after` (`Replica::release`).
+    Idle,
+    /// No other process has it open any more (`Replica::release_closed`);
+    /// `storage_failing`: its last sync could not reach the storage, so
+    /// walsync lets go without trying to ship first.
+    Closed { storage_failing: bool },
 }
 
 /// How a sync job ended.
@@ -217,6 +229,9 @@ pub(crate) struct Finished {
     pub(crate) stat: FileStat,
     /// When the job began.
     pub(crate) started: Instant,
+    /// Whether another process has the database open, asked as the job
+    /// ended (`None`: not known, or not open).
+    pub(crate) others_attached: Option<bool>,
 }
 
 /// The scheduler: every database's state and the daemon-wide decisions.
@@ -525,10 +540,16 @@ impl Schedule {
                 let db = self.dbs.get_mut(&id).expect("invariant: listed above");
                 db.job = Job::Releasing;
                 db.release_at = None;
-                let closed = std::mem::take(&mut db.closed_by_app);
+                let why = if std::mem::take(&mut db.closed_by_app) {
+                    LetGo::Closed {
+                        storage_failing: db.health.unreachable,
+                    }
+                } else {
+                    LetGo::Idle
+                };
                 self.reindex(id);
                 self.running += 1;
-                actions.push(Action::Release { id, closed });
+                actions.push(Action::Release { id, why });
             }
         }
         if self.running >= self.max_jobs {
@@ -657,6 +678,7 @@ impl Schedule {
             connection,
             stat,
             started,
+            others_attached,
         } = done;
         if matches!(outcome, Outcome::Synced(_)) && !s.is_dirty() {
             s.pending_since_ms = None;
@@ -681,12 +703,6 @@ impl Schedule {
                 // Each commit restarts the idle clock.
                 s.release_at = Some(now + idle);
             }
-        }
-        let alone = matches!(&outcome, Outcome::Synced(r) if r.alone);
-        let leaving = stopping || s.membership == Membership::Leaving;
-        s.closed_by_app = last_close(s.job, alone.then_some(false), leaving);
-        if s.closed_by_app {
-            s.release_at = Some(now);
         }
         let last_sync = stopping || s.membership == Membership::Leaving;
         let mut retrying = false;
@@ -759,6 +775,7 @@ impl Schedule {
                 }
                 s.health.failures += 1;
                 s.health.failed_syncs += 1;
+                s.health.unreachable = matches!(outcome, Outcome::Unreachable(_));
                 s.health.failing_since.get_or_insert(started);
                 if fds_short {
                     fds.report_shortage(databases, now);
@@ -825,6 +842,13 @@ impl Schedule {
             }
         } else if s.membership == Membership::Leaving && !retrying {
             actions.extend(self.forget(id));
+        }
+        if let Some(s) = self.dbs.get_mut(&id) {
+            let leaving = stopping || s.membership == Membership::Leaving;
+            s.closed_by_app = last_close(s.job, others_attached, leaving);
+            if s.closed_by_app {
+                s.release_at = Some(now);
+            }
         }
         self.reindex(id);
         actions
@@ -1080,6 +1104,7 @@ mod tests {
             connection,
             stat: STAT,
             started,
+            others_attached: None,
         }
     }
 
@@ -1643,20 +1668,19 @@ mod tests {
         }
     }
 
-    fn alone(commits: u64, started: Instant) -> Finished {
-        let report = SyncReport {
-            commits,
-            alone: true,
-            ..SyncReport::default()
-        };
-        finished(Outcome::Synced(report), Connection::Open, started)
+    /// A job that ended with no other process having the database open.
+    fn alone(done: Finished) -> Finished {
+        Finished {
+            others_attached: Some(false),
+            ..done
+        }
     }
 
-    fn closed_releases(actions: &[Action]) -> Vec<(u64, bool)> {
+    fn closed_releases(actions: &[Action]) -> Vec<(u64, LetGo)> {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Release { id, closed } => Some((*id, *closed)),
+                Action::Release { id, why } => Some((*id, *why)),
                 _ => None,
             })
             .collect()
@@ -1669,11 +1693,12 @@ mod tests {
         let mut fds = FakeFds::default();
         assert_eq!(s.launch(t0, &mut fds).len(), 2);
         // Database 0's sync found nobody else with it open; 1's did not.
-        s.on_done(0, alone(3, t0), |_| true, &mut fds, ms(t0, 5));
+        s.on_done(0, alone(synced(3, t0)), |_| true, &mut fds, ms(t0, 5));
         s.on_done(1, synced(3, t0), |_| true, &mut fds, ms(t0, 5));
+        let closed = |storage_failing| LetGo::Closed { storage_failing };
         assert_eq!(
             closed_releases(&s.launch(ms(t0, 5), &mut fds)),
-            vec![(0, true)]
+            vec![(0, closed(false))]
         );
         s.on_released(
             0,
@@ -1694,20 +1719,37 @@ mod tests {
         let actions = s.launch(ms(t0, 12), &mut fds);
         assert_eq!(
             (closed_releases(&actions), syncs(&actions)),
-            (vec![(1, true)], vec![])
+            (vec![(1, closed(false))], vec![])
         );
         assert_eq!(s.probe_wanted(&want(1).replica.path), None, "a job has it");
-        // Let go with commits unshipped (the storage was down): closed, and
-        // a sync takes it up again from the bucket.
+        // Not the moment after all (the application opened it again).
+        s.on_released(1, Ok(None), Connection::Open, ms(t0, 13), &written);
+        assert_eq!(syncs(&s.launch(ms(t0, 1013), &mut fds)), vec![(1, false)]);
+        // Its sync cannot reach the storage, and the application has closed
+        // it meanwhile: let go at once, during the backoff, without trying
+        // to ship first.
+        let unreachable = finished(
+            Outcome::Unreachable("503".into()),
+            Connection::Open,
+            ms(t0, 1013),
+        );
+        s.on_done(1, alone(unreachable), |_| true, &mut fds, ms(t0, 4000));
+        assert_eq!(
+            closed_releases(&s.launch(ms(t0, 4000), &mut fds)),
+            vec![(1, closed(true))]
+        );
+        // Let go with commits unshipped: closed, and a sync takes it up
+        // again from the bucket (after the backoff).
         s.on_released(
             1,
-            Ok(Some(written(Path::new("")))),
+            Ok(Some(STAT)),
             Connection::Closed,
-            ms(t0, 20),
+            ms(t0, 4001),
             &written,
         );
         assert!(s.get(1).unwrap().is_dirty());
-        assert_eq!(syncs(&s.launch(ms(t0, 1020), &mut fds)), vec![(1, false)]);
+        assert!(s.launch(ms(t0, 4002), &mut fds).is_empty(), "backing off");
+        assert_eq!(syncs(&s.launch(ms(t0, 7000), &mut fds)), vec![(1, false)]);
     }
 
     #[test]
@@ -1724,7 +1766,13 @@ mod tests {
             (releases(&actions), syncs(&actions)),
             (vec![], vec![(0, true)])
         );
-        s.on_done(0, alone(0, ms(t0, 7)), |_| false, &mut fds, ms(t0, 8));
+        s.on_done(
+            0,
+            alone(synced(0, ms(t0, 7))),
+            |_| false,
+            &mut fds,
+            ms(t0, 8),
+        );
         assert!(releases(&s.launch(ms(t0, 9), &mut fds)).is_empty());
     }
 

@@ -102,9 +102,6 @@ pub struct SyncReport {
     pub snapshot: bool,
     pub new_generation: bool,
     pub checkpointed: bool,
-    /// At the end of the sync no other process had the database open: the
-    /// application closed its last connection (`Replica::release_closed`).
-    pub alone: bool,
 }
 
 pub struct Replica {
@@ -292,7 +289,6 @@ impl Replica {
                 ),
             }
         }
-        report.alone = self.others_attached() == Some(false);
         Ok(report)
     }
 

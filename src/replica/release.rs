@@ -110,13 +110,20 @@ impl Replica {
     /// database that cannot be replaced safely is worse than a broken
     /// history. The commits not yet shipped stay in the database file but
     /// not in the bucket, so the next sync, once the storage answers,
-    /// starts a new generation (and nothing is opened until then).
+    /// starts a new generation (and nothing is opened until then). With
+    /// `storage_failing` (its last sync could not reach the storage) it
+    /// does not try to ship first: an upload's retries would keep the
+    /// database held for seconds.
     pub fn release_closed(
         &mut self,
         storage: &dyn Storage,
+        storage_failing: bool,
     ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
-        if self.others_attached() != Some(false) {
+        if self.others_attached() != Some(false) || self.needs_generation {
             return Ok(None);
+        }
+        if storage_failing {
+            return self.let_go_unshipped(&"its last sync could not reach the storage");
         }
         match self.let_go(
             storage,
@@ -135,7 +142,7 @@ impl Replica {
     /// closes the connections; the next sync starts a new generation.
     fn let_go_unshipped(
         &mut self,
-        cause: &ReplicaError,
+        cause: &dyn std::fmt::Display,
     ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
         let path = self.opts.path.clone();
         let live = self.live.as_mut().expect("invariant: checked live");
