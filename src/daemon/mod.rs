@@ -283,6 +283,10 @@ impl Dispatcher {
             return;
         };
         let attached = self.replicas.get_mut(&id).and_then(|r| r.others_attached());
+        log::debug!(
+            "{}: closed; another process has the database open: {attached:?}",
+            p.display()
+        );
         self.schedule.on_probe(id, attached, now);
     }
 

@@ -223,11 +223,22 @@ impl Replica {
         }
         // Read mark 0 is held: the database file cannot change meanwhile.
         let fingerprint = fingerprint(self.live_mut().handle.file(), &path)?;
+        // The connections close first: until they do, a file renamed over
+        // the database would share their wal-index, and the mark's upload
+        // may take an outage's retries.
+        let live = self.live.take().expect("invariant: still live");
+        let (cursor, page_size) = (live.cursor, live.page_size);
+        self.released = Some(Released {
+            db: live.handle.release(),
+            cursor,
+            page_size,
+            fingerprint,
+        });
         // Leave the proof in the bucket too, so that a restart (or a kill)
         // while the database is idle can resume without a full snapshot.
-        let cursor = self.live_mut().cursor;
+        // It stays true of the position it names whatever is written next.
         let mark = Mark {
-            page_size: self.live_mut().page_size,
+            page_size,
             db_pages: cursor.db_pages,
             fingerprint,
             pos: cursor.pos,
@@ -242,13 +253,6 @@ impl Replica {
                 self.opts.prefix
             );
         }
-        let live = self.live.take().expect("invariant: still live");
-        self.released = Some(Released {
-            db: live.handle.release(),
-            cursor: live.cursor,
-            page_size: live.page_size,
-            fingerprint,
-        });
         log::debug!("{} ({}): {done}", path.display(), self.opts.prefix);
         Ok(Some(stat))
     }
