@@ -286,8 +286,8 @@ impl Replica {
                 "{who} ({prefix}): the database file was replaced while its WAL still held \
                  transactions of the old file that were not in it; SQLite applies such a WAL \
                  to the new file, which may now be corrupt: check it with PRAGMA integrity_check \
-                 and restore it if needed. To replace a database safely, wait one sync_interval \
-                 after the application's last commit before renaming (README \"Replacing a \
+                 and restore it if needed. To replace a database safely, close the application's \
+                 connections and wait one sync_interval after its last commit before renaming (README \"Replacing a \
                  database\"). Starting a new generation"
             );
         } else {
