@@ -160,6 +160,36 @@ fn dms_locked_by_others(shm: &std::fs::File) -> std::io::Result<bool> {
     Ok(lock.l_type != libc::F_UNLCK as _)
 }
 
+/// SQLite's SHARED byte range in a database file (unix VFS: `SHARED_FIRST`
+/// = `PENDING_BYTE` + 2, `SHARED_SIZE` = 510). Every connection read-locks
+/// it while it has the database open; an EXCLUSIVE lock write-locks it.
+const SHARED_FIRST: libc::off_t = 0x4000_0000 + 2;
+const SHARED_SIZE: libc::off_t = 510;
+
+/// Takes (`hold`) or drops a read lock on SQLite's SHARED range of the
+/// database file open as `file`, as an open file description lock: it
+/// belongs to walsync's own descriptor, so SQLite closing other
+/// descriptors of the file in this process does not drop it, and it goes
+/// when that descriptor closes. While it is held no connection can take
+/// EXCLUSIVE: a last close neither checkpoints nor deletes the WAL
+/// (`sqlite3WalClose`), as when walsync holds a connection open. Taking it
+/// fails only while a connection holds EXCLUSIVE (its own last close).
+pub fn hold_shared(file: &std::fs::File, hold: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero flock is a valid value of a plain C struct (and
+    // l_pid must be 0 for an OFD lock).
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = if hold { libc::F_RDLCK } else { libc::F_UNLCK } as _;
+    lock.l_whence = libc::SEEK_SET as _;
+    lock.l_start = SHARED_FIRST;
+    lock.l_len = SHARED_SIZE;
+    // SAFETY: F_OFD_SETLK with a pointer to a flock that lives across the call.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The `-wal` file of a database.
 pub fn wal_path(db: &Path) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
@@ -370,6 +400,11 @@ impl DbFile {
     /// Whether the path still names this file (not replaced or deleted).
     pub fn still_at_path(&self) -> bool {
         file_id(&self.path).is_ok_and(|id| id == self.id)
+    }
+
+    /// See `hold_shared`.
+    pub fn hold_shared(&self, hold: bool) -> std::io::Result<()> {
+        hold_shared(&self.file, hold)
     }
 }
 

@@ -270,7 +270,8 @@ impl Dispatcher {
 
     /// A file of a database (itself, its `-wal` or its `-shm`) was closed:
     /// if walsync holds the database and no other process has it open any
-    /// more, the scheduler lets go of it (`Schedule::on_probe`).
+    /// more, the scheduler lets go of it (`Schedule::on_probe`); if walsync
+    /// let go of it, a WAL with frames wakes it.
     fn on_close(&mut self, p: &Path, now: Instant) {
         let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
             return;
@@ -280,6 +281,9 @@ impl Dispatcher {
             None => p.to_path_buf(),
         };
         let Some(id) = self.schedule.probe_wanted(&db) else {
+            // A released database has no -shm to ask; its last close
+            // leaves the WAL (walsync's lock) for walsync to ship now.
+            self.schedule.on_close_released(&db, now, &stat_of);
             return;
         };
         let attached = self.replicas.get_mut(&id).and_then(|r| r.others_attached());

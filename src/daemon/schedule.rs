@@ -482,6 +482,30 @@ impl Schedule {
         true
     }
 
+    /// A file of the released database at `path` was closed: a WAL with
+    /// frames, which walsync's own closes never leave, wakes it (at once).
+    pub(crate) fn on_close_released(
+        &mut self,
+        path: &Path,
+        now: Instant,
+        stat_of: &dyn Fn(&Path) -> FileStat,
+    ) {
+        let Some(&id) = self.by_path.get(path) else {
+            return;
+        };
+        let Some(db) = self.dbs.get_mut(&id) else {
+            return;
+        };
+        let stat = stat_of(path);
+        if db.job == Job::Idle(Connection::Released)
+            && stat.wal.is_some_and(|(len, _)| len > 0)
+            && db.stat != Some(stat)
+        {
+            db.mark_dirty(now, self.wall_ms);
+            self.reindex(id);
+        }
+    }
+
     /// The database at `path`, if walsync holds it open and no job has it:
     /// the one to ask, after a file of it was closed, whether another
     /// process still has it open (`on_probe`).

@@ -178,12 +178,18 @@ pub(super) enum Continuity {
     WalContinues,
     /// The WAL was restarted, and the database file is as walsync left it.
     FileAsLeft,
+    /// The WAL was created afresh after walsync let go of the database with
+    /// the WAL empty, under its lock on SQLite's SHARED range (`wake`): its
+    /// frames follow what was shipped, from its start.
+    FreshWal,
 }
 
 impl Continuity {
     /// Where walsync stands after this proof, at the shipped `pos` with
     /// `db_pages`: after `FileAsLeft` the database file is the shipped state
-    /// (and a restarted WAL a continuation).
+    /// (and a restarted WAL a continuation); after `FreshWal` it may already
+    /// hold some of the WAL's frames, so `pos` is the WAL's start and a
+    /// restart before they are shipped is a gap.
     pub(super) fn cursor(self, pos: Option<WalPos>, db_pages: Option<u32>) -> Cursor {
         Cursor {
             pos,
@@ -307,15 +313,34 @@ pub(super) fn resume(
 /// Does the database continue what was shipped when walsync released it
 /// (`left`, with the file's `fingerprint` then)? `None`: a new generation
 /// (`CHANGED_WHILE_RELEASED`).
+///
+/// `locked`: walsync held its lock on SQLite's SHARED range of the database
+/// file from the moment it let go, with the WAL empty (every frame shipped
+/// and in the database file). No connection could then checkpoint and
+/// delete the WAL on its last close, nor change the journal mode, so a WAL
+/// with checkpoint sequence 0 (made by a first opener from an empty or
+/// absent WAL; a restart makes it at least 1) and salts other than the
+/// ones left holds only commits made since, from its first frame, even if
+/// the application's checkpoints copied some of them into the database
+/// file meanwhile. Proven without reading the database file.
 pub(super) fn wake(
     left: Cursor,
     fingerprint: Fingerprint,
+    locked: bool,
     local: &mut impl LocalEvidence,
 ) -> Result<Option<Cursor>, ReplicaError> {
     let continues = match left.pos {
         Some(p) => local.wal_continues(p)?,
         None => false,
     };
+    if !continues && locked {
+        if let Some(h) = local.wal_header()? {
+            if h.checkpoint_seq == 0 && left.pos.is_none_or(|p| !p.same_wal(&h)) {
+                let proof = Continuity::FreshWal;
+                return Ok(Some(proof.cursor(Some(h.start()), left.db_pages)));
+            }
+        }
+    }
     let proof = if continues {
         Continuity::WalContinues
     } else if file_as_left(local, left.pos, fingerprint)? {
@@ -863,12 +888,132 @@ mod tests {
                 fingerprint: fp,
                 ..Table::default()
             };
-            let got = wake(left(p), print(1), &mut local).unwrap();
+            let got = wake(left(p), print(1), false, &mut local).unwrap();
             let what = format!("{p:?} continues {continues} header {h:?} fingerprint {fp}");
             assert_eq!(got.map(|c| c.base_is_db_file), want, "{what}");
             if let Some(c) = got {
                 assert_eq!((c.pos, c.db_pages), (p, Some(3)), "{what}");
             }
+            assert_eq!(local.asked, asked, "{what}");
+        }
+    }
+
+    #[test]
+    fn under_the_lock_a_wal_made_afresh_continues_from_its_start_without_the_file() {
+        let left_at = pos(1, 500);
+        let seq = |salt1, checkpoint_seq| WalHeader {
+            checkpoint_seq,
+            ..header(salt1)
+        };
+        // (position left, locked, WAL continues it, header now, fingerprint
+        // now) -> where shipping goes on (None: new generation), questions.
+        type Row = (
+            Option<WalPos>,
+            bool,
+            bool,
+            Option<WalHeader>,
+            u64,
+            Option<(Option<WalPos>, bool)>,
+            &'static [&'static str],
+        );
+        let rows: [Row; 8] = [
+            // Made afresh (sequence 0, new salts): all of it is new, and the
+            // database file is not read (the application's checkpoints may
+            // have changed it).
+            (
+                Some(left_at),
+                true,
+                false,
+                Some(seq(2, 0)),
+                2,
+                Some((Some(header(2).start()), false)),
+                &["wal_continues", "wal_header"],
+            ),
+            (
+                None,
+                true,
+                false,
+                Some(seq(2, 0)),
+                2,
+                Some((Some(header(2).start()), false)),
+                &["wal_header"],
+            ),
+            // Still the WAL left: it must continue the position.
+            (
+                Some(left_at),
+                true,
+                true,
+                Some(seq(1, 0)),
+                2,
+                Some((Some(left_at), false)),
+                &["wal_continues"],
+            ),
+            (
+                Some(left_at),
+                true,
+                false,
+                Some(seq(1, 0)),
+                1,
+                None,
+                &["wal_continues", "wal_header", "wal_header"],
+            ),
+            // Restarted (sequence >= 1): only the file as left proves it.
+            (
+                Some(left_at),
+                true,
+                false,
+                Some(seq(2, 1)),
+                2,
+                None,
+                &["wal_continues", "wal_header", "wal_header", "fingerprint"],
+            ),
+            (
+                Some(left_at),
+                true,
+                false,
+                Some(seq(2, 3)),
+                1,
+                Some((Some(left_at), true)),
+                &["wal_continues", "wal_header", "wal_header", "fingerprint"],
+            ),
+            // Without the lock the application's last close may have
+            // deleted a WAL with unshipped frames: sequence 0 proves nothing.
+            (
+                Some(left_at),
+                false,
+                false,
+                Some(seq(2, 0)),
+                2,
+                None,
+                &["wal_continues", "wal_header", "fingerprint"],
+            ),
+            // No WAL yet: the file as left.
+            (
+                None,
+                true,
+                false,
+                None,
+                1,
+                Some((None, true)),
+                &["wal_header", "wal_header", "fingerprint"],
+            ),
+        ];
+        for (p, locked, continues, h, fp, want, asked) in rows {
+            let mut local = Table {
+                continues: if continues { vec![left_at] } else { vec![] },
+                header: h,
+                fingerprint: fp,
+                ..Table::default()
+            };
+            let left = Cursor {
+                pos: p,
+                base_is_db_file: true,
+                db_pages: Some(3),
+            };
+            let got = wake(left, print(1), locked, &mut local).unwrap();
+            let what = format!("{p:?} locked {locked} continues {continues} header {h:?} fp {fp}");
+            assert_eq!(got.map(|c| (c.pos, c.base_is_db_file)), want, "{what}");
+            assert!(got.is_none_or(|c| c.db_pages == Some(3)), "{what}");
             assert_eq!(local.asked, asked, "{what}");
         }
     }

@@ -28,6 +28,11 @@ pub(super) struct Released {
     pub(super) cursor: Cursor,
     pub(super) page_size: u32,
     pub(super) fingerprint: Fingerprint,
+    /// `db` holds the read lock on SQLite's SHARED range
+    /// (`sqlite::hold_shared`), taken when the WAL was empty: the
+    /// application's last close cannot delete the WAL, and a WAL made
+    /// afresh continues the backup (`continuity::wake`).
+    pub(super) locked: bool,
 }
 
 pub(super) fn fingerprint(file: &File, path: &Path) -> Result<Fingerprint, ReplicaError> {
@@ -228,11 +233,22 @@ impl Replica {
         // may take an outage's retries.
         let live = self.live.take().expect("invariant: still live");
         let (cursor, page_size) = (live.cursor, live.page_size);
+        let db = live.handle.release();
+        // After walsync's own closes (which leave the WAL as it is). Only
+        // over an empty WAL: then every frame of a WAL made afresh is new.
+        let locked = truncated.complete()
+            && db
+                .hold_shared(true)
+                .map_err(|e| {
+                    log::debug!("{}: SHARED range not locked: {e}", path.display());
+                })
+                .is_ok();
         self.released = Some(Released {
-            db: live.handle.release(),
+            db,
             cursor,
             page_size,
             fingerprint,
+            locked,
         });
         // Leave the proof in the bucket too, so that a restart (or a kill)
         // while the database is idle can resume without a full snapshot.
@@ -273,6 +289,7 @@ impl Replica {
             cursor: released_cursor,
             page_size,
             fingerprint,
+            locked,
         } = released;
         let path = self.opts.path.clone();
         let keep = |db| Released {
@@ -280,6 +297,7 @@ impl Replica {
             cursor: released_cursor,
             page_size,
             fingerprint,
+            locked,
         };
         let mut handle = match DbHandle::connect_or_return(db, Duration::from_secs(5)) {
             Ok(h) => h,
@@ -298,7 +316,7 @@ impl Replica {
                     page_size,
                     handle: &handle,
                 };
-                continuity::wake(released_cursor, fingerprint, &mut local)
+                continuity::wake(released_cursor, fingerprint, locked, &mut local)
             });
         let cursor = match proof {
             Ok(c) => c,
@@ -307,6 +325,10 @@ impl Replica {
                 return Err(e);
             }
         };
+        // walsync's read transaction now keeps the WAL from being deleted.
+        if let Err(e) = sqlite::hold_shared(handle.file(), false) {
+            log::debug!("{}: SHARED range not unlocked: {e}", path.display());
+        }
         if cursor.is_some() {
             log::debug!(
                 "{} ({}): woke up, continuing generation",

@@ -70,7 +70,7 @@ impl Replica {
                     generation,
                     self.last_txid,
                     match proof {
-                        Continuity::WalContinues => "",
+                        Continuity::WalContinues | Continuity::FreshWal => "",
                         Continuity::FileAsLeft => " (the database file is as walsync left it)",
                     }
                 );
