@@ -955,6 +955,55 @@ mod tests {
     }
 
     #[test]
+    fn while_walsync_holds_the_shared_range_the_last_close_leaves_the_wal() {
+        let (dir, db) = temp_db("shared");
+        let held = DbFile::open(&db).unwrap();
+        // An application that opens, writes and closes, in its own process.
+        let session = |id: i64| {
+            let o = std::process::Command::new("python3")
+                .args(["-c", "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nc.execute('insert into t values (?)', (int(sys.argv[2]),))\nc.commit()\nc.close()"])
+                .arg(&db)
+                .arg(id.to_string())
+                .output()
+                .expect("python3 runs");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        };
+        let wal = || std::fs::read(wal_path(&db)).ok();
+        // Without the lock, its close checkpoints and deletes the WAL.
+        session(2);
+        assert_eq!(wal(), None);
+        held.hold_shared(true).unwrap();
+        // Another descriptor of the file closed in this process (as SQLite's
+        // own closes do) drops POSIX locks, not this one.
+        drop(std::fs::File::open(&db).unwrap());
+        session(3);
+        let kept = wal().expect("the WAL is left");
+        assert!(kept.len() > 32);
+        // Made afresh: checkpoint sequence 0.
+        assert_eq!(kept[12..16], [0, 0, 0, 0]);
+        session(4);
+        assert!(
+            wal().unwrap().len() > kept.len(),
+            "the next session appends"
+        );
+        held.hold_shared(false).unwrap();
+        session(5);
+        assert_eq!(
+            wal(),
+            None,
+            "deleted as usual once walsync lets go of the range"
+        );
+        let c = Connection::open(&db).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 5);
+        drop(c);
+        drop(held);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn only_another_process_with_the_database_open_counts_as_attached() {
         use std::io::{BufRead, BufReader, Write};
         let (dir, db) = temp_db("attached");

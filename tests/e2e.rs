@@ -3462,3 +3462,42 @@ fn a_database_deleted_and_created_again_or_restored_over_after_the_application_c
         rows(&db)
     );
 }
+
+/// An application that opens, writes and closes per transaction (PHP, a
+/// CLI, a cron job): walsync lets go at each close, and its lock on
+/// SQLite's SHARED range keeps that close from deleting the WAL, so the
+/// next session's WAL continues the backup: one generation, every commit.
+#[test]
+fn an_application_that_opens_writes_and_closes_per_transaction_keeps_one_generation() {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    setup.edit_config(|t| t.replace("sync_interval = \"100ms\"", "sync_interval = \"1s\""));
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    drop(open_app(&db));
+    let mut child = setup.watch("watch.log");
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    // 120 sessions, 20 to 100 ms apart, each in a process of its own.
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3, time\nfor i in range(120):\n    c = sqlite3.connect({db:?}, timeout=5)\n    c.execute('INSERT INTO t(id, v) VALUES (?, ?)', (i + 1, 'v' * (i % 50)))\n    c.commit()\n    c.close()\n    time.sleep(0.02 * (1 + i % 5))\n"
+        ))
+        .output()
+        .expect("python3 runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    showing_log_on_failure(&setup, "watch.log", || {
+        wait_shipped(&storage, prefix, &db);
+        wait_let_go(&child, &db);
+    });
+    let restored = setup.dir.join("r.db");
+    let got = setup.restore_verified(prefix, &restored);
+    assert_eq!(got.len(), 120);
+    assert_eq!(got, rows(&db));
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&db).unwrap());
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert_eq!(generation_count(&storage, prefix), 1, "{log}");
+    assert!(!log.contains("cannot follow"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+}
