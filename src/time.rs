@@ -4,10 +4,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Now, rounded up to the millisecond: a time walsync records for an
+/// event it has seen is never before the event (README "Point in time").
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_micros().div_ceil(1000) as u64)
         .unwrap_or(0)
 }
 

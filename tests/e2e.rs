@@ -3241,3 +3241,94 @@ fn output_into_a_closed_pipe_ends_quietly() {
         );
     }
 }
+
+/// Microseconds since the Unix epoch, for a writer that times its commits.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// One row committed every ~20 ms in bursts, with 300 ms pauses; each
+/// commit timed by the writer (just before the INSERT, just after it
+/// returns). Returns (id, start µs, end µs) per row.
+fn timed_bursts(c: &Connection, bursts: usize, per_burst: usize) -> Vec<(i64, u64, u64)> {
+    let mut timed = Vec::new();
+    for b in 0..bursts {
+        for i in 0..per_burst {
+            let id = (b * per_burst + i + 1) as i64;
+            let start = now_us();
+            insert(c, id);
+            timed.push((id, start, now_us()));
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(Duration::from_millis(300));
+    }
+    timed
+}
+
+/// README "Point in time": with a sync interval of 1 s, far longer than
+/// the pauses between the writer's bursts, a restore to an instant T holds
+/// every commit that ended at or before T - 10 ms and none that began after
+/// T. (Before commits were dated one by one, every commit of a sync got the
+/// sync's time, and restores to 150 ms into a pause missed the burst before
+/// it.)
+#[test]
+fn restore_to_a_time_has_exactly_the_commits_made_before_it() {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    setup.edit_config(|t| t.replace("sync_interval = \"100ms\"", "sync_interval = \"1s\""));
+    let path = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_app(&path);
+    let mut child = setup.watch("watch.log");
+    wait_shipped(&storage, "tenants/acme", &path);
+
+    let timed = timed_bursts(&c, 8, 12);
+    wait_shipped(&storage, "tenants/acme", &path);
+    assert!(sigterm(&mut child).success());
+
+    // 150 ms into each pause, and instants spread over the whole run.
+    let per_burst = 12;
+    let mut instants: Vec<u64> = timed
+        .chunks(per_burst)
+        .map(|b| b.last().unwrap().2 / 1000 + 150)
+        .collect();
+    let (first, last) = (timed[0].1 / 1000, timed.last().unwrap().2 / 1000);
+    instants.extend((1..=7).map(|k| first + (last - first) * k / 8 + k * 13 % 17));
+    let mut failures = Vec::new();
+    for (n, t) in instants.iter().enumerate() {
+        let out = setup.dir.join(format!("at-{n}.db"));
+        let ts = walsync::time::format_rfc3339(*t);
+        let o = setup.restore("tenants/acme", &out, &["--timestamp", &ts]);
+        assert!(
+            o.status.success(),
+            "{ts}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(integrity(&out), "ok");
+        let got: Vec<i64> = rows(&out).into_iter().map(|r| r.0).collect();
+        let t_us = t * 1000;
+        let must: Vec<i64> = timed
+            .iter()
+            .filter(|c| c.2 + 10_000 <= t_us)
+            .map(|c| c.0)
+            .collect();
+        let may: Vec<i64> = timed.iter().filter(|c| c.1 <= t_us).map(|c| c.0).collect();
+        // Rows go in order, so what a restore holds is 1..=k.
+        let k = got.len();
+        if got != (1..=k as i64).collect::<Vec<_>>() || k < must.len() || k > may.len() {
+            failures.push(format!(
+                "{ts}: {k} rows, expected {} to {} (every commit ended by T - 10 ms, none begun after T)",
+                must.len(),
+                may.len()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n{}",
+        failures.join("\n"),
+        std::fs::read_to_string(setup.dir.join("watch.log")).unwrap()
+    );
+}
