@@ -588,7 +588,7 @@ mod tests {
                         .is_none_or(|e| e <= last && e <= b.len() as u64));
                 }
             }
-            eprintln!("fuzz: commit timeline look: {iters} damaged WALs, {panics} panics");
+            eprintln!("fuzz: commit timeline look: {iters} damaged inputs, {panics} panics");
             assert_eq!(panics, 0);
         }
     }
