@@ -40,7 +40,8 @@ pub struct HistoryArgs {
 /// What to read, in the order of the history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step<'a> {
-    /// A generation starts (`first`: the oldest shown).
+    /// A generation starts (`first`: the oldest in the backup; any other
+    /// began where the one before it could not be continued).
     Generation {
         id: u64,
         first: bool,
@@ -56,7 +57,9 @@ pub enum Step<'a> {
 /// is left out too.
 pub fn steps(objects: &[BackupObject], since: u64, until: u64) -> Vec<Step<'_>> {
     let mut out = Vec::new();
-    for (&id, gen) in &crate::plan::generations(objects) {
+    let gens = crate::plan::generations(objects);
+    let oldest = gens.keys().next().copied();
+    for (&id, gen) in &gens {
         let mut items: Vec<(u64, u8, Step<'_>)> = Vec::new();
         for s in &gen.snapshots {
             if let ObjectKind::Snapshot { txid, time_ms } = s.kind {
@@ -82,7 +85,7 @@ pub fn steps(objects: &[BackupObject], since: u64, until: u64) -> Vec<Step<'_>> 
             continue;
         }
         items.sort_by_key(|(txid, rank, _)| (*txid, *rank));
-        let first = out.is_empty();
+        let first = Some(id) == oldest;
         out.push(Step::Generation { id, first });
         out.extend(items.into_iter().map(|(_, _, s)| s));
     }
@@ -337,8 +340,8 @@ mod tests {
             (145, 170, &["G1", "s5", "g6-9"]),
             (0, 95, &["G1", "s1"]),
             (201, 299, &[]),
-            (201, 305, &["G10", "s10"]),
-            (315, u64::MAX, &["G10", "g11-12"]),
+            (201, 305, &["G10!", "s10"]),
+            (315, u64::MAX, &["G10!", "g11-12"]),
             (140, 140, &["G1", "g2-5"]),
         ];
         for (since, until, want) in rows {
