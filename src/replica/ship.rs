@@ -122,6 +122,12 @@ impl Replica {
             .as_ref()
             .expect("invariant: ship runs on a live replica");
         let cursor = live.cursor;
+        // From now on the watcher notes when it sees each commit (from the
+        // first sync on, even one that finds nothing to ship).
+        let clock = self.commit_times.clone();
+        if let Some(c) = &clock {
+            c.track(&self.opts.path, cursor.pos);
+        }
         // While walsync holds its connections the WAL file exists (SQLite
         // creates it when the read transaction starts, and deletes it only
         // under an EXCLUSIVE lock walsync's SHARED lock forbids): if it is
@@ -143,10 +149,6 @@ impl Replica {
         let mut next_txid = self.last_txid + 1;
         // Commit times never go back (see `now_ms`).
         let mut time_floor = self.last_time_ms;
-        let clock = self.commit_times.clone();
-        if let Some(c) = &clock {
-            c.track(&self.opts.path, Some(from));
-        }
         // A restarted WAL (accepted above) is where walsync now stands, even
         // before anything of it is shipped.
         let mut cursor_now = Cursor {
