@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros().div_ceil(1000) as u64)
+        .map(|d| d.as_secs() * 1000 + u64::from(d.subsec_nanos()).div_ceil(1_000_000))
         .unwrap_or(0)
 }
 

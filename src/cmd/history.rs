@@ -5,13 +5,13 @@
 //!
 //! Which objects to read is decided from the listing alone (`steps`, pure);
 //! a segment's commit records are read by streaming it through its decoder
-//! (its CRC32 checked, nothing kept), a snapshot's header by one ranged GET.
+//! (its CRC32 checked, nothing kept), a snapshot's header from the start of its stream.
 
 use argh::FromArgs;
 
 use super::{check_prefix, check_storage, json_string, CliError};
 use crate::format::segment::SegmentDecoder;
-use crate::format::snapshot::{self, SnapshotDecoder};
+use crate::format::snapshot::SnapshotDecoder;
 use crate::keys::{self, BackupObject, ObjectKind};
 use crate::storage::Storage;
 use crate::time::{format_rfc3339, parse_rfc3339};
@@ -60,14 +60,15 @@ pub fn steps(objects: &[BackupObject], since: u64, until: u64) -> Vec<Step<'_>> 
     let gens = crate::plan::generations(objects);
     let oldest = gens.keys().next().copied();
     for (&id, gen) in &gens {
-        let mut items: Vec<(u64, u8, Step<'_>)> = Vec::new();
-        for s in &gen.snapshots {
-            if let ObjectKind::Snapshot { txid, time_ms } = s.kind {
-                if (since..=until).contains(&time_ms) {
-                    items.push((txid, 1, Step::Snapshot(s)));
-                }
-            }
-        }
+        // Both lists are in txid order (`generations`): merged, a segment
+        // goes before the snapshot taken at its last commit.
+        let mut snaps = gen
+            .snapshots
+            .iter()
+            .copied()
+            .filter(|s| (since..=until).contains(&s.kind.time_ms()))
+            .peekable();
+        let mut items = Vec::new();
         for s in &gen.segments {
             if let ObjectKind::Segment {
                 last_txid,
@@ -77,17 +78,20 @@ pub fn steps(objects: &[BackupObject], since: u64, until: u64) -> Vec<Step<'_>> 
             } = s.kind
             {
                 if last_time_ms >= since && first_time_ms <= until {
-                    items.push((last_txid, 0, Step::Segment(s)));
+                    while let Some(p) = snaps.next_if(|p| p.kind.txid() < last_txid) {
+                        items.push(Step::Snapshot(p));
+                    }
+                    items.push(Step::Segment(s));
                 }
             }
         }
+        items.extend(snaps.map(Step::Snapshot));
         if items.is_empty() {
             continue;
         }
-        items.sort_by_key(|(txid, rank, _)| (*txid, *rank));
         let first = Some(id) == oldest;
         out.push(Step::Generation { id, first });
-        out.extend(items.into_iter().map(|(_, _, s)| s));
+        out.extend(items);
     }
     out
 }
@@ -233,11 +237,9 @@ fn object_error(prefix: &str, o: &BackupObject, e: String) -> CliError {
 }
 
 fn snapshot_entry(storage: &dyn Storage, o: &BackupObject) -> Result<Entry, String> {
-    // The header, and the four bytes the decoder holds back as a trailer.
-    let head = storage
-        .get_range(&o.key, 0, snapshot::HEADER_SIZE as u64 + 4)
-        .map_err(|e| e.to_string())?;
-    let h = SnapshotDecoder::new(&head[..])
+    // Only the header is read; the rest of the stream is dropped.
+    let reader = storage.get(&o.key).map_err(|e| e.to_string())?;
+    let h = SnapshotDecoder::new(reader)
         .map_err(|e| e.to_string())?
         .header;
     Ok(Entry {
