@@ -3241,3 +3241,258 @@ fn output_into_a_closed_pipe_ends_quietly() {
         );
     }
 }
+
+/// Microseconds since the Unix epoch, for a writer that times its commits.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// One row committed every ~20 ms in bursts, with 300 ms pauses; each
+/// commit timed by the writer (just before the INSERT, just after it
+/// returns). Returns (id, start µs, end µs) per row.
+fn timed_bursts(c: &Connection, bursts: usize, per_burst: usize) -> Vec<(i64, u64, u64)> {
+    let mut timed = Vec::new();
+    for b in 0..bursts {
+        for i in 0..per_burst {
+            let id = (b * per_burst + i + 1) as i64;
+            let start = now_us();
+            insert(c, id);
+            timed.push((id, start, now_us()));
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(Duration::from_millis(300));
+    }
+    timed
+}
+
+/// README "Point in time": with a sync interval of 1 s, far longer than
+/// the pauses between the writer's bursts, a restore to an instant T holds
+/// every commit that ended at or before T - 10 ms and none that began after
+/// T. (Before commits were dated one by one, every commit of a sync got the
+/// sync's time, and restores to 150 ms into a pause missed the burst before
+/// it.)
+#[test]
+fn restore_to_a_time_has_exactly_the_commits_made_before_it() {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    setup.edit_config(|t| t.replace("sync_interval = \"100ms\"", "sync_interval = \"1s\""));
+    let path = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_app(&path);
+    let mut child = setup.watch("watch.log");
+    wait_shipped(&storage, "tenants/acme", &path);
+
+    let timed = timed_bursts(&c, 8, 12);
+    wait_shipped(&storage, "tenants/acme", &path);
+    assert!(sigterm(&mut child).success());
+
+    // 150 ms into each pause, and instants spread over the whole run.
+    let per_burst = 12;
+    let mut instants: Vec<u64> = timed
+        .chunks(per_burst)
+        .map(|b| b.last().unwrap().2 / 1000 + 150)
+        .collect();
+    let (first, last) = (timed[0].1 / 1000, timed.last().unwrap().2 / 1000);
+    instants.extend((1..=7).map(|k| first + (last - first) * k / 8 + k * 13 % 17));
+    let mut failures = Vec::new();
+    for (n, t) in instants.iter().enumerate() {
+        let out = setup.dir.join(format!("at-{n}.db"));
+        let ts = walsync::time::format_rfc3339(*t);
+        let o = setup.restore("tenants/acme", &out, &["--timestamp", &ts]);
+        assert!(
+            o.status.success(),
+            "{ts}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(integrity(&out), "ok");
+        let got: Vec<i64> = rows(&out).into_iter().map(|r| r.0).collect();
+        let t_us = t * 1000;
+        let must: Vec<i64> = timed
+            .iter()
+            .filter(|c| c.2 + 10_000 <= t_us)
+            .map(|c| c.0)
+            .collect();
+        let may: Vec<i64> = timed.iter().filter(|c| c.1 <= t_us).map(|c| c.0).collect();
+        // Rows go in order, so what a restore holds is 1..=k.
+        let k = got.len();
+        if got != (1..=k as i64).collect::<Vec<_>>() || k < must.len() || k > may.len() {
+            failures.push(format!(
+                "{ts}: {k} rows, expected {} to {} (every commit ended by T - 10 ms, none begun after T)",
+                must.len(),
+                may.len()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n{}",
+        failures.join("\n"),
+        std::fs::read_to_string(setup.dir.join("watch.log")).unwrap()
+    );
+}
+
+/// `walsync history --json`, parsed by Python's json module into one line
+/// per item: `kind txid time_ms generation break`.
+fn history_items(setup: &Setup, extra: &[&str]) -> Vec<(String, u64, u64, String, bool)> {
+    let mut args = vec!["history", "--prefix", "tenants/acme", "--json"];
+    args.extend_from_slice(extra);
+    let o = setup.run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let script = "import json, sys, datetime\n\
+        for i in json.load(sys.stdin):\n\
+        \x20   t = i.get('time')\n\
+        \x20   ms = int(datetime.datetime.fromisoformat(t.replace('Z', '+00:00')).timestamp() * 1000 + 0.5) if t else 0\n\
+        \x20   print(i['kind'], i.get('txid', 0), ms, i['generation'], i.get('break', False))\n";
+    let mut py = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    use std::io::Write;
+    py.stdin.take().unwrap().write_all(&o.stdout).unwrap();
+    let parsed = py.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "history --json is not JSON: {}\n{}",
+        String::from_utf8_lossy(&parsed.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8(parsed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (
+                f[0].to_string(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[3].to_string(),
+                f[4] == "True",
+            )
+        })
+        .collect()
+}
+
+/// `walsync history` lists every commit the backup holds, in order, each
+/// dated no earlier than its writer began it, with the snapshots marked
+/// and a break where a new generation began; as text with a config and as
+/// JSON with only the bucket; `--since` leaves out what is older.
+#[test]
+fn history_lists_every_commit_with_snapshots_and_generation_breaks() {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    let path = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_app(&path);
+    let mut child = setup.watch("watch.log");
+    wait_shipped(&storage, "tenants/acme", &path);
+    let mut started = Vec::new();
+    for id in 1..=20 {
+        started.push(now_us());
+        insert(&c, id);
+    }
+    wait_shipped(&storage, "tenants/acme", &path);
+    assert!(sigterm(&mut child).success());
+    // A new generation: written while walsync is stopped, the WAL restarted.
+    for id in 21..=30 {
+        insert(&c, id);
+    }
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    let mut child = setup.watch("watch-2.log");
+    wait_shipped(&storage, "tenants/acme", &path);
+    for id in 31..=40 {
+        started.push(now_us());
+        insert(&c, id);
+    }
+    wait_shipped(&storage, "tenants/acme", &path);
+    assert!(sigterm(&mut child).success());
+    assert_eq!(generation_count(&storage, "tenants/acme"), 2);
+
+    let bucket = [
+        "--bucket",
+        &setup.server.bucket,
+        "--endpoint",
+        &setup.server.endpoint,
+    ];
+    let items = history_items(&setup, &bucket);
+    let gens: Vec<_> = items.iter().filter(|i| i.0 == "generation").collect();
+    assert_eq!(gens.len(), 2, "{items:?}");
+    assert!(
+        !gens[0].4 && gens[1].4,
+        "the second generation is a break: {items:?}"
+    );
+    // Per generation: a snapshot, then its commits one by one, txids
+    // following the snapshot's without a hole, times never going back.
+    let mut commits = Vec::new();
+    for g in gens {
+        let of: Vec<_> = items
+            .iter()
+            .filter(|i| i.3 == g.3 && i.0 != "generation")
+            .collect();
+        assert_eq!(of[0].0, "snapshot", "{items:?}");
+        let mut txid = of[0].1;
+        for i in &of[1..] {
+            assert_eq!((i.0.as_str(), i.1), ("commit", txid + 1), "{items:?}");
+            txid = i.1;
+        }
+        assert!(of.windows(2).all(|w| w[0].2 <= w[1].2), "{items:?}");
+        commits.push(of[1..].to_vec());
+    }
+    assert_eq!(
+        (commits[0].len(), commits[1].len()),
+        (20, 10),
+        "one commit per row written while walsync ran: {items:?}"
+    );
+    // Each time is an upper bound: never before its writer began.
+    for (c, began) in commits.iter().flatten().zip(&started) {
+        assert!(
+            c.2 * 1000 >= *began,
+            "txid {} dated {} before it began",
+            c.1,
+            c.2
+        );
+    }
+    // Restoring to a commit's txid or to its time gives the same rows.
+    let last_of_first = commits[0].last().unwrap();
+    let out = setup.dir.join("by-time.db");
+    let ts = walsync::time::format_rfc3339(last_of_first.2);
+    let o = setup.restore("tenants/acme", &out, &["--timestamp", &ts]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&out).len(), 20);
+
+    // Text, with the config: one line per commit and snapshot, each with
+    // its txid, the snapshots marked, the break said.
+    let cfg = setup.config.to_str().unwrap();
+    let o = setup.run(&["history", "-c", cfg, "--prefix", "tenants/acme"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].contains("TXID") && lines[0].contains("GENERATION"),
+        "{text}"
+    );
+    for i in items.iter().filter(|i| i.0 != "generation") {
+        let line = lines
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(&i.1.to_string()) && l.contains(&i.3))
+            .unwrap_or_else(|| panic!("txid {} missing:\n{text}", i.1));
+        assert_eq!(line.ends_with("snapshot"), i.0 == "snapshot", "{line}");
+        assert!(line.contains(&walsync::time::format_rfc3339(i.2)), "{line}");
+    }
+    assert_eq!(text.matches("a new history").count(), 1, "{text}");
+
+    // --since the second generation's snapshot: nothing older.
+    let since = walsync::time::format_rfc3339(commits[1][0].2);
+    let newer = history_items(&setup, &[&bucket[..], &["--since", &since]].concat());
+    assert!(newer.iter().all(|i| i.3 == commits[1][0].3), "{newer:?}");
+    assert_eq!(newer.iter().filter(|i| i.0 == "commit").count(), 10);
+
+    // A prefix without a backup is named.
+    let o = setup.run(&["history", "-c", cfg, "--prefix", "tenants/nobody"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tenants/nobody"));
+}
