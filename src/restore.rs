@@ -220,17 +220,40 @@ pub fn restore(
     target: Target,
     force: bool,
 ) -> Result<RestoreReport, RestoreError> {
+    check_output(output, force)?;
+    let listing = storage.list(&keys::database_root(prefix))?;
+    restore_listed(
+        storage,
+        prefix,
+        &listing,
+        output,
+        target,
+        force,
+        fetch::DEFAULT,
+    )
+}
+
+/// [`restore`] from a listing made already (`crate::fleet::slice`: what
+/// listing `<prefix>/` gives), downloading with `limits`. Makes no LIST.
+pub fn restore_listed(
+    storage: &dyn Storage,
+    prefix: &str,
+    listing: &[ObjectMeta],
+    output: &Path,
+    target: Target,
+    force: bool,
+    limits: fetch::Limits,
+) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
     check_output(output, force)?;
 
-    let listing = storage.list(&keys::database_root(prefix))?;
     // An object walsync did not write is named and left out: it cannot be
     // part of any restore, and it must not stop one.
-    let stray = keys::stray_objects(prefix, &listing);
+    let stray = keys::stray_objects(prefix, listing);
     for s in &stray {
         log::warn!("prefix {prefix:?}: {s}");
     }
-    let (objects, _) = keys::parse_listing_lenient(prefix, &listing);
+    let (objects, _) = keys::parse_listing_lenient(prefix, listing);
     if objects.is_empty() {
         return Err(RestoreError::NoBackup {
             prefix: prefix.to_string(),
@@ -276,7 +299,7 @@ pub fn restore(
             size: o.size,
         })
         .collect();
-    let fetcher = Fetcher::new(storage, objects, fetch::DEFAULT);
+    let fetcher = Fetcher::new(storage, objects, limits);
     let (pages, page_size, applied, applied_time) = std::thread::scope(|scope| {
         for _ in 0..fetcher.workers() {
             scope.spawn(|| fetcher.run_worker());

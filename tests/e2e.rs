@@ -1678,7 +1678,6 @@ fn bad_configs_flags_and_databases_get_clear_errors_never_a_panic() {
             2,
             "jobs",
         ),
-        (vec!["list", "--bucket", "b"], 2, "--prefix"),
         (
             vec!["list", "--config", "/nonexistent/walsync.toml"],
             2,
