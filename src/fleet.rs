@@ -9,7 +9,7 @@
 //! [`slice`] of that listing: exactly the objects `Storage::list` of its
 //! root (`<prefix>/`) would have returned, so restore, `list` and the stray
 //! rules see what they saw before. [`listing_roots`] decides what to list.
-//! Pure: no I/O, the caller lists (and merges with [`merge`]).
+//! Pure: no I/O, the caller lists.
 
 use crate::storage::fetch::{self, Limits};
 use crate::storage::ObjectMeta;
@@ -29,7 +29,8 @@ pub const GROUP_MIN: usize = 8;
 /// listed once (`<parent>/`), otherwise each database is (`<prefix>/`).
 /// Top-level prefixes are always listed one by one: the bucket as a whole
 /// may hold anything. A root inside another root is dropped (its keys are
-/// in the other's listing). Sorted.
+/// in the other's listing). Sorted, and none starts with another, so their
+/// listings, one after the other in this order, are one sorted listing.
 pub fn listing_roots(prefixes: &[String], more: &[String]) -> Vec<String> {
     let mut by_parent: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
     for p in prefixes {
@@ -54,14 +55,6 @@ pub fn listing_roots(prefixes: &[String], more: &[String]) -> Vec<String> {
         }
     }
     kept
-}
-
-/// The listings of several roots as one, sorted by key, each key once.
-pub fn merge(listings: Vec<Vec<ObjectMeta>>) -> Vec<ObjectMeta> {
-    let mut all: Vec<ObjectMeta> = listings.into_iter().flatten().collect();
-    all.sort_by(|a, b| a.key.cmp(&b.key));
-    all.dedup_by(|a, b| a.key == b.key);
-    all
 }
 
 /// The objects of `listing` (sorted by key, covering `<prefix>/`) that a
@@ -169,6 +162,23 @@ mod tests {
                 assert_eq!(covering, 1, "{p} in {roots:?}");
             }
             assert!(roots.windows(2).all(|w| !w[1].starts_with(&w[0])));
+            // Their listings, one after the other, are one sorted listing
+            // holding every object of every database.
+            let mut bucket: Vec<String> = prefixes
+                .iter()
+                .map(|p| keys::snapshot_key(p, 1, 1, 1))
+                .chain(["p0-x/y".to_string(), "p1/p2/z".to_string()])
+                .collect();
+            bucket.sort();
+            bucket.dedup();
+            let listed: Vec<&String> = roots
+                .iter()
+                .flat_map(|r| bucket.iter().filter(move |k| k.starts_with(r.as_str())))
+                .collect();
+            assert!(listed.windows(2).all(|w| w[0] < w[1]), "{roots:?}");
+            for p in &prefixes {
+                assert!(listed.contains(&&keys::snapshot_key(p, 1, 1, 1)));
+            }
         }
     }
 
@@ -188,12 +198,8 @@ mod tests {
             "t/a".to_string(),
             keys::snapshot_key("t/b", 1, 1, 1),
         ];
-        let one = merge(vec![
-            keys[4..].iter().map(|k| meta(k)).collect(),
-            keys[..5].iter().map(|k| meta(k)).collect(),
-        ]);
-        assert_eq!(one.len(), keys.len());
-        assert!(one.windows(2).all(|w| w[0].key < w[1].key));
+        let mut one: Vec<ObjectMeta> = keys.iter().map(|k| meta(k)).collect();
+        one.sort_by(|a, b| a.key.cmp(&b.key));
         for prefix in ["t/a", "t/a/inner", "t/a-b", "t/ab", "t/b", "t/c", "t", "u"] {
             let root = keys::database_root(prefix);
             let want: Vec<&ObjectMeta> = one.iter().filter(|o| o.key.starts_with(&root)).collect();

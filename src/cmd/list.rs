@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
 
-use rayon::prelude::*;
-
-use super::restore_all::{discover, list_roots, under, DEFAULT_JOBS};
+use super::restore_all::{discover, list_roots, par_map, under, DEFAULT_JOBS};
 use super::{check_prefix, human_bytes, json_string, select, CliError};
 use crate::keys::{self, ObjectKind};
 use crate::plan;
@@ -87,7 +85,7 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
             // The reader went away (`list | head`): listing on is wasted.
             break;
         }
-        let summaries: Vec<_> = pool.install(|| batch.par_iter().map(report).collect());
+        let summaries = par_map(&pool, batch.len(), |i| report(&batch[i]));
         for ((prefix, path), summary) in batch.iter().zip(summaries) {
             if let Ok(s) = &summary {
                 for o in &s.stray {

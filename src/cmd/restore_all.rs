@@ -217,17 +217,43 @@ pub fn list_roots(
     roots: Vec<String>,
     pool: &rayon::ThreadPool,
 ) -> Result<Vec<ObjectMeta>, CliError> {
-    let listings: Result<Vec<Vec<ObjectMeta>>, CliError> = pool.install(|| {
-        roots
-            .par_iter()
-            .map(|root| {
-                storage
-                    .list(root)
-                    .map_err(|e| CliError::runtime(format!("cannot list {root:?}: {e}")))
-            })
-            .collect()
+    // Sorted roots, none inside another (`fleet::listing_roots`): their
+    // listings, in that order, make one sorted listing.
+    let mut all = Vec::new();
+    for (root, listing) in roots
+        .iter()
+        .zip(par_map(pool, roots.len(), |i| storage.list(&roots[i])))
+    {
+        all.extend(listing.map_err(|e| CliError::runtime(format!("cannot list {root:?}: {e}")))?);
+    }
+    Ok(all)
+}
+
+/// `f(0)`, …, `f(n - 1)`, run on `pool`.
+pub fn par_map<R: Send>(
+    pool: &rayon::ThreadPool,
+    n: usize,
+    f: impl Fn(usize) -> R + Sync,
+) -> Vec<R> {
+    let slots: Vec<std::sync::Mutex<Option<R>>> = (0..n).map(|_| Default::default()).collect();
+    on_pool(pool, n, &|i| {
+        let r = f(i);
+        *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
     });
-    Ok(crate::fleet::merge(listings?))
+    slots
+        .into_iter()
+        .map(|s| {
+            s.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect("invariant: on_pool ran every index")
+        })
+        .collect()
+}
+
+/// Runs `each(i)` for every `i` in `0..n` on `pool`. Not generic, so every
+/// command shares one copy of rayon's machinery in the (size-capped) binary.
+fn on_pool(pool: &rayon::ThreadPool, n: usize, each: &(dyn Fn(usize) + Sync)) {
+    pool.install(|| (0..n).into_par_iter().for_each(each));
 }
 
 /// Runs `one` for every prefix on `pool`, prints a line per database as
@@ -243,28 +269,23 @@ pub fn run_all(
     // A progress line on a terminal only: cron logs get the summary lines.
     let progress = std::io::stderr().is_terminal();
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let outcomes: Vec<Outcome> = pool.install(|| {
-        prefixes
-            .par_iter()
-            .map(|prefix| {
-                let o = one(prefix);
-                if !json {
-                    outln!("{}", line(&o));
-                }
-                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if progress {
-                    err!(
-                        "\r[{n}/{}] {:.0}%",
-                        prefixes.len(),
-                        100.0 * n as f64 / prefixes.len() as f64
-                    );
-                    if n == prefixes.len() {
-                        errln!("");
-                    }
-                }
-                o
-            })
-            .collect()
+    let outcomes: Vec<Outcome> = par_map(pool, prefixes.len(), |i| {
+        let o = one(&prefixes[i]);
+        if !json {
+            outln!("{}", line(&o));
+        }
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if progress {
+            err!(
+                "\r[{n}/{}] {:.0}%",
+                prefixes.len(),
+                100.0 * n as f64 / prefixes.len() as f64
+            );
+            if n == prefixes.len() {
+                errln!("");
+            }
+        }
+        o
     });
     let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
     let seconds = started.elapsed().as_secs_f64();
