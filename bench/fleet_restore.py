@@ -91,12 +91,18 @@ def timed_rss(cmd: list[str], env: dict, timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         rss_file = Path(tmp) / "rss"
         t = time.monotonic()
+        p = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
-            r = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd], env=env,
-                               capture_output=True, timeout=timeout)
-            code, out, err = r.returncode, r.stdout, r.stderr
-        except subprocess.TimeoutExpired as e:
-            code, out, err = -9, e.stdout or b"", (e.stderr or b"") + b" timed out"
+            out, err = p.communicate(timeout=timeout)
+            code = p.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            out, err = p.communicate()
+            code, err = -9, err + b" timed out"
+        except BaseException:  # interrupted: walsync must not outlive the run
+            os.killpg(p.pid, 9)
+            raise
         secs = time.monotonic() - t
         try:
             rss = int(rss_file.read_text().split()[-1]) / 1024
@@ -144,6 +150,9 @@ def run_step(step: str, bin_path: Path, ctx: dict, wants: dict, ws: Path, timeou
         except (ValueError, KeyError, TypeError) as e:
             res["error"] = f"list --json did not parse: {e}"
     shutil.rmtree(out, ignore_errors=True)
+    # The deletes are written out (and, on a disk mounted with `discard`,
+    # trimmed) now, not during the next command's fsyncs.
+    os.sync()
     return res
 
 
@@ -158,6 +167,7 @@ def main() -> int:
     ap.add_argument("--walsync-bin", required=True, help="the binary measured as 'after'")
     ap.add_argument("--before-bin", help="the binary measured as 'before' (e.g. main's)")
     ap.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of: " + ", ".join(STEPS))
+    ap.add_argument("--before-steps", default=None, help="the steps measured with the before binary (default --steps)")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
@@ -165,6 +175,7 @@ def main() -> int:
     ap.add_argument("--json", help="write the raw results as JSON to this file")
     args = ap.parse_args()
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    before_steps = steps if args.before_steps is None else [s.strip() for s in args.before_steps.split(",")]
     before_runs = args.runs if args.before_runs is None else args.before_runs
     bins = {"after": Path(args.walsync_bin).resolve()}
     if args.before_bin:
@@ -214,7 +225,7 @@ def main() -> int:
                         for name in bins:
                             if name == "before" and (run > before_runs or n > args.before_max_n):
                                 continue
-                            for step in steps:
+                            for step in (before_steps if name == "before" else steps):
                                 res = run_step(step, base / f"walsync-{name}", ctx, wants, ws, args.timeout)
                                 res.update(n=n, run=run, binary=name, step=step)
                                 log(f"N={n} run {run} {name} {step}: {res['seconds']:.2f}s, "

@@ -222,29 +222,42 @@ pub fn restore(
 ) -> Result<RestoreReport, RestoreError> {
     check_output(output, force)?;
     let listing = storage.list(&keys::database_root(prefix))?;
-    restore_listed(
-        storage,
-        prefix,
-        &listing,
-        output,
-        target,
+    let how = How {
         force,
-        fetch::DEFAULT,
-    )
+        durable: true,
+        limits: fetch::DEFAULT,
+    };
+    restore_listed(storage, prefix, &listing, output, target, how)
+}
+
+/// How [`restore_listed`] restores.
+#[derive(Debug, Clone, Copy)]
+pub struct How {
+    /// Replace an output that exists.
+    pub force: bool,
+    /// fsync the file and its directory before returning; `verify`, which
+    /// deletes the file at once, does without.
+    pub durable: bool,
+    /// How the objects are downloaded.
+    pub limits: fetch::Limits,
 }
 
 /// [`restore`] from a listing made already (`crate::fleet::slice`: what
-/// listing `<prefix>/` gives), downloading with `limits`. Makes no LIST.
+/// listing `<prefix>/` gives). Makes no LIST.
 pub fn restore_listed(
     storage: &dyn Storage,
     prefix: &str,
     listing: &[ObjectMeta],
     output: &Path,
     target: Target,
-    force: bool,
-    limits: fetch::Limits,
+    how: How,
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
+    let How {
+        force,
+        durable,
+        limits,
+    } = how;
     check_output(output, force)?;
 
     // An object walsync did not write is named and left out: it cannot be
@@ -308,7 +321,9 @@ pub fn restore_listed(
         apply(&fetcher, &plan, &file, &temp.path)
     })?;
 
-    file.sync_all().map_err(io_err(&temp.path))?;
+    if durable {
+        file.sync_all().map_err(io_err(&temp.path))?;
+    }
     drop(file);
     verify(&temp.path, prefix, pages, page_size)?;
 
@@ -350,9 +365,11 @@ pub fn restore_listed(
             }
         }
     }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
+    if durable {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+    }
     let bytes = u64::from(pages) * u64::from(page_size);
     Ok(RestoreReport {
         generation: plan.generation,

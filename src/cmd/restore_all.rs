@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use super::restore::target_of;
 use super::{check_prefix, human_bytes, json_string, CliError};
 use crate::keys;
-use crate::restore::{output_path_for, remove_leftover_temps, restore_listed, RestoreReport};
+use crate::restore::{output_path_for, remove_leftover_temps, restore_listed, How, RestoreReport};
 use crate::storage::{ObjectMeta, Storage};
 use crate::time::format_rfc3339;
 args_with_target! {
@@ -72,9 +72,12 @@ pub fn run(args: RestoreAllArgs) -> Result<(), CliError> {
     let started = Instant::now();
     let pool = super::thread_pool(jobs)?;
     let fleet = select(&*storage, cfg.as_ref(), args.prefix.as_deref(), &pool)?;
-    let limits = crate::fleet::fetch_limits(jobs);
+    let how = How {
+        force: args.force,
+        durable: true,
+        limits: crate::fleet::fetch_limits(jobs),
+    };
     let output_dir = args.output_dir.clone();
-    let force = args.force;
     let cleaned = std::sync::Mutex::new(std::collections::HashSet::new());
     run_all(&fleet.prefixes, &pool, args.json, started, |prefix| {
         let listing = crate::fleet::slice(&fleet.listing, prefix);
@@ -91,8 +94,7 @@ pub fn run(args: RestoreAllArgs) -> Result<(), CliError> {
             }
         }
         let result = output.as_ref().map_err(|e| e.to_string()).and_then(|out| {
-            restore_listed(&*storage, prefix, listing, out, target, force, limits)
-                .map_err(|e| e.to_string())
+            restore_listed(&*storage, prefix, listing, out, target, how).map_err(|e| e.to_string())
         });
         Outcome {
             prefix: prefix.to_string(),

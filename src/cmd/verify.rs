@@ -9,7 +9,7 @@ use argh::FromArgs;
 use super::restore::target_of;
 use super::restore_all::{jobs, run_all, select, Outcome};
 use super::{check_prefix, CliError};
-use crate::restore::restore_listed;
+use crate::restore::{restore_listed, How};
 args_with_target! {
 
 /// download and replay each backup into a temporary file, check every CRC32 and integrity_check, delete it
@@ -45,7 +45,12 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
     let started = Instant::now();
     let pool = super::thread_pool(jobs)?;
     let fleet = select(&*storage, cfg.as_ref(), args.prefix.as_deref(), &pool)?;
-    let limits = crate::fleet::fetch_limits(jobs);
+    // The copies are deleted at once: fsyncing them would only wait on the disk.
+    let how = How {
+        force: false,
+        durable: false,
+        limits: crate::fleet::fetch_limits(jobs),
+    };
     // A private directory (mode 0700, a name nobody can guess or plant
     // first), so no name can clash with anything, no other user can read
     // the restored copies, and everything in it can go at the end.
@@ -65,7 +70,7 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
         // Numbered, not named after the prefix: no two can collide.
         let out = scratch.join(format!("{}.db", index[prefix]));
         let listing = crate::fleet::slice(&fleet.listing, prefix);
-        let result = restore_listed(&*storage, prefix, listing, &out, target, false, limits)
+        let result = restore_listed(&*storage, prefix, listing, &out, target, how)
             .map_err(|e| e.to_string());
         let _ = std::fs::remove_file(&out);
         Outcome {
