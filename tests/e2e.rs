@@ -1678,7 +1678,6 @@ fn bad_configs_flags_and_databases_get_clear_errors_never_a_panic() {
             2,
             "jobs",
         ),
-        (vec!["list", "--bucket", "b"], 2, "--prefix"),
         (
             vec!["list", "--config", "/nonexistent/walsync.toml"],
             2,
@@ -3495,4 +3494,291 @@ fn history_lists_every_commit_with_snapshots_and_generation_breaks() {
     let o = setup.run(&["history", "-c", cfg, "--prefix", "tenants/nobody"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("tenants/nobody"));
+/// Runs walsync with the storage layer's debug log, and returns what it
+/// did and the prefixes it LISTed (one per page), as the log names them,
+/// sorted.
+fn run_counting_lists(setup: &Setup, args: &[&str]) -> (Output, Vec<String>) {
+    let o = setup
+        .command()
+        .env("RUST_LOG", "walsync::storage=debug")
+        .args(args)
+        .output()
+        .unwrap();
+    let mut lists: Vec<String> = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter_map(|l| l.split_once(": LIST ").map(|(_, p)| p.to_string()))
+        .collect();
+    // Made in parallel: their order means nothing.
+    lists.sort();
+    (o, lists)
+}
+
+fn stdout_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_fleet_is_listed_once_per_parent_then_restored_verified_and_listed() {
+    // Nine databases share a parent (one listing of "fleet/"); two do not
+    // (one listing each, never the whole bucket).
+    let mut names: Vec<(String, String)> = (0..9)
+        .map(|i| (format!("f{i}.db"), format!("fleet/t{i}")))
+        .collect();
+    names.push(("deep.db".into(), "lone/deep/db".into()));
+    names.push(("solo.db".into(), "solo".into()));
+    let dbs: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(f, p)| (f.as_str(), p.as_str()))
+        .collect();
+    let setup = Setup::new(&dbs);
+    for (i, (file, _)) in names.iter().enumerate() {
+        let c = open_app(&setup.dir.join(file));
+        for id in 1..=(3 + i as i64) {
+            insert(&c, id);
+        }
+    }
+    let cfg = setup.config.to_str().unwrap();
+    let o = setup.run(&["snapshot", "--config", cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bucket = setup.server.bucket.clone();
+    let endpoint = setup.server.endpoint.clone();
+    let s3 = ["--bucket", &bucket, "--endpoint", &endpoint];
+    let restored_all = |out: &Path, which: &[&(String, String)]| {
+        for (file, prefix) in which {
+            let restored = out.join(format!("{prefix}.db"));
+            assert_eq!(integrity(&restored), "ok", "{prefix}");
+            assert_eq!(rows(&restored), rows(&setup.dir.join(file)), "{prefix}");
+        }
+    };
+    let all: Vec<&(String, String)> = names.iter().collect();
+    let roots = ["\"fleet/\"", "\"lone/deep/db/\"", "\"solo/\""];
+
+    // With the config: three listings, whatever the number of databases.
+    let out = setup.scratch("fleet-all");
+    let (o, lists) = run_counting_lists(
+        &setup,
+        &[
+            "restore-all",
+            "-c",
+            cfg,
+            "--output-dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "{}{}",
+        stdout_of(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout_of(&o).contains("11 ok, 0 failed"),
+        "{}",
+        stdout_of(&o)
+    );
+    assert_eq!(lists, roots, "one LIST per parent, none per database");
+    restored_all(&out, &all);
+
+    let (o, lists) = run_counting_lists(&setup, &["verify", "-c", cfg]);
+    assert!(o.status.success(), "{}", stdout_of(&o));
+    assert!(
+        stdout_of(&o).contains("11 ok, 0 failed"),
+        "{}",
+        stdout_of(&o)
+    );
+    assert_eq!(lists, roots);
+
+    let (o, lists) = run_counting_lists(&setup, &["list", "-c", cfg, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lists, roots);
+    // Each database's summary is what listing it alone gives (one LIST of
+    // its own prefix): its own objects, none of its neighbours'.
+    let alone: Vec<String> = names
+        .iter()
+        .map(|(_, prefix)| {
+            let (o, lists) =
+                run_counting_lists(&setup, &["list", "-c", cfg, "--prefix", prefix, "--json"]);
+            assert!(o.status.success(), "{prefix}");
+            assert_eq!(lists, [format!("{:?}", format!("{prefix}/"))]);
+            let json = stdout_of(&o);
+            json.trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        })
+        .collect();
+    assert_eq!(stdout_of(&o).trim(), format!("[{}]", alone.join(",")));
+    assert_eq!(stdout_of(&o).matches("\"objects\":2,").count(), 11);
+
+    // Without a config: one listing of the parent, or of the bucket.
+    let out = setup.scratch("fleet-bucket");
+    let mut args = vec!["restore-all", "--prefix", "fleet/", "--output-dir"];
+    args.push(out.to_str().unwrap());
+    args.extend_from_slice(&s3);
+    let (o, lists) = run_counting_lists(&setup, &args);
+    assert!(o.status.success(), "{}", stdout_of(&o));
+    assert!(
+        stdout_of(&o).contains("9 ok, 0 failed"),
+        "{}",
+        stdout_of(&o)
+    );
+    assert_eq!(lists, ["\"fleet/\""]);
+    restored_all(&out, &all[..9]);
+    assert!(!out.join("solo.db").exists());
+    let out = setup.scratch("fleet-bucket-all");
+    let mut args = vec!["restore-all", "--output-dir", out.to_str().unwrap()];
+    args.extend_from_slice(&s3);
+    let (o, lists) = run_counting_lists(&setup, &args);
+    assert!(o.status.success(), "{}", stdout_of(&o));
+    assert_eq!(lists, ["\"\""]);
+    restored_all(&out, &all);
+
+    // One broken object: that database named, every other one restored.
+    let victim = "fleet/t3";
+    let (_, file) = object_files(&setup, victim)
+        .into_iter()
+        .find(|(key, _)| key.contains("/snapshots/"))
+        .unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let others: Vec<&(String, String)> = names.iter().filter(|n| n.1 != victim).collect();
+    let out = setup.scratch("fleet-broken");
+    let o = setup.run(&[
+        "restore-all",
+        "-c",
+        cfg,
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout_of(&o));
+    assert!(
+        stdout_of(&o).contains(&format!("FAILED  {victim}")),
+        "{}",
+        stdout_of(&o)
+    );
+    assert!(
+        stdout_of(&o).contains("10 ok, 1 failed"),
+        "{}",
+        stdout_of(&o)
+    );
+    assert!(!out.join(format!("{victim}.db")).exists());
+    restored_all(&out, &others);
+    let out = setup.scratch("fleet-broken-bucket");
+    let mut args = vec!["restore-all", "--prefix", "fleet", "--output-dir"];
+    args.push(out.to_str().unwrap());
+    args.extend_from_slice(&s3);
+    let o = setup.run(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout_of(&o));
+    assert!(
+        stdout_of(&o).contains(&format!("FAILED  {victim}")),
+        "{}",
+        stdout_of(&o)
+    );
+    assert!(
+        stdout_of(&o).contains("8 ok, 1 failed"),
+        "{}",
+        stdout_of(&o)
+    );
+    restored_all(&out, &others[..8]);
+    let o = setup.run(&["verify", "-c", cfg]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout_of(&o));
+    assert!(
+        stdout_of(&o).contains(&format!("FAILED  {victim}"))
+            && stdout_of(&o).contains("10 ok, 1 failed"),
+        "{}",
+        stdout_of(&o)
+    );
+}
+
+#[test]
+fn list_without_a_config_discovers_the_databases_of_a_bucket_or_a_parent() {
+    let names = [
+        ("a.db", "tenants/a"),
+        ("b.db", "tenants/b"),
+        ("c.db", "tenants/eu/c"),
+        ("d.db", "other/d"),
+    ];
+    let setup = Setup::new(&names);
+    for (file, _) in names {
+        insert(&open_app(&setup.dir.join(file)), 1);
+    }
+    let cfg = setup.config.to_str().unwrap();
+    let o = setup.run(&["snapshot", "--config", cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The same backups in a directory backend.
+    let dir = setup.scratch("list-dir");
+    copy_tree(&setup.server.bucket_dir(), &dir);
+    let bucket = setup.server.bucket.clone();
+    let endpoint = setup.server.endpoint.clone();
+    let dir_arg = dir.to_str().unwrap().to_string();
+    let headers = |o: &Output| -> Vec<String> {
+        stdout_of(o)
+            .lines()
+            .filter(|l| !l.starts_with(' '))
+            .map(str::to_string)
+            .collect()
+    };
+    for target in [
+        vec!["--bucket", &bucket, "--endpoint", &endpoint],
+        vec!["--dir", &dir_arg],
+    ] {
+        for (prefix, expected) in [
+            (
+                None,
+                vec!["other/d", "tenants/a", "tenants/b", "tenants/eu/c"],
+            ),
+            (
+                Some("tenants"),
+                vec!["tenants/a", "tenants/b", "tenants/eu/c"],
+            ),
+            (
+                Some("tenants/"),
+                vec!["tenants/a", "tenants/b", "tenants/eu/c"],
+            ),
+            (Some("tenants/a"), vec!["tenants/a"]),
+            (Some("tenants/eu"), vec!["tenants/eu/c"]),
+        ] {
+            let mut args = vec!["list"];
+            args.extend_from_slice(&target);
+            if let Some(p) = prefix {
+                args.extend_from_slice(&["--prefix", p]);
+            }
+            let o = setup.run(&args);
+            assert!(
+                o.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_eq!(headers(&o), expected, "{args:?}: {}", stdout_of(&o));
+            assert!(
+                !stdout_of(&o).contains("no backup yet"),
+                "{args:?}: {}",
+                stdout_of(&o)
+            );
+            assert_eq!(
+                stdout_of(&o).matches("1 generations, ").count(),
+                expected.len(),
+                "{args:?}: {}",
+                stdout_of(&o)
+            );
+            args.push("--json");
+            let o = setup.run(&args);
+            assert!(o.status.success(), "{args:?}");
+            for p in &expected {
+                assert!(
+                    stdout_of(&o).contains(&format!("{{\"prefix\":\"{p}\",\"path\":null,")),
+                    "{args:?}: {}",
+                    stdout_of(&o)
+                );
+            }
+        }
+        // A prefix that holds nothing is still shown as such.
+        let mut args = vec!["list", "--prefix", "nothing/here"];
+        args.extend_from_slice(&target);
+        let o = setup.run(&args);
+        assert!(o.status.success(), "{args:?}");
+        assert_eq!(stdout_of(&o), "nothing/here\n  no backup yet\n");
+    }
 }
