@@ -3494,6 +3494,8 @@ fn history_lists_every_commit_with_snapshots_and_generation_breaks() {
     let o = setup.run(&["history", "-c", cfg, "--prefix", "tenants/nobody"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("tenants/nobody"));
+}
+
 /// Runs walsync with the storage layer's debug log, and returns what it
 /// did and the prefixes it LISTed (one per page), as the log names them,
 /// sorted.

@@ -30,7 +30,7 @@ pub struct RestoreAllArgs {
     /// restores to run at once (default: 16)
     #[argh(option)]
     pub jobs: Option<usize>,
-    /// restore every commit read at or before this time (RFC 3339), the same moment for all databases
+    /// restore every commit made at or before this time (RFC 3339), the same moment for all databases
     #[argh(option)]
     pub timestamp: Option<String>,
     /// restore up to and including this transaction id (of each database)
