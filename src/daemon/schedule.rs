@@ -1646,6 +1646,38 @@ mod tests {
     }
 
     #[test]
+    fn a_close_wakes_a_released_database_only_when_its_wal_has_frames() {
+        let (mut s, t0) = schedule(1, 2, Some(Duration::from_secs(10)));
+        let mut fds = FakeFds::default();
+        s.launch(t0, &mut fds);
+        s.on_done(0, synced(0, t0), |_| false, &mut fds, ms(t0, 10));
+        assert_eq!(releases(&s.launch(ms(t0, 10), &mut fds)), vec![0]);
+        let path = want(0).replica.path;
+        // Closed while the job lets go of it: not released yet, nothing.
+        s.on_close_released(&path, ms(t0, 15), &written);
+        s.on_released(
+            0,
+            Ok(Some(STAT)),
+            Connection::Released,
+            ms(t0, 20),
+            &unchanged,
+        );
+        // Its files as walsync left them (its own closes), an empty WAL,
+        // another database's path: no wake.
+        let empty = |_: &Path| FileStat {
+            wal: Some((0, SystemTime::UNIX_EPOCH)),
+            db: None,
+        };
+        s.on_close_released(&path, ms(t0, 30), &unchanged);
+        s.on_close_released(&path, ms(t0, 30), &empty);
+        s.on_close_released(Path::new("/elsewhere.db"), ms(t0, 30), &written);
+        assert!(s.launch(ms(t0, 30), &mut fds).is_empty());
+        // The application's close left frames in the WAL: at once.
+        s.on_close_released(&path, ms(t0, 40), &written);
+        assert_eq!(syncs(&s.launch(ms(t0, 40), &mut fds)), vec![(0, false)]);
+    }
+
+    #[test]
     fn without_a_shortage_an_open_database_is_released_only_when_idle() {
         let idle = Duration::from_secs(10);
         let (mut s, t0) = schedule(1, 2, Some(idle));
