@@ -145,6 +145,18 @@ pub fn too_open(mode: u32) -> bool {
     mode & 0o077 != 0
 }
 
+/// The warning for a key file of mode `mode` that others may read, if any.
+pub fn permission_warning(path: &Path, mode: u32) -> Option<String> {
+    too_open(mode).then(|| {
+        format!(
+            "key file {}: group or others may read it (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
+}
+
 /// A key file that could not be used, with what to do about it.
 #[derive(Debug)]
 pub struct KeyFileError {
@@ -200,14 +212,8 @@ pub fn load(path: &Path) -> Result<Key, KeyFileError> {
             "{p}; use the file written by `walsync keygen`, unchanged"
         ))
     })?;
-    let mode = meta.permissions().mode();
-    if too_open(mode) {
-        log::warn!(
-            "key file {}: group or others may read it (mode {:o}); run `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        );
+    if let Some(warning) = permission_warning(path, meta.permissions().mode()) {
+        log::warn!("{warning}");
     }
     Ok(key)
 }
@@ -289,6 +295,15 @@ mod tests {
         ] {
             assert_eq!(too_open(mode), open, "{mode:o}");
         }
+        let path = Path::new("/etc/walsync.key");
+        assert_eq!(permission_warning(path, 0o100600), None);
+        assert_eq!(
+            permission_warning(path, 0o100644).as_deref(),
+            Some(
+                "key file /etc/walsync.key: group or others may read it (mode 644); \
+                 run `chmod 600 /etc/walsync.key`"
+            )
+        );
     }
 
     #[test]
