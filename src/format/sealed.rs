@@ -330,6 +330,8 @@ pub struct OpenReader<R: Read> {
     lookahead: Option<u8>,
     chunk: u64,
     done: bool,
+    /// A chunk failed: nothing more is given out.
+    failed: bool,
 }
 
 impl<R: Read> OpenReader<R> {
@@ -358,6 +360,7 @@ impl<R: Read> OpenReader<R> {
             lookahead: None,
             chunk: 0,
             done: false,
+            failed: false,
         })
     }
 
@@ -402,9 +405,16 @@ impl<R: Read> OpenReader<R> {
 impl<R: Read> Read for OpenReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.at == self.plain_len && !self.done && !out.is_empty() {
+            if self.failed {
+                let e = SealError::Authentication { chunk: self.chunk };
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
             self.next_chunk().map_err(|e| match e {
                 SealError::Io(e) => e,
-                e => io::Error::new(io::ErrorKind::InvalidData, e),
+                e => {
+                    self.failed = true;
+                    io::Error::new(io::ErrorKind::InvalidData, e)
+                }
             })?;
         }
         let n = (self.plain_len - self.at).min(out.len());
@@ -557,6 +567,13 @@ mod tests {
         let mut appended = sealed.clone();
         appended.push(0);
         assert!(open(&appended, &[key(1)], OBJECT).is_err());
+        // After a failed chunk, reading on gives nothing of the later ones.
+        let bad = rebuilt(&[1, 0, 2, 3]);
+        let mut r = OpenReader::new(&bad[..], &[key(1)], OBJECT).unwrap();
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..4 {
+            assert!(r.read(&mut buf).is_err());
+        }
     }
 
     #[test]
