@@ -446,7 +446,6 @@ mod tests {
         let h = wal_header(&db).unwrap().unwrap();
         assert_ne!(h.salt1, next.salt1);
         assert!(!continuity::first_wal_since(&mut local, next, h).unwrap());
-        drop(local);
         drop((app, fresh, walsync));
         drop((shm_file, slot));
         let _ = std::fs::remove_dir_all(&dir);
