@@ -3321,13 +3321,7 @@ fn segments_after(storage: &S3Storage, prefix: &str, txid: u64) -> usize {
 /// the newest `N - (T - txid)` rows (T the newest txid), each writer's
 /// first ones in order, with their values, passing `integrity_check`. The
 /// newest restore is byte-identical to the database once checkpointed.
-fn assert_one_exact_history(
-    setup: &Setup,
-    prefix: &str,
-    db: &Path,
-    writers: &[i64],
-    samples: u64,
-) {
+fn assert_one_exact_history(setup: &Setup, prefix: &str, db: &Path, writers: &[i64], samples: u64) {
     let ranges: Vec<std::ops::Range<i64>> = writers
         .iter()
         .enumerate()

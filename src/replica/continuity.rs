@@ -1220,6 +1220,151 @@ mod tests {
         }
     }
 
+    /// The wal-index and WAL as SQLite keeps them (wal.c), for the
+    /// property below: a writer that restarted a WAL before (`nCkpt` > 0)
+    /// writes frame 1 with the salts the wal-index holds, one that never
+    /// did draws its own; a restart (`walRestartHdr`) sets salt-1 plus one
+    /// and a new salt-2, and counts no commit; a recovery (the last
+    /// connection closed, a new one opened) builds a new `-shm` file with
+    /// the count at 0.
+    struct Sqlite {
+        shm: ShmId,
+        index: WalIndexHeader,
+        /// Commit frames in the WAL's valid frames.
+        wal_commits: u64,
+        /// Whether each of two writers restarted a WAL before.
+        restarted: [bool; 2],
+        /// A commit since walsync let go is in no WAL any more.
+        lost: bool,
+        recovered: bool,
+    }
+
+    impl Sqlite {
+        fn header(&self) -> WalHeader {
+            WalHeader {
+                salt1: self.index.salt1,
+                salt2: self.index.salt2,
+                ..header(0)
+            }
+        }
+
+        fn restart(&mut self, rng: &mut crate::testing::Rng) {
+            self.lost |= self.wal_commits > 0;
+            self.index.salt1 = self.index.salt1.wrapping_add(1);
+            self.index.salt2 = rng.next() as u32;
+            self.index.frames = 0;
+            self.wal_commits = 0;
+        }
+    }
+
+    impl LocalEvidence for Sqlite {
+        fn wal_continues(&mut self, _: WalPos) -> Result<bool, ReplicaError> {
+            unreachable!("not asked by first_wal_since")
+        }
+        fn wal_header(&mut self) -> Result<Option<WalHeader>, ReplicaError> {
+            unreachable!("not asked by first_wal_since")
+        }
+        fn fingerprint(&mut self) -> Result<Fingerprint, ReplicaError> {
+            unreachable!("not asked by first_wal_since")
+        }
+    }
+
+    impl WakeEvidence for Sqlite {
+        fn wal_index(&mut self) -> Result<Option<(ShmId, WalIndexHeader)>, ReplicaError> {
+            Ok(Some((self.shm, self.index)))
+        }
+        fn commits_in(&mut self, h: WalHeader, frames: u32) -> Result<Option<u64>, ReplicaError> {
+            let same = (h.salt1, h.salt2) == (self.index.salt1, self.index.salt2);
+            Ok((same && frames == self.index.frames).then_some(self.wal_commits))
+        }
+    }
+
+    #[test]
+    fn the_wal_that_came_next_is_proven_only_when_it_holds_every_commit_since() {
+        let mut rng = crate::testing::Rng(0x0bad_5eed);
+        let (mut proven, mut refused) = (0, 0);
+        for _ in 0..crate::testing::fuzz_iters(2000) {
+            // walsync let go right after its TRUNCATE.
+            let index = WalIndexHeader {
+                commits: rng.next() as u32,
+                page_size: PAGE,
+                frames: 0,
+                salt1: rng.next() as u32,
+                salt2: rng.next() as u32,
+            };
+            let restarted = [rng.below(2) == 0, rng.below(2) == 0];
+            let mut db = Sqlite {
+                shm: shm(5, 50),
+                index,
+                wal_commits: 0,
+                restarted,
+                lost: false,
+                recovered: false,
+            };
+            let next = NextWal::of(db.shm, index).unwrap();
+            for _ in 0..1 + rng.below(12) {
+                match rng.below(10) {
+                    // A commit by either writer (after a checkpoint that
+                    // backfilled everything, its first restarts the WAL).
+                    0..=6 => {
+                        let w = rng.below(2);
+                        if db.index.frames > 0 && rng.below(4) == 0 {
+                            db.restart(&mut rng);
+                            db.restarted[w] = true;
+                        }
+                        if db.index.frames == 0 && !db.restarted[w] {
+                            db.index.salt1 = rng.next() as u32;
+                            db.index.salt2 = rng.next() as u32;
+                        }
+                        let frames = 1 + rng.below(3) as u32;
+                        db.index.frames += frames;
+                        db.index.commits = db.index.commits.wrapping_add(1);
+                        db.wal_commits += 1;
+                    }
+                    // A TRUNCATE checkpoint by one of them.
+                    7 | 8 => {
+                        let w = rng.below(2);
+                        db.restart(&mut rng);
+                        db.restarted[w] = true;
+                    }
+                    // Every connection closed (the WAL checkpointed and
+                    // deleted), then opened again: a new -shm file.
+                    _ => {
+                        db.lost |= db.wal_commits > 0;
+                        db.recovered = true;
+                        db.shm = shm(5, 51 + rng.below(3) as u64);
+                        db.index = WalIndexHeader {
+                            commits: 0,
+                            salt1: 0,
+                            salt2: 0,
+                            frames: 0,
+                            ..db.index
+                        };
+                        db.wal_commits = 0;
+                        db.restarted = [false, false];
+                    }
+                }
+            }
+            if db.index.frames == 0 {
+                continue;
+            }
+            let h = db.header();
+            let got = first_wal_since(&mut db, next, h).unwrap();
+            let what = format!("{next:?} -> {:?}, lost {}", db.index, db.lost);
+            if got {
+                proven += 1;
+                assert!(!db.lost, "a gap taken for a continuation: {what}");
+            } else {
+                refused += 1;
+                assert!(db.lost || db.recovered, "a continuation refused: {what}");
+            }
+        }
+        assert!(
+            proven > 100 && refused > 100,
+            "{proven} proven, {refused} refused"
+        );
+    }
+
     #[test]
     fn the_next_wal_is_known_only_from_an_empty_one() {
         let s = shm(5, 50);
