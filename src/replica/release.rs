@@ -99,7 +99,17 @@ impl continuity::LocalEvidence for WakeFiles<'_> {
 
 impl WakeEvidence for WakeFiles<'_> {
     fn wal_index(&mut self) -> Result<Option<(ShmId, WalIndexHeader)>, ReplicaError> {
-        wal_index(self.local.path, self.shm_file)
+        // Evidence that cannot be read proves nothing; the other proofs
+        // still may.
+        Ok(
+            wal_index(self.local.path, self.shm_file).unwrap_or_else(|e| {
+                log::debug!(
+                    "{}: the wal-index cannot be read: {e}",
+                    self.local.path.display()
+                );
+                None
+            }),
+        )
     }
 
     fn commits_in(&mut self, h: WalHeader, frames: u32) -> Result<Option<u64>, ReplicaError> {
@@ -235,7 +245,12 @@ impl Replica {
         let fingerprint = fingerprint(self.live_mut().handle.file(), &path)?;
         // The WAL that comes next, if the TRUNCATE left it empty.
         let live = self.live_mut();
-        let next = wal_index(&path, &mut live.shm_file)?.and_then(|(shm, i)| NextWal::of(shm, i));
+        let next = wal_index(&path, &mut live.shm_file)
+            .unwrap_or_else(|e| {
+                log::debug!("{}: the wal-index cannot be read: {e}", path.display());
+                None
+            })
+            .and_then(|(shm, i)| NextWal::of(shm, i));
         // Leave the proof in the bucket too, so that a restart (or a kill)
         // while the database is idle can resume without a full snapshot.
         let cursor = self.live_mut().cursor;
