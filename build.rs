@@ -6,6 +6,11 @@
 //! archive, or a container build without `.git`), else `git rev-parse HEAD`
 //! of the source tree, else `unknown` (no git, or not a checkout). A failure
 //! here never fails the build: the version line only says less.
+//!
+//! For the x86_64 musl release binary it also hands the linker
+//! `contrib/no-eh-frame.ld`, which drops the unwind tables nothing in that
+//! binary reads (panic = "abort"; the reasons and the figures are in that
+//! file): 365 KB of the 4,000,000-byte budget.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,6 +26,18 @@ fn main() {
         _ => git_commit().unwrap_or_else(|| "unknown".to_string()),
     };
     println!("cargo:rustc-env=WALSYNC_COMMIT={commit}");
+
+    // Only where it is checked: GNU ld links this target (contrib/
+    // build-musl.sh), and the release profile is the one that aborts on
+    // panic. The bins only: tests and the library keep their tables.
+    println!("cargo:rerun-if-changed=contrib/no-eh-frame.ld");
+    let profile = std::env::var("PROFILE").unwrap_or_default();
+    if target == "x86_64-unknown-linux-musl" && profile == "release" {
+        if let Ok(dir) = std::env::var("CARGO_MANIFEST_DIR") {
+            let script = Path::new(&dir).join("contrib/no-eh-frame.ld");
+            println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
+        }
+    }
 }
 
 /// The commit of HEAD, and the files to watch so that a new commit (or a

@@ -6,7 +6,8 @@
 # outside input try a few thousand inputs on every `cargo test`:
 # - the decoders of objects (segment, snapshot, idle mark) and the WAL
 #   header and frame scanner: `fuzz` in src/format/mod.rs and
-#   `random_garbage_never_panics` in src/wal.rs;
+#   `random_garbage_never_panics` in src/wal.rs; the watcher's look at new
+#   WAL frames (`fuzz` in src/replica/commit_times.rs);
 # - the text parsers, each in a `fuzz` module beside its code: timestamps
 #   (src/time.rs), durations, sizes, prefixes, bucket names, endpoints,
 #   regions, AWS_* variables and whole config files (src/config/), glob

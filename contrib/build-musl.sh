@@ -32,8 +32,9 @@
 #
 # The size settings (no unwind tables for the C code, the bundled SQLite's
 # options, RELR relocations for the x86_64 static-pie) are in
-# .cargo/config.toml, so a plain `cargo build --release --target ...` gets
-# them too. Environment: MAX_BYTES overrides the 4,000,000-byte limit (for a
+# .cargo/config.toml, and build.rs links the x86_64 release binary with
+# contrib/no-eh-frame.ld (no unwind tables for the Rust code), so a plain
+# `cargo build --release --target ...` gets them too. Environment: MAX_BYTES overrides the 4,000,000-byte limit (for a
 # measurement only; the limit is the one the README promises).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -142,6 +143,17 @@ check_sqlite_options() {
     echo "sqlite options: $(wc -w <<<"$flags") flags of .cargo/config.toml checked"
 }
 
+# The x86_64 binary is linked with contrib/no-eh-frame.ld (build.rs):
+# what is left of .eh_frame is crtbeginS.o's and crtendS.o's 80 bytes.
+check_no_unwind_tables() {
+    local bin=$1 hex eh
+    # "[Nr] Name Type Address Off Size ...": the size, in hex.
+    hex=$(readelf -SW "$bin" | sed -n 's/.* \.eh_frame  *PROGBITS  *[0-9a-f]*  *[0-9a-f]*  *\([0-9a-f]*\) .*/\1/p')
+    eh=$((16#${hex:-0}))
+    ((eh <= 1024)) || fail "$bin has $eh bytes of .eh_frame: build.rs did not link it with contrib/no-eh-frame.ld"
+    echo "unwind tables: .eh_frame is $eh bytes (contrib/no-eh-frame.ld)"
+}
+
 # The CPU name readelf prints for each target.
 machine_of() {
     case "$1" in
@@ -174,6 +186,7 @@ check_binary() {
     fi
     command -v file >/dev/null && echo "file: $(file -b "$bin")"
     check_sqlite_options "$bin"
+    if [[ "$triple" == x86_64-* ]]; then check_no_unwind_tables "$bin"; fi
     size=$(stat -c %s "$bin")
     echo "walsync static binary: $bin, $size bytes ($(awk "BEGIN{printf \"%.2f\", $size/1048576}") MiB)"
     if ((size > MAX_BYTES)); then

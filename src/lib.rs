@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod discovery;
 pub mod file_pattern;
+pub mod fleet;
 pub mod format;
 pub mod keys;
 pub mod logging;

@@ -5,7 +5,10 @@
 //! Pure: takes parsed keys (`keys::parse_listing`) and returns a plan; no
 //! object is downloaded here. Upholds ARCHITECTURE.md invariant 2 (restore stops at
 //! the last commit at or before the target) and the "Time" rule: a restore to
-//! time T contains exactly the commits walsync read at or before T. A chain
+//! time T contains exactly the commits whose recorded time is at or before
+//! T, each an upper bound on when its commit was made (README "Point in
+//! time"): segments are picked by their first commit's time, and restore
+//! stops at the first commit after T. A chain
 //! with a hole in it is an error, never a silently shorter restore.
 
 use std::collections::BTreeMap;
@@ -19,7 +22,7 @@ pub enum Target {
     Latest,
     /// Up to and including this transaction id.
     Txid(u64),
-    /// Every commit read at or before this time (ms since the Unix epoch).
+    /// Every commit made at or before this time (ms since the Unix epoch).
     Time(u64),
 }
 
@@ -32,7 +35,7 @@ pub struct RestorePlan {
     pub segments: Vec<BackupObject>,
     /// Apply no commit above this txid.
     pub max_txid: u64,
-    /// Apply no commit read after this time.
+    /// Apply no commit whose recorded time is after this.
     pub max_time_ms: Option<u64>,
 }
 

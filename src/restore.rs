@@ -220,17 +220,53 @@ pub fn restore(
     target: Target,
     force: bool,
 ) -> Result<RestoreReport, RestoreError> {
+    check_output(output, force)?;
+    let listing = storage.list(&keys::database_root(prefix))?;
+    let how = How {
+        force,
+        durable: true,
+        limits: fetch::DEFAULT,
+    };
+    restore_listed(storage, prefix, &listing, output, target, how)
+}
+
+/// How [`restore_listed`] restores.
+#[derive(Debug, Clone, Copy)]
+pub struct How {
+    /// Replace an output that exists.
+    pub force: bool,
+    /// fsync the file and its directory before returning; `verify`, which
+    /// deletes the file at once, does without.
+    pub durable: bool,
+    /// How the objects are downloaded.
+    pub limits: fetch::Limits,
+}
+
+/// [`restore`] from a listing made already (`crate::fleet::slice`: what
+/// listing `<prefix>/` gives). Makes no LIST.
+pub fn restore_listed(
+    storage: &dyn Storage,
+    prefix: &str,
+    listing: &[ObjectMeta],
+    output: &Path,
+    target: Target,
+    how: How,
+) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
+    let How {
+        force,
+        durable,
+        limits,
+    } = how;
     check_output(output, force)?;
 
-    let listing = storage.list(&keys::database_root(prefix))?;
     // An object walsync did not write is named and left out: it cannot be
     // part of any restore, and it must not stop one.
-    let stray = keys::stray_objects(prefix, &listing);
+    let stray = keys::stray_objects(prefix, listing);
     for s in &stray {
         log::warn!("prefix {prefix:?}: {s}");
     }
-    let (objects, _) = keys::parse_listing_lenient(prefix, &listing);
+    let (objects, _) = keys::parse_listing_lenient(prefix, listing);
     if objects.is_empty() {
         return Err(RestoreError::NoBackup {
             prefix: prefix.to_string(),
@@ -276,7 +312,7 @@ pub fn restore(
             size: o.size,
         })
         .collect();
-    let fetcher = Fetcher::new(storage, objects, fetch::DEFAULT);
+    let fetcher = Fetcher::new(storage, objects, limits);
     let (pages, page_size, applied, applied_time) = std::thread::scope(|scope| {
         for _ in 0..fetcher.workers() {
             scope.spawn(|| fetcher.run_worker());
@@ -285,7 +321,9 @@ pub fn restore(
         apply(&fetcher, &plan, &file, &temp.path)
     })?;
 
-    file.sync_all().map_err(io_err(&temp.path))?;
+    if durable {
+        file.sync_all().map_err(io_err(&temp.path))?;
+    }
     drop(file);
     verify(&temp.path, prefix, pages, page_size)?;
 
@@ -327,9 +365,11 @@ pub fn restore(
             }
         }
     }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
+    if durable {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+    }
     let bytes = u64::from(pages) * u64::from(page_size);
     Ok(RestoreReport {
         generation: plan.generation,

@@ -4,10 +4,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Now, rounded up to the millisecond: a time walsync records for an
+/// event it has seen is never before the event (README "Point in time").
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_secs() * 1000 + u64::from(d.subsec_nanos()).div_ceil(1_000_000))
         .unwrap_or(0)
 }
 

@@ -163,6 +163,39 @@ impl WalHeader {
     }
 }
 
+/// A frame header as it stands in the file, before any check: what its 24
+/// bytes say. Cheap to read without the page (`Timeline` in
+/// `replica/commit_times.rs` steps through a WAL this way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHead {
+    pub page_no: u32,
+    /// Database size in pages after this commit; 0 for other frames.
+    pub commit_size: u32,
+    pub salt1: u32,
+    pub salt2: u32,
+    /// The chain value after this frame, as stored.
+    pub checksum: Checksum,
+}
+
+/// The header at the start of `b`, or `None` if `b` is shorter than one.
+pub fn frame_head(b: &[u8]) -> Option<FrameHead> {
+    (b.len() >= FRAME_HEADER_SIZE).then(|| FrameHead {
+        page_no: be32(b, 0),
+        commit_size: be32(b, 4),
+        salt1: be32(b, 8),
+        salt2: be32(b, 12),
+        checksum: Checksum(be32(b, 16), be32(b, 20)),
+    })
+}
+
+impl FrameHead {
+    /// Whether the header was written into the WAL of `h` (its salts), as
+    /// opposed to a leftover of an earlier WAL or bytes never written.
+    pub fn belongs_to(&self, h: &WalHeader) -> bool {
+        self.page_no != 0 && self.salt1 == h.salt1 && self.salt2 == h.salt2
+    }
+}
+
 /// A verified frame's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame {

@@ -1678,7 +1678,6 @@ fn bad_configs_flags_and_databases_get_clear_errors_never_a_panic() {
             2,
             "jobs",
         ),
-        (vec!["list", "--bucket", "b"], 2, "--prefix"),
         (
             vec!["list", "--config", "/nonexistent/walsync.toml"],
             2,
@@ -3511,4 +3510,548 @@ fn the_applications_checkpoints_of_every_mode_after_idle_releases_keep_one_gener
     assert!(sigterm(&mut child).success());
     drop(c);
     assert_one_exact_history(&setup, prefix, &db, &[1], 10);
+}
+
+/// Microseconds since the Unix epoch, for a writer that times its commits.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// One row committed every ~20 ms in bursts, with 300 ms pauses; each
+/// commit timed by the writer (just before the INSERT, just after it
+/// returns). Returns (id, start µs, end µs) per row.
+fn timed_bursts(c: &Connection, bursts: usize, per_burst: usize) -> Vec<(i64, u64, u64)> {
+    let mut timed = Vec::new();
+    for b in 0..bursts {
+        for i in 0..per_burst {
+            let id = (b * per_burst + i + 1) as i64;
+            let start = now_us();
+            insert(c, id);
+            timed.push((id, start, now_us()));
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(Duration::from_millis(300));
+    }
+    timed
+}
+
+/// README "Point in time": with a sync interval of 1 s, far longer than
+/// the pauses between the writer's bursts, a restore to an instant T holds
+/// every commit that ended at or before T - 10 ms and none that began after
+/// T. (Before commits were dated one by one, every commit of a sync got the
+/// sync's time, and restores to 150 ms into a pause missed the burst before
+/// it.)
+#[test]
+fn restore_to_a_time_has_exactly_the_commits_made_before_it() {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    setup.edit_config(|t| t.replace("sync_interval = \"100ms\"", "sync_interval = \"1s\""));
+    let path = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_app(&path);
+    let mut child = setup.watch("watch.log");
+    wait_shipped(&storage, "tenants/acme", &path);
+
+    let timed = timed_bursts(&c, 8, 12);
+    wait_shipped(&storage, "tenants/acme", &path);
+    assert!(sigterm(&mut child).success());
+
+    // 150 ms into each pause, and instants spread over the whole run.
+    let per_burst = 12;
+    let mut instants: Vec<u64> = timed
+        .chunks(per_burst)
+        .map(|b| b.last().unwrap().2 / 1000 + 150)
+        .collect();
+    let (first, last) = (timed[0].1 / 1000, timed.last().unwrap().2 / 1000);
+    instants.extend((1..=7).map(|k| first + (last - first) * k / 8 + k * 13 % 17));
+    let mut failures = Vec::new();
+    for (n, t) in instants.iter().enumerate() {
+        let out = setup.dir.join(format!("at-{n}.db"));
+        let ts = walsync::time::format_rfc3339(*t);
+        let o = setup.restore("tenants/acme", &out, &["--timestamp", &ts]);
+        assert!(
+            o.status.success(),
+            "{ts}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(integrity(&out), "ok");
+        let got: Vec<i64> = rows(&out).into_iter().map(|r| r.0).collect();
+        let t_us = t * 1000;
+        let must: Vec<i64> = timed
+            .iter()
+            .filter(|c| c.2 + 10_000 <= t_us)
+            .map(|c| c.0)
+            .collect();
+        let may: Vec<i64> = timed.iter().filter(|c| c.1 <= t_us).map(|c| c.0).collect();
+        // Rows go in order, so what a restore holds is 1..=k.
+        let k = got.len();
+        if got != (1..=k as i64).collect::<Vec<_>>() || k < must.len() || k > may.len() {
+            failures.push(format!(
+                "{ts}: {k} rows, expected {} to {} (every commit ended by T - 10 ms, none begun after T)",
+                must.len(),
+                may.len()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n{}",
+        failures.join("\n"),
+        std::fs::read_to_string(setup.dir.join("watch.log")).unwrap()
+    );
+}
+
+/// `walsync history --json`, parsed by Python's json module into one line
+/// per item: `kind txid time_ms generation break`.
+fn history_items(setup: &Setup, extra: &[&str]) -> Vec<(String, u64, u64, String, bool)> {
+    let mut args = vec!["history", "--prefix", "tenants/acme", "--json"];
+    args.extend_from_slice(extra);
+    let o = setup.run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let script = "import json, sys, datetime\n\
+        for i in json.load(sys.stdin):\n\
+        \x20   t = i.get('time')\n\
+        \x20   ms = int(datetime.datetime.fromisoformat(t.replace('Z', '+00:00')).timestamp() * 1000 + 0.5) if t else 0\n\
+        \x20   print(i['kind'], i.get('txid', 0), ms, i['generation'], i.get('break', False))\n";
+    let mut py = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    use std::io::Write;
+    py.stdin.take().unwrap().write_all(&o.stdout).unwrap();
+    let parsed = py.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "history --json is not JSON: {}\n{}",
+        String::from_utf8_lossy(&parsed.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8(parsed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (
+                f[0].to_string(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[3].to_string(),
+                f[4] == "True",
+            )
+        })
+        .collect()
+}
+
+/// `walsync history` lists every commit the backup holds, in order, each
+/// dated no earlier than its writer began it, with the snapshots marked
+/// and a break where a new generation began; as text with a config and as
+/// JSON with only the bucket; `--since` leaves out what is older.
+#[test]
+fn history_lists_every_commit_with_snapshots_and_generation_breaks() {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    let path = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_app(&path);
+    let mut child = setup.watch("watch.log");
+    wait_shipped(&storage, "tenants/acme", &path);
+    let mut started = Vec::new();
+    for id in 1..=20 {
+        started.push(now_us());
+        insert(&c, id);
+    }
+    wait_shipped(&storage, "tenants/acme", &path);
+    assert!(sigterm(&mut child).success());
+    // A new generation: written while walsync is stopped, the WAL restarted.
+    for id in 21..=30 {
+        insert(&c, id);
+    }
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    let mut child = setup.watch("watch-2.log");
+    wait_shipped(&storage, "tenants/acme", &path);
+    for id in 31..=40 {
+        started.push(now_us());
+        insert(&c, id);
+    }
+    wait_shipped(&storage, "tenants/acme", &path);
+    assert!(sigterm(&mut child).success());
+    assert_eq!(generation_count(&storage, "tenants/acme"), 2);
+
+    let bucket = [
+        "--bucket",
+        &setup.server.bucket,
+        "--endpoint",
+        &setup.server.endpoint,
+    ];
+    let items = history_items(&setup, &bucket);
+    let gens: Vec<_> = items.iter().filter(|i| i.0 == "generation").collect();
+    assert_eq!(gens.len(), 2, "{items:?}");
+    assert!(
+        !gens[0].4 && gens[1].4,
+        "the second generation is a break: {items:?}"
+    );
+    // Per generation: a snapshot, then its commits one by one, txids
+    // following the snapshot's without a hole, times never going back.
+    let mut commits = Vec::new();
+    for g in gens {
+        let of: Vec<_> = items
+            .iter()
+            .filter(|i| i.3 == g.3 && i.0 != "generation")
+            .collect();
+        assert_eq!(of[0].0, "snapshot", "{items:?}");
+        let mut txid = of[0].1;
+        for i in &of[1..] {
+            assert_eq!((i.0.as_str(), i.1), ("commit", txid + 1), "{items:?}");
+            txid = i.1;
+        }
+        assert!(of.windows(2).all(|w| w[0].2 <= w[1].2), "{items:?}");
+        commits.push(of[1..].to_vec());
+    }
+    assert_eq!(
+        (commits[0].len(), commits[1].len()),
+        (20, 10),
+        "one commit per row written while walsync ran: {items:?}"
+    );
+    // Each time is an upper bound: never before its writer began.
+    for (c, began) in commits.iter().flatten().zip(&started) {
+        assert!(
+            c.2 * 1000 >= *began,
+            "txid {} dated {} before it began",
+            c.1,
+            c.2
+        );
+    }
+    // Restoring to a commit's txid or to its time gives the same rows.
+    let last_of_first = commits[0].last().unwrap();
+    let out = setup.dir.join("by-time.db");
+    let ts = walsync::time::format_rfc3339(last_of_first.2);
+    let o = setup.restore("tenants/acme", &out, &["--timestamp", &ts]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&out).len(), 20);
+
+    // Text, with the config: one line per commit and snapshot, each with
+    // its txid, the snapshots marked, the break said.
+    let cfg = setup.config.to_str().unwrap();
+    let o = setup.run(&["history", "-c", cfg, "--prefix", "tenants/acme"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].contains("TXID") && lines[0].contains("GENERATION"),
+        "{text}"
+    );
+    for i in items.iter().filter(|i| i.0 != "generation") {
+        let line = lines
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(&i.1.to_string()) && l.contains(&i.3))
+            .unwrap_or_else(|| panic!("txid {} missing:\n{text}", i.1));
+        assert_eq!(line.ends_with("snapshot"), i.0 == "snapshot", "{line}");
+        assert!(line.contains(&walsync::time::format_rfc3339(i.2)), "{line}");
+    }
+    assert_eq!(text.matches("a new history").count(), 1, "{text}");
+
+    // --since the second generation's snapshot: nothing older.
+    let since = walsync::time::format_rfc3339(commits[1][0].2);
+    let newer = history_items(&setup, &[&bucket[..], &["--since", &since]].concat());
+    assert!(newer.iter().all(|i| i.3 == commits[1][0].3), "{newer:?}");
+    assert_eq!(newer.iter().filter(|i| i.0 == "commit").count(), 10);
+
+    // A prefix without a backup is named.
+    let o = setup.run(&["history", "-c", cfg, "--prefix", "tenants/nobody"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tenants/nobody"));
+}
+
+/// Runs walsync with the storage layer's debug log, and returns what it
+/// did and the prefixes it LISTed (one per page), as the log names them,
+/// sorted.
+fn run_counting_lists(setup: &Setup, args: &[&str]) -> (Output, Vec<String>) {
+    let o = setup
+        .command()
+        .env("RUST_LOG", "walsync::storage=debug")
+        .args(args)
+        .output()
+        .unwrap();
+    let mut lists: Vec<String> = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter_map(|l| l.split_once(": LIST ").map(|(_, p)| p.to_string()))
+        .collect();
+    // Made in parallel: their order means nothing.
+    lists.sort();
+    (o, lists)
+}
+
+fn stdout_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_fleet_is_listed_once_per_parent_then_restored_verified_and_listed() {
+    // Nine databases share a parent (one listing of "fleet/"); two do not
+    // (one listing each, never the whole bucket).
+    let mut names: Vec<(String, String)> = (0..9)
+        .map(|i| (format!("f{i}.db"), format!("fleet/t{i}")))
+        .collect();
+    names.push(("deep.db".into(), "lone/deep/db".into()));
+    names.push(("solo.db".into(), "solo".into()));
+    let dbs: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(f, p)| (f.as_str(), p.as_str()))
+        .collect();
+    let setup = Setup::new(&dbs);
+    for (i, (file, _)) in names.iter().enumerate() {
+        let c = open_app(&setup.dir.join(file));
+        for id in 1..=(3 + i as i64) {
+            insert(&c, id);
+        }
+    }
+    let cfg = setup.config.to_str().unwrap();
+    let o = setup.run(&["snapshot", "--config", cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bucket = setup.server.bucket.clone();
+    let endpoint = setup.server.endpoint.clone();
+    let s3 = ["--bucket", &bucket, "--endpoint", &endpoint];
+    let restored_all = |out: &Path, which: &[&(String, String)]| {
+        for (file, prefix) in which {
+            let restored = out.join(format!("{prefix}.db"));
+            assert_eq!(integrity(&restored), "ok", "{prefix}");
+            assert_eq!(rows(&restored), rows(&setup.dir.join(file)), "{prefix}");
+        }
+    };
+    let all: Vec<&(String, String)> = names.iter().collect();
+    let roots = ["\"fleet/\"", "\"lone/deep/db/\"", "\"solo/\""];
+
+    // With the config: three listings, whatever the number of databases.
+    let out = setup.scratch("fleet-all");
+    let (o, lists) = run_counting_lists(
+        &setup,
+        &[
+            "restore-all",
+            "-c",
+            cfg,
+            "--output-dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "{}{}",
+        stdout_of(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout_of(&o).contains("11 ok, 0 failed"),
+        "{}",
+        stdout_of(&o)
+    );
+    assert_eq!(lists, roots, "one LIST per parent, none per database");
+    restored_all(&out, &all);
+
+    let (o, lists) = run_counting_lists(&setup, &["verify", "-c", cfg]);
+    assert!(o.status.success(), "{}", stdout_of(&o));
+    assert!(
+        stdout_of(&o).contains("11 ok, 0 failed"),
+        "{}",
+        stdout_of(&o)
+    );
+    assert_eq!(lists, roots);
+
+    let (o, lists) = run_counting_lists(&setup, &["list", "-c", cfg, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lists, roots);
+    // Each database's summary is what listing it alone gives (one LIST of
+    // its own prefix): its own objects, none of its neighbours'.
+    let alone: Vec<String> = names
+        .iter()
+        .map(|(_, prefix)| {
+            let (o, lists) =
+                run_counting_lists(&setup, &["list", "-c", cfg, "--prefix", prefix, "--json"]);
+            assert!(o.status.success(), "{prefix}");
+            assert_eq!(lists, [format!("{:?}", format!("{prefix}/"))]);
+            let json = stdout_of(&o);
+            json.trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        })
+        .collect();
+    assert_eq!(stdout_of(&o).trim(), format!("[{}]", alone.join(",")));
+    assert_eq!(stdout_of(&o).matches("\"objects\":2,").count(), 11);
+
+    // Without a config: one listing of the parent, or of the bucket.
+    let out = setup.scratch("fleet-bucket");
+    let mut args = vec!["restore-all", "--prefix", "fleet/", "--output-dir"];
+    args.push(out.to_str().unwrap());
+    args.extend_from_slice(&s3);
+    let (o, lists) = run_counting_lists(&setup, &args);
+    assert!(o.status.success(), "{}", stdout_of(&o));
+    assert!(
+        stdout_of(&o).contains("9 ok, 0 failed"),
+        "{}",
+        stdout_of(&o)
+    );
+    assert_eq!(lists, ["\"fleet/\""]);
+    restored_all(&out, &all[..9]);
+    assert!(!out.join("solo.db").exists());
+    let out = setup.scratch("fleet-bucket-all");
+    let mut args = vec!["restore-all", "--output-dir", out.to_str().unwrap()];
+    args.extend_from_slice(&s3);
+    let (o, lists) = run_counting_lists(&setup, &args);
+    assert!(o.status.success(), "{}", stdout_of(&o));
+    assert_eq!(lists, ["\"\""]);
+    restored_all(&out, &all);
+
+    // One broken object: that database named, every other one restored.
+    let victim = "fleet/t3";
+    let (_, file) = object_files(&setup, victim)
+        .into_iter()
+        .find(|(key, _)| key.contains("/snapshots/"))
+        .unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let others: Vec<&(String, String)> = names.iter().filter(|n| n.1 != victim).collect();
+    let out = setup.scratch("fleet-broken");
+    let o = setup.run(&[
+        "restore-all",
+        "-c",
+        cfg,
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout_of(&o));
+    assert!(
+        stdout_of(&o).contains(&format!("FAILED  {victim}")),
+        "{}",
+        stdout_of(&o)
+    );
+    assert!(
+        stdout_of(&o).contains("10 ok, 1 failed"),
+        "{}",
+        stdout_of(&o)
+    );
+    assert!(!out.join(format!("{victim}.db")).exists());
+    restored_all(&out, &others);
+    let out = setup.scratch("fleet-broken-bucket");
+    let mut args = vec!["restore-all", "--prefix", "fleet", "--output-dir"];
+    args.push(out.to_str().unwrap());
+    args.extend_from_slice(&s3);
+    let o = setup.run(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout_of(&o));
+    assert!(
+        stdout_of(&o).contains(&format!("FAILED  {victim}")),
+        "{}",
+        stdout_of(&o)
+    );
+    assert!(
+        stdout_of(&o).contains("8 ok, 1 failed"),
+        "{}",
+        stdout_of(&o)
+    );
+    restored_all(&out, &others[..8]);
+    let o = setup.run(&["verify", "-c", cfg]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout_of(&o));
+    assert!(
+        stdout_of(&o).contains(&format!("FAILED  {victim}"))
+            && stdout_of(&o).contains("10 ok, 1 failed"),
+        "{}",
+        stdout_of(&o)
+    );
+}
+
+#[test]
+fn list_without_a_config_discovers_the_databases_of_a_bucket_or_a_parent() {
+    let names = [
+        ("a.db", "tenants/a"),
+        ("b.db", "tenants/b"),
+        ("c.db", "tenants/eu/c"),
+        ("d.db", "other/d"),
+    ];
+    let setup = Setup::new(&names);
+    for (file, _) in names {
+        insert(&open_app(&setup.dir.join(file)), 1);
+    }
+    let cfg = setup.config.to_str().unwrap();
+    let o = setup.run(&["snapshot", "--config", cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The same backups in a directory backend.
+    let dir = setup.scratch("list-dir");
+    copy_tree(&setup.server.bucket_dir(), &dir);
+    let bucket = setup.server.bucket.clone();
+    let endpoint = setup.server.endpoint.clone();
+    let dir_arg = dir.to_str().unwrap().to_string();
+    let headers = |o: &Output| -> Vec<String> {
+        stdout_of(o)
+            .lines()
+            .filter(|l| !l.starts_with(' '))
+            .map(str::to_string)
+            .collect()
+    };
+    for target in [
+        vec!["--bucket", &bucket, "--endpoint", &endpoint],
+        vec!["--dir", &dir_arg],
+    ] {
+        for (prefix, expected) in [
+            (
+                None,
+                vec!["other/d", "tenants/a", "tenants/b", "tenants/eu/c"],
+            ),
+            (
+                Some("tenants"),
+                vec!["tenants/a", "tenants/b", "tenants/eu/c"],
+            ),
+            (
+                Some("tenants/"),
+                vec!["tenants/a", "tenants/b", "tenants/eu/c"],
+            ),
+            (Some("tenants/a"), vec!["tenants/a"]),
+            (Some("tenants/eu"), vec!["tenants/eu/c"]),
+        ] {
+            let mut args = vec!["list"];
+            args.extend_from_slice(&target);
+            if let Some(p) = prefix {
+                args.extend_from_slice(&["--prefix", p]);
+            }
+            let o = setup.run(&args);
+            assert!(
+                o.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_eq!(headers(&o), expected, "{args:?}: {}", stdout_of(&o));
+            assert!(
+                !stdout_of(&o).contains("no backup yet"),
+                "{args:?}: {}",
+                stdout_of(&o)
+            );
+            assert_eq!(
+                stdout_of(&o).matches("1 generations, ").count(),
+                expected.len(),
+                "{args:?}: {}",
+                stdout_of(&o)
+            );
+            args.push("--json");
+            let o = setup.run(&args);
+            assert!(o.status.success(), "{args:?}");
+            for p in &expected {
+                assert!(
+                    stdout_of(&o).contains(&format!("{{\"prefix\":\"{p}\",\"path\":null,")),
+                    "{args:?}: {}",
+                    stdout_of(&o)
+                );
+            }
+        }
+        // A prefix that holds nothing is still shown as such.
+        let mut args = vec!["list", "--prefix", "nothing/here"];
+        args.extend_from_slice(&target);
+        let o = setup.run(&args);
+        assert!(o.status.success(), "{args:?}");
+        assert_eq!(stdout_of(&o), "nothing/here\n  no backup yet\n");
+    }
 }

@@ -15,6 +15,7 @@ use walsync::plan::Target;
 use walsync::replica::{Replica, ReplicaOptions};
 use walsync::restore::{restore, RestoreError};
 use walsync::storage::dir::DirStorage;
+use walsync::storage::Storage;
 
 fn temp_dir(name: &str) -> PathBuf {
     common::unique_temp_dir(&format!("walsync-lib-{name}"))
@@ -478,19 +479,19 @@ fn local_lag_counts_the_commits_not_yet_shipped() {
     let (dir, db, storage, c, mut r) = started("lag");
     insert(&c, 1, 3);
     r.sync(&storage, false).unwrap();
-    let lag = walsync::replica::local_lag(&storage, "p", &db)
+    let lag = walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db)
         .unwrap()
         .unwrap();
     assert_eq!(lag.commits, 0);
     insert(&c, 10, 7);
-    let lag = walsync::replica::local_lag(&storage, "p", &db)
+    let lag = walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db)
         .unwrap()
         .unwrap();
     assert_eq!(lag.commits, 7);
     assert!(lag.wal_bytes >= 7 * 4096);
     r.sync(&storage, false).unwrap();
     assert_eq!(
-        walsync::replica::local_lag(&storage, "p", &db)
+        walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db)
             .unwrap()
             .unwrap()
             .commits,

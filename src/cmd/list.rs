@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
 
-use super::{check_prefix, check_storage, human_bytes, json_string, select, CliError};
+use super::restore_all::{discover, list_roots, par_map, under, DEFAULT_JOBS};
+use super::{check_prefix, human_bytes, json_string, select, CliError};
 use crate::keys::{self, ObjectKind};
 use crate::plan;
-use crate::storage::Storage;
+use crate::storage::ObjectMeta;
 use crate::time::format_rfc3339;
 args_with_target! {
 
@@ -16,7 +17,7 @@ args_with_target! {
 #[argh(subcommand, name = "list")]
 pub struct ListArgs {
     bucket: "bucket to list, without a config file",
-    /// only this prefix (required with --bucket or --dir)
+    /// only the database with this prefix, or those under it (default: all of the config, or every database found in the bucket or directory)
     #[argh(option)]
     pub prefix: Option<String>,
     /// print JSON (an array with one object per database)
@@ -26,55 +27,80 @@ pub struct ListArgs {
 }
 
 pub fn run(args: ListArgs) -> Result<(), CliError> {
-    if let Some(p) = &args.prefix {
+    let parent = args.prefix.as_deref().map(|p| p.trim_end_matches('/'));
+    if let Some(p) = parent {
         check_prefix(p)?;
     }
     let (storage, cfg) = args.target().resolve()?;
-    let prefixes: Vec<(String, Option<PathBuf>)> = match &cfg {
-        Some(cfg) => select(cfg, args.prefix.as_deref())?
-            .into_iter()
-            .map(|d| (d.prefix.clone(), Some(d.path.clone())))
-            .collect(),
-        None => match args.prefix {
-            Some(p) => vec![(p, None)],
-            None => {
-                return Err(CliError::usage(
-                    "--prefix is required with --bucket or --dir",
-                ))
+    let pool = super::thread_pool(DEFAULT_JOBS)?;
+    let (databases, listing): (Vec<(String, Option<PathBuf>)>, _) = match &cfg {
+        Some(cfg) => {
+            let databases: Vec<(String, Option<PathBuf>)> = select(cfg, None)?
+                .into_iter()
+                .filter(|d| parent.is_none_or(|p| under(&d.prefix, p)))
+                .map(|d| (d.prefix, Some(d.path)))
+                .collect();
+            if let (Some(p), true) = (parent, databases.is_empty()) {
+                return Err(CliError::usage(format!(
+                    "no database with prefix {p:?} (or under it) in {}",
+                    cfg.source.display()
+                )));
             }
-        },
+            let prefixes: Vec<String> = databases.iter().map(|d| d.0.clone()).collect();
+            let roots = crate::fleet::listing_roots(&prefixes, &[]);
+            (databases, list_roots(&*storage, roots, &pool)?)
+        }
+        None => {
+            let found = discover(&*storage, parent.unwrap_or_default(), &pool)?;
+            let mut databases: Vec<(String, Option<PathBuf>)> =
+                found.prefixes.into_iter().map(|p| (p, None)).collect();
+            match parent {
+                // A prefix that holds nothing is shown as such.
+                Some(p) if databases.is_empty() => databases.push((p.to_string(), None)),
+                None if databases.is_empty() => {
+                    errln!("no databases found in {}", storage.location())
+                }
+                _ => {}
+            }
+            (databases, found.listing)
+        }
     };
-    if let Some((prefix, _)) = prefixes.first() {
-        check_storage(&*storage, prefix).map_err(CliError::runtime)?;
-    }
+    let report = |(prefix, path): &(String, Option<PathBuf>)| {
+        let objects = crate::fleet::slice(&listing, prefix);
+        let mut s = summarize(prefix, objects);
+        if let Some(p) = path.as_deref().filter(|p| p.exists()) {
+            s.lag = Some(
+                crate::replica::local_lag(&*storage, prefix, objects, p)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Ok::<_, String>(s)
+    };
     let mut failed = 0;
     let mut json_items = Vec::new();
-    for (prefix, path) in prefixes {
+    // A batch at a time, in parallel (the lag of each reads one object),
+    // printed in order.
+    for batch in databases.chunks(64) {
         if super::output::stdout_stopped() {
             // The reader went away (`list | head`): listing on is wasted.
             break;
         }
-        let summary = summarize(&*storage, &prefix).and_then(|mut s| {
-            if let Some(p) = path.as_deref().filter(|p| p.exists()) {
-                s.lag = Some(
-                    crate::replica::local_lag(&*storage, &prefix, p).map_err(|e| e.to_string())?,
-                );
+        let summaries = par_map(&pool, batch.len(), |i| report(&batch[i]));
+        for ((prefix, path), summary) in batch.iter().zip(summaries) {
+            if let Ok(s) = &summary {
+                for o in &s.stray {
+                    log::warn!("prefix {prefix:?}: {o}");
+                }
             }
-            Ok(s)
-        });
-        if let Ok(s) = &summary {
-            for o in &s.stray {
-                log::warn!("prefix {prefix:?}: {o}");
-            }
-        }
-        match summary {
-            Ok(summary) if args.json => {
-                json_items.push(to_json(&prefix, path.as_deref(), &summary))
-            }
-            Ok(summary) => print_human(&prefix, path.as_deref(), &summary),
-            Err(e) => {
-                errln!("{prefix}: {e}");
-                failed += 1;
+            match summary {
+                Ok(summary) if args.json => {
+                    json_items.push(to_json(prefix, path.as_deref(), &summary))
+                }
+                Ok(summary) => print_human(prefix, path.as_deref(), &summary),
+                Err(e) => {
+                    errln!("{prefix}: {e}");
+                    failed += 1;
+                }
             }
         }
     }
@@ -111,13 +137,10 @@ struct Summary {
     stray: Vec<keys::StrayObject>,
 }
 
-fn summarize(storage: &dyn Storage, prefix: &str) -> Result<Summary, String> {
-    let listing = storage
-        .list(&keys::database_root(prefix))
-        .map_err(|e| e.to_string())?;
+fn summarize(prefix: &str, listing: &[ObjectMeta]) -> Summary {
     // Objects walsync did not write are named (by `run`) and not counted.
-    let stray = keys::stray_objects(prefix, &listing);
-    let (objects, _) = keys::parse_listing_lenient(prefix, &listing);
+    let stray = keys::stray_objects(prefix, listing);
+    let (objects, _) = keys::parse_listing_lenient(prefix, listing);
     let generations = plan::generations(&objects)
         .iter()
         .map(|(&id, gen)| {
@@ -145,13 +168,13 @@ fn summarize(storage: &dyn Storage, prefix: &str) -> Result<Summary, String> {
             }
         })
         .collect();
-    Ok(Summary {
+    Summary {
         objects: objects.len(),
         bytes: objects.iter().map(|o| o.size).sum(),
         generations,
         lag: None,
         stray,
-    })
+    }
 }
 
 fn print_human(prefix: &str, path: Option<&Path>, s: &Summary) {

@@ -34,6 +34,7 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     RestoreAll(restore_all::RestoreAllArgs),
     List(list::ListArgs),
+    History(history::HistoryArgs),
     Prune(prune::PruneArgs),
     Verify(verify::VerifyArgs),
     Version(version::VersionArgs),
@@ -61,6 +62,7 @@ impl Cli {
             Command::Restore(a) => restore::run(a),
             Command::RestoreAll(a) => restore_all::run(a),
             Command::List(a) => list::run(a),
+            Command::History(a) => history::run(a),
             Command::Prune(a) => prune::run(a),
             Command::Verify(a) => verify::run(a),
             Command::Version(a) => version::run(a),
@@ -181,6 +183,7 @@ macro_rules! err {
 }
 
 // After the macros: the modules use them.
+pub mod history;
 pub mod list;
 pub mod output;
 pub mod prune;

@@ -21,7 +21,7 @@ pub struct RestoreArgs {
     /// file to write; must not exist unless --force
     #[argh(option, short = 'o')]
     pub output: PathBuf,
-    /// restore every commit read at or before this time (RFC 3339, e.g. 2026-11-25T20:43:16Z)
+    /// restore every commit made at or before this time (RFC 3339, e.g. 2026-11-25T20:43:16Z)
     #[argh(option)]
     pub timestamp: Option<String>,
     /// restore up to and including this transaction id

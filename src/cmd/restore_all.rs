@@ -2,17 +2,17 @@
 //! the backups work and for rebuilding a lost machine.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use argh::FromArgs;
 use rayon::prelude::*;
 
 use super::restore::target_of;
-use super::{check_prefix, check_storage, human_bytes, json_string, CliError};
+use super::{check_prefix, human_bytes, json_string, CliError};
 use crate::keys;
-use crate::restore::{output_path_for, remove_leftover_temps, restore, RestoreReport};
-use crate::storage::Storage;
+use crate::restore::{output_path_for, remove_leftover_temps, restore_listed, How, RestoreReport};
+use crate::storage::{ObjectMeta, Storage};
 use crate::time::format_rfc3339;
 args_with_target! {
 
@@ -27,10 +27,10 @@ pub struct RestoreAllArgs {
     /// with a config: only databases under this prefix; without: where to look for databases (default: everywhere)
     #[argh(option)]
     pub prefix: Option<String>,
-    /// restores to run at once (default: the config's workers, else 2)
+    /// restores to run at once (default: 16)
     #[argh(option)]
     pub jobs: Option<usize>,
-    /// restore every commit read at or before this time (RFC 3339), the same moment for all databases
+    /// restore every commit made at or before this time (RFC 3339), the same moment for all databases
     #[argh(option)]
     pub timestamp: Option<String>,
     /// restore up to and including this transaction id (of each database)
@@ -54,7 +54,7 @@ pub struct Outcome {
 }
 
 /// Does `prefix` lie under `parent` by whole `/`-separated components?
-fn under(prefix: &str, parent: &str) -> bool {
+pub fn under(prefix: &str, parent: &str) -> bool {
     let parent = parent.trim_end_matches('/');
     parent.is_empty() || prefix == parent || prefix.starts_with(&format!("{parent}/"))
 }
@@ -64,34 +64,82 @@ pub fn run(args: RestoreAllArgs) -> Result<(), CliError> {
     if let Some(p) = &args.prefix {
         check_prefix(p.trim_end_matches('/'))?;
     }
-    if args.jobs == Some(0) {
-        return Err(CliError::usage("--jobs must be at least 1"));
-    }
+    let jobs = jobs(args.jobs)?;
     let (storage, cfg) = args.target().resolve()?;
     std::fs::create_dir_all(&args.output_dir)
         .map_err(|e| CliError::runtime(format!("{}: {e}", args.output_dir.display())))?;
 
     let started = Instant::now();
-    let prefixes = select_prefixes(&*storage, cfg.as_ref(), args.prefix.as_deref())?;
-    let jobs = args.jobs.or(cfg.as_ref().map(|c| c.workers)).unwrap_or(2);
+    let pool = super::thread_pool(jobs)?;
+    let fleet = select(&*storage, cfg.as_ref(), args.prefix.as_deref(), &pool)?;
+    let how = How {
+        force: args.force,
+        durable: true,
+        limits: crate::fleet::fetch_limits(jobs),
+    };
     let output_dir = args.output_dir.clone();
-    let force = args.force;
     let cleaned = std::sync::Mutex::new(std::collections::HashSet::new());
-    run_all(&prefixes, jobs, args.json, started, |prefix| {
-        restore_one(&*storage, &output_dir, prefix, target, force, &cleaned)
+    run_all(&fleet.prefixes, &pool, args.json, started, |prefix| {
+        let listing = crate::fleet::slice(&fleet.listing, prefix);
+        let output = output_path_for(&output_dir, prefix);
+        // What killed restores left, once per output folder (not once per
+        // database: one folder may hold thousands).
+        if let Some(parent) = output.as_ref().ok().and_then(|o| o.parent()) {
+            let first = cleaned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(parent.to_path_buf());
+            if first {
+                remove_leftover_temps(parent, None);
+            }
+        }
+        let result = output.as_ref().map_err(|e| e.to_string()).and_then(|out| {
+            restore_listed(&*storage, prefix, listing, out, target, how).map_err(|e| e.to_string())
+        });
+        Outcome {
+            prefix: prefix.to_string(),
+            output: output.ok(),
+            result,
+        }
     })
+}
+
+/// Restores (or verifications) run at once: `--jobs`, else
+/// [`DEFAULT_JOBS`].
+pub fn jobs(flag: Option<usize>) -> Result<usize, CliError> {
+    match flag {
+        Some(0) => Err(CliError::usage("--jobs must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(DEFAULT_JOBS),
+    }
+}
+
+/// Default `--jobs` of `restore-all` and `verify`. A small restore waits on
+/// the storage (a GET, then fsyncs) far more than it computes, so more run
+/// at once than there are cores; 16 is also the S3 client's pool of idle
+/// connections per host, and `fleet::fetch_limits` keeps their memory to
+/// that of about two restores.
+pub const DEFAULT_JOBS: usize = 16;
+
+/// The databases a fleet command works on, and one listing holding every
+/// object under each of them (`fleet::slice` cuts out one database's).
+pub struct Fleet {
+    pub prefixes: Vec<String>,
+    pub listing: Vec<ObjectMeta>,
 }
 
 /// The databases to work on: those of the config (under `parent` if
 /// given), or, with no config, those found by listing the bucket under
-/// `parent`.
-pub fn select_prefixes(
+/// `parent`; with their objects, listed once per parent prefix
+/// (`fleet::listing_roots`) on `pool`, not once per database.
+pub fn select(
     storage: &dyn Storage,
     cfg: Option<&crate::config::Config>,
     parent: Option<&str>,
-) -> Result<Vec<String>, CliError> {
-    let parent = parent.unwrap_or_default();
-    let prefixes: Vec<String> = match cfg {
+    pool: &rayon::ThreadPool,
+) -> Result<Fleet, CliError> {
+    let parent = parent.unwrap_or_default().trim_end_matches('/');
+    let (prefixes, listing) = match cfg {
         Some(cfg) => {
             // Listed databases, those found on disk now, and those backed up
             // under a directory's prefix whose file is gone (the machine may
@@ -99,26 +147,33 @@ pub fn select_prefixes(
             let mut set: std::collections::BTreeSet<String> = super::all_databases(cfg)
                 .into_iter()
                 .map(|d| d.prefix)
+                .filter(|p| under(p, parent))
                 .collect();
-            for dir in &cfg.directories {
-                let fixed =
-                    crate::discovery::check_template(&dir.prefix_template).unwrap_or_default();
-                let listing = storage.list(fixed).map_err(CliError::runtime)?;
+            let templates: Vec<(&str, &str)> = cfg
+                .directories
+                .iter()
+                .map(|d| {
+                    let t = d.prefix_template.as_str();
+                    (t, crate::discovery::check_template(t).unwrap_or_default())
+                })
+                .collect();
+            let fixed: Vec<String> = templates.iter().map(|t| t.1.to_string()).collect();
+            let configured: Vec<String> = set.iter().cloned().collect();
+            let roots = crate::fleet::listing_roots(&configured, &fixed);
+            let listing = list_roots(storage, roots, pool)?;
+            if !templates.is_empty() {
                 set.extend(keys::discover_prefixes(&listing).into_iter().filter(|p| {
-                    p.starts_with(fixed)
-                        && crate::discovery::template_matches(&dir.prefix_template, p)
+                    under(p, parent)
+                        && templates.iter().any(|(t, f)| {
+                            p.starts_with(f) && crate::discovery::template_matches(t, p)
+                        })
                 }));
             }
-            set.into_iter().filter(|p| under(p, parent)).collect()
+            (set.into_iter().collect(), listing)
         }
         None => {
-            let list_from = if parent.is_empty() {
-                String::new()
-            } else {
-                format!("{}/", parent.trim_end_matches('/'))
-            };
-            let listing = storage.list(&list_from).map_err(CliError::runtime)?;
-            keys::discover_prefixes(&listing)
+            let fleet = discover(storage, parent, pool)?;
+            (fleet.prefixes, fleet.listing)
         }
     };
     if prefixes.is_empty() {
@@ -132,50 +187,107 @@ pub fn select_prefixes(
             storage.location()
         )));
     }
-    if cfg.is_some() {
-        // Wrong credentials, bucket or endpoint: one line, not one per
-        // database. (Without a config the listing above already asked.)
-        check_storage(storage, &prefixes[0]).map_err(CliError::runtime)?;
-    }
-    Ok(prefixes)
+    Ok(Fleet { prefixes, listing })
 }
 
-/// Runs `one` for every prefix on a pool of `jobs` threads, prints a line
-/// per database as it finishes (or JSON at the end) and a total; an error
-/// (exit 1) if any failed.
+/// The databases with objects under `parent` (the whole bucket if empty),
+/// found by listing it once: every key that parses as
+/// `<prefix>/generations/...`. None found is no error here.
+pub fn discover(
+    storage: &dyn Storage,
+    parent: &str,
+    pool: &rayon::ThreadPool,
+) -> Result<Fleet, CliError> {
+    let parent = parent.trim_end_matches('/');
+    let root = if parent.is_empty() {
+        String::new()
+    } else {
+        keys::database_root(parent)
+    };
+    let listing = list_roots(storage, vec![root], pool)?;
+    Ok(Fleet {
+        prefixes: keys::discover_prefixes(&listing),
+        listing,
+    })
+}
+
+/// Lists every root (in parallel on `pool`) into one listing. A failed
+/// listing ends the command: it names the root, and a problem with the
+/// storage as a whole is one line, not one per database.
+pub fn list_roots(
+    storage: &dyn Storage,
+    roots: Vec<String>,
+    pool: &rayon::ThreadPool,
+) -> Result<Vec<ObjectMeta>, CliError> {
+    // Sorted roots, none inside another (`fleet::listing_roots`): their
+    // listings, in that order, make one sorted listing.
+    let mut all = Vec::new();
+    for (root, listing) in roots
+        .iter()
+        .zip(par_map(pool, roots.len(), |i| storage.list(&roots[i])))
+    {
+        all.extend(listing.map_err(|e| CliError::runtime(format!("cannot list {root:?}: {e}")))?);
+    }
+    Ok(all)
+}
+
+/// `f(0)`, …, `f(n - 1)`, run on `pool`.
+pub fn par_map<R: Send>(
+    pool: &rayon::ThreadPool,
+    n: usize,
+    f: impl Fn(usize) -> R + Sync,
+) -> Vec<R> {
+    let slots: Vec<std::sync::Mutex<Option<R>>> = (0..n).map(|_| Default::default()).collect();
+    on_pool(pool, n, &|i| {
+        let r = f(i);
+        *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    });
+    slots
+        .into_iter()
+        .map(|s| {
+            s.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect("invariant: on_pool ran every index")
+        })
+        .collect()
+}
+
+/// Runs `each(i)` for every `i` in `0..n` on `pool`. Not generic, so every
+/// command shares one copy of rayon's machinery in the (size-capped) binary.
+fn on_pool(pool: &rayon::ThreadPool, n: usize, each: &(dyn Fn(usize) + Sync)) {
+    pool.install(|| (0..n).into_par_iter().for_each(each));
+}
+
+/// Runs `one` for every prefix on `pool`, prints a line per database as
+/// it finishes (or JSON at the end) and a total; an error (exit 1) if any
+/// failed.
 pub fn run_all(
     prefixes: &[String],
-    jobs: usize,
+    pool: &rayon::ThreadPool,
     json: bool,
     started: Instant,
     one: impl Fn(&str) -> Outcome + Sync,
 ) -> Result<(), CliError> {
-    let pool = super::thread_pool(jobs)?;
     // A progress line on a terminal only: cron logs get the summary lines.
     let progress = std::io::stderr().is_terminal();
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let outcomes: Vec<Outcome> = pool.install(|| {
-        prefixes
-            .par_iter()
-            .map(|prefix| {
-                let o = one(prefix);
-                if !json {
-                    outln!("{}", line(&o));
-                }
-                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if progress {
-                    err!(
-                        "\r[{n}/{}] {:.0}%",
-                        prefixes.len(),
-                        100.0 * n as f64 / prefixes.len() as f64
-                    );
-                    if n == prefixes.len() {
-                        errln!("");
-                    }
-                }
-                o
-            })
-            .collect()
+    let outcomes: Vec<Outcome> = par_map(pool, prefixes.len(), |i| {
+        let o = one(&prefixes[i]);
+        if !json {
+            outln!("{}", line(&o));
+        }
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if progress {
+            err!(
+                "\r[{n}/{}] {:.0}%",
+                prefixes.len(),
+                100.0 * n as f64 / prefixes.len() as f64
+            );
+            if n == prefixes.len() {
+                errln!("");
+            }
+        }
+        o
     });
     let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
     let seconds = started.elapsed().as_secs_f64();
@@ -200,43 +312,6 @@ pub fn run_all(
         )));
     }
     Ok(())
-}
-
-fn restore_one(
-    storage: &dyn Storage,
-    dir: &Path,
-    prefix: &str,
-    target: crate::plan::Target,
-    force: bool,
-    cleaned: &std::sync::Mutex<std::collections::HashSet<PathBuf>>,
-) -> Outcome {
-    let output = match output_path_for(dir, prefix) {
-        Ok(p) => p,
-        Err(e) => {
-            return Outcome {
-                prefix: prefix.to_string(),
-                output: None,
-                result: Err(e.to_string()),
-            }
-        }
-    };
-    // What killed restores left, once per output folder (not once per
-    // database: one folder may hold thousands).
-    if let Some(parent) = output.parent() {
-        let first = cleaned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(parent.to_path_buf());
-        if first {
-            remove_leftover_temps(parent, None);
-        }
-    }
-    let result = restore(storage, prefix, &output, target, force).map_err(|e| e.to_string());
-    Outcome {
-        prefix: prefix.to_string(),
-        output: Some(output),
-        result,
-    }
 }
 
 fn line(o: &Outcome) -> String {

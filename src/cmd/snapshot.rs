@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use argh::FromArgs;
-use rayon::prelude::*;
 
 use super::{check_storage, load_config, open_storage, replica_options, select, CliError};
 use crate::replica::Replica;
@@ -31,34 +30,34 @@ pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
     // One database per job, `workers` at a time (as `watch` would run
     // them): a snapshot mostly waits on the disk and the storage.
     let pool = super::thread_pool(cfg.workers.max(1))?;
-    let failed = pool.install(|| {
-        dbs.par_iter()
-            .filter(|db| {
-                let mut r = Replica::new(replica_options(db));
-                // Left with a mark, so that a `watch` started later goes
-                // on with this generation (README "Restarts").
-                let result = r
-                    .sync(&*storage, true)
-                    .and_then(|rep| r.stop(&*storage).map(|()| rep));
-                match &result {
-                    Ok(rep) => outln!(
-                        "{}: snapshot at txid {}{} ({} commits shipped first)",
-                        db.prefix,
-                        r.last_txid(),
-                        if rep.new_generation {
-                            ", new generation"
-                        } else {
-                            ""
-                        },
-                        rep.commits
-                    ),
-                    Err(e) => errln!("{}: {e}", db.prefix),
-                }
-                r.close();
-                result.is_err()
-            })
-            .count()
-    });
+    let failed = super::restore_all::par_map(&pool, dbs.len(), |i| {
+        let db = &dbs[i];
+        let mut r = Replica::new(replica_options(db));
+        // Left with a mark, so that a `watch` started later goes
+        // on with this generation (README "Restarts").
+        let result = r
+            .sync(&*storage, true)
+            .and_then(|rep| r.stop(&*storage).map(|()| rep));
+        match &result {
+            Ok(rep) => outln!(
+                "{}: snapshot at txid {}{} ({} commits shipped first)",
+                db.prefix,
+                r.last_txid(),
+                if rep.new_generation {
+                    ", new generation"
+                } else {
+                    ""
+                },
+                rep.commits
+            ),
+            Err(e) => errln!("{}: {e}", db.prefix),
+        }
+        r.close();
+        result.is_err()
+    })
+    .into_iter()
+    .filter(|&failed| failed)
+    .count();
     if failed > 0 {
         return Err(CliError::runtime(format!("{failed} snapshot(s) failed")));
     }

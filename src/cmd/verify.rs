@@ -7,9 +7,9 @@ use std::time::Instant;
 use argh::FromArgs;
 
 use super::restore::target_of;
-use super::restore_all::{run_all, select_prefixes, Outcome};
+use super::restore_all::{jobs, run_all, select, Outcome};
 use super::{check_prefix, CliError};
-use crate::restore::restore;
+use crate::restore::{restore_listed, How};
 args_with_target! {
 
 /// download and replay each backup into a temporary file, check every CRC32 and integrity_check, delete it
@@ -23,7 +23,7 @@ pub struct VerifyArgs {
     /// verify the point at this time (RFC 3339) instead of the newest
     #[argh(option)]
     pub timestamp: Option<String>,
-    /// verifications to run at once (default: the config's workers, else 2)
+    /// verifications to run at once (default: 16)
     #[argh(option)]
     pub jobs: Option<usize>,
     /// where the temporary files go (default: the system temp directory)
@@ -40,13 +40,17 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
     if let Some(p) = &args.prefix {
         check_prefix(p.trim_end_matches('/'))?;
     }
-    if args.jobs == Some(0) {
-        return Err(CliError::usage("--jobs must be at least 1"));
-    }
+    let jobs = jobs(args.jobs)?;
     let (storage, cfg) = args.target().resolve()?;
     let started = Instant::now();
-    let prefixes = select_prefixes(&*storage, cfg.as_ref(), args.prefix.as_deref())?;
-    let jobs = args.jobs.or(cfg.as_ref().map(|c| c.workers)).unwrap_or(2);
+    let pool = super::thread_pool(jobs)?;
+    let fleet = select(&*storage, cfg.as_ref(), args.prefix.as_deref(), &pool)?;
+    // The copies are deleted at once: fsyncing them would only wait on the disk.
+    let how = How {
+        force: false,
+        durable: false,
+        limits: crate::fleet::fetch_limits(jobs),
+    };
     // A private directory (mode 0700, a name nobody can guess or plant
     // first), so no name can clash with anything, no other user can read
     // the restored copies, and everything in it can go at the end.
@@ -56,15 +60,18 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
         .mode(0o700)
         .create(&scratch)
         .map_err(|e| CliError::runtime(format!("{}: {e}", scratch.display())))?;
-    let index: std::collections::HashMap<&str, usize> = prefixes
+    let index: std::collections::HashMap<&str, usize> = fleet
+        .prefixes
         .iter()
         .enumerate()
         .map(|(i, p)| (p.as_str(), i))
         .collect();
-    let result = run_all(&prefixes, jobs, args.json, started, |prefix| {
+    let result = run_all(&fleet.prefixes, &pool, args.json, started, |prefix| {
         // Numbered, not named after the prefix: no two can collide.
         let out = scratch.join(format!("{}.db", index[prefix]));
-        let result = restore(&*storage, prefix, &out, target, false).map_err(|e| e.to_string());
+        let listing = crate::fleet::slice(&fleet.listing, prefix);
+        let result = restore_listed(&*storage, prefix, listing, &out, target, how)
+            .map_err(|e| e.to_string());
         let _ = std::fs::remove_file(&out);
         Outcome {
             prefix: prefix.to_string(),

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
-use crate::replica::{Replica, ReplicaError, SyncReport};
+use crate::replica::{CommitTimes, Replica, ReplicaError, SyncReport};
 use crate::signals::{self, Signal};
 use crate::sqlite::{stat_of, FileStat};
 use crate::storage::Storage;
@@ -128,6 +128,12 @@ fn backoff(failures: u32) -> Duration {
     crate::backoff::up_by(base, 0.25, crate::backoff::random_unit())
 }
 
+/// The database whose WAL `path` is, if it names a `-wal` file.
+fn database_of_wal(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    Some(path.with_file_name(name.strip_suffix("-wal")?))
+}
+
 /// How long file events in a discovery directory are gathered before the
 /// catalog is asked again.
 const DISCOVERY_DEBOUNCE: Duration = Duration::from_millis(300);
@@ -157,6 +163,8 @@ struct Dispatcher {
     metrics: Option<Arc<crate::metrics::Registry>>,
     idle_release_max_bytes: u64,
     fds: FdBudget,
+    /// When the watcher saw each commit, for every replica.
+    commit_times: Arc<CommitTimes>,
 }
 
 impl Dispatcher {
@@ -268,10 +276,11 @@ impl Dispatcher {
                         Some(db) => db.want.replica.clone(),
                         None => continue,
                     };
-                    let mut replica = self
-                        .replicas
-                        .remove(&id)
-                        .unwrap_or_else(|| Box::new(Replica::new(opts.clone())));
+                    let mut replica = self.replicas.remove(&id).unwrap_or_else(|| {
+                        let mut r = Box::new(Replica::new(opts.clone()));
+                        r.set_commit_times(Arc::clone(&self.commit_times));
+                        r
+                    });
                     // Options may have changed (reload) since the replica was made.
                     replica.opts = opts;
                     let storage = Arc::clone(&self.storage);
@@ -315,7 +324,9 @@ impl Dispatcher {
                     }
                 }
                 Action::Forget { id, prefix } => {
-                    self.replicas.remove(&id);
+                    if let Some(r) = self.replicas.remove(&id) {
+                        self.commit_times.forget(r.path());
+                    }
                     if let Some(m) = &self.metrics {
                         m.remove(&prefix);
                     }
@@ -486,7 +497,20 @@ pub fn run(
         .build()
         .map_err(|e| DaemonError::Setup(format!("cannot start the worker pool: {e}")))?;
     let fs_tx = tx.clone();
-    let watcher = notify::recommended_watcher(move |ev| {
+    let commit_times = Arc::new(CommitTimes::default());
+    let times = Arc::clone(&commit_times);
+    let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        // Here, on the watcher's thread, right after the write: the time a
+        // commit is seen is then within a few ms of when it was made.
+        if let Ok(e) = &ev {
+            if matches!(e.kind, notify::EventKind::Modify(_)) {
+                for p in &e.paths {
+                    if let Some(db) = database_of_wal(p) {
+                        times.on_write(&db);
+                    }
+                }
+            }
+        }
         let _ = fs_tx.send(Msg::Fs(ev));
     })
     .map_err(|e| DaemonError::Setup(format!("cannot start the file watcher: {e}")))?;
@@ -508,6 +532,7 @@ pub fn run(
         metrics: opts.metrics.clone(),
         idle_release_max_bytes: opts.idle_release_max_bytes,
         fds: FdBudget::default(),
+        commit_times,
     };
     let now = Instant::now();
     d.apply(catalog.databases(), now);

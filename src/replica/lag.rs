@@ -7,7 +7,7 @@ use super::bucket::read_object_pos;
 use super::error::ReplicaError;
 use super::wal_file::WalFile;
 use crate::keys;
-use crate::storage::Storage;
+use crate::storage::{ObjectMeta, Storage};
 
 /// How far a local database is ahead of its backup: the commits (and WAL
 /// bytes) in its WAL after the newest shipped position. `None` when that
@@ -20,14 +20,15 @@ pub struct Lag {
 }
 
 /// Reads the local WAL (never the database file, and without SQLite) and
-/// compares it with the newest position in the bucket.
+/// compares it with the newest position in the bucket, found in `listing`
+/// (of `<prefix>/`, made by the caller; one GET reads that position).
 pub fn local_lag(
     storage: &dyn Storage,
     prefix: &str,
+    listing: &[ObjectMeta],
     db: &Path,
 ) -> Result<Option<Lag>, ReplicaError> {
-    let listing = storage.list(&keys::database_root(prefix))?;
-    let (objects, _) = keys::parse_listing_lenient(prefix, &listing);
+    let (objects, _) = keys::parse_listing_lenient(prefix, listing);
     let Some(newest) = objects.iter().max_by_key(|o| (o.kind.txid(), o.generation)) else {
         return Ok(None);
     };

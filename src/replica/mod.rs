@@ -46,6 +46,7 @@
 //! - `error`: `ReplicaError`.
 
 mod bucket;
+mod commit_times;
 mod continuity;
 mod error;
 mod lag;
@@ -65,6 +66,7 @@ use std::time::Duration;
 use crate::sqlite::{self, SqliteError};
 use crate::storage::{Storage, StorageError};
 
+pub use commit_times::CommitTimes;
 pub use error::ReplicaError;
 pub use lag::{local_lag, Lag};
 
@@ -118,6 +120,9 @@ pub struct Replica {
     commits_since_snapshot: u64,
     /// Let go of while idle: what it takes to prove continuity on waking.
     released: Option<Released>,
+    /// When the watcher saw each commit (`commit_times`); without it a
+    /// commit's time is the sync's.
+    commit_times: Option<std::sync::Arc<CommitTimes>>,
 }
 
 impl Replica {
@@ -132,7 +137,13 @@ impl Replica {
             last_snapshot_ms: 0,
             commits_since_snapshot: 0,
             released: None,
+            commit_times: None,
         }
+    }
+
+    /// Dates commits by the timelines the watcher records in `times`.
+    pub fn set_commit_times(&mut self, times: std::sync::Arc<CommitTimes>) {
+        self.commit_times = Some(times);
     }
 
     pub fn path(&self) -> &Path {

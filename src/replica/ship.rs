@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
+use super::commit_times::commit_times;
 use super::continuity::{self, Gap};
 use super::error::{io_err, ReplicaError};
 use super::live::Cursor;
@@ -54,6 +55,7 @@ pub(super) fn encode_segment(
     h: &WalHeader,
     header: SegmentHeader,
     group: &[TxnSpan],
+    times: &[u64],
     spool: Option<&SpoolFile>,
 ) -> Result<(Sink, u64, u32), ReplicaError> {
     let sink = match spool {
@@ -65,10 +67,10 @@ pub(super) fn encode_segment(
     };
     let out_err = |e: io::Error| io_err(spool.map_or(&wal.path, SpoolFile::path))(e);
     let mut enc = SegmentEncoder::new(sink, header).map_err(out_err)?;
-    for (i, t) in group.iter().enumerate() {
+    for (i, (t, &time_ms)) in group.iter().zip(times).enumerate() {
         enc.commit(&CommitRecord {
             txid: header.first_txid + i as u64,
-            time_ms: header.first_time_ms,
+            time_ms,
             db_pages: t.db_pages,
             page_count: t.frame_count,
         })
@@ -120,6 +122,12 @@ impl Replica {
             .as_ref()
             .expect("invariant: ship runs on a live replica");
         let cursor = live.cursor;
+        // From now on the watcher notes when it sees each commit (from the
+        // first sync on, even one that finds nothing to ship).
+        let clock = self.commit_times.clone();
+        if let Some(c) = &clock {
+            c.track(&self.opts.path, cursor.pos);
+        }
         // While walsync holds its connections the WAL file exists (SQLite
         // creates it when the read transaction starts, and deletes it only
         // under an EXCLUSIVE lock walsync's SHARED lock forbids): if it is
@@ -139,8 +147,8 @@ impl Replica {
         let prefix = self.opts.prefix.clone();
         let generation = self.generation;
         let mut next_txid = self.last_txid + 1;
-        // Segment times never go back (see `now_ms`).
-        let mut time_floor = self.now_ms();
+        // Commit times never go back (see `now_ms`).
+        let mut time_floor = self.last_time_ms;
         // A restarted WAL (accepted above) is where walsync now stands, even
         // before anything of it is shipped.
         let mut cursor_now = Cursor {
@@ -166,26 +174,34 @@ impl Replica {
                 let Some(last) = group.last() else {
                     return Ok(());
                 };
-                // Stamped once its transactions are read, so that each was
-                // committed before the stamp: stamped before the scan, a
-                // commit made meanwhile was restored "as of" a time before
-                // it was made.
-                let time_ms = crate::time::now_ms().max(time_floor);
-                time_floor = time_ms;
+                // Each commit's time is an upper bound on when it was made
+                // (`commit_times`): when the watcher saw its frame, else
+                // now, after the read that found it (stamped before the
+                // read, a commit made meanwhile was restored "as of" a time
+                // before it was made).
+                let scan_ms = crate::time::now_ms();
+                let salts = (h.salt1, h.salt2);
+                let ends: Vec<u64> = group.iter().map(|t| t.end.offset).collect();
+                let times = match &clock {
+                    Some(c) => c.times(&self.opts.path, salts, &ends, scan_ms, time_floor),
+                    None => commit_times(&[], salts, &ends, scan_ms, time_floor),
+                };
+                let (first_time_ms, last_time_ms) = (times[0], times[times.len() - 1]);
+                time_floor = last_time_ms;
                 let header = SegmentHeader {
                     page_size: h.page_size,
                     commit_count: group.len() as u32,
                     first_txid: next_txid,
                     last_txid: next_txid + group.len() as u64 - 1,
-                    first_time_ms: time_ms,
-                    last_time_ms: time_ms,
+                    first_time_ms,
+                    last_time_ms,
                     start: at,
                     end: last.end,
                 };
                 let spool = (size > SEGMENT_IN_MEMORY)
                     .then(|| SpoolFile::create(&self.opts.spool_dir, "segment"))
                     .transpose()?;
-                let encoded = encode_segment(&wal, &h, header, &group, spool.as_ref());
+                let encoded = encode_segment(&wal, &h, header, &group, &times, spool.as_ref());
                 let key = keys::segment_key(
                     &prefix,
                     generation,
@@ -213,6 +229,9 @@ impl Replica {
                 drop(spool);
                 let len = uploaded?;
                 log::debug!("{prefix}: uploaded {key} ({len} bytes)");
+                if let Some(c) = &clock {
+                    c.shipped(&self.opts.path, &header.end);
+                }
                 next_txid = header.last_txid + 1;
                 cursor_now = Cursor {
                     pos: Some(header.end),

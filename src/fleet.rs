@@ -1,0 +1,228 @@
+//! Fleet listings: which LISTs a command over many databases (`restore-all`,
+//! `verify`, `list`) makes, and how their keys are cut into each database's
+//! own listing.
+//!
+//! A LIST is the dear request: on AWS it costs ten GETs, and some servers
+//! (s3s-fs) walk the whole bucket for every page. So a command over many
+//! databases lists each parent prefix once (`tenants/` for `tenants/a`,
+//! `tenants/b`, …) instead of each database, and then gives every database
+//! [`slice`] of that listing: exactly the objects `Storage::list` of its
+//! root (`<prefix>/`) would have returned, so restore, `list` and the stray
+//! rules see what they saw before. [`listing_roots`] decides what to list.
+//! Pure: no I/O, the caller lists.
+
+use crate::storage::fetch::{self, Limits};
+use crate::storage::ObjectMeta;
+
+/// Fewest databases sharing a parent for which the parent is listed once
+/// rather than each of them. Fewer cost few LISTs anyway (made in
+/// parallel); from this many on, listing the parent costs fewer requests
+/// unless it holds more than about a thousand objects per selected database
+/// that are not theirs (one page holds 1,000 keys).
+pub const GROUP_MIN: usize = 8;
+
+/// The key prefixes to list so that every database of `prefixes` is
+/// covered, and so is each root of `more` (e.g. the fixed part of a
+/// `[[directories]]` template, listed to discover backups of databases
+/// whose files are gone). Databases are grouped by parent (what comes
+/// before their last `/`): a parent with at least [`GROUP_MIN`] of them is
+/// listed once (`<parent>/`), otherwise each database is (`<prefix>/`).
+/// Top-level prefixes are always listed one by one: the bucket as a whole
+/// may hold anything. A root inside another root is dropped (its keys are
+/// in the other's listing). Sorted, and none starts with another, so their
+/// listings, one after the other in this order, are one sorted listing.
+pub fn listing_roots(prefixes: &[String], more: &[String]) -> Vec<String> {
+    let mut by_parent: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for p in prefixes {
+        let parent = p.rfind('/').map_or("", |i| &p[..i]);
+        by_parent.entry(parent).or_default().push(p);
+    }
+    let mut roots: Vec<String> = more.to_vec();
+    for (parent, group) in by_parent {
+        if parent.is_empty() || group.len() < GROUP_MIN {
+            roots.extend(group.iter().map(|p| format!("{p}/")));
+        } else {
+            roots.push(format!("{parent}/"));
+        }
+    }
+    roots.sort();
+    // Sorted, a root that starts with another comes after it, with only
+    // roots that also start with it in between.
+    let mut kept: Vec<String> = Vec::new();
+    for root in roots {
+        if !kept.last().is_some_and(|k| root.starts_with(k.as_str())) {
+            kept.push(root);
+        }
+    }
+    kept
+}
+
+/// The objects of `listing` (sorted by key, covering `<prefix>/`) that a
+/// listing of `<prefix>/` holds.
+pub fn slice<'a>(listing: &'a [ObjectMeta], prefix: &str) -> &'a [ObjectMeta] {
+    let root = format!("{prefix}/");
+    let start = listing.partition_point(|o| o.key.as_str() < root.as_str());
+    let len = listing[start..].partition_point(|o| o.key.starts_with(&root));
+    &listing[start..start + len]
+}
+
+/// How each of `jobs` restores running at once downloads: one restore
+/// alone gets `fetch::DEFAULT`; many share about twice its read-ahead and
+/// eight ranges in flight between them, at least one chunk and one worker
+/// each, so memory stays bounded whatever `--jobs` is.
+pub fn fetch_limits(jobs: usize) -> Limits {
+    let d = fetch::DEFAULT;
+    let jobs = jobs.max(1);
+    Limits {
+        workers: (8 / jobs).clamp(1, d.workers),
+        ahead_bytes: (2 * d.ahead_bytes / jobs as u64).clamp(d.chunk_bytes, d.ahead_bytes),
+        ..d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parents_with_many_databases_are_listed_once_the_rest_one_by_one() {
+        let tenants: Vec<String> = (0..GROUP_MIN).map(|i| format!("tenants/t{i}")).collect();
+        let few: Vec<String> = (0..GROUP_MIN - 1).map(|i| format!("svc/s{i}")).collect();
+        let top: Vec<String> = (0..GROUP_MIN).map(|i| format!("app{i}")).collect();
+        let roots = |p: &[&[String]], more: &[&str]| listing_roots(&p.concat(), &strings(more));
+        for (prefixes, more, expected) in [
+            (vec![&tenants[..]], vec![], vec!["tenants/".to_string()]),
+            (vec![&tenants[..1]], vec![], vec!["tenants/t0/".to_string()]),
+            (
+                vec![&few[..]],
+                vec![],
+                few.iter().map(|p| format!("{p}/")).collect(),
+            ),
+            // The bucket root is never listed for a config's databases.
+            (
+                vec![&top[..]],
+                vec![],
+                top.iter().map(|p| format!("{p}/")).collect(),
+            ),
+            // A deep database alone is listed alone, and one under a listed
+            // parent or directory root is not listed again.
+            (
+                vec![&tenants[..], &strings(&["tenants/eu/x", "a/b/c/d"])[..]],
+                vec![],
+                strings(&["a/b/c/d/", "tenants/"]),
+            ),
+            (
+                vec![&few[..2]],
+                vec!["svc/", "svc/s0/x"],
+                strings(&["svc/"]),
+            ),
+            // Directory roots need not end at a '/'.
+            (
+                vec![&strings(&["t/db-1", "u/v"])[..]],
+                vec!["t/db-"],
+                strings(&["t/db-", "u/v/"]),
+            ),
+            (vec![&tenants[..]], vec![""], strings(&[""])),
+            (vec![], vec![], vec![]),
+        ] {
+            assert_eq!(roots(&prefixes, &more), expected, "{prefixes:?} {more:?}");
+        }
+    }
+
+    #[test]
+    fn every_database_is_covered_by_one_root() {
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for _ in 0..300 {
+            let prefixes: Vec<String> = (0..next(40))
+                .map(|_| {
+                    let depth = 1 + next(3);
+                    (0..depth)
+                        .map(|_| format!("p{}", next(4)))
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .collect();
+            let roots = listing_roots(&prefixes, &[]);
+            for p in &prefixes {
+                let covering = roots
+                    .iter()
+                    .filter(|r| format!("{p}/").starts_with(r.as_str()))
+                    .count();
+                assert_eq!(covering, 1, "{p} in {roots:?}");
+            }
+            assert!(roots.windows(2).all(|w| !w[1].starts_with(&w[0])));
+            // Their listings, one after the other, are one sorted listing
+            // holding every object of every database.
+            let mut bucket: Vec<String> = prefixes
+                .iter()
+                .map(|p| keys::snapshot_key(p, 1, 1, 1))
+                .chain(["p0-x/y".to_string(), "p1/p2/z".to_string()])
+                .collect();
+            bucket.sort();
+            bucket.dedup();
+            let listed: Vec<&String> = roots
+                .iter()
+                .flat_map(|r| bucket.iter().filter(move |k| k.starts_with(r.as_str())))
+                .collect();
+            assert!(listed.windows(2).all(|w| w[0] < w[1]), "{roots:?}");
+            for p in &prefixes {
+                assert!(listed.contains(&&keys::snapshot_key(p, 1, 1, 1)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_slice_is_what_listing_the_database_would_give() {
+        let meta = |key: &str| ObjectMeta {
+            key: key.to_string(),
+            size: 1,
+        };
+        let keys = [
+            keys::snapshot_key("t/a", 1, 1, 1),
+            "t/a/notes.txt".to_string(),
+            keys::snapshot_key("t/a/inner", 1, 1, 1),
+            keys::snapshot_key("t/a-b", 1, 1, 1),
+            keys::snapshot_key("t/a.b", 1, 1, 1),
+            keys::snapshot_key("t/ab", 1, 1, 1),
+            "t/a".to_string(),
+            keys::snapshot_key("t/b", 1, 1, 1),
+        ];
+        let mut one: Vec<ObjectMeta> = keys.iter().map(|k| meta(k)).collect();
+        one.sort_by(|a, b| a.key.cmp(&b.key));
+        for prefix in ["t/a", "t/a/inner", "t/a-b", "t/ab", "t/b", "t/c", "t", "u"] {
+            let root = keys::database_root(prefix);
+            let want: Vec<&ObjectMeta> = one.iter().filter(|o| o.key.starts_with(&root)).collect();
+            let got: Vec<&ObjectMeta> = slice(&one, prefix).iter().collect();
+            assert_eq!(got, want, "{prefix}");
+        }
+        assert_eq!(slice(&one, "t/a").len(), 3);
+        assert!(slice(&[], "t/a").is_empty());
+    }
+
+    #[test]
+    fn many_restores_share_the_read_ahead_of_one() {
+        let d = fetch::DEFAULT;
+        assert_eq!(fetch_limits(1), d);
+        assert_eq!(fetch_limits(0), d);
+        let two = fetch_limits(2);
+        assert_eq!((two.workers, two.ahead_bytes), (4, d.ahead_bytes));
+        let many = fetch_limits(16);
+        assert_eq!((many.workers, many.ahead_bytes), (1, d.chunk_bytes));
+        for jobs in 1..200u64 {
+            let l = fetch_limits(jobs as usize);
+            assert!(l.workers >= 1 && l.ahead_bytes >= l.chunk_bytes);
+            assert!(jobs * l.ahead_bytes <= (2 * d.ahead_bytes).max(jobs * d.chunk_bytes));
+        }
+    }
+}
