@@ -4,25 +4,27 @@
 #
 # The unit tests that feed damaged and random inputs to everything that reads
 # outside input try a few thousand inputs on every `cargo test`:
-# - the decoders of objects (segment, snapshot, idle mark) and the WAL
-#   header and frame scanner: `fuzz` in src/format/mod.rs and
-#   `random_garbage_never_panics` in src/wal.rs; the watcher's look at new
-#   WAL frames (`fuzz` in src/replica/commit_times.rs);
+# - the decoders of objects (segment, snapshot, idle mark), the opener of
+#   sealed (encrypted) objects and the WAL header and frame scanner: `fuzz`
+#   in src/format/mod.rs and `random_garbage_never_panics` in src/wal.rs;
+#   the watcher's look at new WAL frames (`fuzz` in
+#   src/replica/commit_times.rs);
 # - the text parsers, each in a `fuzz` module beside its code: timestamps
 #   (src/time.rs), durations, sizes, prefixes, bucket names, endpoints,
 #   regions, AWS_* variables and whole config files (src/config/), glob
 #   patterns (src/file_pattern.rs), prefixes, prefix templates and template
-#   matching (src/keys/prefix.rs), object keys and listings (src/keys/), S3
-#   listings, error answers and keys (src/storage/s3/), dir storage keys
-#   (src/storage/dir.rs). They
+#   matching (src/keys/prefix.rs), object keys and listings (src/keys/),
+#   key files (src/keyfile.rs), S3 listings, error answers and keys
+#   (src/storage/s3/), dir storage keys (src/storage/dir.rs). They
 #   get random bytes, random UTF-8 (multi-byte characters included) and
 #   valid inputs mutated at character boundaries (see `fuzz_text` in
 #   src/lib.rs).
 # This runs the same tests in release mode with WALSYNC_FUZZ_ITERS inputs
 # per loop and prints, per decoder or parser, the inputs tried, the panics
 # and the inputs accepted. Panics must be 0, and damaged objects accepted
-# must be 0; the tests fail otherwise (a parser of text may accept a
-# mutated input that is still valid).
+# (sealed ones included: they must fail authentication) must be 0; the
+# tests fail otherwise (a parser of text may accept a mutated input that is
+# still valid).
 #
 #   bash bench/fuzz.sh              # 1,000,000 inputs per loop
 #   bash bench/fuzz.sh 200000

@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod file_pattern;
 pub mod fleet;
 pub mod format;
+pub mod keyfile;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

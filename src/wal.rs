@@ -222,6 +222,60 @@ impl WalPos {
     }
 }
 
+/// Bytes of the wal-index header at the start of the `-shm` file: two
+/// copies of the 48-byte header SQLite keeps (it writes the second, then
+/// the first, and a reader trusts them only when they agree).
+pub const INDEX_HEADER_BYTES: usize = 96;
+const INDEX_VERSION: u32 = 3_007_000;
+
+/// The wal-index header, as a reader of the `-shm` file sees it
+/// (https://www.sqlite.org/walformat.html#the_wal_index_file_format):
+/// what the WAL holds, as the connections share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalIndexHeader {
+    /// `iChange`: the commits written since the wal-index was built (it
+    /// counts each commit, never a checkpoint or a WAL restart; a recovery
+    /// starts it again at 0).
+    pub commits: u32,
+    pub page_size: u32,
+    /// `mxFrame`: the valid frames of the WAL (0: the next frame written is
+    /// frame 1, with `salt1` and `salt2`).
+    pub frames: u32,
+    /// The salts of the WAL (or, with `frames` 0, of the next one, as the
+    /// last checkpoint that restarted it chose them).
+    pub salt1: u32,
+    pub salt2: u32,
+}
+
+/// Parses the wal-index header from the first `INDEX_HEADER_BYTES` of a
+/// `-shm` file, written in this machine's byte order. `None` unless both
+/// copies agree, the header is initialised and its checksum holds (a
+/// writer was in the middle of updating it: read again).
+pub fn parse_index_header(bytes: &[u8]) -> Option<WalIndexHeader> {
+    let (a, b) = (bytes.get(..48)?, bytes.get(48..96)?);
+    let ne = |at: usize| u32::from_ne_bytes([a[at], a[at + 1], a[at + 2], a[at + 3]]);
+    let stored = Checksum(ne(40), ne(44));
+    let big = cfg!(target_endian = "big");
+    if a != b
+        || ne(0) != INDEX_VERSION
+        || a[12] != 1
+        || checksum(big, &a[..40], Checksum::default()) != stored
+    {
+        return None;
+    }
+    let page_size = match u32::from(u16::from_ne_bytes([a[14], a[15]])) {
+        1 => 65536,
+        n => n,
+    };
+    Some(WalIndexHeader {
+        commits: ne(8),
+        page_size,
+        frames: ne(16),
+        salt1: be32(a, 32),
+        salt2: be32(a, 36),
+    })
+}
+
 /// One whole transaction found in the WAL: frames `start..end` (byte offsets),
 /// the last of which is the commit frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,6 +385,65 @@ pub(crate) mod tests {
             self.bytes.extend_from_slice(&f);
             self
         }
+    }
+
+    /// A wal-index header as SQLite writes it (`walIndexWriteHdr`): both
+    /// copies, native byte order, salts as in the WAL header.
+    pub(crate) fn index_header(
+        commits: u32,
+        page_size: u32,
+        frames: u32,
+        salts: (u32, u32),
+    ) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&INDEX_VERSION.to_ne_bytes());
+        h.extend_from_slice(&0u32.to_ne_bytes());
+        h.extend_from_slice(&commits.to_ne_bytes());
+        h.push(1);
+        h.push(0);
+        let sz = (page_size & 0xff00) | (page_size >> 16);
+        h.extend_from_slice(&(sz as u16).to_ne_bytes());
+        h.extend_from_slice(&frames.to_ne_bytes());
+        h.extend_from_slice(&9u32.to_ne_bytes());
+        h.extend_from_slice(&[0; 8]);
+        h.extend_from_slice(&salts.0.to_be_bytes());
+        h.extend_from_slice(&salts.1.to_be_bytes());
+        let sum = checksum(cfg!(target_endian = "big"), &h, Checksum::default());
+        h.extend_from_slice(&sum.0.to_ne_bytes());
+        h.extend_from_slice(&sum.1.to_ne_bytes());
+        let copy = h.clone();
+        h.extend_from_slice(&copy);
+        h
+    }
+
+    #[test]
+    fn the_wal_index_header_is_read_only_when_whole_and_agreed() {
+        for page_size in [512, 4096, 65536] {
+            let b = index_header(17, page_size, 3, (0xdead_beef, 5));
+            assert_eq!(
+                parse_index_header(&b),
+                Some(WalIndexHeader {
+                    commits: 17,
+                    page_size,
+                    frames: 3,
+                    salt1: 0xdead_beef,
+                    salt2: 5
+                })
+            );
+        }
+        let b = index_header(17, 4096, 3, (1, 2));
+        // Any bit of the first copy flipped: it disagrees with the second
+        // (or fails its checksum when both are flipped alike).
+        for bit in 0..48 * 8 {
+            let mut one = b.clone();
+            one[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(parse_index_header(&one), None, "bit {bit}");
+            let mut both = one.clone();
+            both[48 + bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(parse_index_header(&both), None, "bit {bit} in both copies");
+        }
+        assert_eq!(parse_index_header(&b[..95]), None);
+        assert_eq!(parse_index_header(&[]), None);
     }
 
     #[test]

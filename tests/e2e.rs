@@ -2370,11 +2370,9 @@ fn wait_for(done: impl Fn() -> bool, what: &str) {
     }
 }
 
-/// Makes sure walsync holds `db` (it lets go at once of a database whose
-/// first sync found nothing new, and then a burst of writes can restart and
-/// checkpoint the WAL before it wakes: README "Known limitations"): commits
-/// a change nobody reads (`user_version`), then waits until walsync has
-/// shipped it as a segment and holds the database.
+/// Makes sure walsync holds `db` (it may have let go of it while idle):
+/// commits a change nobody reads (`user_version`), then waits until
+/// walsync has shipped it as a segment and holds the database.
 fn take_up(child: &Running, storage: &S3Storage, prefix: &str, db: &Path) {
     let segments = || object_count(storage, prefix, |k| matches!(k, ObjectKind::Segment { .. }));
     let before = segments();
@@ -2516,17 +2514,16 @@ fn a_database_replaced_during_a_storage_outage_is_never_corrupted() {
 
 #[test]
 fn two_application_processes_writing_at_once_keep_one_generation() {
-    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    let setup = burst_setup(None);
     let prefix = "tenants/acme";
     let db = setup.dir.join("app.db");
     let storage = setup.storage();
-    drop(open_app(&db));
-    let mut child = setup.watch("watch.log");
-    showing_log_on_failure(&setup, "watch.log", || {
-        take_up(&child, &storage, prefix, &db)
-    });
-    // Two processes with the default autocheckpoint, 2 × 1,000 commits,
-    // one of them also checkpointing in every mode as it goes.
+    drop(open_default_app(&db));
+    let mut child = watch_debug(&setup);
+    // Right after walsync's first sync (which found nothing new), two
+    // processes with the default autocheckpoint, 2 × 2,000 commits, one of
+    // them also checkpointing in every mode as it goes.
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
     let writer = |first: i64, checkpoints: bool| {
         let db = db.clone();
         thread::spawn(move || {
@@ -2540,7 +2537,7 @@ fn two_application_processes_writing_at_once_keep_one_generation() {
             python_app(
                 &db,
                 &format!(
-                    "import time\nfor i in range(1000):\n    while True:\n        try:\n            c.execute('INSERT INTO t(id, v) VALUES (?, ?)', ({first} + i, 'v' * (i % 50)))\n            break\n        except sqlite3.OperationalError:\n            time.sleep(0.01)\n{ck}"
+                    "import time\nfor i in range(2000):\n    while True:\n        try:\n            c.execute('INSERT INTO t(id, v) VALUES (?, ?)', ({first} + i, 'v' * (i % 50)))\n            break\n        except sqlite3.OperationalError:\n            time.sleep(0.01)\n{ck}"
                 ),
             );
         })
@@ -2549,13 +2546,10 @@ fn two_application_processes_writing_at_once_keep_one_generation() {
     let b = writer(100_000, true);
     a.join().unwrap();
     b.join().unwrap();
-    wait_shipped(&storage, prefix, &db);
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
     assert!(sigterm(&mut child).success());
-    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
-    assert_eq!(generation_count(&storage, prefix), 1, "{log}");
-    let got = setup.restore_verified(prefix, &setup.dir.join("r.db"));
-    assert_eq!(got.len(), 2_000);
-    assert_eq!(got, rows(&db));
+    assert_eq!(rows(&db).len(), 4_000);
+    assert_one_exact_history(&setup, prefix, &db, &[1, 100_000], 10);
 }
 
 #[test]
@@ -3499,6 +3493,283 @@ fn an_application_that_opens_writes_and_closes_per_transaction_keeps_one_generat
     assert_eq!(generation_count(&storage, prefix), 1, "{log}");
     assert!(!log.contains("cannot follow"), "{log}");
     assert!(!log.contains("ERROR"), "{log}");
+}
+
+/// A setup for the write patterns of issue 10 item 2: `sync_interval` 1 s,
+/// `idle_release_after` as given (`None`: the default), debug log (it says
+/// when walsync lets go and wakes).
+fn burst_setup(idle: Option<&str>) -> Setup {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    setup.edit_config(|t| {
+        let t = t.replace("sync_interval = \"100ms\"", "sync_interval = \"1s\"");
+        match idle {
+            Some(idle) => format!("idle_release_after = \"{idle}\"\n{t}"),
+            None => t,
+        }
+    });
+    setup
+}
+
+fn watch_debug(setup: &Setup) -> Running {
+    let log = std::fs::File::create(setup.dir.join("watch.log")).unwrap();
+    Running(
+        setup
+            .command()
+            .env("RUST_LOG", "walsync=debug")
+            .args(["watch", "--config"])
+            .arg(&setup.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The application's connection as most applications have it: WAL mode
+/// with `synchronous=NORMAL` (a few thousand commits a second), SQLite's
+/// default `wal_autocheckpoint` (1,000 pages).
+fn open_default_app(path: &Path) -> Connection {
+    let c = Connection::open(path).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;
+         CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+    )
+    .unwrap();
+    c
+}
+
+/// Commits rows `ids`, one per transaction; returns how long it took.
+fn burst(c: &Connection, ids: std::ops::Range<i64>) -> Duration {
+    let start = Instant::now();
+    for id in ids {
+        insert(c, id);
+    }
+    start.elapsed()
+}
+
+/// The objects of `prefix`.
+fn objects(storage: &S3Storage, prefix: &str) -> Vec<keys::BackupObject> {
+    let listing = storage.list(&keys::database_root(prefix)).unwrap();
+    keys::parse_listing(prefix, &listing).unwrap()
+}
+
+/// The newest txid in the bucket for `prefix`.
+fn newest_txid(storage: &S3Storage, prefix: &str) -> u64 {
+    objects(storage, prefix)
+        .iter()
+        .filter(|o| !matches!(o.kind, ObjectKind::Mark { .. }))
+        .map(|o| o.kind.txid())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Segments of `prefix` holding txids after `txid`.
+fn segments_after(storage: &S3Storage, prefix: &str, txid: u64) -> usize {
+    object_count(
+        storage,
+        prefix,
+        |k| matches!(k, ObjectKind::Segment { last_txid, .. } if *last_txid > txid),
+    )
+}
+
+/// After walsync stopped: the backup of `db` (every commit since walsync's
+/// snapshot one row, its id counting up from one of `writers`, the first
+/// ids of the application's writers, in order) is one generation, and each
+/// of `samples` txids across it restores exactly a state the writers had:
+/// the newest `N - (T - txid)` rows (T the newest txid), each writer's
+/// first ones in order, with their values, passing `integrity_check`. The
+/// newest restore is byte-identical to the database once checkpointed.
+fn assert_one_exact_history(setup: &Setup, prefix: &str, db: &Path, writers: &[i64], samples: u64) {
+    let ranges: Vec<std::ops::Range<i64>> = writers
+        .iter()
+        .enumerate()
+        .map(|(i, &first)| first..writers.get(i + 1).copied().unwrap_or(i64::MAX))
+        .collect();
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    let storage = setup.storage();
+    assert_eq!(generation_count(&storage, prefix), 1, "{log}");
+    let live: std::collections::BTreeMap<i64, String> = rows(db).into_iter().collect();
+    let newest = newest_txid(&storage, prefix);
+    let snapshot_txid = objects(&storage, prefix)
+        .iter()
+        .filter(|o| matches!(o.kind, ObjectKind::Snapshot { .. }))
+        .map(|o| o.kind.txid())
+        .min()
+        .unwrap();
+    let n = live.len() as u64;
+    let span = newest - snapshot_txid;
+    for i in 0..=samples {
+        let txid = snapshot_txid + span * i / samples;
+        let out = setup.dir.join(format!("at-{txid}.db"));
+        let o = setup.restore(prefix, &out, &["--txid", &txid.to_string()]);
+        assert!(
+            o.status.success(),
+            "txid {txid}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(integrity(&out), "ok", "txid {txid}");
+        let got = rows(&out);
+        assert_eq!(got.len() as u64, n - (newest - txid), "txid {txid}: {log}");
+        for w in &ranges {
+            let mine: Vec<&(i64, String)> = got.iter().filter(|(id, _)| w.contains(id)).collect();
+            let want: Vec<(&i64, &String)> = live.range(w.clone()).take(mine.len()).collect();
+            let mine: Vec<(&i64, &String)> = mine.iter().map(|(id, v)| (id, v)).collect();
+            assert_eq!(mine, want, "txid {txid}: the first rows of writer {w:?}");
+        }
+        std::fs::remove_file(&out).unwrap();
+    }
+    let c = Connection::open(db).unwrap();
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(c);
+    let out = setup.dir.join("latest.db");
+    assert_eq!(setup.restore_verified(prefix, &out).len() as u64, n);
+    assert!(
+        std::fs::read(db).unwrap() == std::fs::read(&out).unwrap(),
+        "the newest restore is the database's bytes"
+    );
+}
+
+#[test]
+fn a_burst_after_an_idle_release_keeps_one_generation_at_the_sync_interval() {
+    let setup = burst_setup(Some("1s"));
+    // No sync point of walsync's own during the burst (it ships what came
+    // since the sync's upload, a second PUT in that sync): this counts the
+    // syncs.
+    setup.edit_config(|t| {
+        t.replace("\"256KiB\"", "\"64MiB\"")
+            .replace("\"1MiB\"", "\"128MiB\"")
+    });
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_default_app(&db);
+    burst(&c, 1..101);
+    let mut child = watch_debug(&setup);
+    showing_log_on_failure(&setup, "watch.log", || {
+        wait_shipped(&storage, prefix, &db);
+        wait_let_go(&child, &db);
+    });
+    // 3,000 small commits (about 12 MB of WAL frames, under one segment's
+    // 16 MiB, so that each sync ships one segment): the application's
+    // autocheckpoint backfills the WAL (changing the database file) and
+    // would restart it before walsync takes it up again.
+    let before = newest_txid(&storage, prefix);
+    let start = Instant::now();
+    for id in 101..3_101 {
+        c.execute("INSERT INTO t(id, v) VALUES (?1, 'r')", [id])
+            .unwrap();
+    }
+    let took = start.elapsed();
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    let segments = segments_after(&storage, prefix, before);
+    eprintln!(
+        "3,000 commits in {:.2} s after a release: {segments} segments",
+        took.as_secs_f64()
+    );
+    // One per sync_interval, and one each for the wake and the tail.
+    showing_log_on_failure(&setup, "watch.log", || {
+        assert!(
+            segments as f64 <= took.as_secs_f64() / 1.0 + 2.0,
+            "{segments} segments for {:.2} s",
+            took.as_secs_f64()
+        )
+    });
+    assert!(sigterm(&mut child).success());
+    drop(c);
+    assert_one_exact_history(&setup, prefix, &db, &[1], 10);
+}
+
+#[test]
+fn a_burst_right_after_the_start_keeps_one_generation() {
+    let setup = burst_setup(None);
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_default_app(&db);
+    burst(&c, 1..101);
+    let mut child = watch_debug(&setup);
+    // walsync's first sync found nothing new: the burst comes right after.
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    burst(&c, 101..3_101);
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    assert!(sigterm(&mut child).success());
+    drop(c);
+    assert_one_exact_history(&setup, prefix, &db, &[1], 10);
+}
+
+#[test]
+fn a_large_transaction_after_an_idle_release_keeps_one_generation() {
+    let setup = burst_setup(Some("1s"));
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_default_app(&db);
+    burst(&c, 1..101);
+    let mut child = watch_debug(&setup);
+    showing_log_on_failure(&setup, "watch.log", || {
+        wait_shipped(&storage, prefix, &db);
+        wait_let_go(&child, &db);
+    });
+    // One transaction of about 12 MB (more pages than the page cache and
+    // the autocheckpoint hold), then small ones.
+    c.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) \
+         INSERT INTO t(id, v) SELECT 1000000 + i, hex(randomblob(300)) FROM n;",
+    )
+    .unwrap();
+    burst(&c, 101..601);
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    assert!(sigterm(&mut child).success());
+    drop(c);
+    // The large transaction is one commit of 20,000 rows: restore the
+    // ends exactly.
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert_eq!(generation_count(&storage, prefix), 1, "{log}");
+    let c = Connection::open(&db).unwrap();
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(c);
+    let out = setup.dir.join("latest.db");
+    assert_eq!(setup.restore_verified(prefix, &out), rows(&db));
+    assert!(std::fs::read(&db).unwrap() == std::fs::read(&out).unwrap());
+    // Just before the small ones: the 100 first rows and the large
+    // transaction.
+    let txid = newest_txid(&storage, prefix) - 500;
+    let out = setup.dir.join("at.db");
+    let o = setup.restore(prefix, &out, &["--txid", &txid.to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(integrity(&out), "ok");
+    assert_eq!(rows(&out).len(), 20_100);
+}
+
+#[test]
+fn the_applications_checkpoints_of_every_mode_after_idle_releases_keep_one_generation() {
+    let setup = burst_setup(Some("1s"));
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_default_app(&db);
+    burst(&c, 1..101);
+    let mut child = watch_debug(&setup);
+    let mut next = 101;
+    for mode in ["PASSIVE", "FULL", "RESTART", "TRUNCATE"] {
+        showing_log_on_failure(&setup, "watch.log", || {
+            wait_shipped(&storage, prefix, &db);
+            wait_let_go(&child, &db);
+        });
+        // A burst, the application's checkpoint, and another burst.
+        burst(&c, next..next + 800);
+        c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+            .unwrap();
+        burst(&c, next + 800..next + 1_000);
+        next += 1_000;
+    }
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    assert!(sigterm(&mut child).success());
+    drop(c);
+    assert_one_exact_history(&setup, prefix, &db, &[1], 10);
 }
 
 /// Microseconds since the Unix epoch, for a writer that times its commits.

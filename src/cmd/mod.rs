@@ -38,6 +38,7 @@ pub enum Command {
     Prune(prune::PruneArgs),
     Verify(verify::VerifyArgs),
     Version(version::VersionArgs),
+    Keygen(keygen::KeygenArgs),
 }
 
 impl Cli {
@@ -66,6 +67,7 @@ impl Cli {
             Command::Prune(a) => prune::run(a),
             Command::Verify(a) => verify::run(a),
             Command::Version(a) => version::run(a),
+            Command::Keygen(a) => keygen::run(a),
         }
     }
 }
@@ -184,6 +186,7 @@ macro_rules! err {
 
 // After the macros: the modules use them.
 pub mod history;
+pub mod keygen;
 pub mod list;
 pub mod output;
 pub mod prune;

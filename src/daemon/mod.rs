@@ -128,23 +128,6 @@ fn backoff(failures: u32) -> Duration {
     crate::backoff::up_by(base, 0.25, crate::backoff::random_unit())
 }
 
-/// Whether the application wrote to the database since `before` was taken
-/// (walsync's own first read may create an empty WAL, which is no write).
-/// When walsync checkpointed in that sync, the database file and the WAL
-/// changed by its own hand, so only a WAL longer than before counts (a
-/// database left with a WAL from its last run checkpoints at its first
-/// sync; counting that as a write kept thousands of them open at start).
-fn written_during(before: &FileStat, db: &Path, checkpointed: bool) -> bool {
-    let after = stat_of(db);
-    let wal_len = |s: &FileStat| s.wal.map_or(0, |(len, _)| len);
-    if checkpointed {
-        return wal_len(&after) > wal_len(before);
-    }
-    before.db != after.db
-        || wal_len(&after) > wal_len(before)
-        || before.wal.is_some() && before.wal != after.wal
-}
-
 /// The database whose WAL `path` is, if it names a `-wal` file.
 fn database_of_wal(path: &Path) -> Option<PathBuf> {
     let name = path.file_name()?.to_str()?;
@@ -448,7 +431,6 @@ impl Dispatcher {
         };
         let mut replica = replica;
         let connection = connection_of(&replica);
-        let path = replica.path().to_path_buf();
         // Whether the application has closed the database: a cheap probe
         // (`Replica::others_attached`) after each sync, failed ones too.
         let others_attached = replica.others_attached();
@@ -462,8 +444,7 @@ impl Dispatcher {
             started,
             others_attached,
         };
-        let written = |checkpointed| written_during(&stat, &path, checkpointed);
-        let actions = self.schedule.on_done(id, done, written, &mut self.fds, now);
+        let actions = self.schedule.on_done(id, done, &mut self.fds, now);
         self.perform(actions);
     }
 

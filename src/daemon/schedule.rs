@@ -611,6 +611,12 @@ impl Schedule {
                 }
             }
             let db = self.dbs.get_mut(&id).expect("invariant: listed above");
+            // The sync interval runs from a sync's start: what is written
+            // while it runs ships one sync interval after it began, not as
+            // soon as it ends (which made two syncs, and two segments, per
+            // interval under steady writes, and a burst of them right after
+            // a wake, whose last sync was long before).
+            db.last_sync = Some(now);
             db.work = Work::Clean;
             db.job = Job::Syncing;
             // The last sync before walsync stops or lets go of the database
@@ -676,14 +682,11 @@ impl Schedule {
         due
     }
 
-    /// A sync job ended: what follows for its database. `written_during`
-    /// says whether the application wrote to it since the job began (given
-    /// whether walsync checkpointed), asked only when it matters.
+    /// A sync job ended: what follows for its database.
     pub(crate) fn on_done(
         &mut self,
         id: u64,
         done: Finished,
-        written_during: impl FnOnce(bool) -> bool,
         fds: &mut dyn Descriptors,
         now: Instant,
     ) -> Vec<Action> {
@@ -708,23 +711,21 @@ impl Schedule {
             s.pending_since_ms = None;
         }
         s.job = Job::Idle(connection);
-        let first_sync = s.last_sync.is_none();
-        s.last_sync = Some(now);
+        s.last_sync = Some(started);
         s.stat = Some(stat);
         if let (Outcome::Synced(r), Some(idle)) = (&outcome, self.idle_release_after) {
-            if first_sync && r.commits == 0 && !written_during(r.checkpointed) {
-                // Nothing was committed while walsync was away: let go at
-                // once, so that starting with thousands of databases does not
-                // hold them all open (and run out of descriptors) at the
-                // same time. Not if the application is writing right now:
-                // letting go then only invites it to checkpoint and restart
-                // the WAL before walsync is back, a gap (a new generation).
-                s.release_at = Some(now);
-            } else if r.commits > 0
+            // Each commit restarts the idle clock, and the first sync starts
+            // it: a database is let go of only after `idle` without a
+            // commit since walsync took it up, even if its first sync found
+            // nothing new. Letting go at once invited a burst of writes
+            // right after the start to checkpoint and restart the WAL
+            // before walsync was back (a new generation); starting with
+            // more databases than descriptors allow is what lets go of
+            // open ones sooner (`due_releases`).
+            if r.commits > 0
                 || r.snapshot
                 || s.release_at.is_none() && connection == Connection::Open
             {
-                // Each commit restarts the idle clock.
                 s.release_at = Some(now + idle);
             }
         }
@@ -1222,20 +1223,20 @@ mod tests {
         let (mut s, t0) = schedule(1, 2, None);
         let mut fds = FakeFds::default();
         assert_eq!(syncs(&s.launch(t0, &mut fds)), vec![(0, false)]);
-        s.on_done(0, synced(1, t0), |_| true, &mut fds, ms(t0, 10));
-        // Written after that sync: due one sync interval after it.
+        s.on_done(0, synced(1, t0), &mut fds, ms(t0, 10));
+        // Written after that sync: due one sync interval after it began.
         write(&mut s, 0, ms(t0, 20));
         assert!(s.launch(ms(t0, 500), &mut fds).is_empty());
-        assert_eq!(s.next_wake(ms(t0, 500), ms(t0, 60_000)), ms(t0, 1010));
+        assert_eq!(s.next_wake(ms(t0, 500), ms(t0, 60_000)), ms(t0, 1000));
         assert_eq!(syncs(&s.launch(ms(t0, 1010), &mut fds)), vec![(0, false)]);
         // One job per database at a time, however often it is written.
         write(&mut s, 0, ms(t0, 1015));
         assert!(s.launch(ms(t0, 3000), &mut fds).is_empty());
-        s.on_done(0, synced(0, ms(t0, 1010)), |_| true, &mut fds, ms(t0, 3000));
+        s.on_done(0, synced(0, ms(t0, 1010)), &mut fds, ms(t0, 3000));
         // Written during that sync: due again at once (a sync interval
         // after the one before).
         assert_eq!(syncs(&s.launch(ms(t0, 3000), &mut fds)), vec![(0, false)]);
-        s.on_done(0, synced(0, ms(t0, 3000)), |_| true, &mut fds, ms(t0, 3010));
+        s.on_done(0, synced(0, ms(t0, 3000)), &mut fds, ms(t0, 3010));
         // Nothing written since: nothing due, however long it waits.
         assert!(s.launch(ms(t0, 60_000), &mut fds).is_empty());
         // A rescan finds a change that no event reported.
@@ -1284,7 +1285,7 @@ mod tests {
                 );
                 let i = (lcg(&mut rng) % running.len() as u64) as usize;
                 let id = running.swap_remove(i);
-                s.on_done(id, synced(1, now), |_| true, &mut fds, now);
+                s.on_done(id, synced(1, now), &mut fds, now);
             }
             let (least, most) = (
                 *syncs_of.iter().min().unwrap(),
@@ -1380,7 +1381,7 @@ mod tests {
                             }
                             _ => synced(lcg(&mut rng) % 2, now),
                         };
-                        s.on_done(id, done, |_| false, &mut fds, now);
+                        s.on_done(id, done, &mut fds, now);
                     }
                     6 if !releasing.is_empty() => {
                         let id = releasing.swap_remove(0);
@@ -1412,28 +1413,28 @@ mod tests {
         let (mut s, t0) = schedule(2, 2, None);
         let mut fds = FakeFds::default();
         assert_eq!(s.launch(t0, &mut fds).len(), 2);
-        s.on_done(1, synced(0, t0), |_| true, &mut fds, t0);
+        s.on_done(1, synced(0, t0), &mut fds, t0);
         // Written while the failing sync ran: still waits out the backoff.
         write(&mut s, 0, ms(t0, 1));
-        s.on_done(0, failed(t0), |_| true, &mut fds, ms(t0, 10));
+        s.on_done(0, failed(t0), &mut fds, ms(t0, 10));
         // 2 s after the first failure; the other database goes on.
         write(&mut s, 1, ms(t0, 1500));
         assert_eq!(syncs(&s.launch(ms(t0, 1500), &mut fds)), vec![(1, false)]);
-        s.on_done(1, synced(1, t0), |_| true, &mut fds, ms(t0, 1510));
+        s.on_done(1, synced(1, t0), &mut fds, ms(t0, 1510));
         assert!(s.launch(ms(t0, 2000), &mut fds).is_empty());
         assert_eq!(syncs(&s.launch(ms(t0, 2010), &mut fds)), vec![(0, false)]);
         // 4 s after the second.
-        s.on_done(0, failed(ms(t0, 2010)), |_| true, &mut fds, ms(t0, 2020));
+        s.on_done(0, failed(ms(t0, 2010)), &mut fds, ms(t0, 2020));
         write(&mut s, 0, ms(t0, 2030));
         assert!(s.launch(ms(t0, 6000), &mut fds).is_empty());
         assert_eq!(syncs(&s.launch(ms(t0, 6020), &mut fds)), vec![(0, false)]);
         assert_eq!(s.get(0).unwrap().health.failed_syncs, 2);
         // A success ends the run: the next failure waits 2 s again.
-        s.on_done(0, synced(3, ms(t0, 6020)), |_| true, &mut fds, ms(t0, 6030));
+        s.on_done(0, synced(3, ms(t0, 6020)), &mut fds, ms(t0, 6030));
         assert_eq!(s.get(0).unwrap().health.failed_syncs, 0);
         write(&mut s, 0, ms(t0, 7100));
         assert_eq!(syncs(&s.launch(ms(t0, 7100), &mut fds)), vec![(0, false)]);
-        s.on_done(0, failed(ms(t0, 7100)), |_| true, &mut fds, ms(t0, 7110));
+        s.on_done(0, failed(ms(t0, 7100)), &mut fds, ms(t0, 7110));
         assert!(s.launch(ms(t0, 9100), &mut fds).is_empty());
         assert_eq!(syncs(&s.launch(ms(t0, 9110), &mut fds)), vec![(0, false)]);
     }
@@ -1451,15 +1452,15 @@ mod tests {
         };
         assert_eq!(s.launch(t0, &mut fds).len(), 5);
         // A database failing for its own reason is not the storage's.
-        s.on_done(4, failed(t0), |_| true, &mut fds, ms(t0, 5));
-        s.on_done(0, unreachable(t0), |_| true, &mut fds, ms(t0, 10));
-        s.on_done(1, unreachable(t0), |_| true, &mut fds, ms(t0, 20));
+        s.on_done(4, failed(t0), &mut fds, ms(t0, 5));
+        s.on_done(0, unreachable(t0), &mut fds, ms(t0, 10));
+        s.on_done(1, unreachable(t0), &mut fds, ms(t0, 20));
         assert!(!s.outage.in_outage());
-        s.on_done(2, unreachable(t0), |_| true, &mut fds, ms(t0, 30));
+        s.on_done(2, unreachable(t0), &mut fds, ms(t0, 30));
         assert!(s.outage.in_outage(), "three at once: the storage is down");
         // Each still backs off on its own.
         assert!(s.get(2).unwrap().health.retry_at.is_some());
-        s.on_done(3, synced(0, t0), |_| true, &mut fds, ms(t0, 40));
+        s.on_done(3, synced(0, t0), &mut fds, ms(t0, 40));
         assert!(
             s.outage.in_outage(),
             "a database that did not wait proves nothing"
@@ -1470,30 +1471,18 @@ mod tests {
             retried,
             vec![(0, false), (1, false), (2, false), (4, false)]
         );
-        s.on_done(4, failed(t0), |_| true, &mut fds, ms(t0, 5005));
+        s.on_done(4, failed(t0), &mut fds, ms(t0, 5005));
         for id in [0, 1] {
-            s.on_done(
-                id,
-                synced(1, ms(t0, 5000)),
-                |_| true,
-                &mut fds,
-                ms(t0, 5010),
-            );
+            s.on_done(id, synced(1, ms(t0, 5000)), &mut fds, ms(t0, 5010));
         }
         assert!(s.outage.in_outage(), "one still waits");
-        s.on_done(2, unreachable(t0), |_| true, &mut fds, ms(t0, 5030));
+        s.on_done(2, unreachable(t0), &mut fds, ms(t0, 5030));
         assert!(s.outage.in_outage());
         // Forgotten: it no longer waits, and the storage was seen back.
         s.apply([0, 1, 3, 4].into_iter().map(want).collect(), ms(t0, 5040));
         let last = syncs(&s.launch(ms(t0, 20_000), &mut fds));
         assert!(last.contains(&(2, true)), "{last:?}");
-        let actions = s.on_done(
-            2,
-            synced(0, ms(t0, 20_000)),
-            |_| true,
-            &mut fds,
-            ms(t0, 20_010),
-        );
+        let actions = s.on_done(2, synced(0, ms(t0, 20_000)), &mut fds, ms(t0, 20_010));
         assert!(matches!(actions[..], [Action::Forget { id: 2, .. }]));
         assert!(!s.outage.in_outage());
     }
@@ -1504,17 +1493,10 @@ mod tests {
         let mut fds = FakeFds::default();
         assert_eq!(s.launch(t0, &mut fds).len(), 2);
         let replaced = Outcome::Replaced("replaced".into());
-        s.on_done(
-            0,
-            finished(replaced, Connection::Closed, t0),
-            |_| true,
-            &mut fds,
-            t0,
-        );
+        s.on_done(0, finished(replaced, Connection::Closed, t0), &mut fds, t0);
         s.on_done(
             1,
             finished(Outcome::Missing, Connection::Closed, t0),
-            |_| true,
             &mut fds,
             t0,
         );
@@ -1543,13 +1525,13 @@ mod tests {
         // Still short after the wait: waits again, keeping its place.
         assert!(s.launch(t0 + FD_WAIT, &mut fds).is_empty());
         // An open database needs no descriptors to sync, short or not.
-        s.on_done(0, synced(1, t0), |_| true, &mut fds, ms(t0, 300));
+        s.on_done(0, synced(1, t0), &mut fds, ms(t0, 300));
         write(&mut s, 0, ms(t0, 1300));
         fds.left = Some(0);
         assert_eq!(syncs(&s.launch(ms(t0, 1300), &mut fds)), vec![(0, false)]);
         // A job that ends gives descriptors back: the waiting one opens.
         fds.left = Some(FDS_PER_ACTIVE_DATABASE);
-        s.on_done(0, synced(0, ms(t0, 1300)), |_| true, &mut fds, ms(t0, 1310));
+        s.on_done(0, synced(0, ms(t0, 1300)), &mut fds, ms(t0, 1310));
         assert_eq!(syncs(&s.launch(ms(t0, 1310), &mut fds)), vec![(1, false)]);
     }
 
@@ -1565,13 +1547,7 @@ mod tests {
                 "round {round}"
             );
             let short = Outcome::OutOfDescriptors("Too many open files".into());
-            s.on_done(
-                0,
-                finished(short, Connection::Closed, now),
-                |_| true,
-                &mut fds,
-                now,
-            );
+            s.on_done(0, finished(short, Connection::Closed, now), &mut fds, now);
             assert_eq!(s.get(0).unwrap().health.failures, 0, "no backoff builds up");
             // Due again one interval after, opening once the short wait is over.
             assert!(s.launch(now + FD_WAIT / 2, &mut fds).is_empty());
@@ -1589,60 +1565,84 @@ mod tests {
         let mut fds = FakeFds::default();
         assert_eq!(s.launch(t0, &mut fds).len(), 2);
         // Database 0 committed: released after `idle` without commits.
-        s.on_done(0, synced(1, t0), |_| true, &mut fds, t0);
+        s.on_done(0, synced(1, t0), &mut fds, ms(t0, 5_000));
         // Database 1 had nothing committed while walsync was away: let go
-        // after its first sync; its files as the release left them.
-        s.on_done(1, synced(0, t0), |_| false, &mut fds, t0);
-        assert_eq!(releases(&s.launch(ms(t0, 1), &mut fds)), vec![1]);
+        // `idle` after its first sync, as any other (not at once: a burst
+        // right after the start must find walsync holding it); its files
+        // as the release left them.
+        s.on_done(1, synced(0, t0), &mut fds, t0);
+        assert!(releases(&s.launch(ms(t0, 9_999), &mut fds)).is_empty());
+        assert_eq!(releases(&s.launch(ms(t0, 10_000), &mut fds)), vec![1]);
         s.on_released(
             1,
             Ok(Some(STAT)),
             Connection::Released,
-            ms(t0, 2),
+            ms(t0, 10_002),
             &unchanged,
         );
         // Its own checkpoint's events wake nothing; a write does.
         let path = want(1).replica.path;
-        assert!(s.on_file_event(&path, ms(t0, 3), &unchanged));
+        assert!(s.on_file_event(&path, ms(t0, 10_003), &unchanged));
         assert!(!s.get(1).unwrap().is_dirty());
-        assert!(s.launch(ms(t0, 2000), &mut fds).is_empty());
+        assert!(s.launch(ms(t0, 12_000), &mut fds).is_empty());
         // Written while descriptors are short: it must be opened, and the
         // open idle database is let go at a tenth of `idle`.
         fds.left = Some(0);
-        write(&mut s, 1, ms(t0, 2000));
-        let actions = s.launch(ms(t0, 2000), &mut fds);
+        write(&mut s, 1, ms(t0, 12_000));
+        let actions = s.launch(ms(t0, 12_000), &mut fds);
         assert_eq!((releases(&actions), syncs(&actions)), (vec![0], vec![]));
         s.on_released(
             0,
             Ok(Some(STAT)),
             Connection::Released,
-            ms(t0, 2010),
+            ms(t0, 12_010),
             &unchanged,
         );
         fds.left = Some(FDS_PER_ACTIVE_DATABASE);
-        assert_eq!(syncs(&s.launch(ms(t0, 2010), &mut fds)), vec![(1, false)]);
+        assert_eq!(syncs(&s.launch(ms(t0, 12_010), &mut fds)), vec![(1, false)]);
     }
 
     #[test]
-    fn a_released_database_wakes_at_once_when_written() {
+    fn a_released_database_wakes_at_once_and_then_ships_at_the_sync_interval() {
         let idle = Duration::from_secs(10);
         let (mut s, t0) = schedule(1, 2, Some(idle));
         let mut fds = FakeFds::default();
         s.launch(t0, &mut fds);
-        // A first sync that found nothing new: let go of at once.
-        s.on_done(0, synced(0, t0), |_| false, &mut fds, ms(t0, 10));
-        assert_eq!(releases(&s.launch(ms(t0, 10), &mut fds)), vec![0]);
+        // A first sync that found nothing new: let go of after `idle`.
+        s.on_done(0, synced(0, t0), &mut fds, ms(t0, 10));
+        assert!(releases(&s.launch(ms(t0, 10_009), &mut fds)).is_empty());
+        assert_eq!(releases(&s.launch(ms(t0, 10_010), &mut fds)), vec![0]);
         s.on_released(
             0,
             Ok(Some(STAT)),
             Connection::Released,
-            ms(t0, 20),
+            ms(t0, 10_020),
             &unchanged,
         );
         // Written 10 ms later: due at once, not a sync interval after its
         // last sync (walsync pins nothing while it is let go of).
-        write(&mut s, 0, ms(t0, 30));
-        assert_eq!(syncs(&s.launch(ms(t0, 30), &mut fds)), vec![(0, false)]);
+        write(&mut s, 0, ms(t0, 10_030));
+        assert_eq!(syncs(&s.launch(ms(t0, 10_030), &mut fds)), vec![(0, false)]);
+        // A burst goes on while it wakes: what is written meanwhile ships
+        // one sync interval (1 s) after the wake began, not as soon as it
+        // ends, and from then on one sync interval after each sync began.
+        // (sync started, sync ended) -> when the next one starts.
+        for (at, done, next) in [
+            (10_030, 10_060, 11_030),
+            (11_030, 11_050, 12_030),
+            (12_030, 12_070, 13_030),
+        ] {
+            write(&mut s, 0, ms(t0, at + 5));
+            write(&mut s, 0, ms(t0, at + 20));
+            s.on_done(0, synced(50, ms(t0, at)), &mut fds, ms(t0, done));
+            write(&mut s, 0, ms(t0, done + 1));
+            assert!(s.launch(ms(t0, next - 1), &mut fds).is_empty(), "{at}");
+            assert_eq!(
+                syncs(&s.launch(ms(t0, next), &mut fds)),
+                vec![(0, false)],
+                "{at}"
+            );
+        }
     }
 
     #[test]
@@ -1650,16 +1650,16 @@ mod tests {
         let (mut s, t0) = schedule(1, 2, Some(Duration::from_secs(10)));
         let mut fds = FakeFds::default();
         s.launch(t0, &mut fds);
-        s.on_done(0, synced(0, t0), |_| false, &mut fds, ms(t0, 10));
-        assert_eq!(releases(&s.launch(ms(t0, 10), &mut fds)), vec![0]);
+        s.on_done(0, synced(0, t0), &mut fds, ms(t0, 10));
+        assert_eq!(releases(&s.launch(ms(t0, 10_010), &mut fds)), vec![0]);
         let path = want(0).replica.path;
         // Closed while the job lets go of it: not released yet, nothing.
-        s.on_close_released(&path, ms(t0, 15), &written);
+        s.on_close_released(&path, ms(t0, 10_015), &written);
         s.on_released(
             0,
             Ok(Some(STAT)),
             Connection::Released,
-            ms(t0, 20),
+            ms(t0, 10_020),
             &unchanged,
         );
         // Its files as walsync left them (its own closes), an empty WAL,
@@ -1668,13 +1668,13 @@ mod tests {
             wal: Some((0, SystemTime::UNIX_EPOCH)),
             db: None,
         };
-        s.on_close_released(&path, ms(t0, 30), &unchanged);
-        s.on_close_released(&path, ms(t0, 30), &empty);
-        s.on_close_released(Path::new("/elsewhere.db"), ms(t0, 30), &written);
-        assert!(s.launch(ms(t0, 30), &mut fds).is_empty());
+        s.on_close_released(&path, ms(t0, 10_030), &unchanged);
+        s.on_close_released(&path, ms(t0, 10_030), &empty);
+        s.on_close_released(Path::new("/elsewhere.db"), ms(t0, 10_030), &written);
+        assert!(s.launch(ms(t0, 10_030), &mut fds).is_empty());
         // The application's close left frames in the WAL: at once.
-        s.on_close_released(&path, ms(t0, 40), &written);
-        assert_eq!(syncs(&s.launch(ms(t0, 40), &mut fds)), vec![(0, false)]);
+        s.on_close_released(&path, ms(t0, 10_040), &written);
+        assert_eq!(syncs(&s.launch(ms(t0, 10_040), &mut fds)), vec![(0, false)]);
     }
 
     #[test]
@@ -1683,12 +1683,12 @@ mod tests {
         let (mut s, t0) = schedule(1, 2, Some(idle));
         let mut fds = FakeFds::default();
         s.launch(t0, &mut fds);
-        s.on_done(0, synced(1, t0), |_| true, &mut fds, t0);
+        s.on_done(0, synced(1, t0), &mut fds, t0);
         assert!(s.launch(ms(t0, 9999), &mut fds).is_empty());
         // A commit restarts the idle clock.
         write(&mut s, 0, ms(t0, 5000));
         s.launch(ms(t0, 5000), &mut fds);
-        s.on_done(0, synced(2, ms(t0, 5000)), |_| true, &mut fds, ms(t0, 5000));
+        s.on_done(0, synced(2, ms(t0, 5000)), &mut fds, ms(t0, 5000));
         assert!(s.launch(ms(t0, 14_999), &mut fds).is_empty());
         assert_eq!(releases(&s.launch(ms(t0, 15_000), &mut fds)), vec![0]);
         // A failed release: synced again.
@@ -1749,8 +1749,8 @@ mod tests {
         let mut fds = FakeFds::default();
         assert_eq!(s.launch(t0, &mut fds).len(), 2);
         // Database 0's sync found nobody else with it open; 1's did not.
-        s.on_done(0, alone(synced(3, t0)), |_| true, &mut fds, ms(t0, 5));
-        s.on_done(1, synced(3, t0), |_| true, &mut fds, ms(t0, 5));
+        s.on_done(0, alone(synced(3, t0)), &mut fds, ms(t0, 5));
+        s.on_done(1, synced(3, t0), &mut fds, ms(t0, 5));
         let closed = |storage_failing| LetGo::Closed { storage_failing };
         assert_eq!(
             closed_releases(&s.launch(ms(t0, 5), &mut fds)),
@@ -1789,7 +1789,7 @@ mod tests {
             Connection::Open,
             ms(t0, 1013),
         );
-        s.on_done(1, alone(unreachable), |_| true, &mut fds, ms(t0, 4000));
+        s.on_done(1, alone(unreachable), &mut fds, ms(t0, 4000));
         assert_eq!(
             closed_releases(&s.launch(ms(t0, 4000), &mut fds)),
             vec![(1, closed(true))]
@@ -1813,7 +1813,7 @@ mod tests {
         let (mut s, t0) = schedule(1, 2, None);
         let mut fds = FakeFds::default();
         s.launch(t0, &mut fds);
-        s.on_done(0, synced(1, t0), |_| true, &mut fds, ms(t0, 5));
+        s.on_done(0, synced(1, t0), &mut fds, ms(t0, 5));
         s.begin_stop(ms(t0, 6), &unchanged);
         assert_eq!(s.probe_wanted(&want(0).replica.path), None);
         s.on_probe(0, Some(false), ms(t0, 7));
@@ -1822,13 +1822,7 @@ mod tests {
             (releases(&actions), syncs(&actions)),
             (vec![], vec![(0, true)])
         );
-        s.on_done(
-            0,
-            alone(synced(0, ms(t0, 7))),
-            |_| false,
-            &mut fds,
-            ms(t0, 8),
-        );
+        s.on_done(0, alone(synced(0, ms(t0, 7))), &mut fds, ms(t0, 8));
         assert!(releases(&s.launch(ms(t0, 9), &mut fds)).is_empty());
     }
 
@@ -1840,22 +1834,22 @@ mod tests {
         assert_eq!(s.launch(t0, &mut fds).len(), 4);
         // 0: open, idle since its sync; 1: released, unchanged since;
         // 2: released, then written; 3: still syncing when the stop comes.
-        s.on_done(0, synced(1, t0), |_| true, &mut fds, t0);
-        s.on_done(1, synced(0, t0), |_| false, &mut fds, t0);
-        s.on_done(2, synced(0, t0), |_| false, &mut fds, t0);
-        assert_eq!(releases(&s.launch(ms(t0, 1), &mut fds)), vec![1, 2]);
+        s.on_done(0, synced(1, t0), &mut fds, ms(t0, 5_000));
+        s.on_done(1, synced(0, t0), &mut fds, t0);
+        s.on_done(2, synced(0, t0), &mut fds, t0);
+        assert_eq!(releases(&s.launch(ms(t0, 10_000), &mut fds)), vec![1, 2]);
         s.on_released(
             1,
             Ok(Some(STAT)),
             Connection::Released,
-            ms(t0, 2),
+            ms(t0, 10_002),
             &unchanged,
         );
         s.on_released(
             2,
             Ok(Some(STAT)),
             Connection::Released,
-            ms(t0, 2),
+            ms(t0, 10_002),
             &unchanged,
         );
         let stat_now = |p: &Path| {
@@ -1876,17 +1870,17 @@ mod tests {
         assert!(!s.stop_complete());
         let now = ms(t0, 20_010);
         assert_eq!(
-            s.on_done(0, synced(0, now), |_| true, &mut fds, now),
+            s.on_done(0, synced(0, now), &mut fds, now),
             vec![Action::Close { id: 0 }]
         );
         assert_eq!(
-            s.on_done(2, synced(0, now), |_| true, &mut fds, now),
+            s.on_done(2, synced(0, now), &mut fds, now),
             vec![Action::Close { id: 2 }]
         );
         // The sync that was running gets one more, as a last sync.
-        assert_eq!(s.on_done(3, synced(1, t0), |_| true, &mut fds, now), vec![]);
+        assert_eq!(s.on_done(3, synced(1, t0), &mut fds, now), vec![]);
         assert_eq!(syncs(&s.launch(now, &mut fds)), vec![(3, true)]);
-        s.on_done(3, synced(0, now), |_| true, &mut fds, now);
+        s.on_done(3, synced(0, now), &mut fds, now);
         assert!(s.stop_complete());
         assert!(s.take_failed_at_stop().is_empty());
     }
@@ -1897,9 +1891,9 @@ mod tests {
         let mut fds = FakeFds::default();
         s.begin_stop(t0, &unchanged);
         assert_eq!(syncs(&s.launch(t0, &mut fds)), vec![(0, true), (1, true)]);
-        s.on_done(0, failed(t0), |_| true, &mut fds, ms(t0, 4));
+        s.on_done(0, failed(t0), &mut fds, ms(t0, 4));
         let never_opened = finished(Outcome::Failed("no".into()), Connection::Closed, t0);
-        s.on_done(1, never_opened, |_| true, &mut fds, ms(t0, 4));
+        s.on_done(1, never_opened, &mut fds, ms(t0, 4));
         assert!(
             s.launch(ms(t0, 5), &mut fds).is_empty(),
             "a failed last sync is not retried"
@@ -1913,13 +1907,13 @@ mod tests {
         let (mut s, t0) = schedule(2, 4, None);
         let mut fds = FakeFds::default();
         s.launch(t0, &mut fds);
-        s.on_done(0, synced(0, t0), |_| true, &mut fds, t0);
-        s.on_done(1, synced(0, t0), |_| true, &mut fds, t0);
+        s.on_done(0, synced(0, t0), &mut fds, t0);
+        s.on_done(1, synced(0, t0), &mut fds, t0);
         s.apply(vec![want(0)], ms(t0, 10));
         // At once, not a sync interval after the last.
         assert_eq!(syncs(&s.launch(ms(t0, 10), &mut fds)), vec![(1, true)]);
         assert_eq!(
-            s.on_done(1, synced(0, t0), |_| true, &mut fds, ms(t0, 20)),
+            s.on_done(1, synced(0, t0), &mut fds, ms(t0, 20)),
             vec![Action::Forget {
                 id: 1,
                 prefix: "db/1".into()

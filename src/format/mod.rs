@@ -13,6 +13,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 pub mod mark;
+pub mod sealed;
 pub mod segment;
 pub mod snapshot;
 
@@ -425,6 +426,47 @@ mod fuzz {
         .0
     }
 
+    const SEALED_KEY: &str = "db/app/00000001/0000000000000009.snap";
+
+    fn sealing_key() -> crate::keyfile::Key {
+        crate::keyfile::Key::from_secret([7; 32])
+    }
+
+    /// The snapshot, sealed in 1 KiB chunks: two and a short last one.
+    fn sealed() -> Vec<u8> {
+        use std::io::Write;
+        let snap = snapshot();
+        let mut w = super::sealed::SealWriter::with_chunk_shift(
+            Vec::new(),
+            &sealing_key(),
+            SEALED_KEY,
+            [3; 16],
+            10,
+        )
+        .unwrap();
+        for _ in 0..2048 / snap.len() + 1 {
+            w.write_all(&snap).unwrap();
+        }
+        w.finish().unwrap().0
+    }
+
+    /// Opens a sealed object to its end (the opener is what fuzzing targets;
+    /// the snapshot decoder behind it has its own loops).
+    fn open_sealed(b: &[u8]) -> bool {
+        use std::io::Read;
+        let Ok(mut r) = super::sealed::OpenReader::new(b, &[sealing_key()], SEALED_KEY) else {
+            return false;
+        };
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
     fn decode_mark(b: &[u8]) -> bool {
         super::mark::Mark::decode(b).is_ok()
     }
@@ -500,11 +542,20 @@ mod fuzz {
     #[test]
     fn mutated_objects_are_rejected_never_accepted_or_panicking() {
         let mut rng = Rng(0x5eed_1234_abcd_0001);
-        let (seg, snap, mrk) = (segment(), snapshot(), mark());
+        let (seg, snap, mrk, sea) = (segment(), snapshot(), mark(), sealed());
         assert!(decode_segment(&seg) && decode_snapshot(&snap) && decode_mark(&mrk));
-        let (mut segments, mut snapshots, mut marks) =
-            (Tally::default(), Tally::default(), Tally::default());
+        assert!(open_sealed(&sea));
+        let (mut segments, mut snapshots, mut marks, mut seals) = (
+            Tally::default(),
+            Tally::default(),
+            Tally::default(),
+            Tally::default(),
+        );
         for _ in 0..crate::testing::fuzz_iters(3000) {
+            let b = mutate(&mut rng, &sea);
+            if b != sea {
+                seals.try_one(|| open_sealed(&b));
+            }
             let b = mutate(&mut rng, &mrk);
             if b != mrk {
                 marks.try_one(|| decode_mark(&b));
@@ -521,7 +572,8 @@ mod fuzz {
         segments.report("segment decoder", "mutated");
         snapshots.report("snapshot decoder", "mutated");
         marks.report("mark decoder", "mutated");
-        for t in [&segments, &snapshots, &marks] {
+        seals.report("sealed opener", "mutated");
+        for t in [&segments, &snapshots, &marks, &seals] {
             assert_eq!(t.panics, 0, "a decoder panicked");
             assert_eq!(t.accepted, 0, "a mutated object was accepted");
         }
@@ -530,7 +582,8 @@ mod fuzz {
     #[test]
     fn garbage_and_lying_headers_never_panic() {
         let mut rng = Rng(0x0bad_cafe_0000_0042);
-        let (mut segments, mut snapshots, mut marks, mut keys) = (
+        let (mut segments, mut snapshots, mut marks, mut seals, mut keys) = (
+            Tally::default(),
             Tally::default(),
             Tally::default(),
             Tally::default(),
@@ -541,12 +594,19 @@ mod fuzz {
             let mut b: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
             // Half the time, a plausible header: the right magic and version.
             if rng.below(2) == 0 && b.len() >= 8 {
-                b[..4].copy_from_slice([b"WSEG", b"WSNP", b"WMRK"][rng.below(3)]);
+                b[..4].copy_from_slice([b"WSEG", b"WSNP", b"WMRK", b"WSEA"][rng.below(4)]);
                 b[4] = 1;
+                // A sealed header: a known algorithm, chunk size and key id.
+                if &b[..4] == b"WSEA" && b.len() >= 20 {
+                    b[8] = 1;
+                    b[9] = 10 + rng.below(11) as u8;
+                    b[12..20].copy_from_slice(&sealing_key().id().0);
+                }
             }
             segments.try_one(|| decode_segment(&b));
             snapshots.try_one(|| decode_snapshot(&b));
             marks.try_one(|| decode_mark(&b));
+            seals.try_one(|| open_sealed(&b));
             keys.try_one(|| {
                 matches!(
                     crate::keys::parse_key("p", &String::from_utf8_lossy(&b)),
@@ -557,12 +617,17 @@ mod fuzz {
         segments.report("segment decoder", "garbage");
         snapshots.report("snapshot decoder", "garbage");
         marks.report("mark decoder", "garbage");
+        seals.report("sealed opener", "garbage");
         keys.report("key parser", "garbage");
-        for t in [&segments, &snapshots, &marks, &keys] {
+        for t in [&segments, &snapshots, &marks, &seals, &keys] {
             assert_eq!(t.panics, 0, "a decoder panicked on garbage");
         }
         // Random bytes never carry a valid CRC32 in practice (2^-32 each).
-        assert_eq!(segments.accepted + snapshots.accepted + marks.accepted, 0);
+        // Nor a valid Poly1305 tag (2^-128).
+        assert_eq!(
+            segments.accepted + snapshots.accepted + marks.accepted + seals.accepted,
+            0
+        );
         // A snapshot claiming 4 billion pages of 64 KiB: read page by page,
         // so it fails at the first missing byte without allocating for it.
         let mut lying = snapshot();

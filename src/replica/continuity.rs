@@ -18,16 +18,25 @@
 //!   file still has the fingerprint it had when it held exactly what was
 //!   shipped: every frame of the WAL is new, ship from its start.
 //!
+//! A wake from an idle release has a third: walsync let go right after
+//! its own TRUNCATE checkpoint, so the history goes on at frame 1 of the
+//! next WAL; if the WAL now is that one (`NextWal`), all of it is new, even
+//! after the application backfilled it into the database file: ship from
+//! its start.
+//!
 //! Anything else is a gap: a new generation with a full snapshot. While
 //! walsync holds a database, `ship_from` says whether the WAL still
 //! continues what was shipped (a restart is a continuation only while the
 //! database file is the shipped state).
 
+use std::time::SystemTime;
+
 use super::error::ReplicaError;
 use super::live::Cursor;
 use crate::format::mark::{Fingerprint, Mark};
 use crate::keys::{BackupObject, ObjectKind};
-use crate::wal::{WalHeader, WalPos};
+use crate::sqlite::FileId;
+use crate::wal::{WalHeader, WalIndexHeader, WalPos};
 
 /// The WAL no longer continues what was shipped: a new generation starts.
 #[derive(Debug, PartialEq, Eq)]
@@ -178,18 +187,12 @@ pub(super) enum Continuity {
     WalContinues,
     /// The WAL was restarted, and the database file is as walsync left it.
     FileAsLeft,
-    /// The WAL was created afresh after walsync let go of the database with
-    /// the WAL empty, under its lock on SQLite's SHARED range (`wake`): its
-    /// frames follow what was shipped, from its start.
-    FreshWal,
 }
 
 impl Continuity {
     /// Where walsync stands after this proof, at the shipped `pos` with
     /// `db_pages`: after `FileAsLeft` the database file is the shipped state
-    /// (and a restarted WAL a continuation); after `FreshWal` it may already
-    /// hold some of the WAL's frames, so `pos` is the WAL's start and a
-    /// restart before they are shipped is a gap.
+    /// (and a restarted WAL a continuation).
     pub(super) fn cursor(self, pos: Option<WalPos>, db_pages: Option<u32>) -> Cursor {
         Cursor {
             pos,
@@ -310,9 +313,91 @@ pub(super) fn resume(
     })
 }
 
+/// Which `-shm` file: a file deleted and created again (the application's
+/// last connection closed, and a new one opened) is another one, even if it
+/// gets the same inode number back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ShmId {
+    pub(super) file: FileId,
+    pub(super) born: Option<SystemTime>,
+}
+
+/// What the wal-index said when walsync let go, right after its TRUNCATE
+/// checkpoint emptied the WAL (`frames` 0): which WAL comes next.
+///
+/// SQLite's checkpoint that restarts the WAL (`walRestartHdr`) chooses the
+/// next WAL's salts (salt-1 plus one, a new random salt-2) and stores them
+/// in the wal-index; a writer starting frame 1 uses them, unless it never
+/// restarted a WAL itself (its checkpoint sequence is 0: then it draws new
+/// random salts). Every later restart changes both salts again. And the
+/// wal-index counts commits (`iChange`), not restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct NextWal {
+    pub(super) page_size: u32,
+    pub(super) salt1: u32,
+    pub(super) salt2: u32,
+    /// The wal-index's commit count then.
+    pub(super) commits: u32,
+    /// The `-shm` file the count is in.
+    pub(super) shm: ShmId,
+}
+
+impl NextWal {
+    /// What the wal-index `index` of `shm` says, if it is an empty WAL's.
+    pub(super) fn of(shm: ShmId, index: WalIndexHeader) -> Option<NextWal> {
+        (index.frames == 0).then_some(NextWal {
+            page_size: index.page_size,
+            salt1: index.salt1,
+            salt2: index.salt2,
+            commits: index.commits,
+            shm,
+        })
+    }
+}
+
+/// What else a wake asks of the local files.
+pub(super) trait WakeEvidence: LocalEvidence {
+    /// The wal-index header of the `-shm` file now, and which file that
+    /// is; `None` if there is none or it cannot be read whole.
+    fn wal_index(&mut self) -> Result<Option<(ShmId, WalIndexHeader)>, ReplicaError>;
+    /// The commit frames among the first `frames` frames of the WAL with
+    /// `header`, if all of them are valid; `None` otherwise.
+    fn commits_in(&mut self, header: WalHeader, frames: u32) -> Result<Option<u64>, ReplicaError>;
+}
+
+/// The third proof: the current WAL (with `header`) is the one that came
+/// next after walsync let go (`next`), so every commit since is in it from
+/// frame 1. Either it has the salts the wal-index chose for it, or the
+/// same `-shm` file (never rebuilt since) has counted exactly as many
+/// commits since as the WAL holds: a restart would have dropped the
+/// commits before it from the WAL, but not from the count.
+pub(super) fn first_wal_since(
+    local: &mut impl WakeEvidence,
+    next: NextWal,
+    header: WalHeader,
+) -> Result<bool, ReplicaError> {
+    if header.page_size != next.page_size {
+        return Ok(false);
+    }
+    if (header.salt1, header.salt2) == (next.salt1, next.salt2) {
+        return Ok(true);
+    }
+    let Some((shm, index)) = local.wal_index()? else {
+        return Ok(false);
+    };
+    if shm != next.shm
+        || (index.salt1, index.salt2) != (header.salt1, header.salt2)
+        || index.frames == 0
+    {
+        return Ok(false);
+    }
+    let since = u64::from(index.commits.wrapping_sub(next.commits));
+    Ok(local.commits_in(header, index.frames)? == Some(since))
+}
+
 /// Does the database continue what was shipped when walsync released it
-/// (`left`, with the file's `fingerprint` then)? `None`: a new generation
-/// (`CHANGED_WHILE_RELEASED`).
+/// (`left`, with the file's `fingerprint` then, and `next` if the WAL was
+/// empty then)? `None`: a new generation (`CHANGED_WHILE_RELEASED`).
 ///
 /// `locked`: walsync held its lock on SQLite's SHARED range of the database
 /// file from the moment it let go, with the WAL empty (every frame shipped
@@ -322,33 +407,42 @@ pub(super) fn resume(
 /// absent WAL; a restart makes it at least 1) and salts other than the
 /// ones left holds only commits made since, from its first frame, even if
 /// the application's checkpoints copied some of them into the database
-/// file meanwhile. Proven without reading the database file.
+/// file meanwhile. Proven from the WAL header alone.
 pub(super) fn wake(
     left: Cursor,
     fingerprint: Fingerprint,
+    next: Option<NextWal>,
     locked: bool,
-    local: &mut impl LocalEvidence,
+    local: &mut impl WakeEvidence,
 ) -> Result<Option<Cursor>, ReplicaError> {
     let continues = match left.pos {
         Some(p) => local.wal_continues(p)?,
         None => false,
     };
-    if !continues && locked {
+    if continues {
+        return Ok(Some(
+            Continuity::WalContinues.cursor(left.pos, left.db_pages),
+        ));
+    }
+    // A WAL made afresh (see `locked`), or the one that came next.
+    if locked || next.is_some() {
         if let Some(h) = local.wal_header()? {
-            if h.checkpoint_seq == 0 && left.pos.is_none_or(|p| !p.same_wal(&h)) {
-                let proof = Continuity::FreshWal;
-                return Ok(Some(proof.cursor(Some(h.start()), left.db_pages)));
+            let fresh = locked && h.checkpoint_seq == 0 && left.pos.is_none_or(|p| !p.same_wal(&h));
+            let came_next = match next {
+                Some(n) if !fresh => first_wal_since(local, n, h)?,
+                _ => false,
+            };
+            if fresh || came_next {
+                return Ok(Some(
+                    Continuity::WalContinues.cursor(Some(h.start()), left.db_pages),
+                ));
             }
         }
     }
-    let proof = if continues {
-        Continuity::WalContinues
-    } else if file_as_left(local, left.pos, fingerprint)? {
-        Continuity::FileAsLeft
-    } else {
-        return Ok(None);
-    };
-    Ok(Some(proof.cursor(left.pos, left.db_pages)))
+    if file_as_left(local, left.pos, fingerprint)? {
+        return Ok(Some(Continuity::FileAsLeft.cursor(left.pos, left.db_pages)));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -433,7 +527,27 @@ mod tests {
         continues: Vec<WalPos>,
         header: Option<WalHeader>,
         fingerprint: u64,
+        /// The wal-index now.
+        index: Option<(ShmId, WalIndexHeader)>,
+        /// The commits among the frames asked about (`None`: not all valid).
+        commits: Option<u64>,
         asked: Vec<&'static str>,
+    }
+
+    impl WakeEvidence for Table {
+        fn wal_index(&mut self) -> Result<Option<(ShmId, WalIndexHeader)>, ReplicaError> {
+            self.asked.push("wal_index");
+            Ok(self.index)
+        }
+        fn commits_in(&mut self, h: WalHeader, frames: u32) -> Result<Option<u64>, ReplicaError> {
+            self.asked.push("commits_in");
+            let index = self.index.expect("asked only with a wal-index").1;
+            assert_eq!(
+                (h.salt1, h.salt2, frames),
+                (index.salt1, index.salt2, index.frames)
+            );
+            Ok(self.commits)
+        }
     }
 
     impl LocalEvidence for Table {
@@ -888,7 +1002,7 @@ mod tests {
                 fingerprint: fp,
                 ..Table::default()
             };
-            let got = wake(left(p), print(1), false, &mut local).unwrap();
+            let got = wake(left(p), print(1), None, false, &mut local).unwrap();
             let what = format!("{p:?} continues {continues} header {h:?} fingerprint {fp}");
             assert_eq!(got.map(|c| c.base_is_db_file), want, "{what}");
             if let Some(c) = got {
@@ -896,6 +1010,394 @@ mod tests {
             }
             assert_eq!(local.asked, asked, "{what}");
         }
+    }
+
+    fn shm(ino: u64, born: u64) -> ShmId {
+        ShmId {
+            file: FileId { dev: 1, ino },
+            born: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(born)),
+        }
+    }
+
+    fn index(commits: u32, frames: u32, salt1: u32) -> WalIndexHeader {
+        WalIndexHeader {
+            commits,
+            page_size: PAGE,
+            frames,
+            salt1,
+            salt2: 9,
+        }
+    }
+
+    #[test]
+    fn wake_goes_on_at_the_start_of_the_wal_that_came_next() {
+        // walsync let go with an empty WAL: the wal-index had chosen salts
+        // (7, 9) for the next one and counted 100 commits, in -shm file 5.
+        let next = NextWal {
+            page_size: PAGE,
+            salt1: 7,
+            salt2: 9,
+            commits: 100,
+            shm: shm(5, 50),
+        };
+        let left = Cursor {
+            pos: Some(pos(6, 32)),
+            base_is_db_file: true,
+            db_pages: Some(3),
+        };
+        let other_page = WalHeader {
+            page_size: 1024,
+            ..header(7)
+        };
+        struct Row {
+            what: &'static str,
+            header: Option<WalHeader>,
+            index: Option<(ShmId, WalIndexHeader)>,
+            commits: Option<u64>,
+            fingerprint: u64,
+            /// Where shipping goes on (`Some(None)`: the file as left, at
+            /// the released position); `None`: a new generation.
+            want: Option<Option<WalPos>>,
+            asked: &'static [&'static str],
+        }
+        let from_start = |salt1| Some(Some(header(salt1).start()));
+        let rows = [
+            Row {
+                what: "the salts chosen for it: backfilled or not, all of it is new",
+                header: Some(header(7)),
+                index: None,
+                commits: None,
+                fingerprint: 2,
+                want: from_start(7),
+                asked: &["wal_continues", "wal_header"],
+            },
+            Row {
+                what: "a writer's own random salts, every commit since counted in it",
+                header: Some(header(40)),
+                index: Some((shm(5, 50), index(130, 61, 40))),
+                commits: Some(30),
+                fingerprint: 2,
+                want: from_start(40),
+                asked: &["wal_continues", "wal_header", "wal_index", "commits_in"],
+            },
+            Row {
+                what: "the count wraps around",
+                header: Some(header(40)),
+                index: Some((shm(5, 50), index(4, 61, 40))),
+                commits: Some(u64::from(4u32.wrapping_sub(100))),
+                fingerprint: 2,
+                want: from_start(40),
+                asked: &["wal_continues", "wal_header", "wal_index", "commits_in"],
+            },
+            Row {
+                what: "restarted: commits counted that the WAL lost, file changed",
+                header: Some(header(8)),
+                index: Some((shm(5, 50), index(130, 20, 8))),
+                commits: Some(10),
+                fingerprint: 2,
+                want: None,
+                asked: &[
+                    "wal_continues",
+                    "wal_header",
+                    "wal_index",
+                    "commits_in",
+                    "wal_header",
+                    "fingerprint",
+                ],
+            },
+            Row {
+                what: "restarted, but the file is still as left: all of this WAL is new",
+                header: Some(header(8)),
+                index: Some((shm(5, 50), index(130, 20, 8))),
+                commits: Some(10),
+                fingerprint: 1,
+                want: Some(None),
+                asked: &[
+                    "wal_continues",
+                    "wal_header",
+                    "wal_index",
+                    "commits_in",
+                    "wal_header",
+                    "fingerprint",
+                ],
+            },
+            Row {
+                what: "frames of the counted ones are not valid (overwritten meanwhile)",
+                header: Some(header(40)),
+                index: Some((shm(5, 50), index(130, 61, 40))),
+                commits: None,
+                fingerprint: 2,
+                want: None,
+                asked: &[
+                    "wal_continues",
+                    "wal_header",
+                    "wal_index",
+                    "commits_in",
+                    "wal_header",
+                    "fingerprint",
+                ],
+            },
+            Row {
+                what: "another -shm file (rebuilt, its count started again)",
+                header: Some(header(40)),
+                index: Some((shm(6, 50), index(130, 61, 40))),
+                commits: Some(30),
+                fingerprint: 2,
+                want: None,
+                asked: &[
+                    "wal_continues",
+                    "wal_header",
+                    "wal_index",
+                    "wal_header",
+                    "fingerprint",
+                ],
+            },
+            Row {
+                what: "the same inode number, but a new file",
+                header: Some(header(40)),
+                index: Some((shm(5, 51), index(130, 61, 40))),
+                commits: Some(30),
+                fingerprint: 2,
+                want: None,
+                asked: &[
+                    "wal_continues",
+                    "wal_header",
+                    "wal_index",
+                    "wal_header",
+                    "fingerprint",
+                ],
+            },
+            Row {
+                what: "the wal-index is of another WAL than the file's",
+                header: Some(header(40)),
+                index: Some((shm(5, 50), index(130, 61, 41))),
+                commits: Some(30),
+                fingerprint: 2,
+                want: None,
+                asked: &[
+                    "wal_continues",
+                    "wal_header",
+                    "wal_index",
+                    "wal_header",
+                    "fingerprint",
+                ],
+            },
+            Row {
+                what: "no wal-index to read",
+                header: Some(header(40)),
+                index: None,
+                commits: None,
+                fingerprint: 1,
+                want: Some(None),
+                asked: &[
+                    "wal_continues",
+                    "wal_header",
+                    "wal_index",
+                    "wal_header",
+                    "fingerprint",
+                ],
+            },
+            Row {
+                what: "the chosen salts, but another page size",
+                header: Some(other_page),
+                index: None,
+                commits: None,
+                fingerprint: 2,
+                want: None,
+                asked: &["wal_continues", "wal_header", "wal_header", "fingerprint"],
+            },
+            Row {
+                what: "no WAL header: only the fingerprint can tell",
+                header: None,
+                index: None,
+                commits: None,
+                fingerprint: 1,
+                want: Some(None),
+                asked: &["wal_continues", "wal_header", "wal_header", "fingerprint"],
+            },
+        ];
+        for row in rows {
+            let mut local = Table {
+                header: row.header,
+                index: row.index,
+                commits: row.commits,
+                fingerprint: row.fingerprint,
+                ..Table::default()
+            };
+            let got = wake(left, print(1), Some(next), false, &mut local).unwrap();
+            let want = row.want.map(|at| match at {
+                Some(p) => Cursor {
+                    pos: Some(p),
+                    base_is_db_file: false,
+                    db_pages: Some(3),
+                },
+                None => left,
+            });
+            assert_eq!(got, want, "{}", row.what);
+            assert_eq!(local.asked, row.asked, "{}", row.what);
+        }
+    }
+
+    /// The wal-index and WAL as SQLite keeps them (wal.c), for the
+    /// property below: a writer that restarted a WAL before (`nCkpt` > 0)
+    /// writes frame 1 with the salts the wal-index holds, one that never
+    /// did draws its own; a restart (`walRestartHdr`) sets salt-1 plus one
+    /// and a new salt-2, and counts no commit; a recovery (the last
+    /// connection closed, a new one opened) builds a new `-shm` file with
+    /// the count at 0.
+    struct Sqlite {
+        shm: ShmId,
+        index: WalIndexHeader,
+        /// Commit frames in the WAL's valid frames.
+        wal_commits: u64,
+        /// Whether each of two writers restarted a WAL before.
+        restarted: [bool; 2],
+        /// A commit since walsync let go is in no WAL any more.
+        lost: bool,
+        recovered: bool,
+    }
+
+    impl Sqlite {
+        fn header(&self) -> WalHeader {
+            WalHeader {
+                salt1: self.index.salt1,
+                salt2: self.index.salt2,
+                ..header(0)
+            }
+        }
+
+        fn restart(&mut self, rng: &mut crate::testing::Rng) {
+            self.lost |= self.wal_commits > 0;
+            self.index.salt1 = self.index.salt1.wrapping_add(1);
+            self.index.salt2 = rng.next() as u32;
+            self.index.frames = 0;
+            self.wal_commits = 0;
+        }
+    }
+
+    impl LocalEvidence for Sqlite {
+        fn wal_continues(&mut self, _: WalPos) -> Result<bool, ReplicaError> {
+            unreachable!("not asked by first_wal_since")
+        }
+        fn wal_header(&mut self) -> Result<Option<WalHeader>, ReplicaError> {
+            unreachable!("not asked by first_wal_since")
+        }
+        fn fingerprint(&mut self) -> Result<Fingerprint, ReplicaError> {
+            unreachable!("not asked by first_wal_since")
+        }
+    }
+
+    impl WakeEvidence for Sqlite {
+        fn wal_index(&mut self) -> Result<Option<(ShmId, WalIndexHeader)>, ReplicaError> {
+            Ok(Some((self.shm, self.index)))
+        }
+        fn commits_in(&mut self, h: WalHeader, frames: u32) -> Result<Option<u64>, ReplicaError> {
+            let same = (h.salt1, h.salt2) == (self.index.salt1, self.index.salt2);
+            Ok((same && frames == self.index.frames).then_some(self.wal_commits))
+        }
+    }
+
+    #[test]
+    fn the_wal_that_came_next_is_proven_only_when_it_holds_every_commit_since() {
+        let mut rng = crate::testing::Rng(0x0bad_5eed);
+        let (mut proven, mut refused) = (0, 0);
+        for _ in 0..crate::testing::fuzz_iters(2000) {
+            // walsync let go right after its TRUNCATE.
+            let index = WalIndexHeader {
+                commits: rng.next() as u32,
+                page_size: PAGE,
+                frames: 0,
+                salt1: rng.next() as u32,
+                salt2: rng.next() as u32,
+            };
+            let restarted = [rng.below(2) == 0, rng.below(2) == 0];
+            let mut db = Sqlite {
+                shm: shm(5, 50),
+                index,
+                wal_commits: 0,
+                restarted,
+                lost: false,
+                recovered: false,
+            };
+            let next = NextWal::of(db.shm, index).unwrap();
+            for _ in 0..1 + rng.below(12) {
+                match rng.below(10) {
+                    // A commit by either writer (after a checkpoint that
+                    // backfilled everything, its first restarts the WAL).
+                    0..=6 => {
+                        let w = rng.below(2);
+                        if db.index.frames > 0 && rng.below(4) == 0 {
+                            db.restart(&mut rng);
+                            db.restarted[w] = true;
+                        }
+                        if db.index.frames == 0 && !db.restarted[w] {
+                            db.index.salt1 = rng.next() as u32;
+                            db.index.salt2 = rng.next() as u32;
+                        }
+                        let frames = 1 + rng.below(3) as u32;
+                        db.index.frames += frames;
+                        db.index.commits = db.index.commits.wrapping_add(1);
+                        db.wal_commits += 1;
+                    }
+                    // A TRUNCATE checkpoint by one of them.
+                    7 | 8 => {
+                        let w = rng.below(2);
+                        db.restart(&mut rng);
+                        db.restarted[w] = true;
+                    }
+                    // Every connection closed (the WAL checkpointed and
+                    // deleted), then opened again: a new -shm file.
+                    _ => {
+                        db.lost |= db.wal_commits > 0;
+                        db.recovered = true;
+                        db.shm = shm(5, 51 + rng.below(3) as u64);
+                        db.index = WalIndexHeader {
+                            commits: 0,
+                            salt1: 0,
+                            salt2: 0,
+                            frames: 0,
+                            ..db.index
+                        };
+                        db.wal_commits = 0;
+                        db.restarted = [false, false];
+                    }
+                }
+            }
+            if db.index.frames == 0 {
+                continue;
+            }
+            let h = db.header();
+            let got = first_wal_since(&mut db, next, h).unwrap();
+            let what = format!("{next:?} -> {:?}, lost {}", db.index, db.lost);
+            if got {
+                proven += 1;
+                assert!(!db.lost, "a gap taken for a continuation: {what}");
+            } else {
+                refused += 1;
+                assert!(db.lost || db.recovered, "a continuation refused: {what}");
+            }
+        }
+        assert!(
+            proven > 100 && refused > 100,
+            "{proven} proven, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn the_next_wal_is_known_only_from_an_empty_one() {
+        let s = shm(5, 50);
+        let got = NextWal::of(s, index(12, 0, 7));
+        assert_eq!(
+            got,
+            Some(NextWal {
+                page_size: PAGE,
+                salt1: 7,
+                salt2: 9,
+                commits: 12,
+                shm: s
+            })
+        );
+        assert_eq!(NextWal::of(s, index(12, 1, 7)), None);
     }
 
     #[test]
@@ -1010,7 +1512,7 @@ mod tests {
                 base_is_db_file: true,
                 db_pages: Some(3),
             };
-            let got = wake(left, print(1), locked, &mut local).unwrap();
+            let got = wake(left, print(1), None, locked, &mut local).unwrap();
             let what = format!("{p:?} locked {locked} continues {continues} header {h:?} fp {fp}");
             assert_eq!(got.map(|c| (c.pos, c.base_is_db_file)), want, "{what}");
             assert!(got.is_none_or(|c| c.db_pages == Some(3)), "{what}");

@@ -48,6 +48,12 @@ pub(super) struct Live {
     /// A frame was shipped since walsync's read mark was taken (by a sync
     /// point, a move, or opening the database).
     pub(super) shipped_since_mark: bool,
+    /// walsync's own descriptor of the `-shm` file, to read the wal-index
+    /// header (`release::wal_index`), opened once and kept: POSIX locks
+    /// belong to the process, and closing any descriptor of the `-shm`
+    /// file would drop the read lock of walsync's connection with it.
+    /// Declared after `handle`, so that it is closed after the connections.
+    pub(super) shm_file: Option<std::fs::File>,
 }
 
 impl Live {

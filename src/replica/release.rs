@@ -9,15 +9,17 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
-use super::continuity;
+use super::continuity::{self, NextWal, ShmId, WakeEvidence};
 use super::error::{io_err, ReplicaError};
 use super::live::Cursor;
 use super::resume::LocalFiles;
+use super::wal_file::WalFile;
 use super::{Replica, SyncReport};
 use crate::format::mark::{Fingerprint, Mark};
 use crate::keys;
-use crate::sqlite::{self, DbHandle};
+use crate::sqlite::{self, DbHandle, FileId};
 use crate::storage::{Body, Storage};
+use crate::wal::{self, WalHeader, WalIndexHeader};
 
 /// A database walsync let go of while it was idle (ARCHITECTURE.md "Idle databases"): no
 /// connections and no read transaction, only walsync's own descriptor (which
@@ -33,6 +35,101 @@ pub(super) struct Released {
     /// application's last close cannot delete the WAL, and a WAL made
     /// afresh continues the backup (`continuity::wake`).
     pub(super) locked: bool,
+    /// The WAL that comes next, when walsync let go of an empty one.
+    pub(super) next: Option<NextWal>,
+}
+
+/// The wal-index header of `db`'s `-shm` file and which file that is;
+/// `None` if there is none, or no consistent header in a few reads (a
+/// writer updates it at each commit). Read through `file`, walsync's own
+/// descriptor of it, opened here if not yet (and kept there: see
+/// `Live::shm_file`).
+pub(super) fn wal_index(
+    db: &Path,
+    file: &mut Option<File>,
+) -> Result<Option<(ShmId, WalIndexHeader)>, ReplicaError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = sqlite::shm_path(db);
+    let f = match file {
+        Some(f) => f,
+        None => match File::open(&path) {
+            Ok(f) => file.insert(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        },
+    };
+    let m = f.metadata().map_err(io_err(&path))?;
+    let id = ShmId {
+        file: FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        },
+        born: m.created().ok(),
+    };
+    let mut buf = [0u8; wal::INDEX_HEADER_BYTES];
+    for _ in 0..5 {
+        match f.read_exact_at(&mut buf, 0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        if let Some(h) = wal::parse_index_header(&buf) {
+            return Ok(Some((id, h)));
+        }
+        std::thread::yield_now();
+    }
+    Ok(None)
+}
+
+/// The local files as a wake asks about them: `local`, and walsync's
+/// descriptor of the `-shm` file (see `Live::shm_file`).
+struct WakeFiles<'a> {
+    local: LocalFiles<'a>,
+    shm_file: &'a mut Option<File>,
+}
+
+impl continuity::LocalEvidence for WakeFiles<'_> {
+    fn wal_continues(&mut self, pos: wal::WalPos) -> Result<bool, ReplicaError> {
+        self.local.wal_continues(pos)
+    }
+
+    fn wal_header(&mut self) -> Result<Option<WalHeader>, ReplicaError> {
+        self.local.wal_header()
+    }
+
+    fn fingerprint(&mut self) -> Result<Fingerprint, ReplicaError> {
+        self.local.fingerprint()
+    }
+}
+
+impl WakeEvidence for WakeFiles<'_> {
+    fn wal_index(&mut self) -> Result<Option<(ShmId, WalIndexHeader)>, ReplicaError> {
+        // Evidence that cannot be read proves nothing; the other proofs
+        // still may.
+        Ok(
+            wal_index(self.local.path, self.shm_file).unwrap_or_else(|e| {
+                log::debug!(
+                    "{}: the wal-index cannot be read: {e}",
+                    self.local.path.display()
+                );
+                None
+            }),
+        )
+    }
+
+    fn commits_in(&mut self, h: WalHeader, frames: u32) -> Result<Option<u64>, ReplicaError> {
+        let Some(wal) = WalFile::open(self.local.path)? else {
+            return Ok(None);
+        };
+        let limit = wal::HEADER_SIZE as u64 + u64::from(frames) * h.frame_size();
+        let (mut valid, mut commits) = (0u32, 0u64);
+        wal.stream_frames(&h, h.start(), limit, |_, _, frame, _| {
+            valid += 1;
+            commits += u64::from(frame.commit_size != 0);
+            Ok(true)
+        })?;
+        Ok((valid == frames).then_some(commits))
+    }
 }
 
 pub(super) fn fingerprint(file: &File, path: &Path) -> Result<Fingerprint, ReplicaError> {
@@ -75,7 +172,7 @@ impl Replica {
         storage: &dyn Storage,
         max_db_bytes: u64,
     ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
-        self.let_go(storage, max_db_bytes, "idle, connections released")
+        self.let_go(storage, max_db_bytes, false, "idle, connections released")
     }
 
     /// Stops replicating (SIGTERM, or the database left the configuration)
@@ -88,7 +185,7 @@ impl Replica {
     /// left and the next start relies on the WAL alone.
     pub fn stop(&mut self, storage: &dyn Storage) -> Result<(), ReplicaError> {
         if self.live.is_some() {
-            let left = self.let_go(storage, u64::MAX, "stopped, mark left")?;
+            let left = self.let_go(storage, u64::MAX, false, "stopped, mark left")?;
             if left.is_none() {
                 log::info!(
                     "{} ({}): no complete checkpoint at stop (the write lock was busy or an \
@@ -133,6 +230,7 @@ impl Replica {
         match self.let_go(
             storage,
             u64::MAX,
+            true,
             "closed by the application, connections released",
         ) {
             Err(e) if self.live.is_some() && super::sync_plan::outage(&e).is_some() => {
@@ -179,10 +277,13 @@ impl Replica {
         Ok(Some(sqlite::stat_of(&path)))
     }
 
+    /// Ships, checkpoints, empties the WAL and closes the connections (see
+    /// `release`); with `emptied`, only if the WAL could be emptied.
     pub(super) fn let_go(
         &mut self,
         storage: &dyn Storage,
         max_db_bytes: u64,
+        emptied: bool,
         done: &str,
     ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
         if self.needs_generation || self.live.is_none() {
@@ -225,15 +326,32 @@ impl Replica {
                 "{}: TRUNCATE before letting go not complete: {truncated:?}",
                 path.display()
             );
+            // At a last close, another connection came between the probe
+            // and the TRUNCATE: not the moment (without the lock its close
+            // could delete a WAL walsync has not read).
+            if emptied {
+                return Ok(None);
+            }
         }
         // Read mark 0 is held: the database file cannot change meanwhile.
         let fingerprint = fingerprint(self.live_mut().handle.file(), &path)?;
+        // The WAL that comes next, if the TRUNCATE left it empty.
+        let live = self.live_mut();
+        let next = wal_index(&path, &mut live.shm_file)
+            .unwrap_or_else(|e| {
+                log::debug!("{}: the wal-index cannot be read: {e}", path.display());
+                None
+            })
+            .and_then(|(shm, i)| NextWal::of(shm, i));
         // The connections close first: until they do, a file renamed over
         // the database would share their wal-index, and the mark's upload
         // may take an outage's retries.
-        let live = self.live.take().expect("invariant: still live");
+        let mut live = self.live.take().expect("invariant: still live");
+        let shm_file = live.shm_file.take();
         let (cursor, page_size) = (live.cursor, live.page_size);
         let db = live.handle.release();
+        // Only now that the connections are closed (see `Live::shm_file`).
+        drop(shm_file);
         // After walsync's own closes (which leave the WAL as it is). Only
         // over an empty WAL: then every frame of a WAL made afresh is new.
         let locked = truncated.complete()
@@ -248,6 +366,7 @@ impl Replica {
             cursor,
             page_size,
             fingerprint,
+            next,
             locked,
         });
         // Leave the proof in the bucket too, so that a restart (or a kill)
@@ -274,11 +393,17 @@ impl Replica {
     }
 
     /// Takes a released database up again. Continuity is proven, with the
-    /// read transaction already held, in one of two ways: the WAL still
-    /// continues the shipped position, or the database file still has the
-    /// fingerprint it had when it held exactly what was shipped (then every
-    /// frame of the current WAL is new). Anything else (the application
-    /// appended, checkpointed and restarted the WAL meanwhile) is a gap.
+    /// read transaction already held, in one of three ways: the WAL still
+    /// continues the shipped position; the WAL is the one that came next
+    /// after walsync emptied it (`continuity::first_wal_since`: then all of
+    /// it is new, even if the application backfilled it); or the database
+    /// file still has the fingerprint it had when it held exactly what was
+    /// shipped (then every frame of the current WAL is new). Anything else
+    /// (the application appended, checkpointed and restarted the WAL
+    /// meanwhile) is a gap.
+    ///
+    /// The read transaction comes first, before anything slower: while it
+    /// has a read mark above 0 the application cannot restart the WAL.
     ///
     /// If it fails before the proof is done (e.g. out of file descriptors),
     /// the database stays released with its proof, to be woken again later:
@@ -289,6 +414,7 @@ impl Replica {
             cursor: released_cursor,
             page_size,
             fingerprint,
+            next,
             locked,
         } = released;
         let path = self.opts.path.clone();
@@ -297,6 +423,7 @@ impl Replica {
             cursor: released_cursor,
             page_size,
             fingerprint,
+            next,
             locked,
         };
         let mut handle = match DbHandle::connect_or_return(db, Duration::from_secs(5)) {
@@ -307,21 +434,27 @@ impl Replica {
                 return Err(e.into());
             }
         };
+        let mut shm_file = None;
         let proof = handle
             .begin_read()
             .map_err(ReplicaError::from)
             .and_then(|()| {
-                let mut local = LocalFiles {
-                    path: &path,
-                    page_size,
-                    handle: &handle,
+                let mut files = WakeFiles {
+                    local: LocalFiles {
+                        path: &path,
+                        page_size,
+                        handle: &handle,
+                    },
+                    shm_file: &mut shm_file,
                 };
-                continuity::wake(released_cursor, fingerprint, locked, &mut local)
+                continuity::wake(released_cursor, fingerprint, next, locked, &mut files)
             });
         let cursor = match proof {
             Ok(c) => c,
             Err(e) => {
                 self.released = Some(keep(handle.release()));
+                // Only now that the connections are closed.
+                drop(shm_file);
                 return Err(e);
             }
         };
@@ -342,6 +475,107 @@ impl Replica {
             cursor,
             continuity::CHANGED_WHILE_RELEASED,
         );
+        self.live_mut().shm_file = shm_file;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::wal_file::wal_header;
+    use rusqlite::Connection;
+
+    fn commit(c: &Connection, n: usize) {
+        for _ in 0..n {
+            c.execute("INSERT INTO t VALUES (randomblob(300))", [])
+                .unwrap();
+        }
+    }
+
+    fn checkpoint(c: &Connection, mode: &str) {
+        c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+            .unwrap();
+    }
+
+    /// What `first_wal_since` relies on, as real SQLite does it: after a
+    /// TRUNCATE the wal-index names the next WAL's salts, which a writer
+    /// that restarted a WAL before uses; a writer that never did draws its
+    /// own, and then the wal-index's commit count tells whether a restart
+    /// dropped commits.
+    #[test]
+    fn sqlite_starts_the_next_wal_as_the_wal_index_says_and_counts_every_commit() {
+        let dir = std::env::temp_dir().join(format!("walsync-next-wal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("t.db");
+        let app = Connection::open(&db).unwrap();
+        app.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t(x);",
+        )
+        .unwrap();
+        commit(&app, 3);
+        // One descriptor of the -shm file for the whole test, closed after
+        // the connections (see `Live::shm_file`).
+        let mut shm_file = None;
+        let (shm, index) = wal_index(&db, &mut shm_file).unwrap().unwrap();
+        let h = wal_header(&db).unwrap().unwrap();
+        assert_eq!((index.salt1, index.salt2), (h.salt1, h.salt2));
+        assert!(index.frames >= 3, "{index:?}");
+        assert_eq!(index.page_size, h.page_size);
+        // The application restarts a WAL itself once.
+        checkpoint(&app, "TRUNCATE");
+        commit(&app, 2);
+
+        // walsync lets go: its TRUNCATE leaves the wal-index naming the
+        // next WAL.
+        let walsync = DbHandle::open(&db, Duration::from_secs(1)).unwrap();
+        assert!(walsync.checkpoint_truncate().unwrap().complete());
+        let next = wal_index(&db, &mut shm_file)
+            .unwrap()
+            .and_then(|(shm, i)| NextWal::of(shm, i))
+            .unwrap();
+        assert_eq!(next.shm, shm, "the same -shm file all along");
+        commit(&app, 5);
+        checkpoint(&app, "PASSIVE");
+        let h = wal_header(&db).unwrap().unwrap();
+        assert_eq!((h.salt1, h.salt2), (next.salt1, next.salt2));
+        let mut slot = None;
+        let mut local = WakeFiles {
+            local: LocalFiles {
+                path: &db,
+                page_size: h.page_size,
+                handle: &walsync,
+            },
+            shm_file: &mut slot,
+        };
+        assert!(continuity::first_wal_since(&mut local, next, h).unwrap());
+
+        // A connection that never restarted a WAL draws its own salts; the
+        // commit count still proves the WAL is the next one, backfilled or
+        // not.
+        assert!(walsync.checkpoint_truncate().unwrap().complete());
+        let next = wal_index(&db, &mut shm_file)
+            .unwrap()
+            .and_then(|(shm, i)| NextWal::of(shm, i))
+            .unwrap();
+        let fresh = Connection::open(&db).unwrap();
+        fresh.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+        commit(&fresh, 4);
+        let h = wal_header(&db).unwrap().unwrap();
+        assert_ne!((h.salt1, h.salt2), (next.salt1, next.salt2));
+        assert!(continuity::first_wal_since(&mut local, next, h).unwrap());
+        checkpoint(&fresh, "PASSIVE");
+        assert!(continuity::first_wal_since(&mut local, next, h).unwrap());
+
+        // Backfilled whole, then restarted by the next commit: the commits
+        // before the restart are counted but gone from the WAL.
+        commit(&fresh, 2);
+        let h = wal_header(&db).unwrap().unwrap();
+        assert_ne!(h.salt1, next.salt1);
+        assert!(!continuity::first_wal_since(&mut local, next, h).unwrap());
+        drop((app, fresh, walsync));
+        drop((shm_file, slot));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

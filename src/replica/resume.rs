@@ -70,7 +70,7 @@ impl Replica {
                     generation,
                     self.last_txid,
                     match proof {
-                        Continuity::WalContinues | Continuity::FreshWal => "",
+                        Continuity::WalContinues => "",
                         Continuity::FileAsLeft => " (the database file is as walsync left it)",
                     }
                 );
@@ -109,6 +109,7 @@ impl Replica {
             backfilled: false,
             mark_zero: false,
             shipped_since_mark: false,
+            shm_file: None,
         });
         // A reason was given already (e.g. the file was replaced).
         if !proven && !self.needs_generation {
