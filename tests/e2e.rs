@@ -3495,6 +3495,42 @@ fn an_application_that_opens_writes_and_closes_per_transaction_keeps_one_generat
     assert!(!log.contains("ERROR"), "{log}");
 }
 
+/// README "Replacing a database": a database larger than
+/// `idle_release_max_size` is not let go at the application's last close
+/// (each let-go reads the whole file for its fingerprint); walsync keeps
+/// holding it, and every commit is still shipped. The same steps with the
+/// database under the limit let go (the test above).
+#[test]
+fn a_database_over_idle_release_max_size_is_kept_at_the_last_close() {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    setup.edit_config(|t| format!("idle_release_max_size = \"16KiB\"\n{t}"));
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_app(&db);
+    for id in 1..=200 {
+        insert(&c, id);
+    }
+    assert!(std::fs::metadata(&db).unwrap().len() > 16 * 1024);
+    let mut child = setup.watch("watch.log");
+    showing_log_on_failure(&setup, "watch.log", || {
+        wait_shipped(&storage, prefix, &db);
+        wait_for(|| holds(&child, &db), "walsync to hold the database");
+    });
+    insert(&c, 201);
+    drop(c);
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    // Several syncs and close probes later, walsync still holds it.
+    thread::sleep(Duration::from_millis(1_500));
+    assert!(
+        holds(&child, &db),
+        "walsync let go of a database over the limit"
+    );
+    let restored = setup.dir.join("r.db");
+    assert_eq!(setup.restore_verified(prefix, &restored), rows(&db));
+    assert!(sigterm(&mut child).success());
+}
+
 /// A setup for the write patterns of issue 10 item 2: `sync_interval` 1 s,
 /// `idle_release_after` as given (`None`: the default), debug log (it says
 /// when walsync lets go and wakes).

@@ -347,7 +347,7 @@ impl Dispatcher {
                         let result = match why {
                             LetGo::Idle => replica.release(&*storage, max),
                             LetGo::Closed { storage_failing } => {
-                                replica.release_closed(&*storage, storage_failing)
+                                replica.release_closed(&*storage, storage_failing, max)
                             }
                         };
                         let _ = tx.send(Msg::Released {

@@ -204,7 +204,8 @@ impl Replica {
     /// (SQLite checkpoints and deletes the WAL then): ships what is left,
     /// checkpoints, leaves the WAL empty and closes the connections, so
     /// that the database can be replaced by rename or deleted at once
-    /// (README "Replacing a database"). Whatever its size. `Ok(None)` if
+    /// (README "Replacing a database"). Up to `max_db_bytes`
+    /// (`idle_release_max_size`), as an idle release. `Ok(None)` if
     /// it was not the moment (another process has it open again, the write
     /// lock was busy, a write came in between).
     ///
@@ -220,8 +221,15 @@ impl Replica {
         &mut self,
         storage: &dyn Storage,
         storage_failing: bool,
+        max_db_bytes: u64,
     ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
         if self.others_attached() != Some(false) || self.needs_generation {
+            return Ok(None);
+        }
+        // Each let-go reads the whole file for its fingerprint: a database
+        // larger than `idle_release_max_size` stays held, as an idle one
+        // does (README "Replacing a database").
+        if self.live.is_none() || self.db_len()? > max_db_bytes {
             return Ok(None);
         }
         if storage_failing {
@@ -229,7 +237,7 @@ impl Replica {
         }
         match self.let_go(
             storage,
-            u64::MAX,
+            max_db_bytes,
             true,
             "closed by the application, connections released",
         ) {
@@ -265,7 +273,10 @@ impl Replica {
         self.released = None;
         let truncated = truncated?;
         log::warn!(
-            "{} ({}): the application closed the database while the storage is unreachable              ({cause}); walsync let go of it anyway so that it can be replaced or deleted safely,              which leaves the commits not yet shipped out of this generation: a new generation              with a full snapshot starts once the storage answers{}",
+            "{} ({}): the application closed the database while the storage is unreachable \
+             ({cause}); walsync let go of it anyway so that it can be replaced or deleted \
+             safely, which leaves the commits not yet shipped out of this generation: a new \
+             generation with a full snapshot starts once the storage answers{}",
             path.display(),
             self.opts.prefix,
             if truncated.complete() {
@@ -275,6 +286,18 @@ impl Replica {
             }
         );
         Ok(Some(sqlite::stat_of(&path)))
+    }
+
+    /// The size of the database file walsync holds open.
+    fn db_len(&mut self) -> Result<u64, ReplicaError> {
+        let path = self.opts.path.clone();
+        Ok(self
+            .live_mut()
+            .handle
+            .file()
+            .metadata()
+            .map_err(io_err(&path))?
+            .len())
     }
 
     /// Ships, checkpoints, empties the WAL and closes the connections (see
@@ -290,14 +313,7 @@ impl Replica {
             return Ok(None);
         }
         let path = self.opts.path.clone();
-        let len = self
-            .live_mut()
-            .handle
-            .file()
-            .metadata()
-            .map_err(io_err(&path))?
-            .len();
-        if len > max_db_bytes {
+        if self.db_len()? > max_db_bytes {
             return Ok(None);
         }
         let mut report = SyncReport::default();
