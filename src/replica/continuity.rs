@@ -399,20 +399,19 @@ pub(super) fn first_wal_since(
 /// (`left`, with the file's `fingerprint` then, and `next` if the WAL was
 /// empty then)? `None`: a new generation (`CHANGED_WHILE_RELEASED`).
 ///
-/// `locked`: walsync held its lock on SQLite's SHARED range of the database
-/// file from the moment it let go, with the WAL empty (every frame shipped
-/// and in the database file). No connection could then checkpoint and
-/// delete the WAL on its last close, nor change the journal mode, so a WAL
-/// with checkpoint sequence 0 (made by a first opener from an empty or
-/// absent WAL; a restart makes it at least 1) and salts other than the
-/// ones left holds only commits made since, from its first frame, even if
-/// the application's checkpoints copied some of them into the database
-/// file meanwhile. Proven from the WAL header alone.
+/// A WAL the application made afresh after all its connections closed
+/// (checkpoint sequence 0, new salts) proves nothing by itself, even under
+/// walsync's lock on SQLite's SHARED range (`Released::locked`): a
+/// `TRUNCATE` checkpoint by one connection followed by a commit of another
+/// that never restarted a WAL itself also gives sequence 0, and the commits
+/// before the `TRUNCATE` are then in the database file only. What the lock
+/// gives is that the application's last close cannot checkpoint, so after
+/// a short session the file is still as left and its fingerprint proves
+/// that every frame of the WAL is new (`file_as_left`).
 pub(super) fn wake(
     left: Cursor,
     fingerprint: Fingerprint,
     next: Option<NextWal>,
-    locked: bool,
     local: &mut impl WakeEvidence,
 ) -> Result<Option<Cursor>, ReplicaError> {
     let continues = match left.pos {
@@ -424,18 +423,11 @@ pub(super) fn wake(
             Continuity::WalContinues.cursor(left.pos, left.db_pages),
         ));
     }
-    // A WAL made afresh (see `locked`), or the one that came next.
-    if locked || next.is_some() {
+    if let Some(next) = next {
         if let Some(h) = local.wal_header()? {
-            let fresh = locked && h.checkpoint_seq == 0 && left.pos.is_none_or(|p| !p.same_wal(&h));
-            let came_next = match next {
-                Some(n) if !fresh => first_wal_since(local, n, h)?,
-                _ => false,
-            };
-            if fresh || came_next {
-                return Ok(Some(
-                    Continuity::WalContinues.cursor(Some(h.start()), left.db_pages),
-                ));
+            if first_wal_since(local, next, h)? {
+                let at = Some(h.start());
+                return Ok(Some(Continuity::WalContinues.cursor(at, left.db_pages)));
             }
         }
     }
@@ -1002,7 +994,7 @@ mod tests {
                 fingerprint: fp,
                 ..Table::default()
             };
-            let got = wake(left(p), print(1), None, false, &mut local).unwrap();
+            let got = wake(left(p), print(1), None, &mut local).unwrap();
             let what = format!("{p:?} continues {continues} header {h:?} fingerprint {fp}");
             assert_eq!(got.map(|c| c.base_is_db_file), want, "{what}");
             if let Some(c) = got {
@@ -1224,7 +1216,7 @@ mod tests {
                 fingerprint: row.fingerprint,
                 ..Table::default()
             };
-            let got = wake(left, print(1), Some(next), false, &mut local).unwrap();
+            let got = wake(left, print(1), Some(next), &mut local).unwrap();
             let want = row.want.map(|at| match at {
                 Some(p) => Cursor {
                     pos: Some(p),
@@ -1401,108 +1393,61 @@ mod tests {
     }
 
     #[test]
-    fn under_the_lock_a_wal_made_afresh_continues_from_its_start_without_the_file() {
+    fn a_wal_made_afresh_continues_only_over_the_file_as_left() {
         let left_at = pos(1, 500);
         let seq = |salt1, checkpoint_seq| WalHeader {
             checkpoint_seq,
             ..header(salt1)
         };
-        // (position left, locked, WAL continues it, header now, fingerprint
-        // now) -> where shipping goes on (None: new generation), questions.
+        // (position left, header now, fingerprint now) -> where shipping
+        // goes on (None: new generation), questions asked.
         type Row = (
             Option<WalPos>,
-            bool,
-            bool,
             Option<WalHeader>,
             u64,
             Option<(Option<WalPos>, bool)>,
             &'static [&'static str],
         );
-        let rows: [Row; 8] = [
-            // Made afresh (sequence 0, new salts): all of it is new, and the
-            // database file is not read (the application's checkpoints may
-            // have changed it).
+        let rows: [Row; 4] = [
+            // Made afresh after a short session: the file is as left (the
+            // application's close could not checkpoint), so every frame of
+            // the WAL is new.
             (
                 Some(left_at),
-                true,
-                false,
                 Some(seq(2, 0)),
-                2,
-                Some((Some(header(2).start()), false)),
-                &["wal_continues", "wal_header"],
-            ),
-            (
-                None,
-                true,
-                false,
-                Some(seq(2, 0)),
-                2,
-                Some((Some(header(2).start()), false)),
-                &["wal_header"],
-            ),
-            // Still the WAL left: it must continue the position.
-            (
-                Some(left_at),
-                true,
-                true,
-                Some(seq(1, 0)),
-                2,
-                Some((Some(left_at), false)),
-                &["wal_continues"],
-            ),
-            (
-                Some(left_at),
-                true,
-                false,
-                Some(seq(1, 0)),
-                1,
-                None,
-                &["wal_continues", "wal_header", "wal_header"],
-            ),
-            // Restarted (sequence >= 1): only the file as left proves it.
-            (
-                Some(left_at),
-                true,
-                false,
-                Some(seq(2, 1)),
-                2,
-                None,
-                &["wal_continues", "wal_header", "wal_header", "fingerprint"],
-            ),
-            (
-                Some(left_at),
-                true,
-                false,
-                Some(seq(2, 3)),
                 1,
                 Some((Some(left_at), true)),
-                &["wal_continues", "wal_header", "wal_header", "fingerprint"],
+                &["wal_continues", "wal_header", "fingerprint"],
             ),
-            // Without the lock the application's last close may have
-            // deleted a WAL with unshipped frames: sequence 0 proves nothing.
+            // Sequence 0 too, but the file changed: one connection's
+            // TRUNCATE, then another's commit. The commits before the
+            // TRUNCATE are only in the file: a gap, never "continues".
             (
                 Some(left_at),
-                false,
-                false,
                 Some(seq(2, 0)),
                 2,
                 None,
                 &["wal_continues", "wal_header", "fingerprint"],
             ),
+            (
+                None,
+                Some(seq(2, 0)),
+                2,
+                None,
+                &["wal_header", "fingerprint"],
+            ),
             // No WAL yet: the file as left.
             (
                 None,
-                true,
-                false,
                 None,
                 1,
                 Some((None, true)),
-                &["wal_header", "wal_header", "fingerprint"],
+                &["wal_header", "fingerprint"],
             ),
         ];
-        for (p, locked, continues, h, fp, want, asked) in rows {
+        for (p, h, fp, want, asked) in rows {
             let mut local = Table {
-                continues: if continues { vec![left_at] } else { vec![] },
+                continues: vec![],
                 header: h,
                 fingerprint: fp,
                 ..Table::default()
@@ -1512,8 +1457,8 @@ mod tests {
                 base_is_db_file: true,
                 db_pages: Some(3),
             };
-            let got = wake(left, print(1), None, locked, &mut local).unwrap();
-            let what = format!("{p:?} locked {locked} continues {continues} header {h:?} fp {fp}");
+            let got = wake(left, print(1), None, &mut local).unwrap();
+            let what = format!("{p:?} header {h:?} fp {fp}");
             assert_eq!(got.map(|c| (c.pos, c.base_is_db_file)), want, "{what}");
             assert!(got.is_none_or(|c| c.db_pages == Some(3)), "{what}");
             assert_eq!(local.asked, asked, "{what}");

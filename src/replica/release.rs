@@ -32,8 +32,8 @@ pub(super) struct Released {
     pub(super) fingerprint: Fingerprint,
     /// `db` holds the read lock on SQLite's SHARED range
     /// (`sqlite::hold_shared`), taken when the WAL was empty: the
-    /// application's last close cannot delete the WAL, and a WAL made
-    /// afresh continues the backup (`continuity::wake`).
+    /// application's last close cannot checkpoint nor delete the WAL, so
+    /// after a short session the file is still as left (`continuity::wake`).
     pub(super) locked: bool,
     /// The WAL that comes next, when walsync let go of an empty one.
     pub(super) next: Option<NextWal>,
@@ -369,7 +369,7 @@ impl Replica {
         // Only now that the connections are closed (see `Live::shm_file`).
         drop(shm_file);
         // After walsync's own closes (which leave the WAL as it is). Only
-        // over an empty WAL: then every frame of a WAL made afresh is new.
+        // over an empty WAL: then the file as left is what was shipped.
         let locked = truncated.complete()
             && db
                 .hold_shared(true)
@@ -463,7 +463,7 @@ impl Replica {
                     },
                     shm_file: &mut shm_file,
                 };
-                continuity::wake(released_cursor, fingerprint, next, locked, &mut files)
+                continuity::wake(released_cursor, fingerprint, next, &mut files)
             });
         let cursor = match proof {
             Ok(c) => c,
