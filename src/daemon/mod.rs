@@ -128,10 +128,15 @@ fn backoff(failures: u32) -> Duration {
     crate::backoff::up_by(base, 0.25, crate::backoff::random_unit())
 }
 
-/// The database whose WAL `path` is, if it names a `-wal` file.
-fn database_of_wal(path: &Path) -> Option<PathBuf> {
+/// The database a file event's `path` is about: `path` itself, or the
+/// database whose side file it is, if its name ends in one of `sides` (e.g.
+/// `-wal`). `None` for a name that is not UTF-8.
+fn database_of(path: &Path, sides: &[&str]) -> Option<PathBuf> {
     let name = path.file_name()?.to_str()?;
-    Some(path.with_file_name(name.strip_suffix("-wal")?))
+    Some(match sides.iter().find_map(|s| name.strip_suffix(s)) {
+        Some(stem) => path.with_file_name(stem),
+        None => path.to_path_buf(),
+    })
 }
 
 /// How long file events in a discovery directory are gathered before the
@@ -240,12 +245,8 @@ impl Dispatcher {
         }
         let mut catalog_may_change = false;
         for p in &ev.paths {
-            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            let Some(db) = database_of(p, &["-wal"]) else {
                 continue;
-            };
-            let db = match name.strip_suffix("-wal") {
-                Some(stem) => p.with_file_name(stem),
-                None => p.clone(),
             };
             if self.schedule.on_file_event(&db, now, &stat_of) {
                 // A database file that went away may leave the catalog.
@@ -264,12 +265,8 @@ impl Dispatcher {
     /// more, the scheduler lets go of it (`Schedule::on_probe`); if walsync
     /// let go of it, a WAL with frames wakes it.
     fn on_close(&mut self, p: &Path, now: Instant) {
-        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+        let Some(db) = database_of(p, &["-wal", "-shm"]) else {
             return;
-        };
-        let db = match name.strip_suffix("-wal").or(name.strip_suffix("-shm")) {
-            Some(stem) => p.with_file_name(stem),
-            None => p.to_path_buf(),
         };
         let Some(id) = self.schedule.probe_wanted(&db) else {
             // A released database has no -shm to ask; its last close
@@ -549,7 +546,7 @@ pub fn run(
         if let Ok(e) = &ev {
             if matches!(e.kind, notify::EventKind::Modify(_)) {
                 for p in &e.paths {
-                    if let Some(db) = database_of_wal(p) {
+                    if let Some(db) = database_of(p, &["-wal"]).filter(|db| db != p) {
                         times.on_write(&db);
                     }
                 }
@@ -661,5 +658,33 @@ pub fn run(
         Ok(())
     } else {
         Err(DaemonError::IncompleteStop { failed })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_event_is_about_the_database_or_the_one_whose_side_file_it_is() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let p = |s: &str| PathBuf::from(s);
+        // (path, sides) -> database
+        for (path, sides, want) in [
+            ("/d/app.db", &["-wal"][..], Some(p("/d/app.db"))),
+            ("/d/app.db-wal", &["-wal"], Some(p("/d/app.db"))),
+            ("/d/app.db-shm", &["-wal"], Some(p("/d/app.db-shm"))),
+            ("/d/app.db-shm", &["-wal", "-shm"], Some(p("/d/app.db"))),
+            ("/d/app.db-wal", &["-wal", "-shm"], Some(p("/d/app.db"))),
+        ] {
+            assert_eq!(
+                database_of(Path::new(path), sides),
+                want,
+                "{path} {sides:?}"
+            );
+        }
+        let not_utf8 = Path::new(OsStr::from_bytes(b"/d/\xff-wal"));
+        assert_eq!(database_of(not_utf8, &["-wal"]), None);
     }
 }
