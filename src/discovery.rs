@@ -221,11 +221,7 @@ mod tests {
 
     impl Scratch {
         fn new(name: &str) -> Scratch {
-            let dir = std::env::temp_dir()
-                .join(format!("walsync-discovery-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("create scratch dir");
-            Scratch(dir)
+            Scratch(crate::testing::fresh_dir(&format!("discovery-{name}")))
         }
 
         fn touch(&self, relative: &str) -> PathBuf {

@@ -309,8 +309,7 @@ mod tests {
     #[test]
     fn load_reports_missing_malformed_and_reads_good_files() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("walsync-keyfile-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::fresh_dir("keyfile");
         let missing = dir.join("missing.key");
         let err = load(&missing).unwrap_err().to_string();
         assert!(

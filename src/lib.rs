@@ -37,6 +37,16 @@ pub mod wal;
 pub(crate) mod testing {
     use std::panic::{catch_unwind, AssertUnwindSafe};
 
+    /// An empty directory of this test run's own under the system's
+    /// temporary directory (`walsync-<name>-<pid>`), whatever an earlier run
+    /// left there.
+    pub(crate) fn fresh_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("walsync-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     /// How many inputs each fuzz loop tries: `WALSYNC_FUZZ_ITERS` if set
     /// (`bench/fuzz.sh` sets a large count), else the loop's `default`, small
     /// enough for every `cargo test`.

@@ -609,9 +609,7 @@ mod tests {
 
     #[test]
     fn leftovers_of_killed_restores_go_and_live_or_foreign_files_stay() {
-        let dir = std::env::temp_dir().join(format!("walsync-leftovers-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::fresh_dir("leftovers");
         let t = crate::spool::token;
         let dead_a = dir.join(format!(".a.db.walsync-restore-{}", t()));
         let dead_b = dir.join(format!(".b.db.walsync-restore-{}", t()));
@@ -653,9 +651,7 @@ mod tests {
 
     #[test]
     fn output_paths_stay_inside_the_output_directory() {
-        let dir = std::env::temp_dir().join(format!("walsync-outpath-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::fresh_dir("outpath");
         assert_eq!(
             output_path_for(&dir, "tenants/acme").unwrap(),
             dir.join("tenants/acme.db")

@@ -363,10 +363,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn temp_base(name: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("walsync-spool-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        p
+        crate::testing::fresh_dir(&format!("spool-{name}"))
     }
 
     fn mode_of(p: &Path) -> u32 {

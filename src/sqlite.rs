@@ -839,10 +839,7 @@ mod tests {
     use super::*;
 
     fn temp_db(name: &str) -> (PathBuf, PathBuf) {
-        let dir =
-            std::env::temp_dir().join(format!("walsync-sqlite-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::fresh_dir(&format!("sqlite-test-{name}"));
         let db = dir.join("t.db");
         let c = Connection::open(&db).unwrap();
         c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);")

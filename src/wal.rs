@@ -586,9 +586,7 @@ pub(crate) mod tests {
     /// and a torn tail loses only the torn transaction.
     #[test]
     fn parses_a_wal_written_by_sqlite() {
-        let dir = std::env::temp_dir().join(format!("walsync-wal-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::fresh_dir("wal-test");
         let db = dir.join("t.db");
         let c = rusqlite::Connection::open(&db).unwrap();
         c.execute_batch(

@@ -257,11 +257,7 @@ mod testing {
     }
 
     pub(super) fn scratch_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("walsync-config-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        dir
+        crate::testing::fresh_dir(&format!("config-{name}"))
     }
 
     pub(super) fn env(name: &str) -> Option<String> {

@@ -538,9 +538,7 @@ mod tests {
     /// header's salts are the ones recorded.
     #[test]
     fn reads_a_wal_written_by_sqlite() {
-        let dir = std::env::temp_dir().join(format!("walsync-ct-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::fresh_dir("ct-test");
         let db = dir.join("t.db");
         let c = rusqlite::Connection::open(&db).unwrap();
         c.execute_batch(

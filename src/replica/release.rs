@@ -521,9 +521,7 @@ mod tests {
     /// dropped commits.
     #[test]
     fn sqlite_starts_the_next_wal_as_the_wal_index_says_and_counts_every_commit() {
-        let dir = std::env::temp_dir().join(format!("walsync-next-wal-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::fresh_dir("next-wal");
         let db = dir.join("t.db");
         let app = Connection::open(&db).unwrap();
         app.execute_batch(
