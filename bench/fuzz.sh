@@ -5,8 +5,9 @@
 # The unit tests that feed damaged and random inputs to everything that reads
 # outside input try a few thousand inputs on every `cargo test`:
 # - the decoders of objects (segment, snapshot, idle mark), the opener of
-#   sealed (encrypted) objects and the WAL header and frame scanner: `fuzz`
-#   in src/format/mod.rs and `random_garbage_never_panics` in src/wal.rs;
+#   sealed (encrypted) objects, the WAL header and frame scanner and the
+#   wal-index header of the -shm file: `fuzz` in src/format/mod.rs and
+#   `random_garbage_never_panics` in src/wal.rs;
 #   the watcher's look at new WAL frames (`fuzz` in
 #   src/replica/commit_times.rs);
 # - the text parsers, each in a `fuzz` module beside its code: timestamps

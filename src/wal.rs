@@ -580,6 +580,31 @@ pub(crate) mod tests {
         );
         assert_eq!(panics, 0, "the WAL scanner panicked");
         assert_eq!(beyond, 0);
+
+        // The wal-index header (read from the -shm file, which any process
+        // can write): damaged or cut, it is refused or read, never a panic,
+        // and a copy that disagrees with the other is never read.
+        let good = index_header(17, 4096, 3, (0xdead_beef, 5));
+        let (mut inputs, mut panics, mut disagreeing) = (0u64, 0u64, 0u64);
+        for _ in 0..crate::testing::fuzz_iters(2000) {
+            let mut b = good.clone();
+            for _ in 0..(next() % 8) {
+                let i = (next() as usize) % b.len();
+                b[i] = next() as u8;
+            }
+            b.truncate((next() as usize) % (b.len() + 1));
+            inputs += 1;
+            let read = crate::testing::counting_panics(&mut panics, || parse_index_header(&b));
+            if read.flatten().is_some() && b[..48] != b[48..96] {
+                disagreeing += 1;
+            }
+        }
+        eprintln!(
+            "fuzz: wal-index header: {inputs} damaged inputs, {panics} panics, \
+             {disagreeing} read with copies that disagree"
+        );
+        assert_eq!(panics, 0, "the wal-index header parser panicked");
+        assert_eq!(disagreeing, 0);
     }
 
     /// A WAL written by SQLite itself: every transaction is found, in order,
