@@ -70,10 +70,19 @@ impl Setup {
     }
 
     fn watch(&self, log: &str) -> Running {
+        self.watch_logging(log, None)
+    }
+
+    /// `watch` writing its log to `log`, at `rust_log` if given (else as
+    /// `command` sets it).
+    fn watch_logging(&self, log: &str, rust_log: Option<&str>) -> Running {
         let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        let mut c = self.command();
+        if let Some(level) = rust_log {
+            c.env("RUST_LOG", level);
+        }
         Running(
-            self.command()
-                .args(["watch", "--config"])
+            c.args(["watch", "--config"])
                 .arg(&self.config)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
@@ -1792,6 +1801,75 @@ fn wait_log(setup: &Setup, log: &str, needle: &str, times: usize) -> String {
 }
 
 #[test]
+fn a_storage_outage_of_a_fleet_is_one_line_when_it_begins_and_one_when_it_ends() {
+    let names: Vec<(String, String)> = (0..6)
+        .map(|i| (format!("db{i}.db"), format!("fleet/db{i}")))
+        .collect();
+    let pairs: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_str()))
+        .collect();
+    let mut setup = Setup::new(&pairs);
+    let storage = setup.storage();
+    let apps: Vec<Connection> = names
+        .iter()
+        .map(|(n, _)| {
+            let c = open_app(&setup.dir.join(n));
+            insert(&c, 1);
+            c
+        })
+        .collect();
+    let mut child = setup.watch("watch.log");
+    for (n, p) in &names {
+        wait_shipped(&storage, p, &setup.dir.join(n));
+    }
+    // Down for long enough that every database fails several syncs, each
+    // after the storage layer's own retries; the applications go on.
+    setup.server.stop();
+    let mut id = 1;
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(8) {
+        id += 1;
+        for c in &apps {
+            insert(c, id);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    setup.server.restart();
+    let log = wait_log(&setup, "watch.log", "storage reachable again", 1);
+    for (n, p) in &names {
+        wait_shipped(&storage, p, &setup.dir.join(n));
+    }
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap_or(log);
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("storage unreachable since"), 1, "{log}");
+    assert_eq!(count("storage reachable again"), 1, "{log}");
+    // Neither a line per database per failed sync nor one per retried
+    // request: a database's own error only until a third one failing says
+    // that it is the storage, and at most one retry warning in 8 s.
+    let began = log
+        .lines()
+        .position(|l| l.contains("storage unreachable since"))
+        .unwrap();
+    let own = |l: &&str| l.contains(" ERROR ") && l.contains("): s3://");
+    assert!(log.lines().take(began).filter(own).count() <= 2, "{log}");
+    assert_eq!(log.lines().skip(began + 1).filter(own).count(), 0, "{log}");
+    assert!(
+        log.lines()
+            .filter(|l| l.contains(" WARN ") && l.contains("retrying in"))
+            .count()
+            <= 1,
+        "{log}"
+    );
+    for (n, p) in &names {
+        let got = setup.restore_verified(p, &setup.dir.join(format!("r-{n}")));
+        assert_eq!(got, rows(&setup.dir.join(n)), "{n}");
+        assert_eq!(got.len() as i64, id, "{n}");
+    }
+}
+
+#[test]
 fn the_s3_server_killed_and_started_again_loses_nothing() {
     let mut setup = Setup::new(&[("app.db", "tenants/acme")]);
     let path = setup.dir.join("app.db");
@@ -1801,7 +1879,8 @@ fn the_s3_server_killed_and_started_again_loses_nothing() {
     for id in 1..=50 {
         insert(&c, id);
     }
-    let mut child = setup.watch("watch.log");
+    // Each retried request at debug (only one a minute is a warning).
+    let mut child = setup.watch_logging("watch.log", Some("info,walsync::storage=debug"));
     wait_shipped(&storage, "tenants/acme", &path);
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(std::sync::atomic::AtomicI64::new(50));
@@ -3547,19 +3626,7 @@ fn burst_setup(idle: Option<&str>) -> Setup {
 }
 
 fn watch_debug(setup: &Setup) -> Running {
-    let log = std::fs::File::create(setup.dir.join("watch.log")).unwrap();
-    Running(
-        setup
-            .command()
-            .env("RUST_LOG", "walsync=debug")
-            .args(["watch", "--config"])
-            .arg(&setup.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+    setup.watch_logging("watch.log", Some("walsync=debug"))
 }
 
 /// The application's connection as most applications have it: WAL mode
