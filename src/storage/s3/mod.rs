@@ -51,25 +51,31 @@
 mod answers;
 mod attempt;
 mod delete_objects;
+mod integrity;
 mod listing;
+mod md5;
 mod multipart;
 mod multipart_upload;
 mod requests;
 mod retry;
 mod tls;
+mod upload_check;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 use ureq::tls::TlsConfig;
 use ureq::Agent;
 
-use super::{Body, ObjectMeta, ObjectReader, Storage, StorageError};
-use answers::listed_size;
+use super::{Body, ObjectMeta, ObjectReader, Storage, StorageError, UploadCheck};
+use answers::{listed_size, Failure};
 use delete_objects::MAX_KEYS_PER_BATCH;
-use multipart::MultipartPolicy;
+use integrity::{Digest, UploadDigest};
+use md5::Md5;
+use multipart::{part_crc32, MultipartPolicy, PartSpan};
 use requests::check_key;
 use tls::root_certs_from_env;
 
@@ -131,6 +137,11 @@ pub struct S3Storage {
     /// Set once the server has answered DeleteObjects as an operation it
     /// lacks: from then on, `delete` sends one DELETE per key.
     batch_delete_lacking: AtomicBool,
+    /// Set once the server has refused the `x-amz-checksum-crc32` header
+    /// itself: from then on, uploads carry `Content-MD5` instead.
+    content_md5: AtomicBool,
+    /// What the checksum probe found, once it has run.
+    upload_check: OnceLock<UploadCheck>,
 }
 
 impl fmt::Debug for S3Storage {
@@ -218,6 +229,8 @@ impl S3Storage {
             },
             location,
             batch_delete_lacking: AtomicBool::new(false),
+            content_md5: AtomicBool::new(false),
+            upload_check: OnceLock::new(),
         })
     }
 
@@ -232,6 +245,57 @@ impl S3Storage {
     /// sends one DELETE per key for the rest of the process.
     pub fn deletes_in_batches(&self) -> bool {
         !self.batch_delete_lacking.load(Ordering::Relaxed)
+    }
+
+    /// Whether uploads carry `Content-MD5` rather than
+    /// `x-amz-checksum-crc32`: false until the server refuses the CRC32
+    /// header itself, after which every upload of the process does.
+    pub fn uploads_with_content_md5(&self) -> bool {
+        self.content_md5.load(Ordering::Relaxed)
+    }
+
+    /// The integrity header uploads carry now.
+    fn upload_digest(&self) -> UploadDigest {
+        if self.uploads_with_content_md5() {
+            UploadDigest::ContentMd5
+        } else {
+            UploadDigest::Crc32
+        }
+    }
+
+    /// Makes every upload from now on carry `Content-MD5`, after the server
+    /// refused the CRC32 header (`said`: its words); says so once.
+    fn fall_back_to_md5(&self, said: &str) {
+        if !self.content_md5.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "{}: the server refuses the x-amz-checksum-crc32 header ({said}); \
+                 uploads carry Content-MD5 instead from now on",
+                self.location
+            );
+        }
+    }
+
+    /// The digest the upload of `span` of `body` (whose CRC32 is `crc32`)
+    /// carries now; `cached` keeps its MD5 once read, for the next try.
+    fn digest_of(
+        &self,
+        body: Body<'_>,
+        span: &PartSpan,
+        crc32: u32,
+        cached: &mut Option<Digest>,
+    ) -> Result<Digest, Failure> {
+        if self.upload_digest() == UploadDigest::Crc32 {
+            return Ok(Digest::crc32(crc32));
+        }
+        if let Some(digest) = cached {
+            return Ok(digest.clone());
+        }
+        let mut hasher = Md5::new();
+        part_crc32(body, span, &mut crc32fast::Hasher::new(), Some(&mut hasher))
+            .map_err(|e| Failure::fatal(self.body_error(body, e)))?;
+        let digest = Digest::md5(hasher.finalize());
+        *cached = Some(digest.clone());
+        Ok(digest)
     }
 
     /// Makes `put` upload bodies larger than `threshold_bytes` as a multipart
@@ -254,8 +318,16 @@ impl Storage for S3Storage {
         if self.multipart.applies_to(body.len()) {
             return self.put_multipart(key, body, crc32);
         }
-        let checksum = checksum_header_value(crc32);
-        self.retry("put", key, || self.put_once(key, body, &checksum))
+        let whole = PartSpan {
+            number: 1,
+            offset: 0,
+            len: body.len(),
+        };
+        let mut md5 = None;
+        self.retry("put", key, || {
+            let digest = self.digest_of(body, &whole, crc32, &mut md5)?;
+            self.put_once(key, body, &digest, crc32)
+        })
     }
 
     fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
@@ -337,6 +409,12 @@ impl Storage for S3Storage {
 
     fn location(&self) -> String {
         self.location.clone()
+    }
+
+    fn upload_check(&self, root: &str) -> UploadCheck {
+        self.upload_check
+            .get_or_init(|| self.probe_upload_check(root))
+            .clone()
     }
 }
 
