@@ -159,3 +159,205 @@ fn serve(
         }
     }
 }
+
+/// `Content-MD5` of `bytes` (base64 of the MD5), by Python's hashlib: an
+/// implementation independent of walsync's own.
+pub fn content_md5(bytes: &[u8]) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, hashlib, base64; \
+             print(base64.b64encode(hashlib.md5(sys.stdin.buffer.read()).digest()).decode())",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3 computes MD5s for the scripted servers: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(bytes)
+        .expect("write to python3");
+    let out = child.wait_with_output().expect("python3 ran");
+    assert!(out.status.success(), "python3 failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// How a scripted provider departs from AWS. Each is documented where it
+/// is used (tests/providers.rs) with a link to where the provider says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// Cloudflare R2 until January 2025: 501 `NotImplemented`, "Header
+    /// 'x-amz-checksum-crc32' with value '…' not implemented", for any
+    /// `x-amz-checksum-*` header.
+    R2RefusesChecksumHeaders,
+    /// Backblaze B2: 400 `InvalidArgument`, "Unsupported header
+    /// 'x-amz-checksum-crc32' received for this API call.", for any
+    /// `x-amz-checksum-*` header.
+    B2RefusesChecksumHeaders,
+}
+
+/// An object the scripted bucket holds, with the integrity header it came
+/// with (of its single PUT, or of its last part).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub bytes: Vec<u8>,
+    /// (header name in lower case, value) of every integrity header sent.
+    pub sent: Vec<(String, String)>,
+}
+
+/// Objects by key.
+pub type Objects = Arc<Mutex<std::collections::BTreeMap<String, Held>>>;
+
+/// The parts of the multipart upload under way: number, bytes, integrity
+/// headers.
+type Parts = Arc<Mutex<Vec<(u32, Vec<u8>, Vec<(String, String)>)>>>;
+
+fn xml_error(status: &'static str, code: &str, message: &str) -> Reply {
+    (
+        status,
+        "content-type: application/xml\r\n".to_owned(),
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>\
+             <Message>{message}</Message></Error>"
+        ),
+    )
+}
+
+/// The integrity headers of a request: `content-md5` and `x-amz-checksum-*`.
+fn integrity_headers(request: &Request) -> Vec<(String, String)> {
+    request
+        .head
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            let name = name.trim().to_ascii_lowercase();
+            (name == "content-md5" || name.starts_with("x-amz-checksum-"))
+                .then(|| (name, value.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// The key in the path of `/bucket/<key>`.
+fn key_of(request: &Request) -> String {
+    let path = request.line().split(' ').nth(1).unwrap_or_default();
+    path.trim_start_matches("/bucket/").to_owned()
+}
+
+/// A bucket (`bucket`, path style) held in memory that answers PutObject,
+/// multipart uploads, GetObject, DeleteObject and DeleteObjects as S3 does
+/// (a `Content-MD5` that does not match the body: 400 `BadDigest`), except
+/// for `departure`. Returns the server and what it holds.
+pub fn scripted_bucket(departure: Departure) -> (FakeServer, Objects) {
+    let objects: Objects = Arc::default();
+    let parts: Parts = Arc::default();
+    let held = objects.clone();
+    let server = FakeServer::scripted(move |request| {
+        let sent = integrity_headers(request);
+        if let Some((name, value)) = sent.iter().find(|(n, _)| n.starts_with("x-amz-checksum-")) {
+            return match departure {
+                Departure::R2RefusesChecksumHeaders => xml_error(
+                    "501 Not Implemented",
+                    "NotImplemented",
+                    &format!("Header '{name}' with value '{value}' not implemented"),
+                ),
+                Departure::B2RefusesChecksumHeaders => xml_error(
+                    "400 Bad Request",
+                    "InvalidArgument",
+                    &format!("Unsupported header '{name}' received for this API call."),
+                ),
+            };
+        }
+        if let Some((_, md5)) = sent.iter().find(|(n, _)| n == "content-md5") {
+            if *md5 != content_md5(request.body) {
+                return xml_error(
+                    "400 Bad Request",
+                    "BadDigest",
+                    "The Content-MD5 you specified did not match what we received.",
+                );
+            }
+        }
+        let first = request.head.lines().next().unwrap_or_default();
+        let method = first.split(' ').next().unwrap_or_default();
+        let key = key_of(request);
+        let ok = |headers: &str, body: String| ("200 OK", headers.to_owned(), body);
+        let mut objects = held.lock().expect("objects");
+        let mut parts = parts.lock().expect("parts");
+        match method {
+            "PUT" if first.contains("partNumber=") => {
+                let number: u32 = first
+                    .split("partNumber=")
+                    .nth(1)
+                    .and_then(|s| s.split('&').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                parts.push((number, request.body.to_vec(), sent));
+                ok(&format!("etag: \"p{number}\"\r\n"), String::new())
+            }
+            "PUT" => {
+                objects.insert(
+                    key,
+                    Held {
+                        bytes: request.body.to_vec(),
+                        sent,
+                    },
+                );
+                ok("etag: \"e\"\r\n", String::new())
+            }
+            "POST" if first.contains("uploads") => {
+                parts.clear();
+                ok(
+                    "content-type: application/xml\r\n",
+                    format!(
+                        "<InitiateMultipartUploadResult><Bucket>bucket</Bucket><Key>{key}</Key>\
+                         <UploadId>UP-1</UploadId></InitiateMultipartUploadResult>"
+                    ),
+                )
+            }
+            "POST" if first.contains("uploadId=") => {
+                parts.sort_by_key(|p| p.0);
+                let bytes = parts.iter().flat_map(|p| p.1.clone()).collect();
+                let sent = parts.last().map(|p| p.2.clone()).unwrap_or_default();
+                objects.insert(key.clone(), Held { bytes, sent });
+                ok(
+                    "content-type: application/xml\r\n",
+                    format!(
+                        "<CompleteMultipartUploadResult><Key>{key}</Key><ETag>\"m-{}\"</ETag>\
+                         </CompleteMultipartUploadResult>",
+                        parts.len()
+                    ),
+                )
+            }
+            "POST" if first.contains("delete") => {
+                let body = String::from_utf8_lossy(request.body);
+                for part in body.split("<Key>").skip(1) {
+                    objects.remove(part.split("</Key>").next().unwrap_or_default());
+                }
+                ok(
+                    "content-type: application/xml\r\n",
+                    "<DeleteResult></DeleteResult>".to_owned(),
+                )
+            }
+            "DELETE" if first.contains("uploadId=") => {
+                parts.clear();
+                ("204 No Content", String::new(), String::new())
+            }
+            "DELETE" => {
+                objects.remove(&key);
+                ("204 No Content", String::new(), String::new())
+            }
+            "GET" => match objects.get(&key) {
+                Some(o) => ok(
+                    "etag: \"e\"\r\n",
+                    String::from_utf8_lossy(&o.bytes).into_owned(),
+                ),
+                None => xml_error("404 Not Found", "NoSuchKey", "no such key"),
+            },
+            _ => xml_error("501 Not Implemented", "NotImplemented", "not scripted"),
+        }
+    });
+    (server, objects)
+}
