@@ -199,6 +199,32 @@ fn watch_restore_and_verify_on_every_server() {
         assert!(listed.contains(PREFIX), "{name}: {listed}");
         let verified = setup.run_ok("verify", &[]);
         assert!(verified.contains("1 ok, 0 failed"), "{name}: {verified}");
+        // What each server checks of uploads is found out by the probe
+        // (a wrong CRC32 on purpose), not assumed: reported by list,
+        // verify and watch's log, and the probe deleted.
+        let report = if kind.checks_crc32() {
+            "uploads: the server checks every upload's x-amz-checksum-crc32"
+        } else {
+            "uploads: the server does not check upload checksums"
+        };
+        for out in [&listed, &verified] {
+            assert!(out.contains(report), "{name}: {out}");
+        }
+        let log = setup.watch_log();
+        assert_eq!(
+            log.matches(&report["uploads: ".len()..]).count(),
+            1,
+            "{name}: once, at start: {log}"
+        );
+        let storage = S3Storage::new(setup.server.settings()).expect("settings");
+        let keys: Vec<String> = storage
+            .list("")
+            .expect("list the bucket")
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| k.contains("probe"))
+            .collect();
+        assert!(keys.is_empty(), "{name}: the probe is deleted: {keys:?}");
 
         // restore-all from the config, and from the bucket alone.
         let all = setup.server.scratch_dir("all");

@@ -104,8 +104,16 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
             }
         }
     }
+    // Whether the server checks upload checksums: logged by the probe,
+    // and a line of its own here (the JSON stays one array).
+    let uploads = super::upload_check_line(
+        &*storage,
+        databases.first().map(|d| d.0.as_str()).or(parent),
+    );
     if args.json {
         outln!("[{}]", json_items.join(","));
+    } else {
+        outln!("{uploads}");
     }
     if failed > 0 {
         return Err(CliError::runtime(format!(

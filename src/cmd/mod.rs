@@ -209,6 +209,15 @@ pub(crate) fn check_storage(storage: &dyn Storage, prefix: &str) -> Result<(), S
     }
 }
 
+/// What the storage checks of the bytes walsync uploads (`Storage::upload_check`:
+/// on S3 a probe object under the root of `prefix`, or of the bucket when
+/// there is none, written and deleted once per process; nothing on a
+/// directory), as the line `list` and `verify` print.
+pub(crate) fn upload_check_line(storage: &dyn Storage, prefix: Option<&str>) -> String {
+    let root = prefix.map(crate::keys::database_root).unwrap_or_default();
+    format!("uploads: {}", storage.upload_check(&root))
+}
+
 /// Where to find the backups: a config file, or (for disaster recovery on a
 /// machine that has none) the bucket or directory given on the command line.
 #[derive(Debug, Default)]

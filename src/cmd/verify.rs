@@ -80,5 +80,17 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
         }
     });
     let _ = std::fs::remove_dir_all(&scratch);
+    // Whether the server checks upload checksums (the probe logs it too).
+    let uploads = super::upload_check_line(
+        &*storage,
+        fleet
+            .prefixes
+            .first()
+            .map(String::as_str)
+            .or(args.prefix.as_deref().map(|p| p.trim_end_matches('/'))),
+    );
+    if !args.json {
+        outln!("{uploads}");
+    }
     result
 }

@@ -57,7 +57,11 @@ pub fn run(args: WatchArgs) -> Result<(), CliError> {
     // or down for a while) is waited for, as during an outage.
     if let Some(db) = catalog.databases().first() {
         match check_storage(&*storage, &db.replica.prefix) {
-            Ok(()) => {}
+            // Whether the server checks upload checksums, found out once
+            // and logged (README "Storage providers").
+            Ok(()) => {
+                storage.upload_check(&crate::keys::database_root(&db.replica.prefix));
+            }
             Err(e @ StorageError::Transport { .. }) => {
                 log::warn!("{e}; starting anyway, each database retries until it answers")
             }
