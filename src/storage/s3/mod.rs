@@ -8,8 +8,12 @@
 //! answers (status and XML error code) to `StorageError`.
 //!
 //! It upholds ARCHITECTURE.md invariant 4 on the way up: every `put` sends the
-//! object's CRC32 as a signed `x-amz-checksum-crc32` header, so the server
-//! refuses bytes that changed on the way. It must never log or return a
+//! object's CRC32 as a signed `x-amz-checksum-crc32` header, so that a server
+//! that checks it refuses bytes that changed on the way. A server that
+//! refuses the header itself (R2 until 2025, B2) gets the same request once
+//! more at once with `Content-MD5`, and every upload after it
+//! (`integrity`); whether the server checks at all is found out once, by a
+//! probe (`upload_check`). It must never log or return a
 //! secret or a full signed URL: messages name the bucket, the endpoint and the
 //! object key only.
 //!
@@ -26,10 +30,9 @@
 //! CompleteMultipartUpload.
 //!
 //! `delete` sends DeleteObjects (`POST /?delete`) in batches of at most
-//! 1,000 keys, each body with a signed `x-amz-checksum-crc32`. A server
-//! that lacks it (501, 405, or 400 naming it or `Content-MD5`: GCS's XML
-//! API, older MinIO) gets one DELETE per key instead, for that call and
-//! the rest of the process, with one WARN.
+//! 1,000 keys, each body with a signed `Content-MD5`. A server that lacks
+//! it (501, 405, or 400 naming it: GCS's XML API) gets one DELETE per key
+//! instead, for that call and the rest of the process, with one WARN.
 //!
 //! One concern per file; the protocol is kept in plain values, the way
 //! rusty-s3 keeps it, and the I/O shell around it is thin:
@@ -44,6 +47,10 @@
 //!   the part readers (no network);
 //! - `delete_objects`: the body of a DeleteObjects batch, its answer, and
 //!   which answers mean the server lacks it (pure);
+//! - `integrity`: the integrity header an upload carries (CRC32 or
+//!   `Content-MD5`), the answers refusing the CRC32 header, what the
+//!   probe's answer means (pure); `md5`: MD5 for `Content-MD5` (pure);
+//! - `upload_check`: the checksum probe;
 //! - `attempt`: one attempt of each request over the agent;
 //! - `multipart_upload`: a multipart upload from create to complete or abort;
 //! - `tls`: the TLS roots from `AWS_CA_BUNDLE` / `SSL_CERT_FILE`.
