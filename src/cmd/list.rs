@@ -104,17 +104,14 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
             }
         }
     }
-    // Whether the server checks upload checksums: logged by the probe,
-    // and a line of its own here (the JSON stays one array).
-    let uploads = super::upload_check_line(
+    if args.json {
+        outln!("[{}]", json_items.join(","));
+    }
+    // Whether the server checks upload checksums (README "Storage providers").
+    super::report_upload_check(
         &*storage,
         databases.first().map(|d| d.0.as_str()).or(parent),
     );
-    if args.json {
-        outln!("[{}]", json_items.join(","));
-    } else {
-        outln!("{uploads}");
-    }
     if failed > 0 {
         return Err(CliError::runtime(format!(
             "{failed} database(s) could not be listed"

@@ -80,8 +80,9 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
         }
     });
     let _ = std::fs::remove_dir_all(&scratch);
-    // Whether the server checks upload checksums (the probe logs it too).
-    let uploads = super::upload_check_line(
+    // Whether the server checks upload checksums: where it does not, this
+    // command is what finds an upload damaged on the way.
+    super::report_upload_check(
         &*storage,
         fleet
             .prefixes
@@ -89,8 +90,5 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
             .map(String::as_str)
             .or(args.prefix.as_deref().map(|p| p.trim_end_matches('/'))),
     );
-    if !args.json {
-        outln!("{uploads}");
-    }
     result
 }

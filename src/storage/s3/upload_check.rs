@@ -36,7 +36,8 @@ fn wrong_digest(digest: UploadDigest) -> Digest {
 }
 
 impl S3Storage {
-    /// Runs the probe under `root` and says what it found, in the log too.
+    /// Runs the probe under `root` and says what it found (the commands
+    /// report it: `watch` in its log, `list` and `verify` on stderr).
     pub(super) fn probe_upload_check(&self, root: &str) -> UploadCheck {
         let key = format!("{root}{PROBE_NAME}");
         let (check, sent) = self.probe(&key);
@@ -51,7 +52,7 @@ impl S3Storage {
                 ),
             }
         }
-        log::info!("{}: {check}", self.location);
+        log::debug!("{}: {check}", self.location);
         check
     }
 
