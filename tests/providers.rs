@@ -1,10 +1,10 @@
 //! Providers' documented departures from AWS that no local server has,
 //! played by a scripted bucket (`common::fakeserver::scripted_bucket`),
 //! against the real `S3Storage`: one test per documented answer, each with
-//! a link to where it is documented. (Tigris's 408 `RequestCanceled` and
-//! GCS's XML API without DeleteObjects are in tests/s3_storage.rs:
-//! `load_shedding_408_and_429_are_retried_until_they_pass` and
-//! `a_server_without_delete_objects_gets_single_deletes_from_then_on`.)
+//! a link to where it is documented. (GCS's XML API without DeleteObjects
+//! is in tests/s3_storage.rs:
+//! `a_server_without_delete_objects_gets_single_deletes_from_then_on`, and
+//! Tigris's 408 on a LIST: `load_shedding_408_and_429_are_retried_until_they_pass`.)
 
 mod common;
 
@@ -267,4 +267,50 @@ fn delete_objects_is_taken_by_a_server_refusing_the_crc32_header() {
     assert!(storage.deletes_in_batches());
     assert_eq!(server.requests(), before + 1);
     assert!(objects.lock().expect("objects").is_empty());
+}
+
+/// Tigris sheds load with 408 `RequestCanceled`
+/// (<https://github.com/earth-mover/icechunk/issues/1563>): a PUT so
+/// answered is retried with backoff (a WARN per retry) until it passes,
+/// and stored with its CRC32. (A LIST under 408 and 429:
+/// `load_shedding_408_and_429_are_retried_until_they_pass` in
+/// tests/s3_storage.rs.)
+#[test]
+fn tigris_shedding_a_put_with_408_is_retried_until_it_is_stored() {
+    let server = FakeServer::start(|n| match n {
+        0 | 1 => (
+            "408 Request Timeout",
+            "content-type: application/xml\r\n",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>RequestCanceled</Code>\
+             <Message>Request canceled</Message></Error>"
+                .to_owned(),
+        ),
+        _ => ("200 OK", "etag: \"e\"\r\n", String::new()),
+    });
+    let storage = storage_at(&server);
+    let bytes = b"a segment";
+    storage
+        .put("db/seg", Body::Bytes(bytes), crc32fast::hash(bytes))
+        .expect("the third try is stored");
+    assert_eq!(
+        lines(&server),
+        vec!["PUT /bucket/db/seg"; 3],
+        "two 408s retried"
+    );
+    for head in server.heads() {
+        assert!(head.contains("\r\nx-amz-checksum-crc32: "), "{head}");
+    }
+    assert!(
+        !storage.uploads_with_content_md5(),
+        "a 408 is no refusal of the header"
+    );
+    let warnings = logged("WARN", &server);
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    for (n, warning) in warnings.iter().enumerate() {
+        assert!(
+            warning.starts_with(&format!("WARN put \"db/seg\": attempt {}/3", n + 1))
+                && warning.contains("RequestCanceled"),
+            "{warning}"
+        );
+    }
 }
