@@ -314,3 +314,40 @@ fn tigris_shedding_a_put_with_408_is_retried_until_it_is_stored() {
         );
     }
 }
+
+/// Credentials that may read but not write (a key for `verify` alone):
+/// the probe says it cannot tell, in the server's words, without the
+/// advice to fix the key an authentication error gives; two requests.
+#[test]
+fn the_probe_with_a_read_only_key_says_it_cannot_tell() {
+    let server = FakeServer::start(|_| {
+        (
+            "403 Forbidden",
+            "content-type: application/xml\r\n",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code>\
+             <Message>Access Denied</Message></Error>"
+                .to_owned(),
+        )
+    });
+    let storage = storage_at(&server);
+    let check = storage.upload_check("");
+    match &check {
+        UploadCheck::Unknown { reason } => assert!(
+            reason
+                .contains("\"walsync-upload-probe\" was refused: 403 AccessDenied: Access Denied")
+                && !reason.contains("check the access key"),
+            "{reason}"
+        ),
+        other => panic!("expected Unknown, got {other:?}"),
+    }
+    assert_eq!(
+        lines(&server),
+        vec![
+            "PUT /bucket/walsync-upload-probe",
+            "DELETE /bucket/walsync-upload-probe"
+        ]
+    );
+    assert!(check
+        .to_string()
+        .starts_with("whether the server checks upload checksums is not known"));
+}

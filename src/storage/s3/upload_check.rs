@@ -9,7 +9,7 @@
 //! (`S3Storage::upload_check` keeps the answer). What the answers mean is
 //! decided in `integrity::probe_answer` (pure).
 
-use super::answers::classify_status;
+use super::answers::xml_text;
 use super::integrity::{probe_answer, Digest, ProbeAnswer, UploadDigest};
 use super::md5::md5;
 use super::S3Storage;
@@ -84,8 +84,18 @@ impl S3Storage {
                     self.fall_back_to_md5(&said)
                 }
                 ProbeAnswer::HeaderRefused(_) | ProbeAnswer::Other => {
-                    let error = classify_status(status, &body, &self.location, key).error;
-                    let reason = format!("the probe object {key:?} was refused: {error}");
+                    // The server's words only: a read-only key refused here
+                    // is no fault to fix (`verify` may well run with one).
+                    let text = String::from_utf8_lossy(&body);
+                    let said = match (xml_text(&text, "Code"), xml_text(&text, "Message")) {
+                        (Some(code), Some(message)) if !message.is_empty() => {
+                            format!(" {code}: {message}")
+                        }
+                        (Some(code), _) => format!(" {code}"),
+                        _ => String::new(),
+                    };
+                    let said: String = said.chars().take(160).collect();
+                    let reason = format!("the probe object {key:?} was refused: {status}{said}");
                     return (UploadCheck::Unknown { reason }, sent);
                 }
             }
