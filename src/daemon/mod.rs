@@ -59,6 +59,9 @@ pub struct WatchOptions {
     /// Databases larger than this are never released (waking one up reads
     /// the whole file to fingerprint it).
     pub idle_release_max_bytes: u64,
+    /// Where to find out, once at start, whether the storage checks upload
+    /// checksums (`Storage::upload_check`), to log it; `None`: not at all.
+    pub checksum_probe_root: Option<String>,
 }
 
 enum Msg {
@@ -587,6 +590,13 @@ pub fn run(
         opts.workers.max(1),
         storage.location()
     );
+    if let Some(root) = &opts.checksum_probe_root {
+        log::info!(
+            "{}: uploads: {}",
+            storage.location(),
+            storage.upload_check(root)
+        );
+    }
 
     let mut next_rescan = now + opts.rescan_interval;
     let mut catalog_due: Option<Instant> = None;

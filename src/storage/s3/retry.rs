@@ -132,11 +132,20 @@ impl S3Storage {
     ) -> Result<T, StorageError> {
         let jitter = Jitter::seeded();
         let mut tries = 1;
+        let mut fell_back = false;
         loop {
             let failure = match attempt() {
                 Ok(value) => return Ok(value),
                 Err(failure) => failure,
             };
+            // The server refused the CRC32 header itself: the same request
+            // once more at once, with Content-MD5 (not a retry: nothing
+            // failed that waiting could mend).
+            if let (Some(said), false) = (&failure.checksum_header_refused, fell_back) {
+                self.fall_back_to_md5(said);
+                fell_back = true;
+                continue;
+            }
             match self
                 .retry
                 .after_failure(tries, failure.retryable, jitter.next_unit())
