@@ -173,6 +173,26 @@ pub(super) fn mark_may_move(view: Option<WalEnd>, now: WalEnd) -> bool {
     view.is_some_and(|v| (v.salt1, v.salt2) != (now.salt1, now.salt2) || now.frames > v.frames)
 }
 
+/// After walsync moved its read mark once more from a read transaction that
+/// sees exactly `shipped`, the end of a fully backfilled WAL whose every
+/// frame is shipped (`Replica::rest_at_mark_zero`): whether the new read
+/// transaction provably sees `shipped` too, given the WAL end a checkpoint
+/// reported after it began (`after`). Then its mark is 0 and the database
+/// file is the shipped state:
+/// - the same WAL, no further: it began with every frame backfilled;
+/// - another WAL (new salts), or the same with fewer frames (a RESTART
+///   checkpoint whose WAL has no new header yet): a restart, which the old
+///   mark prevented and the new one allowed, so the new mark is 0, or the
+///   restart came while the old mark was 0 already, which blocks every
+///   backfill, so only a WAL wholly in the database file was restarted.
+///
+/// The same WAL grown: the new read transaction may see the new frames
+/// (a mark above 0 that lets them be backfilled before they are shipped),
+/// so the database file is not known to be the shipped state.
+pub(super) fn rests_at_shipped_end(shipped: WalEnd, after: WalEnd) -> bool {
+    (after.salt1, after.salt2) != (shipped.salt1, shipped.salt2) || after.frames <= shipped.frames
+}
+
 /// Defence in depth at a sync point: with the write lock held, the WAL's
 /// committed end (`log_frames`, reported by the checkpoint) must be exactly
 /// where walsync stands. If not, something walsync has not shipped could be
@@ -402,6 +422,32 @@ mod tests {
         ];
         for ((shipped, e), want) in rows {
             assert_eq!(at_shipped_end(shipped, e, PAGE), want, "{shipped:?} {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_second_move_rests_at_the_shipped_end_unless_the_same_wal_grew() {
+        // (shipped end, end after the second move) -> rests there?
+        let rows = [
+            ((end(1, 10), end(1, 10)), true),
+            // The application committed meanwhile: the new mark may see it.
+            ((end(1, 10), end(1, 11)), false),
+            // The application restarted the WAL (RESTART or TRUNCATE, or a
+            // writer after the move): only a read mark 0 lets it.
+            ((end(1, 10), end(2, 0)), true),
+            ((end(1, 10), end(2, 30)), true),
+            // A RESTART checkpoint with no writer since: the wal-index is
+            // empty, the file's header is the old one.
+            ((end(1, 10), end(1, 0)), true),
+            // TRUNCATE: no header at all.
+            ((end(1, 10), end(0, 0)), true),
+        ];
+        for ((shipped, after), want) in rows {
+            assert_eq!(
+                rests_at_shipped_end(shipped, after),
+                want,
+                "{shipped:?} {after:?}"
+            );
         }
     }
 

@@ -73,7 +73,7 @@ impl Replica {
                     "{}: settled at the end: {ck:?}, at the shipped end: {at_end}",
                     path.display()
                 );
-                Ok(())
+                self.rest_at_mark_zero()
             }
             SettleStep::MoveMark => {
                 let (ck, end) = live.move_mark(&path)?;
@@ -89,7 +89,7 @@ impl Replica {
                     "{}: settled: {ck:?}, at the shipped end: {at_end}",
                     path.display()
                 );
-                Ok(())
+                self.rest_at_mark_zero()
             }
             SettleStep::CheckpointBeside => {
                 let now = live.handle.checkpoint_passive_beside()?;
@@ -111,6 +111,45 @@ impl Replica {
                 Ok(())
             }
         }
+    }
+
+    /// Once the WAL is wholly backfilled, every frame of it shipped, and
+    /// walsync's read transaction sees exactly that end
+    /// (`Cursor::base_is_db_file` after a settle), moves the read mark once
+    /// more, so that the new read transaction begins on a fully backfilled
+    /// WAL and gets read mark 0: SQLite reads the database file alone for
+    /// it, so it holds none of the marks a WAL restart must find unused, and
+    /// the application's RESTART and TRUNCATE checkpoints succeed (and its
+    /// next writer restarts the WAL) while walsync has caught up (issue 10).
+    ///
+    /// It still protects every frame committed after it: a checkpoint must
+    /// lock mark 0 exclusively to backfill, which walsync's read lock on it
+    /// forbids, and SQLite restarts only a fully backfilled WAL; so the WAL
+    /// is restarted at most once, from the shipped end, and then grows until
+    /// walsync's next settle moves the mark above 0 and backfills what it
+    /// shipped. The old mark is held until the new one is taken; whether the
+    /// new one provably rests at the shipped end is `rests_at_shipped_end`.
+    fn rest_at_mark_zero(&mut self) -> Result<(), ReplicaError> {
+        let path = self.opts.path.clone();
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        let Some(shipped) = live.cursor.pos.map(|p| WalEnd::of(&p, live.page_size)) else {
+            return Ok(());
+        };
+        if !live.cursor.base_is_db_file || live.mark_zero || shipped.frames == 0 {
+            return Ok(());
+        }
+        let (ck, after) = live.move_mark(&path)?;
+        let rests = sync_plan::rests_at_shipped_end(shipped, after);
+        live.cursor.base_is_db_file = rests;
+        live.mark_zero = rests;
+        live.backfilled |= rests;
+        log::debug!(
+            "{}: read mark 0 at the shipped end: {rests} ({ck:?})",
+            path.display()
+        );
+        Ok(())
     }
 
     /// Runs `f` while walsync holds the database's write lock.
