@@ -3875,6 +3875,91 @@ fn the_applications_checkpoints_of_every_mode_after_idle_releases_keep_one_gener
     assert_one_exact_history(&setup, prefix, &db, &[1], 10);
 }
 
+/// The application's checkpoint in `mode`: (busy, frames in the WAL,
+/// frames backfilled).
+fn app_checkpoint(c: &Connection, mode: &str) -> (i64, i64, i64) {
+    c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .unwrap()
+}
+
+/// Issue 10: the application's RESTART and TRUNCATE checkpoints go through
+/// once walsync has caught up (its read transaction rests at read mark 0,
+/// which no WAL restart waits for), instead of stalling for the busy
+/// timeout; and a storm of commits and checkpoints of every mode, at random
+/// moments, still keeps one generation with every commit.
+#[test]
+fn the_applications_restart_and_truncate_succeed_once_walsync_has_caught_up() {
+    let setup = burst_setup(Some("1h"));
+    // No sync point of walsync's own (which also leaves it at mark 0): only
+    // the syncs that ship and settle.
+    setup.edit_config(|t| {
+        t.replace("\"256KiB\"", "\"64MiB\"")
+            .replace("\"1MiB\"", "\"128MiB\"")
+    });
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_app(&db);
+    burst(&c, 1..101);
+    let mut child = watch_debug(&setup);
+    let mut next = 101;
+    for (round, mode) in ["TRUNCATE", "RESTART", "TRUNCATE", "RESTART"]
+        .iter()
+        .enumerate()
+    {
+        burst(&c, next..next + 20);
+        next += 20;
+        showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+        // walsync settles right after it ships; nothing is committed now.
+        let start = Instant::now();
+        let (busy, log, done) = loop {
+            let r = app_checkpoint(&c, mode);
+            if r.0 == 0 || start.elapsed() > Duration::from_secs(5) {
+                break r;
+            }
+        };
+        showing_log_on_failure(&setup, "watch.log", || {
+            assert_eq!(
+                (busy, log),
+                (0, done),
+                "round {round}: {mode} once caught up"
+            )
+        });
+        if *mode == "TRUNCATE" {
+            let wal = std::fs::metadata(setup.dir.join("app.db-wal"))
+                .unwrap()
+                .len();
+            assert_eq!(wal, 0, "round {round}: TRUNCATE empties the WAL");
+        }
+    }
+    // The storm: bursts of 1 to 60 commits, each followed by a checkpoint
+    // of the next mode and a pause of 0 to 1.2 s (busy or not).
+    let modes = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut draw = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut went_through = 0;
+    for i in 0..40 {
+        let n = 1 + draw(60) as i64;
+        burst(&c, next..next + n);
+        next += n;
+        let (busy, _, _) = app_checkpoint(&c, modes[i % 4]);
+        went_through += usize::from(busy == 0 && i % 4 >= 2);
+        thread::sleep(Duration::from_millis(draw(1_200)));
+    }
+    eprintln!("{went_through} of 20 RESTART/TRUNCATE went through in the storm");
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    assert!(sigterm(&mut child).success());
+    drop(c);
+    assert_one_exact_history(&setup, prefix, &db, &[1], 12);
+}
+
 /// Microseconds since the Unix epoch, for a writer that times its commits.
 fn now_us() -> u64 {
     std::time::SystemTime::now()
