@@ -154,6 +154,7 @@ fn wait_restorable(storage: &S3Storage, prefix: &str, db: &Path) {
             &scratch,
             walsync::plan::Target::Latest,
             false,
+            &[],
         )
         .is_ok()
             && rows(&scratch) == rows(db)

@@ -1056,6 +1056,7 @@ mod tests {
                 max_segment_bytes: 1 << 24,
                 spool_dir: std::env::temp_dir(),
                 retention: None,
+                keys: Default::default(),
             },
             sync_interval: Duration::from_secs(1),
         }

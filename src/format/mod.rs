@@ -35,6 +35,9 @@ pub enum FormatError {
     },
     /// Bytes after the end of the compressed body.
     TrailingData,
+    /// A sealed object that cannot be opened: no key for it, or its
+    /// authentication failed (`sealed`).
+    Sealed(sealed::SealError),
 }
 
 impl fmt::Display for FormatError {
@@ -52,6 +55,7 @@ impl fmt::Display for FormatError {
                 "checksum mismatch: stored CRC32 {stored:08x}, computed {computed:08x}; the object is corrupt"
             ),
             FormatError::TrailingData => write!(f, "corrupt: data after the end of the object"),
+            FormatError::Sealed(e) => e.fmt(f),
         }
     }
 }
@@ -60,6 +64,12 @@ impl std::error::Error for FormatError {}
 
 impl From<io::Error> for FormatError {
     fn from(e: io::Error) -> Self {
+        // A sealed object's opener fails reads with its own error inside.
+        if e.get_ref()
+            .is_some_and(|inner| inner.is::<sealed::SealError>())
+        {
+            return FormatError::Sealed(sealed::SealError::from(e));
+        }
         if e.kind() == io::ErrorKind::UnexpectedEof {
             FormatError::Truncated
         } else {
@@ -82,6 +92,13 @@ impl<W: Write> CrcWriter<W> {
             hasher: crc32fast::Hasher::new(),
             written: 0,
         }
+    }
+
+    /// The inner writer, the length written and the CRC32 of it all, with
+    /// no trailer: what `x-amz-checksum-crc32` declares for a sealed object.
+    pub fn into_parts(mut self) -> io::Result<(W, u64, u32)> {
+        self.inner.flush()?;
+        Ok((self.inner, self.written, self.hasher.finalize()))
     }
 
     /// Appends the CRC32 trailer and returns the inner writer, the object's

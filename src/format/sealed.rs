@@ -1,7 +1,8 @@
 //! The sealed-object envelope: an object's bytes encrypted and authenticated
-//! with a key only its owner holds (issue 15). Not yet written by walsync:
-//! this is the format and its streaming reader and writer; uploads and
-//! restores use it in a later change.
+//! with a key only its owner holds (issue 15). `Envelope` is what every
+//! object walsync writes goes through (sealed when the database has a key,
+//! else as it is), `open` what every object read goes through (a sealed
+//! one is told by its magic, so a bucket may mix both).
 //!
 //! ```text
 //! header (36 bytes)
@@ -49,7 +50,7 @@ use std::io::{self, Read, Write};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::Fields;
+use super::{CrcWriter, Fields};
 use crate::keyfile::{Key, KeyId};
 
 const MAGIC: &[u8; 4] = b"WSEA";
@@ -424,6 +425,157 @@ impl<R: Read> Read for OpenReader<R> {
     }
 }
 
+/// Where an object's encoding goes: straight to `out` (no key), or sealed
+/// with a key as the object `object_key`. Either way `finish` gives the
+/// bytes' length and the CRC32 of the bytes as stored, which the upload
+/// declares (ARCHITECTURE.md invariant 4).
+pub enum Envelope<W: Write> {
+    Plain(W),
+    Sealed(Box<SealWriter<CrcWriter<W>>>),
+}
+
+impl<W: Write> Envelope<W> {
+    /// `seal`: the key and a fresh salt (`fresh_salt`), or `None` to write
+    /// the object as it is.
+    pub fn new(
+        out: W,
+        seal: Option<(&Key, [u8; SALT_BYTES])>,
+        object_key: &str,
+    ) -> io::Result<Self> {
+        Ok(match seal {
+            None => Envelope::Plain(out),
+            Some((key, salt)) => Envelope::Sealed(Box::new(SealWriter::new(
+                CrcWriter::new(out),
+                key,
+                object_key,
+                salt,
+            )?)),
+        })
+    }
+
+    /// Ends the object: `plain` is the (length, CRC32) the encoder returned
+    /// for the plaintext. Returns the writer, and the length and CRC32 of
+    /// what was written to it.
+    pub fn finish(self, plain: (u64, u32)) -> io::Result<(W, u64, u32)> {
+        match self {
+            Envelope::Plain(w) => Ok((w, plain.0, plain.1)),
+            Envelope::Sealed(s) => s.finish()?.0.into_parts(),
+        }
+    }
+}
+
+impl<W: Write> Write for Envelope<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Envelope::Plain(w) => w.write(b),
+            Envelope::Sealed(w) => w.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Envelope::Plain(w) => w.flush(),
+            Envelope::Sealed(w) => w.flush(),
+        }
+    }
+}
+
+/// A small object encoded in memory (`plain`, with its CRC32), through
+/// `Envelope`: its bytes and their CRC32 as stored.
+pub fn envelope_bytes(
+    plain: Vec<u8>,
+    crc: u32,
+    seal: Option<(&Key, [u8; SALT_BYTES])>,
+    object_key: &str,
+) -> io::Result<(Vec<u8>, u32)> {
+    if seal.is_none() {
+        return Ok((plain, crc));
+    }
+    let len = plain.len() as u64;
+    let mut w = Envelope::new(
+        Vec::with_capacity(plain.len() + HEADER_SIZE + TAG),
+        seal,
+        object_key,
+    )?;
+    w.write_all(&plain)?;
+    let (out, _, crc) = w.finish((len, crc))?;
+    Ok((out, crc))
+}
+
+/// Which key sealed the object whose first bytes are `head` (`HEADER_SIZE`
+/// of them, or all of a shorter object): `None` for a plain object. Only
+/// the header is read, so this says which key an object needs, not that
+/// the key opens it.
+pub fn sealed_by(head: &[u8]) -> Result<Option<KeyId>, SealError> {
+    if !head.starts_with(MAGIC) {
+        return Ok(None);
+    }
+    let h: &[u8; HEADER_SIZE] = head
+        .get(..HEADER_SIZE)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| SealError::Invalid("truncated: the object ends inside its header".into()))?;
+    Ok(Some(SealedHeader::decode(h)?.key_id))
+}
+
+/// An object's first bytes, read to tell a sealed object from a plain one,
+/// then given back in front of the rest.
+pub type Peeked<R> = io::Chain<io::Cursor<Vec<u8>>, R>;
+
+/// Reads the first bytes of an object: whether it is sealed, and the whole
+/// object still to read.
+pub fn peek<R: Read>(mut r: R) -> io::Result<(bool, Peeked<R>)> {
+    let mut head = Vec::with_capacity(MAGIC.len());
+    (&mut r).take(MAGIC.len() as u64).read_to_end(&mut head)?;
+    Ok((head == MAGIC, io::Cursor::new(head).chain(r)))
+}
+
+/// An object as read from the bucket: plain, or sealed and opened as it is
+/// read. Either way, reading it gives the object's encoding.
+pub enum Opened<R: Read> {
+    Plain(Peeked<R>),
+    Sealed(Box<OpenReader<Peeked<R>>>),
+}
+
+impl<R: Read> Opened<R> {
+    /// The key that sealed the object, `None` for a plain one.
+    pub fn sealed_with(&self) -> Option<KeyId> {
+        match self {
+            Opened::Plain(_) => None,
+            Opened::Sealed(r) => Some(r.header.key_id),
+        }
+    }
+}
+
+/// Opens the object `object_key` whatever it is: plain, or sealed with one
+/// of `keys` (the error names the key id needed).
+pub fn open<R: Read>(r: R, keys: &[Key], object_key: &str) -> Result<Opened<R>, SealError> {
+    let (sealed, r) = peek(r)?;
+    open_peeked(sealed, r, keys, object_key)
+}
+
+/// `open`, after `peek`.
+pub fn open_peeked<R: Read>(
+    sealed: bool,
+    r: Peeked<R>,
+    keys: &[Key],
+    object_key: &str,
+) -> Result<Opened<R>, SealError> {
+    Ok(if sealed {
+        Opened::Sealed(Box::new(OpenReader::new(r, keys, object_key)?))
+    } else {
+        Opened::Plain(r)
+    })
+}
+
+impl<R: Read> Read for Opened<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Opened::Plain(r) => r.read(out),
+            Opened::Sealed(r) => r.read(out),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,6 +832,104 @@ mod tests {
         };
         let err = decode().unwrap_err();
         assert!(err.to_string().contains("authentication failed"), "{err}");
+    }
+
+    #[test]
+    fn the_envelope_writes_plain_or_sealed_and_open_reads_either() {
+        use crate::format::segment::{CommitRecord, SegmentDecoder, SegmentEncoder, SegmentHeader};
+        let header = SegmentHeader {
+            page_size: 1024,
+            commit_count: 1,
+            first_txid: 5,
+            last_txid: 5,
+            first_time_ms: 1,
+            last_time_ms: 1,
+            start: crate::wal::WalPos {
+                salt1: 1,
+                salt2: 2,
+                offset: 32,
+                checksum: crate::wal::Checksum(3, 4),
+            },
+            end: crate::wal::WalPos {
+                salt1: 1,
+                salt2: 2,
+                offset: 32 + 1048,
+                checksum: crate::wal::Checksum(5, 6),
+            },
+        };
+        let encode = |seal: Option<(&Key, [u8; SALT_BYTES])>| {
+            let out = Envelope::new(Vec::new(), seal, OBJECT).unwrap();
+            let mut e = SegmentEncoder::new(out, header).unwrap();
+            e.commit(&CommitRecord {
+                txid: 5,
+                time_ms: 1,
+                db_pages: 1,
+                page_count: 1,
+            })
+            .unwrap();
+            e.page(1, &plaintext(1024)).unwrap();
+            let (out, len, crc) = e.finish().unwrap();
+            out.finish((len, crc)).unwrap()
+        };
+        let (plain, len, crc) = encode(None);
+        assert_eq!((len as usize, crc), (plain.len(), crc32fast::hash(&plain)));
+        let (sealed, len, crc) = encode(Some((&key(1), [3; SALT_BYTES])));
+        // What is uploaded declares the CRC32 of the sealed bytes.
+        assert_eq!(
+            (len as usize, crc),
+            (sealed.len(), crc32fast::hash(&sealed))
+        );
+        assert_eq!(sealed.len(), HEADER_SIZE + plain.len() + TAG);
+        for (bytes, sealed_with) in [(&plain, None), (&sealed, Some(key(1).id()))] {
+            let mut r = super::open(&bytes[..], &[key(2), key(1)], OBJECT).unwrap();
+            assert_eq!(r.sealed_with(), sealed_with);
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            assert_eq!(out, plain);
+            let r = super::open(&bytes[..], &[key(1)], OBJECT).unwrap();
+            let mut d = SegmentDecoder::new(r).unwrap();
+            while d.next_commit().unwrap().is_some() {
+                d.next_page(&mut vec![0; 1024]).unwrap();
+            }
+            d.finish().unwrap();
+        }
+        // A plain object needs no key; a sealed one names the one it needs.
+        assert!(super::open(&plain[..], &[], OBJECT).is_ok());
+        let Err(err) = super::open(&sealed[..], &[key(2)], OBJECT) else {
+            panic!("opened without its key")
+        };
+        assert!(matches!(err, SealError::KeyNeeded { needed, .. } if needed == key(1).id()));
+        // A flipped bit inside reaches the decoder as a sealed-object error.
+        let mut bad = sealed.clone();
+        bad[HEADER_SIZE + 40] ^= 1;
+        let r = super::open(&bad[..], &[key(1)], OBJECT).unwrap();
+        let err = SegmentDecoder::new(r).err().expect("the flip is caught");
+        assert!(
+            matches!(
+                err,
+                crate::format::FormatError::Sealed(SealError::Authentication { chunk: 0 })
+            ),
+            "{err}"
+        );
+        // Small objects in memory (marks) go through the same envelope.
+        let (b, c) = envelope_bytes(plain.clone(), 7, None, OBJECT).unwrap();
+        assert_eq!((b, c), (plain.clone(), 7));
+        let (b, c) = envelope_bytes(plain.clone(), 7, Some((&key(1), [4; 16])), OBJECT).unwrap();
+        assert_eq!(c, crc32fast::hash(&b));
+        let mut out = Vec::new();
+        super::open(&b[..], &[key(1)], OBJECT)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, plain);
+        // Objects shorter than the magic are plain (and their decoder says so).
+        for short in [&b""[..], b"WS", b"WSE"] {
+            let mut r = super::open(short, &[], OBJECT).unwrap();
+            assert_eq!(r.sealed_with(), None);
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            assert_eq!(out, short);
+        }
     }
 
     /// Seal and open throughput on 64 MiB (release build):
