@@ -407,7 +407,7 @@ mod fuzz {
         e.finish().unwrap().0
     }
 
-    fn decode_segment(b: &[u8]) -> bool {
+    fn decode_segment(b: impl std::io::Read) -> bool {
         let Ok(mut d) = SegmentDecoder::new(b) else {
             return false;
         };
@@ -481,6 +481,24 @@ mod fuzz {
                 Ok(_) => {}
                 Err(_) => return false,
             }
+        }
+    }
+
+    /// The segment as walsync uploads it with a key: through the envelope.
+    fn sealed_segment() -> Vec<u8> {
+        let seg = segment();
+        let seal = Some((&sealing_key(), [5; 16]));
+        super::sealed::envelope_bytes(seg, 0, seal, SEALED_KEY)
+            .unwrap()
+            .0
+    }
+
+    /// An object as restore reads it from the bucket: plain or sealed, told
+    /// by its first bytes (`sealed::open`), then decoded as a segment.
+    fn restore_segment(b: &[u8]) -> bool {
+        match super::sealed::open(b, &[sealing_key()], SEALED_KEY) {
+            Ok(r) => decode_segment(r),
+            Err(_) => false,
         }
     }
 
@@ -560,8 +578,11 @@ mod fuzz {
     fn mutated_objects_are_rejected_never_accepted_or_panicking() {
         let mut rng = Rng(0x5eed_1234_abcd_0001);
         let (seg, snap, mrk, sea) = (segment(), snapshot(), mark(), sealed());
-        assert!(decode_segment(&seg) && decode_snapshot(&snap) && decode_mark(&mrk));
+        let sealed_seg = sealed_segment();
+        assert!(decode_segment(&seg[..]) && decode_snapshot(&snap) && decode_mark(&mrk));
         assert!(open_sealed(&sea));
+        assert!(restore_segment(&sealed_seg) && restore_segment(&seg));
+        let mut restored = Tally::default();
         let (mut segments, mut snapshots, mut marks, mut seals) = (
             Tally::default(),
             Tally::default(),
@@ -573,13 +594,17 @@ mod fuzz {
             if b != sea {
                 seals.try_one(|| open_sealed(&b));
             }
+            let b = mutate(&mut rng, &sealed_seg);
+            if b != sealed_seg {
+                restored.try_one(|| restore_segment(&b));
+            }
             let b = mutate(&mut rng, &mrk);
             if b != mrk {
                 marks.try_one(|| decode_mark(&b));
             }
             let b = mutate(&mut rng, &seg);
             if b != seg {
-                segments.try_one(|| decode_segment(&b));
+                segments.try_one(|| decode_segment(&b[..]));
             }
             let b = mutate(&mut rng, &snap);
             if b != snap {
@@ -590,7 +615,8 @@ mod fuzz {
         snapshots.report("snapshot decoder", "mutated");
         marks.report("mark decoder", "mutated");
         seals.report("sealed opener", "mutated");
-        for t in [&segments, &snapshots, &marks, &seals] {
+        restored.report("sealed segment as restored", "mutated");
+        for t in [&segments, &snapshots, &marks, &seals, &restored] {
             assert_eq!(t.panics, 0, "a decoder panicked");
             assert_eq!(t.accepted, 0, "a mutated object was accepted");
         }
@@ -599,6 +625,7 @@ mod fuzz {
     #[test]
     fn garbage_and_lying_headers_never_panic() {
         let mut rng = Rng(0x0bad_cafe_0000_0042);
+        let mut restored = Tally::default();
         let (mut segments, mut snapshots, mut marks, mut seals, mut keys) = (
             Tally::default(),
             Tally::default(),
@@ -620,7 +647,8 @@ mod fuzz {
                     b[12..20].copy_from_slice(&sealing_key().id().0);
                 }
             }
-            segments.try_one(|| decode_segment(&b));
+            segments.try_one(|| decode_segment(&b[..]));
+            restored.try_one(|| restore_segment(&b));
             snapshots.try_one(|| decode_snapshot(&b));
             marks.try_one(|| decode_mark(&b));
             seals.try_one(|| open_sealed(&b));
@@ -635,8 +663,9 @@ mod fuzz {
         snapshots.report("snapshot decoder", "garbage");
         marks.report("mark decoder", "garbage");
         seals.report("sealed opener", "garbage");
+        restored.report("sealed segment as restored", "garbage");
         keys.report("key parser", "garbage");
-        for t in [&segments, &snapshots, &marks, &seals, &keys] {
+        for t in [&segments, &snapshots, &marks, &seals, &restored, &keys] {
             assert_eq!(t.panics, 0, "a decoder panicked on garbage");
         }
         // Random bytes never carry a valid CRC32 in practice (2^-32 each).
