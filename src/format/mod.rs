@@ -640,9 +640,9 @@ mod fuzz {
             if rng.below(2) == 0 && b.len() >= 8 {
                 b[..4].copy_from_slice([b"WSEG", b"WSNP", b"WMRK", b"WSEA"][rng.below(4)]);
                 b[4] = 1;
-                // A sealed header: a known algorithm, chunk size and key id.
+                // A sealed header: a known algorithm (either), chunk size and key id.
                 if &b[..4] == b"WSEA" && b.len() >= 20 {
-                    b[8] = 1;
+                    b[8] = 1 + rng.below(2) as u8;
                     b[9] = 10 + rng.below(11) as u8;
                     b[12..20].copy_from_slice(&sealing_key().id().0);
                 }

@@ -7,7 +7,7 @@
 //! ```text
 //! header (36 bytes)
 //!   magic "WSEA", version u8 = 1, reserved [u8; 3]
-//!   algorithm u8 (1 = ChaCha20-Poly1305), chunk_shift u8 (chunks of
+//!   algorithm u8 (1 = ChaCha20-Poly1305, 2 = AES-256-GCM), chunk_shift u8 (chunks of
 //!     2^chunk_shift bytes; 16 = 64 KiB), reserved [u8; 2]
 //!   key_id [u8; 8]   which key sealed it (keyfile.rs)
 //!   salt [u8; 16]    random, fresh for every object
@@ -34,11 +34,13 @@
 //!   probability below n²/2^129 for n objects under one key, under 2^-49
 //!   after a trillion objects.
 //!
-//! ChaCha20-Poly1305 rather than AES-256-GCM: it is fast and constant-time
-//! in software, and many ARM edge boards walsync runs on (Raspberry Pi 4's
-//! Cortex-A72 among them) have no AES instructions, where AES-GCM is several
-//! times slower; on x86_64 it runs at over 1 GB/s, well ahead of LZ4 and the
-//! network. The header's algorithm byte leaves room for another.
+//! The algorithm is the writer's choice (`Algorithm::for_this_cpu`), and
+//! every reader opens both: AES-256-GCM where the CPU has AES and carry-less
+//! multiply instructions (x86_64 AES-NI and PCLMULQDQ, ARMv8 AES and PMULL),
+//! where it runs at several GB/s; ChaCha20-Poly1305 elsewhere (many ARM edge
+//! boards walsync runs on, the Raspberry Pi 4's Cortex-A72 among them, have
+//! no AES instructions), where it is the fast one and constant-time in
+//! software. Both are ring's, which rustls links already.
 //!
 //! Memory is one chunk whatever the object's size (ARCHITECTURE.md
 //! invariant 7); the reader never trusts a length field (invariant 9). Pure:
@@ -47,7 +49,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::{CrcWriter, Fields};
@@ -58,7 +60,47 @@ const VERSION: u8 = 1;
 pub const HEADER_SIZE: usize = 36;
 pub const SALT_BYTES: usize = 16;
 const TAG: usize = 16;
-const CHACHA20_POLY1305_ID: u8 = 1;
+
+/// The AEAD of a sealed object (the header's algorithm byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    ChaCha20Poly1305 = 1,
+    Aes256Gcm = 2,
+}
+
+impl Algorithm {
+    fn from_byte(b: u8) -> Option<Algorithm> {
+        match b {
+            1 => Some(Algorithm::ChaCha20Poly1305),
+            2 => Some(Algorithm::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    fn aead(self) -> &'static aead::Algorithm {
+        match self {
+            Algorithm::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+            Algorithm::Aes256Gcm => &AES_256_GCM,
+        }
+    }
+
+    /// The faster on this CPU: AES-256-GCM with AES and carry-less
+    /// multiply instructions, else ChaCha20-Poly1305.
+    pub fn for_this_cpu() -> Algorithm {
+        #[cfg(target_arch = "x86_64")]
+        let aes = std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq");
+        #[cfg(target_arch = "aarch64")]
+        let aes = std::arch::is_aarch64_feature_detected!("aes");
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let aes = false;
+        if aes {
+            Algorithm::Aes256Gcm
+        } else {
+            Algorithm::ChaCha20Poly1305
+        }
+    }
+}
 /// 64 KiB chunks: the tag costs 0.02 % of the size, the memory is small.
 const CHUNK_SHIFT: u8 = 16;
 /// Chunk sizes a reader accepts: 1 KiB to 1 MiB.
@@ -150,6 +192,7 @@ pub fn fresh_salt() -> io::Result<[u8; SALT_BYTES]> {
 /// The header of a sealed object, as read from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealedHeader {
+    pub algorithm: Algorithm,
     pub key_id: KeyId,
     pub chunk_shift: u8,
     pub salt: [u8; SALT_BYTES],
@@ -160,7 +203,7 @@ impl SealedHeader {
         let mut h = [0u8; HEADER_SIZE];
         h[..4].copy_from_slice(MAGIC);
         h[4] = VERSION;
-        h[8] = CHACHA20_POLY1305_ID;
+        h[8] = self.algorithm as u8;
         h[9] = self.chunk_shift;
         h[12..20].copy_from_slice(&self.key_id.0);
         h[20..36].copy_from_slice(&self.salt);
@@ -174,10 +217,8 @@ impl SealedHeader {
             super::FormatError::UnsupportedVersion(v) => SealError::UnsupportedVersion(v),
             _ => SealError::BadMagic,
         })?;
-        let algorithm = f.u8();
-        if algorithm != CHACHA20_POLY1305_ID {
-            return Err(SealError::UnknownAlgorithm(algorithm));
-        }
+        let byte = f.u8();
+        let algorithm = Algorithm::from_byte(byte).ok_or(SealError::UnknownAlgorithm(byte))?;
         let chunk_shift = f.u8();
         if !CHUNK_SHIFTS.contains(&chunk_shift) {
             return Err(SealError::Invalid(format!("chunk size 2^{chunk_shift}")));
@@ -187,6 +228,7 @@ impl SealedHeader {
         let mut salt = [0u8; SALT_BYTES];
         salt.copy_from_slice(&b[20..36]);
         Ok(SealedHeader {
+            algorithm,
             key_id: KeyId(key_id),
             chunk_shift,
             salt,
@@ -195,10 +237,10 @@ impl SealedHeader {
 }
 
 /// The object's own key: HKDF-SHA256 of the key and the object's salt.
-fn sealing_key(key: &Key, salt: &[u8; SALT_BYTES]) -> LessSafeKey {
+fn sealing_key(key: &Key, salt: &[u8; SALT_BYTES], algorithm: Algorithm) -> LessSafeKey {
     let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, salt).extract(key.secret());
     let okm = prk
-        .expand(&[HKDF_INFO], &CHACHA20_POLY1305)
+        .expand(&[HKDF_INFO], algorithm.aead())
         .expect("invariant: 32 bytes is a valid HKDF-SHA256 output length");
     LessSafeKey::new(UnboundKey::from(okm))
 }
@@ -234,20 +276,42 @@ pub struct SealWriter<W: Write> {
 
 impl<W: Write> SealWriter<W> {
     /// Writes the header. `salt` must be fresh (`fresh_salt`) for every
-    /// object; tests pass fixed ones.
+    /// object; tests pass fixed ones. The algorithm is this CPU's faster.
     pub fn new(out: W, key: &Key, object_key: &str, salt: [u8; SALT_BYTES]) -> io::Result<Self> {
-        Self::with_chunk_shift(out, key, object_key, salt, CHUNK_SHIFT)
+        let algorithm = Algorithm::for_this_cpu();
+        Self::with(out, key, object_key, salt, CHUNK_SHIFT, algorithm)
     }
 
     /// Smaller chunks keep the exhaustive tests fast; readers accept them.
+    #[cfg(test)]
     pub(crate) fn with_chunk_shift(
-        mut out: W,
+        out: W,
         key: &Key,
         object_key: &str,
         salt: [u8; SALT_BYTES],
         chunk_shift: u8,
     ) -> io::Result<Self> {
+        Self::with(
+            out,
+            key,
+            object_key,
+            salt,
+            chunk_shift,
+            Algorithm::for_this_cpu(),
+        )
+    }
+
+    /// A writer with every choice given.
+    pub(crate) fn with(
+        mut out: W,
+        key: &Key,
+        object_key: &str,
+        salt: [u8; SALT_BYTES],
+        chunk_shift: u8,
+        algorithm: Algorithm,
+    ) -> io::Result<Self> {
         let header = SealedHeader {
+            algorithm,
             key_id: key.id(),
             chunk_shift,
             salt,
@@ -257,7 +321,7 @@ impl<W: Write> SealWriter<W> {
         let chunk_size = 1usize << chunk_shift;
         Ok(SealWriter {
             out,
-            key: sealing_key(key, &salt),
+            key: sealing_key(key, &salt, algorithm),
             aad: associated_data(&header, object_key),
             chunk_size,
             buf: Vec::with_capacity(chunk_size + TAG),
@@ -351,11 +415,11 @@ impl<R: Read> OpenReader<R> {
         let chunk_size = 1usize << header.chunk_shift;
         Ok(OpenReader {
             inner,
-            key: sealing_key(key, &header.salt),
+            key: sealing_key(key, &header.salt, header.algorithm),
             aad: associated_data(&h, object_key),
             header,
             chunk_size,
-            buf: Vec::with_capacity(chunk_size + TAG + 1),
+            buf: Vec::new(),
             at: 0,
             plain_len: 0,
             lookahead: None,
@@ -368,11 +432,16 @@ impl<R: Read> OpenReader<R> {
     /// Reads and opens the next chunk into `buf`.
     fn next_chunk(&mut self) -> Result<(), SealError> {
         let full = self.chunk_size + TAG;
-        self.buf.clear();
-        self.buf.extend(self.lookahead.take());
+        // Sized once (not cleared and zeroed again for every chunk).
+        if self.buf.len() != full + 1 {
+            self.buf.resize(full + 1, 0);
+        }
         // Read one byte past a full chunk: if there is one, it was not the last.
-        let mut filled = self.buf.len();
-        self.buf.resize(full + 1, 0);
+        let mut filled = 0;
+        if let Some(b) = self.lookahead.take() {
+            self.buf[0] = b;
+            filled = 1;
+        }
         while filled < full + 1 {
             match self.inner.read(&mut self.buf[filled..]) {
                 Ok(0) => break,
@@ -382,18 +451,23 @@ impl<R: Read> OpenReader<R> {
             }
         }
         let last = filled <= full;
-        if last {
-            self.buf.truncate(filled);
+        let len = if last {
+            filled
         } else {
-            self.lookahead = self.buf.pop();
-        }
+            self.lookahead = Some(self.buf[full]);
+            full
+        };
         // The last chunk holds at least one byte unless it is the only one.
-        if self.buf.len() < TAG || (last && self.chunk > 0 && self.buf.len() == TAG) {
+        if len < TAG || (last && self.chunk > 0 && len == TAG) {
             return Err(SealError::Authentication { chunk: self.chunk });
         }
         let plain = self
             .key
-            .open_in_place(nonce(self.chunk, last), Aad::from(&self.aad), &mut self.buf)
+            .open_in_place(
+                nonce(self.chunk, last),
+                Aad::from(&self.aad),
+                &mut self.buf[..len],
+            )
             .map_err(|_| SealError::Authentication { chunk: self.chunk })?;
         self.plain_len = plain.len();
         self.at = 0;
@@ -666,6 +740,38 @@ mod tests {
     }
 
     #[test]
+    fn both_algorithms_seal_open_and_refuse_every_flip() {
+        let data = plaintext(2500);
+        let mut sealed_by = Vec::new();
+        for algorithm in [Algorithm::ChaCha20Poly1305, Algorithm::Aes256Gcm] {
+            let mut w =
+                SealWriter::with(Vec::new(), &key(1), OBJECT, [5; SALT_BYTES], 10, algorithm)
+                    .unwrap();
+            w.write_all(&data).unwrap();
+            let sealed = w.finish().unwrap().0;
+            assert_eq!(sealed[8], algorithm as u8);
+            let r = OpenReader::new(&sealed[..], &[key(1)], OBJECT).unwrap();
+            assert_eq!(r.header.algorithm, algorithm);
+            assert_eq!(open(&sealed, &[key(1)], OBJECT).unwrap(), data);
+            for i in 0..sealed.len() {
+                let mut b = sealed.clone();
+                b[i] ^= 1 << (i % 8);
+                assert!(
+                    open(&b, &[key(1)], OBJECT).is_err(),
+                    "{algorithm:?}: flip at {i}"
+                );
+            }
+            sealed_by.push(sealed);
+        }
+        // Same key, salt and plaintext: unrelated ciphertexts.
+        assert_ne!(sealed_by[0][HEADER_SIZE..], sealed_by[1][HEADER_SIZE..]);
+        // The writer's choice on this machine is one of them.
+        let chosen = SealWriter::new(Vec::new(), &key(1), OBJECT, [5; 16]).unwrap();
+        let chosen = chosen.finish().unwrap().0;
+        assert_eq!(chosen[8], Algorithm::for_this_cpu() as u8);
+    }
+
+    #[test]
     fn truncation_anywhere_fails_to_open() {
         let sealed = seal(&plaintext(3 * 1024 + 10));
         for cut in 0..sealed.len() {
@@ -787,7 +893,14 @@ mod tests {
             open(&b, &[key(1)], OBJECT).unwrap_err()
         };
         assert!(matches!(with(4, 2), SealError::UnsupportedVersion(2)));
-        assert!(matches!(with(8, 2), SealError::UnknownAlgorithm(2)));
+        assert!(matches!(with(8, 3), SealError::UnknownAlgorithm(3)));
+        assert!(matches!(with(8, 0), SealError::UnknownAlgorithm(0)));
+        // The other algorithm's byte: the tags fail.
+        let other = if sealed[8] == 1 { 2 } else { 1 };
+        assert!(matches!(
+            with(8, other),
+            SealError::Authentication { chunk: 0 }
+        ));
         assert!(matches!(with(9, 40), SealError::Invalid(_)));
         assert!(matches!(with(9, 9), SealError::Invalid(_)));
         assert!(matches!(
@@ -938,37 +1051,42 @@ mod tests {
     #[ignore]
     fn throughput() {
         let data = plaintext(64 << 20);
-        let start = std::time::Instant::now();
-        let mut w = SealWriter::new(
-            Vec::with_capacity(data.len() + (1 << 20)),
-            &key(1),
-            OBJECT,
-            fresh_salt().unwrap(),
-        )
-        .unwrap();
-        for part in data.chunks(1 << 16) {
-            w.write_all(part).unwrap();
-        }
-        let sealed = w.finish().unwrap().0;
-        let seal_secs = start.elapsed().as_secs_f64();
-        let start = std::time::Instant::now();
-        let mut r = OpenReader::new(&sealed[..], &[key(1)], OBJECT).unwrap();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0;
-        loop {
-            let n = r.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
+        for algorithm in [Algorithm::ChaCha20Poly1305, Algorithm::Aes256Gcm] {
+            let start = std::time::Instant::now();
+            let mut w = SealWriter::with(
+                Vec::with_capacity(data.len() + (1 << 20)),
+                &key(1),
+                OBJECT,
+                fresh_salt().unwrap(),
+                CHUNK_SHIFT,
+                algorithm,
+            )
+            .unwrap();
+            for part in data.chunks(1 << 16) {
+                w.write_all(part).unwrap();
             }
-            total += n;
+            let sealed = w.finish().unwrap().0;
+            let seal_secs = start.elapsed().as_secs_f64();
+            let start = std::time::Instant::now();
+            let mut r = OpenReader::new(&sealed[..], &[key(1)], OBJECT).unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0;
+            loop {
+                let n = r.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            let open_secs = start.elapsed().as_secs_f64();
+            assert_eq!(total, data.len());
+            let mb = data.len() as f64 / 1e6;
+            eprintln!(
+                "sealed ({algorithm:?}; this CPU writes {:?}): 64 MiB, seal {:.0} MB/s, open {:.0} MB/s",
+                Algorithm::for_this_cpu(),
+                mb / seal_secs,
+                mb / open_secs
+            );
         }
-        let open_secs = start.elapsed().as_secs_f64();
-        assert_eq!(total, data.len());
-        let mb = data.len() as f64 / 1e6;
-        eprintln!(
-            "sealed: 64 MiB, seal {:.0} MB/s, open {:.0} MB/s",
-            mb / seal_secs,
-            mb / open_secs
-        );
     }
 }

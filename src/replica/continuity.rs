@@ -982,7 +982,7 @@ mod tests {
                 },
                 &[],
             ),
-            // Unreadable: the position cannot be read either.
+            // Not known (the object cannot be read): the other proofs decide.
             ((None, true), at_pos, &["shipped_pos", "wal_continues"]),
             ((None, false), at_pos, &["shipped_pos", "wal_continues"]),
         ];
