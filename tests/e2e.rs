@@ -4373,17 +4373,7 @@ fn keygen(setup: &Setup, name: &str) -> (PathBuf, Key) {
 /// write lock).
 fn insert_marked(c: &Connection, id: i64, marker: &str) {
     let v = format!("{marker} {id} {}", "y".repeat((id % 13) as usize * 40));
-    loop {
-        match c.execute("INSERT INTO t(id, v) VALUES (?1, ?2)", (id, &v)) {
-            Ok(_) => return,
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-            {
-                thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => panic!("insert {id}: {e}"),
-        }
-    }
+    common::app::insert_value(c, id, &v);
 }
 
 /// Every file s3s-fs holds under `prefix`, with its bytes.
