@@ -5,7 +5,8 @@
 # The unit tests that feed damaged and random inputs to everything that reads
 # outside input try a few thousand inputs on every `cargo test`:
 # - the decoders of objects (segment, snapshot, idle mark), the opener of
-#   sealed (encrypted) objects, the WAL header and frame scanner and the
+#   sealed (encrypted) objects, a sealed segment as restore reads it from
+#   the bucket (`sealed::open`, then the segment decoder), the WAL header and frame scanner and the
 #   wal-index header of the -shm file: `fuzz` in src/format/mod.rs and
 #   `random_garbage_never_panics` in src/wal.rs;
 #   the watcher's look at new WAL frames (`fuzz` in

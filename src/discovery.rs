@@ -178,6 +178,7 @@ mod tests {
             checkpoint_threshold: 4 << 20,
             truncate_threshold: 64 << 20,
             retention: None,
+            encryption: None,
         }
     }
 

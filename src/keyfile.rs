@@ -218,6 +218,66 @@ pub fn load(path: &Path) -> Result<Key, KeyFileError> {
     Ok(key)
 }
 
+/// The keys of one database: the one that seals what walsync writes, and
+/// every one that opens what is in the bucket.
+#[derive(Debug, Clone, Default)]
+pub struct Keyring {
+    /// Seals every object written; `None`: objects are written as they are.
+    pub seal: Option<Key>,
+    /// Open objects: the sealing key first, then the older ones.
+    pub open: Vec<Key>,
+}
+
+/// Key files, each loaded once (`load`), by path.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedKeys(Vec<(PathBuf, Key)>);
+
+impl LoadedKeys {
+    /// Loads every file: the first that cannot be used is the error.
+    pub fn load<'a>(files: impl IntoIterator<Item = &'a Path>) -> Result<LoadedKeys, KeyFileError> {
+        let mut keys: Vec<(PathBuf, Key)> = Vec::new();
+        for f in files {
+            if !keys.iter().any(|(p, _)| p == f) {
+                keys.push((f.to_path_buf(), load(f)?));
+            }
+        }
+        Ok(LoadedKeys(keys))
+    }
+
+    fn get(&self, path: &Path) -> &Key {
+        &self
+            .0
+            .iter()
+            .find(|(p, _)| p == path)
+            .expect("invariant: every key file of the config is loaded before it is used")
+            .1
+    }
+
+    /// The keyring of `key_file` (sealing) and `old` (opening only), all
+    /// among those loaded; without a key file, none.
+    pub fn keyring<'a>(
+        &self,
+        key_file: Option<&Path>,
+        old: impl IntoIterator<Item = &'a Path>,
+    ) -> Keyring {
+        let Some(key_file) = key_file else {
+            return Keyring::default();
+        };
+        let seal = self.get(key_file).clone();
+        let mut open = vec![seal.clone()];
+        open.extend(old.into_iter().map(|p| self.get(p).clone()));
+        Keyring {
+            seal: Some(seal),
+            open,
+        }
+    }
+
+    /// Every key loaded, in the order loaded.
+    pub fn all(&self) -> Vec<Key> {
+        self.0.iter().map(|(_, k)| k.clone()).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

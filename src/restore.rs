@@ -24,7 +24,8 @@ use std::time::Instant;
 
 use crate::format::segment::SegmentDecoder;
 use crate::format::snapshot::SnapshotDecoder;
-use crate::format::FormatError;
+use crate::format::{sealed, FormatError};
+use crate::keyfile::Key;
 use crate::keys::{self, ObjectKind};
 use crate::plan::{self, PlanError, Target};
 use crate::storage::fetch::{self, Fetcher};
@@ -212,13 +213,15 @@ pub fn remove_leftover_temps(dir: &Path, name: Option<&str>) -> usize {
     removed
 }
 
-/// Restores the database backed up under `prefix` to `output`.
+/// Restores the database backed up under `prefix` to `output`; `keys`
+/// open its encrypted objects.
 pub fn restore(
     storage: &dyn Storage,
     prefix: &str,
     output: &Path,
     target: Target,
     force: bool,
+    keys: &[Key],
 ) -> Result<RestoreReport, RestoreError> {
     check_output(output, force)?;
     let listing = storage.list(&keys::database_root(prefix))?;
@@ -226,13 +229,14 @@ pub fn restore(
         force,
         durable: true,
         limits: fetch::DEFAULT,
+        keys,
     };
     restore_listed(storage, prefix, &listing, output, target, how)
 }
 
 /// How [`restore_listed`] restores.
 #[derive(Debug, Clone, Copy)]
-pub struct How {
+pub struct How<'a> {
     /// Replace an output that exists.
     pub force: bool,
     /// fsync the file and its directory before returning; `verify`, which
@@ -240,6 +244,8 @@ pub struct How {
     pub durable: bool,
     /// How the objects are downloaded.
     pub limits: fetch::Limits,
+    /// The keys that open encrypted objects (a plain object needs none).
+    pub keys: &'a [Key],
 }
 
 /// [`restore`] from a listing made already (`crate::fleet::slice`: what
@@ -250,13 +256,14 @@ pub fn restore_listed(
     listing: &[ObjectMeta],
     output: &Path,
     target: Target,
-    how: How,
+    how: How<'_>,
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
     let How {
         force,
         durable,
         limits,
+        keys: open_keys,
     } = how;
     check_output(output, force)?;
 
@@ -318,7 +325,7 @@ pub fn restore_listed(
             scope.spawn(|| fetcher.run_worker());
         }
         let _stop = fetcher.stop_guard();
-        apply(&fetcher, &plan, &file, &temp.path)
+        apply(&fetcher, &plan, &file, &temp.path, open_keys)
     })?;
 
     if durable {
@@ -392,6 +399,7 @@ fn apply(
     plan: &plan::RestorePlan,
     file: &File,
     path: &Path,
+    keys: &[Key],
 ) -> Result<(u32, u32, u64, u64), RestoreError> {
     // A decoder sees a failed download as an I/O error; report the storage
     // error itself rather than call the object corrupt.
@@ -412,7 +420,9 @@ fn apply(
     else {
         unreachable!("the plan's snapshot is a snapshot")
     };
-    let mut d = SnapshotDecoder::new(fetcher.stream(0)).map_err(corrupt(snap_key))?;
+    let opened = sealed::open(fetcher.stream(0), keys, snap_key);
+    let opened = opened.map_err(|e| corrupt(snap_key)(FormatError::Sealed(e)))?;
+    let mut d = SnapshotDecoder::new(opened).map_err(corrupt(snap_key))?;
     if d.header.txid != snap_txid {
         return Err(corrupt(snap_key)(FormatError::Invalid(format!(
             "header says txid {}, the key says {snap_txid}",
@@ -436,7 +446,9 @@ fn apply(
     let mut applied_time = snap_time;
     for (i, seg) in plan.segments.iter().enumerate() {
         let key = &seg.key;
-        let mut d = SegmentDecoder::new(fetcher.stream(i + 1)).map_err(corrupt(key))?;
+        let opened = sealed::open(fetcher.stream(i + 1), keys, key);
+        let opened = opened.map_err(|e| corrupt(key)(FormatError::Sealed(e)))?;
+        let mut d = SegmentDecoder::new(opened).map_err(corrupt(key))?;
         if d.header.page_size != page_size {
             return Err(corrupt(key)(FormatError::Invalid(format!(
                 "page size {} differs from the snapshot's {page_size}",

@@ -18,6 +18,7 @@ use common::app::{insert, integrity, rows};
 use common::process::{sigterm, Running};
 use common::s3server::S3Server;
 use rusqlite::Connection;
+use walsync::keyfile::Key;
 use walsync::keys::{self, ObjectKind};
 use walsync::storage::s3::S3Storage;
 use walsync::storage::Storage;
@@ -152,6 +153,11 @@ fn open_app(path: &Path) -> Connection {
 /// Waits until a restore of `prefix` has exactly the rows of `db`: for
 /// commits made by another process, whose end the test cannot time.
 fn wait_restorable(storage: &S3Storage, prefix: &str, db: &Path) {
+    wait_restorable_with(storage, prefix, db, &[])
+}
+
+/// `wait_restorable` of an encrypted backup, opened with `keys`.
+fn wait_restorable_with(storage: &S3Storage, prefix: &str, db: &Path, keys: &[Key]) {
     // Outside the database's directory, which walsync may be watching.
     let scratch = common::unique_temp_dir("walsync-probe").join("probe.db");
     let start = Instant::now();
@@ -163,6 +169,7 @@ fn wait_restorable(storage: &S3Storage, prefix: &str, db: &Path) {
             &scratch,
             walsync::plan::Target::Latest,
             false,
+            keys,
         )
         .is_ok()
             && rows(&scratch) == rows(db)
@@ -4502,4 +4509,491 @@ fn list_without_a_config_discovers_the_databases_of_a_bucket_or_a_parent() {
         assert!(o.status.success(), "{args:?}");
         assert_eq!(stdout_of(&o), "nothing/here\n  no backup yet\n");
     }
+}
+
+/// Writes a new key with `walsync keygen -o` into the setup's directory
+/// and returns its path and the key.
+fn keygen(setup: &Setup, name: &str) -> (PathBuf, Key) {
+    let path = setup.dir.join(name);
+    let o = setup.run(&["keygen", "-o", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let key = walsync::keyfile::load(&path).unwrap();
+    (path, key)
+}
+
+/// Inserts row `id` holding `marker` (retrying while walsync holds the
+/// write lock).
+fn insert_marked(c: &Connection, id: i64, marker: &str) {
+    let v = format!("{marker} {id} {}", "y".repeat((id % 13) as usize * 40));
+    common::app::insert_value(c, id, &v);
+}
+
+/// Every file s3s-fs holds under `prefix`, with its bytes.
+fn bucket_files(setup: &Setup, prefix: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    walk_files(&setup.server.bucket_dir().join(prefix))
+        .into_iter()
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The key id in a sealed object's header (bytes 12..20), as hex.
+fn sealed_key_id(bytes: &[u8]) -> Option<String> {
+    bytes
+        .starts_with(b"WSEA")
+        .then(|| bytes[12..20].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `args` run against the bucket without a config (disaster recovery),
+/// with `--key-file` for each of `keys`.
+fn run_on_bucket(setup: &Setup, args: &[&str], keys: &[&Path]) -> Output {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    all.extend([
+        "--bucket".into(),
+        setup.server.bucket.clone(),
+        "--endpoint".into(),
+        setup.server.endpoint.clone(),
+    ]);
+    for k in keys {
+        all.extend(["--key-file".into(), k.display().to_string()]);
+    }
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    setup.run(&all)
+}
+
+#[test]
+fn encrypted_backups_hide_the_data_restore_exactly_and_fail_cleanly_without_their_key() {
+    let setup = Setup::new(&[("a.db", "enc/a"), ("b.db", "enc/b")]);
+    let (ka_path, ka) = keygen(&setup, "a.key");
+    let (kb_path, kb) = keygen(&setup, "b.key");
+    let (kw_path, kw) = keygen(&setup, "wrong.key");
+    // One key for every database, and database b's own.
+    setup.edit_config(|t| {
+        format!("{t}[encryption]\nkey_file = \"a.key\"\n").replace(
+            "prefix = \"enc/b\"\n",
+            "prefix = \"enc/b\"\nencryption = { key_file = \"b.key\" }\n",
+        )
+    });
+    let marker = format!("walsync-marker-{}", common::s3server::random_hex(16));
+    let (a, b) = (setup.dir.join("a.db"), setup.dir.join("b.db"));
+    let (ca, cb) = (open_app(&a), open_app(&b));
+    let storage = setup.storage();
+    let mut child = setup.watch("watch.log");
+    for batch in 0..3 {
+        for id in batch * 200 + 1..=batch * 200 + 200 {
+            insert_marked(&ca, id, &marker);
+            insert_marked(&cb, id, &marker);
+        }
+        showing_log_on_failure(&setup, "watch.log", || {
+            wait_restorable_with(&storage, "enc/a", &a, std::slice::from_ref(&ka));
+            wait_restorable_with(&storage, "enc/b", &b, std::slice::from_ref(&kb));
+        });
+    }
+    drop((ca, cb));
+    assert!(sigterm(&mut child).success());
+    // The marker is in the application's files, and in no object.
+    assert!(
+        contains(&std::fs::read(&a).unwrap(), marker.as_bytes()) || {
+            let wal = std::fs::read(setup.dir.join("a.db-wal")).unwrap_or_default();
+            contains(&wal, marker.as_bytes())
+        }
+    );
+    for (prefix, key) in [("enc/a", &ka), ("enc/b", &kb)] {
+        let files = bucket_files(&setup, prefix);
+        let kinds = |ext: &str| {
+            files
+                .iter()
+                .filter(|(p, _)| p.extension().is_some_and(|e| e == ext))
+                .count()
+        };
+        assert!(
+            kinds("snap") >= 1 && kinds("seg") >= 2 && kinds("mark") >= 1,
+            "{files:?}"
+        );
+        for (path, bytes) in &files {
+            assert!(
+                !contains(bytes, marker.as_bytes()) && !contains(bytes, b"SQLite format 3"),
+                "{} holds the application's data in the clear",
+                path.display()
+            );
+            assert_eq!(
+                sealed_key_id(bytes),
+                Some(key.id().to_string()),
+                "{} is sealed with its database's key",
+                path.display()
+            );
+        }
+    }
+
+    // With the config's keys: exactly the source, byte for byte.
+    let outdir = setup.scratch("restores");
+    for (prefix, db) in [("enc/a", &a), ("enc/b", &b)] {
+        let out = outdir.join("exact.db");
+        assert_eq!(setup.restore_verified(prefix, &out), rows(db));
+        let c = Connection::open(db).unwrap();
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        drop(c);
+        assert!(
+            std::fs::read(db).unwrap() == std::fs::read(&out).unwrap(),
+            "{prefix}: the restore is the source's bytes"
+        );
+        std::fs::remove_file(&out).unwrap();
+    }
+
+    // Without a config: no key, a wrong key, another database's key. One
+    // line naming the key id needed and the object, exit 1, nothing written.
+    let out = outdir.join("r.db");
+    let out_arg = out.to_str().unwrap();
+    let restore_a = ["restore", "--prefix", "enc/a", "-o", out_arg];
+    for (keys, given) in [
+        (vec![], vec![]),
+        (vec![kw_path.as_path()], vec![kw.id()]),
+        (
+            vec![kb_path.as_path(), kw_path.as_path()],
+            vec![kb.id(), kw.id()],
+        ),
+    ] {
+        let o = run_on_bucket(&setup, &restore_a, &keys);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{keys:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("key id {}", ka.id())) && err.contains("enc/a/generations/"),
+            "{keys:?}: names the key needed and the object: {err}"
+        );
+        for id in given {
+            assert!(err.contains(&id.to_string()), "{err}");
+        }
+        assert_nothing_left(&outdir, &out);
+    }
+    // The right key file: the same rows.
+    let o = run_on_bucket(&setup, &restore_a, &[&ka_path]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&out), rows(&a));
+    std::fs::remove_file(&out).unwrap();
+    // verify, restore-all, history and list read with the keys given.
+    let all_out = setup.scratch("all");
+    for args in [
+        vec!["verify", "--prefix", "enc"],
+        vec![
+            "restore-all",
+            "--prefix",
+            "enc",
+            "--output-dir",
+            all_out.to_str().unwrap(),
+        ],
+        vec!["history", "--prefix", "enc/b"],
+        vec!["list", "--prefix", "enc", "--keys"],
+    ] {
+        let o = run_on_bucket(&setup, &args, &[&ka_path, &kb_path]);
+        let (so, se) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success(), "{args:?}: {se}");
+        if args[0] == "list" {
+            for k in [&ka, &kb] {
+                assert!(so.contains(&format!("keys needed: {} (", k.id())), "{so}");
+            }
+        }
+        if args[0] == "verify" {
+            let o = run_on_bucket(&setup, &args, &[&ka_path]);
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_eq!(o.status.code(), Some(1), "{said}");
+            assert!(said.contains(&format!("key id {}", kb.id())), "{said}");
+        }
+    }
+    assert_eq!(rows(&all_out.join("enc/a.db")), rows(&a));
+    assert_eq!(rows(&all_out.join("enc/b.db")), rows(&b));
+
+    // Tampered: a flipped bit anywhere in a sealed object.
+    let files = object_files(&setup, "enc/a");
+    for (key, file) in files.iter().filter(|(k, _)| !k.ends_with(".mark")) {
+        let good = std::fs::read(file).unwrap();
+        for at in [5, 30, good.len() / 2, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x04;
+            std::fs::write(file, &bad).unwrap();
+            let o = setup.restore("enc/a", &out, &[]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "flip at {at} of {key}: {err}");
+            assert!(err.contains(key.as_str()), "the error names {key}: {err}");
+            assert_nothing_left(&outdir, &out);
+        }
+        std::fs::write(file, &good).unwrap();
+    }
+    // Moved: a segment's bytes under another segment's name (another txid
+    // range) fail to open, though each is whole.
+    let segments: Vec<_> = files.iter().filter(|(k, _)| k.ends_with(".seg")).collect();
+    assert!(segments.len() >= 2, "{segments:?}");
+    let (moved_to, to_file) = segments[segments.len() - 1];
+    let saved = std::fs::read(to_file).unwrap();
+    std::fs::copy(&segments[segments.len() - 2].1, to_file).unwrap();
+    let o = setup.restore("enc/a", &out, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(moved_to.as_str()) && err.contains("authentication failed"),
+        "{err}"
+    );
+    assert_nothing_left(&outdir, &out);
+    std::fs::write(to_file, &saved).unwrap();
+    assert_eq!(setup.restore_verified("enc/a", &out), rows(&a));
+    std::fs::remove_file(&out).unwrap();
+
+    // Key files that cannot be used: exit 2 naming the file, at start.
+    let missing = setup.dir.join("missing.key");
+    let o = run_on_bucket(&setup, &restore_a, &[&missing]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("missing.key") && err.contains("not found"),
+        "{err}"
+    );
+    let bad = setup.dir.join("bad.key");
+    let line = ka.to_line();
+    for (text, says) in [
+        ("hello".to_string(), "not a walsync key"),
+        (line[..line.len() - 2].to_string(), "malformed key"),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let o = run_on_bucket(&setup, &restore_a, &[&bad]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("bad.key") && err.contains(says), "{err}");
+    }
+    setup.edit_config(|t| t.replace("key_file = \"a.key\"", "key_file = \"bad.key\""));
+    let o = run_bounded(
+        &setup,
+        &["watch", "--config", setup.config.to_str().unwrap()],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.key"), "{err}");
+    // Readable by others: a warning, and it still works.
+    setup.edit_config(|t| t.replace("key_file = \"bad.key\"", "key_file = \"a.key\""));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ka_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run_on_bucket(&setup, &restore_a, &[&ka_path]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+/// The key ids (hex) of the sealed objects of `generation` under `prefix`,
+/// and how many of its objects are plain.
+fn generation_keys(setup: &Setup, prefix: &str, generation: u64) -> (Vec<String>, usize) {
+    let dir = format!("{prefix}/generations/{generation:016x}");
+    let mut ids = Vec::new();
+    let mut plain = 0;
+    for (_, bytes) in bucket_files(setup, &dir) {
+        match sealed_key_id(&bytes) {
+            Some(id) if !ids.contains(&id) => ids.push(id),
+            Some(_) => {}
+            None => plain += 1,
+        }
+    }
+    (ids, plain)
+}
+
+fn generations(storage: &S3Storage, prefix: &str) -> Vec<u64> {
+    let listing = storage.list(&keys::database_root(prefix)).unwrap();
+    let objs = keys::parse_listing(prefix, &listing).unwrap();
+    walsync::plan::generations(&objs).keys().copied().collect()
+}
+
+#[test]
+fn encryption_turned_on_rotated_retired_and_turned_off_keeps_every_point_restorable() {
+    let prefix = "rot/a";
+    let setup = Setup::new(&[("a.db", prefix)]);
+    let (k1_path, k1) = keygen(&setup, "k1.key");
+    let (k2_path, k2) = keygen(&setup, "k2.key");
+    let db = setup.dir.join("a.db");
+    let c = open_app(&db);
+    let storage = setup.storage();
+    let outdir = setup.scratch("restores");
+    let out = outdir.join("r.db");
+    let out_arg = out.to_str().unwrap().to_string();
+
+    // Plain at first.
+    let mut child = setup.watch("watch1.log");
+    for id in 1..=100 {
+        insert(&c, id);
+    }
+    showing_log_on_failure(&setup, "watch1.log", || wait_shipped(&storage, prefix, &db));
+    let plain_rows = rows(&db);
+    assert!(sigterm(&mut child).success());
+    let [plain_gen] = generations(&storage, prefix)[..] else {
+        panic!("one generation")
+    };
+    let plain_txid = walsync::restore::restore(
+        &storage,
+        prefix,
+        &out,
+        walsync::plan::Target::Latest,
+        false,
+        &[],
+    )
+    .unwrap()
+    .txid;
+    std::fs::remove_file(&out).unwrap();
+
+    // Turned on (at a restart): a new generation, sealed from its snapshot on.
+    setup.edit_config(|t| format!("{t}[encryption]\nkey_file = \"k1.key\"\n"));
+    let mut child = setup.watch("watch2.log");
+    for id in 101..=200 {
+        insert(&c, id);
+    }
+    showing_log_on_failure(&setup, "watch2.log", || {
+        wait_restorable_with(&storage, prefix, &db, std::slice::from_ref(&k1))
+    });
+    wait_log(&setup, "watch2.log", "encryption was turned on", 1);
+    let gens = generations(&storage, prefix);
+    assert_eq!(gens.len(), 2, "{gens:?}");
+    let sealed_gen = gens[1];
+    let (ids, plain) = generation_keys(&setup, prefix, plain_gen);
+    assert!(ids.is_empty() && plain >= 2, "{ids:?} {plain}");
+    assert_eq!(
+        generation_keys(&setup, prefix, sealed_gen),
+        (vec![k1.id().to_string()], 0)
+    );
+    // Across the switch: the plain generation needs no key, the sealed one
+    // names its key.
+    let txid = plain_txid.to_string();
+    let o = run_on_bucket(
+        &setup,
+        &[
+            "restore", "--prefix", prefix, "-o", &out_arg, "--txid", &txid,
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&out), plain_rows);
+    std::fs::remove_file(&out).unwrap();
+    let o = run_on_bucket(
+        &setup,
+        &["restore", "--prefix", prefix, "-o", &out_arg],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("key id {}", k1.id())), "{err}");
+    assert_nothing_left(&outdir, &out);
+
+    // Rotated (SIGHUP): the generation goes on, new objects use the new key,
+    // the old ones still open with the old key.
+    setup.edit_config(|t| {
+        t.replace(
+            "key_file = \"k1.key\"\n",
+            "key_file = \"k2.key\"\nold_key_files = [\"k1.key\"]\n",
+        )
+    });
+    signal(&child, libc::SIGHUP);
+    wait_log(&setup, "watch2.log", "SIGHUP", 1);
+    for id in 201..=300 {
+        insert(&c, id);
+    }
+    showing_log_on_failure(&setup, "watch2.log", || {
+        wait_restorable_with(&storage, prefix, &db, &[k2.clone(), k1.clone()])
+    });
+    assert_eq!(
+        generations(&storage, prefix),
+        gens,
+        "a rotation keeps the generation"
+    );
+    let (ids, _) = generation_keys(&setup, prefix, sealed_gen);
+    assert!(
+        ids.contains(&k1.id().to_string()) && ids.contains(&k2.id().to_string()),
+        "{ids:?}"
+    );
+    let o = run_on_bucket(
+        &setup,
+        &["restore", "--prefix", prefix, "-o", &out_arg],
+        &[&k2_path, &k1_path],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_file(&out).unwrap();
+    let o = run_on_bucket(
+        &setup,
+        &["restore", "--prefix", prefix, "-o", &out_arg],
+        &[&k2_path],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("key id {}", k1.id())), "{err}");
+    assert_nothing_left(&outdir, &out);
+    let o = run_on_bucket(&setup, &["list", "--prefix", prefix, "--keys"], &[]);
+    let listed = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        listed.contains(&k1.id().to_string()) && listed.contains(&k2.id().to_string()),
+        "{listed}"
+    );
+    assert!(sigterm(&mut child).success());
+
+    // Retired: a snapshot with the new key, then prune; the old key is no
+    // longer needed by anything in the bucket.
+    let cfg = setup.config.to_str().unwrap();
+    let o = setup.run(&["snapshot", "--config", cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    thread::sleep(Duration::from_millis(1100));
+    let o = setup.run(&["prune", "--config", cfg, "--retention", "1s"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run_on_bucket(
+        &setup,
+        &["list", "--prefix", prefix, "--keys", "--json"],
+        &[],
+    );
+    let listed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !listed.contains(&k1.id().to_string())
+            && listed.contains(&format!("\"keys\":[{{\"key_id\":\"{}\"", k2.id()))
+            && listed.contains("\"plain_objects\":0"),
+        "{listed}"
+    );
+    let o = run_on_bucket(
+        &setup,
+        &["restore", "--prefix", prefix, "-o", &out_arg],
+        &[&k2_path],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&out), rows(&db));
+    std::fs::remove_file(&out).unwrap();
+
+    // Turned off (SIGHUP while running): a new plain generation.
+    let mut child = setup.watch("watch3.log");
+    insert(&c, 301);
+    showing_log_on_failure(&setup, "watch3.log", || {
+        wait_restorable_with(&storage, prefix, &db, std::slice::from_ref(&k2))
+    });
+    setup.edit_config(|t| {
+        t.replace(
+            "[encryption]\nkey_file = \"k2.key\"\nold_key_files = [\"k1.key\"]\n",
+            "",
+        )
+    });
+    signal(&child, libc::SIGHUP);
+    wait_log(&setup, "watch3.log", "SIGHUP", 1);
+    for id in 302..=400 {
+        insert(&c, id);
+    }
+    showing_log_on_failure(&setup, "watch3.log", || wait_shipped(&storage, prefix, &db));
+    wait_log(&setup, "watch3.log", "encryption was turned off", 1);
+    let gens = generations(&storage, prefix);
+    let (ids, plain) = generation_keys(&setup, prefix, *gens.last().unwrap());
+    assert!(ids.is_empty() && plain >= 1, "{ids:?} {plain}");
+    assert!(sigterm(&mut child).success());
+    assert_eq!(setup.restore_verified(prefix, &out), rows(&db));
 }

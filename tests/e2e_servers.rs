@@ -125,6 +125,7 @@ impl Setup {
                 &probe,
                 walsync::plan::Target::Latest,
                 false,
+                &[],
             );
             if restored.is_ok() && rows(&probe) == rows(db) {
                 return;

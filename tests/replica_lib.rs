@@ -31,6 +31,7 @@ fn options(db: &Path, prefix: &str, spool: &Path) -> ReplicaOptions {
         max_segment_bytes: 256 * 1024,
         spool_dir: spool.to_path_buf(),
         retention: None,
+        keys: Default::default(),
     }
 }
 
@@ -46,7 +47,7 @@ fn app(db: &Path) -> Connection {
 
 /// Restores prefix `p` (newest) to `out` and returns its rows.
 fn restored_rows(storage: &DirStorage, out: &Path) -> Vec<(i64, String)> {
-    restore(storage, "p", out, Target::Latest, false).unwrap();
+    restore(storage, "p", out, Target::Latest, false, &[]).unwrap();
     rows(out)
 }
 
@@ -93,17 +94,17 @@ fn replicate_through_every_checkpoint_mode_and_restore() {
         );
     }
     let out = dir.join("restored.db");
-    let rep = restore(&storage, "apps/one", &out, Target::Latest, false).unwrap();
+    let rep = restore(&storage, "apps/one", &out, Target::Latest, false, &[]).unwrap();
     assert_eq!(rows(&out), rows(&db));
     assert_eq!(rep.txid, r.last_txid());
 
     // Point in time by txid: every earlier txid restores a prefix of the rows.
     let out2 = dir.join("at.db");
-    restore(&storage, "apps/one", &out2, Target::Txid(3), false).unwrap();
+    restore(&storage, "apps/one", &out2, Target::Txid(3), false, &[]).unwrap();
     let n = rows(&out2).len();
     assert!(n > 0 && n < rows(&db).len());
     assert!(
-        restore(&storage, "apps/one", &out2, Target::Latest, false).is_err(),
+        restore(&storage, "apps/one", &out2, Target::Latest, false, &[]).is_err(),
         "refuses to overwrite"
     );
     std::fs::remove_dir_all(dir).unwrap();
@@ -238,18 +239,18 @@ fn restore_never_lets_a_stale_wal_beside_the_output_change_it() {
     // (Not opened here: closing the last connection would fold the WAL in.)
 
     // Without --force: refused, and the -wal is named.
-    let e = restore(&storage, "p", &out, Target::Latest, false)
+    let e = restore(&storage, "p", &out, Target::Latest, false, &[])
         .unwrap_err()
         .to_string();
     assert!(e.contains("already exists"), "{e}");
     std::fs::rename(&out, dir.join("moved.db")).unwrap();
-    let e = restore(&storage, "p", &out, Target::Latest, false)
+    let e = restore(&storage, "p", &out, Target::Latest, false, &[])
         .unwrap_err()
         .to_string();
     assert!(e.contains("out.db-wal") && e.contains("--force"), "{e}");
 
     // With --force: the stale WAL goes with the old file, the rows are ours.
-    restore(&storage, "p", &out, Target::Latest, true).unwrap();
+    restore(&storage, "p", &out, Target::Latest, true, &[]).unwrap();
     assert!(!dir.join("out.db-wal").exists());
     assert_eq!(rows(&out), rows(&db));
     std::fs::remove_dir_all(dir).unwrap();
@@ -387,7 +388,7 @@ fn a_bad_object_in_the_bucket_does_not_stop_replication() {
     r.sync(&storage, false).unwrap();
     // Restore names the stranger's key, leaves it alone and is whole.
     let out = dir.join("r.db");
-    let report = restore(&storage, "p", &out, Target::Latest, false).unwrap();
+    let report = restore(&storage, "p", &out, Target::Latest, false, &[]).unwrap();
     let stray: Vec<_> = report.stray.iter().map(|o| o.key.as_str()).collect();
     assert_eq!(stray, ["p/generations/junk.txt"]);
     assert!(bucket.join("p/generations/junk.txt").exists());
@@ -431,7 +432,7 @@ fn release_then(name: &str, meanwhile: impl FnOnce(&Connection)) -> bool {
     insert(&c, 10_000, 5);
     r.sync(&storage, false).unwrap();
     let out = dir.join("r.db");
-    restore(&storage, "p", &out, Target::Latest, false).unwrap();
+    restore(&storage, "p", &out, Target::Latest, false, &[]).unwrap();
     assert_eq!(
         rows(&out),
         rows(&db),
@@ -515,7 +516,7 @@ fn restart_after_idle(name: &str, meanwhile: impl FnOnce(&Connection)) -> bool {
     insert(&c, 10_000, 5);
     r.sync(&storage, false).unwrap();
     let out = dir.join("r.db");
-    restore(&storage, "p", &out, Target::Latest, false).unwrap();
+    restore(&storage, "p", &out, Target::Latest, false, &[]).unwrap();
     assert_eq!(
         rows(&out),
         rows(&db),
@@ -523,7 +524,7 @@ fn restart_after_idle(name: &str, meanwhile: impl FnOnce(&Connection)) -> bool {
     );
     // Restore ignores marks; a point before the restart still restores.
     let out2 = dir.join("r2.db");
-    restore(&storage, "p", &out2, Target::Txid(2), false).unwrap();
+    restore(&storage, "p", &out2, Target::Txid(2), false, &[]).unwrap();
     r.close();
     std::fs::remove_dir_all(dir).unwrap();
     rep.new_generation
@@ -544,19 +545,19 @@ fn local_lag_counts_the_commits_not_yet_shipped() {
     let (dir, db, storage, c, mut r) = started("lag");
     insert(&c, 1, 30);
     r.sync(&storage, false).unwrap();
-    let lag = walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db)
+    let lag = walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db, &[])
         .unwrap()
         .unwrap();
     assert_eq!(lag.commits, 0);
     insert(&c, 40, 7);
-    let lag = walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db)
+    let lag = walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db, &[])
         .unwrap()
         .unwrap();
     assert_eq!(lag.commits, 7);
     assert!(lag.wal_bytes >= 7 * 4096);
     r.sync(&storage, false).unwrap();
     assert_eq!(
-        walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db)
+        walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db, &[])
             .unwrap()
             .unwrap()
             .commits,
@@ -605,7 +606,7 @@ fn a_large_incompressible_database_restores_through_ranged_downloads() {
         "latest restore differs"
     );
     let out = dir.join("middle.db");
-    restore(&storage, "p", &out, Target::Txid(middle_txid), false).unwrap();
+    restore(&storage, "p", &out, Target::Txid(middle_txid), false, &[]).unwrap();
     assert!(
         rows(&out) == middle,
         "restore to txid {middle_txid} differs"
@@ -624,7 +625,7 @@ fn storage_objects(storage: &DirStorage, kind: &str) -> Vec<walsync::storage::Ob
 /// restore), or the restore's error if it failed verification.
 fn restore_check(storage: &DirStorage, out: &Path) -> Result<(), String> {
     let _ = std::fs::remove_file(out);
-    match restore(storage, "p", out, Target::Latest, false) {
+    match restore(storage, "p", out, Target::Latest, false, &[]) {
         Ok(_) => Ok(()),
         Err(RestoreError::Verify { detail, .. }) => Err(detail),
         Err(e) => panic!("restore failed before verification: {e}"),

@@ -10,8 +10,12 @@
 use argh::FromArgs;
 
 use super::{check_prefix, check_storage, json_string, CliError};
+use std::io::Read;
+
+use crate::format::sealed;
 use crate::format::segment::SegmentDecoder;
 use crate::format::snapshot::SnapshotDecoder;
+use crate::keyfile::Key;
 use crate::keys::{self, BackupObject, ObjectKind};
 use crate::storage::Storage;
 use crate::time::{format_rfc3339, parse_rfc3339};
@@ -186,7 +190,8 @@ pub fn run(args: HistoryArgs) -> Result<(), CliError> {
     if since > until {
         return Err(CliError::usage("--since is after --until"));
     }
-    let (storage, _cfg) = args.target().resolve()?;
+    let (storage, cfg) = args.target().resolve()?;
+    let keys = args.target().keys(cfg.as_ref())?;
     let prefix = args.prefix.as_str();
     check_storage(&*storage, prefix).map_err(CliError::runtime)?;
     let listing = storage
@@ -217,11 +222,12 @@ pub fn run(args: HistoryArgs) -> Result<(), CliError> {
                 shown = 0;
             }
             Step::Snapshot(o) => {
-                let e = snapshot_entry(&*storage, o).map_err(|e| object_error(prefix, o, e))?;
+                let e =
+                    snapshot_entry(&*storage, o, &keys).map_err(|e| object_error(prefix, o, e))?;
                 out.line(text_entry(&e), json_entry(&e));
             }
             Step::Segment(o) => {
-                shown = print_segment(&*storage, o, since, until, shown, &mut out)
+                shown = print_segment(&*storage, o, &keys, since, until, shown, &mut out)
                     .map_err(|e| object_error(prefix, o, e))?;
             }
         }
@@ -236,9 +242,15 @@ fn object_error(prefix: &str, o: &BackupObject, e: String) -> CliError {
     CliError::runtime(format!("{prefix}: object {}: {e}", o.key))
 }
 
-fn snapshot_entry(storage: &dyn Storage, o: &BackupObject) -> Result<Entry, String> {
-    // Only the header is read; the rest of the stream is dropped.
+/// The object `o`, opened with `keys` if sealed.
+fn open(storage: &dyn Storage, o: &BackupObject, keys: &[Key]) -> Result<impl Read, String> {
     let reader = storage.get(&o.key).map_err(|e| e.to_string())?;
+    sealed::open(reader, keys, &o.key).map_err(|e| e.to_string())
+}
+
+fn snapshot_entry(storage: &dyn Storage, o: &BackupObject, keys: &[Key]) -> Result<Entry, String> {
+    // Only the header is read; the rest of the stream is dropped.
+    let reader = open(storage, o, keys)?;
     let h = SnapshotDecoder::new(reader)
         .map_err(|e| e.to_string())?
         .header;
@@ -258,12 +270,13 @@ fn snapshot_entry(storage: &dyn Storage, o: &BackupObject) -> Result<Entry, Stri
 fn print_segment(
     storage: &dyn Storage,
     o: &BackupObject,
+    keys: &[Key],
     since: u64,
     until: u64,
     mut shown: u64,
     out: &mut Printer,
 ) -> Result<u64, String> {
-    let reader = storage.get(&o.key).map_err(|e| e.to_string())?;
+    let reader = open(storage, o, keys)?;
     let mut d = SegmentDecoder::new(reader).map_err(|e| e.to_string())?;
     let page_size = u64::from(d.header.page_size);
     while let Some(c) = d.next_commit().map_err(|e| e.to_string())? {

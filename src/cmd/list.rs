@@ -6,9 +6,11 @@ use argh::FromArgs;
 
 use super::restore_all::{discover, list_roots, par_map, under, DEFAULT_JOBS};
 use super::{check_prefix, human_bytes, json_string, select, CliError};
+use crate::format::sealed;
+use crate::keyfile::KeyId;
 use crate::keys::{self, ObjectKind};
 use crate::plan;
-use crate::storage::ObjectMeta;
+use crate::storage::{ObjectMeta, Storage};
 use crate::time::format_rfc3339;
 args_with_target! {
 
@@ -23,6 +25,9 @@ pub struct ListArgs {
     /// print JSON (an array with one object per database)
     #[argh(switch)]
     pub json: bool,
+    /// also read the first bytes of every object and show which encryption keys (by key id) the prefix still needs
+    #[argh(switch)]
+    pub keys: bool,
 }
 }
 
@@ -32,6 +37,7 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
         check_prefix(p)?;
     }
     let (storage, cfg) = args.target().resolve()?;
+    let keys = args.target().keys(cfg.as_ref())?;
     let pool = super::thread_pool(DEFAULT_JOBS)?;
     let (databases, listing): (Vec<(String, Option<PathBuf>)>, _) = match &cfg {
         Some(cfg) => {
@@ -68,9 +74,12 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
     let report = |(prefix, path): &(String, Option<PathBuf>)| {
         let objects = crate::fleet::slice(&listing, prefix);
         let mut s = summarize(prefix, objects);
+        if args.keys {
+            s.keys = Some(keys_needed(&*storage, prefix, objects)?);
+        }
         if let Some(p) = path.as_deref().filter(|p| p.exists()) {
             s.lag = Some(
-                crate::replica::local_lag(&*storage, prefix, objects, p)
+                crate::replica::local_lag(&*storage, prefix, objects, p, &keys)
                     .map_err(|e| e.to_string())?,
             );
         }
@@ -140,6 +149,42 @@ struct Summary {
     lag: Option<Option<crate::replica::Lag>>,
     /// Objects under the prefix that are not walsync's.
     stray: Vec<keys::StrayObject>,
+    /// With `--keys`: the objects sealed by each key id, then the plain ones.
+    keys: Option<KeysNeeded>,
+}
+
+/// Which keys the objects of a prefix need: (key id, objects) in order of
+/// first use, and how many need none.
+struct KeysNeeded {
+    sealed: Vec<(KeyId, usize)>,
+    plain: usize,
+}
+
+/// Reads the header of every walsync object of `prefix` (one ranged GET each).
+fn keys_needed(
+    storage: &dyn Storage,
+    prefix: &str,
+    listing: &[ObjectMeta],
+) -> Result<KeysNeeded, String> {
+    let (objects, _) = keys::parse_listing_lenient(prefix, listing);
+    let mut needed = KeysNeeded {
+        sealed: Vec::new(),
+        plain: 0,
+    };
+    for o in &objects {
+        let len = o.size.min(sealed::HEADER_SIZE as u64);
+        let head = storage
+            .get_range(&o.key, 0, len)
+            .map_err(|e| e.to_string())?;
+        match sealed::sealed_by(&head).map_err(|e| format!("object {:?}: {e}", o.key))? {
+            None => needed.plain += 1,
+            Some(id) => match needed.sealed.iter_mut().find(|(k, _)| *k == id) {
+                Some((_, n)) => *n += 1,
+                None => needed.sealed.push((id, 1)),
+            },
+        }
+    }
+    Ok(needed)
 }
 
 fn summarize(prefix: &str, listing: &[ObjectMeta]) -> Summary {
@@ -179,6 +224,7 @@ fn summarize(prefix: &str, listing: &[ObjectMeta]) -> Summary {
         generations,
         lag: None,
         stray,
+        keys: None,
     }
 }
 
@@ -209,6 +255,22 @@ fn print_human(prefix: &str, path: Option<&Path>, s: &Summary) {
         s.objects,
         human_bytes(s.bytes)
     );
+    if let Some(k) = &s.keys {
+        let ids: Vec<String> = k
+            .sealed
+            .iter()
+            .map(|(id, n)| format!("{id} ({n} objects)"))
+            .collect();
+        outln!(
+            "  keys needed: {}; {} objects not encrypted",
+            if ids.is_empty() {
+                "none".to_string()
+            } else {
+                ids.join(", ")
+            },
+            k.plain
+        );
+    }
     for g in &s.generations {
         outln!(
             "  generation {:016x}: {} snapshots (newest {}), {} segments, newest txid {}{}, {}",
@@ -260,8 +322,20 @@ fn to_json(prefix: &str, path: Option<&Path>, s: &Summary) -> String {
         .map(|o| format!("{{\"key\":{},\"bytes\":{}}}", json_string(&o.key), o.size))
         .collect();
     let newest = s.generations.last();
+    let keys = s.keys.as_ref().map_or(String::new(), |k| {
+        let ids: Vec<String> = k
+            .sealed
+            .iter()
+            .map(|(id, n)| format!("{{\"key_id\":\"{id}\",\"objects\":{n}}}"))
+            .collect();
+        format!(
+            ",\"keys\":[{}],\"plain_objects\":{}",
+            ids.join(","),
+            k.plain
+        )
+    });
     format!(
-        "{{\"prefix\":{},\"path\":{},\"objects\":{},\"bytes\":{},\"newest_txid\":{},\"newest_time\":{},\"lag_commits\":{},\"lag_wal_bytes\":{},\"generations\":[{}],\"stray\":[{}]}}",
+        "{{\"prefix\":{},\"path\":{},\"objects\":{},\"bytes\":{},\"newest_txid\":{},\"newest_time\":{},\"lag_commits\":{},\"lag_wal_bytes\":{},\"generations\":[{}],\"stray\":[{}]{}}}",
         json_string(prefix),
         path.map_or("null".to_string(), |p| json_string(&p.display().to_string())),
         s.objects,
@@ -271,6 +345,7 @@ fn to_json(prefix: &str, path: Option<&Path>, s: &Summary) -> String {
         opt_u64(s.lag.flatten().map(|l| l.commits)),
         opt_u64(s.lag.flatten().map(|l| l.wal_bytes)),
         gens.join(","),
-        stray.join(",")
+        stray.join(","),
+        keys
     )
 }

@@ -105,6 +105,12 @@ pub fn load_config(flag: Option<&Path>) -> Result<Config, CliError> {
     Config::load(&path, &env).map_err(CliError::usage)
 }
 
+/// Reads every key file the config names: a key file that cannot be used
+/// is a configuration error (exit 2) naming the file.
+pub fn load_keys(cfg: &Config) -> Result<crate::keyfile::LoadedKeys, CliError> {
+    crate::daemon::load_keys(cfg).map_err(CliError::usage)
+}
+
 pub fn open_storage(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, CliError> {
     Ok(match cfg {
         StorageConfig::S3(s) => Arc::new(S3Storage::new(s.clone()).map_err(CliError::usage)?),
@@ -145,6 +151,9 @@ macro_rules! args_with_target {
             /// local backup directory, without a config file
             #[argh(option)]
             pub dir: Option<std::path::PathBuf>,
+            /// key file (from `walsync keygen`) of encrypted backups; repeat for several keys (besides the config's)
+            #[argh(option)]
+            pub key_file: Vec<std::path::PathBuf>,
         }
 
         impl $name {
@@ -156,6 +165,7 @@ macro_rules! args_with_target {
                     endpoint: self.endpoint.clone(),
                     region: self.region.clone(),
                     dir: self.dir.clone(),
+                    key_files: self.key_file.clone(),
                 }
             }
         }
@@ -228,9 +238,26 @@ pub struct Target {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub dir: Option<PathBuf>,
+    /// `--key-file`, as many as given.
+    pub key_files: Vec<PathBuf>,
 }
 
 impl Target {
+    /// The keys that open encrypted backups: every `--key-file`, and every
+    /// key file of the config when one is used. A key file that cannot be
+    /// used is a usage error (exit 2) naming it.
+    pub fn keys(&self, cfg: Option<&Config>) -> Result<Vec<crate::keyfile::Key>, CliError> {
+        let from_config = cfg.map(Config::key_files).unwrap_or_default();
+        let files = self
+            .key_files
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(from_config);
+        crate::keyfile::LoadedKeys::load(files)
+            .map(|k| k.all())
+            .map_err(CliError::usage)
+    }
+
     /// The storage, and the config when one was used.
     pub fn resolve(&self) -> Result<(Arc<dyn Storage>, Option<Config>), CliError> {
         match (&self.bucket, &self.dir) {

@@ -52,7 +52,8 @@ pub fn target_of(timestamp: Option<&str>, txid: Option<u64>) -> Result<plan::Tar
 pub fn run(args: RestoreArgs) -> Result<(), CliError> {
     check_prefix(&args.prefix)?;
     let target = target_of(args.timestamp.as_deref(), args.txid)?;
-    let (storage, _cfg) = args.target().resolve()?;
+    let (storage, cfg) = args.target().resolve()?;
+    let keys = args.target().keys(cfg.as_ref())?;
     if let Some(name) = args.output.file_name().and_then(|n| n.to_str()) {
         let dir = args
             .output
@@ -61,7 +62,14 @@ pub fn run(args: RestoreArgs) -> Result<(), CliError> {
             .unwrap_or(std::path::Path::new("."));
         remove_leftover_temps(dir, Some(name));
     }
-    match restore(&*storage, &args.prefix, &args.output, target, args.force) {
+    match restore(
+        &*storage,
+        &args.prefix,
+        &args.output,
+        target,
+        args.force,
+        &keys,
+    ) {
         Ok(r) => {
             outln!(
                 "restored {} to {}: txid {} ({}), generation {:016x}, {} pages, {}, {} objects ({} downloaded) in {:.2}s",

@@ -66,6 +66,7 @@ pub fn run(args: RestoreAllArgs) -> Result<(), CliError> {
     }
     let jobs = jobs(args.jobs)?;
     let (storage, cfg) = args.target().resolve()?;
+    let keys = args.target().keys(cfg.as_ref())?;
     std::fs::create_dir_all(&args.output_dir)
         .map_err(|e| CliError::runtime(format!("{}: {e}", args.output_dir.display())))?;
 
@@ -76,6 +77,7 @@ pub fn run(args: RestoreAllArgs) -> Result<(), CliError> {
         force: args.force,
         durable: true,
         limits: crate::fleet::fetch_limits(jobs),
+        keys: &keys,
     };
     let output_dir = args.output_dir.clone();
     let cleaned = std::sync::Mutex::new(std::collections::HashSet::new());

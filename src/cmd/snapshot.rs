@@ -21,6 +21,7 @@ pub struct SnapshotArgs {
 
 pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
     let cfg = load_config(args.config.as_deref())?;
+    let keys = super::load_keys(&cfg)?;
     let storage = open_storage(&cfg.storage)?;
     let dbs = select(&cfg, args.prefix.as_deref())?;
     super::prepare_spool()?;
@@ -32,7 +33,7 @@ pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
     let pool = super::thread_pool(cfg.workers.max(1))?;
     let failed = super::restore_all::par_map(&pool, dbs.len(), |i| {
         let db = &dbs[i];
-        let mut r = Replica::new(replica_options(db));
+        let mut r = Replica::new(replica_options(db, &keys));
         // Left with a mark, so that a `watch` started later goes
         // on with this generation (README "Restarts").
         let result = r

@@ -42,6 +42,7 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
     }
     let jobs = jobs(args.jobs)?;
     let (storage, cfg) = args.target().resolve()?;
+    let keys = args.target().keys(cfg.as_ref())?;
     let started = Instant::now();
     let pool = super::thread_pool(jobs)?;
     let fleet = select(&*storage, cfg.as_ref(), args.prefix.as_deref(), &pool)?;
@@ -50,6 +51,7 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
         force: false,
         durable: false,
         limits: crate::fleet::fetch_limits(jobs),
+        keys: &keys,
     };
     // A private directory (mode 0700, a name nobody can guess or plant
     // first), so no name can clash with anything, no other user can read

@@ -24,6 +24,7 @@ pub struct WatchArgs {
 pub fn run(args: WatchArgs) -> Result<(), CliError> {
     let path = config::find_config(args.config.as_deref()).map_err(CliError::usage)?;
     let cfg = load_config(Some(&path))?;
+    let keys = super::load_keys(&cfg)?;
     let storage = open_storage(&cfg.storage)?;
     super::prepare_spool()?;
     let metrics = match cfg.metrics_listen {
@@ -52,7 +53,7 @@ pub fn run(args: WatchArgs) -> Result<(), CliError> {
         idle_release_max_bytes: cfg.idle_release_max_size,
         checksum_probe_root: None,
     };
-    let mut catalog = ConfigCatalog::new(path, cfg);
+    let mut catalog = ConfigCatalog::new(path, cfg, keys);
     // A wrong bucket, region, endpoint or key would make every database fail
     // forever: refuse to start. A server that does not answer yet (at boot,
     // or down for a while) is waited for, as during an outage.

@@ -85,6 +85,7 @@ impl Document<'_> {
                 checkpoint_threshold: resolved.checkpoint_threshold,
                 truncate_threshold: resolved.truncate_threshold,
                 retention: resolved.retention,
+                encryption: resolved.encryption,
             });
         }
         // A prefix that is a parent of another (by whole components) would

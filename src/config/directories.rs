@@ -84,6 +84,7 @@ impl Document<'_> {
                 checkpoint_threshold: resolved.checkpoint_threshold,
                 truncate_threshold: resolved.truncate_threshold,
                 retention: resolved.retention,
+                encryption: resolved.encryption,
             });
         }
         // Two directories, one inside the other and scanned recursively,
@@ -215,6 +216,7 @@ mod tests {
                 checkpoint_threshold: 4 << 20,
                 truncate_threshold: 64 << 20,
                 retention: None,
+                encryption: None,
             }]
         );
         let config = parse(&format!("databases = []\n{STORAGE}{DIRECTORY}")).expect("valid");

@@ -9,13 +9,14 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::Document;
-use super::schema::{RawConfig, RawDatabase, RawDirectory, RawOverrides};
+use super::schema::{RawConfig, RawDatabase, RawDirectory, RawEncryption, RawOverrides};
 use super::units::show_size;
 use super::values::Sourced;
 use super::{
-    Config, ConfigError, DEFAULT_CHECKPOINT_THRESHOLD, DEFAULT_IDLE_RELEASE_AFTER,
-    DEFAULT_IDLE_RELEASE_MAX_SIZE, DEFAULT_RESCAN_INTERVAL, DEFAULT_SNAPSHOT_INTERVAL,
-    DEFAULT_SYNC_INTERVAL, DEFAULT_TRUNCATE_THRESHOLD, DEFAULT_WORKERS, MAX_WORKERS,
+    Config, ConfigError, EncryptionConfig, DEFAULT_CHECKPOINT_THRESHOLD,
+    DEFAULT_IDLE_RELEASE_AFTER, DEFAULT_IDLE_RELEASE_MAX_SIZE, DEFAULT_RESCAN_INTERVAL,
+    DEFAULT_SNAPSHOT_INTERVAL, DEFAULT_SYNC_INTERVAL, DEFAULT_TRUNCATE_THRESHOLD, DEFAULT_WORKERS,
+    MAX_WORKERS,
 };
 
 /// The global values the overrides fall back to.
@@ -25,6 +26,7 @@ pub(super) struct Globals {
     pub(super) snapshot_interval: Duration,
     pub(super) checkpoint_threshold: Sourced<u64>,
     pub(super) truncate_threshold: Sourced<u64>,
+    pub(super) encryption: Option<EncryptionConfig>,
 }
 
 /// The overrides of one table, resolved.
@@ -34,6 +36,7 @@ pub(super) struct Resolved {
     pub(super) snapshot_interval: Duration,
     pub(super) checkpoint_threshold: u64,
     pub(super) truncate_threshold: u64,
+    pub(super) encryption: Option<EncryptionConfig>,
 }
 
 impl Document<'_> {
@@ -97,7 +100,9 @@ impl Document<'_> {
         };
         let storage = self.storage(raw.storage, env)?;
         self.check_something_to_back_up(&raw.databases, &raw.directories)?;
+        let encryption = self.encryption(&raw.encryption, &|leaf| format!("encryption.{leaf}"))?;
         let globals = Globals {
+            encryption,
             retention,
             sync_interval,
             snapshot_interval,
@@ -236,7 +241,49 @@ impl Document<'_> {
                 None => globals.retention,
                 Some(_) => Some(self.duration(raw.retention, &key("retention"), Duration::ZERO)?),
             },
+            encryption: match raw.encryption {
+                None => globals.encryption.clone(),
+                Some(_) => {
+                    self.encryption(raw.encryption, &|leaf| key(&format!("encryption.{leaf}")))?
+                }
+            },
         })
+    }
+
+    /// An `encryption` table: its key files as paths (read at start, not
+    /// here). A table replaces the global one whole, old keys included.
+    pub(super) fn encryption(
+        &self,
+        raw: &Option<Spanned<RawEncryption>>,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Option<EncryptionConfig>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let raw = raw.get_ref();
+        let key_file = self.local_path(&raw.key_file, &key("key_file"))?;
+        let mut old_key_files = Vec::new();
+        for (i, f) in raw
+            .old_key_files
+            .iter()
+            .flat_map(|l| l.get_ref())
+            .enumerate()
+        {
+            let path = self.local_path(f, &key(&format!("old_key_files[{i}]")))?;
+            if path == key_file || old_key_files.contains(&path) {
+                return Err(self.error(
+                    Some(f.span()),
+                    &key(&format!("old_key_files[{i}]")),
+                    format!("{} is named twice", path.display()),
+                    "name each key file once: the current key in key_file, earlier ones in old_key_files",
+                ));
+            }
+            old_key_files.push(path);
+        }
+        Ok(Some(EncryptionConfig {
+            key_file,
+            old_key_files,
+        }))
     }
 }
 
@@ -296,6 +343,97 @@ mod tests {
         let err = on("[metrics]\nper_databases = false\n").unwrap_err();
         assert_eq!(err.line(), Some(7));
         assert!(err.to_string().contains("per_databases"), "{err}");
+    }
+
+    #[test]
+    fn encryption_is_global_with_per_database_and_directory_tables() {
+        use crate::config::EncryptionConfig;
+        let text = format!(
+            "[encryption]\nkey_file = \"keys/new.key\"\nold_key_files = [\"/k/old.key\"]\n{STORAGE}{DATABASE}\
+             [[databases]]\npath = \"/b.db\"\nprefix = \"b\"\nencryption = {{ key_file = \"/k/b.key\" }}\n\
+             {DIRECTORY}[directories.encryption]\nkey_file = \"/k/t.key\"\nold_key_files = [\"/k/t0.key\", \"/k/old.key\"]\n"
+        );
+        let config = parse(&text).expect("valid");
+        let global = EncryptionConfig {
+            key_file: PathBuf::from("/etc/walsync/keys/new.key"),
+            old_key_files: vec![PathBuf::from("/k/old.key")],
+        };
+        assert_eq!(config.databases[0].encryption, Some(global));
+        // A table of its own replaces the global one whole.
+        assert_eq!(
+            config.databases[1].encryption,
+            Some(EncryptionConfig {
+                key_file: PathBuf::from("/k/b.key"),
+                old_key_files: vec![],
+            })
+        );
+        let dir = &config.directories[0];
+        assert_eq!(
+            dir.database(PathBuf::from("/t/x.db"), "t/x".into())
+                .encryption,
+            dir.encryption
+        );
+        assert_eq!(
+            dir.encryption.as_ref().map(|e| e.old_key_files.len()),
+            Some(2)
+        );
+        // Every file once, in the order written.
+        let files: Vec<String> = config
+            .key_files()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            files,
+            [
+                "/etc/walsync/keys/new.key",
+                "/k/old.key",
+                "/k/b.key",
+                "/k/t.key",
+                "/k/t0.key"
+            ]
+        );
+        // Without a table, nothing is encrypted.
+        let plain = parse(&format!("{STORAGE}{DATABASE}")).unwrap();
+        assert_eq!(plain.databases[0].encryption, None);
+        assert!(plain.key_files().is_empty());
+        // Mistakes name the key and its line.
+        for (text, key, line, says) in [
+            (
+                "[encryption]\nold_key_files = [\"/a\"]\n",
+                Some("encryption.key_file"),
+                1,
+                "required",
+            ),
+            (
+                "[encryption]\nkey_file = \"\"\n",
+                Some("encryption.key_file"),
+                2,
+                "empty",
+            ),
+            (
+                "[encryption]\nkey_file = \"/a\"\nold_key_files = [\"/b\", \"/a\"]\n",
+                Some("encryption.old_key_files[1]"),
+                3,
+                "named twice",
+            ),
+            (
+                "[encryption]\nkey_file = \"/a\"\nkey = \"x\"\n",
+                Some("encryption.key"),
+                3,
+                "unknown field",
+            ),
+        ] {
+            let err = parse(&format!("{text}{STORAGE}{DATABASE}")).unwrap_err();
+            assert_eq!(err.key(), key, "{text}: {err}");
+            assert_eq!(err.line(), Some(line), "{text}: {err}");
+            assert!(err.to_string().contains(says), "{text}: {err}");
+        }
+        let err = parse(&format!(
+            "{STORAGE}{DATABASE}encryption = {{ key_file = \"~/k\" }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key(), Some("databases[0].encryption.key_file"));
     }
 
     #[test]

@@ -131,6 +131,28 @@ pub struct DatabaseConfig {
     pub truncate_threshold: u64,
     /// How far back every point stays restorable; `None` keeps everything.
     pub retention: Option<Duration>,
+    /// The keys its objects are sealed and opened with; `None` writes them
+    /// as they are (README "Encryption").
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// `[encryption]`, or a database's or directory's own `encryption`: key
+/// files, resolved against the config file's directory; not read yet
+/// (`crate::keyfile::load` does, at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptionConfig {
+    /// Seals every object written, and opens those it sealed.
+    pub key_file: PathBuf,
+    /// Only open: keys of objects written before a rotation.
+    pub old_key_files: Vec<PathBuf>,
+}
+
+impl EncryptionConfig {
+    /// Every key file named, the sealing key's first.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.key_file.as_path())
+            .chain(self.old_key_files.iter().map(PathBuf::as_path))
+    }
 }
 
 /// A directory whose databases are discovered rather than listed, with every
@@ -156,6 +178,7 @@ pub struct DirectoryConfig {
     /// Never below `checkpoint_threshold`.
     pub truncate_threshold: u64,
     pub retention: Option<Duration>,
+    pub encryption: Option<EncryptionConfig>,
 }
 
 impl DirectoryConfig {
@@ -170,7 +193,27 @@ impl DirectoryConfig {
             checkpoint_threshold: self.checkpoint_threshold,
             truncate_threshold: self.truncate_threshold,
             retention: self.retention,
+            encryption: self.encryption.clone(),
         }
+    }
+}
+
+impl Config {
+    /// Every key file the config names, each once, in the order written.
+    pub fn key_files(&self) -> Vec<&Path> {
+        let mut files: Vec<&Path> = Vec::new();
+        let all = self.databases.iter().map(|d| &d.encryption);
+        for e in all
+            .chain(self.directories.iter().map(|d| &d.encryption))
+            .flatten()
+        {
+            for f in e.files() {
+                if !files.contains(&f) {
+                    files.push(f);
+                }
+            }
+        }
+        files
     }
 }
 
@@ -297,6 +340,7 @@ mod tests {
                 checkpoint_threshold: 4 << 20,
                 truncate_threshold: 64 << 20,
                 retention: None,
+                encryption: None,
             }]
         );
         assert_eq!(

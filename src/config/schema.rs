@@ -25,6 +25,15 @@ pub(super) struct RawConfig {
     pub(super) databases: Option<Spanned<Vec<Spanned<RawDatabase>>>>,
     pub(super) directories: Option<Spanned<Vec<Spanned<RawDirectory>>>>,
     pub(super) metrics: Option<Spanned<RawMetrics>>,
+    pub(super) encryption: Option<Spanned<RawEncryption>>,
+}
+
+/// `[encryption]`, or a database's or directory's `encryption = {...}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEncryption {
+    pub(super) key_file: Spanned<String>,
+    pub(super) old_key_files: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +65,7 @@ pub(super) struct RawDatabase {
     pub(super) snapshot_interval: Option<Spanned<String>>,
     pub(super) checkpoint_threshold: Option<Spanned<RawSize>>,
     pub(super) truncate_threshold: Option<Spanned<RawSize>>,
+    pub(super) encryption: Option<Spanned<RawEncryption>>,
 }
 
 #[derive(Deserialize)]
@@ -70,6 +80,7 @@ pub(super) struct RawDirectory {
     pub(super) snapshot_interval: Option<Spanned<String>>,
     pub(super) checkpoint_threshold: Option<Spanned<RawSize>>,
     pub(super) truncate_threshold: Option<Spanned<RawSize>>,
+    pub(super) encryption: Option<Spanned<RawEncryption>>,
 }
 
 /// The per-database overrides as written, in a `[[databases]]` or a
@@ -80,6 +91,7 @@ pub(super) struct RawOverrides<'a> {
     pub(super) snapshot_interval: &'a Option<Spanned<String>>,
     pub(super) checkpoint_threshold: &'a Option<Spanned<RawSize>>,
     pub(super) truncate_threshold: &'a Option<Spanned<RawSize>>,
+    pub(super) encryption: &'a Option<Spanned<RawEncryption>>,
 }
 
 impl RawDatabase {
@@ -90,6 +102,7 @@ impl RawDatabase {
             snapshot_interval: &self.snapshot_interval,
             checkpoint_threshold: &self.checkpoint_threshold,
             truncate_threshold: &self.truncate_threshold,
+            encryption: &self.encryption,
         }
     }
 }
@@ -102,6 +115,7 @@ impl RawDirectory {
             snapshot_interval: &self.snapshot_interval,
             checkpoint_threshold: &self.checkpoint_threshold,
             truncate_threshold: &self.truncate_threshold,
+            encryption: &self.encryption,
         }
     }
 }
@@ -136,7 +150,7 @@ impl<'de> Deserialize<'de> for RawSize {
 
 /// Every key of the format, so a syntax error can name the key on its line
 /// without ever echoing something that is not a key (such as a pasted secret).
-pub(super) const KNOWN_KEYS: [&str; 26] = [
+pub(super) const KNOWN_KEYS: [&str; 29] = [
     "idle_release_after",
     "idle_release_max_size",
     "metrics",
@@ -163,6 +177,9 @@ pub(super) const KNOWN_KEYS: [&str; 26] = [
     "directories",
     "pattern",
     "recursive",
+    "encryption",
+    "key_file",
+    "old_key_files",
 ];
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::config::{Config, DatabaseConfig};
 use crate::discovery;
+use crate::keyfile::{KeyFileError, LoadedKeys};
 use crate::replica::ReplicaOptions;
 
 /// One database to watch.
@@ -23,16 +24,18 @@ pub struct WatchedDatabase {
 }
 
 impl WatchedDatabase {
-    pub fn from_config(db: &DatabaseConfig) -> WatchedDatabase {
+    pub fn from_config(db: &DatabaseConfig, keys: &LoadedKeys) -> WatchedDatabase {
         WatchedDatabase {
-            replica: replica_options(db),
+            replica: replica_options(db, keys),
             sync_interval: db.sync_interval,
         }
     }
 }
 
-/// What a replica of a configured database is made with.
-pub fn replica_options(db: &DatabaseConfig) -> ReplicaOptions {
+/// What a replica of a configured database is made with; `keys` holds
+/// every key file of its config (`load_keys`).
+pub fn replica_options(db: &DatabaseConfig, keys: &LoadedKeys) -> ReplicaOptions {
+    let enc = db.encryption.as_ref();
     ReplicaOptions {
         path: db.path.clone(),
         prefix: db.prefix.clone(),
@@ -42,7 +45,18 @@ pub fn replica_options(db: &DatabaseConfig) -> ReplicaOptions {
         max_segment_bytes: 16 << 20,
         spool_dir: std::env::temp_dir(),
         retention: db.retention,
+        keys: keys.keyring(
+            enc.map(|e| e.key_file.as_path()),
+            enc.into_iter()
+                .flat_map(|e| e.old_key_files.iter().map(PathBuf::as_path)),
+        ),
     }
+}
+
+/// Reads every key file `cfg` names (a problem with one is a configuration
+/// error naming the file).
+pub fn load_keys(cfg: &Config) -> Result<LoadedKeys, KeyFileError> {
+    LoadedKeys::load(cfg.key_files())
 }
 
 /// Where the daemon learns which databases to replicate.
@@ -94,6 +108,8 @@ pub fn config_databases(cfg: &Config) -> Vec<DatabaseConfig> {
 pub struct ConfigCatalog {
     path: PathBuf,
     config: Config,
+    /// Its key files, read.
+    keys: LoadedKeys,
     /// What the last directory scans could not use, so each problem is
     /// logged once, not on every rescan.
     problems: BTreeSet<String>,
@@ -101,10 +117,11 @@ pub struct ConfigCatalog {
 
 impl ConfigCatalog {
     /// The catalog of `config`, read from `path`.
-    pub fn new(path: PathBuf, config: Config) -> ConfigCatalog {
+    pub fn new(path: PathBuf, config: Config, keys: LoadedKeys) -> ConfigCatalog {
         ConfigCatalog {
             path,
             config,
+            keys,
             problems: BTreeSet::new(),
         }
     }
@@ -114,7 +131,9 @@ impl Catalog for ConfigCatalog {
     fn databases(&mut self) -> Vec<WatchedDatabase> {
         let (all, problems) = scan(&self.config, &self.problems);
         self.problems = problems;
-        all.iter().map(WatchedDatabase::from_config).collect()
+        all.iter()
+            .map(|db| WatchedDatabase::from_config(db, &self.keys))
+            .collect()
     }
 
     fn discovery_dirs(&self) -> Vec<(PathBuf, bool)> {
@@ -128,6 +147,7 @@ impl Catalog for ConfigCatalog {
     fn reload(&mut self) -> Result<(), String> {
         let env = |key: &str| std::env::var(key).ok();
         let new = Config::load(&self.path, &env).map_err(|e| e.to_string())?;
+        let keys = load_keys(&new).map_err(|e| e.to_string())?;
         if new.storage != self.config.storage {
             log::warn!(
                 "SIGHUP: [storage] changed; that takes effect at the next start, the rest now"
@@ -144,6 +164,7 @@ impl Catalog for ConfigCatalog {
             );
         }
         self.config = new;
+        self.keys = keys;
         Ok(())
     }
 }
@@ -193,7 +214,7 @@ mod tests {
                 (root.join("tenants/b.db"), "tenants/b".to_string()),
             ]
         );
-        let mut catalog = ConfigCatalog::new(path.clone(), config);
+        let mut catalog = ConfigCatalog::new(path.clone(), config, LoadedKeys::default());
         let watched: Vec<(PathBuf, String)> = catalog
             .databases()
             .into_iter()

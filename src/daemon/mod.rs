@@ -28,7 +28,9 @@ mod fds;
 mod outage;
 mod schedule;
 
-pub use catalog::{config_databases, replica_options, Catalog, ConfigCatalog, WatchedDatabase};
+pub use catalog::{
+    config_databases, load_keys, replica_options, Catalog, ConfigCatalog, WatchedDatabase,
+};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

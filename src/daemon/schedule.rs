@@ -1073,6 +1073,7 @@ mod tests {
                 max_segment_bytes: 1 << 24,
                 spool_dir: std::env::temp_dir(),
                 retention: None,
+                keys: Default::default(),
             },
             sync_interval: Duration::from_secs(1),
         }

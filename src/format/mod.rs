@@ -35,6 +35,9 @@ pub enum FormatError {
     },
     /// Bytes after the end of the compressed body.
     TrailingData,
+    /// A sealed object that cannot be opened: no key for it, or its
+    /// authentication failed (`sealed`).
+    Sealed(sealed::SealError),
 }
 
 impl fmt::Display for FormatError {
@@ -52,6 +55,7 @@ impl fmt::Display for FormatError {
                 "checksum mismatch: stored CRC32 {stored:08x}, computed {computed:08x}; the object is corrupt"
             ),
             FormatError::TrailingData => write!(f, "corrupt: data after the end of the object"),
+            FormatError::Sealed(e) => e.fmt(f),
         }
     }
 }
@@ -60,6 +64,12 @@ impl std::error::Error for FormatError {}
 
 impl From<io::Error> for FormatError {
     fn from(e: io::Error) -> Self {
+        // A sealed object's opener fails reads with its own error inside.
+        if e.get_ref()
+            .is_some_and(|inner| inner.is::<sealed::SealError>())
+        {
+            return FormatError::Sealed(sealed::SealError::from(e));
+        }
         if e.kind() == io::ErrorKind::UnexpectedEof {
             FormatError::Truncated
         } else {
@@ -82,6 +92,13 @@ impl<W: Write> CrcWriter<W> {
             hasher: crc32fast::Hasher::new(),
             written: 0,
         }
+    }
+
+    /// The inner writer, the length written and the CRC32 of it all, with
+    /// no trailer: what `x-amz-checksum-crc32` declares for a sealed object.
+    pub fn into_parts(mut self) -> io::Result<(W, u64, u32)> {
+        self.inner.flush()?;
+        Ok((self.inner, self.written, self.hasher.finalize()))
     }
 
     /// Appends the CRC32 trailer and returns the inner writer, the object's
@@ -390,7 +407,7 @@ mod fuzz {
         e.finish().unwrap().0
     }
 
-    fn decode_segment(b: &[u8]) -> bool {
+    fn decode_segment(b: impl std::io::Read) -> bool {
         let Ok(mut d) = SegmentDecoder::new(b) else {
             return false;
         };
@@ -464,6 +481,24 @@ mod fuzz {
                 Ok(_) => {}
                 Err(_) => return false,
             }
+        }
+    }
+
+    /// The segment as walsync uploads it with a key: through the envelope.
+    fn sealed_segment() -> Vec<u8> {
+        let seg = segment();
+        let seal = Some((&sealing_key(), [5; 16]));
+        super::sealed::envelope_bytes(seg, 0, seal, SEALED_KEY)
+            .unwrap()
+            .0
+    }
+
+    /// An object as restore reads it from the bucket: plain or sealed, told
+    /// by its first bytes (`sealed::open`), then decoded as a segment.
+    fn restore_segment(b: &[u8]) -> bool {
+        match super::sealed::open(b, &[sealing_key()], SEALED_KEY) {
+            Ok(r) => decode_segment(r),
+            Err(_) => false,
         }
     }
 
@@ -543,8 +578,11 @@ mod fuzz {
     fn mutated_objects_are_rejected_never_accepted_or_panicking() {
         let mut rng = Rng(0x5eed_1234_abcd_0001);
         let (seg, snap, mrk, sea) = (segment(), snapshot(), mark(), sealed());
-        assert!(decode_segment(&seg) && decode_snapshot(&snap) && decode_mark(&mrk));
+        let sealed_seg = sealed_segment();
+        assert!(decode_segment(&seg[..]) && decode_snapshot(&snap) && decode_mark(&mrk));
         assert!(open_sealed(&sea));
+        assert!(restore_segment(&sealed_seg) && restore_segment(&seg));
+        let mut restored = Tally::default();
         let (mut segments, mut snapshots, mut marks, mut seals) = (
             Tally::default(),
             Tally::default(),
@@ -556,13 +594,17 @@ mod fuzz {
             if b != sea {
                 seals.try_one(|| open_sealed(&b));
             }
+            let b = mutate(&mut rng, &sealed_seg);
+            if b != sealed_seg {
+                restored.try_one(|| restore_segment(&b));
+            }
             let b = mutate(&mut rng, &mrk);
             if b != mrk {
                 marks.try_one(|| decode_mark(&b));
             }
             let b = mutate(&mut rng, &seg);
             if b != seg {
-                segments.try_one(|| decode_segment(&b));
+                segments.try_one(|| decode_segment(&b[..]));
             }
             let b = mutate(&mut rng, &snap);
             if b != snap {
@@ -573,7 +615,8 @@ mod fuzz {
         snapshots.report("snapshot decoder", "mutated");
         marks.report("mark decoder", "mutated");
         seals.report("sealed opener", "mutated");
-        for t in [&segments, &snapshots, &marks, &seals] {
+        restored.report("sealed segment as restored", "mutated");
+        for t in [&segments, &snapshots, &marks, &seals, &restored] {
             assert_eq!(t.panics, 0, "a decoder panicked");
             assert_eq!(t.accepted, 0, "a mutated object was accepted");
         }
@@ -582,6 +625,7 @@ mod fuzz {
     #[test]
     fn garbage_and_lying_headers_never_panic() {
         let mut rng = Rng(0x0bad_cafe_0000_0042);
+        let mut restored = Tally::default();
         let (mut segments, mut snapshots, mut marks, mut seals, mut keys) = (
             Tally::default(),
             Tally::default(),
@@ -596,14 +640,15 @@ mod fuzz {
             if rng.below(2) == 0 && b.len() >= 8 {
                 b[..4].copy_from_slice([b"WSEG", b"WSNP", b"WMRK", b"WSEA"][rng.below(4)]);
                 b[4] = 1;
-                // A sealed header: a known algorithm, chunk size and key id.
+                // A sealed header: a known algorithm (either), chunk size and key id.
                 if &b[..4] == b"WSEA" && b.len() >= 20 {
-                    b[8] = 1;
+                    b[8] = 1 + rng.below(2) as u8;
                     b[9] = 10 + rng.below(11) as u8;
                     b[12..20].copy_from_slice(&sealing_key().id().0);
                 }
             }
-            segments.try_one(|| decode_segment(&b));
+            segments.try_one(|| decode_segment(&b[..]));
+            restored.try_one(|| restore_segment(&b));
             snapshots.try_one(|| decode_snapshot(&b));
             marks.try_one(|| decode_mark(&b));
             seals.try_one(|| open_sealed(&b));
@@ -618,8 +663,9 @@ mod fuzz {
         snapshots.report("snapshot decoder", "garbage");
         marks.report("mark decoder", "garbage");
         seals.report("sealed opener", "garbage");
+        restored.report("sealed segment as restored", "garbage");
         keys.report("key parser", "garbage");
-        for t in [&segments, &snapshots, &marks, &seals, &keys] {
+        for t in [&segments, &snapshots, &marks, &seals, &restored, &keys] {
             assert_eq!(t.panics, 0, "a decoder panicked on garbage");
         }
         // Random bytes never carry a valid CRC32 in practice (2^-32 each).

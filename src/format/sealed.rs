@@ -1,12 +1,13 @@
 //! The sealed-object envelope: an object's bytes encrypted and authenticated
-//! with a key only its owner holds (issue 15). Not yet written by walsync:
-//! this is the format and its streaming reader and writer; uploads and
-//! restores use it in a later change.
+//! with a key only its owner holds (issue 15). `Envelope` is what every
+//! object walsync writes goes through (sealed when the database has a key,
+//! else as it is), `open` what every object read goes through (a sealed
+//! one is told by its magic, so a bucket may mix both).
 //!
 //! ```text
 //! header (36 bytes)
 //!   magic "WSEA", version u8 = 1, reserved [u8; 3]
-//!   algorithm u8 (1 = ChaCha20-Poly1305), chunk_shift u8 (chunks of
+//!   algorithm u8 (1 = ChaCha20-Poly1305, 2 = AES-256-GCM), chunk_shift u8 (chunks of
 //!     2^chunk_shift bytes; 16 = 64 KiB), reserved [u8; 2]
 //!   key_id [u8; 8]   which key sealed it (keyfile.rs)
 //!   salt [u8; 16]    random, fresh for every object
@@ -33,11 +34,13 @@
 //!   probability below n²/2^129 for n objects under one key, under 2^-49
 //!   after a trillion objects.
 //!
-//! ChaCha20-Poly1305 rather than AES-256-GCM: it is fast and constant-time
-//! in software, and many ARM edge boards walsync runs on (Raspberry Pi 4's
-//! Cortex-A72 among them) have no AES instructions, where AES-GCM is several
-//! times slower; on x86_64 it runs at over 1 GB/s, well ahead of LZ4 and the
-//! network. The header's algorithm byte leaves room for another.
+//! The algorithm is the writer's choice (`Algorithm::for_this_cpu`), and
+//! every reader opens both: AES-256-GCM where the CPU has AES and carry-less
+//! multiply instructions (x86_64 AES-NI and PCLMULQDQ, ARMv8 AES and PMULL),
+//! where it runs at several GB/s; ChaCha20-Poly1305 elsewhere (many ARM edge
+//! boards walsync runs on, the Raspberry Pi 4's Cortex-A72 among them, have
+//! no AES instructions), where it is the fast one and constant-time in
+//! software. Both are ring's, which rustls links already.
 //!
 //! Memory is one chunk whatever the object's size (ARCHITECTURE.md
 //! invariant 7); the reader never trusts a length field (invariant 9). Pure:
@@ -46,10 +49,10 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::Fields;
+use super::{CrcWriter, Fields};
 use crate::keyfile::{Key, KeyId};
 
 const MAGIC: &[u8; 4] = b"WSEA";
@@ -57,7 +60,47 @@ const VERSION: u8 = 1;
 pub const HEADER_SIZE: usize = 36;
 pub const SALT_BYTES: usize = 16;
 const TAG: usize = 16;
-const CHACHA20_POLY1305_ID: u8 = 1;
+
+/// The AEAD of a sealed object (the header's algorithm byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    ChaCha20Poly1305 = 1,
+    Aes256Gcm = 2,
+}
+
+impl Algorithm {
+    fn from_byte(b: u8) -> Option<Algorithm> {
+        match b {
+            1 => Some(Algorithm::ChaCha20Poly1305),
+            2 => Some(Algorithm::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    fn aead(self) -> &'static aead::Algorithm {
+        match self {
+            Algorithm::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+            Algorithm::Aes256Gcm => &AES_256_GCM,
+        }
+    }
+
+    /// The faster on this CPU: AES-256-GCM with AES and carry-less
+    /// multiply instructions, else ChaCha20-Poly1305.
+    pub fn for_this_cpu() -> Algorithm {
+        #[cfg(target_arch = "x86_64")]
+        let aes = std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq");
+        #[cfg(target_arch = "aarch64")]
+        let aes = std::arch::is_aarch64_feature_detected!("aes");
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let aes = false;
+        if aes {
+            Algorithm::Aes256Gcm
+        } else {
+            Algorithm::ChaCha20Poly1305
+        }
+    }
+}
 /// 64 KiB chunks: the tag costs 0.02 % of the size, the memory is small.
 const CHUNK_SHIFT: u8 = 16;
 /// Chunk sizes a reader accepts: 1 KiB to 1 MiB.
@@ -149,6 +192,7 @@ pub fn fresh_salt() -> io::Result<[u8; SALT_BYTES]> {
 /// The header of a sealed object, as read from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealedHeader {
+    pub algorithm: Algorithm,
     pub key_id: KeyId,
     pub chunk_shift: u8,
     pub salt: [u8; SALT_BYTES],
@@ -159,7 +203,7 @@ impl SealedHeader {
         let mut h = [0u8; HEADER_SIZE];
         h[..4].copy_from_slice(MAGIC);
         h[4] = VERSION;
-        h[8] = CHACHA20_POLY1305_ID;
+        h[8] = self.algorithm as u8;
         h[9] = self.chunk_shift;
         h[12..20].copy_from_slice(&self.key_id.0);
         h[20..36].copy_from_slice(&self.salt);
@@ -173,10 +217,8 @@ impl SealedHeader {
             super::FormatError::UnsupportedVersion(v) => SealError::UnsupportedVersion(v),
             _ => SealError::BadMagic,
         })?;
-        let algorithm = f.u8();
-        if algorithm != CHACHA20_POLY1305_ID {
-            return Err(SealError::UnknownAlgorithm(algorithm));
-        }
+        let byte = f.u8();
+        let algorithm = Algorithm::from_byte(byte).ok_or(SealError::UnknownAlgorithm(byte))?;
         let chunk_shift = f.u8();
         if !CHUNK_SHIFTS.contains(&chunk_shift) {
             return Err(SealError::Invalid(format!("chunk size 2^{chunk_shift}")));
@@ -186,6 +228,7 @@ impl SealedHeader {
         let mut salt = [0u8; SALT_BYTES];
         salt.copy_from_slice(&b[20..36]);
         Ok(SealedHeader {
+            algorithm,
             key_id: KeyId(key_id),
             chunk_shift,
             salt,
@@ -194,10 +237,10 @@ impl SealedHeader {
 }
 
 /// The object's own key: HKDF-SHA256 of the key and the object's salt.
-fn sealing_key(key: &Key, salt: &[u8; SALT_BYTES]) -> LessSafeKey {
+fn sealing_key(key: &Key, salt: &[u8; SALT_BYTES], algorithm: Algorithm) -> LessSafeKey {
     let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, salt).extract(key.secret());
     let okm = prk
-        .expand(&[HKDF_INFO], &CHACHA20_POLY1305)
+        .expand(&[HKDF_INFO], algorithm.aead())
         .expect("invariant: 32 bytes is a valid HKDF-SHA256 output length");
     LessSafeKey::new(UnboundKey::from(okm))
 }
@@ -233,20 +276,42 @@ pub struct SealWriter<W: Write> {
 
 impl<W: Write> SealWriter<W> {
     /// Writes the header. `salt` must be fresh (`fresh_salt`) for every
-    /// object; tests pass fixed ones.
+    /// object; tests pass fixed ones. The algorithm is this CPU's faster.
     pub fn new(out: W, key: &Key, object_key: &str, salt: [u8; SALT_BYTES]) -> io::Result<Self> {
-        Self::with_chunk_shift(out, key, object_key, salt, CHUNK_SHIFT)
+        let algorithm = Algorithm::for_this_cpu();
+        Self::with(out, key, object_key, salt, CHUNK_SHIFT, algorithm)
     }
 
     /// Smaller chunks keep the exhaustive tests fast; readers accept them.
+    #[cfg(test)]
     pub(crate) fn with_chunk_shift(
-        mut out: W,
+        out: W,
         key: &Key,
         object_key: &str,
         salt: [u8; SALT_BYTES],
         chunk_shift: u8,
     ) -> io::Result<Self> {
+        Self::with(
+            out,
+            key,
+            object_key,
+            salt,
+            chunk_shift,
+            Algorithm::for_this_cpu(),
+        )
+    }
+
+    /// A writer with every choice given.
+    pub(crate) fn with(
+        mut out: W,
+        key: &Key,
+        object_key: &str,
+        salt: [u8; SALT_BYTES],
+        chunk_shift: u8,
+        algorithm: Algorithm,
+    ) -> io::Result<Self> {
         let header = SealedHeader {
+            algorithm,
             key_id: key.id(),
             chunk_shift,
             salt,
@@ -256,7 +321,7 @@ impl<W: Write> SealWriter<W> {
         let chunk_size = 1usize << chunk_shift;
         Ok(SealWriter {
             out,
-            key: sealing_key(key, &salt),
+            key: sealing_key(key, &salt, algorithm),
             aad: associated_data(&header, object_key),
             chunk_size,
             buf: Vec::with_capacity(chunk_size + TAG),
@@ -350,11 +415,11 @@ impl<R: Read> OpenReader<R> {
         let chunk_size = 1usize << header.chunk_shift;
         Ok(OpenReader {
             inner,
-            key: sealing_key(key, &header.salt),
+            key: sealing_key(key, &header.salt, header.algorithm),
             aad: associated_data(&h, object_key),
             header,
             chunk_size,
-            buf: Vec::with_capacity(chunk_size + TAG + 1),
+            buf: Vec::new(),
             at: 0,
             plain_len: 0,
             lookahead: None,
@@ -367,11 +432,16 @@ impl<R: Read> OpenReader<R> {
     /// Reads and opens the next chunk into `buf`.
     fn next_chunk(&mut self) -> Result<(), SealError> {
         let full = self.chunk_size + TAG;
-        self.buf.clear();
-        self.buf.extend(self.lookahead.take());
+        // Sized once (not cleared and zeroed again for every chunk).
+        if self.buf.len() != full + 1 {
+            self.buf.resize(full + 1, 0);
+        }
         // Read one byte past a full chunk: if there is one, it was not the last.
-        let mut filled = self.buf.len();
-        self.buf.resize(full + 1, 0);
+        let mut filled = 0;
+        if let Some(b) = self.lookahead.take() {
+            self.buf[0] = b;
+            filled = 1;
+        }
         while filled < full + 1 {
             match self.inner.read(&mut self.buf[filled..]) {
                 Ok(0) => break,
@@ -381,18 +451,23 @@ impl<R: Read> OpenReader<R> {
             }
         }
         let last = filled <= full;
-        if last {
-            self.buf.truncate(filled);
+        let len = if last {
+            filled
         } else {
-            self.lookahead = self.buf.pop();
-        }
+            self.lookahead = Some(self.buf[full]);
+            full
+        };
         // The last chunk holds at least one byte unless it is the only one.
-        if self.buf.len() < TAG || (last && self.chunk > 0 && self.buf.len() == TAG) {
+        if len < TAG || (last && self.chunk > 0 && len == TAG) {
             return Err(SealError::Authentication { chunk: self.chunk });
         }
         let plain = self
             .key
-            .open_in_place(nonce(self.chunk, last), Aad::from(&self.aad), &mut self.buf)
+            .open_in_place(
+                nonce(self.chunk, last),
+                Aad::from(&self.aad),
+                &mut self.buf[..len],
+            )
             .map_err(|_| SealError::Authentication { chunk: self.chunk })?;
         self.plain_len = plain.len();
         self.at = 0;
@@ -421,6 +496,157 @@ impl<R: Read> Read for OpenReader<R> {
         out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
         self.at += n;
         Ok(n)
+    }
+}
+
+/// Where an object's encoding goes: straight to `out` (no key), or sealed
+/// with a key as the object `object_key`. Either way `finish` gives the
+/// bytes' length and the CRC32 of the bytes as stored, which the upload
+/// declares (ARCHITECTURE.md invariant 4).
+pub enum Envelope<W: Write> {
+    Plain(W),
+    Sealed(Box<SealWriter<CrcWriter<W>>>),
+}
+
+impl<W: Write> Envelope<W> {
+    /// `seal`: the key and a fresh salt (`fresh_salt`), or `None` to write
+    /// the object as it is.
+    pub fn new(
+        out: W,
+        seal: Option<(&Key, [u8; SALT_BYTES])>,
+        object_key: &str,
+    ) -> io::Result<Self> {
+        Ok(match seal {
+            None => Envelope::Plain(out),
+            Some((key, salt)) => Envelope::Sealed(Box::new(SealWriter::new(
+                CrcWriter::new(out),
+                key,
+                object_key,
+                salt,
+            )?)),
+        })
+    }
+
+    /// Ends the object: `plain` is the (length, CRC32) the encoder returned
+    /// for the plaintext. Returns the writer, and the length and CRC32 of
+    /// what was written to it.
+    pub fn finish(self, plain: (u64, u32)) -> io::Result<(W, u64, u32)> {
+        match self {
+            Envelope::Plain(w) => Ok((w, plain.0, plain.1)),
+            Envelope::Sealed(s) => s.finish()?.0.into_parts(),
+        }
+    }
+}
+
+impl<W: Write> Write for Envelope<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Envelope::Plain(w) => w.write(b),
+            Envelope::Sealed(w) => w.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Envelope::Plain(w) => w.flush(),
+            Envelope::Sealed(w) => w.flush(),
+        }
+    }
+}
+
+/// A small object encoded in memory (`plain`, with its CRC32), through
+/// `Envelope`: its bytes and their CRC32 as stored.
+pub fn envelope_bytes(
+    plain: Vec<u8>,
+    crc: u32,
+    seal: Option<(&Key, [u8; SALT_BYTES])>,
+    object_key: &str,
+) -> io::Result<(Vec<u8>, u32)> {
+    if seal.is_none() {
+        return Ok((plain, crc));
+    }
+    let len = plain.len() as u64;
+    let mut w = Envelope::new(
+        Vec::with_capacity(plain.len() + HEADER_SIZE + TAG),
+        seal,
+        object_key,
+    )?;
+    w.write_all(&plain)?;
+    let (out, _, crc) = w.finish((len, crc))?;
+    Ok((out, crc))
+}
+
+/// Which key sealed the object whose first bytes are `head` (`HEADER_SIZE`
+/// of them, or all of a shorter object): `None` for a plain object. Only
+/// the header is read, so this says which key an object needs, not that
+/// the key opens it.
+pub fn sealed_by(head: &[u8]) -> Result<Option<KeyId>, SealError> {
+    if !head.starts_with(MAGIC) {
+        return Ok(None);
+    }
+    let h: &[u8; HEADER_SIZE] = head
+        .get(..HEADER_SIZE)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| SealError::Invalid("truncated: the object ends inside its header".into()))?;
+    Ok(Some(SealedHeader::decode(h)?.key_id))
+}
+
+/// An object's first bytes, read to tell a sealed object from a plain one,
+/// then given back in front of the rest.
+pub type Peeked<R> = io::Chain<io::Cursor<Vec<u8>>, R>;
+
+/// Reads the first bytes of an object: whether it is sealed, and the whole
+/// object still to read.
+pub fn peek<R: Read>(mut r: R) -> io::Result<(bool, Peeked<R>)> {
+    let mut head = Vec::with_capacity(MAGIC.len());
+    (&mut r).take(MAGIC.len() as u64).read_to_end(&mut head)?;
+    Ok((head == MAGIC, io::Cursor::new(head).chain(r)))
+}
+
+/// An object as read from the bucket: plain, or sealed and opened as it is
+/// read. Either way, reading it gives the object's encoding.
+pub enum Opened<R: Read> {
+    Plain(Peeked<R>),
+    Sealed(Box<OpenReader<Peeked<R>>>),
+}
+
+impl<R: Read> Opened<R> {
+    /// The key that sealed the object, `None` for a plain one.
+    pub fn sealed_with(&self) -> Option<KeyId> {
+        match self {
+            Opened::Plain(_) => None,
+            Opened::Sealed(r) => Some(r.header.key_id),
+        }
+    }
+}
+
+/// Opens the object `object_key` whatever it is: plain, or sealed with one
+/// of `keys` (the error names the key id needed).
+pub fn open<R: Read>(r: R, keys: &[Key], object_key: &str) -> Result<Opened<R>, SealError> {
+    let (sealed, r) = peek(r)?;
+    open_peeked(sealed, r, keys, object_key)
+}
+
+/// `open`, after `peek`.
+pub fn open_peeked<R: Read>(
+    sealed: bool,
+    r: Peeked<R>,
+    keys: &[Key],
+    object_key: &str,
+) -> Result<Opened<R>, SealError> {
+    Ok(if sealed {
+        Opened::Sealed(Box::new(OpenReader::new(r, keys, object_key)?))
+    } else {
+        Opened::Plain(r)
+    })
+}
+
+impl<R: Read> Read for Opened<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Opened::Plain(r) => r.read(out),
+            Opened::Sealed(r) => r.read(out),
+        }
     }
 }
 
@@ -511,6 +737,38 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn both_algorithms_seal_open_and_refuse_every_flip() {
+        let data = plaintext(2500);
+        let mut sealed_by = Vec::new();
+        for algorithm in [Algorithm::ChaCha20Poly1305, Algorithm::Aes256Gcm] {
+            let mut w =
+                SealWriter::with(Vec::new(), &key(1), OBJECT, [5; SALT_BYTES], 10, algorithm)
+                    .unwrap();
+            w.write_all(&data).unwrap();
+            let sealed = w.finish().unwrap().0;
+            assert_eq!(sealed[8], algorithm as u8);
+            let r = OpenReader::new(&sealed[..], &[key(1)], OBJECT).unwrap();
+            assert_eq!(r.header.algorithm, algorithm);
+            assert_eq!(open(&sealed, &[key(1)], OBJECT).unwrap(), data);
+            for i in 0..sealed.len() {
+                let mut b = sealed.clone();
+                b[i] ^= 1 << (i % 8);
+                assert!(
+                    open(&b, &[key(1)], OBJECT).is_err(),
+                    "{algorithm:?}: flip at {i}"
+                );
+            }
+            sealed_by.push(sealed);
+        }
+        // Same key, salt and plaintext: unrelated ciphertexts.
+        assert_ne!(sealed_by[0][HEADER_SIZE..], sealed_by[1][HEADER_SIZE..]);
+        // The writer's choice on this machine is one of them.
+        let chosen = SealWriter::new(Vec::new(), &key(1), OBJECT, [5; 16]).unwrap();
+        let chosen = chosen.finish().unwrap().0;
+        assert_eq!(chosen[8], Algorithm::for_this_cpu() as u8);
     }
 
     #[test]
@@ -635,7 +893,14 @@ mod tests {
             open(&b, &[key(1)], OBJECT).unwrap_err()
         };
         assert!(matches!(with(4, 2), SealError::UnsupportedVersion(2)));
-        assert!(matches!(with(8, 2), SealError::UnknownAlgorithm(2)));
+        assert!(matches!(with(8, 3), SealError::UnknownAlgorithm(3)));
+        assert!(matches!(with(8, 0), SealError::UnknownAlgorithm(0)));
+        // The other algorithm's byte: the tags fail.
+        let other = if sealed[8] == 1 { 2 } else { 1 };
+        assert!(matches!(
+            with(8, other),
+            SealError::Authentication { chunk: 0 }
+        ));
         assert!(matches!(with(9, 40), SealError::Invalid(_)));
         assert!(matches!(with(9, 9), SealError::Invalid(_)));
         assert!(matches!(
@@ -682,43 +947,146 @@ mod tests {
         assert!(err.to_string().contains("authentication failed"), "{err}");
     }
 
+    #[test]
+    fn the_envelope_writes_plain_or_sealed_and_open_reads_either() {
+        use crate::format::segment::{CommitRecord, SegmentDecoder, SegmentEncoder, SegmentHeader};
+        let header = SegmentHeader {
+            page_size: 1024,
+            commit_count: 1,
+            first_txid: 5,
+            last_txid: 5,
+            first_time_ms: 1,
+            last_time_ms: 1,
+            start: crate::wal::WalPos {
+                salt1: 1,
+                salt2: 2,
+                offset: 32,
+                checksum: crate::wal::Checksum(3, 4),
+            },
+            end: crate::wal::WalPos {
+                salt1: 1,
+                salt2: 2,
+                offset: 32 + 1048,
+                checksum: crate::wal::Checksum(5, 6),
+            },
+        };
+        let encode = |seal: Option<(&Key, [u8; SALT_BYTES])>| {
+            let out = Envelope::new(Vec::new(), seal, OBJECT).unwrap();
+            let mut e = SegmentEncoder::new(out, header).unwrap();
+            e.commit(&CommitRecord {
+                txid: 5,
+                time_ms: 1,
+                db_pages: 1,
+                page_count: 1,
+            })
+            .unwrap();
+            e.page(1, &plaintext(1024)).unwrap();
+            let (out, len, crc) = e.finish().unwrap();
+            out.finish((len, crc)).unwrap()
+        };
+        let (plain, len, crc) = encode(None);
+        assert_eq!((len as usize, crc), (plain.len(), crc32fast::hash(&plain)));
+        let (sealed, len, crc) = encode(Some((&key(1), [3; SALT_BYTES])));
+        // What is uploaded declares the CRC32 of the sealed bytes.
+        assert_eq!(
+            (len as usize, crc),
+            (sealed.len(), crc32fast::hash(&sealed))
+        );
+        assert_eq!(sealed.len(), HEADER_SIZE + plain.len() + TAG);
+        for (bytes, sealed_with) in [(&plain, None), (&sealed, Some(key(1).id()))] {
+            let mut r = super::open(&bytes[..], &[key(2), key(1)], OBJECT).unwrap();
+            assert_eq!(r.sealed_with(), sealed_with);
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            assert_eq!(out, plain);
+            let r = super::open(&bytes[..], &[key(1)], OBJECT).unwrap();
+            let mut d = SegmentDecoder::new(r).unwrap();
+            while d.next_commit().unwrap().is_some() {
+                d.next_page(&mut vec![0; 1024]).unwrap();
+            }
+            d.finish().unwrap();
+        }
+        // A plain object needs no key; a sealed one names the one it needs.
+        assert!(super::open(&plain[..], &[], OBJECT).is_ok());
+        let Err(err) = super::open(&sealed[..], &[key(2)], OBJECT) else {
+            panic!("opened without its key")
+        };
+        assert!(matches!(err, SealError::KeyNeeded { needed, .. } if needed == key(1).id()));
+        // A flipped bit inside reaches the decoder as a sealed-object error.
+        let mut bad = sealed.clone();
+        bad[HEADER_SIZE + 40] ^= 1;
+        let r = super::open(&bad[..], &[key(1)], OBJECT).unwrap();
+        let err = SegmentDecoder::new(r).err().expect("the flip is caught");
+        assert!(
+            matches!(
+                err,
+                crate::format::FormatError::Sealed(SealError::Authentication { chunk: 0 })
+            ),
+            "{err}"
+        );
+        // Small objects in memory (marks) go through the same envelope.
+        let (b, c) = envelope_bytes(plain.clone(), 7, None, OBJECT).unwrap();
+        assert_eq!((b, c), (plain.clone(), 7));
+        let (b, c) = envelope_bytes(plain.clone(), 7, Some((&key(1), [4; 16])), OBJECT).unwrap();
+        assert_eq!(c, crc32fast::hash(&b));
+        let mut out = Vec::new();
+        super::open(&b[..], &[key(1)], OBJECT)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, plain);
+        // Objects shorter than the magic are plain (and their decoder says so).
+        for short in [&b""[..], b"WS", b"WSE"] {
+            let mut r = super::open(short, &[], OBJECT).unwrap();
+            assert_eq!(r.sealed_with(), None);
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            assert_eq!(out, short);
+        }
+    }
+
     /// Seal and open throughput on 64 MiB (release build):
     /// `cargo test --release --lib sealed::tests::throughput -- --ignored --nocapture`
     #[test]
     #[ignore]
     fn throughput() {
         let data = plaintext(64 << 20);
-        let start = std::time::Instant::now();
-        let mut w = SealWriter::new(
-            Vec::with_capacity(data.len() + (1 << 20)),
-            &key(1),
-            OBJECT,
-            fresh_salt().unwrap(),
-        )
-        .unwrap();
-        for part in data.chunks(1 << 16) {
-            w.write_all(part).unwrap();
-        }
-        let sealed = w.finish().unwrap().0;
-        let seal_secs = start.elapsed().as_secs_f64();
-        let start = std::time::Instant::now();
-        let mut r = OpenReader::new(&sealed[..], &[key(1)], OBJECT).unwrap();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0;
-        loop {
-            let n = r.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
+        for algorithm in [Algorithm::ChaCha20Poly1305, Algorithm::Aes256Gcm] {
+            let start = std::time::Instant::now();
+            let mut w = SealWriter::with(
+                Vec::with_capacity(data.len() + (1 << 20)),
+                &key(1),
+                OBJECT,
+                fresh_salt().unwrap(),
+                CHUNK_SHIFT,
+                algorithm,
+            )
+            .unwrap();
+            for part in data.chunks(1 << 16) {
+                w.write_all(part).unwrap();
             }
-            total += n;
+            let sealed = w.finish().unwrap().0;
+            let seal_secs = start.elapsed().as_secs_f64();
+            let start = std::time::Instant::now();
+            let mut r = OpenReader::new(&sealed[..], &[key(1)], OBJECT).unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0;
+            loop {
+                let n = r.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            let open_secs = start.elapsed().as_secs_f64();
+            assert_eq!(total, data.len());
+            let mb = data.len() as f64 / 1e6;
+            eprintln!(
+                "sealed ({algorithm:?}; this CPU writes {:?}): 64 MiB, seal {:.0} MB/s, open {:.0} MB/s",
+                Algorithm::for_this_cpu(),
+                mb / seal_secs,
+                mb / open_secs
+            );
         }
-        let open_secs = start.elapsed().as_secs_f64();
-        assert_eq!(total, data.len());
-        let mb = data.len() as f64 / 1e6;
-        eprintln!(
-            "sealed: 64 MiB, seal {:.0} MB/s, open {:.0} MB/s",
-            mb / seal_secs,
-            mb / open_secs
-        );
     }
 }

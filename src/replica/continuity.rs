@@ -220,6 +220,9 @@ pub(super) type ShippedPos = (WalPos, Option<u32>);
 
 /// What the bucket says beyond its listing, asked for only when needed.
 pub(super) trait BucketEvidence {
+    /// Whether `newest` is sealed (known from its first bytes, with or
+    /// without its key); `None` if it cannot be read.
+    fn sealed(&mut self, newest: &BackupObject) -> Result<Option<bool>, ReplicaError>;
     /// The WAL position (and database size) `newest` records; `None` if it
     /// records none, or cannot be read (a new generation does not need it).
     fn shipped_pos(&mut self, newest: &BackupObject) -> Result<Option<ShippedPos>, ReplicaError>;
@@ -268,22 +271,50 @@ pub(super) const CHANGED_WHILE_STOPPED: &str =
      (the database changed while walsync was not running)";
 /// Why a start needs a new generation when the bucket holds none.
 pub(super) const NO_BACKUP: &str = "no backup in the bucket yet";
+/// Why a start or a sync needs a new generation: objects are sealed now,
+/// the generation's were not, or the other way round.
+pub(super) const ENCRYPTION_ON: &str = "encryption was turned on";
+pub(super) const ENCRYPTION_OFF: &str = "encryption was turned off";
+
+/// Whether objects written now (`sealing`: with a key) may go on in a
+/// generation whose objects are sealed (`generation_sealed`), and if not,
+/// why: a generation is all sealed or all plain, so that turning
+/// encryption on leaves no plain object after the switch (and the first
+/// sealed object is a snapshot: nothing of the database is in the clear
+/// from there on). A new key (rotation) goes on: each object names its own.
+pub(super) fn sealing_changed(generation_sealed: bool, sealing: bool) -> Option<&'static str> {
+    match (generation_sealed, sealing) {
+        (false, true) => Some(ENCRYPTION_ON),
+        (true, false) => Some(ENCRYPTION_OFF),
+        _ => None,
+    }
+}
+
 /// Why a wake needs a new generation.
 pub(super) const CHANGED_WHILE_RELEASED: &str =
     "the database changed while walsync had let go of it (idle) in a way it cannot follow";
 
-/// Does the database (page size `page_size`) continue the backup the
-/// bucket holds? First the newest object's position: does the WAL continue
-/// it; if not, the idle mark of the newest txid: same page size, and the
-/// file as it records.
+/// Does the database (page size `page_size`, its objects written sealed
+/// or not: `sealing`) continue the backup the bucket holds? Not if the
+/// newest object is sealed and objects are not any more, or the other way
+/// round (`sealing_changed`). Then the newest object's position: does the
+/// WAL continue it; if not, the idle mark of the newest txid: same page
+/// size, and the file as it records.
 pub(super) fn resume(
     bucket: &BucketSummary<'_>,
     page_size: u32,
+    sealing: bool,
     evidence: &mut (impl BucketEvidence + LocalEvidence),
 ) -> Result<Resume, ReplicaError> {
     let Some(newest) = bucket.newest else {
         return Ok(Resume::NewGeneration { why: NO_BACKUP });
     };
+    if let Some(why) = evidence
+        .sealed(newest)?
+        .and_then(|sealed| sealing_changed(sealed, sealing))
+    {
+        return Ok(Resume::NewGeneration { why });
+    }
     if let Some((pos, db_pages)) = evidence.shipped_pos(newest)? {
         if evidence.wal_continues(pos)? {
             let proof = Continuity::WalContinues;
@@ -539,6 +570,8 @@ mod tests {
         index: Option<(ShmId, WalIndexHeader)>,
         /// The commits among the frames asked about (`None`: not all valid).
         commits: Option<u64>,
+        /// Whether the newest object is sealed (`None`: unreadable).
+        sealed: Option<bool>,
         asked: Vec<&'static str>,
     }
 
@@ -574,6 +607,11 @@ mod tests {
     }
 
     impl BucketEvidence for Table {
+        // Not in `asked`: it is asked first whenever there is a backup (see
+        // `resume_starts_a_new_generation_when_encryption_was_turned_on_or_off`).
+        fn sealed(&mut self, _newest: &BackupObject) -> Result<Option<bool>, ReplicaError> {
+            Ok(self.sealed)
+        }
         fn shipped_pos(
             &mut self,
             newest: &BackupObject,
@@ -895,7 +933,7 @@ mod tests {
                 fingerprint: row.fingerprint,
                 ..Table::default()
             };
-            let got = resume(&summarize(&objects, 0), PAGE, &mut t).unwrap();
+            let got = resume(&summarize(&objects, 0), PAGE, false, &mut t).unwrap();
             assert_eq!(got, row.want, "{}", row.what);
             assert_eq!(t.asked, row.asked, "{}: what was read, in order", row.what);
         }
@@ -906,9 +944,75 @@ mod tests {
         let objects = listing(vec![mark(1, 1, 10)]);
         let s = summarize(&objects, 0);
         let mut t = Table::default();
-        let got = resume(&s, PAGE, &mut t).unwrap();
+        let got = resume(&s, PAGE, false, &mut t).unwrap();
         assert_eq!(got, Resume::NewGeneration { why: NO_BACKUP });
         assert!(t.asked.is_empty());
+    }
+
+    #[test]
+    fn resume_starts_a_new_generation_when_encryption_was_turned_on_or_off() {
+        // (generation sealed, sealing now) -> why a new generation
+        let rows = [
+            ((false, false), None),
+            ((true, true), None),
+            ((false, true), Some(ENCRYPTION_ON)),
+            ((true, false), Some(ENCRYPTION_OFF)),
+        ];
+        for ((was, now), want) in rows {
+            assert_eq!(sealing_changed(was, now), want, "{was} {now}");
+        }
+        let objects = listing(vec![snap(1, 1, 10), seg(1, 2, 3, 20), mark(1, 3, 30)]);
+        let newest = seg(1, 2, 3, 20).key;
+        let shipped = pos(1, 1000);
+        let at_pos = Resume::Continue {
+            generation: 1,
+            cursor: Cursor {
+                pos: Some(shipped),
+                base_is_db_file: false,
+                db_pages: Some(5),
+            },
+            proof: Continuity::WalContinues,
+        };
+        // (newest object sealed (None: unreadable), sealing now) -> resume, what was read
+        type Row = ((Option<bool>, bool), Resume, &'static [&'static str]);
+        let rows: [Row; 6] = [
+            (
+                (Some(false), false),
+                at_pos,
+                &["shipped_pos", "wal_continues"],
+            ),
+            (
+                (Some(true), true),
+                at_pos,
+                &["shipped_pos", "wal_continues"],
+            ),
+            (
+                (Some(false), true),
+                Resume::NewGeneration { why: ENCRYPTION_ON },
+                &[],
+            ),
+            (
+                (Some(true), false),
+                Resume::NewGeneration {
+                    why: ENCRYPTION_OFF,
+                },
+                &[],
+            ),
+            // Not known (the object cannot be read): the other proofs decide.
+            ((None, true), at_pos, &["shipped_pos", "wal_continues"]),
+            ((None, false), at_pos, &["shipped_pos", "wal_continues"]),
+        ];
+        for ((sealed, sealing), want, asked) in rows {
+            let mut t = Table {
+                positions: vec![(newest.clone(), Some((shipped, Some(5))))],
+                continues: vec![shipped],
+                sealed,
+                ..Table::default()
+            };
+            let got = resume(&summarize(&objects, 0), PAGE, sealing, &mut t).unwrap();
+            assert_eq!(got, want, "{sealed:?} {sealing}");
+            assert_eq!(t.asked, asked, "{sealed:?} {sealing}");
+        }
     }
 
     #[test]
@@ -916,7 +1020,7 @@ mod tests {
         let objects = listing(vec![snap(1, 1, 10), mark(1, 1, 11), seg(1, 2, 2, 12)]);
         let s = summarize(&objects, 0);
         let mut t = Table::default();
-        let got = resume(&s, PAGE, &mut t).unwrap();
+        let got = resume(&s, PAGE, false, &mut t).unwrap();
         assert_eq!(
             got,
             Resume::NewGeneration {

@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
-use super::bucket::read_object_pos;
+use super::bucket::read_object;
 use super::error::ReplicaError;
 use super::wal_file::WalFile;
+use crate::keyfile::Key;
 use crate::keys;
 use crate::storage::{ObjectMeta, Storage};
 use crate::wal::{WalHeader, WalPos};
@@ -29,12 +30,13 @@ pub fn local_lag(
     prefix: &str,
     listing: &[ObjectMeta],
     db: &Path,
+    keys: &[Key],
 ) -> Result<Option<Lag>, ReplicaError> {
     let (objects, _) = keys::parse_listing_lenient(prefix, listing);
     let Some(newest) = objects.iter().max_by_key(|o| (o.kind.txid(), o.generation)) else {
         return Ok(None);
     };
-    let Some((pos, _)) = read_object_pos(storage, newest)? else {
+    let Some((pos, _)) = read_object(storage, newest, keys)?.pos? else {
         return Ok(None);
     };
     let Some(wal) = WalFile::open(db)? else {

@@ -63,6 +63,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::format::sealed::{fresh_salt, SALT_BYTES};
+use crate::keyfile::{Key, Keyring};
 use crate::sqlite::{self, SqliteError};
 use crate::storage::{Storage, StorageError};
 
@@ -93,6 +95,9 @@ pub struct ReplicaOptions {
     /// Keep every point of this window restorable and delete what is older
     /// (after each snapshot); `None` keeps everything.
     pub retention: Option<Duration>,
+    /// The key that seals every object written (none: written as they
+    /// are), and those that open what the bucket holds.
+    pub keys: Keyring,
 }
 
 /// What one `sync` did.
@@ -116,6 +121,8 @@ pub struct Replica {
     /// Newest commit time recorded (times never go backwards).
     last_time_ms: u64,
     generation: u64,
+    /// Whether the current generation's objects are sealed.
+    generation_sealed: bool,
     last_snapshot_ms: u64,
     commits_since_snapshot: u64,
     /// Let go of while idle: what it takes to prove continuity on waking.
@@ -134,6 +141,7 @@ impl Replica {
             last_txid: 0,
             last_time_ms: 0,
             generation: 0,
+            generation_sealed: false,
             last_snapshot_ms: 0,
             commits_since_snapshot: 0,
             released: None,
@@ -229,6 +237,14 @@ impl Replica {
         }
         if self.live.is_none() {
             self.start(storage)?;
+        }
+        // The keys may have changed since (SIGHUP): a generation's objects
+        // are all sealed or all plain.
+        let sealing = self.opts.keys.seal.is_some();
+        if let Some(why) = continuity::sealing_changed(self.generation_sealed, sealing) {
+            if !self.needs_generation && self.generation != 0 {
+                self.begin_new_generation(why);
+            }
         }
         if self.needs_generation {
             self.snapshot(storage, true, &mut report)?;
@@ -328,6 +344,16 @@ impl Replica {
     /// Whether walsync let go of the database while idle.
     pub fn is_released(&self) -> bool {
         self.released.is_some()
+    }
+
+    /// The key to seal the next object with, and a fresh salt for it, if
+    /// the database's objects are sealed (README "Encryption").
+    fn seal(&self) -> Result<Option<(Key, [u8; SALT_BYTES])>, ReplicaError> {
+        let Some(key) = &self.opts.keys.seal else {
+            return Ok(None);
+        };
+        let salt = fresh_salt().map_err(io_err(&self.opts.path))?;
+        Ok(Some((key.clone(), salt)))
     }
 
     fn live_mut(&mut self) -> &mut Live {

@@ -16,6 +16,7 @@ use super::resume::LocalFiles;
 use super::wal_file::WalFile;
 use super::{Replica, SyncReport};
 use crate::format::mark::{Fingerprint, Mark};
+use crate::format::sealed::envelope_bytes;
 use crate::keys;
 use crate::sqlite::{self, DbHandle, FileId};
 use crate::storage::{Body, Storage};
@@ -397,7 +398,13 @@ impl Replica {
         let (bytes, crc) = mark.encode();
         let time_ms = self.now_ms();
         let key = keys::mark_key(&self.opts.prefix, self.generation, self.last_txid, time_ms);
-        if let Err(e) = storage.put(&key, Body::Bytes(&bytes), crc) {
+        // Its fingerprint is derived from the database's content: sealed too.
+        let put = self.seal().and_then(|seal| {
+            let seal = seal.as_ref().map(|(k, salt)| (k, *salt));
+            let (bytes, crc) = envelope_bytes(bytes, crc, seal, &key).map_err(io_err(&path))?;
+            Ok(storage.put(&key, Body::Bytes(&bytes), crc)?)
+        });
+        if let Err(e) = put {
             log::warn!(
                 "{} ({}): idle mark not written: {e}",
                 path.display(),

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::bucket::{read_mark, read_object_pos};
+use super::bucket::{read_mark, read_object, ObjectRead};
 use super::continuity::{self, BucketEvidence, Continuity, LocalEvidence, Resume, ShippedPos};
 use super::error::ReplicaError;
 use super::live::{Cursor, Live};
@@ -13,6 +13,7 @@ use super::release::fingerprint;
 use super::wal_file::{wal_continues, wal_header};
 use super::Replica;
 use crate::format::mark::{Fingerprint, Mark};
+use crate::keyfile::Key;
 use crate::keys::{self, BackupObject};
 use crate::sqlite::{self, DbHandle};
 use crate::storage::Storage;
@@ -55,14 +56,18 @@ impl Replica {
                 handle: &handle,
             },
             prefix: &self.opts.prefix,
+            keys: &self.opts.keys.open,
+            newest: None,
         };
-        let (cursor, why) = match continuity::resume(&bucket, page_size, &mut evidence)? {
+        let sealing = self.opts.keys.seal.is_some();
+        let (cursor, why) = match continuity::resume(&bucket, page_size, sealing, &mut evidence)? {
             Resume::Continue {
                 generation,
                 cursor,
                 proof,
             } => {
                 self.generation = generation;
+                self.generation_sealed = sealing;
                 log::info!(
                     "{} ({}): resuming generation {:016x} at txid {}{}",
                     self.opts.path.display(),
@@ -147,11 +152,30 @@ struct BucketFiles<'a> {
     storage: &'a dyn Storage,
     local: LocalFiles<'a>,
     prefix: &'a str,
+    /// The keys that open the database's objects.
+    keys: &'a [Key],
+    /// The newest object, read once for both of its questions.
+    newest: Option<ObjectRead>,
+}
+
+impl BucketFiles<'_> {
+    fn newest(&mut self, newest: &BackupObject) -> Result<&mut ObjectRead, ReplicaError> {
+        if self.newest.is_none() {
+            self.newest = Some(read_object(self.storage, newest, self.keys)?);
+        }
+        Ok(self.newest.as_mut().expect("invariant: read just above"))
+    }
 }
 
 impl BucketEvidence for BucketFiles<'_> {
+    fn sealed(&mut self, newest: &BackupObject) -> Result<Option<bool>, ReplicaError> {
+        Ok(Some(self.newest(newest)?.sealed))
+    }
+
     fn shipped_pos(&mut self, newest: &BackupObject) -> Result<Option<ShippedPos>, ReplicaError> {
-        match read_object_pos(self.storage, newest) {
+        let read = self.newest(newest)?;
+        let pos = std::mem::replace(&mut read.pos, Ok(None));
+        match pos {
             Ok(pos) => Ok(pos),
             // A newest object that cannot be read proves nothing to build
             // on; a new generation does not need it.
@@ -164,7 +188,7 @@ impl BucketEvidence for BucketFiles<'_> {
     }
 
     fn mark(&mut self, mark: &BackupObject) -> Result<Option<Mark>, ReplicaError> {
-        match read_mark(self.storage, mark) {
+        match read_mark(self.storage, mark, self.keys) {
             Ok(m) => Ok(Some(m)),
             Err(e @ ReplicaError::Corrupt { .. }) => {
                 log::warn!("{} ({}): {e}", self.local.path.display(), self.prefix);

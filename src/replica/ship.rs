@@ -14,7 +14,9 @@ use super::error::{io_err, ReplicaError};
 use super::live::Cursor;
 use super::wal_file::WalFile;
 use super::{Replica, SyncReport};
+use crate::format::sealed::{Envelope, SALT_BYTES};
 use crate::format::segment::{CommitRecord, SegmentEncoder, SegmentHeader};
+use crate::keyfile::Key;
 use crate::keys;
 use crate::spool::SpoolFile;
 use crate::storage::{Body, Storage};
@@ -48,8 +50,10 @@ pub(super) const SEGMENT_IN_MEMORY: u64 = 16 << 20;
 /// Encodes the transactions `group` as one segment, reading their frames
 /// from the WAL file again (and checking them again: a WAL that changed
 /// since the scan is an error, retried by the next sync), into memory or,
-/// for a large group, into the spool file `spool`. Returns the sink, the
-/// object's length and its CRC32.
+/// for a large group, into the spool file `spool`, sealed as the object
+/// `key` when `seal` holds a key (and its fresh salt). Returns the sink,
+/// the object's length and its CRC32 (of the bytes as stored).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn encode_segment(
     wal: &WalFile,
     h: &WalHeader,
@@ -57,6 +61,8 @@ pub(super) fn encode_segment(
     group: &[TxnSpan],
     times: &[u64],
     spool: Option<&SpoolFile>,
+    seal: Option<(&Key, [u8; SALT_BYTES])>,
+    key: &str,
 ) -> Result<(Sink, u64, u32), ReplicaError> {
     let sink = match spool {
         None => Sink::Memory(Vec::new()),
@@ -66,6 +72,7 @@ pub(super) fn encode_segment(
         ),
     };
     let out_err = |e: io::Error| io_err(spool.map_or(&wal.path, SpoolFile::path))(e);
+    let sink = Envelope::new(sink, seal, key).map_err(out_err)?;
     let mut enc = SegmentEncoder::new(sink, header).map_err(out_err)?;
     for (i, (t, &time_ms)) in group.iter().zip(times).enumerate() {
         enc.commit(&CommitRecord {
@@ -98,6 +105,7 @@ pub(super) fn encode_segment(
         }
     }
     let (sink, len, crc) = enc.finish().map_err(out_err)?;
+    let (sink, len, crc) = sink.finish((len, crc)).map_err(out_err)?;
     let sink = match sink {
         Sink::File(f, p) => {
             let file = f.into_inner().map_err(|e| io_err(&p)(e.into_error()))?;
@@ -201,7 +209,6 @@ impl Replica {
                 let spool = (size > SEGMENT_IN_MEMORY)
                     .then(|| SpoolFile::create(&self.opts.spool_dir, "segment"))
                     .transpose()?;
-                let encoded = encode_segment(&wal, &h, header, &group, &times, spool.as_ref());
                 let key = keys::segment_key(
                     &prefix,
                     generation,
@@ -209,6 +216,17 @@ impl Replica {
                     header.last_txid,
                     header.first_time_ms,
                     header.last_time_ms,
+                );
+                let seal = self.seal()?;
+                let encoded = encode_segment(
+                    &wal,
+                    &h,
+                    header,
+                    &group,
+                    &times,
+                    spool.as_ref(),
+                    seal.as_ref().map(|(k, salt)| (k, *salt)),
+                    &key,
                 );
                 // The frames just read were written before this check, so
                 // if the path still names the file walsync holds they are

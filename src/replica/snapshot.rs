@@ -12,6 +12,7 @@ use std::path::Path;
 use super::error::{io_err, ReplicaError};
 use super::wal_file::{wal_end, WalFile};
 use super::{Replica, SyncReport};
+use crate::format::sealed::Envelope;
 use crate::format::snapshot::{SnapshotEncoder, SnapshotHeader};
 use crate::keys;
 use crate::spool::SpoolFile;
@@ -198,10 +199,13 @@ impl Replica {
         };
         let spool_file = SpoolFile::create(&self.opts.spool_dir, "snapshot")?;
         let spool = spool_file.path().to_path_buf();
+        let key = keys::snapshot_key(&self.opts.prefix, generation, txid, time_ms);
+        let seal = self.seal()?;
         let result = (|| {
             let f = spool_file.writer().map_err(io_err(&spool))?;
-            let mut enc =
-                SnapshotEncoder::new(BufWriter::new(f), header).map_err(io_err(&spool))?;
+            let seal = seal.as_ref().map(|(k, salt)| (k, *salt));
+            let out = Envelope::new(BufWriter::new(f), seal, &key).map_err(io_err(&spool))?;
+            let mut enc = SnapshotEncoder::new(out, header).map_err(io_err(&spool))?;
             let mut buf = vec![0u8; page_size as usize];
             let mut frame = vec![0u8; wal::FRAME_HEADER_SIZE + page_size as usize];
             let wal = match &overlay {
@@ -232,11 +236,11 @@ impl Replica {
                 }
             }
             let (w, len, crc) = enc.finish().map_err(io_err(&spool))?;
+            let (w, len, crc) = w.finish((len, crc)).map_err(io_err(&spool))?;
             w.into_inner()
                 .map_err(|e| io_err(&spool)(e.into_error()))?
                 .sync_all()
                 .map_err(io_err(&spool))?;
-            let key = keys::snapshot_key(&self.opts.prefix, generation, txid, time_ms);
             storage.put(&key, Body::File { path: &spool, len }, crc)?;
             Ok((key, len))
         })();
@@ -245,6 +249,7 @@ impl Replica {
 
         if new_generation {
             self.generation = generation;
+            self.generation_sealed = seal.is_some();
             self.last_txid = txid;
             self.needs_generation = false;
             report.new_generation = true;

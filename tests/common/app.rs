@@ -27,9 +27,17 @@ pub fn integrity(path: &Path) -> String {
 /// Inserts row `id` into `t`, retrying while walsync briefly holds the
 /// write lock. Returns once the row is committed.
 pub fn insert(c: &Connection, id: i64) {
-    let v = format!("row {id} {}", "x".repeat((id % 97) as usize * 20));
+    insert_value(
+        c,
+        id,
+        &format!("row {id} {}", "x".repeat((id % 97) as usize * 20)),
+    );
+}
+
+/// Inserts row `id` with value `v` into `t`, as `insert` does.
+pub fn insert_value(c: &Connection, id: i64, v: &str) {
     loop {
-        match c.execute("INSERT INTO t(id, v) VALUES (?1, ?2)", (id, &v)) {
+        match c.execute("INSERT INTO t(id, v) VALUES (?1, ?2)", (id, v)) {
             Ok(_) => return,
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::DatabaseBusy =>
