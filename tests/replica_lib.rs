@@ -567,7 +567,7 @@ fn local_lag_counts_the_commits_not_yet_shipped() {
     // commits count as long as the old frames after the backup's position
     // are still there to show that the old WAL ended at it.
     insert(&c, 100, 5);
-    let lag = || walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db);
+    let lag = || walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db, &[]);
     assert_eq!(lag().unwrap().unwrap().commits, 5);
     insert(&c, 200, 40);
     assert_eq!(lag().unwrap(), None, "the new WAL grew over the old one");
