@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
+use crate::lease::claim::Leases;
 use crate::replica::{CommitTimes, Replica, ReplicaError, SyncReport};
 use crate::signals::{self, Signal};
 use crate::sqlite::{stat_of, FileStat};
@@ -59,6 +60,9 @@ pub struct WatchOptions {
     /// Databases larger than this are never released (waking one up reads
     /// the whole file to fingerprint it).
     pub idle_release_max_bytes: u64,
+    /// This process's leases: each database writes only while it holds
+    /// its prefix's (`crate::lease`); `None` takes none.
+    pub leases: Option<Arc<Leases>>,
 }
 
 enum Msg {
@@ -167,6 +171,7 @@ struct Dispatcher {
     discovery: Vec<(PathBuf, bool)>,
     metrics: Option<Arc<crate::metrics::Registry>>,
     idle_release_max_bytes: u64,
+    leases: Option<Arc<Leases>>,
     fds: FdBudget,
     /// When the watcher saw each commit, for every replica.
     commit_times: Arc<CommitTimes>,
@@ -310,6 +315,9 @@ impl Dispatcher {
                     let mut replica = self.replicas.remove(&id).unwrap_or_else(|| {
                         let mut r = Box::new(Replica::new(opts.clone()));
                         r.set_commit_times(Arc::clone(&self.commit_times));
+                        if let Some(leases) = &self.leases {
+                            r.set_leases(Arc::clone(leases));
+                        }
                         r
                     });
                     // Options may have changed (reload) since the replica was made.
@@ -572,6 +580,7 @@ pub fn run(
         discovery: catalog.discovery_dirs(),
         metrics: opts.metrics.clone(),
         idle_release_max_bytes: opts.idle_release_max_bytes,
+        leases: opts.leases.clone(),
         fds: FdBudget::default(),
         commit_times,
     };

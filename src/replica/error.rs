@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::format::FormatError;
 use crate::keys;
+use crate::lease::claim::LeaseError;
 use crate::sqlite::SqliteError;
 use crate::storage::StorageError;
 
@@ -30,6 +31,8 @@ pub enum ReplicaError {
         path: PathBuf,
         what: String,
     },
+    /// The prefix is not this process's to write (`crate::lease`).
+    Lease(LeaseError),
 }
 
 impl fmt::Display for ReplicaError {
@@ -43,6 +46,7 @@ impl fmt::Display for ReplicaError {
             ReplicaError::Unstable { path, what } => {
                 write!(f, "{}: {what}; will retry", path.display())
             }
+            ReplicaError::Lease(e) => e.fmt(f),
         }
     }
 }
@@ -55,6 +59,15 @@ impl From<SqliteError> for ReplicaError {
     }
 }
 
+impl From<LeaseError> for ReplicaError {
+    fn from(e: LeaseError) -> Self {
+        match e {
+            LeaseError::Storage(e) => ReplicaError::Storage(e),
+            other => ReplicaError::Lease(other),
+        }
+    }
+}
+
 impl From<StorageError> for ReplicaError {
     fn from(e: StorageError) -> Self {
         ReplicaError::Storage(e)
@@ -62,6 +75,12 @@ impl From<StorageError> for ReplicaError {
 }
 
 impl ReplicaError {
+    /// Another walsync holds the prefix, or took it over from this one
+    /// (`crate::lease`).
+    pub fn is_lease_refused(&self) -> bool {
+        matches!(self, ReplicaError::Lease(_))
+    }
+
     /// The database file is not there (yet): wait for it, do not back off loudly.
     pub fn is_missing_database(&self) -> bool {
         matches!(self, ReplicaError::Sqlite(SqliteError::Missing(_)))
