@@ -428,6 +428,10 @@ impl Dispatcher {
             Ok(report) => Outcome::Synced(report),
             Err(e) if e.is_replaced_database() => Outcome::Replaced(e.to_string()),
             Err(e) if e.is_missing_database() => Outcome::Missing,
+            Err(e) if e.lease_retry_after().is_some() => Outcome::Refused {
+                retry_after: e.lease_retry_after().unwrap_or_default(),
+                error: e.to_string(),
+            },
             Err(e) if self.fds.sync_failed_for_descriptors(&e, databases) => {
                 Outcome::OutOfDescriptors(e.to_string())
             }
@@ -659,6 +663,17 @@ pub fn run(
         }
     }
     let failed = d.schedule.take_failed_at_stop();
+    // This process writes nothing more: its leases are given up (those
+    // of databases released while idle too, which had no last sync), so
+    // another walsync may take the prefixes at once. On the pool: one PUT
+    // each.
+    {
+        use rayon::prelude::*;
+        let claims: Vec<_> = d.replicas.values().filter_map(|r| r.claim_held()).collect();
+        let storage = &d.storage;
+        d.pool
+            .install(|| claims.par_iter().for_each(|c| c.give_up(&**storage)));
+    }
     // Closing the connections releases the read transactions; checkpoint on
     // close is disabled, so the WAL stays as it is for the next start.
     drop(d);

@@ -76,9 +76,17 @@ impl From<StorageError> for ReplicaError {
 
 impl ReplicaError {
     /// Another walsync holds the prefix, or took it over from this one
-    /// (`crate::lease`).
-    pub fn is_lease_refused(&self) -> bool {
-        matches!(self, ReplicaError::Lease(_))
+    /// (`crate::lease`): when to look again. Once the holder's lease can
+    /// have expired (a second after what the lease said); a lost lease or
+    /// an unreadable one costs no request to ask about, so once a minute.
+    pub fn lease_retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ReplicaError::Lease(LeaseError::Refused { expires_in, .. }) => {
+                Some(*expires_in + std::time::Duration::from_secs(1))
+            }
+            ReplicaError::Lease(_) => Some(std::time::Duration::from_secs(60)),
+            _ => None,
+        }
     }
 
     /// The database file is not there (yet): wait for it, do not back off loudly.

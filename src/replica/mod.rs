@@ -155,6 +155,12 @@ impl Replica {
         self.leases = Some(leases);
     }
 
+    /// This database's claim on its prefix, if it has one (for giving it up
+    /// at the end of the process).
+    pub fn claim_held(&self) -> Option<Arc<Claim>> {
+        self.claim.clone()
+    }
+
     /// The claim on the prefix of the options in force (a reload may have
     /// changed it).
     fn claim(&mut self) -> Option<Arc<Claim>> {
@@ -181,14 +187,18 @@ impl Replica {
         let Some(claim) = self.claim() else {
             return work(self, storage);
         };
-        if take_first {
-            claim.ensure(storage).map_err(ReplicaError::from)?;
-        }
         let leased = Leased {
             inner: storage,
             claim: &claim,
         };
-        let result = work(self, &leased);
+        let taken = match take_first {
+            true => claim.ensure(storage),
+            false => Ok(()),
+        };
+        let result = match taken {
+            Ok(()) => work(self, &leased),
+            Err(e) => Err(e.into()),
+        };
         if let Some(lost) = claim.lost() {
             self.close();
             return Err(lost.into());

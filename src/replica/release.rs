@@ -188,10 +188,16 @@ impl Replica {
     pub fn stop(&mut self, storage: &dyn Storage) -> Result<(), ReplicaError> {
         self.under_lease(storage, false, |r, storage| r.stop_leased(storage))?;
         // The last write is done: another walsync may take the prefix now.
+        self.give_up_lease(storage);
+        Ok(())
+    }
+
+    /// Gives up the prefix's lease, if held (`Claim::give_up`): for when
+    /// this process writes nothing more for the database.
+    pub fn give_up_lease(&self, storage: &dyn Storage) {
         if let Some(claim) = &self.claim {
             claim.give_up(storage);
         }
-        Ok(())
     }
 
     fn stop_leased(&mut self, storage: &dyn Storage) -> Result<(), ReplicaError> {
