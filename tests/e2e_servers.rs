@@ -184,6 +184,24 @@ fn watch_restore_and_verify_on_every_server() {
             "{name}: {}",
             setup.watch_log()
         );
+        // The lease where the server honours conditional writes; else one
+        // warning, and replication as without leases.
+        let log = setup.watch_log();
+        let warned = log.matches("walsync goes on without leases").count();
+        if kind.honours_conditional_writes() {
+            assert!(
+                log.contains(&format!("{PREFIX}: lease taken")),
+                "{name}: {log}"
+            );
+            assert_eq!(warned, 0, "{name}: {log}");
+        } else {
+            assert!(!log.contains("lease taken"), "{name}: {log}");
+            assert_eq!(warned, 1, "{name}: {log}");
+            assert!(
+                log.contains("ignores If-None-Match: * and If-Match"),
+                "{name}: {log}"
+            );
+        }
 
         let latest = setup.dir.join("latest.db");
         setup.restore(&latest, &[]);

@@ -399,7 +399,11 @@ impl Claim {
                 Ok(t) => t,
                 Err(StorageError::NotFound { .. }) => {
                     if let Some(next) = self.write(storage, PutIf::Absent, now_ms)? {
-                        log::info!("{}: lease taken ({me})", self.prefix);
+                        log::info!(
+                            "{}: lease taken ({})",
+                            self.prefix,
+                            self.lease(now_ms, 0).holder
+                        );
                         *state = next;
                         return Ok(());
                     }
@@ -530,5 +534,160 @@ impl Storage for Leased<'_> {
 
     fn location(&self) -> String {
         self.inner.location()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The claim against the directory backend (two processes of one
+    //! host, as far as the lease can tell: two holders in one process).
+    use super::*;
+    use crate::storage::dir::DirStorage;
+    use crate::testing::fresh_dir;
+
+    fn leases(host: &str, ttl: Duration) -> Arc<Leases> {
+        Arc::new(Leases {
+            me: Holder {
+                host: host.to_owned(),
+                pid: 7,
+                machine: format!("{host}/boot/ns"),
+                since_ms: 0,
+            },
+            ttl,
+            honoured: Mutex::new(None),
+        })
+    }
+
+    /// Makes the lease look `by` older to its readers (its mtime), as if
+    /// that long had gone by without a renewal.
+    fn age(root: &std::path::Path, by: Duration) {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(root.join("db/lease"))
+            .expect("the lease file");
+        f.set_modified(std::time::SystemTime::now() - by)
+            .expect("mtime");
+    }
+
+    #[test]
+    fn a_prefix_is_refused_taken_over_given_up_and_lost_on_a_directory() {
+        let root = fresh_dir("lease-claim");
+        let dir = DirStorage::new(&root).expect("dir storage");
+        let minute = Duration::from_secs(60);
+        let a = leases("a", minute).claim("db");
+        let b = leases("b", minute).claim("db");
+
+        a.ensure(&dir).expect("a takes the new lease");
+        a.ensure(&dir).expect("a holds it: no request");
+        match b.ensure(&dir) {
+            Err(LeaseError::Refused {
+                holder, expires_in, ..
+            }) => {
+                assert_eq!((holder.host.as_str(), holder.pid), ("a", 7));
+                assert!(
+                    expires_in <= minute && expires_in > minute / 2,
+                    "{expires_in:?}"
+                );
+            }
+            other => panic!("b is refused: {other:?}"),
+        }
+        let written = Leased {
+            inner: &dir,
+            claim: &b,
+        }
+        .put("db/x", Body::Bytes(b"b's"), 0);
+        assert!(
+            written
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("held by another walsync")),
+            "{written:?}"
+        );
+        assert!(
+            dir.list("db/x").expect("list").is_empty(),
+            "b wrote nothing"
+        );
+
+        // a gives it up: b takes it at once.
+        a.give_up(&dir);
+        b.ensure(&dir).expect("b takes the given-up lease");
+        assert!(matches!(a.ensure(&dir), Err(LeaseError::Refused { .. })));
+
+        // b's lease expires (a minute without renewal, as a reads it): a
+        // takes it over; b, renewing after half its TTL, finds it lost.
+        age(&root, minute * 2);
+        a.ensure(&dir).expect("a takes over the expired lease");
+        let b_short = leases("b", Duration::from_millis(200)).claim("db");
+        b_short.ensure(&dir).expect_err("refused: a holds it");
+        age(&root, minute * 2);
+        b_short.ensure(&dir).expect("b takes over again");
+        let a_lease = std::fs::read(root.join("db/lease")).expect("lease");
+        assert_eq!(decode(&a_lease).expect("a lease").holder.host, "b");
+        age(&root, minute * 2);
+        let c = leases("c", minute).claim("db");
+        c.ensure(&dir).expect("c takes over b's expired lease");
+        std::thread::sleep(Duration::from_millis(120));
+        match b_short.ensure(&dir) {
+            Err(LeaseError::Lost { holder, .. }) => assert_eq!(holder.host, "c"),
+            other => panic!("b lost it to c: {other:?}"),
+        }
+        assert!(b_short.lost().is_some());
+        // Lost is for good, and costs no request.
+        assert!(matches!(b_short.ensure(&dir), Err(LeaseError::Lost { .. })));
+
+        // Not a lease: named, with what to do.
+        std::fs::write(root.join("db/lease"), b"hello").expect("write");
+        let d = leases("d", minute).claim("db");
+        let err = d.ensure(&dir).expect_err("unreadable");
+        assert!(
+            err.to_string()
+                .contains("\"db/lease\" is not a walsync lease"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_directory_honours_both_conditions_and_the_probe_says_so() {
+        let root = fresh_dir("lease-dir-put-if");
+        let dir = DirStorage::new(&root).expect("dir storage");
+        let PutIfOutcome::Written { etag } =
+            dir.put_if("p/k", b"one", PutIf::Absent).expect("create")
+        else {
+            panic!("a create of a new key is written")
+        };
+        // (condition, bytes, outcome is a write)
+        let cases: [(PutIf<'_>, &[u8], bool); 4] = [
+            (PutIf::Absent, b"two", false),
+            (PutIf::Matches("\"nope\""), b"three", false),
+            (PutIf::Matches(&etag), b"four", true),
+            (PutIf::Matches(&etag), b"five", false),
+        ];
+        for (condition, bytes, written) in cases {
+            let outcome = dir.put_if("p/k", bytes, condition).expect("put_if");
+            assert_eq!(
+                matches!(outcome, PutIfOutcome::Written { .. }),
+                written,
+                "{condition:?}: {outcome:?}"
+            );
+        }
+        let tagged = dir.get_tagged("p/k").expect("tagged");
+        assert_eq!(tagged.bytes, b"four");
+        assert_ne!(tagged.etag, etag);
+        assert!(tagged.modified_ms.is_some() && tagged.server_now_ms.is_some());
+        assert_eq!(
+            dir.list("p/").expect("list"),
+            vec![ObjectMeta {
+                key: "p/k".to_owned(),
+                size: 4
+            }],
+            "no temporary file is left"
+        );
+        let answers = probe(&dir, "p").expect("probe").expect("supported");
+        assert_eq!(ignored_condition(answers), None);
+        assert!(
+            dir.get_tagged("p/lease.probe").is_err(),
+            "the probe object is removed"
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -64,6 +64,9 @@ impl S3Storage {
             .agent
             .put(&url)
             .header(name, value)
+            // s3s-fs 0.14.1 closes the connection after a 412 without
+            // saying so; the next request on it failed (and was retried).
+            .header("connection", "close")
             .send(bytes)
             .map_err(|e| classify_transport(e, &self.location))?;
         let status = response.status().as_u16();
