@@ -374,11 +374,11 @@ impl Claim {
         *state = State::Free;
         match self.take(storage, state) {
             Err(LeaseError::Refused { holder, .. }) => {
+                // Said by the daemon, once (`Outcome::Refused`).
                 let lost = LeaseError::Lost {
                     prefix: self.prefix.clone(),
                     holder: holder.clone(),
                 };
-                log::error!("{lost}");
                 *state = State::Lost(holder);
                 Err(lost)
             }
