@@ -969,11 +969,13 @@ fn a_second_walsync_on_the_same_database_is_refused() {
     let storage = setup.storage();
     let mut first = setup.watch("first.log");
     wait_shipped(&storage, "services/auth", &setup.dir.join("app.db"));
+    // `snapshot` is refused by the prefix's lease, naming the watch.
     let o = setup.run(&["snapshot", "--config", setup.config.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("another walsync process is already replicating"),
+        err.contains("is held by another walsync (host ")
+            && err.contains(&format!("pid {}, since", first.id())),
         "{err}"
     );
     // A second watch is refused by the prefix's lease before it opens the

@@ -64,6 +64,27 @@ impl DirStorage {
         Ok(path)
     }
 
+    /// The file of `key` and its directory, made if missing.
+    fn object_path(&self, key: &str) -> Result<(PathBuf, PathBuf), StorageError> {
+        let path = self.path_of(key)?;
+        let parent = path
+            .parent()
+            .expect("invariant: object paths are below the root")
+            .to_path_buf();
+        fs::create_dir_all(&parent).map_err(Self::io(&parent))?;
+        Ok((path, parent))
+    }
+
+    /// A new private temporary file beside `path`, for its next content.
+    fn temp_beside(path: &Path, parent: &Path) -> Result<(File, PathBuf), StorageError> {
+        let name = path
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("object");
+        crate::spool::create_locked(parent, &|t| format!("{name}.{t}{TEMP_SUFFIX}"))
+            .map_err(Self::io(parent))
+    }
+
     fn io(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
         move |source| StorageError::Io {
             path: path.to_path_buf(),
@@ -78,18 +99,8 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 impl Storage for DirStorage {
     fn put(&self, key: &str, body: Body<'_>, _crc32: u32) -> Result<(), StorageError> {
-        let path = self.path_of(key)?;
-        let parent = path
-            .parent()
-            .expect("invariant: object paths are below the root");
-        fs::create_dir_all(parent).map_err(Self::io(parent))?;
-        let name = path
-            .file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or("object");
-        let (mut f, tmp) =
-            crate::spool::create_locked(parent, &|t| format!("{name}.{t}{TEMP_SUFFIX}"))
-                .map_err(Self::io(parent))?;
+        let (path, parent) = self.object_path(key)?;
+        let (mut f, tmp) = Self::temp_beside(&path, &parent)?;
         let result = (|| {
             let copied = io::copy(&mut body.open()?, &mut f)?;
             if copied != body.len() {
@@ -101,7 +112,7 @@ impl Storage for DirStorage {
             f.flush()?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;
-            sync_dir(parent)
+            sync_dir(&parent)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -234,12 +245,8 @@ impl Storage for DirStorage {
         bytes: &[u8],
         condition: PutIf<'_>,
     ) -> Result<PutIfOutcome, StorageError> {
-        let path = self.path_of(key)?;
-        let parent = path
-            .parent()
-            .expect("invariant: object paths are below the root");
-        fs::create_dir_all(parent).map_err(Self::io(parent))?;
-        let dir = File::open(parent).map_err(Self::io(parent))?;
+        let (path, parent) = self.object_path(key)?;
+        let dir = File::open(&parent).map_err(Self::io(&parent))?;
         if let Err(e) = dir.lock() {
             log::debug!("{}: no flock ({e})", parent.display());
             return Ok(PutIfOutcome::Unsupported);
@@ -256,13 +263,7 @@ impl Storage for DirStorage {
         if !holds {
             return Ok(PutIfOutcome::Refused);
         }
-        let name = path
-            .file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or("object");
-        let (mut f, tmp) =
-            crate::spool::create_locked(parent, &|t| format!("{name}.{t}{TEMP_SUFFIX}"))
-                .map_err(Self::io(parent))?;
+        let (mut f, tmp) = Self::temp_beside(&path, &parent)?;
         let written = (|| {
             f.write_all(bytes)?;
             f.sync_all()?;
@@ -273,7 +274,7 @@ impl Storage for DirStorage {
                 },
                 PutIf::Matches(_) => fs::rename(&tmp, &path)?,
             }
-            sync_dir(parent)?;
+            sync_dir(&parent)?;
             Ok(true)
         })();
         let _ = fs::remove_file(&tmp);
