@@ -144,6 +144,52 @@ fn restored_txid(stdout: &str) -> u64 {
         .unwrap_or_else(|| panic!("no txid in {stdout:?}"))
 }
 
+/// A second `watch` as another machine would run it (its own config and
+/// copy of the database, another host name) on the same prefix: refused,
+/// naming the holder, while the first holds the lease.
+fn second_machine_is_refused(setup: &Setup) {
+    let name = setup.name();
+    let dir = setup.server.scratch_dir("other-machine");
+    let config = dir.join("walsync.toml");
+    let text = std::fs::read_to_string(&setup.config).expect("the config");
+    std::fs::write(&config, text).expect("write the config");
+    let c = Connection::open(dir.join("app.db")).expect("open the other database");
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+    )
+    .expect("create the table");
+    insert(&c, 9999);
+    let log_path = dir.join("watch.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut other = Running(
+        setup
+            .command()
+            .current_dir(&dir)
+            .env("WALSYNC_HOSTNAME", "other-machine")
+            .args(["watch", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file handle"))
+            .stderr(log)
+            .spawn()
+            .expect("run walsync watch"),
+    );
+    let start = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("is held by another walsync (host ") {
+            break text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{name}: the second machine was not refused:\n{text}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(sigterm(&mut other).success(), "{name}");
+    assert!(!text.contains("lease taken"), "{name}: {text}");
+}
+
 #[test]
 fn watch_restore_and_verify_on_every_server() {
     for kind in ServerKind::ALL {
@@ -167,6 +213,9 @@ fn watch_restore_and_verify_on_every_server() {
         let first = setup.dir.join("first.db");
         let txid = restored_txid(&setup.restore(&first, &[]));
         assert_eq!(rows(&first).len(), 150, "{name}");
+        if kind.honours_conditional_writes() {
+            second_machine_is_refused(&setup);
+        }
 
         // One transaction of 2,000 rows (about 2 MiB of pages), then more
         // single-row commits.
