@@ -28,11 +28,12 @@ pub enum LeaseError {
         holder: Holder,
         expires_in: Duration,
     },
-    /// This process held it, and another took it over meanwhile (after it
-    /// expired while this one was idle).
+    /// This process held it, and another wrote it meanwhile (took it
+    /// over after it expired while this one was idle; `None`: removed it).
+    /// What this process knows of the backup is stale from then on.
     Lost {
         prefix: String,
-        holder: Holder,
+        holder: Option<Holder>,
     },
     /// The object under the lease's key is not a lease.
     Unreadable {
@@ -57,12 +58,24 @@ impl fmt::Display for LeaseError {
                  to run, give one of the databases another prefix",
                 expires_in.as_secs().max(1)
             ),
-            LeaseError::Lost { prefix, holder } => write!(
-                f,
-                "prefix {prefix:?} was taken over by another walsync ({holder}) after this \
-                 process's lease expired; this process no longer replicates this database. Stop \
-                 one of the two, or give one database another prefix, then restart walsync"
-            ),
+            LeaseError::Lost { prefix, holder } => {
+                match holder {
+                    Some(holder) => write!(
+                        f,
+                        "prefix {prefix:?} was taken over by another walsync ({holder}) after \
+                         this process's lease expired"
+                    )?,
+                    None => write!(
+                        f,
+                        "the lease of prefix {prefix:?} was removed while this process held it"
+                    )?,
+                }
+                write!(
+                    f,
+                    "; this process no longer replicates this database. Stop one of the two, or \
+                     give one database another prefix, then restart walsync"
+                )
+            }
             LeaseError::Unreadable { key, detail } => write!(
                 f,
                 "object {key:?} is not a walsync lease ({detail}); remove it if nothing but \
@@ -229,8 +242,8 @@ enum State {
         written_at: Instant,
         since_ms: u64,
     },
-    /// Taken over by another: this process writes no more here.
-    Lost(Holder),
+    /// Written by another meanwhile: this process writes no more here.
+    Lost(Option<Holder>),
     /// The storage has no conditional writes: today's behaviour.
     Off,
 }
@@ -369,21 +382,33 @@ impl Claim {
             *state = next;
             return Ok(());
         }
-        // Someone wrote the lease since we did: take() says who, and
-        // adopts it if it was our own write (a retried PUT).
-        *state = State::Free;
-        match self.take(storage, state) {
-            Err(LeaseError::Refused { holder, .. }) => {
-                // Said by the daemon, once (`Outcome::Refused`).
-                let lost = LeaseError::Lost {
-                    prefix: self.prefix.clone(),
-                    holder: holder.clone(),
-                };
-                *state = State::Lost(holder);
-                Err(lost)
+        // The lease was written since we wrote it. By us (a PUT retried
+        // after its answer was lost): adopt it. By another process: it
+        // held the prefix meanwhile, so what this one knows of the backup
+        // is stale; even if that lease is free again, this process writes
+        // no more here (said by the daemon, once: `Outcome::Refused`).
+        let key = lease_key(&self.prefix);
+        let found = match storage.get_tagged(&key) {
+            Ok(found) => Some(found),
+            Err(StorageError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let mut holder = None;
+        if let Some(found) = &found {
+            let seen = self.seen(&key, found)?;
+            if standing(&seen, &self.leases.me) == Standing::Mine {
+                if let Some(next) = self.write(storage, PutIf::Matches(&found.etag), since_ms)? {
+                    *state = next;
+                    return Ok(());
+                }
             }
-            other => other,
+            holder = Some(seen.lease.holder);
         }
+        *state = State::Lost(holder.clone());
+        Err(LeaseError::Lost {
+            prefix: self.prefix.clone(),
+            holder,
+        })
     }
 
     /// Takes the lease: creates it, or takes one that is free or ours.
@@ -625,14 +650,31 @@ mod tests {
         age(&root, minute * 2);
         let c = leases("c", minute).claim("db");
         c.ensure(&dir).expect("c takes over b's expired lease");
+        // Even once c has given it up, b, which knows nothing of what c
+        // wrote, does not take it again.
+        c.give_up(&dir);
         std::thread::sleep(Duration::from_millis(120));
         match b_short.ensure(&dir) {
-            Err(LeaseError::Lost { holder, .. }) => assert_eq!(holder.host, "c"),
+            Err(LeaseError::Lost {
+                holder: Some(holder),
+                ..
+            }) => assert_eq!(holder.host, "c"),
             other => panic!("b lost it to c: {other:?}"),
         }
         assert!(b_short.lost().is_some());
         // Lost is for good, and costs no request.
         assert!(matches!(b_short.ensure(&dir), Err(LeaseError::Lost { .. })));
+        // A lease removed under its holder is lost too.
+        let e = leases("e", Duration::from_millis(200)).claim("db");
+        e.ensure(&dir).expect("e takes the given-up lease");
+        std::fs::remove_file(root.join("db/lease")).expect("remove the lease");
+        std::thread::sleep(Duration::from_millis(120));
+        let err = e.ensure(&dir).expect_err("lost");
+        assert!(
+            err.to_string()
+                .contains("was removed while this process held it"),
+            "{err}"
+        );
 
         // Not a lease: named, with what to do.
         std::fs::write(root.join("db/lease"), b"hello").expect("write");
