@@ -372,3 +372,65 @@ fn on_one_machine_a_prefix_is_taken_over_at_once_after_a_clean_stop_or_the_holde
     assert_eq!(c.restore(&server, &out, &[]), rows(&c.db));
     assert_eq!(std::fs::read(&out).unwrap(), checkpointed(&c.db));
 }
+
+#[test]
+fn a_holder_idle_past_its_lease_that_another_host_took_over_stops_replicating() {
+    let server = S3Server::start();
+    let storage = S3Storage::new(server.settings()).unwrap();
+    let a = Machine::new(&server, "machine-a", "3s", Some("machine-a"));
+    let b = Machine::new(&server, "machine-b", "3s", Some("machine-b"));
+    let ca = open_app(&a.db);
+    for id in 1..=50 {
+        insert(&ca, id);
+    }
+    let mut watch_a = a.watch(&server, "watch.log");
+    wait_restorable(&storage, &a.db);
+    let cb = open_app(&b.db);
+    for id in 1001..=1050 {
+        insert(&cb, id);
+    }
+    let mut watch_b = b.watch(&server, "watch.log");
+    b.wait_log(
+        "watch.log",
+        "is held by another walsync",
+        Duration::from_secs(30),
+    );
+
+    // A writes nothing for longer than its TTL: its lease expires, and B,
+    // looking again when it could have, takes the prefix over.
+    let took = b.wait_log("watch.log", "lease taken over", Duration::from_secs(30));
+    assert!(
+        took.contains("host \"machine-a\"") && took.contains("its lease expired"),
+        "{took}"
+    );
+    wait_restorable(&storage, &b.db);
+
+    // A's application writes again: A, about to write, finds its lease
+    // written by B and stops replicating that database, saying so; it
+    // does not exit, and B's backup stays B's.
+    for id in 51..=60 {
+        insert(&ca, id);
+    }
+    let lost = a.wait_log(
+        "watch.log",
+        "was taken over by another walsync (host \"machine-b\"",
+        Duration::from_secs(30),
+    );
+    assert!(lost.contains("ERROR"), "{lost}");
+    assert!(watch_a.try_wait().unwrap().is_none(), "A goes on running");
+    for id in 1051..=1060 {
+        insert(&cb, id);
+    }
+    wait_restorable(&storage, &b.db);
+    assert!(sigterm(&mut watch_a).success());
+    assert!(sigterm(&mut watch_b).success());
+    let out = b.dir.join("restored.db");
+    assert_eq!(b.restore(&server, &out, &[]), rows(&b.db));
+    assert_eq!(std::fs::read(&out).unwrap(), checkpointed(&b.db));
+    let a_log = a.log("watch.log");
+    assert_eq!(
+        a_log.matches("was taken over by another walsync").count(),
+        1,
+        "said once:\n{a_log}"
+    );
+}
