@@ -162,15 +162,18 @@ impl Replica {
     }
 
     /// The claim on the prefix of the options in force (a reload may have
-    /// changed it).
-    fn claim(&mut self) -> Option<Arc<Claim>> {
+    /// changed it: the old prefix's lease is then given up).
+    fn claim(&mut self, storage: &dyn Storage) -> Option<Arc<Claim>> {
         let leases = self.leases.as_ref()?;
         if self
             .claim
             .as_ref()
             .is_none_or(|c| c.prefix() != self.opts.prefix)
         {
-            self.claim = Some(Arc::new(leases.claim(&self.opts.prefix)));
+            let new = Arc::new(leases.claim(&self.opts.prefix));
+            if let Some(old) = self.claim.replace(new) {
+                old.give_up(storage);
+            }
         }
         self.claim.clone()
     }
@@ -184,7 +187,7 @@ impl Replica {
         take_first: bool,
         work: impl FnOnce(&mut Self, &dyn Storage) -> Result<T, ReplicaError>,
     ) -> Result<T, ReplicaError> {
-        let Some(claim) = self.claim() else {
+        let Some(claim) = self.claim(storage) else {
             return work(self, storage);
         };
         let leased = Leased {
