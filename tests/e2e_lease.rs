@@ -109,6 +109,19 @@ impl Machine {
         rows(out)
     }
 
+    /// `walsync list` with this machine's config (and `extra`): its stdout.
+    fn list(&self, server: &S3Server, extra: &[&str]) -> String {
+        let o = self
+            .command(server)
+            .args(["list", "--config"])
+            .arg(&self.config)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
     }
@@ -242,6 +255,21 @@ fn a_second_host_refuses_a_held_prefix_and_takes_it_over_only_after_the_lease_ex
             && refused.contains(", since 20"),
         "{refused}"
     );
+    // `list` names the holder too, on either machine.
+    let listed = b.list(&server, &[]);
+    let held = format!(
+        "  lease: held by host \"machine-a\", pid {}, since 20",
+        watch_a.id()
+    );
+    assert!(listed.contains(&held), "{listed}");
+    let json = b.list(&server, &["--json"]);
+    assert!(
+        json.contains(&format!(
+            "\"lease\":{{\"state\":\"held\",\"host\":\"machine-a\",\"pid\":{},",
+            watch_a.id()
+        )),
+        "{json}"
+    );
 
     // A goes on writing for longer than the TTL (renewing its lease);
     // B stays refused and writes nothing.
@@ -368,6 +396,11 @@ fn on_one_machine_a_prefix_is_taken_over_at_once_after_a_clean_stop_or_the_holde
     assert!(took.contains("its process is gone"), "{took}");
     wait_restorable(&storage, &c.db);
     assert!(sigterm(&mut watch_c).success());
+    let listed = c.list(&server, &[]);
+    assert!(
+        listed.contains("  lease: given up (last held by host "),
+        "{listed}"
+    );
     let out = c.dir.join("restored.db");
     assert_eq!(c.restore(&server, &out, &[]), rows(&c.db));
     assert_eq!(std::fs::read(&out).unwrap(), checkpointed(&c.db));
