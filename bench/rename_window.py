@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How soon after the application's last close a database can be replaced by
-rename under walsync (README "Replacing a database"), and how often the
-application's own RESTART/TRUNCATE checkpoints stall while walsync runs.
+rename under walsync (README "Replacing a database"). (How often the
+application's own RESTART/TRUNCATE checkpoints stall: bench/checkpoint_stalls.py.)
 
 Window: for each delay, N rounds of the issue's steps on a fresh database
 held by a running `walsync watch` (local-directory target, sync_interval 1s,
@@ -12,10 +12,6 @@ third, `VACUUM INTO x.db`, the application's only connection closed, and
 commit, made after the VACUUM INTO, right before the close ("after commit").
 The application then opens app.db again; the round is corrupt if it cannot,
 if `PRAGMA integrity_check` is not ok, or if the rows are not those of x.db.
-
-Stalls: one process commits 100 rows a second for 20 s with busy_timeout
-200 ms, and every 0.5 s runs `PRAGMA wal_checkpoint(RESTART)` or
-`(TRUNCATE)` in turn; counts the calls that return busy=1.
 
 Usage:
   python3 bench/rename_window.py --bin new=target/release/walsync \
@@ -153,36 +149,6 @@ def one_round(tool: Tool, root: Path, delay_ms: int, after: str) -> str:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def stalls(tool: Tool, root: Path, seconds: float) -> tuple[int, int, int, int]:
-    """(RESTART busy, RESTART calls, TRUNCATE busy, TRUNCATE calls)."""
-    work = Path(tempfile.mkdtemp(dir=root))
-    db = work / "app.db"
-    c = app_open(db)
-    c.execute("PRAGMA busy_timeout=200")
-    c.execute("INSERT INTO t(v) VALUES ('first')")
-    p = tool.start(work, db)
-    counts = {"RESTART": [0, 0], "TRUNCATE": [0, 0]}
-    try:
-        wait_for(lambda: holds(p.pid, db), f"{tool.kind} to hold the database")
-        t0 = time.monotonic()
-        next_ck, n, mode = t0 + 0.5, 0, "RESTART"
-        while time.monotonic() - t0 < seconds:
-            c.execute("INSERT INTO t(v) VALUES (?)", ("x" * 200,))
-            n += 1
-            if time.monotonic() >= next_ck:
-                busy = c.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
-                counts[mode][0] += busy
-                counts[mode][1] += 1
-                mode = "TRUNCATE" if mode == "RESTART" else "RESTART"
-                next_ck += 0.5
-            time.sleep(max(0.0, t0 + n / 100 - time.monotonic()))
-        c.close()
-    finally:
-        stop(p)
-        shutil.rmtree(work, ignore_errors=True)
-    return (*counts["RESTART"], *counts["TRUNCATE"])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", action="append", default=[], metavar="LABEL=PATH",
@@ -190,7 +156,6 @@ def main() -> None:
     ap.add_argument("--litestream", metavar="PATH", help="also measure this litestream binary")
     ap.add_argument("--runs", type=int, default=10, help="rounds per delay")
     ap.add_argument("--litestream-runs", type=int, default=3)
-    ap.add_argument("--stall-seconds", type=float, default=20.0)
     ap.add_argument("--delays", default=",".join(map(str, DELAYS_MS)))
     args = ap.parse_args()
     tools = []
@@ -216,13 +181,6 @@ def main() -> None:
                     bad = [o for o in outcomes if o != "ok"]
                     what = f"  ({'; '.join(sorted(set(bad)))[:100]})" if bad else ""
                     print(f"  {d:4d} ms: {len(bad)}/{runs}{what}", flush=True)
-        for label, tool, _ in tools:
-            if tool.kind != "walsync":
-                continue
-            rb, rn, tb, tn = stalls(tool, root, args.stall_seconds)
-            print(f"\n{label}: application checkpoints under a steady writer (100 commits/s, "
-                  f"busy_timeout 200 ms, {args.stall_seconds:.0f} s): RESTART busy {rb}/{rn}, "
-                  f"TRUNCATE busy {tb}/{tn}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

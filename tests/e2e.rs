@@ -70,10 +70,19 @@ impl Setup {
     }
 
     fn watch(&self, log: &str) -> Running {
+        self.watch_logging(log, None)
+    }
+
+    /// `watch` writing its log to `log`, at `rust_log` if given (else as
+    /// `command` sets it).
+    fn watch_logging(&self, log: &str, rust_log: Option<&str>) -> Running {
         let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        let mut c = self.command();
+        if let Some(level) = rust_log {
+            c.env("RUST_LOG", level);
+        }
         Running(
-            self.command()
-                .args(["watch", "--config"])
+            c.args(["watch", "--config"])
                 .arg(&self.config)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
@@ -1793,6 +1802,75 @@ fn wait_log(setup: &Setup, log: &str, needle: &str, times: usize) -> String {
 }
 
 #[test]
+fn a_storage_outage_of_a_fleet_is_one_line_when_it_begins_and_one_when_it_ends() {
+    let names: Vec<(String, String)> = (0..6)
+        .map(|i| (format!("db{i}.db"), format!("fleet/db{i}")))
+        .collect();
+    let pairs: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_str()))
+        .collect();
+    let mut setup = Setup::new(&pairs);
+    let storage = setup.storage();
+    let apps: Vec<Connection> = names
+        .iter()
+        .map(|(n, _)| {
+            let c = open_app(&setup.dir.join(n));
+            insert(&c, 1);
+            c
+        })
+        .collect();
+    let mut child = setup.watch("watch.log");
+    for (n, p) in &names {
+        wait_shipped(&storage, p, &setup.dir.join(n));
+    }
+    // Down for long enough that every database fails several syncs, each
+    // after the storage layer's own retries; the applications go on.
+    setup.server.stop();
+    let mut id = 1;
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(8) {
+        id += 1;
+        for c in &apps {
+            insert(c, id);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    setup.server.restart();
+    let log = wait_log(&setup, "watch.log", "storage reachable again", 1);
+    for (n, p) in &names {
+        wait_shipped(&storage, p, &setup.dir.join(n));
+    }
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap_or(log);
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("storage unreachable since"), 1, "{log}");
+    assert_eq!(count("storage reachable again"), 1, "{log}");
+    // Neither a line per database per failed sync nor one per retried
+    // request: a database's own error only until a third one failing says
+    // that it is the storage, and at most one retry warning in 8 s.
+    let began = log
+        .lines()
+        .position(|l| l.contains("storage unreachable since"))
+        .unwrap();
+    let own = |l: &&str| l.contains(" ERROR ") && l.contains("): s3://");
+    assert!(log.lines().take(began).filter(own).count() <= 2, "{log}");
+    assert_eq!(log.lines().skip(began + 1).filter(own).count(), 0, "{log}");
+    assert!(
+        log.lines()
+            .filter(|l| l.contains(" WARN ") && l.contains("retrying in"))
+            .count()
+            <= 1,
+        "{log}"
+    );
+    for (n, p) in &names {
+        let got = setup.restore_verified(p, &setup.dir.join(format!("r-{n}")));
+        assert_eq!(got, rows(&setup.dir.join(n)), "{n}");
+        assert_eq!(got.len() as i64, id, "{n}");
+    }
+}
+
+#[test]
 fn the_s3_server_killed_and_started_again_loses_nothing() {
     let mut setup = Setup::new(&[("app.db", "tenants/acme")]);
     let path = setup.dir.join("app.db");
@@ -1802,7 +1880,8 @@ fn the_s3_server_killed_and_started_again_loses_nothing() {
     for id in 1..=50 {
         insert(&c, id);
     }
-    let mut child = setup.watch("watch.log");
+    // Each retried request at debug (only one a minute is a warning).
+    let mut child = setup.watch_logging("watch.log", Some("info,walsync::storage=debug"));
     wait_shipped(&storage, "tenants/acme", &path);
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(std::sync::atomic::AtomicI64::new(50));
@@ -3548,19 +3627,7 @@ fn burst_setup(idle: Option<&str>) -> Setup {
 }
 
 fn watch_debug(setup: &Setup) -> Running {
-    let log = std::fs::File::create(setup.dir.join("watch.log")).unwrap();
-    Running(
-        setup
-            .command()
-            .env("RUST_LOG", "walsync=debug")
-            .args(["watch", "--config"])
-            .arg(&setup.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+    setup.watch_logging("watch.log", Some("walsync=debug"))
 }
 
 /// The application's connection as most applications have it: WAL mode
@@ -3807,6 +3874,91 @@ fn the_applications_checkpoints_of_every_mode_after_idle_releases_keep_one_gener
     assert!(sigterm(&mut child).success());
     drop(c);
     assert_one_exact_history(&setup, prefix, &db, &[1], 10);
+}
+
+/// The application's checkpoint in `mode`: (busy, frames in the WAL,
+/// frames backfilled).
+fn app_checkpoint(c: &Connection, mode: &str) -> (i64, i64, i64) {
+    c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .unwrap()
+}
+
+/// Issue 10: the application's RESTART and TRUNCATE checkpoints go through
+/// once walsync has caught up (its read transaction rests at read mark 0,
+/// which no WAL restart waits for), instead of stalling for the busy
+/// timeout; and a storm of commits and checkpoints of every mode, at random
+/// moments, still keeps one generation with every commit.
+#[test]
+fn the_applications_restart_and_truncate_succeed_once_walsync_has_caught_up() {
+    let setup = burst_setup(Some("1h"));
+    // No sync point of walsync's own (which also leaves it at mark 0): only
+    // the syncs that ship and settle.
+    setup.edit_config(|t| {
+        t.replace("\"256KiB\"", "\"64MiB\"")
+            .replace("\"1MiB\"", "\"128MiB\"")
+    });
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_app(&db);
+    burst(&c, 1..101);
+    let mut child = watch_debug(&setup);
+    let mut next = 101;
+    for (round, mode) in ["TRUNCATE", "RESTART", "TRUNCATE", "RESTART"]
+        .iter()
+        .enumerate()
+    {
+        burst(&c, next..next + 20);
+        next += 20;
+        showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+        // walsync settles right after it ships; nothing is committed now.
+        let start = Instant::now();
+        let (busy, log, done) = loop {
+            let r = app_checkpoint(&c, mode);
+            if r.0 == 0 || start.elapsed() > Duration::from_secs(5) {
+                break r;
+            }
+        };
+        showing_log_on_failure(&setup, "watch.log", || {
+            assert_eq!(
+                (busy, log),
+                (0, done),
+                "round {round}: {mode} once caught up"
+            )
+        });
+        if *mode == "TRUNCATE" {
+            let wal = std::fs::metadata(setup.dir.join("app.db-wal"))
+                .unwrap()
+                .len();
+            assert_eq!(wal, 0, "round {round}: TRUNCATE empties the WAL");
+        }
+    }
+    // The storm: bursts of 1 to 60 commits, each followed by a checkpoint
+    // of the next mode and a pause of 0 to 1.2 s (busy or not).
+    let modes = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut draw = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut went_through = 0;
+    for i in 0..40 {
+        let n = 1 + draw(60) as i64;
+        burst(&c, next..next + n);
+        next += n;
+        let (busy, _, _) = app_checkpoint(&c, modes[i % 4]);
+        went_through += usize::from(busy == 0 && i % 4 >= 2);
+        thread::sleep(Duration::from_millis(draw(1_200)));
+    }
+    eprintln!("{went_through} of 20 RESTART/TRUNCATE went through in the storm");
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    assert!(sigterm(&mut child).success());
+    drop(c);
+    assert_one_exact_history(&setup, prefix, &db, &[1], 12);
 }
 
 /// Microseconds since the Unix epoch, for a writer that times its commits.

@@ -77,6 +77,11 @@ impl Setup {
     /// Runs walsync with `args` after `--config`; asserts it succeeded and
     /// returns its standard output.
     fn run_ok(&self, command: &str, args: &[&str]) -> String {
+        self.run_ok_with_stderr(command, args).0
+    }
+
+    /// `run_ok`, with what the command wrote to stderr.
+    fn run_ok_with_stderr(&self, command: &str, args: &[&str]) -> (String, String) {
         let o: Output = self
             .command()
             .arg(command)
@@ -86,14 +91,14 @@ impl Setup {
             .output()
             .expect("run walsync");
         let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(
             o.status.success(),
-            "{}: walsync {command} {args:?}: {stdout}{}\nwatch log:\n{}",
+            "{}: walsync {command} {args:?}: {stdout}{stderr}\nwatch log:\n{}",
             self.name(),
-            String::from_utf8_lossy(&o.stderr),
             self.watch_log()
         );
-        stdout
+        (stdout, stderr)
     }
 
     fn restore(&self, out: &Path, extra: &[&str]) -> String {
@@ -262,10 +267,38 @@ fn watch_restore_and_verify_on_every_server() {
         assert_eq!(restored_txid(&stdout), txid, "{name}");
         assert_eq!(rows(&at_txid), rows(&first), "{name}");
 
-        let listed = setup.run_ok("list", &[]);
+        let (listed, list_err) = setup.run_ok_with_stderr("list", &[]);
         assert!(listed.contains(PREFIX), "{name}: {listed}");
-        let verified = setup.run_ok("verify", &[]);
+        let (verified, verify_err) = setup.run_ok_with_stderr("verify", &[]);
         assert!(verified.contains("1 ok, 0 failed"), "{name}: {verified}");
+        // What each server checks of uploads is found out by the probe
+        // (a wrong CRC32 on purpose), not assumed: reported on stderr by
+        // list and verify (stdout stays one line per database) and in
+        // watch's log, and the probe deleted.
+        let report = if kind.checks_crc32() {
+            "uploads: the server checks every upload's x-amz-checksum-crc32"
+        } else {
+            "uploads: the server does not check upload checksums"
+        };
+        for err in [&list_err, &verify_err] {
+            assert!(err.contains(report), "{name}: {err}");
+        }
+        assert!(!listed.contains("uploads:"), "{name}: {listed}");
+        let log = setup.watch_log();
+        assert_eq!(
+            log.matches(report).count(),
+            1,
+            "{name}: once, at start: {log}"
+        );
+        let storage = S3Storage::new(setup.server.settings()).expect("settings");
+        let keys: Vec<String> = storage
+            .list("")
+            .expect("list the bucket")
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| k.contains("probe"))
+            .collect();
+        assert!(keys.is_empty(), "{name}: the probe is deleted: {keys:?}");
 
         // restore-all from the config, and from the bucket alone.
         let all = setup.server.scratch_dir("all");

@@ -109,6 +109,71 @@ fn replicate_through_every_checkpoint_mode_and_restore() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// The application's checkpoint in `mode`: (busy, frames in the WAL,
+/// frames backfilled).
+fn app_checkpoint(c: &Connection, mode: &str) -> (i64, i64, i64) {
+    c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_applications_restart_and_truncate_succeed_once_walsync_has_caught_up() {
+    let dir = temp_dir("caught-up");
+    let db = dir.join("app.db");
+    let storage = DirStorage::new(&dir.join("bucket")).unwrap();
+    let c = app(&db);
+    c.execute_batch("PRAGMA busy_timeout=100").unwrap();
+    // No sync point of walsync's own (which leaves it at read mark 0 too):
+    // only the syncs that ship.
+    let mut opts = options(&db, "p", &dir);
+    opts.checkpoint_threshold = 64 << 20;
+    opts.truncate_threshold = 128 << 20;
+    let mut r = Replica::new(opts);
+    assert!(r.sync(&storage, false).unwrap().new_generation);
+    let mut next = 1;
+    for (round, mode) in ["RESTART", "TRUNCATE", "RESTART", "TRUNCATE", "TRUNCATE"]
+        .iter()
+        .enumerate()
+    {
+        insert(&c, next, 30);
+        next += 30;
+        // Not shipped yet: walsync's read mark keeps every frame in the
+        // WAL, whatever the mode.
+        let (busy, log, _) = app_checkpoint(&c, mode);
+        assert_eq!(
+            (busy, log > 0),
+            (1, true),
+            "round {round}: {mode} before the sync"
+        );
+        let rep = r.sync(&storage, false).unwrap();
+        assert_eq!(rep.commits, 30, "round {round}: {rep:?}");
+        assert!(!rep.new_generation, "round {round}: {rep:?}");
+        // Caught up: the application's checkpoint goes through, as it
+        // would without walsync.
+        let (busy, log, done) = app_checkpoint(&c, mode);
+        assert_eq!(
+            (busy, log),
+            (0, done),
+            "round {round}: {mode} after the sync"
+        );
+        if *mode == "TRUNCATE" {
+            let wal = std::fs::metadata(dir.join("app.db-wal")).unwrap().len();
+            assert_eq!(wal, 0, "round {round}: TRUNCATE empties the WAL");
+        }
+        let out = dir.join(format!("r{round}.db"));
+        assert_eq!(restored_rows(&storage, &out), rows(&db), "round {round}");
+    }
+    // Nothing the application did since is lost: the next commits restart
+    // the WAL walsync let go of, and ship.
+    insert(&c, next, 5);
+    let rep = r.sync(&storage, false).unwrap();
+    assert_eq!((rep.commits, rep.new_generation), (5, false), "{rep:?}");
+    assert_eq!(restored_rows(&storage, &dir.join("last.db")), rows(&db));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn restart_of_walsync_resumes_or_starts_new_generation() {
     let dir = temp_dir("resume");
@@ -477,13 +542,13 @@ fn a_restart_after_an_idle_release_resumes_when_the_file_is_unchanged() {
 #[test]
 fn local_lag_counts_the_commits_not_yet_shipped() {
     let (dir, db, storage, c, mut r) = started("lag");
-    insert(&c, 1, 3);
+    insert(&c, 1, 30);
     r.sync(&storage, false).unwrap();
     let lag = walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db)
         .unwrap()
         .unwrap();
     assert_eq!(lag.commits, 0);
-    insert(&c, 10, 7);
+    insert(&c, 40, 7);
     let lag = walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db)
         .unwrap()
         .unwrap();
@@ -497,6 +562,14 @@ fn local_lag_counts_the_commits_not_yet_shipped() {
             .commits,
         0
     );
+    // walsync caught up and let the next commit begin the WAL again: its
+    // commits count as long as the old frames after the backup's position
+    // are still there to show that the old WAL ended at it.
+    insert(&c, 100, 5);
+    let lag = || walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db);
+    assert_eq!(lag().unwrap().unwrap().commits, 5);
+    insert(&c, 200, 40);
+    assert_eq!(lag().unwrap(), None, "the new WAL grew over the old one");
     r.close();
     std::fs::remove_dir_all(dir).unwrap();
 }

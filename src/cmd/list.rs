@@ -112,6 +112,11 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
     if args.json {
         outln!("[{}]", json_items.join(","));
     }
+    // Whether the server checks upload checksums (README "Storage providers").
+    super::report_upload_check(
+        &*storage,
+        databases.first().map(|d| d.0.as_str()).or(parent),
+    );
     if failed > 0 {
         return Err(CliError::runtime(format!(
             "{failed} database(s) could not be listed"

@@ -209,6 +209,16 @@ pub(crate) fn check_storage(storage: &dyn Storage, prefix: &str) -> Result<(), S
     }
 }
 
+/// Says on stderr (so that stdout stays one line per database, or JSON)
+/// what the storage checks of the bytes walsync uploads
+/// (`Storage::upload_check`: on S3 a probe object under the root of
+/// `prefix`, or of the bucket when there is none, written and deleted once
+/// per process; nothing on a directory). For `list` and `verify`.
+pub(crate) fn report_upload_check(storage: &dyn Storage, prefix: Option<&str>) {
+    let root = prefix.map(crate::keys::database_root).unwrap_or_default();
+    errln!("uploads: {}", storage.upload_check(&root));
+}
+
 /// Where to find the backups: a config file, or (for disaster recovery on a
 /// machine that has none) the bucket or directory given on the command line.
 #[derive(Debug, Default)]

@@ -80,5 +80,15 @@ pub fn run(args: VerifyArgs) -> Result<(), CliError> {
         }
     });
     let _ = std::fs::remove_dir_all(&scratch);
+    // Whether the server checks upload checksums: where it does not, this
+    // command is what finds an upload damaged on the way.
+    super::report_upload_check(
+        &*storage,
+        fleet
+            .prefixes
+            .first()
+            .map(String::as_str)
+            .or(args.prefix.as_deref().map(|p| p.trim_end_matches('/'))),
+    );
     result
 }

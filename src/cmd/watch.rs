@@ -44,7 +44,7 @@ pub fn run(args: WatchArgs) -> Result<(), CliError> {
         }
         None => None,
     };
-    let opts = WatchOptions {
+    let mut opts = WatchOptions {
         workers: cfg.workers,
         rescan_interval: cfg.rescan_interval,
         shutdown_timeout: Duration::from_secs(60),
@@ -52,6 +52,7 @@ pub fn run(args: WatchArgs) -> Result<(), CliError> {
         idle_release_after: Some(cfg.idle_release_after),
         idle_release_max_bytes: cfg.idle_release_max_size,
         leases: Some(Leases::for_this_process(cfg.lease_ttl)),
+        checksum_probe_root: None,
     };
     let mut catalog = ConfigCatalog::new(path, cfg);
     // A wrong bucket, region, endpoint or key would make every database fail
@@ -59,7 +60,11 @@ pub fn run(args: WatchArgs) -> Result<(), CliError> {
     // or down for a while) is waited for, as during an outage.
     if let Some(db) = catalog.databases().first() {
         match check_storage(&*storage, &db.replica.prefix) {
-            Ok(()) => {}
+            // Whether the server checks upload checksums is found out once
+            // the daemon has started (README "Storage providers").
+            Ok(()) => {
+                opts.checksum_probe_root = Some(crate::keys::database_root(&db.replica.prefix))
+            }
             Err(e @ StorageError::Transport { .. }) => {
                 log::warn!("{e}; starting anyway, each database retries until it answers")
             }

@@ -63,6 +63,9 @@ pub struct WatchOptions {
     /// This process's leases: each database writes only while it holds
     /// its prefix's (`crate::lease`); `None` takes none.
     pub leases: Option<Arc<Leases>>,
+    /// Where to find out, once at start, whether the storage checks upload
+    /// checksums (`Storage::upload_check`), to log it; `None`: not at all.
+    pub checksum_probe_root: Option<String>,
 }
 
 enum Msg {
@@ -600,6 +603,13 @@ pub fn run(
         opts.workers.max(1),
         storage.location()
     );
+    if let Some(root) = &opts.checksum_probe_root {
+        log::info!(
+            "{}: uploads: {}",
+            storage.location(),
+            storage.upload_check(root)
+        );
+    }
 
     let mut next_rescan = now + opts.rescan_interval;
     let mut catalog_due: Option<Instant> = None;

@@ -104,6 +104,16 @@ pub(crate) struct Database {
     /// closed its last connection, so walsync lets go now, whatever the
     /// database's size and whether commits wait (`last_close`).
     closed_by_app: bool,
+    /// The application showed itself since walsync took the database up
+    /// (or last let go of it): a sync shipped commits, or a probe found
+    /// another process with it open. Only then is a probe that finds none
+    /// a last close (`last_close`). A database no process has open when
+    /// walsync takes it up was closed by nobody, and letting go of it at
+    /// once would cost a new generation whenever a writer that starts next
+    /// checkpoints before walsync is back (its WAL and `-shm` are made
+    /// afresh then, so nothing proves that they continue the history).
+    /// Close events cannot tell: walsync's own connections make them too.
+    app_seen: bool,
     membership: Membership,
     /// The due time and release time under which `Schedule::due` and
     /// `Schedule::releases` list it now (see `Schedule::reindex`).
@@ -122,6 +132,7 @@ impl Database {
             pending_since_ms: None,
             release_at: None,
             closed_by_app: false,
+            app_seen: false,
             membership: Membership::Replicating,
             indexed: (None, None),
         }
@@ -534,7 +545,8 @@ impl Schedule {
             return;
         };
         let leaving = leaving || db.membership == Membership::Leaving;
-        if last_close(db.job, others_attached, leaving) {
+        db.app_seen |= others_attached == Some(true);
+        if db.app_seen && last_close(db.job, others_attached, leaving) {
             log::debug!("{}: no other process has it open; letting go", db.name());
             db.closed_by_app = true;
             db.release_at = Some(now);
@@ -897,7 +909,9 @@ impl Schedule {
         }
         if let Some(s) = self.dbs.get_mut(&id) {
             let leaving = stopping || s.membership == Membership::Leaving;
-            s.closed_by_app = last_close(s.job, others_attached, leaving);
+            s.app_seen |= others_attached == Some(true)
+                || matches!(&outcome, Outcome::Synced(r) if r.commits > 0);
+            s.closed_by_app = s.app_seen && last_close(s.job, others_attached, leaving);
             if s.closed_by_app {
                 s.release_at = Some(now);
             }
@@ -924,6 +938,9 @@ impl Schedule {
             return;
         };
         s.job = Job::Idle(connection);
+        if matches!(result, Ok(Some(_))) {
+            s.app_seen = false;
+        }
         match result {
             // Let go of with commits unshipped (the storage was down when
             // the application closed it): taken up again from the bucket,
@@ -1833,6 +1850,58 @@ mod tests {
         assert!(s.get(1).unwrap().is_dirty());
         assert!(s.launch(ms(t0, 4002), &mut fds).is_empty(), "backing off");
         assert_eq!(syncs(&s.launch(ms(t0, 7000), &mut fds)), vec![(1, false)]);
+    }
+
+    #[test]
+    fn a_database_nobody_had_open_is_not_let_go_as_closed_until_the_application_shows_itself() {
+        // Idle releases after 10 s; database 0 is closed when walsync takes
+        // it up: nobody closed it, so its first sync's probe lets nothing go.
+        let (mut s, t0) = schedule(1, 2, Some(Duration::from_secs(10)));
+        let mut fds = FakeFds::default();
+        s.launch(t0, &mut fds);
+        s.on_done(0, alone(synced(0, t0)), &mut fds, ms(t0, 5));
+        assert!(s.launch(ms(t0, 5), &mut fds).is_empty());
+        // Nor after a sync that shipped nothing new.
+        write(&mut s, 0, ms(t0, 1000));
+        s.launch(ms(t0, 1000), &mut fds);
+        s.on_done(0, alone(synced(0, ms(t0, 1000))), &mut fds, ms(t0, 1005));
+        assert!(s.launch(ms(t0, 1005), &mut fds).is_empty());
+        // A sync that shipped commits: the application was there, and its
+        // close as the sync ended lets go.
+        write(&mut s, 0, ms(t0, 2000));
+        s.launch(ms(t0, 2000), &mut fds);
+        s.on_done(0, alone(synced(4, ms(t0, 2000))), &mut fds, ms(t0, 2005));
+        let closed = LetGo::Closed {
+            storage_failing: false,
+        };
+        assert_eq!(
+            closed_releases(&s.launch(ms(t0, 2005), &mut fds)),
+            vec![(0, closed)]
+        );
+        s.on_released(
+            0,
+            Ok(Some(STAT)),
+            Connection::Released,
+            ms(t0, 2006),
+            &unchanged,
+        );
+        // Let go of: the application must show itself again. A sync that
+        // ships nothing, a close (walsync's own connections make those
+        // too) whose probe finds nobody: kept.
+        write(&mut s, 0, ms(t0, 3000));
+        s.launch(ms(t0, 3000), &mut fds);
+        s.on_done(0, alone(synced(0, ms(t0, 3000))), &mut fds, ms(t0, 3005));
+        s.on_probe(0, Some(false), ms(t0, 3006));
+        assert!(s.launch(ms(t0, 3006), &mut fds).is_empty());
+        // A probe that finds another process with it open: the next that
+        // finds none is the application's last close.
+        s.on_probe(0, Some(true), ms(t0, 3500));
+        assert!(s.launch(ms(t0, 3500), &mut fds).is_empty());
+        s.on_probe(0, Some(false), ms(t0, 3600));
+        assert_eq!(
+            closed_releases(&s.launch(ms(t0, 3600), &mut fds)),
+            vec![(0, closed)]
+        );
     }
 
     #[test]

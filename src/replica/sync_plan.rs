@@ -173,6 +173,69 @@ pub(super) fn mark_may_move(view: Option<WalEnd>, now: WalEnd) -> bool {
     view.is_some_and(|v| (v.salt1, v.salt2) != (now.salt1, now.salt2) || now.frames > v.frames)
 }
 
+/// What the WAL end a checkpoint reported right after walsync moved its
+/// read mark (`after`) says about the new read transaction, when every
+/// frame up to `shipped`, the WAL's end as the old one saw it, is shipped
+/// (`Replica::rest_at_mark_zero`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AfterMove {
+    /// The same WAL, no further: the new read transaction sees `shipped`.
+    Same,
+    /// Another WAL (new salts), or the same with fewer frames (a RESTART
+    /// checkpoint whose WAL has no new header yet): SQLite restarted it.
+    /// A restart needs every mark above 0 unused and the WAL wholly
+    /// backfilled; the old mark (above 0, or 0, which blocks every
+    /// backfill) bounded the backfill at `shipped` until the new read
+    /// transaction began, so the new one has mark 0 and sees `shipped`,
+    /// and the restart came exactly there.
+    Restarted,
+    /// The same WAL grown: the new read transaction may see frames not
+    /// shipped yet, with a mark above 0 that lets them be backfilled.
+    Grew,
+}
+
+pub(super) fn after_move(shipped: WalEnd, after: WalEnd) -> AfterMove {
+    if (after.salt1, after.salt2) != (shipped.salt1, shipped.salt2) || after.frames < shipped.frames
+    {
+        AfterMove::Restarted
+    } else if after.frames == shipped.frames {
+        AfterMove::Same
+    } else {
+        AfterMove::Grew
+    }
+}
+
+/// What `Replica::rest_at_mark_zero` does after a move of the read mark
+/// that saw `seen`, when the WAL was wholly backfilled at the shipped end
+/// before the move (`backfilled`) and the checkpoint after it was complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RestStep {
+    /// The new read transaction has mark 0 at the shipped end: it began on
+    /// a wholly backfilled WAL that ends there, or a restart proves it.
+    AtMarkZero,
+    /// The new mark sees the shipped end and the WAL is now wholly
+    /// backfilled (the database file is the shipped state), but the mark
+    /// was taken before that: move once more.
+    Again,
+    /// Done, with whether the database file is the shipped state: not when
+    /// the WAL grew (the new mark may let new frames be backfilled), nor
+    /// when a reader of the application's holds an older mark.
+    Stop { base_is_db_file: bool },
+}
+
+pub(super) fn rest_step(seen: AfterMove, backfilled: bool, complete: bool) -> RestStep {
+    match (seen, backfilled, complete) {
+        (AfterMove::Grew, _, _) => RestStep::Stop {
+            base_is_db_file: false,
+        },
+        (AfterMove::Restarted, _, _) | (AfterMove::Same, true, _) => RestStep::AtMarkZero,
+        (AfterMove::Same, false, true) => RestStep::Again,
+        (AfterMove::Same, false, false) => RestStep::Stop {
+            base_is_db_file: false,
+        },
+    }
+}
+
 /// Defence in depth at a sync point: with the write lock held, the WAL's
 /// committed end (`log_frames`, reported by the checkpoint) must be exactly
 /// where walsync stands. If not, something walsync has not shipped could be
@@ -402,6 +465,55 @@ mod tests {
         ];
         for ((shipped, e), want) in rows {
             assert_eq!(at_shipped_end(shipped, e, PAGE), want, "{shipped:?} {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_moved_mark_sees_the_shipped_end_unless_the_same_wal_grew() {
+        use AfterMove::*;
+        // (shipped end, end after the move) -> what the new mark sees.
+        let rows = [
+            ((end(1, 10), end(1, 10)), Same),
+            // The application committed meanwhile: the new mark may see it.
+            ((end(1, 10), end(1, 11)), Grew),
+            // The application restarted the WAL (RESTART or TRUNCATE, or a
+            // writer after the move): only a read mark 0 lets it.
+            ((end(1, 10), end(2, 0)), Restarted),
+            ((end(1, 10), end(2, 30)), Restarted),
+            // A RESTART checkpoint with no writer since: the wal-index is
+            // empty, the file's header is the old one.
+            ((end(1, 10), end(1, 0)), Restarted),
+            // TRUNCATE: no header at all.
+            ((end(1, 10), end(0, 0)), Restarted),
+        ];
+        for ((shipped, after), want) in rows {
+            assert_eq!(after_move(shipped, after), want, "{shipped:?} {after:?}");
+        }
+    }
+
+    #[test]
+    fn the_mark_rests_at_zero_only_from_a_wholly_backfilled_shipped_end() {
+        use AfterMove::*;
+        use RestStep::*;
+        let stop = |base_is_db_file| Stop { base_is_db_file };
+        // (seen, backfilled before the move, checkpoint complete) -> step.
+        let rows = [
+            ((Same, true, true), AtMarkZero),
+            ((Same, true, false), AtMarkZero),
+            ((Restarted, false, false), AtMarkZero),
+            ((Restarted, true, false), AtMarkZero),
+            // The old mark was below the end: backfilled now, move again.
+            ((Same, false, true), Again),
+            ((Same, false, false), stop(false)),
+            ((Grew, true, true), stop(false)),
+            ((Grew, false, true), stop(false)),
+        ];
+        for ((seen, backfilled, complete), want) in rows {
+            assert_eq!(
+                rest_step(seen, backfilled, complete),
+                want,
+                "{seen:?} {backfilled} {complete}"
+            );
         }
     }
 

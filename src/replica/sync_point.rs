@@ -7,7 +7,7 @@
 use super::continuity::Gap;
 use super::error::ReplicaError;
 use super::live::WalEnd;
-use super::sync_plan::{self, SettleStep};
+use super::sync_plan::{self, RestStep, SettleStep};
 use super::wal_file::{wal_end_after, wal_header};
 use super::{Replica, SyncReport};
 use crate::sqlite;
@@ -73,6 +73,9 @@ impl Replica {
                     "{}: settled at the end: {ck:?}, at the shipped end: {at_end}",
                     path.display()
                 );
+                if at_end {
+                    self.rest_at_mark_zero(ck.complete())?;
+                }
                 Ok(())
             }
             SettleStep::MoveMark => {
@@ -89,6 +92,9 @@ impl Replica {
                     "{}: settled: {ck:?}, at the shipped end: {at_end}",
                     path.display()
                 );
+                if at_end {
+                    self.rest_at_mark_zero(ck.complete())?;
+                }
                 Ok(())
             }
             SettleStep::CheckpointBeside => {
@@ -111,6 +117,66 @@ impl Replica {
                 Ok(())
             }
         }
+    }
+
+    /// Called after a settle found every frame up to the WAL's end shipped
+    /// (`at_shipped_end`); `backfilled_at_end`: the WAL was also wholly
+    /// backfilled there, with walsync's read transaction seeing that end.
+    /// Moves the read mark once more, so that the new read transaction
+    /// begins on a fully backfilled WAL and gets read mark 0: SQLite reads
+    /// the database file alone for it, so it holds none of the marks a WAL
+    /// restart must find unused, and the application's RESTART and TRUNCATE
+    /// checkpoints succeed (and its next writer restarts the WAL) while
+    /// walsync has caught up (issue 10).
+    ///
+    /// Mark 0 still protects every frame committed after it: a checkpoint
+    /// must lock mark 0 exclusively to backfill, which walsync's read lock
+    /// on it forbids, and SQLite restarts only a fully backfilled WAL; so
+    /// the WAL is restarted at most once, at the shipped end, and then grows
+    /// until walsync's next settle moves the mark above 0 and backfills what
+    /// it shipped. The old mark is held until the new one is taken, and
+    /// `after_move` says what the new one sees. When the WAL was not wholly
+    /// backfilled yet (the old mark was below the end: SQLite gives a reader
+    /// an older mark when it cannot take a free one, as while an application
+    /// checkpoint scans them), the first move's checkpoint backfills it and
+    /// a second move takes mark 0.
+    fn rest_at_mark_zero(&mut self, backfilled_at_end: bool) -> Result<(), ReplicaError> {
+        let path = self.opts.path.clone();
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        let Some(shipped) = live.cursor.pos.map(|p| WalEnd::of(&p, live.page_size)) else {
+            return Ok(());
+        };
+        if live.mark_zero || shipped.frames == 0 {
+            return Ok(());
+        }
+        let mut backfilled = backfilled_at_end;
+        for _ in 0..2 {
+            let (ck, after) = live.move_mark(&path)?;
+            let seen = sync_plan::after_move(shipped, after);
+            log::debug!(
+                "{}: read mark moved at the shipped end: {seen:?}, {ck:?}",
+                path.display()
+            );
+            match sync_plan::rest_step(seen, backfilled, ck.complete()) {
+                RestStep::Stop { base_is_db_file } => {
+                    live.cursor.base_is_db_file = base_is_db_file;
+                    return Ok(());
+                }
+                RestStep::AtMarkZero => {
+                    live.cursor.base_is_db_file = true;
+                    live.backfilled = true;
+                    live.mark_zero = true;
+                    return Ok(());
+                }
+                RestStep::Again => {
+                    live.cursor.base_is_db_file = true;
+                    backfilled = true;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Runs `f` while walsync holds the database's write lock.

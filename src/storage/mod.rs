@@ -4,9 +4,11 @@
 //! This layer moves opaque bytes under keys; it knows nothing of WAL frames,
 //! generations or snapshots. It upholds ARCHITECTURE.md invariant 4 on the way up:
 //! every `put` carries the CRC32 of the whole object, which the S3 backend sends
-//! as `x-amz-checksum-crc32` so the server verifies it (a multipart upload
+//! as `x-amz-checksum-crc32` for the server to check (a multipart upload
 //! sends one per part, and checks the whole object's CRC32 itself before it
-//! completes the upload). Verifying objects on the
+//! completes the upload; a server that refuses the header gets `Content-MD5`
+//! instead). Whether the server really checks is found out, not assumed
+//! (`Storage::upload_check`). Verifying objects on the
 //! way down is the job of the decoders (`crate::format`), which check the CRC32
 //! stored inside every object. Secrets never appear in an error or a log line.
 
@@ -159,6 +161,66 @@ pub trait Storage: Send + Sync {
     /// Where this storage points, for messages (e.g. `s3://bucket` or a
     /// directory path). Never contains secrets.
     fn location(&self) -> String;
+
+    /// What the storage itself checks of the bytes of an upload, found out
+    /// at most once per process: S3 writes a probe object with a wrong
+    /// checksum under `root` (a prefix walsync owns, ending in `/`, or
+    /// empty for the bucket's root) and deletes it again. A directory has
+    /// no server in between (the default).
+    fn upload_check(&self, _root: &str) -> UploadCheck {
+        UploadCheck::Local
+    }
+}
+
+/// What the storage checks of the bytes walsync uploads (see
+/// `Storage::upload_check`). Whatever it is, restore and `verify` check
+/// every object's own CRC32 trailer when they read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadCheck {
+    /// The server refused a probe object whose checksum (sent in the
+    /// header `header`) did not match its bytes.
+    Checked { header: &'static str },
+    /// The server stored a probe object whose checksum (in `header`) did
+    /// not match its bytes.
+    NotChecked { header: &'static str },
+    /// Not found out, and why (credentials that may not write, …).
+    Unknown { reason: String },
+    /// A local directory: no server in between.
+    Local,
+}
+
+impl UploadCheck {
+    /// One word for JSON: `checked`, `not_checked`, `unknown`, `local`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            UploadCheck::Checked { .. } => "checked",
+            UploadCheck::NotChecked { .. } => "not_checked",
+            UploadCheck::Unknown { .. } => "unknown",
+            UploadCheck::Local => "local",
+        }
+    }
+}
+
+impl fmt::Display for UploadCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const TRAILERS: &str = "restore and verify check every object's CRC32 trailer";
+        match self {
+            UploadCheck::Checked { header } => write!(
+                f,
+                "the server checks every upload's {header} (it refused a probe object whose {header} was wrong); {TRAILERS} too"
+            ),
+            UploadCheck::NotChecked { header } => write!(
+                f,
+                "the server does not check upload checksums (it stored a probe object whose {header} was wrong): \
+                 bytes damaged on the way are caught only when read back: {TRAILERS}"
+            ),
+            UploadCheck::Unknown { reason } => write!(
+                f,
+                "whether the server checks upload checksums is not known ({reason}); {TRAILERS}"
+            ),
+            UploadCheck::Local => write!(f, "a local directory, no server in between; {TRAILERS}"),
+        }
+    }
 }
 
 /// Why a ranged read came back short: the object is smaller than the

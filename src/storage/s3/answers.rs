@@ -19,6 +19,10 @@ use crate::storage::StorageError;
 pub(super) struct Failure {
     pub(super) error: StorageError,
     pub(super) retryable: bool,
+    /// The server refused the upload's CRC32 header itself (its words):
+    /// the retry loop sends the request again at once with `Content-MD5`
+    /// (`integrity::refuses_checksum_header`).
+    pub(super) checksum_header_refused: Option<String>,
 }
 
 impl Failure {
@@ -26,6 +30,7 @@ impl Failure {
         Failure {
             error,
             retryable: false,
+            checksum_header_refused: None,
         }
     }
 
@@ -33,6 +38,7 @@ impl Failure {
         Failure {
             error,
             retryable: true,
+            checksum_header_refused: None,
         }
     }
 }
@@ -88,7 +94,7 @@ fn retryable_status(status: u16) -> bool {
 }
 
 /// S3 error codes saying the bytes did not match their declared checksum.
-const CHECKSUM_CODES: &[&str] = &[
+pub(super) const CHECKSUM_CODES: &[&str] = &[
     "BadDigest",
     "InvalidDigest",
     "XAmzContentChecksumMismatch",
@@ -281,6 +287,7 @@ pub(super) fn classify_status(status: u16, body: &[u8], location: &str, key: &st
     Failure {
         error,
         retryable: meaning.retryable(),
+        checksum_header_refused: None,
     }
 }
 
@@ -330,7 +337,7 @@ fn s3_error(
             key: key.to_owned(),
         },
         Meaning::ChecksumMismatch => server(format!(
-            "{detail}; the bytes sent do not match their CRC32 ({CHECKSUM_HEADER}): the local data changed while uploading or is corrupt"
+            "{detail}; the bytes sent do not match their checksum ({CHECKSUM_HEADER} or Content-MD5): the local data changed while uploading or is corrupt"
         )),
         Meaning::Transient | Meaning::Refused | Meaning::NotS3 => server(detail),
     }
@@ -643,7 +650,11 @@ mod tests {
             "k",
         );
         assert!(!f.retryable);
-        assert!(f.error.to_string().contains("CRC32"), "{}", f.error);
+        assert!(
+            f.error.to_string().contains("do not match their checksum"),
+            "{}",
+            f.error
+        );
         let body = b"<Error><Code>PermanentRedirect</Code><Message>m</Message>\
                      <Endpoint>b.s3.eu-west-1.amazonaws.com</Endpoint></Error>";
         let f = classify_status(301, body, LOCATION, "k");

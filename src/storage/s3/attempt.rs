@@ -16,6 +16,7 @@ use super::answers::{
 use super::delete_objects::{
     batch_failure, delete_objects_xml, lacks_delete_objects, parse_delete_result,
 };
+use super::integrity::{refuses_checksum_header, Digest};
 use super::listing::ListingPage;
 use super::multipart::{
     complete_upload_xml, open_part, short_part, PartReader, PartSpan, UploadedPart,
@@ -65,6 +66,20 @@ impl S3Storage {
         let status = response.status().as_u16();
         let body = read_error_body(response);
         classify_status(status, &body, &self.location, key)
+    }
+
+    /// `rejected` for an upload that carried a checksum header: an answer
+    /// refusing the header itself is final here, and marked for the retry
+    /// loop, which falls back to `Content-MD5`.
+    fn rejected_upload(&self, response: Response<ureq::Body>, key: &str) -> Failure {
+        let status = response.status().as_u16();
+        let body = read_error_body(response);
+        let mut failure = classify_status(status, &body, &self.location, key);
+        if let Some(said) = refuses_checksum_header(status, &body) {
+            failure.retryable = false;
+            failure.checksum_header_refused = Some(said);
+        }
+        failure
     }
 
     fn bad_response(&self, detail: String) -> Failure {
@@ -136,28 +151,32 @@ impl S3Storage {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// Sends `body` under `key` with `digest` (its integrity header);
+    /// `crc32` is the body's CRC32, which a server that echoes one must
+    /// echo.
     pub(super) fn put_once(
         &self,
         key: &str,
         body: Body<'_>,
-        checksum: &str,
+        digest: &Digest,
+        crc32: u32,
     ) -> Result<(), Failure> {
         let io_error = |source: io::Error| Failure::fatal(self.body_error(body, source));
         self.check_body_len(key, body).map_err(Failure::fatal)?;
         let mut reader = body.open().map_err(io_error)?;
 
-        let url = self.put_url(key, checksum);
+        let url = self.put_url(key, digest);
         log::debug!("{}: PUT {key:?} ({} bytes)", self.location, body.len());
         let response = self
             .agent
             .put(&url)
             .header("content-length", body.len().to_string())
-            .header(CHECKSUM_HEADER, checksum)
+            .header(digest.header, &digest.value)
             .send(SendBody::from_reader(&mut reader))
             .map_err(|e| self.transport(e))?;
 
         if !response.status().is_success() {
-            return Err(self.rejected(response, key));
+            return Err(self.rejected_upload(response, key));
         }
         let etag = header(&response, "etag").map(str::to_owned);
         let echoed = header(&response, CHECKSUM_HEADER).map(str::to_owned);
@@ -166,36 +185,68 @@ impl S3Storage {
             &format!("PutObject of {key:?}"),
             etag,
             echoed.as_deref(),
-            checksum,
+            &checksum_header_value(crc32),
         )
         .map_err(|detail| self.bad_response(detail))?;
         Ok(())
     }
 
-    pub(super) fn create_upload_once(&self, key: &str) -> Result<String, Failure> {
-        let url = self.create_upload_url(key);
-        log::debug!("{}: create multipart upload {key:?}", self.location);
+    /// Sends the checksum probe: `bytes` under `key` with a `digest` that
+    /// does not match them. Gives the status and the start of the body of
+    /// any answer but a transient one, which is a retryable `Failure`.
+    pub(super) fn put_probe_once(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        digest: &Digest,
+    ) -> Result<(u16, Vec<u8>), Failure> {
+        let url = self.put_url(key, digest);
+        log::debug!("{}: PUT {key:?} (checksum probe)", self.location);
         let response = self
             .agent
-            .post(&url)
-            .header(CHECKSUM_ALGORITHM_HEADER, "CRC32")
-            .send_empty()
+            .put(&url)
+            .header(digest.header, &digest.value)
+            .send(bytes)
             .map_err(|e| self.transport(e))?;
+        let status = response.status().as_u16();
+        let body = read_error_body(response);
+        if !(200..300).contains(&status) {
+            let failure = classify_status(status, &body, &self.location, key);
+            if failure.retryable {
+                return Err(failure);
+            }
+        }
+        Ok((status, body))
+    }
+
+    /// Creates a multipart upload; with `crc32`, declaring CRC32 as the
+    /// checksum of every part.
+    pub(super) fn create_upload_once(&self, key: &str, crc32: bool) -> Result<String, Failure> {
+        let url = self.create_upload_url(key, crc32);
+        log::debug!("{}: create multipart upload {key:?}", self.location);
+        let mut request = self.agent.post(&url);
+        if crc32 {
+            request = request.header(CHECKSUM_ALGORITHM_HEADER, "CRC32");
+        }
+        let response = request.send_empty().map_err(|e| self.transport(e))?;
         if !response.status().is_success() {
-            return Err(self.rejected(response, key));
+            return Err(self.rejected_upload(response, key));
         }
         let text = self.read_answer(response, "CreateMultipartUpload", key)?;
         upload_id(key, &text).map_err(|detail| self.bad_response(detail))
     }
 
-    /// Sends one part; returns its ETag.
+    /// Sends one part with `digest` (its integrity header); returns its
+    /// ETag. `crc32` is the part's CRC32, which a server that echoes one
+    /// must echo.
     pub(super) fn upload_part_once(
         &self,
         key: &str,
         upload_id: &str,
         body: Body<'_>,
         part: &PartSpan,
-        checksum: &str,
+        digest: &Digest,
+        crc32: u32,
     ) -> Result<String, Failure> {
         let inner = open_part(body, part.offset, part.len)
             .map_err(|e| Failure::fatal(self.body_error(body, e)))?;
@@ -204,7 +255,7 @@ impl S3Storage {
             remaining: part.len,
             ended_early: false,
         };
-        let url = self.upload_part_url(key, part.number, upload_id, checksum);
+        let url = self.upload_part_url(key, part.number, upload_id, digest);
         log::debug!(
             "{}: PUT {key:?} part {} ({} bytes)",
             self.location,
@@ -215,7 +266,7 @@ impl S3Storage {
             .agent
             .put(&url)
             .header("content-length", part.len.to_string())
-            .header(CHECKSUM_HEADER, checksum)
+            .header(digest.header, &digest.value)
             .send(SendBody::from_reader(&mut reader));
         if reader.ended_early {
             let read = part.len - reader.remaining;
@@ -225,7 +276,7 @@ impl S3Storage {
         }
         let response = sent.map_err(|e| self.transport(e))?;
         if !response.status().is_success() {
-            return Err(self.rejected(response, key));
+            return Err(self.rejected_upload(response, key));
         }
         let etag = header(&response, "etag").map(str::to_owned);
         let echoed = header(&response, CHECKSUM_HEADER).map(str::to_owned);
@@ -234,7 +285,7 @@ impl S3Storage {
             &format!("UploadPart {} of {key:?}", part.number),
             etag,
             echoed.as_deref(),
-            checksum,
+            &checksum_header_value(crc32),
         )
         .map_err(|detail| self.bad_response(detail))
     }
@@ -246,9 +297,10 @@ impl S3Storage {
         key: &str,
         upload_id: &str,
         parts: &[UploadedPart],
+        crc32: bool,
     ) -> Result<Option<String>, Failure> {
         let url = self.complete_upload_url(key, upload_id);
-        let xml = complete_upload_xml(parts);
+        let xml = complete_upload_xml(parts, crc32);
         log::debug!(
             "{}: complete multipart upload {key:?} ({} parts)",
             self.location,
@@ -360,8 +412,8 @@ impl S3Storage {
     pub(super) fn delete_batch_once(&self, keys: &[String]) -> Result<Option<String>, Failure> {
         let first = keys.first().map(String::as_str).unwrap_or_default();
         let xml = delete_objects_xml(keys);
-        let checksum = checksum_header_value(crc32fast::hash(xml.as_bytes()));
-        let url = self.delete_objects_url(&checksum);
+        let digest = Digest::md5_of(xml.as_bytes());
+        let url = self.delete_objects_url(&digest);
         log::debug!(
             "{}: DeleteObjects of {} keys from {first:?}",
             self.location,
@@ -371,7 +423,7 @@ impl S3Storage {
             .agent
             .post(&url)
             .header("content-type", "application/xml")
-            .header(CHECKSUM_HEADER, &checksum)
+            .header(digest.header, &digest.value)
             .send(xml.as_bytes())
             .map_err(|e| self.transport(e))?;
         let status = response.status().as_u16();

@@ -4,12 +4,13 @@
 //! means the server lacks the operation, so that walsync deletes one key
 //! per request instead. Pure: nothing here sends anything (`attempt` does).
 //!
-//! The body goes with a signed `x-amz-checksum-crc32` header: S3 requires
+//! The body goes with a signed `Content-MD5` header (`md5`): S3 requires
 //! an integrity header on DeleteObjects (`Content-MD5` or an
-//! `x-amz-checksum-*` one), and walsync links no MD5 implementation. A
-//! server that insists on `Content-MD5` (older MinIO) answers 400 naming
-//! it, which counts as lacking the operation here. Falling back is never
-//! wrong, only slower, so any answer that may mean "not supported" does.
+//! `x-amz-checksum-*` one), older MinIO insists on `Content-MD5`, and
+//! some servers refuse the `x-amz-checksum-*` headers (R2 until 2025, B2;
+//! see `integrity`). A server that still answers 400 naming `Content-MD5`
+//! counts as lacking the operation here. Falling back is never wrong, only
+//! slower, so any answer that may mean "not supported" does.
 //!
 //! API reference:
 //! <https://docs.aws.amazon.com/AmazonS3/latest/API/API_DeleteObjects.html>.
@@ -177,8 +178,8 @@ pub(super) fn batch_failure(errors: &[NotDeleted], status: u16, location: &str) 
 }
 
 /// Whether an unsuccessful answer (`status`, the start of its body) to
-/// DeleteObjects says the server lacks the operation, or wants an integrity
-/// header walsync does not send (`Content-MD5`): 501 Not Implemented, 405
+/// DeleteObjects says the server lacks the operation, or will not take its
+/// `Content-MD5`: 501 Not Implemented, 405
 /// Method Not Allowed, or a 400 whose code or message names the operation,
 /// `delete` or `Content-MD5`. Anything else (a missing bucket, refused
 /// credentials, a busy server) is classified as for any other request.

@@ -8,8 +8,12 @@
 //! answers (status and XML error code) to `StorageError`.
 //!
 //! It upholds ARCHITECTURE.md invariant 4 on the way up: every `put` sends the
-//! object's CRC32 as a signed `x-amz-checksum-crc32` header, so the server
-//! refuses bytes that changed on the way. It must never log or return a
+//! object's CRC32 as a signed `x-amz-checksum-crc32` header, so that a server
+//! that checks it refuses bytes that changed on the way. A server that
+//! refuses the header itself (R2 until 2025, B2) gets the same request once
+//! more at once with `Content-MD5`, and every upload after it
+//! (`integrity`); whether the server checks at all is found out once, by a
+//! probe (`upload_check`). It must never log or return a
 //! secret or a full signed URL: messages name the bucket, the endpoint and the
 //! object key only.
 //!
@@ -26,10 +30,9 @@
 //! CompleteMultipartUpload.
 //!
 //! `delete` sends DeleteObjects (`POST /?delete`) in batches of at most
-//! 1,000 keys, each body with a signed `x-amz-checksum-crc32`. A server
-//! that lacks it (501, 405, or 400 naming it or `Content-MD5`: GCS's XML
-//! API, older MinIO) gets one DELETE per key instead, for that call and
-//! the rest of the process, with one WARN.
+//! 1,000 keys, each body with a signed `Content-MD5`. A server that lacks
+//! it (501, 405, or 400 naming it: GCS's XML API) gets one DELETE per key
+//! instead, for that call and the rest of the process, with one WARN.
 //!
 //! One concern per file; the protocol is kept in plain values, the way
 //! rusty-s3 keeps it, and the I/O shell around it is thin:
@@ -44,6 +47,10 @@
 //!   the part readers (no network);
 //! - `delete_objects`: the body of a DeleteObjects batch, its answer, and
 //!   which answers mean the server lacks it (pure);
+//! - `integrity`: the integrity header an upload carries (CRC32 or
+//!   `Content-MD5`), the answers refusing the CRC32 header, what the
+//!   probe's answer means (pure); `md5`: MD5 for `Content-MD5` (pure);
+//! - `upload_check`: the checksum probe;
 //! - `attempt`: one attempt of each request over the agent;
 //! - `multipart_upload`: a multipart upload from create to complete or abort;
 //! - `conditional`: conditional puts and tagged reads (the lease);
@@ -53,25 +60,33 @@ mod answers;
 mod attempt;
 mod conditional;
 mod delete_objects;
+mod integrity;
 mod listing;
+mod md5;
 mod multipart;
 mod multipart_upload;
 mod requests;
 mod retry;
 mod tls;
+mod upload_check;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use rusty_s3::{Bucket, Credentials, UrlStyle};
 use ureq::tls::TlsConfig;
 use ureq::Agent;
 
-use super::{Body, ObjectMeta, ObjectReader, PutIf, PutIfOutcome, Storage, StorageError, Tagged};
-use answers::listed_size;
+use super::{
+    Body, ObjectMeta, ObjectReader, PutIf, PutIfOutcome, Storage, StorageError, Tagged, UploadCheck,
+};
+use answers::{listed_size, Failure};
 use delete_objects::MAX_KEYS_PER_BATCH;
-use multipart::MultipartPolicy;
+use integrity::{Digest, UploadDigest};
+use md5::Md5;
+use multipart::{part_crc32, MultipartPolicy, PartSpan};
 use requests::check_key;
 use tls::root_certs_from_env;
 
@@ -133,6 +148,11 @@ pub struct S3Storage {
     /// Set once the server has answered DeleteObjects as an operation it
     /// lacks: from then on, `delete` sends one DELETE per key.
     batch_delete_lacking: AtomicBool,
+    /// Set once the server has refused the `x-amz-checksum-crc32` header
+    /// itself: from then on, uploads carry `Content-MD5` instead.
+    content_md5: AtomicBool,
+    /// What the checksum probe found, once it has run.
+    upload_check: OnceLock<UploadCheck>,
 }
 
 impl fmt::Debug for S3Storage {
@@ -220,6 +240,8 @@ impl S3Storage {
             },
             location,
             batch_delete_lacking: AtomicBool::new(false),
+            content_md5: AtomicBool::new(false),
+            upload_check: OnceLock::new(),
         })
     }
 
@@ -234,6 +256,57 @@ impl S3Storage {
     /// sends one DELETE per key for the rest of the process.
     pub fn deletes_in_batches(&self) -> bool {
         !self.batch_delete_lacking.load(Ordering::Relaxed)
+    }
+
+    /// Whether uploads carry `Content-MD5` rather than
+    /// `x-amz-checksum-crc32`: false until the server refuses the CRC32
+    /// header itself, after which every upload of the process does.
+    pub fn uploads_with_content_md5(&self) -> bool {
+        self.content_md5.load(Ordering::Relaxed)
+    }
+
+    /// The integrity header uploads carry now.
+    fn upload_digest(&self) -> UploadDigest {
+        if self.uploads_with_content_md5() {
+            UploadDigest::ContentMd5
+        } else {
+            UploadDigest::Crc32
+        }
+    }
+
+    /// Makes every upload from now on carry `Content-MD5`, after the server
+    /// refused the CRC32 header (`said`: its words); says so once.
+    fn fall_back_to_md5(&self, said: &str) {
+        if !self.content_md5.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "{}: the server refuses the x-amz-checksum-crc32 header ({said}); \
+                 uploads carry Content-MD5 instead from now on",
+                self.location
+            );
+        }
+    }
+
+    /// The digest the upload of `span` of `body` (whose CRC32 is `crc32`)
+    /// carries now; `cached` keeps its MD5 once read, for the next try.
+    fn digest_of(
+        &self,
+        body: Body<'_>,
+        span: &PartSpan,
+        crc32: u32,
+        cached: &mut Option<Digest>,
+    ) -> Result<Digest, Failure> {
+        if self.upload_digest() == UploadDigest::Crc32 {
+            return Ok(Digest::crc32(crc32));
+        }
+        if let Some(digest) = cached {
+            return Ok(digest.clone());
+        }
+        let mut hasher = Md5::new();
+        part_crc32(body, span, &mut crc32fast::Hasher::new(), Some(&mut hasher))
+            .map_err(|e| Failure::fatal(self.body_error(body, e)))?;
+        let digest = Digest::md5(hasher.finalize());
+        *cached = Some(digest.clone());
+        Ok(digest)
     }
 
     /// Makes `put` upload bodies larger than `threshold_bytes` as a multipart
@@ -256,8 +329,16 @@ impl Storage for S3Storage {
         if self.multipart.applies_to(body.len()) {
             return self.put_multipart(key, body, crc32);
         }
-        let checksum = checksum_header_value(crc32);
-        self.retry("put", key, || self.put_once(key, body, &checksum))
+        let whole = PartSpan {
+            number: 1,
+            offset: 0,
+            len: body.len(),
+        };
+        let mut md5 = None;
+        self.retry("put", key, || {
+            let digest = self.digest_of(body, &whole, crc32, &mut md5)?;
+            self.put_once(key, body, &digest, crc32)
+        })
     }
 
     fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
@@ -354,6 +435,12 @@ impl Storage for S3Storage {
 
     fn location(&self) -> String {
         self.location.clone()
+    }
+
+    fn upload_check(&self, root: &str) -> UploadCheck {
+        self.upload_check
+            .get_or_init(|| self.probe_upload_check(root))
+            .clone()
     }
 }
 

@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::io::{self, Read, Seek, SeekFrom};
 
+use super::md5::Md5;
 use super::requests::checksum_header_value;
 use crate::storage::Body;
 
@@ -95,10 +96,11 @@ fn xml_escape(text: &str) -> String {
     out
 }
 
-/// The body of CompleteMultipartUpload: every part's number, ETag and CRC32.
-/// (rusty-s3's own body has no checksums, which S3 requires when the upload
-/// was created with a checksum algorithm.)
-pub(super) fn complete_upload_xml(parts: &[UploadedPart]) -> String {
+/// The body of CompleteMultipartUpload: every part's number, ETag and, with
+/// `crc32` (the upload was created with that checksum algorithm), its
+/// CRC32. (rusty-s3's own body has no checksums, which S3 requires when the
+/// upload was created with a checksum algorithm.)
+pub(super) fn complete_upload_xml(parts: &[UploadedPart], crc32: bool) -> String {
     let mut xml = String::from(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
          <CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
@@ -106,11 +108,18 @@ pub(super) fn complete_upload_xml(parts: &[UploadedPart]) -> String {
     for part in parts {
         let _ = write!(
             xml,
-            "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag><ChecksumCRC32>{}</ChecksumCRC32></Part>",
+            "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag>",
             part.number,
             xml_escape(&part.etag),
-            checksum_header_value(part.crc32)
         );
+        if crc32 {
+            let _ = write!(
+                xml,
+                "<ChecksumCRC32>{}</ChecksumCRC32>",
+                checksum_header_value(part.crc32)
+            );
+        }
+        xml.push_str("</Part>");
     }
     xml.push_str("</CompleteMultipartUpload>");
     xml
@@ -185,11 +194,12 @@ pub(super) fn short_part(part: &PartSpan, read: u64) -> io::Error {
 }
 
 /// Reads a part once, streaming, and returns its CRC32; also feeds every
-/// byte to `whole`, the CRC32 of the object so far.
+/// byte to `whole`, the CRC32 of the object so far, and to `md5` if given.
 pub(super) fn part_crc32(
     body: Body<'_>,
     part: &PartSpan,
     whole: &mut crc32fast::Hasher,
+    mut md5: Option<&mut Md5>,
 ) -> io::Result<u32> {
     let mut reader = open_part(body, part.offset, part.len)?;
     let mut hasher = crc32fast::Hasher::new();
@@ -204,6 +214,9 @@ pub(super) fn part_crc32(
         };
         hasher.update(&buffer[..n]);
         whole.update(&buffer[..n]);
+        if let Some(md5) = md5.as_deref_mut() {
+            md5.update(&buffer[..n]);
+        }
         read += n as u64;
     }
     if read != part.len {
@@ -323,7 +336,7 @@ mod tests {
             uploaded(1, "\"abc\"", b"123456789"),
             uploaded(2, "d<&>e", b""),
         ];
-        let xml = complete_upload_xml(&parts);
+        let xml = complete_upload_xml(&parts, true);
         assert_eq!(
             xml,
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
@@ -333,6 +346,15 @@ mod tests {
              </CompleteMultipartUpload>"
         );
         assert_eq!(xml_text(&xml, "ETag").as_deref(), Some("\"abc\""));
+        // An upload created without a checksum algorithm (Content-MD5
+        // parts) lists none.
+        assert_eq!(
+            complete_upload_xml(&parts[..1], false),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+             <CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <Part><PartNumber>1</PartNumber><ETag>&quot;abc&quot;</ETag></Part>\
+             </CompleteMultipartUpload>"
+        );
     }
 
     #[test]
@@ -389,8 +411,10 @@ mod tests {
                     len: 4_000,
                 },
             ];
-            let first = part_crc32(body, &spans[0], &mut whole).expect("part 1");
-            let second = part_crc32(body, &spans[1], &mut whole).expect("part 2");
+            let mut md5 = Md5::new();
+            let first = part_crc32(body, &spans[0], &mut whole, Some(&mut md5)).expect("part 1");
+            let second = part_crc32(body, &spans[1], &mut whole, None).expect("part 2");
+            assert_eq!(md5.finalize(), super::super::md5::md5(&data[..6_000]));
             assert_eq!(first, crc32fast::hash(&data[..6_000]));
             assert_eq!(second, crc32fast::hash(&data[6_000..]));
             assert_eq!(whole.finalize(), crc32fast::hash(&data));
@@ -406,7 +430,7 @@ mod tests {
             offset: 8_000,
             len: 4_000,
         };
-        let err = part_crc32(body, &span, &mut crc32fast::Hasher::new()).expect_err("short");
+        let err = part_crc32(body, &span, &mut crc32fast::Hasher::new(), None).expect_err("short");
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         assert!(
             err.to_string().contains("after 2000 of its 4000 bytes"),

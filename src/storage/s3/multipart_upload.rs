@@ -5,10 +5,11 @@
 
 use std::io;
 
+use super::integrity::{Digest, UploadDigest};
+use super::md5::Md5;
 use super::multipart::{
     completed_checksum_matches, composite_checksum, part_crc32, plan_parts, PartSpan, UploadedPart,
 };
-use super::requests::checksum_header_value;
 use super::S3Storage;
 use crate::storage::{Body, StorageError};
 
@@ -31,14 +32,19 @@ impl S3Storage {
             body.len(),
             parts.len()
         );
+        // Declared with CRC32 unless the server has refused that header:
+        // then the parts carry Content-MD5 and the completion no CRC32s.
+        let mut with_crc32 = true;
         let upload_id = self.retry("create multipart upload", key, || {
-            self.create_upload_once(key)
+            with_crc32 = self.upload_digest() == UploadDigest::Crc32;
+            self.create_upload_once(key, with_crc32)
         })?;
         let completed = self
             .upload_parts(key, &upload_id, body, crc32, &parts)
             .and_then(|uploaded| {
+                let with_crc32 = with_crc32 && self.upload_digest() == UploadDigest::Crc32;
                 let reported = self.retry("complete multipart upload", key, || {
-                    self.complete_upload_once(key, &upload_id, &uploaded)
+                    self.complete_upload_once(key, &upload_id, &uploaded, with_crc32)
                 })?;
                 Ok((uploaded, reported))
             });
@@ -71,8 +77,9 @@ impl S3Storage {
     }
 
     /// Reads and uploads each part in turn; a part is read twice (once for
-    /// its CRC32, which must be signed before sending, then to send it), never
-    /// held in memory. Checks the CRC32 of all bytes read against `crc32`.
+    /// its CRC32, and its MD5 when parts carry `Content-MD5`, which must be
+    /// signed before sending, then to send it), never held in memory.
+    /// Checks the CRC32 of all bytes read against `crc32`.
     fn upload_parts(
         &self,
         key: &str,
@@ -84,12 +91,14 @@ impl S3Storage {
         let mut whole = crc32fast::Hasher::new();
         let mut uploaded = Vec::with_capacity(parts.len());
         for part in parts {
-            let part_crc32 =
-                part_crc32(body, part, &mut whole).map_err(|e| self.body_error(body, e))?;
-            let checksum = checksum_header_value(part_crc32);
+            let mut md5 = (self.upload_digest() == UploadDigest::ContentMd5).then(Md5::new);
+            let part_crc32 = part_crc32(body, part, &mut whole, md5.as_mut())
+                .map_err(|e| self.body_error(body, e))?;
+            let mut cached = md5.map(|m| Digest::md5(m.finalize()));
             let what = format!("upload part {}/{}", part.number, parts.len());
             let etag = self.retry(&what, key, || {
-                self.upload_part_once(key, upload_id, body, part, &checksum)
+                let digest = self.digest_of(body, part, part_crc32, &mut cached)?;
+                self.upload_part_once(key, upload_id, body, part, &digest, part_crc32)
             })?;
             uploaded.push(UploadedPart {
                 number: part.number,

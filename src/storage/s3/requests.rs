@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rusty_s3::S3Action;
 
+use super::integrity::Digest;
 use super::S3Storage;
 use crate::storage::StorageError;
 
@@ -26,7 +27,7 @@ pub fn checksum_header_value(crc32: u32) -> String {
 }
 
 /// Standard base64 with padding (RFC 4648), enough for checksum headers.
-fn base64_encode(bytes: &[u8]) -> String {
+pub(super) fn base64_encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
@@ -78,21 +79,24 @@ pub(super) fn check_key(key: &str) -> Result<(), StorageError> {
 impl S3Storage {
     /// The presigned PutObject URL, with the checksum header among the signed
     /// headers (the request must then carry it with the same value).
-    pub(super) fn put_url(&self, key: &str, checksum: &str) -> String {
+    pub(super) fn put_url(&self, key: &str, digest: &Digest) -> String {
         let mut action = self.bucket.put_object(Some(&self.credentials), key);
-        action.headers_mut().insert(CHECKSUM_HEADER, checksum);
+        action.headers_mut().insert(digest.header, &digest.value);
         action.sign(SIGN_EXPIRY).into()
     }
 
-    /// The presigned CreateMultipartUpload URL, declaring CRC32 as the
-    /// checksum of every part (a signed header the request must carry).
-    pub(super) fn create_upload_url(&self, key: &str) -> String {
+    /// The presigned CreateMultipartUpload URL; with `crc32`, declaring CRC32
+    /// as the checksum of every part (a signed header the request must
+    /// carry).
+    pub(super) fn create_upload_url(&self, key: &str, crc32: bool) -> String {
         let mut action = self
             .bucket
             .create_multipart_upload(Some(&self.credentials), key);
-        action
-            .headers_mut()
-            .insert(CHECKSUM_ALGORITHM_HEADER, "CRC32");
+        if crc32 {
+            action
+                .headers_mut()
+                .insert(CHECKSUM_ALGORITHM_HEADER, "CRC32");
+        }
         action.sign(SIGN_EXPIRY).into()
     }
 
@@ -103,12 +107,12 @@ impl S3Storage {
         key: &str,
         number: u16,
         upload_id: &str,
-        checksum: &str,
+        digest: &Digest,
     ) -> String {
         let mut action = self
             .bucket
             .upload_part(Some(&self.credentials), key, number, upload_id);
-        action.headers_mut().insert(CHECKSUM_HEADER, checksum);
+        action.headers_mut().insert(digest.header, &digest.value);
         action.sign(SIGN_EXPIRY).into()
     }
 
@@ -151,11 +155,11 @@ impl S3Storage {
     }
 
     /// The presigned DeleteObjects URL (`POST /?delete`), with the body's
-    /// checksum header among the signed headers. rusty-s3 builds this action
+    /// `Content-MD5` among the signed headers. rusty-s3 builds this action
     /// only with its "full" feature (which links md-5, serde and
     /// serde_json), so it is signed here with rusty-s3's own `sign`, the
     /// way its action does: the bucket's URL, `delete=1`.
-    pub(super) fn delete_objects_url(&self, checksum: &str) -> String {
+    pub(super) fn delete_objects_url(&self, digest: &Digest) -> String {
         rusty_s3::signing::sign(
             &jiff::Timestamp::now(),
             rusty_s3::Method::Post,
@@ -166,7 +170,7 @@ impl S3Storage {
             self.bucket.region(),
             SIGN_EXPIRY.as_secs(),
             std::iter::once(("delete", "1")),
-            std::iter::once((CHECKSUM_HEADER, checksum)),
+            std::iter::once((digest.header, digest.value.as_str())),
         )
         .into()
     }
@@ -237,7 +241,7 @@ mod tests {
     fn put_url_signs_the_checksum_header() {
         let storage =
             S3Storage::new(settings(Some("http://127.0.0.1:9000"), true)).expect("valid settings");
-        let url = storage.put_url("db/key", &checksum_header_value(0xCBF4_3926));
+        let url = storage.put_url("db/key", &Digest::crc32(0xCBF4_3926));
         assert!(
             url.starts_with("http://127.0.0.1:9000/my-bucket/db/key?"),
             "{url}"
@@ -254,16 +258,23 @@ mod tests {
     fn each_request_names_its_object_and_signs_its_headers() {
         let storage =
             S3Storage::new(settings(Some("http://127.0.0.1:9000"), true)).expect("valid settings");
-        let checksum = checksum_header_value(0xCBF4_3926);
+        let checksum = Digest::crc32(0xCBF4_3926);
+        let md5 = Digest::md5_of(b"body");
         let object = "http://127.0.0.1:9000/my-bucket/db/key?";
         let bucket = "http://127.0.0.1:9000/my-bucket/?";
         // (request, URL, its start, what it has, what it must not have)
         #[rustfmt::skip]
         let cases = [
-            ("create", storage.create_upload_url("db/key"), object,
+            ("create", storage.create_upload_url("db/key", true), object,
              vec!["uploads", "X-Amz-SignedHeaders=host%3Bx-amz-checksum-algorithm"], vec![]),
+            ("create without CRC32", storage.create_upload_url("db/key", false), object,
+             vec!["uploads", "X-Amz-SignedHeaders=host&"], vec!["checksum"]),
             ("part", storage.upload_part_url("db/key", 3, "up-1", &checksum), object,
              vec!["partNumber=3", "uploadId=up-1", "X-Amz-SignedHeaders=host%3Bx-amz-checksum-crc32"], vec![]),
+            ("part with MD5", storage.upload_part_url("db/key", 3, "up-1", &md5), object,
+             vec!["partNumber=3", "X-Amz-SignedHeaders=content-md5%3Bhost"], vec!["x-amz-checksum"]),
+            ("put with MD5", storage.put_url("db/key", &md5), object,
+             vec!["X-Amz-SignedHeaders=content-md5%3Bhost"], vec!["x-amz-checksum", "uploadId"]),
             ("complete", storage.complete_upload_url("db/key", "up-1"), object,
              vec!["uploadId=up-1", "X-Amz-SignedHeaders=host&"], vec!["partNumber"]),
             ("abort", storage.abort_upload_url("db/key", "up-1"), object,
@@ -272,8 +283,8 @@ mod tests {
              vec!["X-Amz-SignedHeaders=host&"], vec!["uploadId"]),
             ("delete", storage.delete_url("db/key"), object,
              vec!["X-Amz-SignedHeaders=host&"], vec!["uploadId"]),
-            ("delete objects", storage.delete_objects_url(&checksum), bucket,
-             vec!["delete=1", "X-Amz-SignedHeaders=host%3Bx-amz-checksum-crc32"], vec!["db%2Fkey", "list-type"]),
+            ("delete objects", storage.delete_objects_url(&md5), bucket,
+             vec!["delete=1", "X-Amz-SignedHeaders=content-md5%3Bhost"], vec!["db%2Fkey", "list-type", "x-amz-checksum"]),
             ("list", storage.list_url("db/", Some("tok")), bucket,
              vec!["list-type=2", "prefix=db%2F", "continuation-token=tok"], vec!["encoding-type"]),
             ("first list page", storage.list_url("", None), bucket,

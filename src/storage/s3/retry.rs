@@ -3,6 +3,7 @@
 //! the one loop that runs an attempt until it succeeds, fails for good or
 //! runs out of tries.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::answers::Failure;
@@ -68,6 +69,45 @@ pub(super) enum AfterFailure {
     GiveUp { note_attempts: bool },
 }
 
+/// How often a retried request is worth a warning: one line a minute per
+/// process, however many databases retry at once (a fleet in a storage
+/// outage would otherwise print one per request; the daemon says the
+/// storage is unreachable in one line of its own). The others go to debug.
+const RETRY_WARNING_EVERY_MS: u64 = 60_000;
+
+/// When the last retry warning was logged (ms since the Unix epoch, 0:
+/// never), and how many retries went to debug since.
+static LAST_RETRY_WARNING_MS: AtomicU64 = AtomicU64::new(0);
+static RETRIES_UNWARNED: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a retry at `now_ms` is logged as a warning, given when the last
+/// one was (`last_ms`, 0: never).
+fn warn_retry(now_ms: u64, last_ms: u64) -> bool {
+    last_ms == 0 || now_ms.saturating_sub(last_ms) >= RETRY_WARNING_EVERY_MS
+}
+
+/// Logs a retry: the first in a minute as a warning that counts the ones
+/// logged at debug since the last warning, the rest at debug.
+fn log_retry(line: std::fmt::Arguments<'_>) {
+    let now = crate::time::now_ms();
+    let last = LAST_RETRY_WARNING_MS.load(Ordering::Relaxed);
+    if warn_retry(now, last)
+        && LAST_RETRY_WARNING_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        match RETRIES_UNWARNED.swap(0, Ordering::Relaxed) {
+            0 => log::warn!("{line}"),
+            n => log::warn!(
+                "{line} ({n} more retried requests since the last such line, at debug level)"
+            ),
+        }
+    } else {
+        RETRIES_UNWARNED.fetch_add(1, Ordering::Relaxed);
+        log::debug!("{line}");
+    }
+}
+
 /// Adds "after N attempts" to the detail of an error that was retried.
 fn note_attempts(error: &mut StorageError, tries: u32) {
     match error {
@@ -92,21 +132,30 @@ impl S3Storage {
     ) -> Result<T, StorageError> {
         let jitter = Jitter::seeded();
         let mut tries = 1;
+        let mut fell_back = false;
         loop {
             let failure = match attempt() {
                 Ok(value) => return Ok(value),
                 Err(failure) => failure,
             };
+            // The server refused the CRC32 header itself: the same request
+            // once more at once, with Content-MD5 (not a retry: nothing
+            // failed that waiting could mend).
+            if let (Some(said), false) = (&failure.checksum_header_refused, fell_back) {
+                self.fall_back_to_md5(said);
+                fell_back = true;
+                continue;
+            }
             match self
                 .retry
                 .after_failure(tries, failure.retryable, jitter.next_unit())
             {
                 AfterFailure::RetryAfter(delay) => {
-                    log::warn!(
+                    log_retry(format_args!(
                         "{what} {key:?}: attempt {tries}/{} failed: {}; retrying in {delay:?}",
                         self.retry.attempts(),
                         failure.error
-                    );
+                    ));
                     std::thread::sleep(delay);
                     tries += 1;
                 }
@@ -127,6 +176,22 @@ impl S3Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_warns_once_a_minute() {
+        // (now, last warning) -> a warning
+        for (now, last, warn) in [
+            (5, 0, true),
+            (1_000_000, 0, true),
+            (1_000_000, 1_000_000, false),
+            (1_059_999, 1_000_000, false),
+            (1_060_000, 1_000_000, true),
+            // A clock stepped back: no warning until a minute after it.
+            (999_000, 1_000_000, false),
+        ] {
+            assert_eq!(warn_retry(now, last), warn, "{now} {last}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_within_half_and_full_cap() {
