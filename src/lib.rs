@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod format;
 pub mod keyfile;
 pub mod keys;
+pub mod lease;
 pub mod logging;
 pub mod metrics;
 pub mod plan;

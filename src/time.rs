@@ -155,9 +155,71 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
     Ok(secs as u64 * 1000 + frac_ms)
 }
 
+/// Parses an HTTP date in its one current form (IMF-fixdate, RFC 9110:
+/// `Sun, 06 Nov 1994 08:49:37 GMT`), as S3 servers send `Date` and
+/// `Last-Modified`, into ms since the epoch; `None` for anything else.
+pub fn parse_http_date(s: &str) -> Option<u64> {
+    let b = s.trim().as_bytes();
+    let [_, _, _, b',', b' ', d1, d2, b' ', m1, m2, m3, b' ', y1, y2, y3, y4, b' ', h1, h2, b':', n1, n2, b':', s1, s2, b' ', b'G', b'M', b'T'] =
+        b
+    else {
+        return None;
+    };
+    let digits = |ds: &[u8]| -> Option<u32> {
+        ds.iter().try_fold(0u32, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let mo = MONTHS.iter().position(|m| *m == &[*m1, *m2, *m3])? as u32 + 1;
+    let (d, y) = (digits(&[*d1, *d2])?, digits(&[*y1, *y2, *y3, *y4])?);
+    let (h, mi, se) = (
+        digits(&[*h1, *h2])?,
+        digits(&[*n1, *n2])?,
+        digits(&[*s1, *s2])?,
+    );
+    if !(1..=31).contains(&d) || y < 1970 || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let secs = days_from_civil(i64::from(y), mo, d) * 86_400
+        + i64::from(h) * 3600
+        + i64::from(mi) * 60
+        + i64::from(se.min(59));
+    u64::try_from(secs).ok().map(|s| s * 1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_are_read_in_their_one_current_form() {
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777_000)
+        );
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_http_date("Sun, 29 Nov 2026 14:49:14 GMT").map(format_rfc3339),
+            Some("2026-11-29T14:49:14.000Z".to_owned())
+        );
+        for bad in [
+            "",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:49:37 GMT",
+            "Sun, 06 Nov 1969 08:49:37 GMT",
+            "Sun, 0x Nov 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn rfc3339_round_trip() {
@@ -240,5 +302,12 @@ mod fuzz {
         crate::testing::fuzz_text("timestamp parser", 0x7117_0001, 3000, &valid, |s| {
             parse_rfc3339(s).is_ok()
         });
+        crate::testing::fuzz_text(
+            "HTTP date parser",
+            0x7117_0002,
+            3000,
+            &["Sun, 06 Nov 1994 08:49:37 GMT"],
+            |s| parse_http_date(s).is_some(),
+        );
     }
 }

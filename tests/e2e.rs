@@ -488,7 +488,10 @@ fn corrupt_or_missing_objects_are_named_and_nothing_is_written() {
 
     // A flipped byte anywhere in any object a restore reads (idle marks are
     // not among them): restore names it and writes nothing.
-    for (key, file) in files.iter().filter(|(k, _)| !k.ends_with(".mark")) {
+    for (key, file) in files
+        .iter()
+        .filter(|(k, _)| !k.ends_with(".mark") && !k.ends_with("/lease"))
+    {
         let good = std::fs::read(file).unwrap();
         for at in [0, good.len() / 2, good.len() - 1] {
             let mut bad = good.clone();
@@ -982,26 +985,24 @@ fn a_second_walsync_on_the_same_database_is_refused() {
     let storage = setup.storage();
     let mut first = setup.watch("first.log");
     wait_shipped(&storage, "services/auth", &setup.dir.join("app.db"));
+    // `snapshot` is refused by the prefix's lease, naming the watch.
     let o = setup.run(&["snapshot", "--config", setup.config.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("another walsync process is already replicating"),
+        err.contains("is held by another walsync (host ")
+            && err.contains(&format!("pid {}, since", first.id())),
         "{err}"
     );
+    // A second watch is refused by the prefix's lease before it opens the
+    // database (the flock stays the backstop where the storage has no
+    // conditional writes), naming the first.
     let mut second = setup.watch("second.log");
-    wait_log(
-        &setup,
-        "second.log",
-        "another walsync process is already replicating",
-        1,
-    );
+    let needle = "is held by another walsync (host ";
+    wait_log(&setup, "second.log", needle, 1);
     assert!(sigterm(&mut second).success());
     let log = std::fs::read_to_string(setup.dir.join("second.log")).unwrap();
-    assert!(
-        log.contains("another walsync process is already replicating"),
-        "{log}"
-    );
+    assert!(log.contains(&format!("pid {}, since", first.id())), "{log}");
     // The first goes on replicating.
     for id in 2..=20 {
         insert(&c, id);

@@ -150,6 +150,52 @@ fn restored_txid(stdout: &str) -> u64 {
         .unwrap_or_else(|| panic!("no txid in {stdout:?}"))
 }
 
+/// A second `watch` as another machine would run it (its own config and
+/// copy of the database, another host name) on the same prefix: refused,
+/// naming the holder, while the first holds the lease.
+fn second_machine_is_refused(setup: &Setup) {
+    let name = setup.name();
+    let dir = setup.server.scratch_dir("other-machine");
+    let config = dir.join("walsync.toml");
+    let text = std::fs::read_to_string(&setup.config).expect("the config");
+    std::fs::write(&config, text).expect("write the config");
+    let c = Connection::open(dir.join("app.db")).expect("open the other database");
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+    )
+    .expect("create the table");
+    insert(&c, 9999);
+    let log_path = dir.join("watch.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut other = Running(
+        setup
+            .command()
+            .current_dir(&dir)
+            .env("WALSYNC_HOSTNAME", "other-machine")
+            .args(["watch", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file handle"))
+            .stderr(log)
+            .spawn()
+            .expect("run walsync watch"),
+    );
+    let start = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("is held by another walsync (host ") {
+            break text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{name}: the second machine was not refused:\n{text}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(sigterm(&mut other).success(), "{name}");
+    assert!(!text.contains("lease taken"), "{name}: {text}");
+}
+
 #[test]
 fn watch_restore_and_verify_on_every_server() {
     for kind in ServerKind::ALL {
@@ -173,6 +219,9 @@ fn watch_restore_and_verify_on_every_server() {
         let first = setup.dir.join("first.db");
         let txid = restored_txid(&setup.restore(&first, &[]));
         assert_eq!(rows(&first).len(), 150, "{name}");
+        if kind.honours_conditional_writes() {
+            second_machine_is_refused(&setup);
+        }
 
         // One transaction of 2,000 rows (about 2 MiB of pages), then more
         // single-row commits.
@@ -190,6 +239,24 @@ fn watch_restore_and_verify_on_every_server() {
             "{name}: {}",
             setup.watch_log()
         );
+        // The lease where the server honours conditional writes; else one
+        // warning, and replication as without leases.
+        let log = setup.watch_log();
+        let warned = log.matches("walsync goes on without leases").count();
+        if kind.honours_conditional_writes() {
+            assert!(
+                log.contains(&format!("{PREFIX}: lease taken")),
+                "{name}: {log}"
+            );
+            assert_eq!(warned, 0, "{name}: {log}");
+        } else {
+            assert!(!log.contains("lease taken"), "{name}: {log}");
+            assert_eq!(warned, 1, "{name}: {log}");
+            assert!(
+                log.contains("ignores If-None-Match: * and If-Match"),
+                "{name}: {log}"
+            );
+        }
 
         let latest = setup.dir.join("latest.db");
         setup.restore(&latest, &[]);

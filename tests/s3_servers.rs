@@ -277,3 +277,71 @@ fn wrong_checksum_is_refused_only_where_the_server_checks_it() {
         }
     }
 }
+
+#[test]
+fn conditional_puts_are_honoured_where_the_server_does() {
+    use walsync::storage::{PutIf, PutIfOutcome};
+    for kind in ServerKind::ALL {
+        let server = AnyS3Server::start(kind);
+        let storage = storage(&server);
+        let name = kind.name();
+        let put_if = |bytes: &[u8], condition| {
+            storage
+                .put_if("db/lease", bytes, condition)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        let PutIfOutcome::Written { etag: first } = put_if(b"one", PutIf::Absent) else {
+            panic!("{name}: a create of a new key is written")
+        };
+        let again = put_if(b"two", PutIf::Absent);
+        let wrong = put_if(b"three", PutIf::Matches("\"walsync-no-such-etag\""));
+        let tagged = storage
+            .get_tagged("db/lease")
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            tagged.modified_ms.is_some() && tagged.server_now_ms.is_some(),
+            "{name}: {tagged:?}"
+        );
+        if kind.honours_conditional_writes() {
+            assert_eq!(
+                (&again, &wrong),
+                (&PutIfOutcome::Refused, &PutIfOutcome::Refused),
+                "{name}"
+            );
+            assert_eq!(
+                (tagged.bytes.as_slice(), tagged.etag.as_str()),
+                (&b"one"[..], first.as_str()),
+                "{name}"
+            );
+            let PutIfOutcome::Written { etag: second } = put_if(b"four", PutIf::Matches(&first))
+            else {
+                panic!("{name}: If-Match on the current ETag is written")
+            };
+            assert_eq!(
+                put_if(b"five", PutIf::Matches(&first)),
+                PutIfOutcome::Refused,
+                "{name}"
+            );
+            assert_eq!(get_bytes(&storage, "db/lease"), b"four", "{name}");
+            assert_ne!(first, second, "{name}");
+        } else {
+            // s3rver 3.7.1 stores every PUT whatever its conditions.
+            assert!(
+                matches!(again, PutIfOutcome::Written { .. }),
+                "{name}: {again:?}"
+            );
+            assert!(
+                matches!(wrong, PutIfOutcome::Written { .. }),
+                "{name}: {wrong:?}"
+            );
+            assert_eq!(tagged.bytes, b"three", "{name}");
+        }
+        assert!(
+            matches!(
+                storage.get_tagged("db/none"),
+                Err(StorageError::NotFound { .. })
+            ),
+            "{name}"
+        );
+    }
+}

@@ -1274,3 +1274,37 @@ fn a_full_batch_of_long_keys_is_deleted_though_the_answer_lists_every_key() {
     assert_eq!(storage.list("db/").expect("list"), vec![]);
     assert!(storage.deletes_in_batches());
 }
+
+#[test]
+fn a_server_that_ignores_conditional_writes_is_found_out_by_the_probe() {
+    use walsync::lease::claim::probe;
+    let server = FakeServer::start(common::fakeserver::ignores_conditional_writes);
+    let storage = storage_at(&server.endpoint);
+    let answers = probe(&storage, "db")
+        .expect("the probe")
+        .expect("an S3 server has conditional writes, honoured or not");
+    assert_eq!(
+        walsync::lease::ignored_condition(answers),
+        Some("If-None-Match: * and If-Match")
+    );
+    // What was asked: a create, a create over it, a wrong ETag, then the
+    // probe object removed.
+    let heads = server.heads();
+    assert_eq!(heads.len(), 4, "{heads:?}");
+    for head in &heads[..2] {
+        assert!(
+            head.starts_with("PUT /bucket/db/lease.probe?") && head.contains("if-none-match: *"),
+            "{head}"
+        );
+    }
+    assert!(
+        heads[2].contains("if-match: \"walsync-no-such-etag\""),
+        "{}",
+        heads[2]
+    );
+    assert!(
+        heads[3].starts_with("DELETE /bucket/db/lease.probe?"),
+        "{}",
+        heads[3]
+    );
+}

@@ -9,6 +9,7 @@ use super::{check_prefix, human_bytes, json_string, select, CliError};
 use crate::format::sealed;
 use crate::keyfile::KeyId;
 use crate::keys::{self, ObjectKind};
+use crate::lease::{FreeBecause, Holder, Seen, Standing};
 use crate::plan;
 use crate::storage::{ObjectMeta, Storage};
 use crate::time::format_rfc3339;
@@ -76,6 +77,10 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
         let mut s = summarize(prefix, objects);
         if args.keys {
             s.keys = Some(keys_needed(&*storage, prefix, objects)?);
+        }
+        let lease_key = crate::lease::lease_key(prefix);
+        if objects.iter().any(|o| o.key == lease_key) {
+            s.lease = Some(read_lease(&*storage, &lease_key));
         }
         if let Some(p) = path.as_deref().filter(|p| p.exists()) {
             s.lag = Some(
@@ -151,6 +156,9 @@ struct Summary {
     stray: Vec<keys::StrayObject>,
     /// With `--keys`: the objects sealed by each key id, then the plain ones.
     keys: Option<KeysNeeded>,
+    /// The prefix's lease, if it has one (one GET): who holds it, or why
+    /// it cannot be read.
+    lease: Option<Result<(Holder, Standing), String>>,
 }
 
 /// Which keys the objects of a prefix need: (key id, objects) in order of
@@ -185,6 +193,38 @@ fn keys_needed(
         }
     }
     Ok(needed)
+}
+
+/// Who holds the lease under `key` and whether it is still in force, as
+/// another walsync would judge it (on the server's clock).
+fn read_lease(storage: &dyn Storage, key: &str) -> Result<(Holder, Standing), String> {
+    let found = storage.get_tagged(key).map_err(|e| e.to_string())?;
+    let lease = crate::lease::decode(&found.bytes)?;
+    let seen = Seen {
+        lease,
+        modified_ms: found.modified_ms,
+        server_now_ms: found.server_now_ms,
+        local_now_ms: crate::time::now_ms(),
+        holder_alive: None,
+    };
+    // Nobody: `list` holds no lease.
+    let nobody = Holder {
+        host: String::new(),
+        pid: 0,
+        machine: String::new(),
+        since_ms: 0,
+    };
+    let standing = crate::lease::standing(&seen, &nobody);
+    Ok((seen.lease.holder, standing))
+}
+
+/// The lease's state in words, and its seconds left while held.
+fn lease_state(standing: &Standing) -> (&'static str, Option<u64>) {
+    match standing {
+        Standing::Held { expires_in } => ("held", Some(expires_in.as_secs().max(1))),
+        Standing::Free(FreeBecause::Released) => ("given up", None),
+        _ => ("expired", None),
+    }
 }
 
 fn summarize(prefix: &str, listing: &[ObjectMeta]) -> Summary {
@@ -225,6 +265,7 @@ fn summarize(prefix: &str, listing: &[ObjectMeta]) -> Summary {
         lag: None,
         stray,
         keys: None,
+        lease: None,
     }
 }
 
@@ -232,6 +273,16 @@ fn print_human(prefix: &str, path: Option<&Path>, s: &Summary) {
     match path {
         Some(p) => outln!("{prefix} ({})", p.display()),
         None => outln!("{prefix}"),
+    }
+    match &s.lease {
+        Some(Ok((holder, standing))) => match lease_state(standing) {
+            (state, Some(left)) => {
+                outln!("  lease: {state} by {holder}; expires in {left}s unless renewed")
+            }
+            (state, None) => outln!("  lease: {state} (last held by {holder})"),
+        },
+        Some(Err(e)) => outln!("  lease: unreadable ({e})"),
+        None => {}
     }
     if s.generations.is_empty() {
         outln!("  no backup yet");
@@ -334,8 +385,23 @@ fn to_json(prefix: &str, path: Option<&Path>, s: &Summary) -> String {
             k.plain
         )
     });
+    let lease = match &s.lease {
+        None => "null".to_string(),
+        Some(Ok((holder, standing))) => {
+            let (state, left) = lease_state(standing);
+            format!(
+                "{{\"state\":{},\"host\":{},\"pid\":{},\"since\":{},\"expires_in_seconds\":{}}}",
+                json_string(state),
+                json_string(&holder.host),
+                holder.pid,
+                opt_time(Some(holder.since_ms)),
+                opt_u64(left)
+            )
+        }
+        Some(Err(e)) => format!("{{\"error\":{}}}", json_string(e)),
+    };
     format!(
-        "{{\"prefix\":{},\"path\":{},\"objects\":{},\"bytes\":{},\"newest_txid\":{},\"newest_time\":{},\"lag_commits\":{},\"lag_wal_bytes\":{},\"generations\":[{}],\"stray\":[{}]{}}}",
+        "{{\"prefix\":{},\"path\":{},\"objects\":{},\"bytes\":{},\"newest_txid\":{},\"newest_time\":{},\"lag_commits\":{},\"lag_wal_bytes\":{},\"lease\":{lease},\"generations\":[{}],\"stray\":[{}]{}}}",
         json_string(prefix),
         path.map_or("null".to_string(), |p| json_string(&p.display().to_string())),
         s.objects,

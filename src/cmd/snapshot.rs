@@ -1,10 +1,12 @@
 //! `walsync snapshot`: take a snapshot of one or every database now.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use argh::FromArgs;
 
 use super::{check_storage, load_config, open_storage, replica_options, select, CliError};
+use crate::lease::claim::Leases;
 use crate::replica::Replica;
 
 /// ship what is committed and upload a full snapshot now
@@ -31,9 +33,13 @@ pub fn run(args: SnapshotArgs) -> Result<(), CliError> {
     // One database per job, `workers` at a time (as `watch` would run
     // them): a snapshot mostly waits on the disk and the storage.
     let pool = super::thread_pool(cfg.workers.max(1))?;
+    // As `watch`: nothing goes into a prefix another walsync holds, and
+    // the lease is given up at the end (`Replica::stop`).
+    let leases = Leases::for_this_process(cfg.lease_ttl);
     let failed = super::restore_all::par_map(&pool, dbs.len(), |i| {
         let db = &dbs[i];
         let mut r = Replica::new(replica_options(db, &keys));
+        r.set_leases(Arc::clone(&leases));
         // Left with a mark, so that a `watch` started later goes
         // on with this generation (README "Restarts").
         let result = r

@@ -9,6 +9,7 @@ use argh::FromArgs;
 use super::{check_storage, load_config, open_storage, CliError};
 use crate::config;
 use crate::daemon::{self, Catalog, ConfigCatalog, WatchOptions};
+use crate::lease::claim::Leases;
 use crate::metrics::{self, Registry};
 use crate::storage::StorageError;
 
@@ -51,6 +52,7 @@ pub fn run(args: WatchArgs) -> Result<(), CliError> {
         metrics,
         idle_release_after: Some(cfg.idle_release_after),
         idle_release_max_bytes: cfg.idle_release_max_size,
+        leases: Some(Leases::for_this_process(cfg.lease_ttl)),
         checksum_probe_root: None,
     };
     let mut catalog = ConfigCatalog::new(path, cfg, keys);

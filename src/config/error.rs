@@ -271,7 +271,7 @@ fn leaf_key(path: &str) -> &str {
 fn expected_form(leaf: &str) -> &'static str {
     match leaf {
         "sync_interval" | "snapshot_interval" | "rescan_interval" | "retention"
-        | "idle_release_after" => {
+        | "idle_release_after" | "lease_ttl" => {
             "a quoted duration such as \"500ms\", \"1s\", \"10m\", \"1h30m\" or \"7d\""
         }
         "checkpoint_threshold" | "truncate_threshold" | "idle_release_max_size" => {

@@ -14,9 +14,9 @@ use super::units::show_size;
 use super::values::Sourced;
 use super::{
     Config, ConfigError, EncryptionConfig, DEFAULT_CHECKPOINT_THRESHOLD,
-    DEFAULT_IDLE_RELEASE_AFTER, DEFAULT_IDLE_RELEASE_MAX_SIZE, DEFAULT_RESCAN_INTERVAL,
-    DEFAULT_SNAPSHOT_INTERVAL, DEFAULT_SYNC_INTERVAL, DEFAULT_TRUNCATE_THRESHOLD, DEFAULT_WORKERS,
-    MAX_WORKERS,
+    DEFAULT_IDLE_RELEASE_AFTER, DEFAULT_IDLE_RELEASE_MAX_SIZE, DEFAULT_LEASE_TTL,
+    DEFAULT_RESCAN_INTERVAL, DEFAULT_SNAPSHOT_INTERVAL, DEFAULT_SYNC_INTERVAL,
+    DEFAULT_TRUNCATE_THRESHOLD, DEFAULT_WORKERS, MAX_WORKERS,
 };
 
 /// The global values the overrides fall back to.
@@ -66,6 +66,15 @@ impl Document<'_> {
             "idle_release_after",
             DEFAULT_IDLE_RELEASE_AFTER,
         )?;
+        let lease_ttl = self.duration(&raw.lease_ttl, "lease_ttl", DEFAULT_LEASE_TTL)?;
+        if lease_ttl < std::time::Duration::from_secs(1) {
+            return Err(self.error(
+                raw.lease_ttl.as_ref().map(|v| v.span()),
+                "lease_ttl",
+                format!("{lease_ttl:?} is too short"),
+                "write at least \"1s\"; the default \"15m\" suits most uses",
+            ));
+        }
         let idle_release_max_size = self
             .size(
                 &raw.idle_release_max_size,
@@ -136,6 +145,7 @@ impl Document<'_> {
             rescan_interval,
             idle_release_after,
             idle_release_max_size,
+            lease_ttl,
             databases,
             directories,
             source: self.file.to_path_buf(),

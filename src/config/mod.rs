@@ -68,6 +68,9 @@ pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(10);
 /// A database with no commits for this long is released (its connections
 /// closed) until it changes again.
 pub const DEFAULT_IDLE_RELEASE_AFTER: Duration = Duration::from_secs(60);
+/// How long a prefix's lease holds after its last renewal (README "One
+/// writer per prefix"): how long another host waits after a crash.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15 * 60);
 /// Larger databases are never released: waking one reads the whole file.
 pub const DEFAULT_IDLE_RELEASE_MAX_SIZE: u64 = 64 << 20;
 /// File-name glob of a `[[directories]]` table without `pattern`.
@@ -87,6 +90,8 @@ pub struct Config {
     pub idle_release_after: Duration,
     /// Databases larger than this stay open.
     pub idle_release_max_size: u64,
+    /// How long a prefix's lease holds after it was written (`crate::lease`).
+    pub lease_ttl: Duration,
     /// Listed databases: paths and prefixes are unique and no prefix contains
     /// another. Empty only when `directories` is not.
     pub databases: Vec<DatabaseConfig>,

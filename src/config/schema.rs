@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     pub(super) rescan_interval: Option<Spanned<String>>,
     pub(super) idle_release_after: Option<Spanned<String>>,
     pub(super) idle_release_max_size: Option<Spanned<RawSize>>,
+    pub(super) lease_ttl: Option<Spanned<String>>,
     pub(super) storage: Option<Spanned<RawStorage>>,
     pub(super) databases: Option<Spanned<Vec<Spanned<RawDatabase>>>>,
     pub(super) directories: Option<Spanned<Vec<Spanned<RawDirectory>>>>,
@@ -150,8 +151,9 @@ impl<'de> Deserialize<'de> for RawSize {
 
 /// Every key of the format, so a syntax error can name the key on its line
 /// without ever echoing something that is not a key (such as a pasted secret).
-pub(super) const KNOWN_KEYS: [&str; 29] = [
+pub(super) const KNOWN_KEYS: [&str; 30] = [
     "idle_release_after",
+    "lease_ttl",
     "idle_release_max_size",
     "metrics",
     "listen",

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
+use crate::lease::claim::Leases;
 use crate::replica::{CommitTimes, Replica, ReplicaError, SyncReport};
 use crate::signals::{self, Signal};
 use crate::sqlite::{stat_of, FileStat};
@@ -61,6 +62,9 @@ pub struct WatchOptions {
     /// Databases larger than this are never released (waking one up reads
     /// the whole file to fingerprint it).
     pub idle_release_max_bytes: u64,
+    /// This process's leases: each database writes only while it holds
+    /// its prefix's (`crate::lease`); `None` takes none.
+    pub leases: Option<Arc<Leases>>,
     /// Where to find out, once at start, whether the storage checks upload
     /// checksums (`Storage::upload_check`), to log it; `None`: not at all.
     pub checksum_probe_root: Option<String>,
@@ -172,6 +176,7 @@ struct Dispatcher {
     discovery: Vec<(PathBuf, bool)>,
     metrics: Option<Arc<crate::metrics::Registry>>,
     idle_release_max_bytes: u64,
+    leases: Option<Arc<Leases>>,
     fds: FdBudget,
     /// When the watcher saw each commit, for every replica.
     commit_times: Arc<CommitTimes>,
@@ -315,6 +320,9 @@ impl Dispatcher {
                     let mut replica = self.replicas.remove(&id).unwrap_or_else(|| {
                         let mut r = Box::new(Replica::new(opts.clone()));
                         r.set_commit_times(Arc::clone(&self.commit_times));
+                        if let Some(leases) = &self.leases {
+                            r.set_leases(Arc::clone(leases));
+                        }
                         r
                     });
                     // Options may have changed (reload) since the replica was made.
@@ -425,6 +433,10 @@ impl Dispatcher {
             Ok(report) => Outcome::Synced(report),
             Err(e) if e.is_replaced_database() => Outcome::Replaced(e.to_string()),
             Err(e) if e.is_missing_database() => Outcome::Missing,
+            Err(e) if e.lease_retry_after().is_some() => Outcome::Refused {
+                retry_after: e.lease_retry_after().unwrap_or_default(),
+                error: e.to_string(),
+            },
             Err(e) if self.fds.sync_failed_for_descriptors(&e, databases) => {
                 Outcome::OutOfDescriptors(e.to_string())
             }
@@ -577,6 +589,7 @@ pub fn run(
         discovery: catalog.discovery_dirs(),
         metrics: opts.metrics.clone(),
         idle_release_max_bytes: opts.idle_release_max_bytes,
+        leases: opts.leases.clone(),
         fds: FdBudget::default(),
         commit_times,
     };
@@ -662,6 +675,17 @@ pub fn run(
         }
     }
     let failed = d.schedule.take_failed_at_stop();
+    // This process writes nothing more: its leases are given up (those
+    // of databases released while idle too, which had no last sync), so
+    // another walsync may take the prefixes at once. On the pool: one PUT
+    // each.
+    {
+        use rayon::prelude::*;
+        let claims: Vec<_> = d.replicas.values().filter_map(|r| r.claim_held()).collect();
+        let storage = &d.storage;
+        d.pool
+            .install(|| claims.par_iter().for_each(|c| c.give_up(&**storage)));
+    }
     // Closing the connections releases the read transactions; checkpoint on
     // close is disabled, so the WAL stays as it is for the next start.
     drop(d);

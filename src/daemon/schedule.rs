@@ -73,6 +73,8 @@ pub(crate) struct Health {
     unreachable: bool,
     /// "waiting for the database to be created" was said.
     waiting_logged: bool,
+    /// That another walsync holds the prefix was said.
+    refused_logged: bool,
 }
 
 /// Whether the database stays.
@@ -229,6 +231,14 @@ pub(crate) enum Outcome {
     /// same (`outage`).
     Unreachable(String),
     Failed(String),
+    /// Another walsync holds the database's prefix (`crate::lease`): not a
+    /// failure to back off from nor an outage; said once while it lasts,
+    /// and looked at again after `retry_after` (when that lease can have
+    /// expired), the database untouched meanwhile.
+    Refused {
+        error: String,
+        retry_after: Duration,
+    },
 }
 
 /// A sync job's return.
@@ -789,6 +799,23 @@ impl Schedule {
                 if !s.health.waiting_logged && !last_sync {
                     log::info!("{}: waiting for the database to be created", s.name());
                     s.health.waiting_logged = true;
+                }
+            }
+            Outcome::Refused { error, retry_after } => {
+                let level = if s.health.refused_logged || last_sync {
+                    log::Level::Debug
+                } else {
+                    log::Level::Error
+                };
+                log::log!(level, "{}: {error}", s.name());
+                s.health.refused_logged = true;
+                if !last_sync {
+                    retrying = true;
+                    s.health.retry_at = Some(now + *retry_after);
+                    s.mark_dirty(now, wall_ms);
+                    if let Work::Due(at) = &mut s.work {
+                        *at = (*at).max(now + *retry_after);
+                    }
                 }
             }
             Outcome::OutOfDescriptors(e) | Outcome::Unreachable(e) | Outcome::Failed(e) => {

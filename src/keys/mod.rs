@@ -216,7 +216,7 @@ pub fn parse_listing_lenient(
 
 /// An object under a database's prefix that is not one of walsync's: a key
 /// under `<prefix>/generations/` that is not a walsync object name, or any
-/// other key under `<prefix>/`. Commands name each one and otherwise ignore
+/// other key under `<prefix>/` but the lease (`crate::lease`). Commands name each one and otherwise ignore
 /// it: no restore reads it, no retention deletes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StrayObject {
@@ -243,6 +243,7 @@ pub fn stray_objects(prefix: &str, listing: &[ObjectMeta]) -> Vec<StrayObject> {
     listing
         .iter()
         .filter(|o| o.key.starts_with(&root))
+        .filter(|o| !crate::lease::is_lease_object(prefix, &o.key))
         .filter(|o| !matches!(parse_key(prefix, &o.key), Ok(Some(_))))
         .filter(|o| {
             let nested = o.key[root.len()..]
@@ -289,6 +290,8 @@ mod tests {
         let snap = snapshot_key("db", 1, 1, 10);
         let nested = snapshot_key("db/inner", 1, 1, 10);
         let listing = [
+            meta("db/lease"),
+            meta("db/lease.probe"),
             meta("db/notes.txt"),
             meta(&snap),
             meta("db/generations/0000000000000001/snapshots/x.snap"),
@@ -320,7 +323,9 @@ mod tests {
             stray.to_string().contains("\"db/notes.txt\" (3 bytes)"),
             "{stray}"
         );
-        assert!(stray_objects("db", &listing[1..2]).is_empty());
+        assert!(stray_objects("db", &listing[3..4]).is_empty());
+        // The lease and its probe are walsync's, outside the backup.
+        assert!(stray_objects("db", &listing[..2]).is_empty());
     }
 
     #[test]

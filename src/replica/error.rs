@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::format::FormatError;
 use crate::keys;
+use crate::lease::claim::LeaseError;
 use crate::sqlite::SqliteError;
 use crate::storage::StorageError;
 
@@ -30,6 +31,8 @@ pub enum ReplicaError {
         path: PathBuf,
         what: String,
     },
+    /// The prefix is not this process's to write (`crate::lease`).
+    Lease(LeaseError),
 }
 
 impl fmt::Display for ReplicaError {
@@ -43,6 +46,7 @@ impl fmt::Display for ReplicaError {
             ReplicaError::Unstable { path, what } => {
                 write!(f, "{}: {what}; will retry", path.display())
             }
+            ReplicaError::Lease(e) => e.fmt(f),
         }
     }
 }
@@ -55,6 +59,15 @@ impl From<SqliteError> for ReplicaError {
     }
 }
 
+impl From<LeaseError> for ReplicaError {
+    fn from(e: LeaseError) -> Self {
+        match e {
+            LeaseError::Storage(e) => ReplicaError::Storage(e),
+            other => ReplicaError::Lease(other),
+        }
+    }
+}
+
 impl From<StorageError> for ReplicaError {
     fn from(e: StorageError) -> Self {
         ReplicaError::Storage(e)
@@ -62,6 +75,20 @@ impl From<StorageError> for ReplicaError {
 }
 
 impl ReplicaError {
+    /// Another walsync holds the prefix, or took it over from this one
+    /// (`crate::lease`): when to look again. Once the holder's lease can
+    /// have expired (a second after what the lease said); a lost lease or
+    /// an unreadable one costs no request to ask about, so once a minute.
+    pub fn lease_retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ReplicaError::Lease(LeaseError::Refused { expires_in, .. }) => {
+                Some(*expires_in + std::time::Duration::from_secs(1))
+            }
+            ReplicaError::Lease(_) => Some(std::time::Duration::from_secs(60)),
+            _ => None,
+        }
+    }
+
     /// The database file is not there (yet): wait for it, do not back off loudly.
     pub fn is_missing_database(&self) -> bool {
         matches!(self, ReplicaError::Sqlite(SqliteError::Missing(_)))

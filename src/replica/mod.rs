@@ -63,8 +63,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use crate::format::sealed::{fresh_salt, SALT_BYTES};
 use crate::keyfile::{Key, Keyring};
+use crate::lease::claim::{Claim, Leased, Leases};
 use crate::sqlite::{self, SqliteError};
 use crate::storage::{Storage, StorageError};
 
@@ -130,6 +133,10 @@ pub struct Replica {
     /// When the watcher saw each commit (`commit_times`); without it a
     /// commit's time is the sync's.
     commit_times: Option<std::sync::Arc<CommitTimes>>,
+    /// This process's leases, and this database's claim on its prefix
+    /// (`crate::lease`); without them, no lease is taken.
+    leases: Option<Arc<Leases>>,
+    claim: Option<Arc<Claim>>,
 }
 
 impl Replica {
@@ -146,7 +153,68 @@ impl Replica {
             commits_since_snapshot: 0,
             released: None,
             commit_times: None,
+            leases: None,
+            claim: None,
         }
+    }
+
+    /// Writes only while holding the prefix's lease (`crate::lease`).
+    pub fn set_leases(&mut self, leases: Arc<Leases>) {
+        self.leases = Some(leases);
+    }
+
+    /// This database's claim on its prefix, if it has one (for giving it up
+    /// at the end of the process).
+    pub fn claim_held(&self) -> Option<Arc<Claim>> {
+        self.claim.clone()
+    }
+
+    /// The claim on the prefix of the options in force (a reload may have
+    /// changed it: the old prefix's lease is then given up).
+    fn claim(&mut self, storage: &dyn Storage) -> Option<Arc<Claim>> {
+        let leases = self.leases.as_ref()?;
+        if self
+            .claim
+            .as_ref()
+            .is_none_or(|c| c.prefix() != self.opts.prefix)
+        {
+            let new = Arc::new(leases.claim(&self.opts.prefix));
+            if let Some(old) = self.claim.replace(new) {
+                old.give_up(storage);
+            }
+        }
+        self.claim.clone()
+    }
+
+    /// Runs `work` with a storage that writes only under the lease, if
+    /// there is one. A lease lost on the way closes the database (its read
+    /// transaction would pin the WAL for nothing) and is the error.
+    fn under_lease<T>(
+        &mut self,
+        storage: &dyn Storage,
+        take_first: bool,
+        work: impl FnOnce(&mut Self, &dyn Storage) -> Result<T, ReplicaError>,
+    ) -> Result<T, ReplicaError> {
+        let Some(claim) = self.claim(storage) else {
+            return work(self, storage);
+        };
+        let leased = Leased {
+            inner: storage,
+            claim: &claim,
+        };
+        let taken = match take_first {
+            true => claim.ensure(storage),
+            false => Ok(()),
+        };
+        let result = match taken {
+            Ok(()) => work(self, &leased),
+            Err(e) => Err(e.into()),
+        };
+        if let Some(lost) = claim.lost() {
+            self.close();
+            return Err(lost.into());
+        }
+        result
     }
 
     /// Dates commits by the timelines the watcher records in `times`.
@@ -195,6 +263,19 @@ impl Replica {
     /// checkpoint and snapshot work that is due. Idempotent; safe to call on
     /// any event or timer.
     pub fn sync(
+        &mut self,
+        storage: &dyn Storage,
+        force_snapshot: bool,
+    ) -> Result<SyncReport, ReplicaError> {
+        // The lease is taken before the database is opened: a refused
+        // prefix leaves the application's database untouched.
+        let take_first = self.live.is_none();
+        self.under_lease(storage, take_first, |r, storage| {
+            r.sync_leased(storage, force_snapshot)
+        })
+    }
+
+    fn sync_leased(
         &mut self,
         storage: &dyn Storage,
         force_snapshot: bool,

@@ -173,7 +173,9 @@ impl Replica {
         storage: &dyn Storage,
         max_db_bytes: u64,
     ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
-        self.let_go(storage, max_db_bytes, false, "idle, connections released")
+        self.under_lease(storage, false, |r, storage| {
+            r.let_go(storage, max_db_bytes, false, "idle, connections released")
+        })
     }
 
     /// Stops replicating (SIGTERM, or the database left the configuration)
@@ -185,6 +187,21 @@ impl Replica {
     /// write lock or a complete checkpoint is not to be had, no mark is
     /// left and the next start relies on the WAL alone.
     pub fn stop(&mut self, storage: &dyn Storage) -> Result<(), ReplicaError> {
+        self.under_lease(storage, false, |r, storage| r.stop_leased(storage))?;
+        // The last write is done: another walsync may take the prefix now.
+        self.give_up_lease(storage);
+        Ok(())
+    }
+
+    /// Gives up the prefix's lease, if held (`Claim::give_up`): for when
+    /// this process writes nothing more for the database.
+    pub fn give_up_lease(&self, storage: &dyn Storage) {
+        if let Some(claim) = &self.claim {
+            claim.give_up(storage);
+        }
+    }
+
+    fn stop_leased(&mut self, storage: &dyn Storage) -> Result<(), ReplicaError> {
         if self.live.is_some() {
             let left = self.let_go(storage, u64::MAX, false, "stopped, mark left")?;
             if left.is_none() {
@@ -219,6 +236,17 @@ impl Replica {
     /// does not try to ship first: an upload's retries would keep the
     /// database held for seconds.
     pub fn release_closed(
+        &mut self,
+        storage: &dyn Storage,
+        storage_failing: bool,
+        max_db_bytes: u64,
+    ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
+        self.under_lease(storage, false, |r, storage| {
+            r.release_closed_leased(storage, storage_failing, max_db_bytes)
+        })
+    }
+
+    fn release_closed_leased(
         &mut self,
         storage: &dyn Storage,
         storage_failing: bool,

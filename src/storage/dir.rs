@@ -18,7 +18,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{Body, ObjectMeta, ObjectReader, Storage, StorageError};
+use super::{Body, ObjectMeta, ObjectReader, PutIf, PutIfOutcome, Storage, StorageError, Tagged};
 
 const TEMP_SUFFIX: &str = ".walsync-tmp";
 
@@ -64,6 +64,27 @@ impl DirStorage {
         Ok(path)
     }
 
+    /// The file of `key` and its directory, made if missing.
+    fn object_path(&self, key: &str) -> Result<(PathBuf, PathBuf), StorageError> {
+        let path = self.path_of(key)?;
+        let parent = path
+            .parent()
+            .expect("invariant: object paths are below the root")
+            .to_path_buf();
+        fs::create_dir_all(&parent).map_err(Self::io(&parent))?;
+        Ok((path, parent))
+    }
+
+    /// A new private temporary file beside `path`, for its next content.
+    fn temp_beside(path: &Path, parent: &Path) -> Result<(File, PathBuf), StorageError> {
+        let name = path
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("object");
+        crate::spool::create_locked(parent, &|t| format!("{name}.{t}{TEMP_SUFFIX}"))
+            .map_err(Self::io(parent))
+    }
+
     fn io(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
         move |source| StorageError::Io {
             path: path.to_path_buf(),
@@ -78,18 +99,8 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 impl Storage for DirStorage {
     fn put(&self, key: &str, body: Body<'_>, _crc32: u32) -> Result<(), StorageError> {
-        let path = self.path_of(key)?;
-        let parent = path
-            .parent()
-            .expect("invariant: object paths are below the root");
-        fs::create_dir_all(parent).map_err(Self::io(parent))?;
-        let name = path
-            .file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or("object");
-        let (mut f, tmp) =
-            crate::spool::create_locked(parent, &|t| format!("{name}.{t}{TEMP_SUFFIX}"))
-                .map_err(Self::io(parent))?;
+        let (path, parent) = self.object_path(key)?;
+        let (mut f, tmp) = Self::temp_beside(&path, &parent)?;
         let result = (|| {
             let copied = io::copy(&mut body.open()?, &mut f)?;
             if copied != body.len() {
@@ -101,7 +112,7 @@ impl Storage for DirStorage {
             f.flush()?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;
-            sync_dir(parent)
+            sync_dir(&parent)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -222,9 +233,92 @@ impl Storage for DirStorage {
         Ok(())
     }
 
+    /// Conditional writes for the lease, between processes of one host
+    /// (or of hosts sharing the directory, where the filesystem does
+    /// `flock`, as NFS v4 does): an exclusive `flock` on the object's
+    /// directory while the current object is compared, then a create by
+    /// `link` (which fails if the name exists, also on NFS) or a replace by
+    /// `rename`. A filesystem without `flock` is `Unsupported`.
+    fn put_if(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        condition: PutIf<'_>,
+    ) -> Result<PutIfOutcome, StorageError> {
+        let (path, parent) = self.object_path(key)?;
+        let dir = File::open(&parent).map_err(Self::io(&parent))?;
+        if let Err(e) = dir.lock() {
+            log::debug!("{}: no flock ({e})", parent.display());
+            return Ok(PutIfOutcome::Unsupported);
+        }
+        let current = match fs::read(&path) {
+            Ok(b) => Some(etag_of(&b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Self::io(&path)(e)),
+        };
+        let holds = match condition {
+            PutIf::Absent => current.is_none(),
+            PutIf::Matches(etag) => current.as_deref() == Some(etag),
+        };
+        if !holds {
+            return Ok(PutIfOutcome::Refused);
+        }
+        let (mut f, tmp) = Self::temp_beside(&path, &parent)?;
+        let written = (|| {
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            match condition {
+                PutIf::Absent => match fs::hard_link(&tmp, &path) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+                    other => other?,
+                },
+                PutIf::Matches(_) => fs::rename(&tmp, &path)?,
+            }
+            sync_dir(&parent)?;
+            Ok(true)
+        })();
+        let _ = fs::remove_file(&tmp);
+        match written.map_err(Self::io(&path))? {
+            true => Ok(PutIfOutcome::Written {
+                etag: etag_of(bytes),
+            }),
+            false => Ok(PutIfOutcome::Refused),
+        }
+    }
+
+    fn get_tagged(&self, key: &str) -> Result<Tagged, StorageError> {
+        let path = self.path_of(key)?;
+        let (bytes, modified) = match fs::read(&path).and_then(|b| Ok((b, fs::metadata(&path)?))) {
+            Ok(found) => found,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StorageError::NotFound {
+                    key: key.to_string(),
+                })
+            }
+            Err(e) => return Err(Self::io(&path)(e)),
+        };
+        let modified_ms = modified
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64);
+        Ok(Tagged {
+            etag: etag_of(&bytes),
+            bytes,
+            modified_ms,
+            server_now_ms: Some(crate::time::now_ms()),
+        })
+    }
+
     fn location(&self) -> String {
         format!("dir {}", self.root.display())
     }
+}
+
+/// A directory object's ETag: its CRC32 and length (a lease's text names
+/// its holder and the time it was written, so two writes differ).
+fn etag_of(bytes: &[u8]) -> String {
+    format!("\"{:08x}-{}\"", crc32fast::hash(bytes), bytes.len())
 }
 
 #[cfg(test)]

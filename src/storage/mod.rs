@@ -63,6 +63,37 @@ impl Body<'_> {
 /// A reader over an object's bytes as they arrive.
 pub type ObjectReader = Box<dyn Read + Send>;
 
+/// The condition of a conditional put (`Storage::put_if`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutIf<'a> {
+    /// No object under the key (`If-None-Match: *`).
+    Absent,
+    /// The object under the key has this ETag (`If-Match`).
+    Matches(&'a str),
+}
+
+/// What a conditional put did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutIfOutcome {
+    /// Stored; the new object's ETag.
+    Written { etag: String },
+    /// The condition did not hold (412): nothing was stored.
+    Refused,
+    /// This storage cannot write conditionally.
+    Unsupported,
+}
+
+/// A small object read whole, with what the storage says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    pub bytes: Vec<u8>,
+    pub etag: String,
+    /// When it was written (`Last-Modified`), on the storage's clock.
+    pub modified_ms: Option<u64>,
+    /// The storage's time when it answered (`Date`).
+    pub server_now_ms: Option<u64>,
+}
+
 /// Where objects live.
 ///
 /// Implementations are shared by every thread of the process (`Send + Sync`)
@@ -106,6 +137,26 @@ pub trait Storage: Send + Sync {
 
     /// Deletes the objects; keys that do not exist are not an error.
     fn delete(&self, keys: &[String]) -> Result<(), StorageError>;
+
+    /// Stores a small object only if `condition` holds, atomically (the
+    /// lease, `crate::lease`). A storage that cannot says `Unsupported`.
+    fn put_if(
+        &self,
+        _key: &str,
+        _bytes: &[u8],
+        _condition: PutIf<'_>,
+    ) -> Result<PutIfOutcome, StorageError> {
+        Ok(PutIfOutcome::Unsupported)
+    }
+
+    /// Reads a small object whole (at most 64 KiB) with its ETag and times;
+    /// `StorageError::NotFound` if there is none. Only for storages whose
+    /// `put_if` is supported.
+    fn get_tagged(&self, key: &str) -> Result<Tagged, StorageError> {
+        Err(StorageError::NotFound {
+            key: key.to_owned(),
+        })
+    }
 
     /// Where this storage points, for messages (e.g. `s3://bucket` or a
     /// directory path). Never contains secrets.

@@ -361,3 +361,14 @@ pub fn scripted_bucket(departure: Departure) -> (FakeServer, Objects) {
     });
     (server, objects)
 }
+
+/// A server that ignores `If-None-Match` and `If-Match` on PutObject and
+/// stores every PUT (answering 200 with an ETag), as s3rver 3.7.1 does
+/// (tests/s3_servers.rs) and as MinIO did before it implemented them: it
+/// failed the conditional-put cases of ceph/s3-tests
+/// (<https://github.com/s3gw-tech/s3gw/issues/674>, 2023). AWS documents
+/// the 412 such a server never sends:
+/// <https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html>.
+pub fn ignores_conditional_writes(_: usize) -> (&'static str, &'static str, String) {
+    ("200 OK", "etag: \"0123\"\r\n", String::new())
+}

@@ -9,12 +9,15 @@
 //! What each really checks (found by the tests in `tests/s3_servers.rs`,
 //! not assumed):
 //! - s3s-fs 0.14.1: SigV4 signatures (per-test random keys); the CRC32
-//!   header (400 `BadDigest`, though it has stored the bytes by then).
+//!   header (400 `BadDigest`, though it has stored the bytes by then);
+//!   `If-None-Match: *` and `If-Match` on PutObject (412).
 //! - moto 5.2.5: no signatures (any key and secret are accepted unless
-//!   moto's IAM emulation is set up); the CRC32 header is not checked.
+//!   moto's IAM emulation is set up); the CRC32 header is not checked;
+//!   `If-None-Match: *` and `If-Match` on PutObject are (412).
 //! - s3rver 3.7.1: only that the access key is its one account's
 //!   (`S3RVER`; SigV4 is not computed, so a wrong secret is accepted); the
-//!   CRC32 header is not checked; a range ending at byte 0 (`bytes=0-0`)
+//!   CRC32 header is not checked; `If-None-Match` and `If-Match` on
+//!   PutObject are ignored (the object is replaced); a range ending at byte 0 (`bytes=0-0`)
 //!   answers the whole object; listings past the first page need Node's
 //!   OpenSSL legacy provider (set here).
 
@@ -59,6 +62,15 @@ impl ServerKind {
             // (INITIAL_NO_AUTH_ACTION_COUNT and IAM users), which walsync's
             // users do not run.
             ServerKind::Moto => SignatureCheck::Nothing,
+        }
+    }
+
+    /// Whether the server honours `If-None-Match: *` and `If-Match` on
+    /// PutObject (answers 412 when they do not hold), which the lease needs.
+    pub fn honours_conditional_writes(self) -> bool {
+        match self {
+            ServerKind::S3sFs | ServerKind::Moto => true,
+            ServerKind::S3rver => false,
         }
     }
 

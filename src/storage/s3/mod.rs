@@ -53,10 +53,12 @@
 //! - `upload_check`: the checksum probe;
 //! - `attempt`: one attempt of each request over the agent;
 //! - `multipart_upload`: a multipart upload from create to complete or abort;
+//! - `conditional`: conditional puts and tagged reads (the lease);
 //! - `tls`: the TLS roots from `AWS_CA_BUNDLE` / `SSL_CERT_FILE`.
 
 mod answers;
 mod attempt;
+mod conditional;
 mod delete_objects;
 mod integrity;
 mod listing;
@@ -77,7 +79,9 @@ use rusty_s3::{Bucket, Credentials, UrlStyle};
 use ureq::tls::TlsConfig;
 use ureq::Agent;
 
-use super::{Body, ObjectMeta, ObjectReader, Storage, StorageError, UploadCheck};
+use super::{
+    Body, ObjectMeta, ObjectReader, PutIf, PutIfOutcome, Storage, StorageError, Tagged, UploadCheck,
+};
 use answers::{listed_size, Failure};
 use delete_objects::MAX_KEYS_PER_BATCH;
 use integrity::{Digest, UploadDigest};
@@ -412,6 +416,21 @@ impl Storage for S3Storage {
             }
         }
         Ok(())
+    }
+
+    fn put_if(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        condition: PutIf<'_>,
+    ) -> Result<PutIfOutcome, StorageError> {
+        check_key(key)?;
+        self.retry("put", key, || self.put_if_once(key, bytes, condition))
+    }
+
+    fn get_tagged(&self, key: &str) -> Result<Tagged, StorageError> {
+        check_key(key)?;
+        self.retry("get", key, || self.get_tagged_once(key))
     }
 
     fn location(&self) -> String {
