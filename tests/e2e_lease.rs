@@ -162,6 +162,7 @@ fn newest(storage: &S3Storage) -> Option<Vec<(i64, String)>> {
         &scratch,
         walsync::plan::Target::Latest,
         false,
+        &[],
     )
     .ok()
     .map(|_| rows(&scratch));
