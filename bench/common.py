@@ -346,6 +346,9 @@ def add_common_args(ap, runs: int) -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work directories")
     ap.add_argument("--out", help="append a Markdown section to this file")
     ap.add_argument("--json", help="write the raw results as JSON to this file")
+    ap.add_argument("--shape", default=None, metavar="LAT_MS:MBPS",
+                    help="reach S3 through bench/shape_proxy.py: first-byte latency per request (ms) and "
+                         "bandwidth per connection (MB/s), e.g. 30:80 (default: loopback as is)")
 
 
 def prepare_binaries(args, base: Path) -> tuple[dict[str, Path], dict]:
@@ -387,7 +390,15 @@ def header_md(ctx: dict, title: str) -> list[str]:
             f"- Litestream measured: `{l['path']}` ({l['mib']} MiB, {l['linkage']}), version "
             f"{ctx['litestream_version']}",
             f"- S3 target: s3s-fs {S3S_FS_VERSION} (`{ctx['s3s_fs']}`) on 127.0.0.1, a fresh data directory "
-            f"per tool run"]
+            f"per tool run" + shape_md(ctx["args"].get("shape"))]
+
+
+def shape_md(shape: str | None) -> str:
+    if not shape:
+        return ""
+    lat, mbps = parse_shape(shape)
+    return (f", reached through bench/shape_proxy.py: {lat:g} ms first-byte latency per request and "
+            f"{mbps:g} MB/s per connection and direction")
 
 
 @contextlib.contextmanager
@@ -457,8 +468,9 @@ class S3Server:
     with one empty bucket) with random credentials (like
     tests/common/s3server.rs); its log goes to `dir`."""
 
-    def __init__(self, dir: Path, root: Path | None = None):
+    def __init__(self, dir: Path, root: Path | None = None, shape: str | None = None):
         binary = s3s_fs_binary()
+        self.shaper = None
         if not binary.is_file():
             raise SystemExit(f"error: s3s-fs not found at {binary} (set WALSYNC_S3S_FS, or `cargo install "
                              f"s3s-fs --version {S3S_FS_VERSION} --features binary --root "
@@ -477,7 +489,10 @@ class S3Server:
                      "--access-key", self.access_key, "--secret-key", self.secret_key, str(self.root)],
                     stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
             if wait_port(self.port, self.proc):
-                self.endpoint = f"http://127.0.0.1:{self.port}"
+                self.endpoint = self.direct_endpoint = f"http://127.0.0.1:{self.port}"
+                if shape:
+                    self.shaper, port = start_shaper(shape, self.port, dir)
+                    self.endpoint = f"http://127.0.0.1:{port}"
                 return
             stop_process(self.proc, 5)
         raise SystemExit(f"error: s3s-fs did not start; see {self.log_path}")
@@ -491,8 +506,39 @@ class S3Server:
                          "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION})
 
     def stop(self) -> None:
+        if self.shaper is not None:
+            stop_process(self.shaper, 5)
         if self.proc is not None:
             stop_process(self.proc, 5)
+
+
+def parse_shape(shape: str) -> tuple[float, float]:
+    """`LAT_MS:MBPS` (e.g. `30:80`): first-byte latency per request in ms,
+    bandwidth per connection and direction in MB/s."""
+    try:
+        lat, mbps = (float(x) for x in shape.split(":"))
+    except ValueError:
+        raise SystemExit(f"error: --shape {shape!r}: expected LAT_MS:MBPS, e.g. 30:80") from None
+    if lat < 0 or mbps <= 0:
+        raise SystemExit(f"error: --shape {shape!r}: latency must be >= 0 and bandwidth > 0")
+    return lat, mbps
+
+
+def start_shaper(shape: str, upstream: int, dir: Path) -> tuple[subprocess.Popen, int]:
+    """bench/shape_proxy.py in front of port `upstream`: (process, its port)."""
+    lat, mbps = parse_shape(shape)
+    for _ in range(3):
+        port = free_port()
+        with open(dir / f"shape-{port}.log", "wb") as logf:
+            p = subprocess.Popen([sys.executable, str(Path(__file__).with_name("shape_proxy.py")),
+                                  "--port", str(port), "--upstream", str(upstream),
+                                  "--latency-ms", str(lat), "--mbps", str(mbps)],
+                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        if wait_port(port, p):
+            return p, port
+        stop_process(p, 5)
+    raise SystemExit(f"error: the shaping proxy did not start; see {dir}/shape-*.log")
 
 
 def tool_env(extra: dict) -> dict:

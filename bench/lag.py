@@ -71,7 +71,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 sys.dont_write_bytecode = True  # no bench/__pycache__ in the work tree
-from common import (BUCKET, S3Server, add_common_args, db_name, f, finish, free_port, header_md, kill_all,
+from common import (BUCKET, S3Server, add_common_args, start_shaper, db_name, f, finish, free_port, header_md, kill_all,
                     litestream_s3_config, log, log_summary, make_template, md_table, med, percentile,
                     prepare_binaries, ratio, spawn_writer, stop_process, stop_writer, wait_port,
                     walsync_s3_config, workspace)
@@ -375,11 +375,11 @@ def wait_objects(bucket_dir: Path, tool: str, n: int, proc, args) -> tuple[int, 
 def run_one(tool: str, bin_path: Path, run: int, args, template: Path, base: Path) -> dict:
     res: dict = {"tool": tool, "run": run, "n": args.n}
     ws = Path(tempfile.mkdtemp(prefix=f"lag-{tool}-r{run}-", dir=base))
-    proc = writer = proxy = None
+    proc = writer = proxy = shaper = None
     server = None
     logf = None
     try:
-        server = S3Server(ws)
+        server = S3Server(ws, shape=args.shape if args.no_proxy else None)
         if args.no_proxy:
             endpoint = server.endpoint
         else:
@@ -394,13 +394,19 @@ def run_one(tool: str, bin_path: Path, run: int, args, template: Path, base: Pat
             if not wait_port(pport, proxy):
                 raise RuntimeError("proxy did not start")
             endpoint = f"http://127.0.0.1:{pport}"
+            if args.shape:
+                # The tool -> the shaping proxy -> the counting proxy -> s3s-fs:
+                # an upload counts as arrived when the server has it, before
+                # the tool hears back (one first-byte latency later).
+                shaper, sport = start_shaper(args.shape, pport, ws)
+                endpoint = f"http://127.0.0.1:{sport}"
         dbdir = ws / "dbs"
         dbdir.mkdir()
         for i in range(args.n):
             shutil.copyfile(template, dbdir / db_name(i))
         dbs = [(dbdir / db_name(i), db_prefix(tool, i)) for i in range(args.n)]
         if tool == "walsync":
-            cfg = walsync_s3_config(ws / "walsync.toml", endpoint, dbs)
+            cfg = walsync_s3_config(ws / "walsync.toml", endpoint, dbs, args.walsync_setting)
             cmd = [str(bin_path), "watch", "-c", str(cfg)]
         else:
             cfg = litestream_s3_config(ws / "litestream.yml", endpoint, dbs)
@@ -426,6 +432,8 @@ def run_one(tool: str, bin_path: Path, run: int, args, template: Path, base: Pat
         res["exit_code"], res["stop_s"], res["killed"] = code, round(secs, 1), killed
         logf.close()
         logf = None
+        if shaper is not None:
+            stop_process(shaper, 5)
         if proxy is not None:
             stop_process(proxy, 5)
         server.stop()
@@ -444,7 +452,7 @@ def run_one(tool: str, bin_path: Path, run: int, args, template: Path, base: Pat
         if args.keep:
             res["workspace"] = str(ws)
     finally:
-        kill_all((writer, proc, proxy))
+        kill_all((writer, proc, proxy, shaper))
         if server is not None:
             server.stop()
         if logf is not None:
@@ -592,6 +600,8 @@ def main() -> int:
     ap.add_argument("--idle-window", type=float, default=60, help="idle window, s (default 60)")
     ap.add_argument("--sample", type=int, default=10, help="databases whose lag is measured (default 10)")
     ap.add_argument("--tools", default="walsync,litestream")
+    ap.add_argument("--walsync-setting", action="append", default=[], metavar="KEY=VALUE",
+                    help="a top-level line for walsync's config, e.g. 'workers = 16' (repeatable)")
     ap.add_argument("--no-proxy", action="store_true",
                     help="no counting proxy: tools talk to s3s-fs directly; lag from the object files' mtimes, "
                          "restores from the live bucket (objects deleted meanwhile are missed); request rates "

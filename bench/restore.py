@@ -16,8 +16,9 @@ interleaved run by run:
            walsync restore-all -c CFG --output-dir DIR --jobs J
            litestream restore, one process per database, one after another
            litestream restore, one process per database, J at a time
-         with J = --jobs (default 2: walsync's default `workers`, and the
-         number of CPUs here). Litestream 0.5 has no restore-all; each of its
+         with J = --jobs (default 16: `restore-all`'s default, the same
+         parallelism for both tools; --no-sequential skips the one-at-a-time
+         variants). Litestream 0.5 has no restore-all; each of its
          processes reads a one-database config (the same replica settings as
          the backup's config), so that 1,000 processes do not each parse a
          1,000-database file.
@@ -36,6 +37,7 @@ of the source database file(s).
 
   python3 bench/restore.py                     # 1 GiB + 1,000 small, 3 runs
   python3 bench/restore.py --quick             # 64 MiB + 50 small, 1 run (< 2 minutes)
+  python3 bench/restore.py --shape 30:80 --no-sequential   # as across a network (bench/shape_proxy.py)
   python3 bench/restore.py --walsync-bin /path/to/walsync --out bench/results-restore.md
 """
 
@@ -157,10 +159,10 @@ class Tool:
     """One tool's S3 server and configs (big, small, and one small-database
     config per database for Litestream's restores)."""
 
-    def __init__(self, name: str, bin_path: Path, ws: Path, big: Path, small: list[Path]):
+    def __init__(self, name: str, bin_path: Path, ws: Path, big: Path, small: list[Path], shape: str | None):
         self.name, self.bin, self.ws = name, bin_path, ws
         ws.mkdir()
-        self.server = S3Server(ws)
+        self.server = S3Server(ws, shape=shape)
         self.env = self.server.env()
         ep = self.server.endpoint
         if name == "walsync":
@@ -321,8 +323,11 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=1024, help="size of the big database, MiB (default 1024)")
     ap.add_argument("--small", type=int, default=1000, help="number of small databases (default 1000)")
     ap.add_argument("--small-rows", type=int, default=20, help="rows per small database (default 20)")
-    ap.add_argument("--jobs", type=int, default=2, help="parallelism J for the small restores (default 2)")
+    ap.add_argument("--jobs", type=int, default=16, help="parallelism J for the small restores (default 16)")
     ap.add_argument("--skip", default="", help="comma-separated: big, small")
+    ap.add_argument("--no-sequential", action="store_true",
+                    help="skip the one-at-a-time small restores (Litestream's take ~1 s per database "
+                         "through --shape 30:80)")
     ap.add_argument("--timeout", type=float, default=1800, help="limit per backup or restore command, s")
     ap.add_argument("--tools", default="walsync,litestream")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 MiB, 50 small databases, 1 run")
@@ -358,7 +363,7 @@ def main() -> int:
             ctx["small_bytes"] = sum(p.stat().st_size for p in small)
             ctx["backups"] = {}
             for name in names:
-                tools[name] = tool = Tool(name, bins[name], base / f"ws-{name}", big, small)
+                tools[name] = tool = Tool(name, bins[name], base / f"ws-{name}", big, small, args.shape)
                 for w, cfg, on in (("big", tool.big_cfg, big_want), ("small", tool.small_cfg, small)):
                     if on:
                         b = tool.backup(cfg, w, args.timeout)
@@ -370,15 +375,17 @@ def main() -> int:
                     if big_want:
                         plan.append((f"{name} restore", lambda: timed_big(tool, big, big_want, base, args.timeout)))
                     if small and name == "walsync":
-                        plan += [("walsync restore-all --jobs 1",
-                                  lambda: timed_small(tool, small, wants, 1, base, args.timeout)),
-                                 ("walsync restore-all --jobs J",
-                                  lambda: timed_small(tool, small, wants, args.jobs, base, args.timeout))]
+                        if not args.no_sequential:
+                            plan.append(("walsync restore-all --jobs 1",
+                                         lambda: timed_small(tool, small, wants, 1, base, args.timeout)))
+                        plan.append(("walsync restore-all --jobs J",
+                                     lambda: timed_small(tool, small, wants, args.jobs, base, args.timeout)))
                     elif small:
-                        plan += [("litestream restore x N, sequential",
-                                  lambda: timed_small(tool, small, wants, 1, base, args.timeout)),
-                                 ("litestream restore x N, J at a time",
-                                  lambda: timed_small(tool, small, wants, args.jobs, base, args.timeout))]
+                        if not args.no_sequential:
+                            plan.append(("litestream restore x N, sequential",
+                                         lambda: timed_small(tool, small, wants, 1, base, args.timeout)))
+                        plan.append(("litestream restore x N, J at a time",
+                                     lambda: timed_small(tool, small, wants, args.jobs, base, args.timeout)))
                     for variant, fn in plan:
                         r = fn()
                         r.update(variant=variant, run=run, tool=name)
