@@ -3633,6 +3633,16 @@ fn burst_setup(idle: Option<&str>) -> Setup {
     setup
 }
 
+/// `setup` with checkpoint thresholds (64 MiB, truncate 128 MiB) no test
+/// burst reaches: walsync runs no sync point of its own.
+fn without_sync_points(setup: Setup) -> Setup {
+    setup.edit_config(|t| {
+        t.replace("\"256KiB\"", "\"64MiB\"")
+            .replace("\"1MiB\"", "\"128MiB\"")
+    });
+    setup
+}
+
 fn watch_debug(setup: &Setup) -> Running {
     setup.watch_logging("watch.log", Some("walsync=debug"))
 }
@@ -3744,14 +3754,10 @@ fn assert_one_exact_history(setup: &Setup, prefix: &str, db: &Path, writers: &[i
 
 #[test]
 fn a_burst_after_an_idle_release_keeps_one_generation_at_the_sync_interval() {
-    let setup = burst_setup(Some("1s"));
     // No sync point of walsync's own during the burst (it ships what came
     // since the sync's upload, a second PUT in that sync): this counts the
     // syncs.
-    setup.edit_config(|t| {
-        t.replace("\"256KiB\"", "\"64MiB\"")
-            .replace("\"1MiB\"", "\"128MiB\"")
-    });
+    let setup = without_sync_points(burst_setup(Some("1s")));
     let prefix = "tenants/acme";
     let db = setup.dir.join("app.db");
     let storage = setup.storage();
@@ -3899,13 +3905,9 @@ fn app_checkpoint(c: &Connection, mode: &str) -> (i64, i64, i64) {
 /// moments, still keeps one generation with every commit.
 #[test]
 fn the_applications_restart_and_truncate_succeed_once_walsync_has_caught_up() {
-    let setup = burst_setup(Some("1h"));
     // No sync point of walsync's own (which also leaves it at mark 0): only
     // the syncs that ship and settle.
-    setup.edit_config(|t| {
-        t.replace("\"256KiB\"", "\"64MiB\"")
-            .replace("\"1MiB\"", "\"128MiB\"")
-    });
+    let setup = without_sync_points(burst_setup(Some("1h")));
     let prefix = "tenants/acme";
     let db = setup.dir.join("app.db");
     let storage = setup.storage();
