@@ -131,8 +131,8 @@ impl Setup {
                 return;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{}: not caught up after 30 s ({restored:?}); watch log:\n{}",
+                start.elapsed() < Duration::from_secs(120),
+                "{}: not caught up after 120 s ({restored:?}); watch log:\n{}",
                 self.name(),
                 self.watch_log()
             );
@@ -233,6 +233,17 @@ fn watch_restore_and_verify_on_every_server() {
         for id in 2151..=2200 {
             insert(&c, id);
         }
+        // One transaction over the 64 MiB multipart threshold (70 rows of
+        // 1 MiB of random hex, which LZ4 cannot shrink much): its segment
+        // goes up as a multipart upload, each part with its checksum.
+        c.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 2201 UNION ALL SELECT i + 1 FROM n WHERE i < 2270)
+             INSERT INTO t(id, v) SELECT i, hex(randomblob(524288)) FROM n;",
+        )
+        .expect("a multipart-sized transaction");
+        for id in 2271..=2280 {
+            insert(&c, id);
+        }
         setup.wait_restorable(&db);
         assert!(
             sigterm(&mut child).success(),
@@ -292,14 +303,20 @@ fn watch_restore_and_verify_on_every_server() {
             "{name}: once, at start: {log}"
         );
         let storage = S3Storage::new(setup.server.settings()).expect("settings");
-        let keys: Vec<String> = storage
-            .list("")
-            .expect("list the bucket")
-            .into_iter()
-            .map(|o| o.key)
+        let listing = storage.list("").expect("list the bucket");
+        let keys: Vec<&str> = listing
+            .iter()
+            .map(|o| o.key.as_str())
             .filter(|k| k.contains("probe"))
             .collect();
         assert!(keys.is_empty(), "{name}: the probe is deleted: {keys:?}");
+        assert!(
+            listing
+                .iter()
+                .any(|o| o.key.ends_with(".seg") && o.size > 64 << 20),
+            "{name}: a segment over the multipart threshold: {:?}",
+            listing.iter().map(|o| (&o.key, o.size)).collect::<Vec<_>>()
+        );
 
         // restore-all from the config, and from the bucket alone.
         let all = setup.server.scratch_dir("all");
