@@ -107,6 +107,9 @@ def run_one(tool: str, bin_path: Path, template: Path, base: Path, run: int, arg
     ws = Path(tempfile.mkdtemp(prefix=f"stall-{tool}-r{run}-", dir=base))
     db = ws / "big.db"
     shutil.copyfile(template, db)
+    # The copy's writeback must not land in the measured windows: the
+    # application's WAL writes would wait behind it, whichever tool runs.
+    os.sync()
     size = db.stat().st_size
     server = app = proc = None
     res: dict = {"tool": tool, "run": run}
