@@ -18,7 +18,7 @@
 //!   <https://github.com/timmyomahony/craft-remote-backup/issues/63>).
 
 use super::answers::{xml_text, CHECKSUM_CODES};
-use super::md5::Md5;
+use super::md5::md5;
 use super::requests::{base64_encode, checksum_header_value, CHECKSUM_HEADER};
 
 /// The header that carries the checksum of `Content-MD5` uploads.
@@ -58,9 +58,7 @@ impl Digest {
 
     /// The `Content-MD5` digest of `bytes`.
     pub(super) fn md5_of(bytes: &[u8]) -> Digest {
-        let mut hasher = Md5::new();
-        hasher.update(bytes);
-        Digest::md5(hasher.finalize())
+        Digest::md5(md5(bytes))
     }
 }
 
