@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::app::{insert, integrity, rows};
+use common::app::{app_checkpoint, insert, integrity, rows};
 use common::process::{sigterm, Running};
 use common::s3server::S3Server;
 use rusqlite::Connection;
@@ -3887,15 +3887,6 @@ fn the_applications_checkpoints_of_every_mode_after_idle_releases_keep_one_gener
     assert!(sigterm(&mut child).success());
     drop(c);
     assert_one_exact_history(&setup, prefix, &db, &[1], 10);
-}
-
-/// The application's checkpoint in `mode`: (busy, frames in the WAL,
-/// frames backfilled).
-fn app_checkpoint(c: &Connection, mode: &str) -> (i64, i64, i64) {
-    c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-    })
-    .unwrap()
 }
 
 /// Issue 10: the application's RESTART and TRUNCATE checkpoints go through

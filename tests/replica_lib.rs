@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::app::rows;
+use common::app::{app_checkpoint, rows};
 use rusqlite::Connection;
 use walsync::plan::Target;
 use walsync::replica::{Replica, ReplicaOptions};
@@ -108,15 +108,6 @@ fn replicate_through_every_checkpoint_mode_and_restore() {
         "refuses to overwrite"
     );
     std::fs::remove_dir_all(dir).unwrap();
-}
-
-/// The application's checkpoint in `mode`: (busy, frames in the WAL,
-/// frames backfilled).
-fn app_checkpoint(c: &Connection, mode: &str) -> (i64, i64, i64) {
-    c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-    })
-    .unwrap()
 }
 
 #[test]

@@ -48,3 +48,12 @@ pub fn insert_value(c: &Connection, id: i64, v: &str) {
         }
     }
 }
+
+/// The application's checkpoint in `mode`: (busy, frames in the WAL,
+/// frames backfilled).
+pub fn app_checkpoint(c: &Connection, mode: &str) -> (i64, i64, i64) {
+    c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .unwrap()
+}
