@@ -296,7 +296,7 @@ fn print_human(prefix: &str, path: Option<&Path>, s: &Summary) {
             human_bytes(l.wal_bytes)
         ),
         Some(None) => {
-            outln!("  local file: lag unknown (its WAL was restarted after the newest backup)")
+            outln!("  local file: lag unknown (its WAL cannot be placed against the newest backup)")
         }
         None => {}
     }
