@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::catalog::WatchedDatabase;
-use super::fds::{Descriptors, FDS_PER_ACTIVE_DATABASE, FD_WAIT, PRESSED_IDLE_DIVISOR};
+use super::fds::{
+    Descriptors, FDS_PER_ACTIVE_DATABASE, FDS_PER_JOB, FD_WAIT, PRESSED_IDLE_DIVISOR,
+};
 use super::outage::{Notice, OutageWatch};
 use crate::replica::SyncReport;
 use crate::sqlite::FileStat;
@@ -609,17 +611,19 @@ impl Schedule {
         // descriptors instead.
         let room = (self.max_jobs - self.running) * 8;
         let may_open = !self.opens_wait(now);
+        let max_jobs = fds.max_jobs(databases, self.max_jobs);
         for id in due_syncs(&self.dbs, &self.due, now, room, may_open) {
-            if self.running >= self.max_jobs {
+            if self.running >= max_jobs {
                 return actions;
             }
             let opens = self.dbs[&id].job != Job::Idle(Connection::Open);
-            if opens {
-                let (running, max_jobs) = (self.running, self.max_jobs);
-                let budget = open_budget
-                    .get_or_insert_with(|| fds.open_budget(databases, running, max_jobs));
-                if let Some(left) = budget {
-                    if *left < FDS_PER_ACTIVE_DATABASE {
+            let running = self.running;
+            let budget = open_budget.get_or_insert_with(|| fds.open_budget(databases, running));
+            if let Some(left) = budget {
+                // Each job takes what it may open from the budget; one that
+                // opens its database also what an active one holds.
+                if opens {
+                    if *left < FDS_PER_ACTIVE_DATABASE + FDS_PER_JOB {
                         // Opening it now could take the descriptors that
                         // open databases need to sync or be released (and
                         // so give theirs back): it and the others that
@@ -631,6 +635,7 @@ impl Schedule {
                     *left -= FDS_PER_ACTIVE_DATABASE;
                     fds.opened();
                 }
+                *left = left.saturating_sub(FDS_PER_JOB);
             }
             let db = self.dbs.get_mut(&id).expect("invariant: listed above");
             // The sync interval runs from a sync's start: what is written
@@ -695,8 +700,8 @@ impl Schedule {
             self.opens_wait(now)
                 || waiting
                     && fds
-                        .open_budget(databases, self.running, self.max_jobs)
-                        .is_some_and(|left| left < FDS_PER_ACTIVE_DATABASE)
+                        .open_budget(databases, self.running)
+                        .is_some_and(|left| left < FDS_PER_ACTIVE_DATABASE + FDS_PER_JOB)
         };
         if !sooner.is_empty() && short() {
             due.append(&mut sooner);
@@ -1146,7 +1151,10 @@ mod tests {
         fn limit_below_wanted(&self, _databases: u64) -> bool {
             self.left.is_some()
         }
-        fn open_budget(&self, _databases: u64, _running: usize, _max_jobs: usize) -> Option<u64> {
+        fn max_jobs(&self, _databases: u64, max_jobs: usize) -> usize {
+            max_jobs
+        }
+        fn open_budget(&self, _databases: u64, _running: usize) -> Option<u64> {
             self.left
         }
         fn opened(&self) {
@@ -1554,17 +1562,34 @@ mod tests {
         assert_eq!(syncs(&s.launch(ms(t0, 1000), &mut fds)), vec![(1, false)]);
     }
 
+    /// What a job that opens its database takes from the budget.
+    const OPENS_ONE: u64 = FDS_PER_ACTIVE_DATABASE + FDS_PER_JOB;
+
+    #[test]
+    fn every_job_started_in_one_pass_takes_its_descriptors_from_the_budget() {
+        // Room for two opening jobs and a bit: the third waits, though
+        // workers are free (each opening job's connection to the storage
+        // counts, not only its database's files).
+        let (mut s, t0) = schedule(3, 8, None);
+        let mut fds = FakeFds {
+            left: Some(2 * OPENS_ONE + FDS_PER_JOB),
+            ..FakeFds::default()
+        };
+        assert_eq!(syncs(&s.launch(t0, &mut fds)), vec![(0, false), (1, false)]);
+        assert_eq!((fds.opened.get(), fds.reports), (2, 1));
+    }
+
     #[test]
     fn databases_that_need_opening_wait_while_descriptors_are_short() {
         let (mut s, t0) = schedule(2, 4, None);
         let mut fds = FakeFds {
-            left: Some(FDS_PER_ACTIVE_DATABASE),
+            left: Some(OPENS_ONE),
             ..FakeFds::default()
         };
         // Room to open one of them: the other waits, and the shortage is named.
         assert_eq!(syncs(&s.launch(t0, &mut fds)), vec![(0, false)]);
         assert_eq!((fds.opened.get(), fds.reports), (1, 1));
-        fds.left = Some(FDS_PER_ACTIVE_DATABASE - 1);
+        fds.left = Some(OPENS_ONE - 1);
         assert!(s.launch(ms(t0, 100), &mut fds).is_empty(), "waits a little");
         assert_eq!(s.next_wake(ms(t0, 100), ms(t0, 60_000)), t0 + FD_WAIT);
         // Still short after the wait: waits again, keeping its place.
@@ -1575,7 +1600,7 @@ mod tests {
         fds.left = Some(0);
         assert_eq!(syncs(&s.launch(ms(t0, 1300), &mut fds)), vec![(0, false)]);
         // A job that ends gives descriptors back: the waiting one opens.
-        fds.left = Some(FDS_PER_ACTIVE_DATABASE);
+        fds.left = Some(OPENS_ONE);
         s.on_done(0, synced(0, ms(t0, 1300)), &mut fds, ms(t0, 1310));
         assert_eq!(syncs(&s.launch(ms(t0, 1310), &mut fds)), vec![(1, false)]);
     }
@@ -1643,7 +1668,7 @@ mod tests {
             ms(t0, 12_010),
             &unchanged,
         );
-        fds.left = Some(FDS_PER_ACTIVE_DATABASE);
+        fds.left = Some(OPENS_ONE);
         assert_eq!(syncs(&s.launch(ms(t0, 12_010), &mut fds)), vec![(1, false)]);
     }
 
