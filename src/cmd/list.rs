@@ -55,7 +55,7 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
             }
             let prefixes: Vec<String> = databases.iter().map(|d| d.0.clone()).collect();
             let roots = crate::fleet::listing_roots(&prefixes, &[]);
-            (databases, list_roots(&*storage, roots, &pool)?)
+            (databases, list_roots(&*storage, roots, &prefixes, &pool)?)
         }
         None => {
             let found = discover(&*storage, parent.unwrap_or_default(), &pool)?;
