@@ -116,6 +116,11 @@ pub(crate) struct Database {
     /// afresh then, so nothing proves that they continue the history).
     /// Close events cannot tell: walsync's own connections make them too.
     app_seen: bool,
+    /// Let go of without a mark in the bucket (larger than
+    /// `idle_release_max_size`, at the application's last close): its stop
+    /// takes it up again to leave one, so that the next start needs no
+    /// snapshot (`Replica::released_without_mark`).
+    unmarked: bool,
     membership: Membership,
     /// The due time and release time under which `Schedule::due` and
     /// `Schedule::releases` list it now (see `Schedule::reindex`).
@@ -135,6 +140,7 @@ impl Database {
             release_at: None,
             closed_by_app: false,
             app_seen: false,
+            unmarked: false,
             membership: Membership::Replicating,
             indexed: (None, None),
         }
@@ -226,6 +232,10 @@ pub(crate) enum Outcome {
     Replaced(String),
     /// The database file is not there (yet).
     Missing,
+    /// A file renamed over the database while walsync held it is still
+    /// open with the old file's wal-index (`Replica` said so, once): looked
+    /// at again on its next change, as a missing one.
+    Waiting,
     /// No descriptor was free: wait for some, no backoff.
     OutOfDescriptors(String),
     /// The storage could not be reached (or answered with a server error
@@ -800,6 +810,7 @@ impl Schedule {
                 retrying = true;
                 s.mark_dirty(now, wall_ms);
             }
+            Outcome::Waiting => log::debug!("{}: waiting for the application", s.name()),
             Outcome::Missing => {
                 if !s.health.waiting_logged && !last_sync {
                     log::info!("{}: waiting for the database to be created", s.name());
@@ -966,8 +977,17 @@ impl Schedule {
         self.reindex(id);
     }
 
+    /// Whether database `id`, just let go of, left no mark in the bucket
+    /// (`Database::unmarked`).
+    pub(crate) fn set_unmarked(&mut self, id: u64, unmarked: bool) {
+        if let Some(db) = self.dbs.get_mut(&id) {
+            db.unmarked = unmarked;
+        }
+    }
+
     /// SIGINT/SIGTERM: every database gets one last sync (nothing else
-    /// starts), except released ones whose files did not change since.
+    /// starts), except released ones whose files did not change since and
+    /// whose let-go left a mark.
     pub(crate) fn begin_stop(&mut self, now: Instant, stat_of: &dyn Fn(&Path) -> FileStat) {
         self.stopping = Some(now);
         for db in self.dbs.values_mut() {
@@ -975,8 +995,10 @@ impl Schedule {
             db.last_sync = None;
             db.release_at = None;
             // A released database whose files did not change since has
-            // nothing to ship: waking it only to stop would cost a fingerprint.
-            if !db.is_dirty() && db.released_unchanged(stat_of) {
+            // nothing to ship: waking it only to stop would cost a
+            // fingerprint, unless its let-go left no mark (then that is
+            // what the stop is for).
+            if !db.is_dirty() && !db.unmarked && db.released_unchanged(stat_of) {
                 db.membership = Membership::Finished;
             } else {
                 db.mark_dirty(now, self.wall_ms);
@@ -2005,6 +2027,32 @@ mod tests {
         s.on_done(3, synced(0, now), &mut fds, now);
         assert!(s.stop_complete());
         assert!(s.take_failed_at_stop().is_empty());
+    }
+
+    #[test]
+    fn a_database_let_go_of_without_a_mark_is_taken_up_at_stop_to_leave_one() {
+        let idle = Duration::from_secs(10);
+        let (mut s, t0) = schedule(2, 8, Some(idle));
+        let mut fds = FakeFds::default();
+        s.launch(t0, &mut fds);
+        s.on_done(0, synced(0, t0), &mut fds, t0);
+        s.on_done(1, synced(0, t0), &mut fds, t0);
+        assert_eq!(releases(&s.launch(ms(t0, 10_000), &mut fds)), vec![0, 1]);
+        // Both unchanged since; 1 is over `idle_release_max_size` (its
+        // let-go read no fingerprint and left no mark).
+        for id in [0, 1] {
+            let at = ms(t0, 10_002);
+            s.on_released(id, Ok(Some(STAT)), Connection::Released, at, &unchanged);
+            s.set_unmarked(id, id == 1);
+        }
+        s.begin_stop(ms(t0, 20_000), &unchanged);
+        assert_eq!(syncs(&s.launch(ms(t0, 20_000), &mut fds)), vec![(1, true)]);
+        let now = ms(t0, 20_010);
+        assert_eq!(
+            s.on_done(1, synced(0, now), &mut fds, now),
+            vec![Action::Close { id: 1 }]
+        );
+        assert!(s.stop_complete());
     }
 
     #[test]
