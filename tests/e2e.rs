@@ -4793,6 +4793,135 @@ fn encrypted_backups_hide_the_data_restore_exactly_and_fail_cleanly_without_thei
     assert!(err.contains("chmod 600"), "{err}");
 }
 
+/// Whether `needle` occurs in `haystack`; quick on objects of tens of MiB
+/// in a debug build (looks for the first byte, then compares).
+fn contains_fast(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let mut at = 0;
+    while let Some(i) = haystack[at..].iter().position(|&b| b == first) {
+        let start = at + i;
+        if haystack[start + 1..].starts_with(rest) {
+            return true;
+        }
+        at = start + 1;
+    }
+    false
+}
+
+#[test]
+fn an_encrypted_transaction_over_the_multipart_threshold_restores_exactly_and_needs_its_key() {
+    let setup = Setup::new(&[("big.db", "enc/big")]);
+    let (_, key) = keygen(&setup, "big.key");
+    setup.edit_config(|t| format!("{t}[encryption]\nkey_file = \"big.key\"\n"));
+    let marker = format!("walsync-marker-{}", common::s3server::random_hex(16));
+    let db = setup.dir.join("big.db");
+    let c = open_app(&db);
+    let storage = setup.storage();
+    let mut child = setup.watch("watch.log");
+    for id in 1..=20 {
+        insert_marked(&c, id, &marker);
+    }
+    showing_log_on_failure(&setup, "watch.log", || {
+        wait_restorable_with(&storage, "enc/big", &db, std::slice::from_ref(&key))
+    });
+    // One transaction of 70 rows of 1 MiB (hex of random bytes, which LZ4
+    // cannot shrink much: an object is sealed after compression, so only
+    // incompressible pages make it large), each holding the marker: its
+    // segment (or, after a gap, the snapshot) is over the 64 MiB multipart
+    // threshold.
+    c.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 21 UNION ALL SELECT i + 1 FROM n WHERE i < 90)
+         INSERT INTO t(id, v) SELECT i, ?1 || ' ' || hex(randomblob(524288)) FROM n",
+        [&marker],
+    )
+    .expect("a multipart-sized transaction");
+    for id in 91..=100 {
+        insert_marked(&c, id, &marker);
+    }
+    showing_log_on_failure(&setup, "watch.log", || {
+        wait_restorable_with(&storage, "enc/big", &db, std::slice::from_ref(&key))
+    });
+    drop(c);
+    assert!(sigterm(&mut child).success());
+
+    // A sealed object over the threshold, and the marker in no object.
+    let listing = storage.list(&keys::database_root("enc/big")).unwrap();
+    let large: Vec<_> = listing.iter().filter(|o| o.size > 64 << 20).collect();
+    assert!(
+        !large.is_empty(),
+        "an object over 64 MiB: {:?}",
+        listing.iter().map(|o| (&o.key, o.size)).collect::<Vec<_>>()
+    );
+    let large_key = large[0].key.clone();
+    let files = bucket_files(&setup, "enc/big");
+    for (path, bytes) in files.iter().filter(|(p, _)| !p.ends_with("lease")) {
+        assert!(
+            !contains_fast(bytes, marker.as_bytes()),
+            "{} holds the application's data in the clear",
+            path.display()
+        );
+        assert_eq!(
+            sealed_key_id(bytes),
+            Some(key.id().to_string()),
+            "{}",
+            path.display()
+        );
+    }
+
+    // With the key: the source's bytes.
+    let outdir = setup.scratch("restores");
+    let out = outdir.join("big.db");
+    assert_eq!(setup.restore_verified("enc/big", &out), rows(&db));
+    let c = Connection::open(&db).unwrap();
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(c);
+    assert!(
+        std::fs::read(&db).unwrap() == std::fs::read(&out).unwrap(),
+        "the restore is the source's bytes"
+    );
+    std::fs::remove_file(&out).unwrap();
+
+    // Without the key: one line naming the key id and an object, exit 1,
+    // nothing written.
+    let out_arg = out.to_str().unwrap();
+    let o = run_on_bucket(
+        &setup,
+        &["restore", "--prefix", "enc/big", "-o", out_arg],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("key id {}", key.id())) && err.contains("enc/big/generations/"),
+        "{err}"
+    );
+    assert_nothing_left(&outdir, &out);
+
+    // A flipped bit deep inside the large object (opened ahead of its
+    // decoder, on a thread of its own): the object named, exit 1, nothing
+    // written.
+    let file = setup.server.bucket_dir().join(&large_key);
+    let good = std::fs::read(&file).unwrap();
+    let mut bad = good.clone();
+    let at = good.len() / 3 * 2;
+    bad[at] ^= 0x10;
+    std::fs::write(&file, &bad).unwrap();
+    drop(bad);
+    let o = setup.restore("enc/big", &out, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(large_key.as_str()) && err.contains("authentication failed"),
+        "{err}"
+    );
+    assert_nothing_left(&outdir, &out);
+    std::fs::write(&file, &good).unwrap();
+}
+
 /// The key ids (hex) of the sealed objects of `generation` under `prefix`,
 /// and how many of its objects are plain.
 fn generation_keys(setup: &Setup, prefix: &str, generation: u64) -> (Vec<String>, usize) {
