@@ -15,12 +15,13 @@
 //! of the file it replaces. `remove_leftover_temps` removes what a killed
 //! restore left beside an output.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Scope;
 use std::time::Instant;
 
@@ -533,22 +534,34 @@ fn open_ahead<'scope, R: Read + Send + 'scope>(
 }
 
 /// A reader that reads `inner` on a thread of its own into a fixed set of
-/// buffers, which go back and forth between the two threads: at most
-/// `buffers` full ones wait for the reader. The reader sees exactly the
-/// bytes, and the error, `inner` gave. Dropped early, the thread ends at
-/// its next buffer.
+/// `buffers` buffers, which go back and forth between the two threads. The
+/// reader sees exactly the bytes, and the error, `inner` gave. Dropped
+/// early, the thread ends once its current read returns.
 struct ReadAhead {
-    /// Filled buffers and their length (0: the end); or the error.
-    full: Receiver<io::Result<(Vec<u8>, usize)>>,
-    /// Buffers given back to be filled again.
-    empty: SyncSender<Vec<u8>>,
+    shared: Arc<(Mutex<Handover>, Condvar)>,
     buf: Vec<u8>,
     at: usize,
     len: usize,
-    /// The end was read.
-    done: bool,
-    /// An error was given out: reading on gives another, never an end.
-    failed: bool,
+    /// What was given out after the last byte: the end (`Some(false)`), or
+    /// an error (`Some(true)`: reading on gives another, never an end).
+    ended: Option<bool>,
+}
+
+/// What the two threads of a `ReadAhead` hand each other.
+struct Handover {
+    /// Filled buffers and how much of each holds bytes, in order.
+    full: VecDeque<(Vec<u8>, usize)>,
+    /// Buffers to fill.
+    empty: Vec<Vec<u8>>,
+    /// After the last full buffer: the end (`Ok`), or the error.
+    end: Option<io::Result<()>>,
+    /// The reader is gone: the thread stops.
+    gone: bool,
+}
+
+fn lock(m: &Mutex<Handover>) -> MutexGuard<'_, Handover> {
+    // Poisoned only if a thread panicked, which aborts a release build.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Reads `r` into `b` until it is full or `r` ends or fails: the bytes
@@ -573,78 +586,97 @@ impl ReadAhead {
         buffers: usize,
         buffer_bytes: usize,
     ) -> ReadAhead {
-        let (full_tx, full) = mpsc::sync_channel(buffers);
-        let (empty, empty_rx) = mpsc::sync_channel::<Vec<u8>>(buffers);
-        for _ in 0..buffers {
-            empty
-                .send(vec![0; buffer_bytes])
-                .expect("invariant: the channel has room for every buffer");
-        }
-        scope.spawn(move || {
-            // Ends at the end of `inner`, at its first error, or when the
-            // reader is gone (a send or receive fails).
-            while let Ok(mut b) = empty_rx.recv() {
-                let (n, error) = fill(&mut *inner, &mut b);
-                let whole = n == b.len();
-                if n > 0 && full_tx.send(Ok((b, n))).is_err() {
-                    return;
-                }
-                match error {
-                    Some(e) => {
-                        let _ = full_tx.send(Err(e));
+        let shared = Arc::new((
+            Mutex::new(Handover {
+                full: VecDeque::with_capacity(buffers),
+                empty: (0..buffers).map(|_| vec![0; buffer_bytes]).collect(),
+                end: None,
+                gone: false,
+            }),
+            Condvar::new(),
+        ));
+        let pump = Arc::clone(&shared);
+        scope.spawn(move || loop {
+            let (m, changed) = &*pump;
+            let mut b = {
+                let mut h = lock(m);
+                loop {
+                    if h.gone {
                         return;
                     }
-                    None if !whole => {
-                        let _ = full_tx.send(Ok((Vec::new(), 0)));
-                        return;
+                    if let Some(b) = h.empty.pop() {
+                        break b;
                     }
-                    None => {}
+                    h = changed.wait(h).unwrap_or_else(|e| e.into_inner());
                 }
+            };
+            let (n, error) = fill(&mut *inner, &mut b);
+            let more = n == b.len() && error.is_none();
+            let mut h = lock(m);
+            if n > 0 {
+                h.full.push_back((b, n));
+            }
+            if !more {
+                h.end = Some(error.map_or(Ok(()), Err));
+            }
+            changed.notify_all();
+            if !more {
+                return;
             }
         });
         ReadAhead {
-            full,
-            empty,
+            shared,
             buf: Vec::new(),
             at: 0,
             len: 0,
-            done: false,
-            failed: false,
+            ended: None,
         }
     }
 }
 
 impl Read for ReadAhead {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.at == self.len && !self.done && !out.is_empty() {
-            if self.failed {
-                return Err(io::Error::other(
-                    "the object could not be read (see the error before)",
-                ));
+        if self.at == self.len && !out.is_empty() {
+            match self.ended {
+                Some(false) => return Ok(0),
+                Some(true) => {
+                    return Err(io::Error::other(
+                        "the object could not be read (see the error before)",
+                    ))
+                }
+                None => {}
             }
+            let (m, changed) = &*self.shared;
+            let mut h = lock(m);
             let used = std::mem::take(&mut self.buf);
             if !used.is_empty() {
-                // There is room: the channel holds as many as there are buffers.
-                let _ = self.empty.try_send(used);
+                h.empty.push(used);
+                changed.notify_all();
             }
-            let next = self
-                .full
-                .recv()
-                .unwrap_or_else(|_| Err(io::Error::other("the reading thread ended early")));
-            match next {
-                Ok((buf, len)) => (self.buf, self.len) = (buf, len),
-                Err(e) => {
-                    self.failed = true;
-                    return Err(e);
+            loop {
+                if let Some((buf, len)) = h.full.pop_front() {
+                    (self.buf, self.len, self.at) = (buf, len, 0);
+                    break;
                 }
+                if let Some(end) = h.end.take() {
+                    self.ended = Some(end.is_err());
+                    return end.map(|()| 0);
+                }
+                h = changed.wait(h).unwrap_or_else(|e| e.into_inner());
             }
-            self.at = 0;
-            self.done = self.len == 0;
         }
         let n = (self.len - self.at).min(out.len());
         out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
         self.at += n;
         Ok(n)
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        let (m, changed) = &*self.shared;
+        lock(m).gone = true;
+        changed.notify_all();
     }
 }
 
