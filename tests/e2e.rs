@@ -4533,8 +4533,63 @@ fn bucket_files(setup: &Setup, prefix: &str) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
+/// Whether `needle` occurs in `haystack`; quick on objects of tens of MiB
+/// in a debug build (looks for the first byte, then compares).
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let mut at = 0;
+    while let Some(i) = haystack[at..].iter().position(|&b| b == first) {
+        let start = at + i;
+        if haystack[start + 1..].starts_with(rest) {
+            return true;
+        }
+        at = start + 1;
+    }
+    false
+}
+
+/// Checks every object under `prefix` but the lease (host, pid, times:
+/// nothing of the database, and plain, as README "Encryption" says): sealed
+/// with `key`, and neither `marker` nor a database header in the clear.
+/// Returns them.
+fn assert_sealed_hiding(
+    setup: &Setup,
+    prefix: &str,
+    key: &Key,
+    marker: &str,
+) -> Vec<(PathBuf, Vec<u8>)> {
+    let files = bucket_files(setup, prefix);
+    for (path, bytes) in files.iter().filter(|(p, _)| !p.ends_with("lease")) {
+        assert!(
+            !contains(bytes, marker.as_bytes()) && !contains(bytes, b"SQLite format 3"),
+            "{} holds the application's data in the clear",
+            path.display()
+        );
+        assert_eq!(
+            sealed_key_id(bytes),
+            Some(key.id().to_string()),
+            "{} is sealed with its database's key",
+            path.display()
+        );
+    }
+    files
+}
+
+/// Restores `prefix` to `out` (the config's keys), checks it is `db`'s
+/// bytes once `db`'s WAL is checkpointed, and removes it.
+fn assert_restores_the_bytes_of(setup: &Setup, prefix: &str, db: &Path, out: &Path) {
+    assert_eq!(setup.restore_verified(prefix, out), rows(db));
+    let c = Connection::open(db).unwrap();
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(c);
+    assert!(
+        std::fs::read(db).unwrap() == std::fs::read(out).unwrap(),
+        "{prefix}: the restore is the source's bytes"
+    );
+    std::fs::remove_file(out).unwrap();
 }
 
 /// The key id in a sealed object's header (bytes 12..20), as hex.
@@ -4599,7 +4654,7 @@ fn encrypted_backups_hide_the_data_restore_exactly_and_fail_cleanly_without_thei
         }
     );
     for (prefix, key) in [("enc/a", &ka), ("enc/b", &kb)] {
-        let files = bucket_files(&setup, prefix);
+        let files = assert_sealed_hiding(&setup, prefix, key, &marker);
         let kinds = |ext: &str| {
             files
                 .iter()
@@ -4610,37 +4665,12 @@ fn encrypted_backups_hide_the_data_restore_exactly_and_fail_cleanly_without_thei
             kinds("snap") >= 1 && kinds("seg") >= 2 && kinds("mark") >= 1,
             "{files:?}"
         );
-        // The lease (`<prefix>/lease`: host, pid, times) holds nothing of
-        // the database and stays plain, as README "Encryption" says.
-        for (path, bytes) in files.iter().filter(|(p, _)| !p.ends_with("lease")) {
-            assert!(
-                !contains(bytes, marker.as_bytes()) && !contains(bytes, b"SQLite format 3"),
-                "{} holds the application's data in the clear",
-                path.display()
-            );
-            assert_eq!(
-                sealed_key_id(bytes),
-                Some(key.id().to_string()),
-                "{} is sealed with its database's key",
-                path.display()
-            );
-        }
     }
 
     // With the config's keys: exactly the source, byte for byte.
     let outdir = setup.scratch("restores");
     for (prefix, db) in [("enc/a", &a), ("enc/b", &b)] {
-        let out = outdir.join("exact.db");
-        assert_eq!(setup.restore_verified(prefix, &out), rows(db));
-        let c = Connection::open(db).unwrap();
-        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .unwrap();
-        drop(c);
-        assert!(
-            std::fs::read(db).unwrap() == std::fs::read(&out).unwrap(),
-            "{prefix}: the restore is the source's bytes"
-        );
-        std::fs::remove_file(&out).unwrap();
+        assert_restores_the_bytes_of(&setup, prefix, db, &outdir.join("exact.db"));
     }
 
     // Without a config: no key, a wrong key, another database's key. One
@@ -4793,23 +4823,6 @@ fn encrypted_backups_hide_the_data_restore_exactly_and_fail_cleanly_without_thei
     assert!(err.contains("chmod 600"), "{err}");
 }
 
-/// Whether `needle` occurs in `haystack`; quick on objects of tens of MiB
-/// in a debug build (looks for the first byte, then compares).
-fn contains_fast(haystack: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
-        return true;
-    };
-    let mut at = 0;
-    while let Some(i) = haystack[at..].iter().position(|&b| b == first) {
-        let start = at + i;
-        if haystack[start + 1..].starts_with(rest) {
-            return true;
-        }
-        at = start + 1;
-    }
-    false
-}
-
 #[test]
 fn an_encrypted_transaction_over_the_multipart_threshold_restores_exactly_and_needs_its_key() {
     let setup = Setup::new(&[("big.db", "enc/big")]);
@@ -4855,34 +4868,12 @@ fn an_encrypted_transaction_over_the_multipart_threshold_restores_exactly_and_ne
         listing.iter().map(|o| (&o.key, o.size)).collect::<Vec<_>>()
     );
     let large_key = large[0].key.clone();
-    let files = bucket_files(&setup, "enc/big");
-    for (path, bytes) in files.iter().filter(|(p, _)| !p.ends_with("lease")) {
-        assert!(
-            !contains_fast(bytes, marker.as_bytes()),
-            "{} holds the application's data in the clear",
-            path.display()
-        );
-        assert_eq!(
-            sealed_key_id(bytes),
-            Some(key.id().to_string()),
-            "{}",
-            path.display()
-        );
-    }
+    assert_sealed_hiding(&setup, "enc/big", &key, &marker);
 
     // With the key: the source's bytes.
     let outdir = setup.scratch("restores");
     let out = outdir.join("big.db");
-    assert_eq!(setup.restore_verified("enc/big", &out), rows(&db));
-    let c = Connection::open(&db).unwrap();
-    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        .unwrap();
-    drop(c);
-    assert!(
-        std::fs::read(&db).unwrap() == std::fs::read(&out).unwrap(),
-        "the restore is the source's bytes"
-    );
-    std::fs::remove_file(&out).unwrap();
+    assert_restores_the_bytes_of(&setup, "enc/big", &db, &out);
 
     // Without the key: one line naming the key id and an object, exit 1,
     // nothing written.
