@@ -4737,8 +4737,63 @@ fn bucket_files(setup: &Setup, prefix: &str) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
+/// Whether `needle` occurs in `haystack`; quick on objects of tens of MiB
+/// in a debug build (looks for the first byte, then compares).
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let mut at = 0;
+    while let Some(i) = haystack[at..].iter().position(|&b| b == first) {
+        let start = at + i;
+        if haystack[start + 1..].starts_with(rest) {
+            return true;
+        }
+        at = start + 1;
+    }
+    false
+}
+
+/// Checks every object under `prefix` but the lease (host, pid, times:
+/// nothing of the database, and plain, as README "Encryption" says): sealed
+/// with `key`, and neither `marker` nor a database header in the clear.
+/// Returns them.
+fn assert_sealed_hiding(
+    setup: &Setup,
+    prefix: &str,
+    key: &Key,
+    marker: &str,
+) -> Vec<(PathBuf, Vec<u8>)> {
+    let files = bucket_files(setup, prefix);
+    for (path, bytes) in files.iter().filter(|(p, _)| !p.ends_with("lease")) {
+        assert!(
+            !contains(bytes, marker.as_bytes()) && !contains(bytes, b"SQLite format 3"),
+            "{} holds the application's data in the clear",
+            path.display()
+        );
+        assert_eq!(
+            sealed_key_id(bytes),
+            Some(key.id().to_string()),
+            "{} is sealed with its database's key",
+            path.display()
+        );
+    }
+    files
+}
+
+/// Restores `prefix` to `out` (the config's keys), checks it is `db`'s
+/// bytes once `db`'s WAL is checkpointed, and removes it.
+fn assert_restores_the_bytes_of(setup: &Setup, prefix: &str, db: &Path, out: &Path) {
+    assert_eq!(setup.restore_verified(prefix, out), rows(db));
+    let c = Connection::open(db).unwrap();
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(c);
+    assert!(
+        std::fs::read(db).unwrap() == std::fs::read(out).unwrap(),
+        "{prefix}: the restore is the source's bytes"
+    );
+    std::fs::remove_file(out).unwrap();
 }
 
 /// The key id in a sealed object's header (bytes 12..20), as hex.
@@ -4803,7 +4858,7 @@ fn encrypted_backups_hide_the_data_restore_exactly_and_fail_cleanly_without_thei
         }
     );
     for (prefix, key) in [("enc/a", &ka), ("enc/b", &kb)] {
-        let files = bucket_files(&setup, prefix);
+        let files = assert_sealed_hiding(&setup, prefix, key, &marker);
         let kinds = |ext: &str| {
             files
                 .iter()
@@ -4814,37 +4869,12 @@ fn encrypted_backups_hide_the_data_restore_exactly_and_fail_cleanly_without_thei
             kinds("snap") >= 1 && kinds("seg") >= 2 && kinds("mark") >= 1,
             "{files:?}"
         );
-        // The lease (`<prefix>/lease`: host, pid, times) holds nothing of
-        // the database and stays plain, as README "Encryption" says.
-        for (path, bytes) in files.iter().filter(|(p, _)| !p.ends_with("lease")) {
-            assert!(
-                !contains(bytes, marker.as_bytes()) && !contains(bytes, b"SQLite format 3"),
-                "{} holds the application's data in the clear",
-                path.display()
-            );
-            assert_eq!(
-                sealed_key_id(bytes),
-                Some(key.id().to_string()),
-                "{} is sealed with its database's key",
-                path.display()
-            );
-        }
     }
 
     // With the config's keys: exactly the source, byte for byte.
     let outdir = setup.scratch("restores");
     for (prefix, db) in [("enc/a", &a), ("enc/b", &b)] {
-        let out = outdir.join("exact.db");
-        assert_eq!(setup.restore_verified(prefix, &out), rows(db));
-        let c = Connection::open(db).unwrap();
-        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .unwrap();
-        drop(c);
-        assert!(
-            std::fs::read(db).unwrap() == std::fs::read(&out).unwrap(),
-            "{prefix}: the restore is the source's bytes"
-        );
-        std::fs::remove_file(&out).unwrap();
+        assert_restores_the_bytes_of(&setup, prefix, db, &outdir.join("exact.db"));
     }
 
     // Without a config: no key, a wrong key, another database's key. One
@@ -4995,6 +5025,96 @@ fn encrypted_backups_hide_the_data_restore_exactly_and_fail_cleanly_without_thei
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn an_encrypted_transaction_over_the_multipart_threshold_restores_exactly_and_needs_its_key() {
+    let setup = Setup::new(&[("big.db", "enc/big")]);
+    let (_, key) = keygen(&setup, "big.key");
+    setup.edit_config(|t| format!("{t}[encryption]\nkey_file = \"big.key\"\n"));
+    let marker = format!("walsync-marker-{}", common::s3server::random_hex(16));
+    let db = setup.dir.join("big.db");
+    let c = open_app(&db);
+    let storage = setup.storage();
+    let mut child = setup.watch("watch.log");
+    for id in 1..=20 {
+        insert_marked(&c, id, &marker);
+    }
+    showing_log_on_failure(&setup, "watch.log", || {
+        wait_restorable_with(&storage, "enc/big", &db, std::slice::from_ref(&key))
+    });
+    // One transaction of 70 rows of 1 MiB (hex of random bytes, which LZ4
+    // cannot shrink much: an object is sealed after compression, so only
+    // incompressible pages make it large), each holding the marker: its
+    // segment (or, after a gap, the snapshot) is over the 64 MiB multipart
+    // threshold.
+    c.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 21 UNION ALL SELECT i + 1 FROM n WHERE i < 90)
+         INSERT INTO t(id, v) SELECT i, ?1 || ' ' || hex(randomblob(524288)) FROM n",
+        [&marker],
+    )
+    .expect("a multipart-sized transaction");
+    for id in 91..=100 {
+        insert_marked(&c, id, &marker);
+    }
+    showing_log_on_failure(&setup, "watch.log", || {
+        wait_restorable_with(&storage, "enc/big", &db, std::slice::from_ref(&key))
+    });
+    drop(c);
+    assert!(sigterm(&mut child).success());
+
+    // A sealed object over the threshold, and the marker in no object.
+    let listing = storage.list(&keys::database_root("enc/big")).unwrap();
+    let large: Vec<_> = listing.iter().filter(|o| o.size > 64 << 20).collect();
+    assert!(
+        !large.is_empty(),
+        "an object over 64 MiB: {:?}",
+        listing.iter().map(|o| (&o.key, o.size)).collect::<Vec<_>>()
+    );
+    let large_key = large[0].key.clone();
+    assert_sealed_hiding(&setup, "enc/big", &key, &marker);
+
+    // With the key: the source's bytes.
+    let outdir = setup.scratch("restores");
+    let out = outdir.join("big.db");
+    assert_restores_the_bytes_of(&setup, "enc/big", &db, &out);
+
+    // Without the key: one line naming the key id and an object, exit 1,
+    // nothing written.
+    let out_arg = out.to_str().unwrap();
+    let o = run_on_bucket(
+        &setup,
+        &["restore", "--prefix", "enc/big", "-o", out_arg],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("key id {}", key.id())) && err.contains("enc/big/generations/"),
+        "{err}"
+    );
+    assert_nothing_left(&outdir, &out);
+
+    // A flipped bit deep inside the large object (opened ahead of its
+    // decoder, on a thread of its own): the object named, exit 1, nothing
+    // written.
+    let file = setup.server.bucket_dir().join(&large_key);
+    let good = std::fs::read(&file).unwrap();
+    let mut bad = good.clone();
+    let at = good.len() / 3 * 2;
+    bad[at] ^= 0x10;
+    std::fs::write(&file, &bad).unwrap();
+    drop(bad);
+    let o = setup.restore("enc/big", &out, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(large_key.as_str()) && err.contains("authentication failed"),
+        "{err}"
+    );
+    assert_nothing_left(&outdir, &out);
+    std::fs::write(&file, &good).unwrap();
 }
 
 /// The key ids (hex) of the sealed objects of `generation` under `prefix`,
