@@ -475,7 +475,10 @@ impl S3Storage {
         token: Option<&str>,
     ) -> Result<ListingPage, Failure> {
         let url = self.list_url(prefix, after, token);
-        log::debug!("{}: LIST {prefix:?} after {after:?}", self.location);
+        match after {
+            Some(after) => log::debug!("{}: LIST {prefix:?} after {after:?}", self.location),
+            None => log::debug!("{}: LIST {prefix:?}", self.location),
+        }
         let response = self.agent.get(&url).call().map_err(|e| self.transport(e))?;
         if !response.status().is_success() {
             return Err(self.rejected(response, prefix));
