@@ -13,6 +13,7 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+use super::schedule::MAX_OPEN;
 use crate::replica::ReplicaError;
 use crate::signals;
 
@@ -42,10 +43,21 @@ pub(crate) const PRESSED_IDLE_DIVISOR: u32 = 10;
 /// How often the "out of file descriptors" line may repeat.
 const FD_EXHAUSTED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The open-file limit walsync would like for `databases`: room for every
-/// one of them to be active at once.
+/// The open-file limit at which every one of `databases` can be active at
+/// once: below it, descriptors are budgeted.
 pub(crate) fn fds_wanted(databases: u64) -> u64 {
     databases * FDS_PER_ACTIVE_DATABASE + FDS_RESERVED
+}
+
+/// The open-file limit walsync asks for `databases`: one descriptor for
+/// each, all of `FDS_PER_ACTIVE_DATABASE` for as many as are opened at
+/// once at start-up (`MAX_OPEN`, see `schedule`), and its own. The same as
+/// `fds_wanted` up to `MAX_OPEN` databases; for 100,000, 110,272 instead
+/// of 600,032. More databases active at once than `MAX_OPEN` may then
+/// wait for descriptors, as under any limit below `fds_wanted`.
+pub(crate) fn fds_recommended(databases: u64) -> u64 {
+    let window = databases.min(MAX_OPEN as u64);
+    databases + window * (FDS_PER_ACTIVE_DATABASE - 1) + FDS_RESERVED
 }
 
 /// How to raise the limit, for messages.
@@ -115,7 +127,7 @@ impl FdBudget {
         match signals::raise_fd_limit() {
             Ok((soft, hard)) => {
                 self.limit = Some(soft);
-                let wanted = fds_wanted(databases);
+                let wanted = fds_recommended(databases);
                 if soft < databases + FDS_RESERVED {
                     // Not even one descriptor per database: some could never be
                     // replicated. Better refused now than failing for ever.
@@ -129,7 +141,7 @@ impl FdBudget {
                 if soft < wanted {
                     log::warn!(
                         "the open-file limit is {soft} (hard limit {hard}); {databases} databases may \
-                         need up to {wanted} when all are active, and those that cannot be opened \
+                         need up to {wanted} when many are active, and those that cannot be opened \
                          then wait and are retried; {}",
                         raise_limit_hint(wanted)
                     );
@@ -230,7 +242,7 @@ impl Descriptors for FdBudget {
             "out of file descriptors ({used}open-file limit {limit}) with {databases} databases: \
              the databases that cannot be opened now wait until others are released or fail, \
              the others go on; {}",
-            raise_limit_hint(fds_wanted(databases))
+            raise_limit_hint(fds_recommended(databases))
         );
     }
 }
@@ -238,6 +250,21 @@ impl Descriptors for FdBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_limit_asked_for_holds_every_database_and_the_window_of_open_ones() {
+        // databases -> limit asked for
+        for (databases, want) in [
+            (1, 38),
+            (64, 416),
+            (2_048, 2_048 * 6 + 32),
+            (10_000, 10_000 + 2_048 * 5 + 32),
+            (100_000, 110_272),
+        ] {
+            assert_eq!(fds_recommended(databases), want, "{databases}");
+            assert!(want <= fds_wanted(databases));
+        }
+    }
 
     #[test]
     fn a_descriptor_count_moves_with_opens_and_releases_until_the_next() {
