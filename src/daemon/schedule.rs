@@ -304,6 +304,8 @@ pub(crate) struct Schedule {
     open: usize,
     /// `MAX_OPEN`, or less in tests.
     max_open: usize,
+    /// Where `rescan_some` goes on: the id after the last it looked at.
+    rescan_from: u64,
     /// The databases with a release time, by that time (then id).
     releases: BTreeSet<(Instant, u64)>,
     by_path: HashMap<PathBuf, u64>,
@@ -342,6 +344,7 @@ impl Schedule {
             due_closed: BTreeSet::new(),
             open: 0,
             max_open: MAX_OPEN,
+            rescan_from: 0,
             releases: BTreeSet::new(),
             by_path: HashMap::new(),
             next_id: 0,
@@ -623,20 +626,58 @@ impl Schedule {
         }
     }
 
-    /// The safety net: a database whose files changed without an event.
-    pub(crate) fn rescan(&mut self, now: Instant, stat_of: &dyn Fn(&Path) -> FileStat) {
-        let mut changed = Vec::new();
-        for (&id, db) in self.dbs.iter_mut() {
+    /// The safety net: the databases (those whose path `which` accepts)
+    /// whose files changed without an event are due.
+    pub(crate) fn rescan(
+        &mut self,
+        now: Instant,
+        stat_of: &dyn Fn(&Path) -> FileStat,
+        which: &dyn Fn(&Path) -> bool,
+    ) {
+        let ids: Vec<u64> = self
+            .dbs
+            .iter()
+            .filter(|(_, d)| which(&d.want.replica.path))
+            .map(|(&id, _)| id)
+            .collect();
+        self.rescan_ids(ids, now, stat_of);
+    }
+
+    /// `rescan` of the next `n` databases in id order, from where the last
+    /// one stopped (round and round): the periodic rescan, spread over its
+    /// interval (`rescan_slice`).
+    pub(crate) fn rescan_some(
+        &mut self,
+        n: usize,
+        now: Instant,
+        stat_of: &dyn Fn(&Path) -> FileStat,
+    ) {
+        let from = self.rescan_from;
+        let ids: Vec<u64> = self
+            .dbs
+            .range(from..)
+            .chain(self.dbs.range(..from))
+            .take(n)
+            .map(|(&id, _)| id)
+            .collect();
+        if let Some(&last) = ids.last() {
+            self.rescan_from = last + 1;
+        }
+        self.rescan_ids(ids, now, stat_of);
+    }
+
+    fn rescan_ids(&mut self, ids: Vec<u64>, now: Instant, stat_of: &dyn Fn(&Path) -> FileStat) {
+        for id in ids {
+            let Some(db) = self.dbs.get_mut(&id) else {
+                continue;
+            };
             if matches!(db.job, Job::Idle(_))
                 && !db.is_dirty()
                 && db.stat != Some(stat_of(&db.want.replica.path))
             {
                 db.mark_dirty(now, self.wall_ms);
-                changed.push(id);
+                self.reindex(id);
             }
-        }
-        for id in changed {
-            self.reindex(id);
         }
     }
 
@@ -1134,6 +1175,28 @@ impl Schedule {
     }
 }
 
+/// Databases whose files the periodic rescan looks at per second, at most:
+/// two `stat`s each, a few microseconds. Up to `rescan_interval` × this
+/// many databases (10,000 at the default 10 s) each is looked at once per
+/// `rescan_interval`; beyond, the round through all of them takes longer
+/// (100 s for 100,000), so that an idle walsync costs the same fraction of
+/// a core whatever the number of databases. The databases of directories
+/// walsync could not watch are all looked at every `rescan_interval`
+/// besides, and a lost event (the watcher's queue overflowed) makes an
+/// immediate rescan of all.
+pub(crate) const RESCAN_PER_SECOND: u64 = 1_000;
+
+/// How many databases the periodic rescan looks at on each of its ticks,
+/// `tick` apart, for `databases` to be looked at once per
+/// `rescan_interval`, or at `RESCAN_PER_SECOND` if that is fewer (at least
+/// one, while there are databases).
+pub(crate) fn rescan_slice(databases: usize, rescan_interval: Duration, tick: Duration) -> usize {
+    let ticks = (rescan_interval.as_secs_f64() / tick.as_secs_f64().max(1e-3)).max(1.0);
+    let even = (databases as f64 / ticks).ceil() as u64;
+    let cap = ((RESCAN_PER_SECOND as f64 * tick.as_secs_f64()).ceil() as u64).max(1);
+    even.min(cap).min(databases as u64) as usize
+}
+
 /// Whether walsync lets go of a database now because the application
 /// closed it: no other process has it open (`others_attached`, from the
 /// DMS lock of its `-shm` file) while walsync holds it open and no job has
@@ -1398,7 +1461,7 @@ mod tests {
         // Nothing written since: nothing due, however long it waits.
         assert!(s.launch(ms(t0, 60_000), &mut fds).is_empty());
         // A rescan finds a change that no event reported.
-        s.rescan(ms(t0, 60_000), &written);
+        s.rescan(ms(t0, 60_000), &written, &|_| true);
         assert_eq!(syncs(&s.launch(ms(t0, 60_000), &mut fds)), vec![(0, false)]);
         assert_eq!(
             fds.opened.get(),
@@ -1589,7 +1652,7 @@ mod tests {
                         next_new += 1;
                         s.apply(keep.chain([want(next_new - 1)]).collect(), now);
                     }
-                    8 => s.rescan(now, &written),
+                    8 => s.rescan_some(5, now, &written),
                     _ => {}
                 }
                 s.assert_queues_match_the_databases(&format!("seed {seed} step {step} ({what})"));
@@ -1847,6 +1910,69 @@ mod tests {
         s.on_done(1, synced(0, t0), &mut fds, ms(t0, 10));
         assert!(s.launch(ms(t0, 9_000), &mut fds).is_empty());
         assert_eq!(s.next_wake(ms(t0, 9_000), ms(t0, 60_000)), ms(t0, 10_010));
+    }
+
+    #[test]
+    fn the_rescan_looks_at_every_database_once_per_interval_up_to_a_rate() {
+        let s = Duration::from_secs;
+        // (databases, rescan_interval, tick) -> databases per tick
+        for (databases, interval, tick, want) in [
+            (0, s(10), s(1), 0),
+            (1, s(10), s(1), 1),
+            (64, s(10), s(1), 7),
+            (10_000, s(10), s(1), 1_000),
+            // Beyond 10,000 at 10 s, a round takes longer than 10 s.
+            (18_000, s(10), s(1), 1_000),
+            (100_000, s(10), s(1), 1_000),
+            (100_000, s(3600), s(1), 28),
+            // An interval shorter than the tick: one tick per interval.
+            (
+                500,
+                Duration::from_millis(200),
+                Duration::from_millis(200),
+                200,
+            ),
+            (
+                50,
+                Duration::from_millis(200),
+                Duration::from_millis(200),
+                50,
+            ),
+        ] {
+            assert_eq!(
+                rescan_slice(databases, interval, tick),
+                want,
+                "{databases} {interval:?} {tick:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_rescan_goes_round_every_database_in_slices() {
+        let (mut s, t0) = schedule(5, 8, None);
+        let mut fds = FakeFds::default();
+        s.launch(t0, &mut fds);
+        for id in 0..5 {
+            s.on_done(id, synced(0, t0), &mut fds, t0);
+        }
+        let looked = std::cell::RefCell::new(Vec::new());
+        let stat = |p: &Path| {
+            looked.borrow_mut().push(p.to_path_buf());
+            STAT
+        };
+        for n in [2, 2, 2, 5] {
+            s.rescan_some(n, t0, &stat);
+        }
+        let ids: Vec<u64> = looked
+            .borrow()
+            .iter()
+            .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(ids, vec![0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0]);
+        // A change found dues only that database.
+        s.rescan_some(1, ms(t0, 10), &written);
+        let due: Vec<u64> = s.due.iter().map(|&(_, id)| id).collect();
+        assert_eq!(due, vec![1]);
     }
 
     #[test]
