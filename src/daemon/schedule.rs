@@ -121,6 +121,11 @@ pub(crate) struct Database {
     /// afresh then, so nothing proves that they continue the history).
     /// Close events cannot tell: walsync's own connections make them too.
     app_seen: bool,
+    /// Its last idle release did not let go of it (larger than
+    /// `idle_release_max_size`, or not the moment): tried again after
+    /// `idle_release_after`, and not counted in the window of open
+    /// databases meanwhile (`counts_open`).
+    kept_open: bool,
     membership: Membership,
     /// Where `Schedule::reindex` lists it now.
     listed: Listed,
@@ -141,10 +146,12 @@ struct Listed {
     open: bool,
 }
 
-/// Whether a database with this job counts as open: walsync holds its
-/// connections, or a job has it (and may open it).
-fn counts_open(job: Job) -> bool {
-    !matches!(job, Job::Idle(Connection::Closed | Connection::Released))
+/// Whether a database counts as open: walsync holds its connections, or a
+/// job has it (and may open it); not one whose last release did not let go
+/// (`Database::kept_open`), since letting go of open ones is what makes
+/// room for more.
+fn counts_open(job: Job, kept_open: bool) -> bool {
+    !kept_open && !matches!(job, Job::Idle(Connection::Closed | Connection::Released))
 }
 
 /// Databases walsync opens from nothing only while fewer than this many are
@@ -168,6 +175,7 @@ impl Database {
             release_at: None,
             closed_by_app: false,
             app_seen: false,
+            kept_open: false,
             membership: Membership::Replicating,
             listed: Listed::default(),
         }
@@ -397,7 +405,7 @@ impl Schedule {
         let now = Listed {
             due: d.due_at().map(|t| (t, closed)),
             release: d.release_at,
-            open: counts_open(d.job),
+            open: counts_open(d.job, d.kept_open),
         };
         let was = std::mem::replace(&mut d.listed, now);
         self.relist(id, was, now);
@@ -1066,6 +1074,7 @@ impl Schedule {
         if matches!(result, Ok(Some(_))) {
             s.app_seen = false;
         }
+        s.kept_open = matches!(result, Ok(None)) && connection == Connection::Open;
         match result {
             // Let go of with commits unshipped (the storage was down when
             // the application closed it): taken up again from the bucket,
@@ -1074,7 +1083,13 @@ impl Schedule {
             // The events of its own checkpoint are no news, a change from
             // this is (see `on_file_event`).
             Ok(Some(stat)) => s.stat = Some(stat),
-            Ok(None) => {}
+            // Not let go of: tried again later. Without this it stayed
+            // open until its next commit, for good if it had none.
+            Ok(None) => {
+                if let (Some(idle), Connection::Open) = (self.idle_release_after, connection) {
+                    s.release_at.get_or_insert(now + idle);
+                }
+            }
             Err(e) => {
                 log::warn!("{}: releasing the idle database failed: {e}", s.name());
                 s.mark_dirty(now, wall_ms);
@@ -1542,7 +1557,11 @@ mod tests {
                 .filter(|(_, d)| closed(d))
                 .filter_map(|(&id, d)| Some((d.due_at()?, id)))
                 .collect();
-            let open = self.dbs.values().filter(|d| counts_open(d.job)).count();
+            let open = self
+                .dbs
+                .values()
+                .filter(|d| counts_open(d.job, d.kept_open))
+                .count();
             assert_eq!(
                 self.due_closed, due_closed,
                 "due queue (closed) after {step}"
@@ -1910,6 +1929,26 @@ mod tests {
         s.on_done(1, synced(0, t0), &mut fds, ms(t0, 10));
         assert!(s.launch(ms(t0, 9_000), &mut fds).is_empty());
         assert_eq!(s.next_wake(ms(t0, 9_000), ms(t0, 60_000)), ms(t0, 10_010));
+    }
+
+    #[test]
+    fn a_database_its_release_kept_open_is_tried_again_and_leaves_the_window() {
+        let idle = Duration::from_secs(10);
+        let (mut s, t0) = schedule(3, 4, Some(idle));
+        s.max_open = 1;
+        let mut fds = FakeFds::default();
+        assert_eq!(syncs(&s.launch(t0, &mut fds)), vec![(0, false)]);
+        s.on_done(0, synced(0, t0), &mut fds, t0);
+        assert_eq!(releases(&s.launch(ms(t0, 1_000), &mut fds)), vec![0]);
+        // Too large to let go of (or not the moment): it stays open, and
+        // makes no room by staying in the window, so the next one opens.
+        s.on_released(0, Ok(None), Connection::Open, ms(t0, 1_010), &unchanged);
+        assert_eq!(s.open, 0);
+        assert_eq!(syncs(&s.launch(ms(t0, 1_010), &mut fds)), vec![(1, false)]);
+        s.on_done(1, synced(0, t0), &mut fds, ms(t0, 1_020));
+        // And it is tried again later, not left open for good.
+        let actions = s.launch(ms(t0, 11_010), &mut fds);
+        assert!(releases(&actions).contains(&0), "{actions:?}");
     }
 
     #[test]
