@@ -60,6 +60,22 @@ pub(crate) fn fds_recommended(databases: u64) -> u64 {
     databases + window * (FDS_PER_ACTIVE_DATABASE - 1) + FDS_RESERVED
 }
 
+/// The window of databases opened from nothing at once (`MAX_OPEN` at
+/// most, at least one per job, below which the descriptor budget alone
+/// holds opens back) that an open-file limit of `limit` has room for with
+/// `databases`: one descriptor for each of them, walsync's own, 4 for each
+/// of `max_jobs` jobs, and 5 more for each open database. Under a limit
+/// below `fds_recommended`, a window of `MAX_OPEN` had the descriptor
+/// budget alone hold opens back, at the very edge of the limit, where a
+/// release (which needs descriptors for a moment) could fail for want of
+/// one and give none back: start-up stalled at the limit (18,000
+/// databases under 20,000).
+pub(crate) fn open_window(limit: u64, databases: u64, max_jobs: u64) -> usize {
+    let spare = limit.saturating_sub(databases + FDS_RESERVED + max_jobs * 4);
+    (spare / (FDS_PER_ACTIVE_DATABASE - 1))
+        .clamp(max_jobs.clamp(1, MAX_OPEN as u64), MAX_OPEN as u64) as usize
+}
+
 /// How to raise the limit, for messages.
 fn raise_limit_hint(to: u64) -> String {
     format!(
@@ -150,6 +166,13 @@ impl FdBudget {
             Err(e) => log::warn!("cannot read the open-file limit: {e}"),
         }
         Ok(())
+    }
+
+    /// The window of databases opened from nothing at once that the limit
+    /// has room for (`open_window`); `MAX_OPEN` when it is not known.
+    pub(crate) fn open_window(&self, databases: u64, max_jobs: u64) -> usize {
+        self.limit
+            .map_or(MAX_OPEN, |limit| open_window(limit, databases, max_jobs))
     }
 
     /// A database was released: the count moves by an estimate.
@@ -263,6 +286,37 @@ mod tests {
         ] {
             assert_eq!(fds_recommended(databases), want, "{databases}");
             assert!(want <= fds_wanted(databases));
+        }
+    }
+
+    #[test]
+    fn the_window_of_open_databases_fits_the_limit() {
+        // (limit, databases, max_jobs) -> window
+        for (limit, databases, max_jobs, want) in [
+            // Room for all of the window.
+            (110_272, 100_000, 4, 2_044),
+            (1 << 20, 100_000, 4, MAX_OPEN),
+            (20_000, 1_000, 4, MAX_OPEN),
+            // A limit of 20,000: 10,000 and 18,000 databases.
+            (20_000, 10_000, 4, 1_990),
+            (20_000, 18_000, 16, 380),
+            // Barely one descriptor per database: one per job.
+            (10_032, 10_000, 4, 4),
+            (100, 64, 4, 4),
+        ] {
+            assert_eq!(
+                open_window(limit, databases, max_jobs),
+                want,
+                "{limit} {databases} {max_jobs}"
+            );
+            // The window open and every other database released fits.
+            if want > max_jobs as usize {
+                let used = databases
+                    + want as u64 * (FDS_PER_ACTIVE_DATABASE - 1)
+                    + FDS_RESERVED
+                    + max_jobs * 4;
+                assert!(used <= limit, "{limit} {databases}: {used}");
+            }
         }
     }
 

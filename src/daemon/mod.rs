@@ -611,6 +611,16 @@ pub fn run(
     d.fds
         .raise_limit(d.schedule.len() as u64)
         .map_err(DaemonError::Setup)?;
+    let window = d
+        .fds
+        .open_window(d.schedule.len() as u64, d.schedule.max_jobs() as u64);
+    if window < schedule::MAX_OPEN {
+        log::info!(
+            "opening at most {window} databases at a time (the open-file limit leaves room for \
+             that many beside one descriptor per database)"
+        );
+    }
+    d.schedule.set_max_open(window);
     log::info!(
         "watching {} databases ({} directories), {} workers, storage {}",
         d.schedule.len(),

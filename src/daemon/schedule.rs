@@ -372,6 +372,16 @@ impl Schedule {
         self.dbs.len()
     }
 
+    /// Opens databases from nothing only while fewer than `n` are open
+    /// (`MAX_OPEN` unless the descriptors allow fewer: `fds::open_window`).
+    pub(crate) fn set_max_open(&mut self, n: usize) {
+        self.max_open = n.max(1);
+    }
+
+    pub(crate) fn max_jobs(&self) -> usize {
+        self.max_jobs
+    }
+
     pub(crate) fn get(&self, id: u64) -> Option<&Database> {
         self.dbs.get(&id)
     }
