@@ -15,11 +15,14 @@
 //! of the file it replaces. `remove_leftover_temps` removes what a killed
 //! restore left beside an output.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::Scope;
 use std::time::Instant;
 
 use crate::format::segment::SegmentDecoder;
@@ -325,7 +328,7 @@ pub fn restore_listed(
             scope.spawn(|| fetcher.run_worker());
         }
         let _stop = fetcher.stop_guard();
-        apply(&fetcher, &plan, &file, &temp.path, open_keys)
+        apply(scope, &fetcher, &plan, &file, &temp.path, open_keys)
     })?;
 
     if durable {
@@ -392,14 +395,16 @@ pub fn restore_listed(
 }
 
 /// Writes the plan's snapshot, then its segments commit by commit up to the
-/// target, into `file`, reading the objects in order from `fetcher`.
+/// target, into `file`, reading the objects in order from `fetcher`; a
+/// large encrypted object is opened on a thread of `scope` (`open_ahead`).
 /// Returns (pages, page size, last txid applied, its time).
-fn apply(
-    fetcher: &Fetcher<'_>,
+fn apply<'scope, 'f: 'scope>(
+    scope: &'scope Scope<'scope, '_>,
+    fetcher: &'f Fetcher<'_>,
     plan: &plan::RestorePlan,
     file: &File,
     path: &Path,
-    keys: &[Key],
+    keys: &'f [Key],
 ) -> Result<(u32, u32, u64, u64), RestoreError> {
     // A decoder sees a failed download as an I/O error; report the storage
     // error itself rather than call the object corrupt.
@@ -422,6 +427,7 @@ fn apply(
     };
     let opened = sealed::open(fetcher.stream(0), keys, snap_key);
     let opened = opened.map_err(|e| corrupt(snap_key)(FormatError::Sealed(e)))?;
+    let opened = open_ahead(scope, opened, plan.snapshot.size);
     let mut d = SnapshotDecoder::new(opened).map_err(corrupt(snap_key))?;
     if d.header.txid != snap_txid {
         return Err(corrupt(snap_key)(FormatError::Invalid(format!(
@@ -448,6 +454,7 @@ fn apply(
         let key = &seg.key;
         let opened = sealed::open(fetcher.stream(i + 1), keys, key);
         let opened = opened.map_err(|e| corrupt(key)(FormatError::Sealed(e)))?;
+        let opened = open_ahead(scope, opened, seg.size);
         let mut d = SegmentDecoder::new(opened).map_err(corrupt(key))?;
         if d.header.page_size != page_size {
             return Err(corrupt(key)(FormatError::Invalid(format!(
@@ -496,6 +503,181 @@ fn apply(
         d.finish().map_err(corrupt(key))?;
     }
     Ok((pages, page_size, applied, applied_time))
+}
+
+/// Buffers an encrypted object's opener may fill ahead of its decoder.
+const OPEN_AHEAD_BUFFERS: usize = 4;
+/// The size of each: one sealed chunk's plaintext.
+const OPEN_AHEAD_BUFFER_BYTES: usize = 64 << 10;
+
+/// The object `opened` as its decoder reads it. An encrypted one larger than
+/// a few chunks is opened (read, authenticated, decrypted) on a thread of
+/// its own, at most `OPEN_AHEAD_BUFFERS` chunks ahead of the decoder, so
+/// that decryption is off the restore's critical path where a core is free
+/// (BENCHMARKS.md "Encryption: cost"); memory stays bounded (invariant 7).
+/// A plain object, and a small one, is read as it is.
+fn open_ahead<'scope, R: Read + Send + 'scope>(
+    scope: &'scope Scope<'scope, '_>,
+    opened: sealed::Opened<R>,
+    size: u64,
+) -> Box<dyn Read + 'scope> {
+    let worth_a_thread = (OPEN_AHEAD_BUFFERS * OPEN_AHEAD_BUFFER_BYTES) as u64;
+    if opened.sealed_with().is_none() || size <= worth_a_thread {
+        return Box::new(opened);
+    }
+    Box::new(ReadAhead::spawn(
+        scope,
+        Box::new(opened),
+        OPEN_AHEAD_BUFFERS,
+        OPEN_AHEAD_BUFFER_BYTES,
+    ))
+}
+
+/// A reader that reads `inner` on a thread of its own into a fixed set of
+/// `buffers` buffers, which go back and forth between the two threads. The
+/// reader sees exactly the bytes, and the error, `inner` gave. Dropped
+/// early, the thread ends once its current read returns.
+struct ReadAhead {
+    shared: Arc<(Mutex<Handover>, Condvar)>,
+    buf: Vec<u8>,
+    at: usize,
+    len: usize,
+    /// What was given out after the last byte: the end (`Some(false)`), or
+    /// an error (`Some(true)`: reading on gives another, never an end).
+    ended: Option<bool>,
+}
+
+/// What the two threads of a `ReadAhead` hand each other.
+struct Handover {
+    /// Filled buffers and how much of each holds bytes, in order.
+    full: VecDeque<(Vec<u8>, usize)>,
+    /// Buffers to fill.
+    empty: Vec<Vec<u8>>,
+    /// After the last full buffer: the end (`Ok`), or the error.
+    end: Option<io::Result<()>>,
+    /// The reader is gone: the thread stops.
+    gone: bool,
+}
+
+fn lock(m: &Mutex<Handover>) -> MutexGuard<'_, Handover> {
+    // Poisoned only if a thread panicked, which aborts a release build.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads `r` into `b` until it is full or `r` ends or fails: the bytes
+/// read, and the error.
+fn fill(r: &mut dyn Read, b: &mut [u8]) -> (usize, Option<io::Error>) {
+    let mut n = 0;
+    while n < b.len() {
+        match r.read(&mut b[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (n, Some(e)),
+        }
+    }
+    (n, None)
+}
+
+impl ReadAhead {
+    fn spawn<'scope>(
+        scope: &'scope Scope<'scope, '_>,
+        mut inner: Box<dyn Read + Send + 'scope>,
+        buffers: usize,
+        buffer_bytes: usize,
+    ) -> ReadAhead {
+        let shared = Arc::new((
+            Mutex::new(Handover {
+                full: VecDeque::with_capacity(buffers),
+                empty: (0..buffers).map(|_| vec![0; buffer_bytes]).collect(),
+                end: None,
+                gone: false,
+            }),
+            Condvar::new(),
+        ));
+        let pump = Arc::clone(&shared);
+        scope.spawn(move || loop {
+            let (m, changed) = &*pump;
+            let mut b = {
+                let mut h = lock(m);
+                loop {
+                    if h.gone {
+                        return;
+                    }
+                    if let Some(b) = h.empty.pop() {
+                        break b;
+                    }
+                    h = changed.wait(h).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let (n, error) = fill(&mut *inner, &mut b);
+            let more = n == b.len() && error.is_none();
+            let mut h = lock(m);
+            if n > 0 {
+                h.full.push_back((b, n));
+            }
+            if !more {
+                h.end = Some(error.map_or(Ok(()), Err));
+            }
+            changed.notify_all();
+            if !more {
+                return;
+            }
+        });
+        ReadAhead {
+            shared,
+            buf: Vec::new(),
+            at: 0,
+            len: 0,
+            ended: None,
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.len && !out.is_empty() {
+            match self.ended {
+                Some(false) => return Ok(0),
+                Some(true) => {
+                    return Err(io::Error::other(
+                        "the object could not be read (see the error before)",
+                    ))
+                }
+                None => {}
+            }
+            let (m, changed) = &*self.shared;
+            let mut h = lock(m);
+            let used = std::mem::take(&mut self.buf);
+            if !used.is_empty() {
+                h.empty.push(used);
+                changed.notify_all();
+            }
+            loop {
+                if let Some((buf, len)) = h.full.pop_front() {
+                    (self.buf, self.len, self.at) = (buf, len, 0);
+                    break;
+                }
+                if let Some(end) = h.end.take() {
+                    self.ended = Some(end.is_err());
+                    return end.map(|()| 0);
+                }
+                h = changed.wait(h).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        let n = (self.len - self.at).min(out.len());
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        let (m, changed) = &*self.shared;
+        lock(m).gone = true;
+        changed.notify_all();
+    }
 }
 
 /// Where `restore-all` puts the database of `prefix`: `<output_dir>/<prefix>.db`,
@@ -696,5 +878,145 @@ mod tests {
         ));
         fs::remove_dir_all(&dir).unwrap();
         fs::remove_dir_all(&outside).unwrap();
+    }
+
+    /// A reader that gives `data` in slices of at most `step` bytes, then
+    /// `fail` (if any) instead of its end.
+    struct Slices {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+        fail: bool,
+    }
+
+    impl Read for Slices {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.at == self.data.len() && self.fail {
+                return Err(io::Error::other("broken"));
+            }
+            let n = self.step.min(out.len()).min(self.data.len() - self.at);
+            out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn bytes(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + i / 7) as u8).collect()
+    }
+
+    /// Bytes LZ4 cannot shrink (xorshift).
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn read_ahead_gives_exactly_the_bytes_then_the_end_or_the_error() {
+        for len in [0, 1, 6, 7, 8, 20, 21, 22, 1000] {
+            for step in [1, 3, 7, 50] {
+                for fail in [false, true] {
+                    let inner = Slices {
+                        data: bytes(len),
+                        at: 0,
+                        step,
+                        fail,
+                    };
+                    std::thread::scope(|scope| {
+                        let mut r = ReadAhead::spawn(scope, Box::new(inner), 3, 7);
+                        let mut got = Vec::new();
+                        let mut out = [0u8; 5];
+                        let end = loop {
+                            match r.read(&mut out) {
+                                Ok(0) => break Ok(()),
+                                Ok(n) => got.extend_from_slice(&out[..n]),
+                                Err(e) => break Err(e),
+                            }
+                        };
+                        assert_eq!(got, bytes(len), "len {len} step {step}");
+                        assert_eq!(end.is_err(), fail, "len {len} step {step}");
+                        // After an error, never an end; after the end, the end.
+                        assert_eq!(r.read(&mut out).is_err(), fail);
+                        assert_eq!(r.read(&mut out).is_err(), fail);
+                    });
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn read_ahead_dropped_early_lets_its_thread_end() {
+        // The scope returns only once the thread has ended.
+        std::thread::scope(|scope| {
+            let inner = Slices {
+                data: bytes(10_000),
+                at: 0,
+                step: 100,
+                fail: false,
+            };
+            let mut r = ReadAhead::spawn(scope, Box::new(inner), 2, 64);
+            let mut out = [0u8; 10];
+            r.read_exact(&mut out).unwrap();
+            assert_eq!(out[..], bytes(10)[..]);
+        });
+    }
+
+    #[test]
+    fn a_large_sealed_object_opened_ahead_decodes_and_fails_as_when_read_inline() {
+        use crate::format::snapshot::{SnapshotEncoder, SnapshotHeader};
+        let key = Key::from_secret([7; 32]);
+        let object =
+            "db/generations/0000000000000001/snapshots/0000000000000001-0000000000000001.snap";
+        let h = SnapshotHeader {
+            page_size: 4096,
+            page_count: 200,
+            txid: 1,
+            time_ms: 1,
+            pos: None,
+        };
+        let seal = sealed::Envelope::new(Vec::new(), Some((&key, [1; 16])), object).unwrap();
+        let mut e = SnapshotEncoder::new(seal, h).unwrap();
+        for p in 0..200 {
+            e.page(&noise(4096, p)).unwrap();
+        }
+        let (seal, len, crc) = e.finish().unwrap();
+        let sealed_bytes = seal.finish((len, crc)).unwrap().0;
+        assert!(sealed_bytes.len() as u64 > (OPEN_AHEAD_BUFFERS * OPEN_AHEAD_BUFFER_BYTES) as u64);
+        let decode = |b: &[u8]| -> Result<u64, FormatError> {
+            std::thread::scope(|scope| {
+                let opened = sealed::open(b, std::slice::from_ref(&key), object)
+                    .map_err(FormatError::Sealed)?;
+                let r = open_ahead(scope, opened, b.len() as u64);
+                let mut d = SnapshotDecoder::new(r)?;
+                let mut page = vec![0u8; 4096];
+                let mut n = 0u64;
+                while d.next_page(&mut page)? {
+                    assert_eq!(page, noise(4096, n));
+                    n += 1;
+                }
+                d.finish()?;
+                Ok(n)
+            })
+        };
+        assert_eq!(decode(&sealed_bytes).unwrap(), 200);
+        // A flipped bit late in the object: the opener's own error, whole.
+        let mut bad = sealed_bytes.clone();
+        let at = bad.len() - 100;
+        bad[at] ^= 1;
+        let err = decode(&bad).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FormatError::Sealed(sealed::SealError::Authentication { .. })
+            ),
+            "{err}"
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::app::{app_checkpoint, insert, integrity, rows};
+use common::app::{app_checkpoint, insert, insert_value, integrity, rows};
 use common::process::{sigterm, Running};
 use common::s3server::S3Server;
 use rusqlite::Connection;
@@ -3400,6 +3400,185 @@ fn a_database_renamed_over_one_sync_interval_after_the_application_closed_it_is_
     assert!(!log.contains("ERROR"), "{log}");
 }
 
+/// The same with a database larger than `idle_release_max_size`: walsync
+/// lets go of it at the application's last close too, without reading the
+/// whole file (the file's identity proves it as left), so that a larger or
+/// a smaller file renamed over it one `sync_interval` after the last commit
+/// is what the application reads; the new file is a new generation; and the
+/// let-go's mark, which it does not leave, is left at stop, so that a
+/// restart costs no snapshot.
+#[test]
+fn a_database_larger_than_idle_release_max_size_renamed_over_after_the_application_closed_it_is_not_corrupted(
+) {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    let interval = Duration::from_secs(1);
+    setup.edit_config(|t| {
+        format!(
+            "idle_release_after = \"1h\"\nidle_release_max_size = \"1MiB\"\n{}",
+            t.replace("sync_interval = \"100ms\"", "sync_interval = \"1s\"")
+        )
+    });
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let big = |id: i64| format!("row {id} {}", "y".repeat(3_000));
+    let mut c = open_app(&db);
+    for id in 1..=800 {
+        insert_value(&c, id, &big(id));
+    }
+    assert!(std::fs::metadata(&db).unwrap().len() > 2 << 20);
+    let mut child = setup.watch("watch.log");
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    let mut next = 10_000;
+    for (round, larger) in [true, false].into_iter().enumerate() {
+        showing_log_on_failure(&setup, "watch.log", || {
+            wait_for(|| holds(&child, &db), "walsync to hold the database")
+        });
+        for _ in 0..30 {
+            insert_value(&c, next, &big(next));
+            next += 1;
+        }
+        c.execute("DELETE FROM t WHERE id % 3 = 0", []).unwrap();
+        let last_commit = Instant::now();
+        let new = setup.dir.join("x.db");
+        c.execute("VACUUM INTO ?1", [new.to_str().unwrap()])
+            .unwrap();
+        let old_len = std::fs::metadata(&db).unwrap().len();
+        drop(c);
+        if larger {
+            let x = Connection::open(&new).unwrap();
+            for id in 100_000..100_600 {
+                insert_value(&x, id, &big(id));
+            }
+        }
+        let new_len = std::fs::metadata(&new).unwrap().len();
+        assert_eq!(
+            new_len > old_len,
+            larger,
+            "round {round}: {new_len} vs {old_len}"
+        );
+        assert!(new_len > 1 << 20, "round {round}: still over 1 MiB");
+        let expected = rows(&new);
+        sleep_until(last_commit + interval);
+        std::fs::rename(&new, &db).unwrap();
+        c = showing_log_on_failure(&setup, "watch.log", || {
+            let c = open_app(&db);
+            assert_eq!(integrity(&db), "ok", "round {round}");
+            assert_eq!(rows(&db), expected, "round {round}");
+            c
+        });
+        insert_value(&c, next, &big(next));
+        next += 1;
+        showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+        assert_eq!(integrity(&db), "ok", "round {round}");
+    }
+    drop(c);
+    showing_log_on_failure(&setup, "watch.log", || wait_let_go(&child, &db));
+    let restored = setup.dir.join("r.db");
+    assert_eq!(setup.restore_verified(prefix, &restored), rows(&db));
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&db).unwrap());
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert_eq!(generation_count(&storage, prefix), 3, "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+
+    // The stop took the released database up to leave its mark: the next
+    // start continues the generation without a snapshot.
+    let snapshots = snapshot_count(&storage, prefix);
+    let mut child = setup.watch("watch2.log");
+    let c = open_app(&db);
+    insert_value(&c, next, &big(next));
+    showing_log_on_failure(&setup, "watch2.log", || wait_shipped(&storage, prefix, &db));
+    drop(c);
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch2.log")).unwrap();
+    assert_eq!(snapshot_count(&storage, prefix), snapshots, "{log}");
+    assert_eq!(generation_count(&storage, prefix), 3, "{log}");
+    assert_eq!(
+        setup.restore_verified(prefix, &setup.dir.join("r2.db")),
+        rows(&db)
+    );
+}
+
+/// A file renamed over a database walsync holds (the application kept a
+/// connection to the old file), then opened and written by another process
+/// of the application, which then shares the old file's wal-index: walsync
+/// says so in one ERROR, closes its connections to the old file, ships and
+/// checkpoints nothing through the old wal-index ("checkpoint: malformed"
+/// retried forever, and snapshots that did not restore, before), and backs
+/// the new file up as a new generation once the application has closed it.
+#[test]
+fn a_file_renamed_over_a_database_walsync_holds_is_named_once_and_backed_up_once_closed() {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    setup.edit_config(|t| format!("idle_release_after = \"1h\"\n{t}"));
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_app(&db);
+    for id in 1..=600 {
+        insert(&c, id);
+    }
+    let mut child = setup.watch("watch.log");
+    c.execute("DELETE FROM t WHERE id % 3 = 0", []).unwrap();
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    let new = setup.dir.join("x.db");
+    c.execute("VACUUM INTO ?1", [new.to_str().unwrap()])
+        .unwrap();
+    // Renamed over the database while the application (and walsync) hold it.
+    std::fs::rename(&new, &db).unwrap();
+    let mut other = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3, sys\nc = sqlite3.connect({db:?}, timeout=5, isolation_level=None)\n\
+             c.execute(\"INSERT INTO t(id, v) VALUES (9999, 'after the rename')\")\n\
+             print('committed', flush=True)\nsys.stdin.read()\nc.close()\n"
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(other.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "committed");
+    }
+    let log = || std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    showing_log_on_failure(&setup, "watch.log", || {
+        wait_for(
+            || log().contains("while walsync held it open"),
+            "walsync to notice the replacement",
+        )
+    });
+    // Many sync intervals: nothing goes through the old wal-index.
+    thread::sleep(Duration::from_secs(3));
+    let seen = log();
+    assert_eq!(seen.matches("ERROR").count(), 1, "{seen}");
+    // SQLITE_CORRUPT ("database disk image is malformed") from walsync's
+    // own checkpoints or reads.
+    assert_eq!(seen.matches("malformed").count(), 1, "{seen}");
+    assert_eq!(generation_count(&storage, prefix), 1, "{seen}");
+    // The application closes everything, and opens the new file again.
+    drop(other.stdin.take());
+    assert!(other.wait().unwrap().success());
+    drop(c);
+    let c = open_app(&db);
+    assert_eq!(integrity(&db), "ok");
+    insert(&c, 10_000);
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    drop(c);
+    assert!(sigterm(&mut child).success());
+    let seen = log();
+    assert_eq!(seen.matches("ERROR").count(), 1, "{seen}");
+    assert_eq!(generation_count(&storage, prefix), 2, "{seen}");
+    assert_eq!(
+        setup.restore_verified(prefix, &setup.dir.join("r.db")),
+        rows(&db)
+    );
+}
+
 /// The same during a storage outage: walsync cannot ship the last commits,
 /// lets go at the application's last close all the same (without trying to
 /// ship once a sync has failed), says so, and starts a new generation of the
@@ -3582,15 +3761,22 @@ fn an_application_that_opens_writes_and_closes_per_transaction_keeps_one_generat
     assert!(!log.contains("ERROR"), "{log}");
 }
 
-/// README "Replacing a database": a database larger than
-/// `idle_release_max_size` is not let go at the application's last close
-/// (each let-go reads the whole file for its fingerprint); walsync keeps
-/// holding it, and every commit is still shipped. The same steps with the
-/// database under the limit let go (the test above).
+/// The per-transaction application with a database larger than
+/// `idle_release_max_size`: walsync lets go of it at each close too (so that
+/// it can be replaced, README "Replacing a database"), without reading the
+/// whole file or leaving a mark (its identity proves the file as left at
+/// the next wake), and keeps one generation with every commit; the stop
+/// leaves the mark.
 #[test]
-fn a_database_over_idle_release_max_size_is_kept_at_the_last_close() {
+fn an_application_that_opens_writes_and_closes_a_large_database_per_transaction_keeps_one_generation(
+) {
     let setup = Setup::new(&[("app.db", "tenants/acme")]);
-    setup.edit_config(|t| format!("idle_release_max_size = \"16KiB\"\n{t}"));
+    setup.edit_config(|t| {
+        format!(
+            "idle_release_max_size = \"16KiB\"\n{}",
+            t.replace("sync_interval = \"100ms\"", "sync_interval = \"1s\"")
+        )
+    });
     let prefix = "tenants/acme";
     let db = setup.dir.join("app.db");
     let storage = setup.storage();
@@ -3598,24 +3784,42 @@ fn a_database_over_idle_release_max_size_is_kept_at_the_last_close() {
     for id in 1..=200 {
         insert(&c, id);
     }
+    drop(c);
     assert!(std::fs::metadata(&db).unwrap().len() > 16 * 1024);
-    let mut child = setup.watch("watch.log");
+    let mut child = setup.watch_logging("watch.log", Some("walsync=debug"));
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    // 60 sessions, 20 to 100 ms apart, each in a process of its own.
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3, time\nfor i in range(60):\n    c = sqlite3.connect({db:?}, timeout=5)\n    c.execute('INSERT INTO t(id, v) VALUES (?, ?)', (1000 + i, 'v' * (i % 50)))\n    c.commit()\n    c.close()\n    time.sleep(0.02 * (1 + i % 5))\n"
+        ))
+        .output()
+        .expect("python3 runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     showing_log_on_failure(&setup, "watch.log", || {
         wait_shipped(&storage, prefix, &db);
-        wait_for(|| holds(&child, &db), "walsync to hold the database");
+        wait_let_go(&child, &db);
     });
-    insert(&c, 201);
-    drop(c);
-    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
-    // Several syncs and close probes later, walsync still holds it.
-    thread::sleep(Duration::from_millis(1_500));
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
     assert!(
-        holds(&child, &db),
-        "walsync let go of a database over the limit"
+        log.matches("closed by the application, connections released")
+            .count()
+            > 1,
+        "{log}"
     );
+    let marks = || object_count(&storage, prefix, |k| matches!(k, ObjectKind::Mark { .. }));
+    assert_eq!(marks(), 0, "a let-go over the limit reads no fingerprint");
     let restored = setup.dir.join("r.db");
     assert_eq!(setup.restore_verified(prefix, &restored), rows(&db));
+    assert_eq!(rows(&db).len(), 260);
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&db).unwrap());
     assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert_eq!(generation_count(&storage, prefix), 1, "{log}");
+    assert_eq!(marks(), 1, "the stop leaves the mark: {log}");
+    assert!(!log.contains("cannot follow"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
 }
 
 /// A setup for the write patterns of issue 10 item 2: `sync_interval` 1 s,
@@ -4533,8 +4737,63 @@ fn bucket_files(setup: &Setup, prefix: &str) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
+/// Whether `needle` occurs in `haystack`; quick on objects of tens of MiB
+/// in a debug build (looks for the first byte, then compares).
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let mut at = 0;
+    while let Some(i) = haystack[at..].iter().position(|&b| b == first) {
+        let start = at + i;
+        if haystack[start + 1..].starts_with(rest) {
+            return true;
+        }
+        at = start + 1;
+    }
+    false
+}
+
+/// Checks every object under `prefix` but the lease (host, pid, times:
+/// nothing of the database, and plain, as README "Encryption" says): sealed
+/// with `key`, and neither `marker` nor a database header in the clear.
+/// Returns them.
+fn assert_sealed_hiding(
+    setup: &Setup,
+    prefix: &str,
+    key: &Key,
+    marker: &str,
+) -> Vec<(PathBuf, Vec<u8>)> {
+    let files = bucket_files(setup, prefix);
+    for (path, bytes) in files.iter().filter(|(p, _)| !p.ends_with("lease")) {
+        assert!(
+            !contains(bytes, marker.as_bytes()) && !contains(bytes, b"SQLite format 3"),
+            "{} holds the application's data in the clear",
+            path.display()
+        );
+        assert_eq!(
+            sealed_key_id(bytes),
+            Some(key.id().to_string()),
+            "{} is sealed with its database's key",
+            path.display()
+        );
+    }
+    files
+}
+
+/// Restores `prefix` to `out` (the config's keys), checks it is `db`'s
+/// bytes once `db`'s WAL is checkpointed, and removes it.
+fn assert_restores_the_bytes_of(setup: &Setup, prefix: &str, db: &Path, out: &Path) {
+    assert_eq!(setup.restore_verified(prefix, out), rows(db));
+    let c = Connection::open(db).unwrap();
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(c);
+    assert!(
+        std::fs::read(db).unwrap() == std::fs::read(out).unwrap(),
+        "{prefix}: the restore is the source's bytes"
+    );
+    std::fs::remove_file(out).unwrap();
 }
 
 /// The key id in a sealed object's header (bytes 12..20), as hex.
@@ -4599,7 +4858,7 @@ fn encrypted_backups_hide_the_data_restore_exactly_and_fail_cleanly_without_thei
         }
     );
     for (prefix, key) in [("enc/a", &ka), ("enc/b", &kb)] {
-        let files = bucket_files(&setup, prefix);
+        let files = assert_sealed_hiding(&setup, prefix, key, &marker);
         let kinds = |ext: &str| {
             files
                 .iter()
@@ -4610,37 +4869,12 @@ fn encrypted_backups_hide_the_data_restore_exactly_and_fail_cleanly_without_thei
             kinds("snap") >= 1 && kinds("seg") >= 2 && kinds("mark") >= 1,
             "{files:?}"
         );
-        // The lease (`<prefix>/lease`: host, pid, times) holds nothing of
-        // the database and stays plain, as README "Encryption" says.
-        for (path, bytes) in files.iter().filter(|(p, _)| !p.ends_with("lease")) {
-            assert!(
-                !contains(bytes, marker.as_bytes()) && !contains(bytes, b"SQLite format 3"),
-                "{} holds the application's data in the clear",
-                path.display()
-            );
-            assert_eq!(
-                sealed_key_id(bytes),
-                Some(key.id().to_string()),
-                "{} is sealed with its database's key",
-                path.display()
-            );
-        }
     }
 
     // With the config's keys: exactly the source, byte for byte.
     let outdir = setup.scratch("restores");
     for (prefix, db) in [("enc/a", &a), ("enc/b", &b)] {
-        let out = outdir.join("exact.db");
-        assert_eq!(setup.restore_verified(prefix, &out), rows(db));
-        let c = Connection::open(db).unwrap();
-        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .unwrap();
-        drop(c);
-        assert!(
-            std::fs::read(db).unwrap() == std::fs::read(&out).unwrap(),
-            "{prefix}: the restore is the source's bytes"
-        );
-        std::fs::remove_file(&out).unwrap();
+        assert_restores_the_bytes_of(&setup, prefix, db, &outdir.join("exact.db"));
     }
 
     // Without a config: no key, a wrong key, another database's key. One
@@ -4791,6 +5025,96 @@ fn encrypted_backups_hide_the_data_restore_exactly_and_fail_cleanly_without_thei
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn an_encrypted_transaction_over_the_multipart_threshold_restores_exactly_and_needs_its_key() {
+    let setup = Setup::new(&[("big.db", "enc/big")]);
+    let (_, key) = keygen(&setup, "big.key");
+    setup.edit_config(|t| format!("{t}[encryption]\nkey_file = \"big.key\"\n"));
+    let marker = format!("walsync-marker-{}", common::s3server::random_hex(16));
+    let db = setup.dir.join("big.db");
+    let c = open_app(&db);
+    let storage = setup.storage();
+    let mut child = setup.watch("watch.log");
+    for id in 1..=20 {
+        insert_marked(&c, id, &marker);
+    }
+    showing_log_on_failure(&setup, "watch.log", || {
+        wait_restorable_with(&storage, "enc/big", &db, std::slice::from_ref(&key))
+    });
+    // One transaction of 70 rows of 1 MiB (hex of random bytes, which LZ4
+    // cannot shrink much: an object is sealed after compression, so only
+    // incompressible pages make it large), each holding the marker: its
+    // segment (or, after a gap, the snapshot) is over the 64 MiB multipart
+    // threshold.
+    c.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 21 UNION ALL SELECT i + 1 FROM n WHERE i < 90)
+         INSERT INTO t(id, v) SELECT i, ?1 || ' ' || hex(randomblob(524288)) FROM n",
+        [&marker],
+    )
+    .expect("a multipart-sized transaction");
+    for id in 91..=100 {
+        insert_marked(&c, id, &marker);
+    }
+    showing_log_on_failure(&setup, "watch.log", || {
+        wait_restorable_with(&storage, "enc/big", &db, std::slice::from_ref(&key))
+    });
+    drop(c);
+    assert!(sigterm(&mut child).success());
+
+    // A sealed object over the threshold, and the marker in no object.
+    let listing = storage.list(&keys::database_root("enc/big")).unwrap();
+    let large: Vec<_> = listing.iter().filter(|o| o.size > 64 << 20).collect();
+    assert!(
+        !large.is_empty(),
+        "an object over 64 MiB: {:?}",
+        listing.iter().map(|o| (&o.key, o.size)).collect::<Vec<_>>()
+    );
+    let large_key = large[0].key.clone();
+    assert_sealed_hiding(&setup, "enc/big", &key, &marker);
+
+    // With the key: the source's bytes.
+    let outdir = setup.scratch("restores");
+    let out = outdir.join("big.db");
+    assert_restores_the_bytes_of(&setup, "enc/big", &db, &out);
+
+    // Without the key: one line naming the key id and an object, exit 1,
+    // nothing written.
+    let out_arg = out.to_str().unwrap();
+    let o = run_on_bucket(
+        &setup,
+        &["restore", "--prefix", "enc/big", "-o", out_arg],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("key id {}", key.id())) && err.contains("enc/big/generations/"),
+        "{err}"
+    );
+    assert_nothing_left(&outdir, &out);
+
+    // A flipped bit deep inside the large object (opened ahead of its
+    // decoder, on a thread of its own): the object named, exit 1, nothing
+    // written.
+    let file = setup.server.bucket_dir().join(&large_key);
+    let good = std::fs::read(&file).unwrap();
+    let mut bad = good.clone();
+    let at = good.len() / 3 * 2;
+    bad[at] ^= 0x10;
+    std::fs::write(&file, &bad).unwrap();
+    drop(bad);
+    let o = setup.restore("enc/big", &out, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(large_key.as_str()) && err.contains("authentication failed"),
+        "{err}"
+    );
+    assert_nothing_left(&outdir, &out);
+    std::fs::write(&file, &good).unwrap();
 }
 
 /// The key ids (hex) of the sealed objects of `generation` under `prefix`,

@@ -445,6 +445,7 @@ impl Dispatcher {
             Ok(report) => Outcome::Synced(report),
             Err(e) if e.is_replaced_database() => Outcome::Replaced(e.to_string()),
             Err(e) if e.is_missing_database() => Outcome::Missing,
+            Err(e) if e.is_waiting_for_application() => Outcome::Waiting,
             Err(e) if e.lease_retry_after().is_some() => Outcome::Refused {
                 retry_after: e.lease_retry_after().unwrap_or_default(),
                 error: e.to_string(),
@@ -485,12 +486,14 @@ impl Dispatcher {
             self.fds.released();
         }
         let connection = connection_of(&replica);
+        let unmarked = replica.released_without_mark();
         if self.schedule.get(id).is_some() {
             self.replicas.insert(id, replica);
         }
         let result = result.map_err(|e| e.to_string());
         self.schedule
             .on_released(id, result, connection, now, &stat_of);
+        self.schedule.set_unmarked(id, unmarked);
     }
 
     /// Handles one message of the main loop.
