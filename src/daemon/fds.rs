@@ -13,6 +13,7 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+use super::schedule::MAX_OPEN;
 use crate::replica::ReplicaError;
 use crate::signals;
 
@@ -46,10 +47,37 @@ pub(crate) const PRESSED_IDLE_DIVISOR: u32 = 10;
 /// How often the "out of file descriptors" line may repeat.
 const FD_EXHAUSTED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The open-file limit walsync would like for `databases`: room for every
-/// one of them to be active at once.
+/// The open-file limit at which every one of `databases` can be active at
+/// once: below it, descriptors are budgeted.
 pub(crate) fn fds_wanted(databases: u64) -> u64 {
     databases * FDS_PER_ACTIVE_DATABASE + FDS_RESERVED
+}
+
+/// The open-file limit walsync asks for `databases`: one descriptor for
+/// each, all of `FDS_PER_ACTIVE_DATABASE` for as many as are opened at
+/// once at start-up (`MAX_OPEN`, see `schedule`), and its own. The same as
+/// `fds_wanted` up to `MAX_OPEN` databases; for 100,000, 110,272 instead
+/// of 600,032. More databases active at once than `MAX_OPEN` may then
+/// wait for descriptors, as under any limit below `fds_wanted`.
+pub(crate) fn fds_recommended(databases: u64) -> u64 {
+    let window = databases.min(MAX_OPEN as u64);
+    databases + window * (FDS_PER_ACTIVE_DATABASE - 1) + FDS_RESERVED
+}
+
+/// The window of databases opened from nothing at once (`MAX_OPEN` at
+/// most, at least one per job, below which the descriptor budget alone
+/// holds opens back) that an open-file limit of `limit` has room for with
+/// `databases`: one descriptor for each of them, walsync's own, 4 for each
+/// of `max_jobs` jobs, and 5 more for each open database. Under a limit
+/// below `fds_recommended`, a window of `MAX_OPEN` had the descriptor
+/// budget alone hold opens back, at the very edge of the limit, where a
+/// release (which needs descriptors for a moment) could fail for want of
+/// one and give none back: start-up stalled at the limit (18,000
+/// databases under 20,000).
+pub(crate) fn open_window(limit: u64, databases: u64, max_jobs: u64) -> usize {
+    let spare = limit.saturating_sub(databases + FDS_RESERVED + max_jobs * 4);
+    (spare / (FDS_PER_ACTIVE_DATABASE - 1))
+        .clamp(max_jobs.clamp(1, MAX_OPEN as u64), MAX_OPEN as u64) as usize
 }
 
 /// The jobs that may run at once under `limit` with `databases`, of at most
@@ -137,7 +165,7 @@ impl FdBudget {
         match signals::raise_fd_limit() {
             Ok((soft, hard)) => {
                 self.limit = Some(soft);
-                let wanted = fds_wanted(databases);
+                let wanted = fds_recommended(databases);
                 if soft < databases + FDS_RESERVED {
                     // Not even one descriptor per database: some could never be
                     // replicated. Better refused now than failing for ever.
@@ -151,7 +179,7 @@ impl FdBudget {
                 if soft < wanted {
                     log::warn!(
                         "the open-file limit is {soft} (hard limit {hard}); {databases} databases may \
-                         need up to {wanted} when all are active, and those that cannot be opened \
+                         need up to {wanted} when many are active, and those that cannot be opened \
                          then wait and are retried; {}",
                         raise_limit_hint(wanted)
                     );
@@ -160,6 +188,13 @@ impl FdBudget {
             Err(e) => log::warn!("cannot read the open-file limit: {e}"),
         }
         Ok(())
+    }
+
+    /// The window of databases opened from nothing at once that the limit
+    /// has room for (`open_window`); `MAX_OPEN` when it is not known.
+    pub(crate) fn open_window(&self, databases: u64, max_jobs: u64) -> usize {
+        self.limit
+            .map_or(MAX_OPEN, |limit| open_window(limit, databases, max_jobs))
     }
 
     /// A database was released: the count moves by an estimate.
@@ -263,7 +298,7 @@ impl Descriptors for FdBudget {
             "out of file descriptors ({used}open-file limit {limit}) with {databases} databases: \
              the databases that cannot be opened now wait until others are released or fail, \
              the others go on; {}",
-            raise_limit_hint(fds_wanted(databases))
+            raise_limit_hint(fds_recommended(databases))
         );
     }
 }
@@ -271,6 +306,52 @@ impl Descriptors for FdBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_limit_asked_for_holds_every_database_and_the_window_of_open_ones() {
+        // databases -> limit asked for
+        for (databases, want) in [
+            (1, 38),
+            (64, 416),
+            (2_048, 2_048 * 6 + 32),
+            (10_000, 10_000 + 2_048 * 5 + 32),
+            (100_000, 110_272),
+        ] {
+            assert_eq!(fds_recommended(databases), want, "{databases}");
+            assert!(want <= fds_wanted(databases));
+        }
+    }
+
+    #[test]
+    fn the_window_of_open_databases_fits_the_limit() {
+        // (limit, databases, max_jobs) -> window
+        for (limit, databases, max_jobs, want) in [
+            // Room for all of the window.
+            (110_272, 100_000, 4, 2_044),
+            (1 << 20, 100_000, 4, MAX_OPEN),
+            (20_000, 1_000, 4, MAX_OPEN),
+            // A limit of 20,000: 10,000 and 18,000 databases.
+            (20_000, 10_000, 4, 1_990),
+            (20_000, 18_000, 16, 380),
+            // Barely one descriptor per database: one per job.
+            (10_032, 10_000, 4, 4),
+            (100, 64, 4, 4),
+        ] {
+            assert_eq!(
+                open_window(limit, databases, max_jobs),
+                want,
+                "{limit} {databases} {max_jobs}"
+            );
+            // The window open and every other database released fits.
+            if want > max_jobs as usize {
+                let used = databases
+                    + want as u64 * (FDS_PER_ACTIVE_DATABASE - 1)
+                    + FDS_RESERVED
+                    + max_jobs * 4;
+                assert!(used <= limit, "{limit} {databases}: {used}");
+            }
+        }
+    }
 
     #[test]
     fn a_descriptor_count_moves_with_opens_and_releases_until_the_next() {

@@ -32,7 +32,7 @@ pub use catalog::{
     config_databases, load_keys, replica_options, Catalog, ConfigCatalog, WatchedDatabase,
 };
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -99,6 +99,9 @@ enum Flow {
 /// Messages handled at most before the main loop looks again at what is
 /// due.
 const MESSAGE_BATCH: usize = 256;
+
+/// How often the periodic rescan looks at its next slice of databases.
+const RESCAN_TICK: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub enum DaemonError {
@@ -173,6 +176,9 @@ struct Dispatcher {
     replicas: HashMap<u64, Box<Replica>>,
     watcher: RecommendedWatcher,
     watched: HashMap<PathBuf, RecursiveMode>,
+    /// Directories of databases that could not be watched: every
+    /// `rescan_interval`, all their databases are looked at.
+    unwatched: HashSet<PathBuf>,
     discovery: Vec<(PathBuf, bool)>,
     metrics: Option<Arc<crate::metrics::Registry>>,
     idle_release_max_bytes: u64,
@@ -215,18 +221,24 @@ impl Dispatcher {
             let _ = self.watcher.unwatch(&dir);
             self.watched.remove(&dir);
         }
+        self.unwatched.retain(|dir| want.contains_key(dir));
         for (dir, mode) in want {
             if self.watched.contains_key(&dir) {
                 continue;
             }
             match self.watcher.watch(&dir, mode) {
                 Ok(()) => {
+                    self.unwatched.remove(&dir);
                     self.watched.insert(dir, mode);
                 }
-                Err(e) => log::warn!(
-                    "cannot watch {}: {e}; relying on the periodic rescan there",
-                    dir.display()
-                ),
+                Err(e) => {
+                    if self.unwatched.insert(dir.clone()) {
+                        log::warn!(
+                            "cannot watch {}: {e}; relying on the periodic rescan there",
+                            dir.display()
+                        );
+                    }
+                }
             }
         }
     }
@@ -589,6 +601,7 @@ pub fn run(
         replicas: HashMap::new(),
         watcher,
         watched: HashMap::new(),
+        unwatched: HashSet::new(),
         discovery: catalog.discovery_dirs(),
         metrics: opts.metrics.clone(),
         idle_release_max_bytes: opts.idle_release_max_bytes,
@@ -601,6 +614,16 @@ pub fn run(
     d.fds
         .raise_limit(d.schedule.len() as u64)
         .map_err(DaemonError::Setup)?;
+    let window = d
+        .fds
+        .open_window(d.schedule.len() as u64, d.schedule.max_jobs() as u64);
+    if window < schedule::MAX_OPEN {
+        log::info!(
+            "opening at most {window} databases at a time (the open-file limit leaves room for \
+             that many beside one descriptor per database)"
+        );
+    }
+    d.schedule.set_max_open(window);
     log::info!(
         "watching {} databases ({} directories), {} workers, storage {}",
         d.schedule.len(),
@@ -616,7 +639,12 @@ pub fn run(
         );
     }
 
-    let mut next_rescan = now + opts.rescan_interval;
+    // The periodic rescan, a slice of the databases each tick
+    // (`schedule::rescan_slice`); once per `rescan_interval`, the
+    // discovery directories and the databases of unwatched directories.
+    let tick = RESCAN_TICK.min(opts.rescan_interval);
+    let mut next_rescan = now + tick;
+    let mut next_full_rescan = now + opts.rescan_interval;
     let mut catalog_due: Option<Instant> = None;
     'outer: loop {
         let now = Instant::now();
@@ -669,11 +697,21 @@ pub fn run(
                 d.apply(catalog.databases(), now);
             }
             if now >= next_rescan {
-                d.schedule.rescan(now, &stat_of);
+                let n = schedule::rescan_slice(d.schedule.len(), opts.rescan_interval, tick);
+                d.schedule.rescan_some(n, now, &stat_of);
+                next_rescan = now + tick;
+            }
+            if now >= next_full_rescan {
+                if !d.unwatched.is_empty() {
+                    let unwatched = &d.unwatched;
+                    let in_unwatched =
+                        |p: &Path| p.parent().is_some_and(|dir| unwatched.contains(dir));
+                    d.schedule.rescan(now, &stat_of, &in_unwatched);
+                }
                 if !d.discovery.is_empty() && catalog_due.is_none() {
                     catalog_due = Some(now);
                 }
-                next_rescan = now + opts.rescan_interval;
+                next_full_rescan = now + opts.rescan_interval;
             }
         }
     }

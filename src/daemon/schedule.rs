@@ -8,9 +8,16 @@
 //! The state of each database is explicit: whether a job has its replica
 //! (`Job`), whether a sync is wanted and from when (`Work`), how its syncs
 //! have been failing (`Health`), and whether it stays, leaves the catalog
-//! or is done at a stop (`Membership`). Two queues list the databases by
-//! due time and by release time, so that what is due is found without
-//! looking at every database (`reindex` keeps them after each change).
+//! or is done at a stop (`Membership`). Queues list the databases by
+//! due time (those walsync has not opened apart) and by release time, so
+//! that what is due is found without looking at every database (`reindex`
+//! keeps them, and the count of open databases, after each change).
+//!
+//! At most `MAX_OPEN` databases are opened from nothing (start-up, many
+//! databases discovered at once) while that many are open, and open ones
+//! are let go of sooner meanwhile: memory at start-up is bounded by that
+//! window (about 60 KB each), not by the number of databases. Released
+//! databases that the application writes again wake whatever the count.
 //! `Schedule` changes these and returns `Action`s; the loop (`super`) performs them: it owns the
 //! replicas, the worker pool, the watcher and the metrics. Nothing here
 //! opens a file: the clock is the `now` passed in, the backoff and the
@@ -116,16 +123,51 @@ pub(crate) struct Database {
     /// afresh then, so nothing proves that they continue the history).
     /// Close events cannot tell: walsync's own connections make them too.
     app_seen: bool,
+    /// Its last idle release did not let go of it (larger than
+    /// `idle_release_max_size`, or not the moment): tried again after
+    /// `idle_release_after`, and not counted in the window of open
+    /// databases meanwhile (`counts_open`).
+    kept_open: bool,
     /// Let go of without a mark in the bucket (larger than
     /// `idle_release_max_size`, at the application's last close): its stop
     /// takes it up again to leave one, so that the next start needs no
     /// snapshot (`Replica::released_without_mark`).
     unmarked: bool,
     membership: Membership,
-    /// The due time and release time under which `Schedule::due` and
-    /// `Schedule::releases` list it now (see `Schedule::reindex`).
-    indexed: (Option<Instant>, Option<Instant>),
+    /// Where `Schedule::reindex` lists it now.
+    listed: Listed,
 }
+
+/// Databases by due time, then id.
+type DueQueue = BTreeSet<(Instant, u64)>;
+
+/// Where `Schedule::reindex` last listed a database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Listed {
+    /// Its due time, and whether in `Schedule::due_closed` (walsync has
+    /// not opened it) rather than in `Schedule::due`.
+    due: Option<(Instant, bool)>,
+    /// Its release time, in `Schedule::releases`.
+    release: Option<Instant>,
+    /// Counted in `Schedule::open`.
+    open: bool,
+}
+
+/// Whether a database counts as open: walsync holds its connections, or a
+/// job has it (and may open it); not one whose last release did not let go
+/// (`Database::kept_open`), since letting go of open ones is what makes
+/// room for more.
+fn counts_open(job: Job, kept_open: bool) -> bool {
+    !kept_open && !matches!(job, Job::Idle(Connection::Closed | Connection::Released))
+}
+
+/// Databases walsync opens from nothing only while fewer than this many are
+/// open (see the module's doc): each open one costs about 60 KB (its SQLite
+/// connection, the `-shm` pages it maps) and up to `FDS_PER_ACTIVE_DATABASE`
+/// descriptors. The window lets first syncs go on at the pace of the jobs
+/// while the open ones are let go of after a tenth of `idle_release_after`
+/// (at 250 first syncs a second, about 1,500 are open at once).
+pub(crate) const MAX_OPEN: usize = 2048;
 
 impl Database {
     fn new(want: WatchedDatabase, now: Instant) -> Database {
@@ -140,9 +182,10 @@ impl Database {
             release_at: None,
             closed_by_app: false,
             app_seen: false,
+            kept_open: false,
             unmarked: false,
             membership: Membership::Replicating,
-            indexed: (None, None),
+            listed: Listed::default(),
         }
     }
 
@@ -272,8 +315,17 @@ pub(crate) struct Schedule {
     dbs: BTreeMap<u64, Database>,
     /// The databases that want a sync, by due time (then id): the loop
     /// looks at those due now, not at every database, after each batch of
-    /// messages. Kept by `reindex` after every change of a database.
+    /// messages. Kept by `reindex` after every change of a database. Those
+    /// walsync has not opened (`Connection::Closed`, no job) are in
+    /// `due_closed` instead, since they wait while `MAX_OPEN` are open.
     due: BTreeSet<(Instant, u64)>,
+    due_closed: BTreeSet<(Instant, u64)>,
+    /// The databases that count as open (`counts_open`), kept by `reindex`.
+    open: usize,
+    /// `MAX_OPEN`, or less in tests.
+    max_open: usize,
+    /// Where `rescan_some` goes on: the id after the last it looked at.
+    rescan_from: u64,
     /// The databases with a release time, by that time (then id).
     releases: BTreeSet<(Instant, u64)>,
     by_path: HashMap<PathBuf, u64>,
@@ -309,6 +361,10 @@ impl Schedule {
         Schedule {
             dbs: BTreeMap::new(),
             due: BTreeSet::new(),
+            due_closed: BTreeSet::new(),
+            open: 0,
+            max_open: MAX_OPEN,
+            rescan_from: 0,
             releases: BTreeSet::new(),
             by_path: HashMap::new(),
             next_id: 0,
@@ -326,6 +382,16 @@ impl Schedule {
 
     pub(crate) fn len(&self) -> usize {
         self.dbs.len()
+    }
+
+    /// Opens databases from nothing only while fewer than `n` are open
+    /// (`MAX_OPEN` unless the descriptors allow fewer: `fds::open_window`).
+    pub(crate) fn set_max_open(&mut self, n: usize) {
+        self.max_open = n.max(1);
+    }
+
+    pub(crate) fn max_jobs(&self) -> usize {
+        self.max_jobs
     }
 
     pub(crate) fn get(&self, id: u64) -> Option<&Database> {
@@ -351,30 +417,59 @@ impl Schedule {
     }
 
     /// Lists database `id` under its due time and release time as they are
-    /// now (and nowhere once it is gone). Every change of a database's
-    /// `work` or `release_at` is followed by this.
+    /// now, and counts it if open (nowhere once it is gone). Every change
+    /// of a database's `work`, `release_at` or `job` is followed by this.
     fn reindex(&mut self, id: u64) {
         let Some(d) = self.dbs.get_mut(&id) else {
             return;
         };
-        let (due, release) = (d.due_at(), d.release_at);
-        let (was_due, was_release) = std::mem::replace(&mut d.indexed, (due, release));
-        if was_due != due {
-            if let Some(t) = was_due {
-                self.due.remove(&(t, id));
+        let closed = d.job == Job::Idle(Connection::Closed);
+        let now = Listed {
+            due: d.due_at().map(|t| (t, closed)),
+            release: d.release_at,
+            open: counts_open(d.job, d.kept_open),
+        };
+        let was = std::mem::replace(&mut d.listed, now);
+        self.relist(id, was, now);
+    }
+
+    /// Moves database `id` from where `was` lists it to where `now` does.
+    fn relist(&mut self, id: u64, was: Listed, now: Listed) {
+        if was.due != now.due {
+            if let Some((t, closed)) = was.due {
+                self.due_queue(closed).remove(&(t, id));
             }
-            if let Some(t) = due {
-                self.due.insert((t, id));
+            if let Some((t, closed)) = now.due {
+                self.due_queue(closed).insert((t, id));
             }
         }
-        if was_release != release {
-            if let Some(t) = was_release {
+        if was.release != now.release {
+            if let Some(t) = was.release {
                 self.releases.remove(&(t, id));
             }
-            if let Some(t) = release {
+            if let Some(t) = now.release {
                 self.releases.insert((t, id));
             }
         }
+        match (was.open, now.open) {
+            (false, true) => self.open += 1,
+            (true, false) => self.open -= 1,
+            _ => {}
+        }
+    }
+
+    fn due_queue(&mut self, closed: bool) -> &mut BTreeSet<(Instant, u64)> {
+        if closed {
+            &mut self.due_closed
+        } else {
+            &mut self.due
+        }
+    }
+
+    /// Whether as many databases are open as databases are opened from
+    /// nothing with (`MAX_OPEN`).
+    fn open_window_full(&self) -> bool {
+        self.open >= self.max_open
     }
 
     /// `reindex` for every database, after a change to all of them.
@@ -468,12 +563,7 @@ impl Schedule {
     /// Drops a database that left, once its last sync ran.
     fn forget(&mut self, id: u64) -> Option<Action> {
         let db = self.dbs.remove(&id)?;
-        if let Some(t) = db.indexed.0 {
-            self.due.remove(&(t, id));
-        }
-        if let Some(t) = db.indexed.1 {
-            self.releases.remove(&(t, id));
-        }
+        self.relist(id, db.listed, Listed::default());
         tell(self.outage.forget(id));
         if self.by_path.get(&db.want.replica.path) == Some(&id) {
             self.by_path.remove(&db.want.replica.path);
@@ -566,17 +656,59 @@ impl Schedule {
         }
     }
 
-    /// The safety net: a database whose files changed without an event.
-    pub(crate) fn rescan(&mut self, now: Instant, stat_of: &dyn Fn(&Path) -> FileStat) {
-        for db in self.dbs.values_mut() {
+    /// The safety net: the databases (those whose path `which` accepts)
+    /// whose files changed without an event are due.
+    pub(crate) fn rescan(
+        &mut self,
+        now: Instant,
+        stat_of: &dyn Fn(&Path) -> FileStat,
+        which: &dyn Fn(&Path) -> bool,
+    ) {
+        let ids: Vec<u64> = self
+            .dbs
+            .iter()
+            .filter(|(_, d)| which(&d.want.replica.path))
+            .map(|(&id, _)| id)
+            .collect();
+        self.rescan_ids(ids, now, stat_of);
+    }
+
+    /// `rescan` of the next `n` databases in id order, from where the last
+    /// one stopped (round and round): the periodic rescan, spread over its
+    /// interval (`rescan_slice`).
+    pub(crate) fn rescan_some(
+        &mut self,
+        n: usize,
+        now: Instant,
+        stat_of: &dyn Fn(&Path) -> FileStat,
+    ) {
+        let from = self.rescan_from;
+        let ids: Vec<u64> = self
+            .dbs
+            .range(from..)
+            .chain(self.dbs.range(..from))
+            .take(n)
+            .map(|(&id, _)| id)
+            .collect();
+        if let Some(&last) = ids.last() {
+            self.rescan_from = last + 1;
+        }
+        self.rescan_ids(ids, now, stat_of);
+    }
+
+    fn rescan_ids(&mut self, ids: Vec<u64>, now: Instant, stat_of: &dyn Fn(&Path) -> FileStat) {
+        for id in ids {
+            let Some(db) = self.dbs.get_mut(&id) else {
+                continue;
+            };
             if matches!(db.job, Job::Idle(_))
                 && !db.is_dirty()
                 && db.stat != Some(stat_of(&db.want.replica.path))
             {
                 db.mark_dirty(now, self.wall_ms);
+                self.reindex(id);
             }
         }
-        self.reindex_all();
     }
 
     /// Whether databases that need opening wait for descriptors now.
@@ -622,11 +754,19 @@ impl Schedule {
         let room = (self.max_jobs - self.running) * 8;
         let may_open = !self.opens_wait(now);
         let max_jobs = fds.max_jobs(databases, self.max_jobs);
-        for id in due_syncs(&self.dbs, &self.due, now, room, may_open) {
+        let queues = (&self.due, &self.due_closed);
+        let closed_may_open = may_open && !self.open_window_full();
+        for id in due_syncs(&self.dbs, queues, now, room, may_open, closed_may_open) {
             if self.running >= max_jobs {
                 return actions;
             }
-            let opens = self.dbs[&id].job != Job::Idle(Connection::Open);
+            let job = self.dbs[&id].job;
+            if job == Job::Idle(Connection::Closed) && self.open_window_full() {
+                // The window filled up with the databases started above:
+                // the others wait for open ones to be let go of.
+                continue;
+            }
+            let opens = job != Job::Idle(Connection::Open);
             let running = self.running;
             let budget = open_budget.get_or_insert_with(|| fds.open_budget(databases, running));
             if let Some(left) = budget {
@@ -669,16 +809,19 @@ impl Schedule {
 
     /// The databases to let go now: those idle for `idle_release_after`
     /// (`release_at` is the last commit plus that), and, while a database
-    /// waits to be opened for want of descriptors, the open ones idle for a
-    /// tenth of it (`PRESSED_IDLE_DIVISOR`). This runs after every batch
+    /// waits to be opened for want of descriptors or while `MAX_OPEN` are
+    /// open, the open ones idle for a tenth of it (`PRESSED_IDLE_DIVISOR`).
+    /// This runs after every batch
     /// of messages: it looks only at the databases whose release time has
     /// come (or comes within the shortened wait), and at those due, not at
     /// every database. Both lists are in id order.
     fn due_releases(&self, now: Instant, fds: &dyn Descriptors) -> Vec<u64> {
         let databases = self.dbs.len() as u64;
         let low_limit = fds.limit_below_wanted(databases);
+        let window_full = self.open_window_full();
+        let pressed = low_limit || window_full;
         let sooner_by = match self.idle_release_after {
-            Some(idle) if low_limit => idle - idle / PRESSED_IDLE_DIVISOR,
+            Some(idle) if pressed => idle - idle / PRESSED_IDLE_DIVISOR,
             _ => Duration::ZERO,
         };
         let (mut due, mut sooner) = (Vec::new(), Vec::new());
@@ -694,7 +837,7 @@ impl Schedule {
             }
             if t <= now {
                 due.push(id);
-            } else if low_limit && connection == Connection::Open {
+            } else if pressed && connection == Connection::Open {
                 sooner.push(id);
             }
         }
@@ -702,10 +845,10 @@ impl Schedule {
         sooner.sort_unstable();
         // Whether a database waits to be opened.
         let waiting = low_limit
-            && self
-                .due
-                .range(..=(now, u64::MAX))
-                .any(|(_, id)| matches!(self.dbs[id].job, Job::Idle(c) if c != Connection::Open));
+            && (self.due_closed.range(..=(now, u64::MAX)).next().is_some()
+                || self.due.range(..=(now, u64::MAX)).any(
+                    |(_, id)| matches!(self.dbs[id].job, Job::Idle(c) if c != Connection::Open),
+                ));
         let short = || {
             self.opens_wait(now)
                 || waiting
@@ -713,7 +856,7 @@ impl Schedule {
                         .open_budget(databases, self.running)
                         .is_some_and(|left| left < FDS_PER_ACTIVE_DATABASE + FDS_PER_JOB)
         };
-        if !sooner.is_empty() && short() {
+        if !sooner.is_empty() && (window_full || short()) {
             due.append(&mut sooner);
         }
         due
@@ -957,6 +1100,7 @@ impl Schedule {
         if matches!(result, Ok(Some(_))) {
             s.app_seen = false;
         }
+        s.kept_open = matches!(result, Ok(None)) && connection == Connection::Open;
         match result {
             // Let go of with commits unshipped (the storage was down when
             // the application closed it): taken up again from the bucket,
@@ -965,7 +1109,13 @@ impl Schedule {
             // The events of its own checkpoint are no news, a change from
             // this is (see `on_file_event`).
             Ok(Some(stat)) => s.stat = Some(stat),
-            Ok(None) => {}
+            // Not let go of: tried again later. Without this it stayed
+            // open until its next commit, for good if it had none.
+            Ok(None) => {
+                if let (Some(idle), Connection::Open) = (self.idle_release_after, connection) {
+                    s.release_at.get_or_insert(now + idle);
+                }
+            }
             Err(e) => {
                 log::warn!("{}: releasing the idle database failed: {e}", s.name());
                 s.mark_dirty(now, wall_ms);
@@ -1059,11 +1209,44 @@ impl Schedule {
                 wake = wake.min(due);
             }
         }
+        // Those walsync has not opened wait, while the window is full, for
+        // an open one to be let go of: a job's end, or a look a little
+        // later (open ones are let go of sooner then, see `due_releases`).
+        if let Some(&(due, _)) = self.due_closed.first() {
+            let due = opens_wait.map_or(due, |t| due.max(t));
+            wake = wake.min(if self.open_window_full() {
+                due.max(now + FD_WAIT)
+            } else {
+                due
+            });
+        }
         if let Some(&(t, _)) = self.releases.first() {
             wake = wake.min(t);
         }
         wake
     }
+}
+
+/// Databases whose files the periodic rescan looks at per second, at most:
+/// two `stat`s each, a few microseconds. Up to `rescan_interval` × this
+/// many databases (10,000 at the default 10 s) each is looked at once per
+/// `rescan_interval`; beyond, the round through all of them takes longer
+/// (100 s for 100,000), so that an idle walsync costs the same fraction of
+/// a core whatever the number of databases. The databases of directories
+/// walsync could not watch are all looked at every `rescan_interval`
+/// besides, and a lost event (the watcher's queue overflowed) makes an
+/// immediate rescan of all.
+pub(crate) const RESCAN_PER_SECOND: u64 = 1_000;
+
+/// How many databases the periodic rescan looks at on each of its ticks,
+/// `tick` apart, for `databases` to be looked at once per
+/// `rescan_interval`, or at `RESCAN_PER_SECOND` if that is fewer (at least
+/// one, while there are databases).
+pub(crate) fn rescan_slice(databases: usize, rescan_interval: Duration, tick: Duration) -> usize {
+    let ticks = (rescan_interval.as_secs_f64() / tick.as_secs_f64().max(1e-3)).max(1.0);
+    let even = (databases as f64 / ticks).ceil() as u64;
+    let cap = ((RESCAN_PER_SECOND as f64 * tick.as_secs_f64()).ceil() as u64).max(1);
+    even.min(cap).min(databases as u64) as usize
 }
 
 /// Whether walsync lets go of a database now because the application
@@ -1091,21 +1274,29 @@ fn tell(notice: Option<Notice>) {
 /// The databases whose sync is due and can start, longest waiting first.
 /// In key order instead, the first databases would take every free job
 /// while the last ones wait, whenever more work is due than jobs run.
-/// At most `n` of them, read off `due` (every database that wants a sync,
-/// by due time then id) up to `now`: with thousands of databases, only
-/// those due are looked at. Unless `may_open`, only those open already.
+/// At most `n` of them, read off the two due queues (every database that
+/// wants a sync, by due time then id: those walsync has opened, and those
+/// it has not) up to `now`: with thousands of databases, only those due
+/// are looked at. Unless `may_open`, only those open already; unless
+/// `closed_may_open`, none of those not opened.
 fn due_syncs(
     dbs: &BTreeMap<u64, Database>,
-    due: &BTreeSet<(Instant, u64)>,
+    (due, due_closed): (&DueQueue, &DueQueue),
     now: Instant,
     n: usize,
     may_open: bool,
+    closed_may_open: bool,
 ) -> Vec<u64> {
-    due.range(..=(now, u64::MAX))
+    let held = due
+        .range(..=(now, u64::MAX))
         .filter(|(_, id)| matches!(dbs[id].job, Job::Idle(c) if may_open || c == Connection::Open))
-        .take(n)
-        .map(|&(_, id)| id)
-        .collect()
+        .take(n);
+    let closed = due_closed
+        .range(..=(now, u64::MAX))
+        .take(if closed_may_open { n } else { 0 });
+    let mut both: Vec<(Instant, u64)> = held.chain(closed).copied().collect();
+    both.sort_unstable();
+    both.into_iter().take(n).map(|(_, id)| id).collect()
 }
 
 #[cfg(test)]
@@ -1282,7 +1473,8 @@ mod tests {
             .iter()
             .filter_map(|(&id, d)| Some((d.due_at()?, id)))
             .collect();
-        let due_syncs = |now, n, may_open| due_syncs(&dbs, &due, now, n, may_open);
+        let none = BTreeSet::new();
+        let due_syncs = |now, n, may_open| due_syncs(&dbs, (&due, &none), now, n, may_open, true);
         assert_eq!(due_syncs(at(1000), 10, true), vec![2, 7, 3, 1]);
         assert_eq!(due_syncs(at(1000), 2, true), vec![2, 7]);
         assert_eq!(due_syncs(at(1000), 3, true), vec![2, 7, 3]);
@@ -1291,6 +1483,15 @@ mod tests {
         // While descriptors are short, only databases open already can
         // start; none of these is.
         assert!(due_syncs(at(1000), 10, false).is_empty());
+        // Those walsync has not opened come in their place in line, unless
+        // the window of open databases is full.
+        let closed: BTreeSet<(Instant, u64)> = [(at(300), 8), (at(50), 9), (at(1500), 10)].into();
+        let both = |n, closed_may_open| {
+            super::due_syncs(&dbs, (&due, &closed), at(1000), n, true, closed_may_open)
+        };
+        assert_eq!(both(10, true), vec![9, 2, 7, 8, 3, 1]);
+        assert_eq!(both(3, true), vec![9, 2, 7]);
+        assert_eq!(both(10, false), vec![2, 7, 3, 1]);
     }
 
     #[test]
@@ -1315,7 +1516,7 @@ mod tests {
         // Nothing written since: nothing due, however long it waits.
         assert!(s.launch(ms(t0, 60_000), &mut fds).is_empty());
         // A rescan finds a change that no event reported.
-        s.rescan(ms(t0, 60_000), &written);
+        s.rescan(ms(t0, 60_000), &written, &|_| true);
         assert_eq!(syncs(&s.launch(ms(t0, 60_000), &mut fds)), vec![(0, false)]);
         assert_eq!(
             fds.opened.get(),
@@ -1383,11 +1584,29 @@ mod tests {
         /// The due and release queues hold exactly what every database's
         /// state says.
         fn assert_queues_match_the_databases(&self, step: &str) {
+            let closed = |d: &Database| d.job == Job::Idle(Connection::Closed);
             let due: BTreeSet<(Instant, u64)> = self
                 .dbs
                 .iter()
+                .filter(|(_, d)| !closed(d))
                 .filter_map(|(&id, d)| Some((d.due_at()?, id)))
                 .collect();
+            let due_closed: BTreeSet<(Instant, u64)> = self
+                .dbs
+                .iter()
+                .filter(|(_, d)| closed(d))
+                .filter_map(|(&id, d)| Some((d.due_at()?, id)))
+                .collect();
+            let open = self
+                .dbs
+                .values()
+                .filter(|d| counts_open(d.job, d.kept_open))
+                .count();
+            assert_eq!(
+                self.due_closed, due_closed,
+                "due queue (closed) after {step}"
+            );
+            assert_eq!(self.open, open, "open databases after {step}");
             let releases: BTreeSet<(Instant, u64)> = self
                 .dbs
                 .iter()
@@ -1405,10 +1624,13 @@ mod tests {
             let opens_wait = self.opens_wait_until.filter(|&t| t > now);
             for d in self.dbs.values() {
                 if let (Job::Idle(c), Work::Due(due)) = (d.job, d.work) {
-                    let due = match opens_wait {
+                    let mut due = match opens_wait {
                         Some(t) if c != Connection::Open => due.max(t),
                         _ => due,
                     };
+                    if c == Connection::Closed && self.open >= self.max_open {
+                        due = due.max(now + FD_WAIT);
+                    }
                     wake = wake.min(due);
                 }
                 if let Some(t) = d.release_at {
@@ -1423,6 +1645,10 @@ mod tests {
     fn the_queues_follow_every_change_of_the_databases() {
         for seed in 1..=20u64 {
             let (mut s, t0) = schedule(12, 3, Some(Duration::from_secs(5)));
+            // A window of open databases from 1 to 6 (and the default).
+            if seed % 7 != 0 {
+                s.max_open = (seed % 7) as usize;
+            }
             let mut fds = FakeFds::default();
             let mut rng = seed;
             let mut syncing: Vec<u64> = Vec::new();
@@ -1438,7 +1664,24 @@ mod tests {
                         s.on_file_event(&path, now, &written);
                     }
                     2 | 3 => {
-                        for a in s.launch(now, &mut fds) {
+                        let open_before = s.open;
+                        let closed = |s: &Schedule, id| {
+                            s.dbs.get(&id).map(|d| d.job) == Some(Job::Idle(Connection::Closed))
+                        };
+                        let closed_before: Vec<u64> =
+                            s.dbs.keys().copied().filter(|&id| closed(&s, id)).collect();
+                        let actions = s.launch(now, &mut fds);
+                        let opened_from_nothing = syncs(&actions)
+                            .iter()
+                            .filter(|(id, _)| closed_before.contains(id))
+                            .count();
+                        assert!(
+                            opened_from_nothing <= s.max_open.saturating_sub(open_before),
+                            "seed {seed} step {step}: {opened_from_nothing} opened with \
+                             {open_before} of {} open",
+                            s.max_open
+                        );
+                        for a in actions {
                             match a {
                                 Action::Sync { id, .. } => syncing.push(id),
                                 Action::Release { id, .. } => releasing.push(id),
@@ -1468,7 +1711,7 @@ mod tests {
                         next_new += 1;
                         s.apply(keep.chain([want(next_new - 1)]).collect(), now);
                     }
-                    8 => s.rescan(now, &written),
+                    8 => s.rescan_some(5, now, &written),
                     _ => {}
                 }
                 s.assert_queues_match_the_databases(&format!("seed {seed} step {step} ({what})"));
@@ -1692,6 +1935,140 @@ mod tests {
         );
         fds.left = Some(OPENS_ONE);
         assert_eq!(syncs(&s.launch(ms(t0, 12_010), &mut fds)), vec![(1, false)]);
+    }
+
+    #[test]
+    fn databases_are_opened_from_nothing_only_while_the_window_has_room() {
+        let idle = Duration::from_secs(10);
+        let (mut s, t0) = schedule(6, 4, Some(idle));
+        s.max_open = 2;
+        let mut fds = FakeFds::default();
+        // Six to open, four jobs, a window of two.
+        assert_eq!(syncs(&s.launch(t0, &mut fds)), vec![(0, false), (1, false)]);
+        s.on_done(0, synced(0, t0), &mut fds, ms(t0, 10));
+        s.on_done(1, synced(0, t0), &mut fds, ms(t0, 10));
+        // Both open: the others wait, and the loop looks again a little
+        // later, not at once and not only when the idle time is up.
+        assert!(s.launch(ms(t0, 20), &mut fds).is_empty());
+        assert_eq!(
+            s.next_wake(ms(t0, 20), ms(t0, 60_000)),
+            ms(t0, 20) + FD_WAIT
+        );
+        // The open ones are let go of after a tenth of `idle`; each one let
+        // go of makes room for one more.
+        assert!(s.launch(ms(t0, 1_009), &mut fds).is_empty());
+        assert_eq!(releases(&s.launch(ms(t0, 1_010), &mut fds)), vec![0, 1]);
+        s.on_released(
+            0,
+            Ok(Some(STAT)),
+            Connection::Released,
+            ms(t0, 1_020),
+            &unchanged,
+        );
+        assert_eq!(syncs(&s.launch(ms(t0, 1_020), &mut fds)), vec![(2, false)]);
+        s.on_released(
+            1,
+            Ok(Some(STAT)),
+            Connection::Released,
+            ms(t0, 1_030),
+            &unchanged,
+        );
+        assert_eq!(syncs(&s.launch(ms(t0, 1_030), &mut fds)), vec![(3, false)]);
+        // A released database the application writes wakes at once, full
+        // window or not.
+        write(&mut s, 0, ms(t0, 1_040));
+        assert_eq!(syncs(&s.launch(ms(t0, 1_040), &mut fds)), vec![(0, false)]);
+        assert_eq!(s.open, 3);
+        // Without a window to fill, an open database waits all of `idle`.
+        let (mut s, t0) = schedule(2, 4, Some(idle));
+        s.launch(t0, &mut fds);
+        s.on_done(0, synced(0, t0), &mut fds, ms(t0, 10));
+        s.on_done(1, synced(0, t0), &mut fds, ms(t0, 10));
+        assert!(s.launch(ms(t0, 9_000), &mut fds).is_empty());
+        assert_eq!(s.next_wake(ms(t0, 9_000), ms(t0, 60_000)), ms(t0, 10_010));
+    }
+
+    #[test]
+    fn a_database_its_release_kept_open_is_tried_again_and_leaves_the_window() {
+        let idle = Duration::from_secs(10);
+        let (mut s, t0) = schedule(3, 4, Some(idle));
+        s.max_open = 1;
+        let mut fds = FakeFds::default();
+        assert_eq!(syncs(&s.launch(t0, &mut fds)), vec![(0, false)]);
+        s.on_done(0, synced(0, t0), &mut fds, t0);
+        assert_eq!(releases(&s.launch(ms(t0, 1_000), &mut fds)), vec![0]);
+        // Too large to let go of (or not the moment): it stays open, and
+        // makes no room by staying in the window, so the next one opens.
+        s.on_released(0, Ok(None), Connection::Open, ms(t0, 1_010), &unchanged);
+        assert_eq!(s.open, 0);
+        assert_eq!(syncs(&s.launch(ms(t0, 1_010), &mut fds)), vec![(1, false)]);
+        s.on_done(1, synced(0, t0), &mut fds, ms(t0, 1_020));
+        // And it is tried again later, not left open for good.
+        let actions = s.launch(ms(t0, 11_010), &mut fds);
+        assert!(releases(&actions).contains(&0), "{actions:?}");
+    }
+
+    #[test]
+    fn the_rescan_looks_at_every_database_once_per_interval_up_to_a_rate() {
+        let s = Duration::from_secs;
+        // (databases, rescan_interval, tick) -> databases per tick
+        for (databases, interval, tick, want) in [
+            (0, s(10), s(1), 0),
+            (1, s(10), s(1), 1),
+            (64, s(10), s(1), 7),
+            (10_000, s(10), s(1), 1_000),
+            // Beyond 10,000 at 10 s, a round takes longer than 10 s.
+            (18_000, s(10), s(1), 1_000),
+            (100_000, s(10), s(1), 1_000),
+            (100_000, s(3600), s(1), 28),
+            // An interval shorter than the tick: one tick per interval.
+            (
+                500,
+                Duration::from_millis(200),
+                Duration::from_millis(200),
+                200,
+            ),
+            (
+                50,
+                Duration::from_millis(200),
+                Duration::from_millis(200),
+                50,
+            ),
+        ] {
+            assert_eq!(
+                rescan_slice(databases, interval, tick),
+                want,
+                "{databases} {interval:?} {tick:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_rescan_goes_round_every_database_in_slices() {
+        let (mut s, t0) = schedule(5, 8, None);
+        let mut fds = FakeFds::default();
+        s.launch(t0, &mut fds);
+        for id in 0..5 {
+            s.on_done(id, synced(0, t0), &mut fds, t0);
+        }
+        let looked = std::cell::RefCell::new(Vec::new());
+        let stat = |p: &Path| {
+            looked.borrow_mut().push(p.to_path_buf());
+            STAT
+        };
+        for n in [2, 2, 2, 5] {
+            s.rescan_some(n, t0, &stat);
+        }
+        let ids: Vec<u64> = looked
+            .borrow()
+            .iter()
+            .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(ids, vec![0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0]);
+        // A change found dues only that database.
+        s.rescan_some(1, ms(t0, 10), &written);
+        let due: Vec<u64> = s.due.iter().map(|&(_, id)| id).collect();
+        assert_eq!(due, vec![1]);
     }
 
     #[test]
