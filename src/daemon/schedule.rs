@@ -114,6 +114,10 @@ pub(crate) struct Database {
     /// afresh then, so nothing proves that they continue the history).
     /// Close events cannot tell: walsync's own connections make them too.
     app_seen: bool,
+    /// Its replica keeps objects for the storage, from a let-go during an
+    /// outage (`Replica::has_pending`): released, it still wants syncs
+    /// (which upload them without waking it), and a stop gives it one.
+    spooled: bool,
     membership: Membership,
     /// The due time and release time under which `Schedule::due` and
     /// `Schedule::releases` list it now (see `Schedule::reindex`).
@@ -133,6 +137,7 @@ impl Database {
             release_at: None,
             closed_by_app: false,
             app_seen: false,
+            spooled: false,
             membership: Membership::Replicating,
             indexed: (None, None),
         }
@@ -961,8 +966,24 @@ impl Schedule {
         self.reindex(id);
     }
 
+    /// Whether database `id`'s replica keeps objects for the storage
+    /// (`Database::spooled`), told after each of its jobs. A released one
+    /// that does wants a sync, at its backoff's pace.
+    pub(crate) fn spooled(&mut self, id: u64, pending: bool, now: Instant) {
+        let wall_ms = self.wall_ms;
+        let Some(db) = self.dbs.get_mut(&id) else {
+            return;
+        };
+        db.spooled = pending;
+        if pending && db.job == Job::Idle(Connection::Released) && !db.is_dirty() {
+            db.mark_dirty(now, wall_ms);
+            self.reindex(id);
+        }
+    }
+
     /// SIGINT/SIGTERM: every database gets one last sync (nothing else
-    /// starts), except released ones whose files did not change since.
+    /// starts), except released ones whose files did not change since and
+    /// that keep nothing for the storage.
     pub(crate) fn begin_stop(&mut self, now: Instant, stat_of: &dyn Fn(&Path) -> FileStat) {
         self.stopping = Some(now);
         for db in self.dbs.values_mut() {
@@ -971,7 +992,7 @@ impl Schedule {
             db.release_at = None;
             // A released database whose files did not change since has
             // nothing to ship: waking it only to stop would cost a fingerprint.
-            if !db.is_dirty() && db.released_unchanged(stat_of) {
+            if !db.is_dirty() && !db.spooled && db.released_unchanged(stat_of) {
                 db.membership = Membership::Finished;
             } else {
                 db.mark_dirty(now, self.wall_ms);
