@@ -1926,6 +1926,65 @@ mod tests {
         );
     }
 
+    /// A database let go of during an outage with commits kept for upload
+    /// (`Replica::has_pending`) wants syncs, paced by its backoff, until
+    /// they are up; and a stop gives it a last one though its files did
+    /// not change.
+    #[test]
+    fn a_released_database_keeping_commits_for_upload_syncs_until_they_are_up() {
+        let idle = Duration::from_secs(10);
+        let (mut s, t0) = schedule(2, 4, Some(idle));
+        let mut fds = FakeFds::default();
+        s.launch(t0, &mut fds);
+        s.on_done(0, synced(1, t0), &mut fds, t0);
+        s.on_done(1, synced(1, t0), &mut fds, t0);
+        assert_eq!(releases(&s.launch(ms(t0, 10_000), &mut fds)), vec![0, 1]);
+        for id in [0, 1] {
+            let now = ms(t0, 10_001);
+            s.on_released(id, Ok(Some(STAT)), Connection::Released, now, &unchanged);
+            s.spooled(id, id == 0, now);
+        }
+        // Only the one that keeps commits, at once, though unchanged.
+        assert_eq!(syncs(&s.launch(ms(t0, 10_002), &mut fds)), vec![(0, false)]);
+        let unreachable = Outcome::Unreachable("connection refused".into());
+        let now = ms(t0, 10_003);
+        s.on_done(
+            0,
+            finished(unreachable, Connection::Released, now),
+            &mut fds,
+            now,
+        );
+        s.spooled(0, true, now);
+        // Backoff: 2 s after the first failure.
+        assert!(s.launch(ms(t0, 11_000), &mut fds).is_empty());
+        assert_eq!(syncs(&s.launch(ms(t0, 12_100), &mut fds)), vec![(0, false)]);
+        let now = ms(t0, 12_200);
+        let up = finished(
+            Outcome::Synced(SyncReport::default()),
+            Connection::Released,
+            now,
+        );
+        s.on_done(0, up, &mut fds, now);
+        s.spooled(0, false, now);
+        assert!(
+            s.launch(ms(t0, 60_000), &mut fds).is_empty(),
+            "uploaded: at rest"
+        );
+        // At a stop, a released one unchanged since is finished at once,
+        // unless it keeps commits for upload.
+        s.spooled(1, true, ms(t0, 60_000));
+        assert_eq!(syncs(&s.launch(ms(t0, 60_000), &mut fds)), vec![(1, false)]);
+        let now = ms(t0, 60_001);
+        let failed_again = finished(
+            Outcome::Unreachable("connection refused".into()),
+            Connection::Released,
+            now,
+        );
+        s.on_done(1, failed_again, &mut fds, now);
+        s.begin_stop(ms(t0, 60_002), &unchanged);
+        assert_eq!(syncs(&s.launch(ms(t0, 60_002), &mut fds)), vec![(1, true)]);
+    }
+
     #[test]
     fn no_release_for_a_last_close_while_stopping() {
         let (mut s, t0) = schedule(1, 2, None);
