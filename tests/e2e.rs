@@ -3556,6 +3556,38 @@ fn a_let_go_during_a_storage_outage_keeps_one_generation_and_every_commit() {
     assert_eq!(generation_count(&storage, prefix), 1, "{log}");
 }
 
+/// Past its bound (`idle_release_max_size` per database) the backlog is not
+/// kept: walsync lets go as before, says so, and starts a new generation
+/// once the storage answers; nothing is lost from the newest state.
+#[test]
+fn a_backlog_over_its_bound_is_let_go_of_unkept_and_starts_a_new_generation() {
+    let mut setup = Setup::new(&[("app.db", "tenants/acme")]);
+    // The database (about 0.5 MiB) may be let go of; the outage's 300
+    // commits (a 4 KiB page or more each in the WAL) are more than that.
+    setup.edit_config(|t| {
+        format!("idle_release_after = \"1h\"\nidle_release_max_size = \"1MiB\"\n{t}")
+    });
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let mut child = setup.watch("watch.log");
+    commit_and_close_during_an_outage(&mut setup, prefix, &db, &child);
+    setup.server.restart();
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert!(log.contains("cannot be kept for upload"), "{log}");
+    assert!(
+        log.contains("closed the database while the storage is unreachable"),
+        "{log}"
+    );
+    assert_eq!(generation_count(&storage, prefix), 2, "{log}");
+    assert_eq!(
+        setup.restore_verified(prefix, &setup.dir.join("r.db")),
+        rows(&db)
+    );
+}
+
 /// Commits kept for upload live only in the process: walsync stopped
 /// while the storage is still down says which txids the bucket lacks, and
 /// the next start sees that the bucket does not continue (its newest

@@ -373,8 +373,10 @@ impl Dispatcher {
                     }
                 }
                 Action::Forget { id, prefix } => {
-                    if let Some(r) = self.replicas.remove(&id) {
+                    if let Some(mut r) = self.replicas.remove(&id) {
                         self.commit_times.forget(r.path());
+                        // Says what it kept for the storage, if anything.
+                        r.close();
                     }
                     if let Some(m) = &self.metrics {
                         m.remove(&prefix);
