@@ -2591,7 +2591,7 @@ fn a_database_replaced_during_a_storage_outage_is_never_corrupted() {
     assert_eq!(rows(&db), expected);
     insert(&c, 5_000);
     proxy.set(Fault::None);
-    wait_shipped(&storage, prefix, &db);
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
     assert!(sigterm(&mut child).success());
     assert_eq!(
         setup.restore_verified(prefix, &setup.dir.join("r.db")),

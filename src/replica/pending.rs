@@ -403,12 +403,32 @@ impl Replica {
             room: max_db_bytes.saturating_sub(backlog.held_bytes),
             kept: Mutex::new(Vec::new()),
         };
-        let let_go = self.let_go(
-            &spooler,
-            u64::MAX,
-            true,
-            "let go of, commits kept for upload",
-        );
+        // What is committed now goes to the spool first, without the write
+        // lock (the application has closed the database): a gap found here
+        // (the file replaced, the WAL restarted) is no history to keep, and
+        // the let-go below must not meet it, since a gap there closes the
+        // connections without emptying the WAL (`handle_gap`).
+        let shipped = self.ship(&spooler, &mut SyncReport::default());
+        let still_here = self.live.as_ref().is_some_and(|l| l.handle.still_at_path());
+        let let_go = match shipped {
+            Ok(Ok(())) if still_here => self.let_go(
+                &spooler,
+                u64::MAX,
+                true,
+                "let go of, commits kept for upload",
+            ),
+            Ok(Ok(())) => Ok(None),
+            Ok(Err(gap)) => {
+                if gap.replaced {
+                    self.log_replaced();
+                    self.needs_generation = true;
+                } else {
+                    self.begin_new_generation(&gap.reason);
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        };
         // Kept even if the let-go failed on the way: the position moved
         // past them, so they must go up before anything after them.
         self.pending.push(spooler.into_kept());
@@ -429,7 +449,7 @@ impl Replica {
                 Ok(Some(stat))
             }
             // Not the moment (another connection came): the next close.
-            Ok(None) if self.live.is_some() && !self.needs_generation => Ok(None),
+            Ok(None) if self.live.is_some() && !self.needs_generation && still_here => Ok(None),
             Ok(None) | Err(_) if self.live.is_some() => {
                 if let Err(e) = &let_go {
                     log::debug!("{}: keeping the commits failed: {e}", path.display());
