@@ -3556,6 +3556,51 @@ fn a_let_go_during_a_storage_outage_keeps_one_generation_and_every_commit() {
     assert_eq!(generation_count(&storage, prefix), 1, "{log}");
 }
 
+/// Two sessions in one outage: the application opens the database again
+/// after walsync let go of it (keeping the first session's commits), commits
+/// and closes; walsync takes it up (proving the WAL is new), holds the new
+/// commits while the first ones still wait, and keeps those too at the
+/// second close. Once the storage is back: one generation, every commit.
+#[test]
+fn two_sessions_in_one_outage_keep_one_generation_and_every_commit() {
+    let mut setup = Setup::new(&[("app.db", "tenants/acme")]);
+    setup.edit_config(|t| format!("idle_release_after = \"1h\"\n{t}"));
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let mut child = setup.watch("watch.log");
+    let base = commit_and_close_during_an_outage(&mut setup, prefix, &db, &child);
+    let c = open_app(&db);
+    for id in 401..=500 {
+        insert(&c, id);
+    }
+    showing_log_on_failure(&setup, "watch.log", || {
+        wait_for(
+            || holds(&child, &db),
+            "walsync to take the database up again",
+        )
+    });
+    drop(c);
+    showing_log_on_failure(&setup, "watch.log", || wait_let_go(&child, &db));
+    setup.server.restart();
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert_eq!(generation_count(&storage, prefix), 1, "{log}");
+    assert_eq!(newest_txid(&storage, prefix), base + 400, "{log}");
+    let out = setup.scratch("by-txid").join("r.db");
+    for k in [300u64, 301, 350, 400] {
+        let _ = std::fs::remove_file(&out);
+        let txid = (base + k).to_string();
+        let o = setup.restore(prefix, &out, &["--txid", &txid]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(rows(&out).len() as u64, 100 + k, "txid {txid}");
+    }
+    let newest = setup.dir.join("newest.db");
+    assert_eq!(setup.restore_verified(prefix, &newest), rows(&db));
+    assert!(std::fs::read(&newest).unwrap() == std::fs::read(&db).unwrap());
+}
+
 /// Past its bound (`idle_release_max_size` per database) the backlog is not
 /// kept: walsync lets go as before, says so, and starts a new generation
 /// once the storage answers; nothing is lost from the newest state.

@@ -187,6 +187,22 @@ impl Database {
         self.pending_since_ms.get_or_insert_with(wall_ms);
     }
 
+    /// Released, and written since (a change of its files walsync did not
+    /// make): walsync takes the database up at once (`mark_dirty`), also
+    /// while its syncs back off from a storage outage to upload what a
+    /// let-go kept (`spooled`): until the wake's read transaction, the
+    /// application's checkpoints can restart the WAL over commits walsync
+    /// has not read. For such a database the write is also what shows the
+    /// application (`app_seen`): its syncs ship nothing until the storage
+    /// answers, so its next close would not let it go again.
+    fn wake(&mut self, now: Instant, wall_ms: fn() -> u64) {
+        self.mark_dirty(now, wall_ms);
+        if self.spooled {
+            self.app_seen = true;
+            self.work = Work::Due(now);
+        }
+    }
+
     /// Released, and its files as walsync left them.
     fn released_unchanged(&self, stat_of: &dyn Fn(&Path) -> FileStat) -> bool {
         self.job == Job::Idle(Connection::Released)
@@ -500,10 +516,14 @@ impl Schedule {
         if let Some(db) = self.dbs.get_mut(&id) {
             // A released database wakes only for a real change, not for the
             // tail of walsync's own checkpoint.
-            if !db.released_unchanged(stat_of) {
+            if db.job == Job::Idle(Connection::Released) {
+                if db.stat != Some(stat_of(path)) {
+                    db.wake(now, self.wall_ms);
+                }
+            } else {
                 db.mark_dirty(now, self.wall_ms);
-                self.reindex(id);
             }
+            self.reindex(id);
         }
         true
     }
@@ -527,7 +547,7 @@ impl Schedule {
             && stat.wal.is_some_and(|(len, _)| len > 0)
             && db.stat != Some(stat)
         {
-            db.mark_dirty(now, self.wall_ms);
+            db.wake(now, self.wall_ms);
             self.reindex(id);
         }
     }
@@ -1983,6 +2003,65 @@ mod tests {
         s.on_done(1, failed_again, &mut fds, now);
         s.begin_stop(ms(t0, 60_002), &unchanged);
         assert_eq!(syncs(&s.launch(ms(t0, 60_002), &mut fds)), vec![(1, true)]);
+    }
+
+    /// Written while its syncs back off from the outage, a database let go
+    /// of with commits kept for upload wakes at once (not at its backoff),
+    /// and the application's close lets it go again, though no sync could
+    /// ship anything meanwhile.
+    #[test]
+    fn a_released_database_keeping_commits_for_upload_wakes_at_once_and_is_let_go_at_the_next_close(
+    ) {
+        let (mut s, t0) = schedule(1, 2, None);
+        let mut fds = FakeFds::default();
+        s.launch(t0, &mut fds);
+        s.on_done(0, synced(1, t0), &mut fds, t0);
+        s.on_probe(0, Some(false), ms(t0, 1));
+        let failing = LetGo::Closed {
+            storage_failing: false,
+        };
+        assert_eq!(
+            closed_releases(&s.launch(ms(t0, 1), &mut fds)),
+            vec![(0, failing)]
+        );
+        s.on_released(
+            0,
+            Ok(Some(STAT)),
+            Connection::Released,
+            ms(t0, 2),
+            &unchanged,
+        );
+        s.spooled(0, true, ms(t0, 2));
+        assert_eq!(syncs(&s.launch(ms(t0, 2), &mut fds)), vec![(0, false)]);
+        let unreachable = || Outcome::Unreachable("connection refused".into());
+        let now = ms(t0, 3);
+        s.on_done(
+            0,
+            finished(unreachable(), Connection::Released, now),
+            &mut fds,
+            now,
+        );
+        s.spooled(0, true, now);
+        // Backing off for 2 s; the application writes: at once.
+        assert!(s.launch(ms(t0, 500), &mut fds).is_empty());
+        write(&mut s, 0, ms(t0, 500));
+        assert_eq!(syncs(&s.launch(ms(t0, 500), &mut fds)), vec![(0, false)]);
+        // The wake holds it; the upload fails; the application closes.
+        let now = ms(t0, 600);
+        s.on_done(
+            0,
+            alone(finished(unreachable(), Connection::Open, now)),
+            &mut fds,
+            now,
+        );
+        s.spooled(0, true, now);
+        let failing = LetGo::Closed {
+            storage_failing: true,
+        };
+        assert_eq!(
+            closed_releases(&s.launch(ms(t0, 601), &mut fds)),
+            vec![(0, failing)]
+        );
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub use lag::{local_lag, Lag};
 
 use error::io_err;
 use live::Live;
-use pending::{AfterUpload, Pending};
+use pending::{Pending, PendingStep};
 use release::Released;
 use sync_plan::{SnapshotState, Thresholds, Upkeep, WalState};
 
@@ -295,15 +295,8 @@ impl Replica {
         let mut report = SyncReport::default();
         // What a let-go during an outage kept goes up first; a database let
         // go of and unchanged since is not woken for it.
-        let mut held_back = None;
-        if self.has_pending() {
-            let held = self.held();
-            let uploaded = self.upload_pending(storage, &mut report);
-            match pending::after_upload(held, uploaded.is_ok()) {
-                AfterUpload::Return => return uploaded.map(|()| report),
-                AfterUpload::GoOn => {}
-                AfterUpload::HoldThenFail => held_back = uploaded.err(),
-            }
+        if self.has_pending() && pending::step(self.held()) == PendingStep::UploadAlone {
+            return self.upload_pending(storage, &mut report).map(|()| report);
         }
         if let Some(live) = &self.live {
             match sqlite::file_id(&self.opts.path) {
@@ -351,9 +344,9 @@ impl Replica {
                 self.begin_new_generation(why);
             }
         }
-        if let Some(e) = held_back {
-            // Held, so that the application's new commits stay in the WAL,
-            // but nothing goes up before what waits.
+        // Held now (its read transaction pins the application's new
+        // commits), but nothing goes up before what waits.
+        if let Err(e) = self.upload_pending(storage, &mut report) {
             if let Some(cause) = sync_plan::outage(&e) {
                 self.warn_if_wal_grows(cause);
                 if let Err(e) = self.settle(false) {

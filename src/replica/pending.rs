@@ -171,26 +171,25 @@ pub(super) enum Held {
     Otherwise,
 }
 
-/// What a sync does after it tried to upload the pending objects.
+/// When a sync uploads the pending objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum AfterUpload {
-    /// Nothing more: the database stays let go of (waking it would hold a
-    /// file the application may want to replace, for nothing).
-    Return,
-    /// The sync goes on as any other.
-    GoOn,
-    /// The sync takes the database up (its read transaction pins the
-    /// application's new commits), then fails with the upload's error,
-    /// writing nothing else: a later object first would be a hole.
-    HoldThenFail,
+pub(super) enum PendingStep {
+    /// Alone, and nothing more: the database stays let go of (waking it
+    /// would hold a file the application may want to replace, for nothing).
+    UploadAlone,
+    /// Once the sync holds the database (a wake first: its read
+    /// transaction pins the application's new commits, and must not wait
+    /// for an upload's retries), before anything else goes up; if they
+    /// cannot go up, the sync fails there, writing nothing else: a later
+    /// object first would be a hole.
+    UploadOnceHeld,
 }
 
-/// What follows an upload of the pending objects (`uploaded`: all went up).
-pub(super) fn after_upload(held: Held, uploaded: bool) -> AfterUpload {
-    match (held, uploaded) {
-        (Held::ReleasedAsLeft, _) => AfterUpload::Return,
-        (_, true) => AfterUpload::GoOn,
-        (_, false) => AfterUpload::HoldThenFail,
+/// When a sync with pending objects uploads them.
+pub(super) fn step(held: Held) -> PendingStep {
+    match held {
+        Held::ReleasedAsLeft => PendingStep::UploadAlone,
+        Held::Live | Held::Otherwise => PendingStep::UploadOnceHeld,
     }
 }
 
@@ -548,19 +547,15 @@ mod tests {
     }
 
     #[test]
-    fn a_sync_wakes_a_database_with_pending_objects_only_for_a_change_and_writes_nothing_before_them(
-    ) {
-        use AfterUpload::*;
+    fn a_sync_wakes_a_database_with_pending_objects_only_for_a_change_and_uploads_them_once_held() {
+        use PendingStep::*;
         let rows = [
-            (Held::ReleasedAsLeft, true, Return),
-            (Held::ReleasedAsLeft, false, Return),
-            (Held::Live, true, GoOn),
-            (Held::Live, false, HoldThenFail),
-            (Held::Otherwise, true, GoOn),
-            (Held::Otherwise, false, HoldThenFail),
+            (Held::ReleasedAsLeft, UploadAlone),
+            (Held::Live, UploadOnceHeld),
+            (Held::Otherwise, UploadOnceHeld),
         ];
-        for (held, uploaded, want) in rows {
-            assert_eq!(after_upload(held, uploaded), want, "{held:?} {uploaded}");
+        for (held, want) in rows {
+            assert_eq!(step(held), want, "{held:?}");
         }
     }
 
