@@ -12,6 +12,8 @@ third, `VACUUM INTO x.db`, the application's only connection closed, and
 commit, made after the VACUUM INTO, right before the close ("after commit").
 The application then opens app.db again; the round is corrupt if it cannot,
 if `PRAGMA integrity_check` is not ok, or if the rows are not those of x.db.
+With --max-size (e.g. 16KiB, below the test database's few hundred KB),
+walsync's `idle_release_max_size`: the window of a database larger than it.
 
 Usage:
   python3 bench/rename_window.py --bin new=target/release/walsync \
@@ -79,8 +81,8 @@ def rows(db: Path) -> list:
 class Tool:
     """A replicator started on one database: walsync (a binary) or Litestream."""
 
-    def __init__(self, kind: str, exe: str):
-        self.kind, self.exe = kind, exe
+    def __init__(self, kind: str, exe: str, max_size: str | None = None):
+        self.kind, self.exe, self.max_size = kind, exe, max_size
 
     def start(self, work: Path, db: Path) -> subprocess.Popen:
         if self.kind == "litestream":
@@ -90,7 +92,8 @@ class Tool:
             cmd = [self.exe, "replicate", "-config", str(cfg)]
         else:
             cfg = work / "walsync.toml"
-            cfg.write_text('sync_interval = "1s"\nidle_release_after = "1h"\n'
+            limit = f'idle_release_max_size = "{self.max_size}"\n' if self.max_size else ""
+            cfg.write_text('sync_interval = "1s"\nidle_release_after = "1h"\n' + limit +
                            f'[storage]\ndir = "{work / "backup"}"\n'
                            f'[[databases]]\npath = "{db}"\nprefix = "app"\n')
             cmd = [self.exe, "watch", "--config", str(cfg)]
@@ -157,23 +160,29 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10, help="rounds per delay")
     ap.add_argument("--litestream-runs", type=int, default=3)
     ap.add_argument("--delays", default=",".join(map(str, DELAYS_MS)))
+    ap.add_argument("--max-size", metavar="SIZE",
+                    help="walsync's idle_release_max_size (e.g. 16KiB: the database is larger)")
+    ap.add_argument("--after", default="close,commit",
+                    help="after what the delay runs: close, commit or both")
     args = ap.parse_args()
     tools = []
     for b in args.bin:
         label, _, path = b.partition("=")
-        tools.append((label, Tool("walsync", str(Path(path).resolve())), args.runs))
+        tools.append((label, Tool("walsync", str(Path(path).resolve()), args.max_size), args.runs))
     if args.litestream:
         tools.append(("litestream", Tool("litestream", args.litestream), args.litestream_runs))
     if not tools:
         ap.error("give at least one --bin or --litestream")
     delays = [int(d) for d in args.delays.split(",")]
     root = Path(tempfile.mkdtemp(prefix="walsync-rename-window-"))
+    if args.max_size:
+        print(f"walsync's idle_release_max_size: {args.max_size}")
     print(f"machine: {os.cpu_count()} cpus, load {' '.join(f'{x:.1f}' for x in os.getloadavg())}, "
           f"Linux {platform.release()}, Python {platform.python_version()}, "
           f"SQLite {sqlite3.sqlite_version}")
     try:
         for label, tool, runs in tools:
-            for after in ("close", "commit"):
+            for after in args.after.split(","):
                 print(f"\n{label}: rename DELAY ms after the application's {after}, "
                       f"{runs} rounds each: corrupt rounds")
                 for d in delays:

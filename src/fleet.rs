@@ -57,6 +57,59 @@ pub fn listing_roots(prefixes: &[String], more: &[String]) -> Vec<String> {
     kept
 }
 
+/// Databases whose keys one range of a split listing covers: about 1,500
+/// keys (a snapshot, a mark and a lease each, and a few segments), two
+/// pages.
+pub const DATABASES_PER_RANGE: usize = 500;
+
+/// One part of the listing of `root`: the keys under it after `after` (if
+/// any) up to and including `through` (if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListRange {
+    pub root: String,
+    pub after: Option<String>,
+    pub through: Option<String>,
+}
+
+/// The listings that cover `roots` (from [`listing_roots`]), each root cut
+/// into ranges of about `per_range` of the known databases (`prefixes`)
+/// under it when it holds at least two ranges' worth, so that they can be
+/// listed at once: a listing's pages come one after another (each needs
+/// the last one's continuation token), and a root with 10,000 databases
+/// is 30 of them. The ranges of a root meet at a database's prefix and
+/// together hold every key under it once, whatever keys there are (also
+/// of databases not in `prefixes`). In order: their listings, one after
+/// the other, are one sorted listing.
+pub fn listing_ranges(roots: &[String], prefixes: &[String], per_range: usize) -> Vec<ListRange> {
+    let mut sorted: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let per_range = per_range.max(1);
+    let mut ranges = Vec::new();
+    for root in roots {
+        let start = sorted.partition_point(|p| *p < root.as_str());
+        let under = &sorted[start..];
+        let under = &under[..under.partition_point(|p| p.starts_with(root.as_str()))];
+        let mut after: Option<String> = None;
+        if under.len() >= 2 * per_range {
+            for bound in under.iter().step_by(per_range).skip(1) {
+                let through = Some(bound.to_string());
+                ranges.push(ListRange {
+                    root: root.clone(),
+                    after: after.replace(bound.to_string()),
+                    through,
+                });
+            }
+        }
+        ranges.push(ListRange {
+            root: root.clone(),
+            after,
+            through: None,
+        });
+    }
+    ranges
+}
+
 /// The objects of `listing` (sorted by key, covering `<prefix>/`) that a
 /// listing of `<prefix>/` holds.
 pub fn slice<'a>(listing: &'a [ObjectMeta], prefix: &str) -> &'a [ObjectMeta] {
@@ -179,7 +232,62 @@ mod tests {
             for p in &prefixes {
                 assert!(listed.contains(&&keys::snapshot_key(p, 1, 1, 1)));
             }
+            // Cut into ranges of a few of the databases (some of them not
+            // under any root, one with a name that is another's plus more):
+            // the same keys in the same order.
+            let mut known = prefixes.clone();
+            known.extend(["p0-x".to_string(), "p3/p0/".to_string(), "zz".to_string()]);
+            let per_range = 1 + next(3) as usize;
+            let ranges = listing_ranges(&roots, &known, per_range);
+            let by_range: Vec<&String> = ranges
+                .iter()
+                .flat_map(|r| {
+                    bucket.iter().filter(move |k| {
+                        k.starts_with(r.root.as_str())
+                            && crate::storage::in_range(k, r.after.as_deref(), r.through.as_deref())
+                    })
+                })
+                .collect();
+            assert_eq!(by_range, listed, "{ranges:?}");
+            for root in &roots {
+                let under = known
+                    .iter()
+                    .filter(|p| p.starts_with(root.as_str()))
+                    .count();
+                let cut = ranges.iter().filter(|r| &r.root == root).count();
+                assert!(cut == 1 || under >= 2 * per_range, "{root}: {ranges:?}");
+            }
         }
+    }
+
+    #[test]
+    fn a_root_with_many_databases_is_listed_in_ranges_that_meet_at_one() {
+        let tenants: Vec<String> = (0..1000).map(|i| format!("tenants/t{i:04}")).collect();
+        let roots = vec!["solo/".to_string(), "tenants/".to_string()];
+        let range = |after: Option<&str>, through: Option<&str>| ListRange {
+            root: "tenants/".into(),
+            after: after.map(str::to_string),
+            through: through.map(str::to_string),
+        };
+        let solo = ListRange {
+            root: "solo/".into(),
+            after: None,
+            through: None,
+        };
+        assert_eq!(
+            listing_ranges(&roots, &tenants, 400),
+            vec![
+                solo.clone(),
+                range(None, Some("tenants/t0400")),
+                range(Some("tenants/t0400"), Some("tenants/t0800")),
+                range(Some("tenants/t0800"), None),
+            ]
+        );
+        // Fewer than two ranges' worth: listed whole.
+        assert_eq!(
+            listing_ranges(&roots, &tenants, 501),
+            vec![solo, range(None, None)]
+        );
     }
 
     #[test]

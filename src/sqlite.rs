@@ -160,6 +160,21 @@ fn dms_locked_by_others(shm: &std::fs::File) -> std::io::Result<bool> {
     Ok(lock.l_type != libc::F_UNLCK as _)
 }
 
+/// Whether a process other than this one has the database whose `-shm`
+/// file is at `shm` open (see `DbHandle::others_attached`); `None` when
+/// that cannot be asked. Only for a database this process has no
+/// connection to: closing the descriptor opened here would drop this
+/// process's locks on the file.
+pub fn others_attached_to(shm: &Path) -> Option<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(shm)
+        .ok()?;
+    dms_locked_by_others(&f).ok()
+}
+
 /// SQLite's SHARED byte range in a database file (unix VFS: `SHARED_FIRST`
 /// = `PENDING_BYTE` + 2, `SHARED_SIZE` = 510). Every connection read-locks
 /// it while it has the database open; an EXCLUSIVE lock write-locks it.

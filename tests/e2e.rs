@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::app::{app_checkpoint, insert, integrity, rows};
+use common::app::{app_checkpoint, insert, insert_value, integrity, rows};
 use common::process::{sigterm, Running};
 use common::s3server::S3Server;
 use rusqlite::Connection;
@@ -3400,6 +3400,185 @@ fn a_database_renamed_over_one_sync_interval_after_the_application_closed_it_is_
     assert!(!log.contains("ERROR"), "{log}");
 }
 
+/// The same with a database larger than `idle_release_max_size`: walsync
+/// lets go of it at the application's last close too, without reading the
+/// whole file (the file's identity proves it as left), so that a larger or
+/// a smaller file renamed over it one `sync_interval` after the last commit
+/// is what the application reads; the new file is a new generation; and the
+/// let-go's mark, which it does not leave, is left at stop, so that a
+/// restart costs no snapshot.
+#[test]
+fn a_database_larger_than_idle_release_max_size_renamed_over_after_the_application_closed_it_is_not_corrupted(
+) {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    let interval = Duration::from_secs(1);
+    setup.edit_config(|t| {
+        format!(
+            "idle_release_after = \"1h\"\nidle_release_max_size = \"1MiB\"\n{}",
+            t.replace("sync_interval = \"100ms\"", "sync_interval = \"1s\"")
+        )
+    });
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let big = |id: i64| format!("row {id} {}", "y".repeat(3_000));
+    let mut c = open_app(&db);
+    for id in 1..=800 {
+        insert_value(&c, id, &big(id));
+    }
+    assert!(std::fs::metadata(&db).unwrap().len() > 2 << 20);
+    let mut child = setup.watch("watch.log");
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    let mut next = 10_000;
+    for (round, larger) in [true, false].into_iter().enumerate() {
+        showing_log_on_failure(&setup, "watch.log", || {
+            wait_for(|| holds(&child, &db), "walsync to hold the database")
+        });
+        for _ in 0..30 {
+            insert_value(&c, next, &big(next));
+            next += 1;
+        }
+        c.execute("DELETE FROM t WHERE id % 3 = 0", []).unwrap();
+        let last_commit = Instant::now();
+        let new = setup.dir.join("x.db");
+        c.execute("VACUUM INTO ?1", [new.to_str().unwrap()])
+            .unwrap();
+        let old_len = std::fs::metadata(&db).unwrap().len();
+        drop(c);
+        if larger {
+            let x = Connection::open(&new).unwrap();
+            for id in 100_000..100_600 {
+                insert_value(&x, id, &big(id));
+            }
+        }
+        let new_len = std::fs::metadata(&new).unwrap().len();
+        assert_eq!(
+            new_len > old_len,
+            larger,
+            "round {round}: {new_len} vs {old_len}"
+        );
+        assert!(new_len > 1 << 20, "round {round}: still over 1 MiB");
+        let expected = rows(&new);
+        sleep_until(last_commit + interval);
+        std::fs::rename(&new, &db).unwrap();
+        c = showing_log_on_failure(&setup, "watch.log", || {
+            let c = open_app(&db);
+            assert_eq!(integrity(&db), "ok", "round {round}");
+            assert_eq!(rows(&db), expected, "round {round}");
+            c
+        });
+        insert_value(&c, next, &big(next));
+        next += 1;
+        showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+        assert_eq!(integrity(&db), "ok", "round {round}");
+    }
+    drop(c);
+    showing_log_on_failure(&setup, "watch.log", || wait_let_go(&child, &db));
+    let restored = setup.dir.join("r.db");
+    assert_eq!(setup.restore_verified(prefix, &restored), rows(&db));
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&db).unwrap());
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert_eq!(generation_count(&storage, prefix), 3, "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+
+    // The stop took the released database up to leave its mark: the next
+    // start continues the generation without a snapshot.
+    let snapshots = snapshot_count(&storage, prefix);
+    let mut child = setup.watch("watch2.log");
+    let c = open_app(&db);
+    insert_value(&c, next, &big(next));
+    showing_log_on_failure(&setup, "watch2.log", || wait_shipped(&storage, prefix, &db));
+    drop(c);
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch2.log")).unwrap();
+    assert_eq!(snapshot_count(&storage, prefix), snapshots, "{log}");
+    assert_eq!(generation_count(&storage, prefix), 3, "{log}");
+    assert_eq!(
+        setup.restore_verified(prefix, &setup.dir.join("r2.db")),
+        rows(&db)
+    );
+}
+
+/// A file renamed over a database walsync holds (the application kept a
+/// connection to the old file), then opened and written by another process
+/// of the application, which then shares the old file's wal-index: walsync
+/// says so in one ERROR, closes its connections to the old file, ships and
+/// checkpoints nothing through the old wal-index ("checkpoint: malformed"
+/// retried forever, and snapshots that did not restore, before), and backs
+/// the new file up as a new generation once the application has closed it.
+#[test]
+fn a_file_renamed_over_a_database_walsync_holds_is_named_once_and_backed_up_once_closed() {
+    let setup = Setup::new(&[("app.db", "tenants/acme")]);
+    setup.edit_config(|t| format!("idle_release_after = \"1h\"\n{t}"));
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let c = open_app(&db);
+    for id in 1..=600 {
+        insert(&c, id);
+    }
+    let mut child = setup.watch("watch.log");
+    c.execute("DELETE FROM t WHERE id % 3 = 0", []).unwrap();
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    let new = setup.dir.join("x.db");
+    c.execute("VACUUM INTO ?1", [new.to_str().unwrap()])
+        .unwrap();
+    // Renamed over the database while the application (and walsync) hold it.
+    std::fs::rename(&new, &db).unwrap();
+    let mut other = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3, sys\nc = sqlite3.connect({db:?}, timeout=5, isolation_level=None)\n\
+             c.execute(\"INSERT INTO t(id, v) VALUES (9999, 'after the rename')\")\n\
+             print('committed', flush=True)\nsys.stdin.read()\nc.close()\n"
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(other.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "committed");
+    }
+    let log = || std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    showing_log_on_failure(&setup, "watch.log", || {
+        wait_for(
+            || log().contains("while walsync held it open"),
+            "walsync to notice the replacement",
+        )
+    });
+    // Many sync intervals: nothing goes through the old wal-index.
+    thread::sleep(Duration::from_secs(3));
+    let seen = log();
+    assert_eq!(seen.matches("ERROR").count(), 1, "{seen}");
+    // SQLITE_CORRUPT ("database disk image is malformed") from walsync's
+    // own checkpoints or reads.
+    assert_eq!(seen.matches("malformed").count(), 1, "{seen}");
+    assert_eq!(generation_count(&storage, prefix), 1, "{seen}");
+    // The application closes everything, and opens the new file again.
+    drop(other.stdin.take());
+    assert!(other.wait().unwrap().success());
+    drop(c);
+    let c = open_app(&db);
+    assert_eq!(integrity(&db), "ok");
+    insert(&c, 10_000);
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    drop(c);
+    assert!(sigterm(&mut child).success());
+    let seen = log();
+    assert_eq!(seen.matches("ERROR").count(), 1, "{seen}");
+    assert_eq!(generation_count(&storage, prefix), 2, "{seen}");
+    assert_eq!(
+        setup.restore_verified(prefix, &setup.dir.join("r.db")),
+        rows(&db)
+    );
+}
+
 /// The same during a storage outage: walsync cannot ship the last commits,
 /// lets go at the application's last close all the same (without trying to
 /// ship once a sync has failed), says so, and starts a new generation of the
@@ -3811,15 +3990,22 @@ fn an_application_that_opens_writes_and_closes_per_transaction_keeps_one_generat
     assert!(!log.contains("ERROR"), "{log}");
 }
 
-/// README "Replacing a database": a database larger than
-/// `idle_release_max_size` is not let go at the application's last close
-/// (each let-go reads the whole file for its fingerprint); walsync keeps
-/// holding it, and every commit is still shipped. The same steps with the
-/// database under the limit let go (the test above).
+/// The per-transaction application with a database larger than
+/// `idle_release_max_size`: walsync lets go of it at each close too (so that
+/// it can be replaced, README "Replacing a database"), without reading the
+/// whole file or leaving a mark (its identity proves the file as left at
+/// the next wake), and keeps one generation with every commit; the stop
+/// leaves the mark.
 #[test]
-fn a_database_over_idle_release_max_size_is_kept_at_the_last_close() {
+fn an_application_that_opens_writes_and_closes_a_large_database_per_transaction_keeps_one_generation(
+) {
     let setup = Setup::new(&[("app.db", "tenants/acme")]);
-    setup.edit_config(|t| format!("idle_release_max_size = \"16KiB\"\n{t}"));
+    setup.edit_config(|t| {
+        format!(
+            "idle_release_max_size = \"16KiB\"\n{}",
+            t.replace("sync_interval = \"100ms\"", "sync_interval = \"1s\"")
+        )
+    });
     let prefix = "tenants/acme";
     let db = setup.dir.join("app.db");
     let storage = setup.storage();
@@ -3827,24 +4013,42 @@ fn a_database_over_idle_release_max_size_is_kept_at_the_last_close() {
     for id in 1..=200 {
         insert(&c, id);
     }
+    drop(c);
     assert!(std::fs::metadata(&db).unwrap().len() > 16 * 1024);
-    let mut child = setup.watch("watch.log");
+    let mut child = setup.watch_logging("watch.log", Some("walsync=debug"));
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    // 60 sessions, 20 to 100 ms apart, each in a process of its own.
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3, time\nfor i in range(60):\n    c = sqlite3.connect({db:?}, timeout=5)\n    c.execute('INSERT INTO t(id, v) VALUES (?, ?)', (1000 + i, 'v' * (i % 50)))\n    c.commit()\n    c.close()\n    time.sleep(0.02 * (1 + i % 5))\n"
+        ))
+        .output()
+        .expect("python3 runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     showing_log_on_failure(&setup, "watch.log", || {
         wait_shipped(&storage, prefix, &db);
-        wait_for(|| holds(&child, &db), "walsync to hold the database");
+        wait_let_go(&child, &db);
     });
-    insert(&c, 201);
-    drop(c);
-    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
-    // Several syncs and close probes later, walsync still holds it.
-    thread::sleep(Duration::from_millis(1_500));
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
     assert!(
-        holds(&child, &db),
-        "walsync let go of a database over the limit"
+        log.matches("closed by the application, connections released")
+            .count()
+            > 1,
+        "{log}"
     );
+    let marks = || object_count(&storage, prefix, |k| matches!(k, ObjectKind::Mark { .. }));
+    assert_eq!(marks(), 0, "a let-go over the limit reads no fingerprint");
     let restored = setup.dir.join("r.db");
     assert_eq!(setup.restore_verified(prefix, &restored), rows(&db));
+    assert_eq!(rows(&db).len(), 260);
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&db).unwrap());
     assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert_eq!(generation_count(&storage, prefix), 1, "{log}");
+    assert_eq!(marks(), 1, "the stop leaves the mark: {log}");
+    assert!(!log.contains("cannot follow"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
 }
 
 /// A setup for the write patterns of issue 10 item 2: `sync_interval` 1 s,

@@ -109,6 +109,29 @@ fn listings_span_pages_on_every_server() {
             kind.name()
         );
         assert!(listed.iter().all(|o| o.size == 11), "{}", kind.name());
+        // In ranges (as fleet commands list a large parent): from after a
+        // key, through a key, both, and bounds that are no key; one range
+        // spans the page boundary.
+        for (after, through) in [
+            (Some("many/000499"), None),
+            (None, Some("many/000010")),
+            (Some("many/000004"), Some("many/001001")),
+            (Some("many/0004995"), Some("many/000999x")),
+            (Some("many/001002"), None),
+        ] {
+            let part: Vec<String> = storage
+                .list_range("many/", after, through)
+                .unwrap_or_else(|e| panic!("{}: list_range many/: {e}", kind.name()))
+                .into_iter()
+                .map(|o| o.key)
+                .collect();
+            let expected: Vec<String> = keys
+                .iter()
+                .filter(|k| walsync::storage::in_range(k, after, through))
+                .cloned()
+                .collect();
+            assert_eq!(part, expected, "{}: {after:?}..={through:?}", kind.name());
+        }
 
         // Two DeleteObjects batches (1,000 keys and 3), with a key that
         // needs escaping in the body and one that does not exist.

@@ -55,7 +55,7 @@ pub fn run(args: ListArgs) -> Result<(), CliError> {
             }
             let prefixes: Vec<String> = databases.iter().map(|d| d.0.clone()).collect();
             let roots = crate::fleet::listing_roots(&prefixes, &[]);
-            (databases, list_roots(&*storage, roots, &pool)?)
+            (databases, list_roots(&*storage, roots, &prefixes, &pool)?)
         }
         None => {
             let found = discover(&*storage, parent.unwrap_or_default(), &pool)?;
@@ -296,7 +296,7 @@ fn print_human(prefix: &str, path: Option<&Path>, s: &Summary) {
             human_bytes(l.wal_bytes)
         ),
         Some(None) => {
-            outln!("  local file: lag unknown (its WAL was restarted after the newest backup)")
+            outln!("  local file: lag unknown (its WAL cannot be placed against the newest backup)")
         }
         None => {}
     }

@@ -162,7 +162,7 @@ pub fn select(
             let fixed: Vec<String> = templates.iter().map(|t| t.1.to_string()).collect();
             let configured: Vec<String> = set.iter().cloned().collect();
             let roots = crate::fleet::listing_roots(&configured, &fixed);
-            let listing = list_roots(storage, roots, pool)?;
+            let listing = list_roots(storage, roots, &configured, pool)?;
             if !templates.is_empty() {
                 set.extend(keys::discover_prefixes(&listing).into_iter().filter(|p| {
                     under(p, parent)
@@ -206,28 +206,34 @@ pub fn discover(
     } else {
         keys::database_root(parent)
     };
-    let listing = list_roots(storage, vec![root], pool)?;
+    let listing = list_roots(storage, vec![root], &[], pool)?;
     Ok(Fleet {
         prefixes: keys::discover_prefixes(&listing),
         listing,
     })
 }
 
-/// Lists every root (in parallel on `pool`) into one listing. A failed
-/// listing ends the command: it names the root, and a problem with the
-/// storage as a whole is one line, not one per database.
+/// Lists every root into one listing, in parallel on `pool`, a root with
+/// many of the `known` databases under it in ranges of them
+/// (`fleet::listing_ranges`). A failed listing ends the command: it names
+/// the root, and a problem with the storage as a whole is one line, not one
+/// per database.
 pub fn list_roots(
     storage: &dyn Storage,
     roots: Vec<String>,
+    known: &[String],
     pool: &rayon::ThreadPool,
 ) -> Result<Vec<ObjectMeta>, CliError> {
-    // Sorted roots, none inside another (`fleet::listing_roots`): their
-    // listings, in that order, make one sorted listing.
+    let ranges = crate::fleet::listing_ranges(&roots, known, crate::fleet::DATABASES_PER_RANGE);
+    // Sorted roots, none inside another (`fleet::listing_roots`), and each
+    // one's ranges in order: their listings, in that order, make one
+    // sorted listing.
     let mut all = Vec::new();
-    for (root, listing) in roots
-        .iter()
-        .zip(par_map(pool, roots.len(), |i| storage.list(&roots[i])))
-    {
+    for (range, listing) in ranges.iter().zip(par_map(pool, ranges.len(), |i| {
+        let r = &ranges[i];
+        storage.list_range(&r.root, r.after.as_deref(), r.through.as_deref())
+    })) {
+        let root = &range.root;
         all.extend(listing.map_err(|e| CliError::runtime(format!("cannot list {root:?}: {e}")))?);
     }
     Ok(all)

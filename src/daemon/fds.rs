@@ -25,9 +25,13 @@ pub(crate) const FDS_RESERVED: u64 = 32;
 pub(crate) const FDS_PER_ACTIVE_DATABASE: u64 = 6;
 /// Descriptors a job may open besides its database's: a connection to the
 /// storage, a spool file for a large transaction. Kept free for every job
-/// that may run: a database opened with the last of them could not upload
+/// that runs or is started (`Schedule` takes them from the budget as it
+/// starts each): a database opened with the last of them could not upload
 /// its snapshot, nor be let go before it had, and held its own for good.
-const FDS_PER_JOB: u64 = 2;
+/// Reserved for every job the workers could run instead, whether or not
+/// the limit let that many run, it left nothing to open a database with
+/// under a low limit and many workers, and replication stalled.
+pub(crate) const FDS_PER_JOB: u64 = 2;
 /// How old a count of open descriptors may be when deciding to open one more.
 const FD_COUNT_MAX_AGE: Duration = Duration::from_millis(100);
 /// How long a database waits to be opened while descriptors are short.
@@ -48,6 +52,19 @@ pub(crate) fn fds_wanted(databases: u64) -> u64 {
     databases * FDS_PER_ACTIVE_DATABASE + FDS_RESERVED
 }
 
+/// The jobs that may run at once under `limit` with `databases`, of at most
+/// `max_jobs`: each released database holds one descriptor, each running
+/// job's database the rest of an active one's and the job its own; at least
+/// `MIN_JOBS`. Reserving for more jobs than that (many workers, few
+/// descriptors) left nothing to open a database with once the others were
+/// released, and replication stalled.
+fn jobs_at_once(limit: u64, databases: u64, max_jobs: usize) -> usize {
+    const MIN_JOBS: u64 = 4;
+    let per_job = FDS_PER_ACTIVE_DATABASE - 1 + FDS_PER_JOB;
+    let affordable = limit.saturating_sub(databases + FDS_RESERVED) / per_job;
+    (max_jobs as u64).min(affordable.max(MIN_JOBS)) as usize
+}
+
 /// How to raise the limit, for messages.
 fn raise_limit_hint(to: u64) -> String {
     format!(
@@ -62,11 +79,16 @@ pub(crate) trait Descriptors {
     /// Whether the open-file limit is below what `databases` active at once
     /// could need: only then are descriptors budgeted.
     fn limit_below_wanted(&self, databases: u64) -> bool;
-    /// Descriptors that databases opened now may take: `None` when the
+    /// Descriptors that jobs started now may take: `None` when the
     /// open-file limit has room for every database active at once (then
-    /// nothing needs counting), else what is free beyond what the jobs may
-    /// still open (`running` of at most `max_jobs`).
-    fn open_budget(&self, databases: u64, running: usize, max_jobs: usize) -> Option<u64>;
+    /// nothing needs counting), else what is free beyond what the `running`
+    /// jobs may still open.
+    fn open_budget(&self, databases: u64, running: usize) -> Option<u64>;
+    /// How many of `max_jobs` may run at once: all of them unless the limit
+    /// is below what `databases` active at once could need, then no more
+    /// than could run with their databases open while every other database
+    /// is released (`jobs_at_once`).
+    fn max_jobs(&self, databases: u64, max_jobs: usize) -> usize;
     /// A database is being opened: the count moves by an estimate.
     fn opened(&self);
     /// Names a shortage of descriptors (at most once a minute).
@@ -178,7 +200,16 @@ impl Descriptors for FdBudget {
             .is_some_and(|limit| limit < fds_wanted(databases))
     }
 
-    fn open_budget(&self, databases: u64, running: usize, max_jobs: usize) -> Option<u64> {
+    fn max_jobs(&self, databases: u64, max_jobs: usize) -> usize {
+        match self.limit {
+            Some(limit) if self.limit_below_wanted(databases) => {
+                jobs_at_once(limit, databases, max_jobs)
+            }
+            _ => max_jobs,
+        }
+    }
+
+    fn open_budget(&self, databases: u64, running: usize) -> Option<u64> {
         if !self.limit_below_wanted(databases) {
             return None;
         }
@@ -207,8 +238,10 @@ impl Descriptors for FdBudget {
                 n
             }
         };
-        let jobs = running as u64 * 2 + max_jobs as u64 * FDS_PER_JOB;
-        Some(limit.saturating_sub(used + jobs))
+        // What the running jobs may still open, and room for two more (a
+        // release needs one for a moment); each job started from here on
+        // takes its own `FDS_PER_JOB` from what is returned.
+        Some(limit.saturating_sub(used + (running as u64 + 2) * FDS_PER_JOB))
     }
 
     fn opened(&self) {
@@ -253,6 +286,33 @@ mod tests {
         assert_eq!(c(100, 2, 0).used(), 112);
         assert_eq!(c(100, 2, 3).used(), 103);
         assert_eq!(c(4, 0, 10).used(), 0);
+    }
+
+    #[test]
+    fn under_a_low_limit_no_more_jobs_run_than_it_can_hold() {
+        // (limit, databases, max_jobs) -> jobs at once
+        let rows = [
+            // Room for every worker's job.
+            ((20_000, 10_000, 32), 32),
+            ((20_000, 10_000, 4), 4),
+            // 64 databases under 100: nearly all released leave room for
+            // no job by the estimate; four run anyway (one at a time
+            // would leave most databases unreplicated for long).
+            ((100, 64, 32), 4),
+            ((100, 64, 2), 2),
+            // (200 - 64 - 32) / 7 = 14.
+            ((200, 64, 32), 14),
+            // A limit below one descriptor per database (refused at start)
+            // does not underflow.
+            ((48, 64, 32), 4),
+        ];
+        for ((limit, databases, max_jobs), want) in rows {
+            assert_eq!(
+                jobs_at_once(limit, databases, max_jobs),
+                want,
+                "limit {limit}, {databases} databases, {max_jobs} jobs"
+            );
+        }
     }
 
     #[test]

@@ -437,6 +437,7 @@ impl Dispatcher {
             Ok(report) => Outcome::Synced(report),
             Err(e) if e.is_replaced_database() => Outcome::Replaced(e.to_string()),
             Err(e) if e.is_missing_database() => Outcome::Missing,
+            Err(e) if e.is_waiting_for_application() => Outcome::Waiting,
             Err(e) if e.lease_retry_after().is_some() => Outcome::Refused {
                 retry_after: e.lease_retry_after().unwrap_or_default(),
                 error: e.to_string(),
@@ -480,6 +481,7 @@ impl Dispatcher {
         }
         let connection = connection_of(&replica);
         let pending = replica.has_pending();
+        let unmarked = replica.released_without_mark();
         if self.schedule.get(id).is_some() {
             self.replicas.insert(id, replica);
         }
@@ -487,6 +489,7 @@ impl Dispatcher {
         self.schedule
             .on_released(id, result, connection, now, &stat_of);
         self.schedule.spooled(id, pending, now);
+        self.schedule.set_unmarked(id, unmarked);
     }
 
     /// Handles one message of the main loop.

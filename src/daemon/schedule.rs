@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::catalog::WatchedDatabase;
-use super::fds::{Descriptors, FDS_PER_ACTIVE_DATABASE, FD_WAIT, PRESSED_IDLE_DIVISOR};
+use super::fds::{
+    Descriptors, FDS_PER_ACTIVE_DATABASE, FDS_PER_JOB, FD_WAIT, PRESSED_IDLE_DIVISOR,
+};
 use super::outage::{Notice, OutageWatch};
 use crate::replica::SyncReport;
 use crate::sqlite::FileStat;
@@ -118,6 +120,11 @@ pub(crate) struct Database {
     /// outage (`Replica::has_pending`): released, it still wants syncs
     /// (which upload them without waking it), and a stop gives it one.
     spooled: bool,
+    /// Let go of without a mark in the bucket (larger than
+    /// `idle_release_max_size`, at the application's last close): its stop
+    /// takes it up again to leave one, so that the next start needs no
+    /// snapshot (`Replica::released_without_mark`).
+    unmarked: bool,
     membership: Membership,
     /// The due time and release time under which `Schedule::due` and
     /// `Schedule::releases` list it now (see `Schedule::reindex`).
@@ -138,6 +145,7 @@ impl Database {
             closed_by_app: false,
             app_seen: false,
             spooled: false,
+            unmarked: false,
             membership: Membership::Replicating,
             indexed: (None, None),
         }
@@ -245,6 +253,10 @@ pub(crate) enum Outcome {
     Replaced(String),
     /// The database file is not there (yet).
     Missing,
+    /// A file renamed over the database while walsync held it is still
+    /// open with the old file's wal-index (`Replica` said so, once): looked
+    /// at again on its next change, as a missing one.
+    Waiting,
     /// No descriptor was free: wait for some, no backoff.
     OutOfDescriptors(String),
     /// The storage could not be reached (or answered with a server error
@@ -634,17 +646,19 @@ impl Schedule {
         // descriptors instead.
         let room = (self.max_jobs - self.running) * 8;
         let may_open = !self.opens_wait(now);
+        let max_jobs = fds.max_jobs(databases, self.max_jobs);
         for id in due_syncs(&self.dbs, &self.due, now, room, may_open) {
-            if self.running >= self.max_jobs {
+            if self.running >= max_jobs {
                 return actions;
             }
             let opens = self.dbs[&id].job != Job::Idle(Connection::Open);
-            if opens {
-                let (running, max_jobs) = (self.running, self.max_jobs);
-                let budget = open_budget
-                    .get_or_insert_with(|| fds.open_budget(databases, running, max_jobs));
-                if let Some(left) = budget {
-                    if *left < FDS_PER_ACTIVE_DATABASE {
+            let running = self.running;
+            let budget = open_budget.get_or_insert_with(|| fds.open_budget(databases, running));
+            if let Some(left) = budget {
+                // Each job takes what it may open from the budget; one that
+                // opens its database also what an active one holds.
+                if opens {
+                    if *left < FDS_PER_ACTIVE_DATABASE + FDS_PER_JOB {
                         // Opening it now could take the descriptors that
                         // open databases need to sync or be released (and
                         // so give theirs back): it and the others that
@@ -656,6 +670,7 @@ impl Schedule {
                     *left -= FDS_PER_ACTIVE_DATABASE;
                     fds.opened();
                 }
+                *left = left.saturating_sub(FDS_PER_JOB);
             }
             let db = self.dbs.get_mut(&id).expect("invariant: listed above");
             // The sync interval runs from a sync's start: what is written
@@ -720,8 +735,8 @@ impl Schedule {
             self.opens_wait(now)
                 || waiting
                     && fds
-                        .open_budget(databases, self.running, self.max_jobs)
-                        .is_some_and(|left| left < FDS_PER_ACTIVE_DATABASE)
+                        .open_budget(databases, self.running)
+                        .is_some_and(|left| left < FDS_PER_ACTIVE_DATABASE + FDS_PER_JOB)
         };
         if !sooner.is_empty() && short() {
             due.append(&mut sooner);
@@ -820,6 +835,7 @@ impl Schedule {
                 retrying = true;
                 s.mark_dirty(now, wall_ms);
             }
+            Outcome::Waiting => log::debug!("{}: waiting for the application", s.name()),
             Outcome::Missing => {
                 if !s.health.waiting_logged && !last_sync {
                     log::info!("{}: waiting for the database to be created", s.name());
@@ -1001,9 +1017,17 @@ impl Schedule {
         }
     }
 
+    /// Whether database `id`, just let go of, left no mark in the bucket
+    /// (`Database::unmarked`).
+    pub(crate) fn set_unmarked(&mut self, id: u64, unmarked: bool) {
+        if let Some(db) = self.dbs.get_mut(&id) {
+            db.unmarked = unmarked;
+        }
+    }
+
     /// SIGINT/SIGTERM: every database gets one last sync (nothing else
     /// starts), except released ones whose files did not change since and
-    /// that keep nothing for the storage.
+    /// that keep nothing for the storage, and whose let-go left a mark.
     pub(crate) fn begin_stop(&mut self, now: Instant, stat_of: &dyn Fn(&Path) -> FileStat) {
         self.stopping = Some(now);
         for db in self.dbs.values_mut() {
@@ -1011,8 +1035,10 @@ impl Schedule {
             db.last_sync = None;
             db.release_at = None;
             // A released database whose files did not change since has
-            // nothing to ship: waking it only to stop would cost a fingerprint.
-            if !db.is_dirty() && !db.spooled && db.released_unchanged(stat_of) {
+            // nothing to ship: waking it only to stop would cost a
+            // fingerprint, unless its let-go left no mark (then that is
+            // what the stop is for).
+            if !db.is_dirty() && !db.unmarked && !db.spooled && db.released_unchanged(stat_of) {
                 db.membership = Membership::Finished;
             } else {
                 db.mark_dirty(now, self.wall_ms);
@@ -1187,7 +1213,10 @@ mod tests {
         fn limit_below_wanted(&self, _databases: u64) -> bool {
             self.left.is_some()
         }
-        fn open_budget(&self, _databases: u64, _running: usize, _max_jobs: usize) -> Option<u64> {
+        fn max_jobs(&self, _databases: u64, max_jobs: usize) -> usize {
+            max_jobs
+        }
+        fn open_budget(&self, _databases: u64, _running: usize) -> Option<u64> {
             self.left
         }
         fn opened(&self) {
@@ -1595,17 +1624,34 @@ mod tests {
         assert_eq!(syncs(&s.launch(ms(t0, 1000), &mut fds)), vec![(1, false)]);
     }
 
+    /// What a job that opens its database takes from the budget.
+    const OPENS_ONE: u64 = FDS_PER_ACTIVE_DATABASE + FDS_PER_JOB;
+
+    #[test]
+    fn every_job_started_in_one_pass_takes_its_descriptors_from_the_budget() {
+        // Room for two opening jobs and a bit: the third waits, though
+        // workers are free (each opening job's connection to the storage
+        // counts, not only its database's files).
+        let (mut s, t0) = schedule(3, 8, None);
+        let mut fds = FakeFds {
+            left: Some(2 * OPENS_ONE + FDS_PER_JOB),
+            ..FakeFds::default()
+        };
+        assert_eq!(syncs(&s.launch(t0, &mut fds)), vec![(0, false), (1, false)]);
+        assert_eq!((fds.opened.get(), fds.reports), (2, 1));
+    }
+
     #[test]
     fn databases_that_need_opening_wait_while_descriptors_are_short() {
         let (mut s, t0) = schedule(2, 4, None);
         let mut fds = FakeFds {
-            left: Some(FDS_PER_ACTIVE_DATABASE),
+            left: Some(OPENS_ONE),
             ..FakeFds::default()
         };
         // Room to open one of them: the other waits, and the shortage is named.
         assert_eq!(syncs(&s.launch(t0, &mut fds)), vec![(0, false)]);
         assert_eq!((fds.opened.get(), fds.reports), (1, 1));
-        fds.left = Some(FDS_PER_ACTIVE_DATABASE - 1);
+        fds.left = Some(OPENS_ONE - 1);
         assert!(s.launch(ms(t0, 100), &mut fds).is_empty(), "waits a little");
         assert_eq!(s.next_wake(ms(t0, 100), ms(t0, 60_000)), t0 + FD_WAIT);
         // Still short after the wait: waits again, keeping its place.
@@ -1616,7 +1662,7 @@ mod tests {
         fds.left = Some(0);
         assert_eq!(syncs(&s.launch(ms(t0, 1300), &mut fds)), vec![(0, false)]);
         // A job that ends gives descriptors back: the waiting one opens.
-        fds.left = Some(FDS_PER_ACTIVE_DATABASE);
+        fds.left = Some(OPENS_ONE);
         s.on_done(0, synced(0, ms(t0, 1300)), &mut fds, ms(t0, 1310));
         assert_eq!(syncs(&s.launch(ms(t0, 1310), &mut fds)), vec![(1, false)]);
     }
@@ -1684,7 +1730,7 @@ mod tests {
             ms(t0, 12_010),
             &unchanged,
         );
-        fds.left = Some(FDS_PER_ACTIVE_DATABASE);
+        fds.left = Some(OPENS_ONE);
         assert_eq!(syncs(&s.launch(ms(t0, 12_010), &mut fds)), vec![(1, false)]);
     }
 
@@ -2139,6 +2185,32 @@ mod tests {
         s.on_done(3, synced(0, now), &mut fds, now);
         assert!(s.stop_complete());
         assert!(s.take_failed_at_stop().is_empty());
+    }
+
+    #[test]
+    fn a_database_let_go_of_without_a_mark_is_taken_up_at_stop_to_leave_one() {
+        let idle = Duration::from_secs(10);
+        let (mut s, t0) = schedule(2, 8, Some(idle));
+        let mut fds = FakeFds::default();
+        s.launch(t0, &mut fds);
+        s.on_done(0, synced(0, t0), &mut fds, t0);
+        s.on_done(1, synced(0, t0), &mut fds, t0);
+        assert_eq!(releases(&s.launch(ms(t0, 10_000), &mut fds)), vec![0, 1]);
+        // Both unchanged since; 1 is over `idle_release_max_size` (its
+        // let-go read no fingerprint and left no mark).
+        for id in [0, 1] {
+            let at = ms(t0, 10_002);
+            s.on_released(id, Ok(Some(STAT)), Connection::Released, at, &unchanged);
+            s.set_unmarked(id, id == 1);
+        }
+        s.begin_stop(ms(t0, 20_000), &unchanged);
+        assert_eq!(syncs(&s.launch(ms(t0, 20_000), &mut fds)), vec![(1, true)]);
+        let now = ms(t0, 20_010);
+        assert_eq!(
+            s.on_done(1, synced(0, now), &mut fds, now),
+            vec![Action::Close { id: 1 }]
+        );
+        assert!(s.stop_complete());
     }
 
     #[test]

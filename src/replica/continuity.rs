@@ -15,8 +15,10 @@
 //! - the WAL continues the shipped position (same salts, and the checksum
 //!   chain from the WAL's start reaches it exactly): ship from there;
 //! - the WAL was restarted since (new salts, or no header) and the database
-//!   file still has the fingerprint it had when it held exactly what was
-//!   shipped: every frame of the WAL is new, ship from its start.
+//!   file is still as it was when it held exactly what was shipped (`AsLeft`:
+//!   the same fingerprint of its content, or, within one process while
+//!   walsync held its lock, the same identity as the kernel keeps it,
+//!   `FileIdentity`): every frame of the WAL is new, ship from its start.
 //!
 //! A wake from an idle release has a third: walsync let go right after
 //! its own TRUNCATE checkpoint, so the history goes on at frame 1 of the
@@ -212,6 +214,8 @@ pub(super) trait LocalEvidence {
     fn wal_header(&mut self) -> Result<Option<WalHeader>, ReplicaError>;
     /// The database file's fingerprint (reads all of it).
     fn fingerprint(&mut self) -> Result<Fingerprint, ReplicaError>;
+    /// The database file's identity now (a `stat` and its first page).
+    fn identity(&mut self) -> Result<FileIdentity, ReplicaError>;
 }
 
 /// A WAL position a backup object records, with the database size (pages)
@@ -240,16 +244,91 @@ pub(super) fn wal_restarted_since(header: Option<WalHeader>, pos: Option<WalPos>
     }
 }
 
+/// A database file as the kernel keeps it: which file, its size, its
+/// modification and change times (ns), and a CRC32 of its first page.
+///
+/// Any write to the file moves its change time (ctime), which nobody can
+/// set back (`utimensat` sets mtime and moves ctime to now), to the
+/// kernel's coarse clock at the write, cut to the filesystem's timestamp
+/// granularity. Two writes within one granule can leave the same ctime, so
+/// an identity proves "nothing written since" only when it was taken once
+/// the coarse clock had gone a granule past the file's ctime
+/// (`until_settled`): every later write then gives a later ctime. It is the
+/// cheap proof that the file is as walsync left it (no read of the whole
+/// file), kept in memory only: across a restart of walsync (a reboot, a
+/// clock set back) the fingerprint of the content decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FileIdentity {
+    pub(super) file: FileId,
+    pub(super) len: u64,
+    pub(super) mtime_ns: i128,
+    pub(super) ctime_ns: i128,
+    /// CRC32 of the first page (the header: page count, change counter).
+    pub(super) head_crc: u32,
+}
+
+/// The widest timestamp granule assumed for a file whose ctime is
+/// `ctime_ns`: 2 s when it is a whole second (ext4 with 128-byte inodes
+/// and other filesystems with whole-second times have 1 s, FAT 2 s), else
+/// 10 ms (exFAT; ns, 100 ns and µs filesystems are finer).
+const WHOLE_SECOND_GRANULE_NS: i128 = 2_000_000_000;
+const FINE_GRANULE_NS: i128 = 10_000_000;
+
+/// How long (ns) the coarse clock, at `coarse_now_ns`, must still go on
+/// before an identity with ctime `ctime_ns` proves that any later write
+/// shows (0: it does now): until it is a granule past the ctime, so that a
+/// later write's time, cut to the filesystem's granularity, is after it.
+pub(super) fn until_settled(ctime_ns: i128, coarse_now_ns: i128) -> u64 {
+    let granule = if ctime_ns.rem_euclid(1_000_000_000) == 0 {
+        WHOLE_SECOND_GRANULE_NS
+    } else {
+        FINE_GRANULE_NS
+    };
+    let wait = (ctime_ns + granule - coarse_now_ns).max(0);
+    u64::try_from(wait).unwrap_or(u64::MAX)
+}
+
+/// What proves that the database file is still as walsync left it, when it
+/// held exactly what was shipped: its identity (taken settled, see
+/// `FileIdentity`), its content's fingerprint, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct AsLeft {
+    pub(super) identity: Option<FileIdentity>,
+    pub(super) fingerprint: Option<Fingerprint>,
+}
+
+impl AsLeft {
+    /// The fingerprint alone (an idle mark's).
+    pub(super) fn content(fingerprint: Fingerprint) -> AsLeft {
+        AsLeft {
+            identity: None,
+            fingerprint: Some(fingerprint),
+        }
+    }
+}
+
 /// The second proof: the WAL was restarted since `pos`, so all of it is
-/// new, and the database file still has the fingerprint `left` it had when
-/// it held exactly what was shipped. The fingerprint is read only after a
-/// restart.
+/// new, and the database file is still as `left` says it was when it held
+/// exactly what was shipped: the same identity (a `stat`), else the same
+/// fingerprint (a read of the whole file, when one was taken). Asked only
+/// after a restart; the fingerprint only when the identity did not prove it.
 pub(super) fn file_as_left(
     local: &mut impl LocalEvidence,
     pos: Option<WalPos>,
-    left: Fingerprint,
+    left: AsLeft,
 ) -> Result<bool, ReplicaError> {
-    Ok(wal_restarted_since(local.wal_header()?, pos) && local.fingerprint()? == left)
+    if !wal_restarted_since(local.wal_header()?, pos) {
+        return Ok(false);
+    }
+    if let Some(identity) = left.identity {
+        if local.identity()? == identity {
+            return Ok(true);
+        }
+    }
+    match left.fingerprint {
+        Some(f) => Ok(local.fingerprint()? == f),
+        None => Ok(false),
+    }
 }
 
 /// How a start goes on.
@@ -329,7 +408,9 @@ pub(super) fn resume(
     // what was shipped when walsync last let go of it (an idle mark).
     if let Some(m) = bucket.mark_of_newest() {
         if let Some(mark) = evidence.mark(m)? {
-            if mark.page_size == page_size && file_as_left(evidence, mark.pos, mark.fingerprint)? {
+            if mark.page_size == page_size
+                && file_as_left(evidence, mark.pos, AsLeft::content(mark.fingerprint))?
+            {
                 let proof = Continuity::FileAsLeft;
                 return Ok(Resume::Continue {
                     generation: newest.generation,
@@ -442,9 +523,49 @@ pub(super) fn first_wal_since(
     Ok(local.commits_in(header, index.frames)? == Some(u64::from(since)))
 }
 
+/// The `-shm` file and the WAL (its salts) that walsync's connections used
+/// when it found another file renamed over the database it held: until
+/// every connection that has them mapped closes, the application's
+/// connections to the new file share the old file's wal-index (README
+/// "Replacing a database").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StaleIndex {
+    pub(super) shm: Option<ShmId>,
+    pub(super) wal_salts: Option<(u32, u32)>,
+    /// The wal-index's commit count (`iChange`) then.
+    pub(super) commits: Option<u32>,
+}
+
+/// Whether the file renamed over the database may be taken up now without
+/// reading or checkpointing it through the old file's wal-index or WAL
+/// (`stale`): the old WAL's frames are gone (no WAL with its salts), and
+/// no connection shares the old wal-index any more: the `-shm` file is
+/// gone or another one (the application's last close deleted it), or no
+/// process has it open (the next opener rebuilds it), or it was rebuilt in
+/// place since (its commit count, which a rebuild sets to 0, went below
+/// what it was: as in `first_wal_since`). `shm_now`, `others_attached` and
+/// `commits_now` are of the `-shm` file at the path now.
+pub(super) fn stale_index_gone(
+    stale: StaleIndex,
+    shm_now: Option<ShmId>,
+    others_attached: Option<bool>,
+    commits_now: Option<u32>,
+    wal_salts_now: Option<(u32, u32)>,
+) -> bool {
+    let old_wal_gone = stale.wal_salts.is_none() || wal_salts_now != stale.wal_salts;
+    let rebuilt = matches!((stale.commits, commits_now), (Some(then), Some(now)) if now < then);
+    let index_gone = match (stale.shm, shm_now) {
+        (_, None) => true,
+        (Some(old), Some(now)) if old != now => true,
+        _ => others_attached == Some(false) || rebuilt,
+    };
+    old_wal_gone && index_gone
+}
+
 /// Does the database continue what was shipped when walsync released it
-/// (`left`, with the file's `fingerprint` then, and `next` if the WAL was
-/// empty then)? `None`: a new generation (`CHANGED_WHILE_RELEASED`).
+/// (`left`, with what proved the file as it was then, `as_left`, and `next`
+/// if the WAL was empty then)? `None`: a new generation
+/// (`CHANGED_WHILE_RELEASED`).
 ///
 /// A WAL the application made afresh after all its connections closed
 /// (checkpoint sequence 0, new salts) proves nothing by itself, even under
@@ -457,7 +578,7 @@ pub(super) fn first_wal_since(
 /// that every frame of the WAL is new (`file_as_left`).
 pub(super) fn wake(
     left: Cursor,
-    fingerprint: Fingerprint,
+    as_left: AsLeft,
     next: Option<NextWal>,
     local: &mut impl WakeEvidence,
 ) -> Result<Option<Cursor>, ReplicaError> {
@@ -478,7 +599,7 @@ pub(super) fn wake(
             }
         }
     }
-    if file_as_left(local, left.pos, fingerprint)? {
+    if file_as_left(local, left.pos, as_left)? {
         return Ok(Some(Continuity::FileAsLeft.cursor(left.pos, left.db_pages)));
     }
     Ok(None)
@@ -547,6 +668,17 @@ mod tests {
         }
     }
 
+    /// A file identity told apart by its ctime.
+    fn ident(ctime_ns: i128) -> FileIdentity {
+        FileIdentity {
+            file: FileId { dev: 1, ino: 2 },
+            len: 4096,
+            mtime_ns: 5,
+            ctime_ns,
+            head_crc: 6,
+        }
+    }
+
     fn print(n: u64) -> Fingerprint {
         Fingerprint {
             len: n,
@@ -566,6 +698,8 @@ mod tests {
         continues: Vec<WalPos>,
         header: Option<WalHeader>,
         fingerprint: u64,
+        /// The file's identity now (its ctime, see `ident`).
+        identity: i128,
         /// The wal-index now.
         index: Option<(ShmId, WalIndexHeader)>,
         /// The commits among the frames asked about (`None`: not all valid).
@@ -603,6 +737,10 @@ mod tests {
         fn fingerprint(&mut self) -> Result<Fingerprint, ReplicaError> {
             self.asked.push("fingerprint");
             Ok(print(self.fingerprint))
+        }
+        fn identity(&mut self) -> Result<FileIdentity, ReplicaError> {
+            self.asked.push("identity");
+            Ok(ident(self.identity))
         }
     }
 
@@ -1114,7 +1252,7 @@ mod tests {
                 fingerprint: fp,
                 ..Table::default()
             };
-            let got = wake(left(p), print(1), None, &mut local).unwrap();
+            let got = wake(left(p), AsLeft::content(print(1)), None, &mut local).unwrap();
             let what = format!("{p:?} continues {continues} header {h:?} fingerprint {fp}");
             assert_eq!(got.map(|c| c.base_is_db_file), want, "{what}");
             if let Some(c) = got {
@@ -1342,7 +1480,7 @@ mod tests {
                 fingerprint: row.fingerprint,
                 ..Table::default()
             };
-            let got = wake(left, print(1), Some(next), &mut local).unwrap();
+            let got = wake(left, AsLeft::content(print(1)), Some(next), &mut local).unwrap();
             let want = row.want.map(|at| match at {
                 Some(p) => Cursor {
                     pos: Some(p),
@@ -1401,6 +1539,9 @@ mod tests {
             unreachable!("not asked by first_wal_since")
         }
         fn fingerprint(&mut self) -> Result<Fingerprint, ReplicaError> {
+            unreachable!("not asked by first_wal_since")
+        }
+        fn identity(&mut self) -> Result<FileIdentity, ReplicaError> {
             unreachable!("not asked by first_wal_since")
         }
     }
@@ -1608,7 +1749,7 @@ mod tests {
                 base_is_db_file: true,
                 db_pages: Some(3),
             };
-            let got = wake(left, print(1), None, &mut local).unwrap();
+            let got = wake(left, AsLeft::content(print(1)), None, &mut local).unwrap();
             let what = format!("{p:?} header {h:?} fp {fp}");
             assert_eq!(got.map(|c| (c.pos, c.base_is_db_file)), want, "{what}");
             assert!(got.is_none_or(|c| c.db_pages == Some(3)), "{what}");
@@ -1679,5 +1820,198 @@ mod tests {
                 "{p:?} base {base} {h:?} len {len}"
             );
         }
+    }
+
+    #[test]
+    fn the_file_as_left_is_proven_by_its_identity_then_by_its_fingerprint() {
+        let left_at = pos(1, 500);
+        let left = Cursor {
+            pos: Some(left_at),
+            base_is_db_file: true,
+            db_pages: Some(3),
+        };
+        // (identity kept, fingerprint kept, identity now, fingerprint now)
+        //   -> the file as left, questions asked (the WAL was restarted).
+        type Row = (
+            (Option<i128>, Option<u64>, i128, u64),
+            bool,
+            &'static [&'static str],
+        );
+        let rows: [Row; 8] = [
+            // A database over `idle_release_max_size`: the identity alone,
+            // and no read of the whole file either way.
+            ((Some(10), None, 10, 1), true, &["wal_header", "identity"]),
+            ((Some(10), None, 11, 1), false, &["wal_header", "identity"]),
+            // Both: the identity spares the read; a changed identity (a
+            // chmod, a touch) leaves the content to decide.
+            (
+                (Some(10), Some(1), 10, 2),
+                true,
+                &["wal_header", "identity"],
+            ),
+            (
+                (Some(10), Some(1), 11, 1),
+                true,
+                &["wal_header", "identity", "fingerprint"],
+            ),
+            (
+                (Some(10), Some(1), 11, 2),
+                false,
+                &["wal_header", "identity", "fingerprint"],
+            ),
+            // No settled identity (a clock set back): the content alone.
+            ((None, Some(1), 10, 1), true, &["wal_header", "fingerprint"]),
+            (
+                (None, Some(1), 10, 2),
+                false,
+                &["wal_header", "fingerprint"],
+            ),
+            // Nothing kept proves nothing.
+            ((None, None, 10, 1), false, &["wal_header"]),
+        ];
+        for ((kept_id, kept_print, id_now, print_now), want, asked) in rows {
+            let as_left = AsLeft {
+                identity: kept_id.map(ident),
+                fingerprint: kept_print.map(print),
+            };
+            let mut local = Table {
+                header: Some(header(2)),
+                identity: id_now,
+                fingerprint: print_now,
+                ..Table::default()
+            };
+            let what = format!("{kept_id:?} {kept_print:?} now {id_now} {print_now}");
+            let got = wake(left, as_left, None, &mut local).unwrap();
+            assert_eq!(got.is_some(), want, "{what}");
+            let mut asked_all = vec!["wal_continues"];
+            asked_all.extend_from_slice(asked);
+            assert_eq!(local.asked, asked_all, "{what}");
+        }
+        // The WAL still the one walsync left (same salts, not continuing):
+        // no proof at all, not even a stat.
+        let mut local = Table {
+            header: Some(header(1)),
+            identity: 10,
+            ..Table::default()
+        };
+        let as_left = AsLeft {
+            identity: Some(ident(10)),
+            fingerprint: None,
+        };
+        assert_eq!(wake(left, as_left, None, &mut local).unwrap(), None);
+        assert_eq!(local.asked, ["wal_continues", "wal_header"]);
+    }
+
+    /// The kernel's side of `until_settled`, simulated: a write stamps the
+    /// file with the coarse clock (which moves in ticks) cut to the
+    /// filesystem's granularity. Once `until_settled` says 0, no later write
+    /// can leave the ctime as it was; and waiting as long as it says is
+    /// enough.
+    #[test]
+    fn a_settled_identity_shows_every_later_write() {
+        const MS: i128 = 1_000_000;
+        // ns, 100 ns (NTFS), µs, 1 ms, 10 ms (exFAT), 1 s (ext4 with
+        // 128-byte inodes), 2 s (FAT).
+        let granularities = [1, 100, 1_000, MS, 10 * MS, 1_000 * MS, 2_000 * MS];
+        let ticks = [MS, 4 * MS, 10 * MS];
+        let mut rng = crate::testing::Rng(0x7157_c0a5);
+        let (mut settled, mut waited) = (0, 0);
+        for _ in 0..crate::testing::fuzz_iters(20_000) {
+            let g = granularities[rng.below(granularities.len())];
+            let tick = ticks[rng.below(ticks.len())];
+            let coarse = |t: i128| t - t.rem_euclid(tick);
+            let stamp = |t: i128| {
+                let c = coarse(t);
+                c - c.rem_euclid(g)
+            };
+            // The last write, then walsync's look some time later.
+            let written = 1_700_000_000_000 * MS + i128::from(rng.next() % 10_000_000_000);
+            let ctime = stamp(written);
+            let look = written + (rng.below(3_000) as i128) * MS + rng.below(1_000_000) as i128;
+            let wait = until_settled(ctime, coarse(look));
+            if wait == 0 {
+                settled += 1;
+                // Any later write, however soon, shows.
+                for later in [look, look + 1, look + tick, look + g, look + 3_000 * MS] {
+                    assert_ne!(
+                        stamp(later),
+                        ctime,
+                        "g {g} tick {tick} ctime {ctime} look {look} write {later}"
+                    );
+                }
+            } else {
+                waited += 1;
+                // Waiting that long (and for the clock's next tick) settles it.
+                let after = look + i128::from(wait) + tick;
+                assert_eq!(until_settled(ctime, coarse(after)), 0, "g {g} tick {tick}");
+                assert!(
+                    wait <= 2_000 * MS as u64 + tick as u64,
+                    "waits at most 2 s: {wait}"
+                );
+            }
+        }
+        assert!(
+            settled > 1_000 && waited > 1_000,
+            "{settled} settled, {waited} waited"
+        );
+    }
+
+    #[test]
+    fn a_file_renamed_over_a_held_database_is_taken_up_once_the_old_index_and_wal_are_gone() {
+        let stale = StaleIndex {
+            shm: Some(shm(5, 50)),
+            wal_salts: Some((7, 9)),
+            commits: Some(600),
+        };
+        let same = Some(shm(5, 50));
+        // (-shm now, others attached, its commit count, WAL salts now)
+        //   -> may be taken up.
+        type Row = (
+            (Option<ShmId>, Option<bool>, Option<u32>, Option<(u32, u32)>),
+            bool,
+        );
+        let rows: [Row; 13] = [
+            // The application still has the old wal-index mapped (and
+            // commits through it).
+            ((same, Some(true), Some(600), Some((7, 9))), false),
+            ((same, Some(true), Some(605), None), false),
+            ((same, None, None, None), false),
+            // Its last close checkpointed and deleted the WAL and -shm.
+            ((None, None, None, None), true),
+            // ... and it opened the database again: new files.
+            ((Some(shm(6, 60)), Some(true), Some(1), Some((1, 2))), true),
+            ((Some(shm(5, 51)), Some(true), Some(1), None), true),
+            // ... or the same -shm file, rebuilt in place by its next open
+            // (every connection had closed, but a close could not delete it).
+            ((same, Some(true), Some(3), Some((1, 2))), true),
+            // Nobody has it open: the next opener rebuilds the index, but
+            // the old WAL's frames would be applied to the new file.
+            ((same, Some(false), Some(600), Some((7, 9))), false),
+            ((same, Some(false), Some(600), None), true),
+            ((same, Some(false), Some(600), Some((8, 3))), true),
+            // The old WAL is gone but the index is still shared.
+            ((same, Some(true), Some(610), Some((8, 3))), false),
+            // Rebuilt, but the old WAL is still there to be recovered.
+            ((same, Some(true), Some(0), Some((7, 9))), false),
+            ((same, Some(true), None, None), false),
+        ];
+        for ((shm_now, others, commits, wal_now), want) in rows {
+            assert_eq!(
+                stale_index_gone(stale, shm_now, others, commits, wal_now),
+                want,
+                "{shm_now:?} {others:?} {commits:?} {wal_now:?}"
+            );
+        }
+        // Which -shm walsync had is not known: only nobody attached, or no
+        // -shm at all, will do.
+        let unknown = StaleIndex {
+            shm: None,
+            wal_salts: None,
+            commits: None,
+        };
+        let other = Some(shm(6, 60));
+        assert!(!stale_index_gone(unknown, other, Some(true), Some(0), None));
+        assert!(stale_index_gone(unknown, other, Some(false), None, None));
+        assert!(stale_index_gone(unknown, None, None, None, None));
     }
 }

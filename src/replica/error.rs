@@ -33,6 +33,10 @@ pub enum ReplicaError {
     },
     /// The prefix is not this process's to write (`crate::lease`).
     Lease(LeaseError),
+    /// A file renamed over the database while walsync held it still shares
+    /// the old file's wal-index or WAL (`continuity::stale_index_gone`):
+    /// not taken up until the application has closed it.
+    StaleIndex(PathBuf),
 }
 
 impl fmt::Display for ReplicaError {
@@ -47,6 +51,12 @@ impl fmt::Display for ReplicaError {
                 write!(f, "{}: {what}; will retry", path.display())
             }
             ReplicaError::Lease(e) => e.fmt(f),
+            ReplicaError::StaleIndex(path) => write!(
+                f,
+                "{}: the file renamed over the database is still open with the old file's \
+                 wal-index; waiting for the application to close it",
+                path.display()
+            ),
         }
     }
 }
@@ -92,6 +102,13 @@ impl ReplicaError {
     /// The database file is not there (yet): wait for it, do not back off loudly.
     pub fn is_missing_database(&self) -> bool {
         matches!(self, ReplicaError::Sqlite(SqliteError::Missing(_)))
+    }
+
+    /// A file renamed over the database while walsync held it is still
+    /// open with the old file's wal-index: wait for the application to
+    /// close it (its next change), quietly (the replica said it once).
+    pub fn is_waiting_for_application(&self) -> bool {
+        matches!(self, ReplicaError::StaleIndex(_))
     }
 
     /// Another file took the database's path while walsync worked on it:

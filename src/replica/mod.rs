@@ -134,6 +134,10 @@ pub struct Replica {
     commits_since_snapshot: u64,
     /// Let go of while idle: what it takes to prove continuity on waking.
     released: Option<Released>,
+    /// Another file was renamed over the database while walsync held it:
+    /// what of the old one must be gone before the new one is taken up
+    /// (`replaced_while_held`).
+    stale: Option<continuity::StaleIndex>,
     /// When the watcher saw each commit (`commit_times`); without it a
     /// commit's time is the sync's.
     commit_times: Option<std::sync::Arc<CommitTimes>>,
@@ -159,6 +163,7 @@ impl Replica {
             last_snapshot_ms: 0,
             commits_since_snapshot: 0,
             released: None,
+            stale: None,
             commit_times: None,
             leases: None,
             claim: None,
@@ -301,11 +306,7 @@ impl Replica {
         if let Some(live) = &self.live {
             match sqlite::file_id(&self.opts.path) {
                 Ok(id) if id == live.handle.id() => {}
-                Ok(_) => {
-                    self.log_replaced();
-                    self.live = None;
-                    self.needs_generation = true;
-                }
+                Ok(_) => self.replaced_while_held(),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     self.live = None;
                     self.needs_generation = true;
@@ -334,6 +335,7 @@ impl Replica {
             storage.list(&crate::keys::database_root(&self.opts.prefix))?;
         }
         if self.live.is_none() {
+            self.take_up_replaced()?;
             self.start(storage)?;
         }
         // The keys may have changed since (SIGHUP): a generation's objects

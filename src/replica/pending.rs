@@ -408,22 +408,22 @@ impl Replica {
         // the let-go below must not meet it, since a gap there closes the
         // connections without emptying the WAL (`handle_gap`).
         let shipped = self.ship(&spooler, &mut SyncReport::default());
-        let still_here = self.live.as_ref().is_some_and(|l| l.handle.still_at_path());
+        let replaced = matches!(&shipped, Ok(Err(gap)) if gap.replaced)
+            || !self.live.as_ref().is_some_and(|l| l.handle.still_at_path());
+        if replaced {
+            // No history to keep: let go as without a spool.
+            self.pending.push(spooler.into_kept());
+            return self.let_go_unshipped(cause);
+        }
         let let_go = match shipped {
-            Ok(Ok(())) if still_here => self.let_go(
+            Ok(Ok(())) => self.let_go(
                 &spooler,
-                u64::MAX,
+                max_db_bytes,
                 true,
                 "let go of, commits kept for upload",
             ),
-            Ok(Ok(())) => Ok(None),
             Ok(Err(gap)) => {
-                if gap.replaced {
-                    self.log_replaced();
-                    self.needs_generation = true;
-                } else {
-                    self.begin_new_generation(&gap.reason);
-                }
+                self.begin_new_generation(&gap.reason);
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -448,7 +448,13 @@ impl Replica {
                 Ok(Some(stat))
             }
             // Not the moment (another connection came): the next close.
-            Ok(None) if self.live.is_some() && !self.needs_generation && still_here => Ok(None),
+            Ok(None)
+                if self.live.is_some()
+                    && !self.needs_generation
+                    && self.live.as_ref().is_some_and(|l| l.handle.still_at_path()) =>
+            {
+                Ok(None)
+            }
             Ok(None) | Err(_) if self.live.is_some() => {
                 if let Err(e) = &let_go {
                     log::debug!("{}: keeping the commits failed: {e}", path.display());

@@ -1,7 +1,10 @@
-//! Letting go of a database (idle release, or stop) with the proof that
-//! lets it be taken up again without a snapshot: the database file's
-//! fingerprint while it held exactly what was shipped, kept in memory and
-//! left in the bucket as a mark; and waking a released database.
+//! Letting go of a database (idle release, the application's last close,
+//! or stop) with the proof that lets it be taken up again without a
+//! snapshot: what the database file was while it held exactly what was
+//! shipped, kept in memory (its identity, and up to
+//! `idle_release_max_size` its content's fingerprint) and, with the
+//! fingerprint, left in the bucket as a mark; and waking a released
+//! database.
 
 use std::fs::File;
 use std::io;
@@ -9,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
-use super::continuity::{self, NextWal, ShmId, WakeEvidence};
+use super::continuity::{self, AsLeft, FileIdentity, NextWal, ShmId, WakeEvidence};
 use super::error::{io_err, ReplicaError};
 use super::live::Cursor;
 use super::resume::LocalFiles;
@@ -22,15 +25,17 @@ use crate::sqlite::{self, DbHandle, FileId};
 use crate::storage::{Body, Storage};
 use crate::wal::{self, WalHeader, WalIndexHeader};
 
-/// A database walsync let go of while it was idle (ARCHITECTURE.md "Idle databases"): no
+/// A database walsync let go of (ARCHITECTURE.md "Idle databases"): no
 /// connections and no read transaction, only walsync's own descriptor (which
-/// keeps the flock and the process-wide registration) and a fingerprint of
-/// the database file taken when it held exactly what was shipped.
+/// keeps the flock and the process-wide registration) and what the
+/// database file was when it held exactly what was shipped.
 pub(super) struct Released {
     pub(super) db: sqlite::DbFile,
     pub(super) cursor: Cursor,
     pub(super) page_size: u32,
-    pub(super) fingerprint: Fingerprint,
+    /// Its identity (settled), and its fingerprint if it was read (then a
+    /// mark with it went up too).
+    pub(super) as_left: AsLeft,
     /// `db` holds the read lock on SQLite's SHARED range
     /// (`sqlite::hold_shared`), taken when the WAL was empty: the
     /// application's last close cannot checkpoint nor delete the WAL, so
@@ -101,6 +106,10 @@ impl continuity::LocalEvidence for WakeFiles<'_> {
     fn fingerprint(&mut self) -> Result<Fingerprint, ReplicaError> {
         self.local.fingerprint()
     }
+
+    fn identity(&mut self) -> Result<FileIdentity, ReplicaError> {
+        self.local.identity()
+    }
 }
 
 impl WakeEvidence for WakeFiles<'_> {
@@ -162,18 +171,115 @@ pub(super) fn fingerprint(file: &File, path: &Path) -> Result<Fingerprint, Repli
     })
 }
 
+/// The identity of the database file open as `file` (see
+/// `FileIdentity`): a `stat` and a read of its first `page_size` bytes.
+pub(super) fn identity(
+    file: &File,
+    path: &Path,
+    page_size: u32,
+) -> Result<FileIdentity, ReplicaError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata().map_err(io_err(path))?;
+    let mut head = vec![0u8; page_size as usize];
+    let mut n = 0;
+    while n < head.len() {
+        match file.read_at(&mut head[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(path)(e)),
+        }
+    }
+    let ns = |s: i64, ns: i64| i128::from(s) * 1_000_000_000 + i128::from(ns);
+    Ok(FileIdentity {
+        file: FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        },
+        len: m.len(),
+        mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+        ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        head_crc: crc32fast::hash(&head[..n]),
+    })
+}
+
+/// The kernel's coarse clock (ns since the epoch): the one it stamps file
+/// times with.
+fn coarse_now_ns() -> i128 {
+    // SAFETY: an all-zero timespec is a valid value of a plain C struct.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: clock_gettime with a pointer to a timespec that lives across
+    // the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
+        return 0;
+    }
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// The file's identity once it proves that any later write shows
+/// (`continuity::until_settled`), waiting at most `patience` for the
+/// kernel's clock to get there; `None` if it does not (a ctime in the
+/// future: the clock was set back). The file must not change meanwhile
+/// (walsync holds read mark 0).
+pub(super) fn settled_identity(
+    file: &File,
+    path: &Path,
+    page_size: u32,
+    patience: Duration,
+) -> Result<Option<FileIdentity>, ReplicaError> {
+    let mut left = patience;
+    loop {
+        let id = identity(file, path, page_size)?;
+        let wait = continuity::until_settled(id.ctime_ns, coarse_now_ns());
+        if wait == 0 {
+            return Ok(Some(id));
+        }
+        // The coarse clock moves by ticks (1 to 10 ms): look again then.
+        let wait = Duration::from_nanos(wait).max(Duration::from_millis(1));
+        if wait > left {
+            return Ok(None);
+        }
+        left -= wait;
+        std::thread::sleep(wait);
+    }
+}
+
+/// How long a let-go waits for the identity to settle when it is the only
+/// proof (no fingerprint): a granule of a filesystem with whole-second
+/// times, and a tick.
+const IDENTITY_PATIENCE: Duration = Duration::from_millis(2_100);
+/// The same with a fingerprint, which proves the file as left anyway: a
+/// granule of a fine-grained filesystem, and a tick.
+const IDENTITY_PATIENCE_WITH_FINGERPRINT: Duration = Duration::from_millis(20);
+
 impl Replica {
+    /// Whether walsync let go of the database without leaving a mark in the
+    /// bucket (a database over `idle_release_max_size`, let go of at the
+    /// application's last close): its stop takes it up again to leave one
+    /// (README "Restarts").
+    pub fn released_without_mark(&self) -> bool {
+        self.released
+            .as_ref()
+            .is_some_and(|r| r.as_left.fingerprint.is_none())
+    }
+
     /// Lets go of an idle database: ships what is left and runs a sync
     /// point; if the checkpoint was complete (the database file is then
     /// exactly what was shipped), fingerprints the file and closes the
-    /// connections, keeping only walsync's descriptor. `Ok(false)` if it
-    /// was not the moment (not live, too large, not complete).
+    /// connections, keeping only walsync's descriptor. `Ok(None)` if it
+    /// was not the moment (not live, larger than `max_db_bytes`, not
+    /// complete): a large idle database stays held, so that a kill leaves
+    /// a WAL that continues the backup (the mark that would stand in for
+    /// it costs a read of the whole file).
     pub fn release(
         &mut self,
         storage: &dyn Storage,
         max_db_bytes: u64,
     ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
         self.under_lease(storage, false, |r, storage| {
+            if r.live.is_none() || r.db_len()? > max_db_bytes {
+                return Ok(None);
+            }
             // Nothing goes up before what waits (`pending`).
             r.upload_pending(storage, &mut SyncReport::default())?;
             r.let_go(storage, max_db_bytes, false, "idle, connections released")
@@ -225,9 +331,11 @@ impl Replica {
     /// (SQLite checkpoints and deletes the WAL then): ships what is left,
     /// checkpoints, leaves the WAL empty and closes the connections, so
     /// that the database can be replaced by rename or deleted at once
-    /// (README "Replacing a database"). Up to `max_db_bytes`
-    /// (`idle_release_max_size`), as an idle release. `Ok(None)` if
-    /// it was not the moment (another process has it open again, the write
+    /// (README "Replacing a database"), whatever its size: up to
+    /// `max_db_bytes` (`idle_release_max_size`) with a fingerprint and a
+    /// mark, as an idle release; a larger one with its identity alone (no
+    /// read of the whole file at each close), and its mark at stop.
+    /// `Ok(None)` if it was not the moment (another process has it open again, the write
     /// lock was busy, a write came in between).
     ///
     /// If the storage cannot be reached, walsync lets go all the same: a
@@ -257,13 +365,7 @@ impl Replica {
         storage_failing: bool,
         max_db_bytes: u64,
     ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
-        if self.others_attached() != Some(false) || self.needs_generation {
-            return Ok(None);
-        }
-        // Each let-go reads the whole file for its fingerprint: a database
-        // larger than `idle_release_max_size` stays held, as an idle one
-        // does (README "Replacing a database").
-        if self.live.is_none() || self.db_len()? > max_db_bytes {
+        if self.others_attached() != Some(false) || self.needs_generation || self.live.is_none() {
             return Ok(None);
         }
         if storage_failing {
@@ -341,11 +443,14 @@ impl Replica {
     }
 
     /// Ships, checkpoints, empties the WAL and closes the connections (see
-    /// `release`); with `emptied`, only if the WAL could be emptied.
+    /// `release`); with `emptied`, only if the WAL could be emptied. The
+    /// proof that the file is as left: its identity, and, up to
+    /// `fingerprint_max` bytes, its fingerprint, also left in the bucket as
+    /// a mark.
     pub(super) fn let_go(
         &mut self,
         storage: &dyn Storage,
-        max_db_bytes: u64,
+        fingerprint_max: u64,
         emptied: bool,
         done: &str,
     ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
@@ -353,9 +458,6 @@ impl Replica {
             return Ok(None);
         }
         let path = self.opts.path.clone();
-        if self.db_len()? > max_db_bytes {
-            return Ok(None);
-        }
         let mut report = SyncReport::default();
         let Some((true, mut stat)) = self.sync_point(storage, &mut report)? else {
             return Ok(None);
@@ -390,9 +492,25 @@ impl Replica {
             }
         }
         // Read mark 0 is held: the database file cannot change meanwhile.
-        let fingerprint = fingerprint(self.live_mut().handle.file(), &path)?;
-        // The WAL that comes next, if the TRUNCATE left it empty.
+        // Its fingerprint reads all of it: only up to `fingerprint_max`.
+        let fingerprint = match self.db_len()? <= fingerprint_max {
+            true => Some(fingerprint(self.live_mut().handle.file(), &path)?),
+            false => None,
+        };
+        // Taken after the fingerprint's read, which lets the clock move on.
+        let patience = match fingerprint {
+            Some(_) => IDENTITY_PATIENCE_WITH_FINGERPRINT,
+            None => IDENTITY_PATIENCE,
+        };
         let live = self.live_mut();
+        let identity = settled_identity(live.handle.file(), &path, live.page_size, patience)?;
+        if identity.is_none() && fingerprint.is_none() {
+            log::debug!(
+                "{}: the file's change time is ahead of the clock: no proof of it as left",
+                path.display()
+            );
+        }
+        // The WAL that comes next, if the TRUNCATE left it empty.
         let next = wal_index(&path, &mut live.shm_file)
             .unwrap_or_else(|e| {
                 log::debug!("{}: the wal-index cannot be read: {e}", path.display());
@@ -421,13 +539,21 @@ impl Replica {
             db,
             cursor,
             page_size,
-            fingerprint,
+            as_left: AsLeft {
+                identity,
+                fingerprint,
+            },
             next,
             locked,
         });
         // Leave the proof in the bucket too, so that a restart (or a kill)
         // while the database is idle can resume without a full snapshot.
         // It stays true of the position it names whatever is written next.
+        // Without a fingerprint there is none to leave: the stop leaves it.
+        let Some(fingerprint) = fingerprint else {
+            log::debug!("{} ({}): {done}", path.display(), self.opts.prefix);
+            return Ok(Some(stat));
+        };
         let mark = Mark {
             page_size,
             db_pages: cursor.db_pages,
@@ -459,8 +585,9 @@ impl Replica {
     /// continues the shipped position; the WAL is the one that came next
     /// after walsync emptied it (`continuity::first_wal_since`: then all of
     /// it is new, even if the application backfilled it); or the database
-    /// file still has the fingerprint it had when it held exactly what was
-    /// shipped (then every frame of the current WAL is new). Anything else
+    /// file is still as it was when it held exactly what was shipped (its
+    /// identity, else its fingerprint: then every frame of the current WAL
+    /// is new). Anything else
     /// (the application appended, checkpointed and restarted the WAL
     /// meanwhile) is a gap.
     ///
@@ -475,7 +602,7 @@ impl Replica {
             db,
             cursor: released_cursor,
             page_size,
-            fingerprint,
+            as_left,
             next,
             locked,
         } = released;
@@ -484,7 +611,7 @@ impl Replica {
             db,
             cursor: released_cursor,
             page_size,
-            fingerprint,
+            as_left,
             next,
             locked,
         };
@@ -509,7 +636,7 @@ impl Replica {
                     },
                     shm_file: &mut shm_file,
                 };
-                continuity::wake(released_cursor, fingerprint, next, &mut files)
+                continuity::wake(released_cursor, as_left, next, &mut files)
             });
         let cursor = match proof {
             Ok(c) => c,
@@ -558,6 +685,34 @@ mod tests {
     fn checkpoint(c: &Connection, mode: &str) {
         c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
             .unwrap();
+    }
+
+    /// What `FileIdentity` relies on, on this machine's filesystem: once
+    /// settled, a write right after it, of the very bytes already there,
+    /// changes the identity (a checkpoint writing the file, here by hand).
+    #[test]
+    fn a_write_right_after_a_settled_identity_always_shows() {
+        let dir = crate::testing::fresh_dir("identity");
+        let db = dir.join("t.db");
+        let app = Connection::open(&db).unwrap();
+        app.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x);")
+            .unwrap();
+        commit(&app, 20);
+        checkpoint(&app, "TRUNCATE");
+        let file = File::options().read(true).write(true).open(&db).unwrap();
+        let mut page = vec![0u8; 4096];
+        file.read_exact_at(&mut page, 4096).unwrap();
+        for round in 0..30 {
+            let patience = Duration::from_millis(2_100);
+            let left = settled_identity(&file, &db, 4096, patience)
+                .unwrap()
+                .expect("settles within a granule");
+            assert_eq!(identity(&file, &db, 4096).unwrap(), left, "round {round}");
+            file.write_all_at(&page, 4096).unwrap();
+            assert_ne!(identity(&file, &db, 4096).unwrap(), left, "round {round}");
+        }
+        drop((app, file));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// What `first_wal_since` relies on, as real SQLite does it: after a

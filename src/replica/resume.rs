@@ -6,10 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::bucket::{read_mark, read_object, ObjectRead};
-use super::continuity::{self, BucketEvidence, Continuity, LocalEvidence, Resume, ShippedPos};
+use super::continuity::{
+    self, BucketEvidence, Continuity, FileIdentity, LocalEvidence, Resume, ShippedPos,
+};
 use super::error::ReplicaError;
 use super::live::{Cursor, Live};
-use super::release::fingerprint;
+use super::release::{fingerprint, identity};
 use super::wal_file::{wal_continues, wal_header};
 use super::Replica;
 use crate::format::mark::{Fingerprint, Mark};
@@ -143,6 +145,10 @@ impl LocalEvidence for LocalFiles<'_> {
     fn fingerprint(&mut self) -> Result<Fingerprint, ReplicaError> {
         fingerprint(self.handle.file(), self.handle.path())
     }
+
+    fn identity(&mut self) -> Result<FileIdentity, ReplicaError> {
+        identity(self.handle.file(), self.handle.path(), self.page_size)
+    }
 }
 
 /// The bucket and the local files, as `continuity` asks about them. An
@@ -210,5 +216,9 @@ impl LocalEvidence for BucketFiles<'_> {
 
     fn fingerprint(&mut self) -> Result<Fingerprint, ReplicaError> {
         self.local.fingerprint()
+    }
+
+    fn identity(&mut self) -> Result<FileIdentity, ReplicaError> {
+        self.local.identity()
     }
 }

@@ -286,7 +286,9 @@ impl Replica {
     }
 
     /// After a gap: a new generation, with fresh connections first if
-    /// walsync's locks were lost.
+    /// walsync's locks were lost. A file renamed over the database is taken
+    /// up only once the old file's wal-index and WAL are out of its way
+    /// (`replaced_while_held`).
     pub(super) fn handle_gap(
         &mut self,
         storage: &dyn Storage,
@@ -294,8 +296,8 @@ impl Replica {
         report: &mut SyncReport,
     ) -> Result<(), ReplicaError> {
         if gap.replaced {
-            self.log_replaced();
-            self.needs_generation = true;
+            self.replaced_while_held();
+            self.take_up_replaced()?;
         } else {
             self.begin_new_generation(&gap.reason);
         }
@@ -309,28 +311,109 @@ impl Replica {
         self.snapshot(storage, true, report)
     }
 
-    /// Says that the database file was replaced, and, when the old WAL
-    /// still held frames that were not in the old file, that SQLite may
-    /// apply them to the new one (README "Replacing a database").
-    pub(super) fn log_replaced(&self) {
-        let (who, prefix) = (self.opts.path.display(), &self.opts.prefix);
-        // Only what walsync saw: frames appended after its last settle
-        // may be the old file's (committed just before the rename) or the
-        // new file's (committed after it), which the WAL cannot tell apart.
-        let stale = self.live.as_ref().is_some_and(|l| !l.backfilled);
-        if stale {
-            log::error!(
-                "{who} ({prefix}): the database file was replaced while its WAL still held \
-                 transactions of the old file that were not in it; SQLite applies such a WAL \
-                 to the new file, which may now be corrupt: check it with PRAGMA integrity_check \
-                 and restore it if needed. To replace a database safely, close the application's \
-                 connections and wait one sync_interval after its last commit before renaming (README \"Replacing a \
-                 database\"). Starting a new generation"
+    /// Another file was renamed over the database while walsync held it
+    /// open. Until every connection that has the old file's wal-index
+    /// mapped closes, SQLite shares it (the database size, and any frame
+    /// not yet in the old file) with the new file's connections (README
+    /// "Replacing a database"). walsync says so once, as an error, closes
+    /// its connections to the old file without checkpointing, and notes
+    /// which `-shm` file and WAL they used: it takes the new file up (a new
+    /// generation) only once they are out of the way (`take_up_replaced`),
+    /// never reading, checkpointing or snapshotting it through them.
+    pub(super) fn replaced_while_held(&mut self) {
+        let path = self.opts.path.clone();
+        let Some(mut live) = self.live.take() else {
+            return;
+        };
+        // Through walsync's own descriptor of the -shm (see
+        // `Live::shm_file`), closed with the connections.
+        let commits = super::release::wal_index(&path, &mut live.shm_file)
+            .ok()
+            .flatten()
+            .map(|(_, index)| index.commits);
+        let shm = live.shm_id.and_then(|id| {
+            let m = std::fs::metadata(crate::sqlite::shm_path(&path)).ok()?;
+            use std::os::unix::fs::MetadataExt;
+            (m.dev() == id.dev && m.ino() == id.ino).then_some(continuity::ShmId {
+                file: id,
+                born: m.created().ok(),
+            })
+        });
+        let wal_salts = super::wal_file::wal_header(&path)
+            .ok()
+            .flatten()
+            .map(|h| (h.salt1, h.salt2));
+        let stale_frames = !live.backfilled;
+        // Closing the connections checkpoints nothing (checkpoint-on-close
+        // is off); walsync's descriptor of the old file goes with them.
+        drop(live);
+        self.stale = Some(continuity::StaleIndex {
+            shm,
+            wal_salts,
+            commits,
+        });
+        self.needs_generation = true;
+        log::error!(
+            "{} ({}): the database file was replaced (another file renamed over it) while walsync \
+             held it open. Until all of its connections have closed, SQLite shares the old file's \
+             wal-index (its database size{}) with the new file, which can then read as \"database \
+             disk image is malformed\" or get commits that claim the old size. walsync has closed \
+             its connections to the old file and backs up the new file as a new generation once \
+             nothing of the old one is in its way. Close every connection the application has to \
+             the database, open it again and check it with PRAGMA integrity_check (restore it if \
+             needed). To replace a database safely, close the application's connections and wait \
+             one sync_interval before renaming (README \"Replacing a database\")",
+            path.display(),
+            self.opts.prefix,
+            if stale_frames {
+                ", and transactions of the old file not yet in it"
+            } else {
+                ""
+            }
+        );
+    }
+
+    /// Whether a file renamed over the database while walsync held it may
+    /// be taken up now (`continuity::stale_index_gone`); if not, the error
+    /// that waits for the application to close it.
+    pub(super) fn take_up_replaced(&mut self) -> Result<(), ReplicaError> {
+        let Some(stale) = self.stale else {
+            return Ok(());
+        };
+        let path = &self.opts.path;
+        let shm_path = crate::sqlite::shm_path(path);
+        let shm_now = std::fs::metadata(&shm_path).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            continuity::ShmId {
+                file: crate::sqlite::FileId {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                },
+                born: m.created().ok(),
+            }
+        });
+        let others = shm_now.and_then(|_| crate::sqlite::others_attached_to(&shm_path));
+        // walsync has no connection to this -shm file: a descriptor of its
+        // own opened and closed here drops no lock of walsync's.
+        let commits = super::release::wal_index(path, &mut None)
+            .ok()
+            .flatten()
+            .map(|(_, index)| index.commits);
+        let wal_now = super::wal_file::wal_header(path)?.map(|h| (h.salt1, h.salt2));
+        if !continuity::stale_index_gone(stale, shm_now, others, commits, wal_now) {
+            log::debug!(
+                "{}: the replaced file's {stale:?} is in the way: -shm {shm_now:?}, others \
+                 attached {others:?}, commits {commits:?}, WAL salts {wal_now:?}",
+                path.display()
             );
-        } else {
-            log::warn!(
-                "{who} ({prefix}): the database file was replaced; starting a new generation"
-            );
+            return Err(ReplicaError::StaleIndex(path.clone()));
         }
+        log::info!(
+            "{} ({}): nothing of the replaced file is in the way any more; backing up the new one",
+            path.display(),
+            self.opts.prefix
+        );
+        self.stale = None;
+        Ok(())
     }
 }

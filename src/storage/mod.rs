@@ -27,6 +27,12 @@ pub struct ObjectMeta {
     pub size: u64,
 }
 
+/// Whether `key` lies after `after` (if given) and not after `through` (if
+/// given): in the part `Storage::list_range` lists.
+pub fn in_range(key: &str, after: Option<&str>, through: Option<&str>) -> bool {
+    after.is_none_or(|a| key > a) && through.is_none_or(|t| key <= t)
+}
+
 /// The bytes of an object to upload. Both kinds can be read again from the
 /// start, which is what lets `put` retry.
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +140,22 @@ pub trait Storage: Send + Sync {
     /// Every object whose key starts with `prefix`, in ascending key order
     /// (all pages of the listing).
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
+
+    /// The objects of `list(prefix)` whose keys come after `after` (if
+    /// given) and not after `through` (if given): one part of a listing,
+    /// so that the parts of a large one can be listed at once
+    /// (`fleet::listing_ranges`). A store whose listing can start at a key
+    /// (S3's `start-after`) lists only that part.
+    fn list_range(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        through: Option<&str>,
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut objects = self.list(prefix)?;
+        objects.retain(|o| in_range(&o.key, after, through));
+        Ok(objects)
+    }
 
     /// Deletes the objects; keys that do not exist are not an error.
     fn delete(&self, keys: &[String]) -> Result<(), StorageError>;

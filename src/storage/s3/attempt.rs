@@ -471,10 +471,11 @@ impl S3Storage {
     pub(super) fn list_page(
         &self,
         prefix: &str,
+        after: Option<&str>,
         token: Option<&str>,
     ) -> Result<ListingPage, Failure> {
-        let url = self.list_url(prefix, token);
-        log::debug!("{}: LIST {prefix:?}", self.location);
+        let url = self.list_url(prefix, after, token);
+        log::debug!("{}: LIST {prefix:?} after {after:?}", self.location);
         let response = self.agent.get(&url).call().map_err(|e| self.transport(e))?;
         if !response.status().is_success() {
             return Err(self.rejected(response, prefix));

@@ -355,11 +355,28 @@ impl Storage for S3Storage {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.list_range(prefix, None, None)
+    }
+
+    fn list_range(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        through: Option<&str>,
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
         let mut objects = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let page = self.retry("list", prefix, || self.list_page(prefix, token.as_deref()))?;
+            let page = self.retry("list", prefix, || {
+                self.list_page(prefix, after, token.as_deref())
+            })?;
+            // Keys come in order: once one is past `through`, no later page
+            // holds one that is not.
+            let past = through.is_some_and(|t| page.objects.iter().any(|o| o.key.as_str() > t));
             for object in page.objects {
+                if !crate::storage::in_range(&object.key, after, through) {
+                    continue;
+                }
                 let size = listed_size(prefix, &object.key, object.size).map_err(|detail| {
                     StorageError::BadResponse {
                         location: self.location.clone(),
@@ -372,6 +389,7 @@ impl Storage for S3Storage {
                 });
             }
             match page.next_continuation_token {
+                _ if past => break,
                 Some(next) if token.as_deref() == Some(next.as_str()) => {
                     return Err(StorageError::BadResponse {
                         location: self.location.clone(),

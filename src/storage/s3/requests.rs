@@ -177,7 +177,12 @@ impl S3Storage {
 
     /// The presigned ListObjectsV2 URL of the page of `prefix` after
     /// `token` (the first page without one).
-    pub(super) fn list_url(&self, prefix: &str, token: Option<&str>) -> String {
+    pub(super) fn list_url(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        token: Option<&str>,
+    ) -> String {
         let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
         // rusty-s3 asks for `encoding-type=url` and decodes the keys when the
         // answer says so; s3s-fs echoes the parameter without encoding, which
@@ -186,6 +191,11 @@ impl S3Storage {
         action.query_mut().remove("encoding-type");
         if !prefix.is_empty() {
             action.with_prefix(prefix);
+        }
+        // S3 starts after `start-after` on the first page and follows the
+        // token on the others (it ignores the former when given both).
+        if let Some(after) = after {
+            action.with_start_after(after);
         }
         if let Some(token) = token {
             action.with_continuation_token(token);
@@ -285,10 +295,12 @@ mod tests {
              vec!["X-Amz-SignedHeaders=host&"], vec!["uploadId"]),
             ("delete objects", storage.delete_objects_url(&md5), bucket,
              vec!["delete=1", "X-Amz-SignedHeaders=content-md5%3Bhost"], vec!["db%2Fkey", "list-type", "x-amz-checksum"]),
-            ("list", storage.list_url("db/", Some("tok")), bucket,
-             vec!["list-type=2", "prefix=db%2F", "continuation-token=tok"], vec!["encoding-type"]),
-            ("first list page", storage.list_url("", None), bucket,
-             vec!["list-type=2"], vec!["prefix=", "continuation-token", "encoding-type"]),
+            ("list", storage.list_url("db/", None, Some("tok")), bucket,
+             vec!["list-type=2", "prefix=db%2F", "continuation-token=tok"], vec!["encoding-type", "start-after"]),
+            ("first list page", storage.list_url("", None, None), bucket,
+             vec!["list-type=2"], vec!["prefix=", "continuation-token", "encoding-type", "start-after"]),
+            ("first page of a range", storage.list_url("t/", Some("t/db 7"), None), bucket,
+             vec!["list-type=2", "prefix=t%2F", "start-after=t%2Fdb%207"], vec!["continuation-token"]),
         ];
         for (request, url, start, has, has_not) in cases {
             assert!(url.starts_with(start), "{request}: {url}");
