@@ -306,7 +306,7 @@ impl Replica {
                 .is_some_and(|s| s == sqlite::stat_of(&self.opts.path))
     }
 
-    /// How the database is held, for `after_upload`.
+    /// How the database is held, for `step`.
     pub(super) fn held(&self) -> Held {
         if self.live.is_some() {
             Held::Live
