@@ -1,5 +1,6 @@
 //! Private temporary files: the spool files that hold snapshots and large
-//! segments before upload, and the creation and clean-up rules that restore's
+//! segments before upload, and the objects a let-go during a storage outage
+//! keeps for upload (`replica/pending.rs`), and the creation and clean-up rules that restore's
 //! temporary output and the `dir` backend's temporary objects share.
 //!
 //! A spool file is a full copy of a database, so it must be as private as the

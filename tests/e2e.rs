@@ -2591,7 +2591,7 @@ fn a_database_replaced_during_a_storage_outage_is_never_corrupted() {
     assert_eq!(rows(&db), expected);
     insert(&c, 5_000);
     proxy.set(Fault::None);
-    wait_shipped(&storage, prefix, &db);
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
     assert!(sigterm(&mut child).success());
     assert_eq!(
         setup.restore_verified(prefix, &setup.dir.join("r.db")),
@@ -3650,6 +3650,235 @@ fn a_database_renamed_over_during_a_storage_outage_after_the_application_closed_
     assert_eq!(
         setup.restore_verified(prefix, &setup.dir.join("r.db")),
         rows(&db)
+    );
+}
+
+/// The first steps of the store-and-forward tests: 100 rows shipped (the
+/// bucket's newest txid is returned), then the storage goes down, the
+/// application commits rows 101 to 400, one per transaction, and closes;
+/// walsync lets go all the same, the WAL emptied, so the file alone holds
+/// every commit and may be renamed or copied away.
+fn commit_and_close_during_an_outage(
+    setup: &mut Setup,
+    prefix: &str,
+    db: &Path,
+    child: &Running,
+) -> u64 {
+    let storage = setup.storage();
+    let c = open_app(db);
+    for id in 1..=100 {
+        insert(&c, id);
+    }
+    showing_log_on_failure(setup, "watch.log", || wait_shipped(&storage, prefix, db));
+    let base = newest_txid(&storage, prefix);
+    setup.server.stop();
+    for id in 101..=400 {
+        insert(&c, id);
+    }
+    drop(c);
+    showing_log_on_failure(setup, "watch.log", || wait_let_go(child, db));
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    assert_eq!(
+        std::fs::metadata(&wal).map_or(0, |m| m.len()),
+        0,
+        "WAL emptied"
+    );
+    // What a rename would put elsewhere: the file alone, without its WAL.
+    let copy = setup.scratch("copied").join("copy.db");
+    std::fs::copy(db, &copy).unwrap();
+    assert_eq!(integrity(&copy), "ok");
+    assert_eq!(rows(&copy).len(), 400);
+    base
+}
+
+/// Store and forward: the application commits, the storage goes down, the
+/// application commits more and closes its last connection. walsync lets
+/// go so that the database can be replaced safely, and keeps the commits it
+/// could not upload in its spool; once the storage is back they go up
+/// first, with the keys a ship would have given them, and the generation
+/// goes on: one generation, every commit restorable by its txid, the
+/// newest restore the same bytes as the file. (Before, the let-go cost a
+/// new generation with a full snapshot, and the commits made during the
+/// outage were restorable only as that snapshot.)
+#[test]
+fn a_let_go_during_a_storage_outage_keeps_one_generation_and_every_commit() {
+    let mut setup = Setup::new(&[("app.db", "tenants/acme")]);
+    setup.edit_config(|t| format!("idle_release_after = \"1h\"\n{t}"));
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let mut child = setup.watch("watch.log");
+    let base = commit_and_close_during_an_outage(&mut setup, prefix, &db, &child);
+    setup.server.restart();
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert_eq!(generation_count(&storage, prefix), 1, "{log}");
+    assert_eq!(newest_txid(&storage, prefix), base + 300, "{log}");
+    assert!(log.contains("keeps the commits not yet uploaded"), "{log}");
+    assert!(log.contains("uploaded the 300 commits"), "{log}");
+    // Every commit by its txid, sampled across the outage.
+    let out = setup.scratch("by-txid").join("r.db");
+    for k in [0u64, 1, 2, 150, 299, 300] {
+        let _ = std::fs::remove_file(&out);
+        let txid = (base + k).to_string();
+        let o = setup.restore(prefix, &out, &["--txid", &txid]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let got = rows(&out);
+        assert_eq!(got.len() as u64, 100 + k, "txid {txid}");
+        assert_eq!(got.last().unwrap().0 as u64, 100 + k, "txid {txid}");
+    }
+    let newest = setup.dir.join("newest.db");
+    assert_eq!(setup.restore_verified(prefix, &newest), rows(&db));
+    assert!(std::fs::read(&newest).unwrap() == std::fs::read(&db).unwrap());
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert_eq!(generation_count(&storage, prefix), 1, "{log}");
+}
+
+/// Two sessions in one outage: the application opens the database again
+/// after walsync let go of it (keeping the first session's commits), commits
+/// and closes; walsync takes it up (proving the WAL is new), holds the new
+/// commits while the first ones still wait, and keeps those too at the
+/// second close. Once the storage is back: one generation, every commit.
+#[test]
+fn two_sessions_in_one_outage_keep_one_generation_and_every_commit() {
+    let mut setup = Setup::new(&[("app.db", "tenants/acme")]);
+    setup.edit_config(|t| format!("idle_release_after = \"1h\"\n{t}"));
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let mut child = setup.watch("watch.log");
+    let base = commit_and_close_during_an_outage(&mut setup, prefix, &db, &child);
+    let c = open_app(&db);
+    for id in 401..=500 {
+        insert(&c, id);
+    }
+    showing_log_on_failure(&setup, "watch.log", || {
+        wait_for(
+            || holds(&child, &db),
+            "walsync to take the database up again",
+        )
+    });
+    drop(c);
+    showing_log_on_failure(&setup, "watch.log", || wait_let_go(&child, &db));
+    setup.server.restart();
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert_eq!(generation_count(&storage, prefix), 1, "{log}");
+    assert_eq!(newest_txid(&storage, prefix), base + 400, "{log}");
+    let out = setup.scratch("by-txid").join("r.db");
+    for k in [300u64, 301, 350, 400] {
+        let _ = std::fs::remove_file(&out);
+        let txid = (base + k).to_string();
+        let o = setup.restore(prefix, &out, &["--txid", &txid]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(rows(&out).len() as u64, 100 + k, "txid {txid}");
+    }
+    let newest = setup.dir.join("newest.db");
+    assert_eq!(setup.restore_verified(prefix, &newest), rows(&db));
+    assert!(std::fs::read(&newest).unwrap() == std::fs::read(&db).unwrap());
+}
+
+/// Past its bound (`idle_release_max_size` per database) the backlog is not
+/// kept: walsync lets go as before, says so, and starts a new generation
+/// once the storage answers; nothing is lost from the newest state.
+#[test]
+fn a_backlog_over_its_bound_is_let_go_of_unkept_and_starts_a_new_generation() {
+    let mut setup = Setup::new(&[("app.db", "tenants/acme")]);
+    // The database (about 0.5 MiB) may be let go of; the outage's 300
+    // commits (a 4 KiB page or more each in the WAL) are more than that.
+    setup.edit_config(|t| {
+        format!("idle_release_after = \"1h\"\nidle_release_max_size = \"1MiB\"\n{t}")
+    });
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let mut child = setup.watch("watch.log");
+    commit_and_close_during_an_outage(&mut setup, prefix, &db, &child);
+    setup.server.restart();
+    showing_log_on_failure(&setup, "watch.log", || wait_shipped(&storage, prefix, &db));
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+    assert!(log.contains("cannot be kept for upload"), "{log}");
+    assert!(
+        log.contains("closed the database while the storage is unreachable"),
+        "{log}"
+    );
+    assert_eq!(generation_count(&storage, prefix), 2, "{log}");
+    assert_eq!(
+        setup.restore_verified(prefix, &setup.dir.join("r.db")),
+        rows(&db)
+    );
+}
+
+/// Commits kept for upload live only in the process: walsync stopped
+/// while the storage is still down says which txids the bucket lacks, and
+/// the next start sees that the bucket does not continue (its newest
+/// objects end before them) and begins a new generation with a snapshot;
+/// no restore ever joins the old generation to the file's later state.
+#[test]
+fn commits_kept_for_upload_that_a_stop_loses_start_a_new_generation_never_a_hole() {
+    commits_kept_for_upload_lost(false);
+}
+
+/// The same after a SIGKILL: the spool files go with the process (the
+/// next start removes them), and the next start begins a new generation.
+#[test]
+fn commits_kept_for_upload_that_a_kill_loses_start_a_new_generation_never_a_hole() {
+    commits_kept_for_upload_lost(true);
+}
+
+fn commits_kept_for_upload_lost(kill: bool) {
+    let mut setup = Setup::new(&[("app.db", "tenants/acme")]);
+    setup.edit_config(|t| format!("idle_release_after = \"1h\"\n{t}"));
+    let prefix = "tenants/acme";
+    let db = setup.dir.join("app.db");
+    let storage = setup.storage();
+    let mut child = setup.watch("watch.log");
+    let base = commit_and_close_during_an_outage(&mut setup, prefix, &db, &child);
+    if kill {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    } else {
+        let stopped = sigterm(&mut child);
+        let log = std::fs::read_to_string(setup.dir.join("watch.log")).unwrap();
+        assert!(!stopped.success(), "{log}");
+        assert!(
+            log.contains(&format!(
+                "the commits with txids {} to {}, kept while the storage was unreachable, were never uploaded",
+                base + 1,
+                base + 300
+            )),
+            "{log}"
+        );
+    }
+    setup.server.restart();
+    let mut child = setup.watch("watch-2.log");
+    showing_log_on_failure(&setup, "watch-2.log", || {
+        wait_shipped(&storage, prefix, &db)
+    });
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(setup.dir.join("watch-2.log")).unwrap();
+    assert!(log.contains("does not continue the backup"), "{log}");
+    assert_eq!(generation_count(&storage, prefix), 2, "{log}");
+    // The old generation ends where its history does, at 100 rows; the new
+    // one begins with a snapshot of all 400.
+    let out = setup.scratch("by-txid").join("r.db");
+    let o = setup.restore(prefix, &out, &["--txid", &base.to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&out).len(), 100);
+    assert_eq!(
+        setup.restore_verified(prefix, &setup.dir.join("newest.db")),
+        rows(&db)
+    );
+    let objs = objects(&storage, prefix);
+    let newest_generation = objs.iter().map(|o| o.generation).max().unwrap();
+    assert!(
+        objs.iter()
+            .any(|o| o.generation == newest_generation
+                && matches!(o.kind, ObjectKind::Snapshot { .. })),
+        "the new generation begins with a snapshot"
     );
 }
 

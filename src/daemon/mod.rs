@@ -385,8 +385,10 @@ impl Dispatcher {
                     }
                 }
                 Action::Forget { id, prefix } => {
-                    if let Some(r) = self.replicas.remove(&id) {
+                    if let Some(mut r) = self.replicas.remove(&id) {
                         self.commit_times.forget(r.path());
+                        // Says what it kept for the storage, if anything.
+                        r.close();
                     }
                     if let Some(m) = &self.metrics {
                         m.remove(&prefix);
@@ -408,10 +410,12 @@ impl Dispatcher {
     ) {
         if let (Some(m), Some(db)) = (&self.metrics, self.schedule.get(id)) {
             let wall = crate::time::now_ms();
-            let lag_bytes = match (stat.wal, replica.shipped_wal_offset()) {
-                (Some((len, _)), Some(off)) => len.saturating_sub(off),
-                _ => 0,
-            };
+            // Commits kept for upload are not in the bucket either.
+            let lag_bytes = replica.pending_bytes()
+                + match (stat.wal, replica.shipped_wal_offset()) {
+                    (Some((len, _)), Some(off)) => len.saturating_sub(off),
+                    _ => 0,
+                };
             let pending = if result.is_ok() && !db.is_dirty() {
                 None
             } else {
@@ -458,6 +462,7 @@ impl Dispatcher {
         };
         let mut replica = replica;
         let connection = connection_of(&replica);
+        let pending = replica.has_pending();
         // Whether the application has closed the database: a cheap probe
         // (`Replica::others_attached`) after each sync, failed ones too.
         let others_attached = replica.others_attached();
@@ -472,6 +477,7 @@ impl Dispatcher {
             others_attached,
         };
         let actions = self.schedule.on_done(id, done, &mut self.fds, now);
+        self.schedule.spooled(id, pending, now);
         self.perform(actions);
     }
 
@@ -486,6 +492,7 @@ impl Dispatcher {
             self.fds.released();
         }
         let connection = connection_of(&replica);
+        let pending = replica.has_pending();
         let unmarked = replica.released_without_mark();
         if self.schedule.get(id).is_some() {
             self.replicas.insert(id, replica);
@@ -493,6 +500,7 @@ impl Dispatcher {
         let result = result.map_err(|e| e.to_string());
         self.schedule
             .on_released(id, result, connection, now, &stat_of);
+        self.schedule.spooled(id, pending, now);
         self.schedule.set_unmarked(id, unmarked);
     }
 

@@ -128,6 +128,10 @@ pub(crate) struct Database {
     /// `idle_release_after`, and not counted in the window of open
     /// databases meanwhile (`counts_open`).
     kept_open: bool,
+    /// Its replica keeps objects for the storage, from a let-go during an
+    /// outage (`Replica::has_pending`): released, it still wants syncs
+    /// (which upload them without waking it), and a stop gives it one.
+    spooled: bool,
     /// Let go of without a mark in the bucket (larger than
     /// `idle_release_max_size`, at the application's last close): its stop
     /// takes it up again to leave one, so that the next start needs no
@@ -183,6 +187,7 @@ impl Database {
             closed_by_app: false,
             app_seen: false,
             kept_open: false,
+            spooled: false,
             unmarked: false,
             membership: Membership::Replicating,
             listed: Listed::default(),
@@ -231,6 +236,22 @@ impl Database {
             _ => self.work = Work::Due(due),
         }
         self.pending_since_ms.get_or_insert_with(wall_ms);
+    }
+
+    /// Released, and written since (a change of its files walsync did not
+    /// make): walsync takes the database up at once (`mark_dirty`), also
+    /// while its syncs back off from a storage outage to upload what a
+    /// let-go kept (`spooled`): until the wake's read transaction, the
+    /// application's checkpoints can restart the WAL over commits walsync
+    /// has not read. For such a database the write is also what shows the
+    /// application (`app_seen`): its syncs ship nothing until the storage
+    /// answers, so its next close would not let it go again.
+    fn wake(&mut self, now: Instant, wall_ms: fn() -> u64) {
+        self.mark_dirty(now, wall_ms);
+        if self.spooled {
+            self.app_seen = true;
+            self.work = Work::Due(now);
+        }
     }
 
     /// Released, and its files as walsync left them.
@@ -597,10 +618,14 @@ impl Schedule {
         if let Some(db) = self.dbs.get_mut(&id) {
             // A released database wakes only for a real change, not for the
             // tail of walsync's own checkpoint.
-            if !db.released_unchanged(stat_of) {
+            if db.job == Job::Idle(Connection::Released) {
+                if db.stat != Some(stat_of(path)) {
+                    db.wake(now, self.wall_ms);
+                }
+            } else {
                 db.mark_dirty(now, self.wall_ms);
-                self.reindex(id);
             }
+            self.reindex(id);
         }
         true
     }
@@ -624,7 +649,7 @@ impl Schedule {
             && stat.wal.is_some_and(|(len, _)| len > 0)
             && db.stat != Some(stat)
         {
-            db.mark_dirty(now, self.wall_ms);
+            db.wake(now, self.wall_ms);
             self.reindex(id);
         }
     }
@@ -1127,6 +1152,21 @@ impl Schedule {
         self.reindex(id);
     }
 
+    /// Whether database `id`'s replica keeps objects for the storage
+    /// (`Database::spooled`), told after each of its jobs. A released one
+    /// that does wants a sync, at its backoff's pace.
+    pub(crate) fn spooled(&mut self, id: u64, pending: bool, now: Instant) {
+        let wall_ms = self.wall_ms;
+        let Some(db) = self.dbs.get_mut(&id) else {
+            return;
+        };
+        db.spooled = pending;
+        if pending && db.job == Job::Idle(Connection::Released) && !db.is_dirty() {
+            db.mark_dirty(now, wall_ms);
+            self.reindex(id);
+        }
+    }
+
     /// Whether database `id`, just let go of, left no mark in the bucket
     /// (`Database::unmarked`).
     pub(crate) fn set_unmarked(&mut self, id: u64, unmarked: bool) {
@@ -1137,7 +1177,7 @@ impl Schedule {
 
     /// SIGINT/SIGTERM: every database gets one last sync (nothing else
     /// starts), except released ones whose files did not change since and
-    /// whose let-go left a mark.
+    /// that keep nothing for the storage, and whose let-go left a mark.
     pub(crate) fn begin_stop(&mut self, now: Instant, stat_of: &dyn Fn(&Path) -> FileStat) {
         self.stopping = Some(now);
         for db in self.dbs.values_mut() {
@@ -1148,7 +1188,7 @@ impl Schedule {
             // nothing to ship: waking it only to stop would cost a
             // fingerprint, unless its let-go left no mark (then that is
             // what the stop is for).
-            if !db.is_dirty() && !db.unmarked && db.released_unchanged(stat_of) {
+            if !db.is_dirty() && !db.unmarked && !db.spooled && db.released_unchanged(stat_of) {
                 db.membership = Membership::Finished;
             } else {
                 db.mark_dirty(now, self.wall_ms);
@@ -2326,6 +2366,124 @@ mod tests {
         assert_eq!(
             closed_releases(&s.launch(ms(t0, 3600), &mut fds)),
             vec![(0, closed)]
+        );
+    }
+
+    /// A database let go of during an outage with commits kept for upload
+    /// (`Replica::has_pending`) wants syncs, paced by its backoff, until
+    /// they are up; and a stop gives it a last one though its files did
+    /// not change.
+    #[test]
+    fn a_released_database_keeping_commits_for_upload_syncs_until_they_are_up() {
+        let idle = Duration::from_secs(10);
+        let (mut s, t0) = schedule(2, 4, Some(idle));
+        let mut fds = FakeFds::default();
+        s.launch(t0, &mut fds);
+        s.on_done(0, synced(1, t0), &mut fds, t0);
+        s.on_done(1, synced(1, t0), &mut fds, t0);
+        assert_eq!(releases(&s.launch(ms(t0, 10_000), &mut fds)), vec![0, 1]);
+        for id in [0, 1] {
+            let now = ms(t0, 10_001);
+            s.on_released(id, Ok(Some(STAT)), Connection::Released, now, &unchanged);
+            s.spooled(id, id == 0, now);
+        }
+        // Only the one that keeps commits, at once, though unchanged.
+        assert_eq!(syncs(&s.launch(ms(t0, 10_002), &mut fds)), vec![(0, false)]);
+        let unreachable = Outcome::Unreachable("connection refused".into());
+        let now = ms(t0, 10_003);
+        s.on_done(
+            0,
+            finished(unreachable, Connection::Released, now),
+            &mut fds,
+            now,
+        );
+        s.spooled(0, true, now);
+        // Backoff: 2 s after the first failure.
+        assert!(s.launch(ms(t0, 11_000), &mut fds).is_empty());
+        assert_eq!(syncs(&s.launch(ms(t0, 12_100), &mut fds)), vec![(0, false)]);
+        let now = ms(t0, 12_200);
+        let up = finished(
+            Outcome::Synced(SyncReport::default()),
+            Connection::Released,
+            now,
+        );
+        s.on_done(0, up, &mut fds, now);
+        s.spooled(0, false, now);
+        assert!(
+            s.launch(ms(t0, 60_000), &mut fds).is_empty(),
+            "uploaded: at rest"
+        );
+        // At a stop, a released one unchanged since is finished at once,
+        // unless it keeps commits for upload.
+        s.spooled(1, true, ms(t0, 60_000));
+        assert_eq!(syncs(&s.launch(ms(t0, 60_000), &mut fds)), vec![(1, false)]);
+        let now = ms(t0, 60_001);
+        let failed_again = finished(
+            Outcome::Unreachable("connection refused".into()),
+            Connection::Released,
+            now,
+        );
+        s.on_done(1, failed_again, &mut fds, now);
+        s.begin_stop(ms(t0, 60_002), &unchanged);
+        assert_eq!(syncs(&s.launch(ms(t0, 60_002), &mut fds)), vec![(1, true)]);
+    }
+
+    /// Written while its syncs back off from the outage, a database let go
+    /// of with commits kept for upload wakes at once (not at its backoff),
+    /// and the application's close lets it go again, though no sync could
+    /// ship anything meanwhile.
+    #[test]
+    fn a_released_database_keeping_commits_for_upload_wakes_at_once_and_is_let_go_at_the_next_close(
+    ) {
+        let (mut s, t0) = schedule(1, 2, None);
+        let mut fds = FakeFds::default();
+        s.launch(t0, &mut fds);
+        s.on_done(0, synced(1, t0), &mut fds, t0);
+        s.on_probe(0, Some(false), ms(t0, 1));
+        let failing = LetGo::Closed {
+            storage_failing: false,
+        };
+        assert_eq!(
+            closed_releases(&s.launch(ms(t0, 1), &mut fds)),
+            vec![(0, failing)]
+        );
+        s.on_released(
+            0,
+            Ok(Some(STAT)),
+            Connection::Released,
+            ms(t0, 2),
+            &unchanged,
+        );
+        s.spooled(0, true, ms(t0, 2));
+        assert_eq!(syncs(&s.launch(ms(t0, 2), &mut fds)), vec![(0, false)]);
+        let unreachable = || Outcome::Unreachable("connection refused".into());
+        let now = ms(t0, 3);
+        s.on_done(
+            0,
+            finished(unreachable(), Connection::Released, now),
+            &mut fds,
+            now,
+        );
+        s.spooled(0, true, now);
+        // Backing off for 2 s; the application writes: at once.
+        assert!(s.launch(ms(t0, 500), &mut fds).is_empty());
+        write(&mut s, 0, ms(t0, 500));
+        assert_eq!(syncs(&s.launch(ms(t0, 500), &mut fds)), vec![(0, false)]);
+        // The wake holds it; the upload fails; the application closes.
+        let now = ms(t0, 600);
+        s.on_done(
+            0,
+            alone(finished(unreachable(), Connection::Open, now)),
+            &mut fds,
+            now,
+        );
+        s.spooled(0, true, now);
+        let failing = LetGo::Closed {
+            storage_failing: true,
+        };
+        assert_eq!(
+            closed_releases(&s.launch(ms(t0, 601), &mut fds)),
+            vec![(0, failing)]
         );
     }
 

@@ -41,6 +41,8 @@
 //! - `continuity`: does this WAL continue that backup? (the decisions of
 //!   `resume` and of a wake, apart from the reading; table-tested);
 //! - `release`: letting go of an idle or stopped database, and its proof;
+//! - `pending`: what a let-go during a storage outage keeps for upload
+//!   (store and forward);
 //! - `bucket`: what a backup object in the bucket says about where it stands;
 //! - `lag`: how far a local database is ahead of its backup (`walsync list`);
 //! - `error`: `ReplicaError`.
@@ -51,6 +53,7 @@ mod continuity;
 mod error;
 mod lag;
 mod live;
+mod pending;
 mod release;
 mod resume;
 mod ship;
@@ -77,6 +80,7 @@ pub use lag::{local_lag, Lag};
 
 use error::io_err;
 use live::Live;
+use pending::{Pending, PendingStep};
 use release::Released;
 use sync_plan::{SnapshotState, Thresholds, Upkeep, WalState};
 
@@ -141,6 +145,9 @@ pub struct Replica {
     /// (`crate::lease`); without them, no lease is taken.
     leases: Option<Arc<Leases>>,
     claim: Option<Arc<Claim>>,
+    /// What a let-go during a storage outage kept for upload: it goes up
+    /// before anything else of this database (`pending`).
+    pending: Pending,
 }
 
 impl Replica {
@@ -160,6 +167,7 @@ impl Replica {
             commit_times: None,
             leases: None,
             claim: None,
+            pending: Pending::default(),
         }
     }
 
@@ -235,9 +243,11 @@ impl Replica {
         &self.opts.prefix
     }
 
-    /// Newest txid shipped (0: none yet).
+    /// Newest txid in the bucket (0: none yet); commits kept for upload
+    /// (`pending`) are not in it yet.
     pub fn last_txid(&self) -> u64 {
-        self.last_txid
+        self.first_pending_txid()
+            .map_or(self.last_txid, |t| t.saturating_sub(1))
     }
 
     /// The WAL offset up to which everything is shipped, while replicating.
@@ -253,10 +263,12 @@ impl Replica {
     }
 
     /// Closes the connections (releasing the read transaction). The next
-    /// `sync` resumes from what the bucket holds.
+    /// `sync` resumes from what the bucket holds; what waited for the
+    /// storage is dropped, and said so.
     pub fn close(&mut self) {
         self.live = None;
         self.released = None;
+        self.drop_pending();
     }
 
     fn now_ms(&mut self) -> u64 {
@@ -286,6 +298,11 @@ impl Replica {
         force_snapshot: bool,
     ) -> Result<SyncReport, ReplicaError> {
         let mut report = SyncReport::default();
+        // What a let-go during an outage kept goes up first; a database let
+        // go of and unchanged since is not woken for it.
+        if self.has_pending() && pending::step(self.held()) == PendingStep::UploadAlone {
+            return self.upload_pending(storage, &mut report).map(|()| report);
+        }
         if let Some(live) = &self.live {
             match sqlite::file_id(&self.opts.path) {
                 Ok(id) if id == live.handle.id() => {}
@@ -328,6 +345,17 @@ impl Replica {
             if !self.needs_generation && self.generation != 0 {
                 self.begin_new_generation(why);
             }
+        }
+        // Held now (its read transaction pins the application's new
+        // commits), but nothing goes up before what waits.
+        if let Err(e) = self.upload_pending(storage, &mut report) {
+            if let Some(cause) = sync_plan::outage(&e) {
+                self.warn_if_wal_grows(cause);
+                if let Err(e) = self.settle(false) {
+                    log::debug!("{}: settling the WAL failed: {e}", self.opts.path.display());
+                }
+            }
+            return Err(e);
         }
         if self.needs_generation {
             self.snapshot(storage, true, &mut report)?;

@@ -280,6 +280,8 @@ impl Replica {
             if r.live.is_none() || r.db_len()? > max_db_bytes {
                 return Ok(None);
             }
+            // Nothing goes up before what waits (`pending`).
+            r.upload_pending(storage, &mut SyncReport::default())?;
             r.let_go(storage, max_db_bytes, false, "idle, connections released")
         })
     }
@@ -308,6 +310,7 @@ impl Replica {
     }
 
     fn stop_leased(&mut self, storage: &dyn Storage) -> Result<(), ReplicaError> {
+        self.upload_pending(storage, &mut SyncReport::default())?;
         if self.live.is_some() {
             let left = self.let_go(storage, u64::MAX, false, "stopped, mark left")?;
             if left.is_none() {
@@ -337,12 +340,14 @@ impl Replica {
     ///
     /// If the storage cannot be reached, walsync lets go all the same: a
     /// database that cannot be replaced safely is worse than a broken
-    /// history. The commits not yet shipped stay in the database file but
-    /// not in the bucket, so the next sync, once the storage answers,
-    /// starts a new generation (and nothing is opened until then). With
-    /// `storage_failing` (its last sync could not reach the storage) it
-    /// does not try to ship first: an upload's retries would keep the
-    /// database held for seconds.
+    /// history. It keeps what it could not upload in its spool, to upload
+    /// first once the storage answers, so the generation goes on
+    /// (`let_go_spooled`); without room for it, the commits not yet
+    /// shipped stay in the database file but not in the bucket, and the
+    /// next sync, once the storage answers, starts a new generation (and
+    /// nothing is opened until then). With `storage_failing` (its last
+    /// sync could not reach the storage) it does not try to ship first: an
+    /// upload's retries would keep the database held for seconds.
     pub fn release_closed(
         &mut self,
         storage: &dyn Storage,
@@ -364,25 +369,31 @@ impl Replica {
             return Ok(None);
         }
         if storage_failing {
-            return self.let_go_unshipped(&"its last sync could not reach the storage");
+            return self.let_go_spooled(max_db_bytes, &"its last sync could not reach the storage");
         }
-        match self.let_go(
-            storage,
-            max_db_bytes,
-            true,
-            "closed by the application, connections released",
-        ) {
+        // Nothing goes up before what waits (`pending`).
+        let let_go = match self.upload_pending(storage, &mut SyncReport::default()) {
+            Ok(()) => self.let_go(
+                storage,
+                max_db_bytes,
+                true,
+                "closed by the application, connections released",
+            ),
+            Err(e) => Err(e),
+        };
+        match let_go {
             Err(e) if self.live.is_some() && super::sync_plan::outage(&e).is_some() => {
-                self.let_go_unshipped(&e)
+                self.let_go_spooled(max_db_bytes, &e)
             }
             r => r,
         }
     }
 
-    /// `release_closed` while the storage is down (`cause`): gives up the
-    /// read mark, empties the WAL into the database file (TRUNCATE) and
-    /// closes the connections; the next sync starts a new generation.
-    fn let_go_unshipped(
+    /// `release_closed` while the storage is down (`cause`), when what is
+    /// not uploaded cannot be kept for upload: gives up the read mark,
+    /// empties the WAL into the database file (TRUNCATE) and closes the
+    /// connections; the next sync starts a new generation.
+    pub(super) fn let_go_unshipped(
         &mut self,
         cause: &dyn std::fmt::Display,
     ) -> Result<Option<sqlite::FileStat>, ReplicaError> {
