@@ -517,6 +517,19 @@ impl Replica {
                 None
             })
             .and_then(|(shm, i)| NextWal::of(shm, i));
+        // Taken while walsync's connections still hold their own SHARED
+        // locks, so that no moment passes without one: a last close of the
+        // application in between took EXCLUSIVE, checkpointed and deleted
+        // the WAL of a session that began meanwhile, and the wake could
+        // not follow (a new generation). Only over an empty WAL: then the
+        // file as left is what was shipped. Walsync's own closes below
+        // leave the WAL as it is either way.
+        let locked = truncated.complete()
+            && sqlite::hold_shared(self.live_mut().handle.file(), true)
+                .map_err(|e| {
+                    log::debug!("{}: SHARED range not locked: {e}", path.display());
+                })
+                .is_ok();
         // The connections close first: until they do, a file renamed over
         // the database would share their wal-index, and the mark's upload
         // may take an outage's retries.
@@ -526,15 +539,6 @@ impl Replica {
         let db = live.handle.release();
         // Only now that the connections are closed (see `Live::shm_file`).
         drop(shm_file);
-        // After walsync's own closes (which leave the WAL as it is). Only
-        // over an empty WAL: then the file as left is what was shipped.
-        let locked = truncated.complete()
-            && db
-                .hold_shared(true)
-                .map_err(|e| {
-                    log::debug!("{}: SHARED range not locked: {e}", path.display());
-                })
-                .is_ok();
         self.released = Some(Released {
             db,
             cursor,
