@@ -71,6 +71,70 @@ pub struct ListRange {
     pub through: Option<String>,
 }
 
+impl ListRange {
+    /// The prefix to list the range with: the root, or, between two bounds,
+    /// what the bounds have in common (every key after the one and not
+    /// after the other starts with it). A server that filters by prefix
+    /// before anything else (s3s-fs reads the size of every key under the
+    /// prefix for each page) then does the work of this range only.
+    pub fn prefix(&self) -> &str {
+        let (Some(after), Some(through)) = (&self.after, &self.through) else {
+            return &self.root;
+        };
+        let mut same = after
+            .bytes()
+            .zip(through.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        while !after.is_char_boundary(same) {
+            same -= 1;
+        }
+        if same > self.root.len() {
+            &after[..same]
+        } else {
+            &self.root
+        }
+    }
+}
+
+/// Deepest a config-less command looks for where to cut its listing
+/// ([`next_look`]): `""` → `tenants/` → `tenants/eu/` → ….
+pub const MAX_LOOKS: usize = 4;
+
+/// What the "folders" right under a prefix (`Storage::list_children`) tell
+/// a command that knows no database yet ([`next_look`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Look {
+    /// One folder: look inside it (the bucket's root often holds one,
+    /// `tenants/`).
+    Inside(String),
+    /// Enough folders to cut the listing at them (`listing_ranges`): the
+    /// prefixes they would be as databases (without the `/`).
+    CutAt(Vec<String>),
+    /// List whole: too few to be worth cutting, or one that is a
+    /// database's own (`<prefix>/generations/`).
+    Whole,
+}
+
+/// Where the folders `children` (sorted, each ending in `/`) lead: cut at
+/// them if they make at least two ranges of `per_range`; look inside the
+/// only one, unless it is a database's own; else list whole. Correctness
+/// never rests on this: the ranges of a listing hold every key under its
+/// root, wherever the cuts are.
+pub fn next_look(children: &[String], per_range: usize) -> Look {
+    match children {
+        [only] if !only.ends_with("/generations/") && only != "generations/" => {
+            Look::Inside(only.clone())
+        }
+        many if many.len() >= per_range.max(1).saturating_mul(2) => Look::CutAt(
+            many.iter()
+                .map(|c| c.trim_end_matches('/').to_string())
+                .collect(),
+        ),
+        _ => Look::Whole,
+    }
+}
+
 /// The listings that cover `roots` (from [`listing_roots`]), each root cut
 /// into ranges of about `per_range` of the known databases (`prefixes`)
 /// under it when it holds at least two ranges' worth, so that they can be
@@ -91,7 +155,7 @@ pub fn listing_ranges(roots: &[String], prefixes: &[String], per_range: usize) -
         let under = &sorted[start..];
         let under = &under[..under.partition_point(|p| p.starts_with(root.as_str()))];
         let mut after: Option<String> = None;
-        if under.len() >= 2 * per_range {
+        if under.len() >= per_range.saturating_mul(2) {
             for bound in under.iter().step_by(per_range).skip(1) {
                 let through = Some(bound.to_string());
                 ranges.push(ListRange {
@@ -243,12 +307,13 @@ mod tests {
                 .iter()
                 .flat_map(|r| {
                     bucket.iter().filter(move |k| {
-                        k.starts_with(r.root.as_str())
+                        k.starts_with(r.prefix())
                             && crate::storage::in_range(k, r.after.as_deref(), r.through.as_deref())
                     })
                 })
                 .collect();
             assert_eq!(by_range, listed, "{ranges:?}");
+            assert!(ranges.iter().all(|r| r.prefix().starts_with(&r.root)));
             for root in &roots {
                 let under = known
                     .iter()
@@ -287,6 +352,56 @@ mod tests {
         assert_eq!(
             listing_ranges(&roots, &tenants, 501),
             vec![solo, range(None, None)]
+        );
+    }
+
+    #[test]
+    fn a_range_is_listed_by_what_its_bounds_share() {
+        let range = |after: Option<&str>, through: Option<&str>| ListRange {
+            root: "t/".into(),
+            after: after.map(str::to_string),
+            through: through.map(str::to_string),
+        };
+        // (after, through, the prefix listed)
+        #[rustfmt::skip]
+        let cases = [
+            (None, None, "t/"),
+            (None, Some("t/d01000"), "t/"),
+            (Some("t/d01000"), None, "t/"),
+            (Some("t/d01000"), Some("t/d01500"), "t/d01"),
+            (Some("t/d00500"), Some("t/d01000"), "t/d0"),
+            (Some("t/a"), Some("t/b"), "t/"),
+            (Some("t/a"), Some("t/a/b"), "t/a"),
+            (Some("t/\u{e9}1"), Some("t/\u{e9}2"), "t/\u{e9}"),
+            // é and è share their first byte: cut at a character.
+            (Some("t/\u{e9}"), Some("t/\u{e8}"), "t/"),
+        ];
+        for (after, through, prefix) in cases {
+            assert_eq!(
+                range(after, through).prefix(),
+                prefix,
+                "{after:?} {through:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_folders_under_a_prefix_say_where_to_look_and_cut() {
+        let folders = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            next_look(&folders(&["tenants/"]), 2),
+            Look::Inside("tenants/".into())
+        );
+        assert_eq!(next_look(&folders(&["t/a/generations/"]), 2), Look::Whole);
+        assert_eq!(next_look(&folders(&["generations/"]), 2), Look::Whole);
+        assert_eq!(next_look(&folders(&[]), 2), Look::Whole);
+        assert_eq!(
+            next_look(&folders(&["t/a/", "t/b/", "t/c/"]), 2),
+            Look::Whole
+        );
+        assert_eq!(
+            next_look(&folders(&["t/a/", "t/b/", "t/c/", "t/d/"]), 2),
+            Look::CutAt(folders(&["t/a", "t/b", "t/c", "t/d"]))
         );
     }
 

@@ -194,7 +194,10 @@ pub fn select(
 
 /// The databases with objects under `parent` (the whole bucket if empty),
 /// found by listing it once: every key that parses as
-/// `<prefix>/generations/...`. None found is no error here.
+/// `<prefix>/generations/...`. A store that lists in parts is first asked
+/// for the folders under it (`fleet::next_look`), so that a parent of many
+/// databases is listed in parts at once as with a config. None found is no
+/// error here.
 pub fn discover(
     storage: &dyn Storage,
     parent: &str,
@@ -206,11 +209,39 @@ pub fn discover(
     } else {
         keys::database_root(parent)
     };
-    let listing = list_roots(storage, vec![root], &[], pool)?;
+    let cuts = if storage.lists_in_parts() {
+        cut_points(storage, &root)
+    } else {
+        Vec::new()
+    };
+    let listing = list_roots(storage, vec![root], &cuts, pool)?;
     Ok(Fleet {
         prefixes: keys::discover_prefixes(&listing),
         listing,
     })
+}
+
+/// Where to cut the listing of `root` (`fleet::next_look`): the folders
+/// under it, or under the one folder it holds, if there are enough. Only a
+/// hint: a listing that fails here is made whole (and reports its error
+/// there, if it has one).
+fn cut_points(storage: &dyn Storage, root: &str) -> Vec<String> {
+    let mut at = root.to_string();
+    for _ in 0..crate::fleet::MAX_LOOKS {
+        let children = match storage.list_children(&at) {
+            Ok(c) => c,
+            Err(e) => {
+                log::debug!("the folders under {at:?} are not known, listing it whole: {e}");
+                return Vec::new();
+            }
+        };
+        match crate::fleet::next_look(&children, crate::fleet::DATABASES_PER_RANGE) {
+            crate::fleet::Look::Inside(folder) => at = folder,
+            crate::fleet::Look::CutAt(cuts) => return cuts,
+            crate::fleet::Look::Whole => break,
+        }
+    }
+    Vec::new()
 }
 
 /// Lists every root into one listing, in parallel on `pool`, a root with
@@ -224,14 +255,19 @@ pub fn list_roots(
     known: &[String],
     pool: &rayon::ThreadPool,
 ) -> Result<Vec<ObjectMeta>, CliError> {
-    let ranges = crate::fleet::listing_ranges(&roots, known, crate::fleet::DATABASES_PER_RANGE);
+    let per_range = if storage.lists_in_parts() {
+        crate::fleet::DATABASES_PER_RANGE
+    } else {
+        usize::MAX
+    };
+    let ranges = crate::fleet::listing_ranges(&roots, known, per_range);
     // Sorted roots, none inside another (`fleet::listing_roots`), and each
     // one's ranges in order: their listings, in that order, make one
     // sorted listing.
     let mut all = Vec::new();
     for (range, listing) in ranges.iter().zip(par_map(pool, ranges.len(), |i| {
         let r = &ranges[i];
-        storage.list_range(&r.root, r.after.as_deref(), r.through.as_deref())
+        storage.list_range(r.prefix(), r.after.as_deref(), r.through.as_deref())
     })) {
         let root = &range.root;
         all.extend(listing.map_err(|e| CliError::runtime(format!("cannot list {root:?}: {e}")))?);

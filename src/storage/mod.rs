@@ -157,6 +157,23 @@ pub trait Storage: Send + Sync {
         Ok(objects)
     }
 
+    /// Whether a large listing is quicker as parts listed at once
+    /// (`list_range`, `fleet::listing_ranges`): on S3 each page is a round
+    /// trip that needs the one before's continuation token. A directory is
+    /// walked once (the default).
+    fn lists_in_parts(&self) -> bool {
+        false
+    }
+
+    /// The "folders" right under `prefix` (empty or ending in `/`): each
+    /// distinct `<prefix><part>/` that keys under it start with, sorted.
+    /// Only a hint, for where to cut a listing into parts
+    /// (`cmd::restore_all::discover`): a store that cannot tell cheaply
+    /// gives none (the default, for stores that do not list in parts).
+    fn list_children(&self, _prefix: &str) -> Result<Vec<String>, StorageError> {
+        Ok(Vec::new())
+    }
+
     /// Deletes the objects; keys that do not exist are not an error.
     fn delete(&self, keys: &[String]) -> Result<(), StorageError>;
 

@@ -473,10 +473,12 @@ impl S3Storage {
         prefix: &str,
         after: Option<&str>,
         token: Option<&str>,
+        children: bool,
     ) -> Result<ListingPage, Failure> {
-        let url = self.list_url(prefix, after, token);
+        let url = self.list_url(prefix, after, token, children);
         match after {
             Some(after) => log::debug!("{}: LIST {prefix:?} after {after:?}", self.location),
+            None if children => log::debug!("{}: LIST {prefix:?} by \"/\"", self.location),
             None => log::debug!("{}: LIST {prefix:?}", self.location),
         }
         let response = self.agent.get(&url).call().map_err(|e| self.transport(e))?;

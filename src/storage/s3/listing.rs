@@ -14,7 +14,8 @@
 //!
 //! API reference:
 //! <https://docs.aws.amazon.com/AmazonS3/latest/API/API_ListObjectsV2.html>.
-//! walsync lists without a delimiter, so `CommonPrefixes` are not read.
+//! A listing with a delimiter (`Storage::list_children`) also gives the
+//! `CommonPrefixes`: the "folders" under the prefix.
 
 use xmlparser::{ElementEnd, Token, Tokenizer};
 
@@ -22,6 +23,8 @@ use xmlparser::{ElementEnd, Token, Tokenizer};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ListingPage {
     pub(super) objects: Vec<ListedObject>,
+    /// The `<CommonPrefixes>` entries' `<Prefix>`es (with a delimiter only).
+    pub(super) prefixes: Vec<String>,
     /// Where the next page starts; `None` on the last page.
     pub(super) next_continuation_token: Option<String>,
 }
@@ -47,6 +50,7 @@ struct Reading {
     objects: Vec<ListedObject>,
     /// The entry being read, if inside `<Contents>`: its key and size.
     entry: Option<(Option<String>, Option<u64>)>,
+    prefixes: Vec<String>,
     token: Option<String>,
     truncated: Option<bool>,
     url_encoded: bool,
@@ -57,6 +61,7 @@ struct Reading {
 enum Field {
     Key,
     Size,
+    CommonPrefix,
     Token,
     Truncated,
     EncodingType,
@@ -68,6 +73,7 @@ fn field(path: &[&str]) -> Option<Field> {
     match path {
         [_, "Contents", "Key"] => Some(Field::Key),
         [_, "Contents", "Size"] => Some(Field::Size),
+        [_, "CommonPrefixes", "Prefix"] => Some(Field::CommonPrefix),
         [_, "NextContinuationToken"] => Some(Field::Token),
         [_, "IsTruncated"] => Some(Field::Truncated),
         [_, "EncodingType"] => Some(Field::EncodingType),
@@ -182,18 +188,24 @@ pub(super) fn parse_listing(text: &str) -> Result<ListingPage, String> {
         (None, _) => None,
     };
     let mut objects = page.objects;
+    let mut prefixes = page.prefixes;
     if page.url_encoded {
-        for object in &mut objects {
-            object.key = url_decoded(&object.key).ok_or_else(|| {
-                format!(
-                    "the key {:?} is not URL-encoded, though <EncodingType> says url",
-                    object.key
-                )
+        let decode = |key: &mut String| {
+            *key = url_decoded(key).ok_or_else(|| {
+                format!("the key {key:?} is not URL-encoded, though <EncodingType> says url")
             })?;
+            Ok::<_, String>(())
+        };
+        for object in &mut objects {
+            decode(&mut object.key)?;
+        }
+        for prefix in &mut prefixes {
+            decode(prefix)?;
         }
     }
     Ok(ListingPage {
         objects,
+        prefixes,
         next_continuation_token,
     })
 }
@@ -215,6 +227,7 @@ fn field_name(field: Field) -> &'static str {
     match field {
         Field::Key => "Key",
         Field::Size => "Size",
+        Field::CommonPrefix => "Prefix",
         Field::Token => "NextContinuationToken",
         Field::Truncated => "IsTruncated",
         Field::EncodingType => "EncodingType",
@@ -261,6 +274,7 @@ fn close(open: &mut Vec<(&str, &str)>, page: &mut Reading, value: &str) -> Resul
             })?;
             entry.1 = Some(size);
         }
+        Field::CommonPrefix => page.prefixes.push(value.to_owned()),
         Field::Token => {
             if page.token.is_some() {
                 return Err(twice("NextContinuationToken"));
@@ -384,6 +398,7 @@ mod tests {
     fn page(objects: Vec<ListedObject>, token: Option<&str>) -> ListingPage {
         ListingPage {
             objects,
+            prefixes: Vec::new(),
             next_continuation_token: token.map(str::to_owned),
         }
     }
@@ -459,6 +474,25 @@ mod tests {
         }
         // An empty root element.
         assert_eq!(parse_listing("<ListBucketResult/>"), Ok(page(vec![], None)));
+    }
+
+    #[test]
+    fn a_listing_with_a_delimiter_gives_its_common_prefixes() {
+        let text = "<ListBucketResult><Prefix>t/</Prefix><Delimiter>/</Delimiter>\
+                    <IsTruncated>true</IsTruncated><NextContinuationToken>t/b/</NextContinuationToken>\
+                    <Contents><Key>t/x</Key><Size>1</Size></Contents>\
+                    <CommonPrefixes><Prefix>t/a/</Prefix></CommonPrefixes>\
+                    <CommonPrefixes><Prefix>t/b&amp;c/</Prefix></CommonPrefixes></ListBucketResult>";
+        let mut expected = page(vec![object("t/x", Some(1))], Some("t/b/"));
+        expected.prefixes = vec!["t/a/".to_owned(), "t/b&c/".to_owned()];
+        assert_eq!(parse_listing(text), Ok(expected));
+        let encoded = "<ListBucketResult><EncodingType>url</EncodingType>\
+                       <CommonPrefixes><Prefix>t/a%20b+c/</Prefix></CommonPrefixes></ListBucketResult>";
+        let page = parse_listing(encoded).expect("a listing");
+        assert_eq!(page.prefixes, vec!["t/a b c/".to_owned()]);
+        let bad = "<ListBucketResult><EncodingType>url</EncodingType>\
+                   <CommonPrefixes><Prefix>%ff/</Prefix></CommonPrefixes></ListBucketResult>";
+        assert!(parse_listing(bad).is_err_and(|e| e.contains("not URL-encoded")));
     }
 
     #[test]

@@ -323,6 +323,41 @@ impl S3Storage {
     }
 }
 
+impl S3Storage {
+    /// Gives `each` the pages of the listing of `prefix` (after `after`,
+    /// grouped by `/` with `children`; `S3Storage::list_page`), one after
+    /// another, each page retried on its own, until the last page or until
+    /// `each` answers `false`.
+    fn pages(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        children: bool,
+        mut each: impl FnMut(listing::ListingPage) -> Result<bool, StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut token: Option<String> = None;
+        loop {
+            let mut page = self.retry("list", prefix, || {
+                self.list_page(prefix, after, token.as_deref(), children)
+            })?;
+            let next = page.next_continuation_token.take();
+            if !each(page)? {
+                return Ok(());
+            }
+            match next {
+                Some(next) if token.as_deref() == Some(next.as_str()) => {
+                    return Err(StorageError::BadResponse {
+                        location: self.location.clone(),
+                        detail: format!("the listing of {prefix:?} repeats its continuation token"),
+                    });
+                }
+                Some(next) => token = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
 impl Storage for S3Storage {
     fn put(&self, key: &str, body: Body<'_>, crc32: u32) -> Result<(), StorageError> {
         check_key(key)?;
@@ -365,11 +400,7 @@ impl Storage for S3Storage {
         through: Option<&str>,
     ) -> Result<Vec<ObjectMeta>, StorageError> {
         let mut objects = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self.retry("list", prefix, || {
-                self.list_page(prefix, after, token.as_deref())
-            })?;
+        self.pages(prefix, after, false, |page| {
             // Keys come in order: once one is past `through`, no later page
             // holds one that is not.
             let past = through.is_some_and(|t| page.objects.iter().any(|o| o.key.as_str() > t));
@@ -388,21 +419,45 @@ impl Storage for S3Storage {
                     size,
                 });
             }
-            match page.next_continuation_token {
-                _ if past => break,
-                Some(next) if token.as_deref() == Some(next.as_str()) => {
-                    return Err(StorageError::BadResponse {
-                        location: self.location.clone(),
-                        detail: format!("the listing of {prefix:?} repeats its continuation token"),
-                    });
-                }
-                Some(next) => token = Some(next),
-                None => break,
-            }
-        }
+            Ok(!past)
+        })?;
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         objects.dedup_by(|a, b| a.key == b.key);
         Ok(objects)
+    }
+
+    fn lists_in_parts(&self) -> bool {
+        true
+    }
+
+    fn list_children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut children = Vec::new();
+        self.pages(prefix, None, true, |page| {
+            // A server that ignores the delimiter lists every key: then the
+            // children are not worth the pages of the whole listing.
+            let ignored = page.objects.iter().any(|o| {
+                o.key
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.contains('/'))
+            });
+            if ignored {
+                log::debug!(
+                    "{}: the listing of {prefix:?} ignores its delimiter",
+                    self.location
+                );
+                children.clear();
+                return Ok(false);
+            }
+            children.extend(page.prefixes.into_iter().filter(|p| {
+                p.strip_prefix(prefix)
+                    .and_then(|rest| rest.strip_suffix('/'))
+                    .is_some_and(|part| !part.is_empty() && !part.contains('/'))
+            }));
+            Ok(true)
+        })?;
+        children.sort();
+        children.dedup();
+        Ok(children)
     }
 
     fn delete(&self, keys: &[String]) -> Result<(), StorageError> {

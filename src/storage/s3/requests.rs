@@ -177,11 +177,15 @@ impl S3Storage {
 
     /// The presigned ListObjectsV2 URL of the page of `prefix` after
     /// `token` (the first page without one).
+    /// A ListObjectsV2 page of `prefix`; with `children`, grouped at the
+    /// next `/` (`delimiter=/`: the keys under a "folder" come as one
+    /// `CommonPrefixes` entry).
     pub(super) fn list_url(
         &self,
         prefix: &str,
         after: Option<&str>,
         token: Option<&str>,
+        children: bool,
     ) -> String {
         let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
         // rusty-s3 asks for `encoding-type=url` and decodes the keys when the
@@ -199,6 +203,9 @@ impl S3Storage {
         }
         if let Some(token) = token {
             action.with_continuation_token(token);
+        }
+        if children {
+            action.with_delimiter("/");
         }
         action.sign(SIGN_EXPIRY).into()
     }
@@ -295,12 +302,14 @@ mod tests {
              vec!["X-Amz-SignedHeaders=host&"], vec!["uploadId"]),
             ("delete objects", storage.delete_objects_url(&md5), bucket,
              vec!["delete=1", "X-Amz-SignedHeaders=content-md5%3Bhost"], vec!["db%2Fkey", "list-type", "x-amz-checksum"]),
-            ("list", storage.list_url("db/", None, Some("tok")), bucket,
-             vec!["list-type=2", "prefix=db%2F", "continuation-token=tok"], vec!["encoding-type", "start-after"]),
-            ("first list page", storage.list_url("", None, None), bucket,
+            ("list", storage.list_url("db/", None, Some("tok"), false), bucket,
+             vec!["list-type=2", "prefix=db%2F", "continuation-token=tok"], vec!["encoding-type", "start-after", "delimiter"]),
+            ("first list page", storage.list_url("", None, None, false), bucket,
              vec!["list-type=2"], vec!["prefix=", "continuation-token", "encoding-type", "start-after"]),
-            ("first page of a range", storage.list_url("t/", Some("t/db 7"), None), bucket,
+            ("first page of a range", storage.list_url("t/", Some("t/db 7"), None, false), bucket,
              vec!["list-type=2", "prefix=t%2F", "start-after=t%2Fdb%207"], vec!["continuation-token"]),
+            ("children", storage.list_url("t/", None, None, true), bucket,
+             vec!["list-type=2", "prefix=t%2F", "delimiter=%2F"], vec!["start-after", "encoding-type"]),
         ];
         for (request, url, start, has, has_not) in cases {
             assert!(url.starts_with(start), "{request}: {url}");
