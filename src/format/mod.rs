@@ -130,42 +130,46 @@ impl<W: Write> Write for CrcWriter<W> {
 pub struct CrcReader<R: Read> {
     inner: R,
     hasher: crc32fast::Hasher,
-    /// Bytes read from `inner` and not yet given out; the last four of the
-    /// stream stay here.
-    held: Vec<u8>,
+    /// Bytes read from `inner`; `held[start..end]` are not yet given out,
+    /// and the last four of the stream stay there. Zeroed once: each read
+    /// fills the free tail, no byte is zeroed or moved per read but the few
+    /// held back.
+    held: Box<[u8]>,
+    start: usize,
+    end: usize,
     eof: bool,
 }
 
 const TRAILER: usize = 4;
+
+/// What `CrcReader` reads from its source at once, at most.
+const READ_AT_ONCE: usize = 64 * 1024;
 
 impl<R: Read> CrcReader<R> {
     pub fn new(inner: R) -> Self {
         CrcReader {
             inner,
             hasher: crc32fast::Hasher::new(),
-            held: Vec::with_capacity(64 * 1024),
+            held: vec![0; READ_AT_ONCE + TRAILER].into_boxed_slice(),
+            start: 0,
+            end: 0,
             eof: false,
         }
     }
 
     fn fill(&mut self) -> io::Result<()> {
-        while !self.eof && self.held.len() <= TRAILER {
-            let old = self.held.len();
-            self.held.resize(old + 64 * 1024, 0);
+        while !self.eof && self.end - self.start <= TRAILER {
+            // The at most four bytes held back go to the front.
+            self.held.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
             let n = loop {
-                match self.inner.read(&mut self.held[old..]) {
+                match self.inner.read(&mut self.held[self.end..]) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    r => break r,
+                    r => break r?,
                 }
             };
-            let n = match n {
-                Ok(n) => n,
-                Err(e) => {
-                    self.held.truncate(old);
-                    return Err(e);
-                }
-            };
-            self.held.truncate(old + n);
+            self.end += n;
             if n == 0 {
                 self.eof = true;
             }
@@ -189,10 +193,11 @@ impl<R: Read> CrcReader<R> {
             rest.extend_from_slice(&buf[..n]);
             rest.clear();
         }
-        if self.held.len() != TRAILER {
+        let held = &self.held[self.start..self.end];
+        if held.len() != TRAILER {
             return Err(FormatError::Truncated);
         }
-        let stored = u32::from_be_bytes([self.held[0], self.held[1], self.held[2], self.held[3]]);
+        let stored = u32::from_be_bytes([held[0], held[1], held[2], held[3]]);
         let computed = self.hasher.finalize();
         if stored != computed {
             return Err(FormatError::ChecksumMismatch { stored, computed });
@@ -204,11 +209,11 @@ impl<R: Read> CrcReader<R> {
 impl<R: Read> Read for CrcReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.fill()?;
-        let avail = self.held.len().saturating_sub(TRAILER);
+        let avail = (self.end - self.start).saturating_sub(TRAILER);
         let n = avail.min(buf.len());
-        buf[..n].copy_from_slice(&self.held[..n]);
+        buf[..n].copy_from_slice(&self.held[self.start..self.start + n]);
         self.hasher.update(&buf[..n]);
-        self.held.drain(..n);
+        self.start += n;
         Ok(n)
     }
 }
@@ -331,6 +336,62 @@ mod tests {
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         assert!(matches!(r.finish(true), Err(FormatError::Truncated)));
+    }
+
+    /// A source that gives at most `sizes[i % len]` bytes per read, and is
+    /// interrupted before every third read.
+    struct Chunky<'a> {
+        bytes: &'a [u8],
+        sizes: &'a [usize],
+        reads: usize,
+    }
+
+    impl Read for Chunky<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
+            if self.reads % 3 == 0 {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = self.sizes[self.reads % self.sizes.len()]
+                .min(buf.len())
+                .min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn crc_reader_gives_every_byte_however_source_and_reader_cut_them() {
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut w = CrcWriter::new(Vec::new());
+        w.write_all(&payload).unwrap();
+        let (bytes, _, _) = w.finish().unwrap();
+        for (sizes, buf_len) in [
+            (&[1usize][..], 3usize),
+            (&[3, 1, 5, 2][..], 7),
+            (&[65_536][..], 65_536),
+            (&[70_000, 2, 65_535][..], 100_000),
+            (&[4, 4, 4][..], 1),
+            (&[100_000][..], 8192),
+        ] {
+            let mut r = CrcReader::new(Chunky {
+                bytes: &bytes,
+                sizes,
+                reads: 0,
+            });
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; buf_len];
+            loop {
+                let n = r.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            assert!(out == payload, "{sizes:?} {buf_len}");
+            r.finish(true).unwrap();
+        }
     }
 }
 
