@@ -171,6 +171,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--cache", help="keep the databases and their backup here and use them again in later "
+                                    "runs of the same N and --rows (making 10,000 takes minutes)")
     ap.add_argument("--out", help="append a Markdown section to this file")
     ap.add_argument("--json", help="write the raw results as JSON to this file")
     args = ap.parse_args()
@@ -191,22 +193,32 @@ def main() -> int:
         try:
             for n in [int(x) for x in args.n.split(",")]:
                 ws = base / f"n{n}"
-                src = ws / "src" / "tenants"
-                src.mkdir(parents=True)
-                t = time.monotonic()
-                wants = {f"db{i:05d}": make_db(src / f"db{i:05d}.db", i, args.rows) for i in range(n)}
-                made = time.monotonic() - t
-                dir_cfg = ws / "dir.toml"
-                dir_cfg.write_text(f'[storage]\ndir = "{ws / "backup"}"\n[[directories]]\ndir = "{src}"\n'
-                                   f'pattern = "*.db"\nprefix = "tenants/{{name}}"\n')
-                t = time.monotonic()
-                r = subprocess.run([str(base / "walsync-after"), "snapshot", "-c", str(dir_cfg)],
-                                   capture_output=True, text=True, timeout=args.timeout)
-                snap = time.monotonic() - t
-                if r.returncode != 0:
-                    raise SystemExit(f"snapshot failed: {r.stderr[-500:]}")
+                made_in = Path(args.cache) / f"n{n}-rows{args.rows}" if args.cache else ws
+                src = made_in / "src" / "tenants"
+                wants_file = made_in / "wants.json"
+                ws.mkdir(parents=True)
+                if wants_file.exists():
+                    wants = {k: tuple(v) for k, v in json.loads(wants_file.read_text()).items()}
+                    made = snap = 0.0
+                    log(f"N={n}: databases and backup from {made_in}")
+                else:
+                    shutil.rmtree(made_in, ignore_errors=True)
+                    src.mkdir(parents=True)
+                    t = time.monotonic()
+                    wants = {f"db{i:05d}": make_db(src / f"db{i:05d}.db", i, args.rows) for i in range(n)}
+                    made = time.monotonic() - t
+                    dir_cfg = made_in / "dir.toml"
+                    dir_cfg.write_text(f'[storage]\ndir = "{made_in / "backup"}"\n[[directories]]\n'
+                                       f'dir = "{src}"\npattern = "*.db"\nprefix = "tenants/{{name}}"\n')
+                    t = time.monotonic()
+                    r = subprocess.run([str(base / "walsync-after"), "snapshot", "-c", str(dir_cfg)],
+                                       capture_output=True, text=True, timeout=args.timeout)
+                    snap = time.monotonic() - t
+                    if r.returncode != 0:
+                        raise SystemExit(f"snapshot failed: {r.stderr[-500:]}")
+                    wants_file.write_text(json.dumps(wants))
                 (ws / "s3").mkdir()
-                shutil.copytree(ws / "backup", ws / "s3" / BUCKET)
+                shutil.copytree(made_in / "backup", ws / "s3" / BUCKET)
                 objects = sum(1 for p in (ws / "s3" / BUCKET).rglob("*") if p.is_file())
                 ctx["setup"][n] = {"create_s": round(made, 1), "snapshot_s": round(snap, 1), "objects": objects}
                 log(f"N={n}: databases made in {made:.0f}s, snapshot to a directory in {snap:.0f}s, "
