@@ -679,7 +679,7 @@ pub fn run(
         if let Some(c) = catalog_due {
             wake = wake.min(c);
         }
-        let wake = d.schedule.next_wake(now, wake);
+        let wake = d.schedule.next_wake(now, wake, &d.fds);
         let mut msg = match rx.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(m) => Some(m),
             Err(RecvTimeoutError::Timeout) => None,

@@ -151,7 +151,8 @@ struct Listed {
     /// Its due time, and whether in `Schedule::due_closed` (walsync has
     /// not opened it) rather than in `Schedule::due`.
     due: Option<(Instant, bool)>,
-    /// Its release time, in `Schedule::releases`.
+    /// Its release time, in `Schedule::releases`: only while it may be
+    /// let go of then (`may_let_go`).
     release: Option<Instant>,
     /// Counted in `Schedule::open`.
     open: bool,
@@ -347,7 +348,10 @@ pub(crate) struct Schedule {
     max_open: usize,
     /// Where `rescan_some` goes on: the id after the last it looked at.
     rescan_from: u64,
-    /// The databases with a release time, by that time (then id).
+    /// The databases with a release time, by that time (then id), while
+    /// they may be let go of (`may_let_go`): a time that has come for one
+    /// that cannot be let go of then must not bring the loop's wake
+    /// (`next_wake`) forward, or the loop spins until it can.
     releases: BTreeSet<(Instant, u64)>,
     by_path: HashMap<PathBuf, u64>,
     next_id: u64,
@@ -445,9 +449,12 @@ impl Schedule {
             return;
         };
         let closed = d.job == Job::Idle(Connection::Closed);
+        let stopping = self.stopping.is_some();
         let now = Listed {
             due: d.due_at().map(|t| (t, closed)),
-            release: d.release_at,
+            release: d
+                .release_at
+                .filter(|_| may_let_go(d.job, d.is_dirty(), d.closed_by_app, stopping)),
             open: counts_open(d.job, d.kept_open),
         };
         let was = std::mem::replace(&mut d.listed, now);
@@ -850,16 +857,11 @@ impl Schedule {
             _ => Duration::ZERO,
         };
         let (mut due, mut sooner) = (Vec::new(), Vec::new());
+        // Listed only while they may be let go of (`may_let_go`).
         for &(t, id) in self.releases.range(..=(now + sooner_by, u64::MAX)) {
-            let db = &self.dbs[&id];
-            let Job::Idle(connection) = db.job else {
+            let Job::Idle(connection) = self.dbs[&id].job else {
                 continue;
             };
-            // Commits that wait are shipped by the release of a database
-            // the application closed (and for an idle one a sync is due).
-            if db.is_dirty() && !db.closed_by_app {
-                continue;
-            }
             if t <= now {
                 due.push(id);
             } else if pressed && connection == Connection::Open {
@@ -1225,18 +1227,34 @@ impl Schedule {
     }
 
     /// When the loop must look again at the latest, given `wake` (its own
-    /// timers): the next due sync or release, unless every job slot is
-    /// taken (then the next finished job is what can start more: due work
-    /// must not make the loop spin meanwhile).
-    pub(crate) fn next_wake(&self, now: Instant, mut wake: Instant) -> Instant {
+    /// timers): the next time something can start, a due sync or release.
+    /// Never now or earlier for what cannot start then: the loop would go
+    /// round without waiting, at full CPU, until it could. So not while
+    /// every job slot is taken (the next finished job is what can start
+    /// more: a message wakes the loop), nor syncs while as many run as the
+    /// open-file limit lets (`Descriptors::max_jobs`; releases still may),
+    /// nor databases that need opening while descriptors are short, and
+    /// releases only of databases that may be let go of (`releases`).
+    pub(crate) fn next_wake(
+        &self,
+        now: Instant,
+        mut wake: Instant,
+        fds: &dyn Descriptors,
+    ) -> Instant {
         if self.running >= self.max_jobs {
+            return wake;
+        }
+        if let Some(&(t, _)) = self.releases.first() {
+            wake = wake.min(t);
+        }
+        if self.running >= fds.max_jobs(self.dbs.len() as u64, self.max_jobs) {
             return wake;
         }
         // Databases that need opening while descriptors are short wait for
         // a job to end (a message) or for the short wait to pass.
         let opens_wait = self.opens_wait_until.filter(|&t| t > now);
         // In due order: once a due time is past `wake`, no later one can
-        // bring it forward.
+        // bring it forward. Those a job has wait for its end (a message).
         for &(due, id) in &self.due {
             if due >= wake {
                 break;
@@ -1259,9 +1277,6 @@ impl Schedule {
             } else {
                 due
             });
-        }
-        if let Some(&(t, _)) = self.releases.first() {
-            wake = wake.min(t);
         }
         wake
     }
@@ -1287,6 +1302,18 @@ pub(crate) fn rescan_slice(databases: usize, rescan_interval: Duration, tick: Du
     let even = (databases as f64 / ticks).ceil() as u64;
     let cap = ((RESCAN_PER_SECOND as f64 * tick.as_secs_f64()).ceil() as u64).max(1);
     even.min(cap).min(databases as u64) as usize
+}
+
+/// Whether a database may be let go of when its release time comes: no job
+/// has it, walsync is not stopping (the stop's last syncs let go of every
+/// database), and no sync is due first, unless the application closed it
+/// (then the release ships what waits). Only such a database is listed
+/// under its release time (`Schedule::reindex`): one whose time came while
+/// its sync ran, or while its next sync waited for the sync interval or a
+/// backoff, pulled the loop's wake to the past with nothing to start, and
+/// the loop spun at full CPU until the job ended or the sync was due.
+fn may_let_go(job: Job, dirty: bool, closed_by_app: bool, stopping: bool) -> bool {
+    matches!(job, Job::Idle(_)) && !stopping && (!dirty || closed_by_app)
 }
 
 /// Whether walsync lets go of a database now because the application
@@ -1392,10 +1419,12 @@ mod tests {
     }
 
     /// Descriptors as a test sets them: `left` is the budget for opening
-    /// (`None`: the limit has room for every database).
+    /// (`None`: the limit has room for every database), `jobs` how many
+    /// syncs the limit lets run at once (`None`: all of `max_jobs`).
     #[derive(Default)]
     struct FakeFds {
         left: Option<u64>,
+        jobs: Option<usize>,
         opened: Cell<u32>,
         reports: u32,
     }
@@ -1405,7 +1434,7 @@ mod tests {
             self.left.is_some()
         }
         fn max_jobs(&self, _databases: u64, max_jobs: usize) -> usize {
-            max_jobs
+            self.jobs.map_or(max_jobs, |n| n.min(max_jobs))
         }
         fn open_budget(&self, _databases: u64, _running: usize) -> Option<u64> {
             self.left
@@ -1543,7 +1572,7 @@ mod tests {
         // Written after that sync: due one sync interval after it began.
         write(&mut s, 0, ms(t0, 20));
         assert!(s.launch(ms(t0, 500), &mut fds).is_empty());
-        assert_eq!(s.next_wake(ms(t0, 500), ms(t0, 60_000)), ms(t0, 1000));
+        assert_eq!(s.next_wake(ms(t0, 500), ms(t0, 60_000), &fds), ms(t0, 1000));
         assert_eq!(syncs(&s.launch(ms(t0, 1010), &mut fds)), vec![(0, false)]);
         // One job per database at a time, however often it is written.
         write(&mut s, 0, ms(t0, 1015));
@@ -1647,9 +1676,11 @@ mod tests {
                 "due queue (closed) after {step}"
             );
             assert_eq!(self.open, open, "open databases after {step}");
+            let stopping = self.stopping.is_some();
             let releases: BTreeSet<(Instant, u64)> = self
                 .dbs
                 .iter()
+                .filter(|(_, d)| may_let_go(d.job, d.is_dirty(), d.closed_by_app, stopping))
                 .filter_map(|(&id, d)| Some((d.release_at?, id)))
                 .collect();
             assert_eq!(self.due, due, "due queue after {step}");
@@ -1657,13 +1688,20 @@ mod tests {
         }
 
         /// `next_wake` by a look at every database.
-        fn next_wake_of_every_database(&self, now: Instant, mut wake: Instant) -> Instant {
+        fn next_wake_of_every_database(
+            &self,
+            now: Instant,
+            mut wake: Instant,
+            fds: &dyn Descriptors,
+        ) -> Instant {
             if self.running >= self.max_jobs {
                 return wake;
             }
+            let syncs_may_start = self.running < fds.max_jobs(self.dbs.len() as u64, self.max_jobs);
             let opens_wait = self.opens_wait_until.filter(|&t| t > now);
+            let stopping = self.stopping.is_some();
             for d in self.dbs.values() {
-                if let (Job::Idle(c), Work::Due(due)) = (d.job, d.work) {
+                if let (Job::Idle(c), Work::Due(due), true) = (d.job, d.work, syncs_may_start) {
                     let mut due = match opens_wait {
                         Some(t) if c != Connection::Open => due.max(t),
                         _ => due,
@@ -1673,8 +1711,14 @@ mod tests {
                     }
                     wake = wake.min(due);
                 }
-                if let Some(t) = d.release_at {
-                    wake = wake.min(t);
+                // A release can start only when no job has it, and not
+                // before a sync due first (unless the application closed
+                // it), nor at a stop.
+                match (d.job, d.release_at) {
+                    (Job::Idle(_), Some(t)) if !stopping && (!d.is_dirty() || d.closed_by_app) => {
+                        wake = wake.min(t);
+                    }
+                    _ => {}
                 }
             }
             wake
@@ -1757,12 +1801,129 @@ mod tests {
                 s.assert_queues_match_the_databases(&format!("seed {seed} step {step} ({what})"));
                 let later = now + Duration::from_secs(3600);
                 assert_eq!(
-                    s.next_wake(now, later),
-                    s.next_wake_of_every_database(now, later)
+                    s.next_wake(now, later, &fds),
+                    s.next_wake_of_every_database(now, later, &fds)
                 );
             }
             s.begin_stop(t0 + Duration::from_secs(1000), &unchanged);
             s.assert_queues_match_the_databases("stop");
+        }
+    }
+
+    /// One step of `run`'s loop at `now`: `launch`, then `next_wake`, as
+    /// often as the loop would go round without waiting (a wake at `now` or
+    /// earlier). Each round that wakes so early must have started
+    /// something: one that started nothing would be repeated with nothing
+    /// changed, the loop spinning at full CPU until a job ended or a time
+    /// came. Returns the jobs started.
+    fn loop_at(s: &mut Schedule, now: Instant, fds: &mut FakeFds, what: &str) -> Vec<Action> {
+        let later = now + Duration::from_secs(3600);
+        let mut started = Vec::new();
+        for _round in 0..1000 {
+            let actions = s.launch(now, fds);
+            let wake = s.next_wake(now, later, fds);
+            assert_eq!(
+                wake,
+                s.next_wake_of_every_database(now, later, fds),
+                "{what}: the reference"
+            );
+            let nothing = actions.is_empty();
+            started.extend(actions);
+            if wake > now {
+                return started;
+            }
+            assert!(
+                !nothing,
+                "{what}: the loop spins: wakes {:?} before now with nothing to start",
+                now - wake
+            );
+        }
+        panic!("{what}: the loop went round 1,000 times at one instant");
+    }
+
+    #[test]
+    fn the_loop_never_wakes_in_the_past_with_nothing_to_start() {
+        for seed in 1..=60u64 {
+            let idle = Duration::from_millis(1_500 + 500 * (seed % 4));
+            let (mut s, t0) = schedule(10, 3, Some(idle));
+            // A window of open databases from 1 to 4 (and the default).
+            if seed % 5 != 0 {
+                s.max_open = (seed % 5) as usize;
+            }
+            // Descriptors for every database, or short (opens wait, and
+            // fewer syncs run at once than jobs may).
+            let mut fds = FakeFds {
+                left: (seed % 3 == 0).then_some(OPENS_ONE + (seed % 2) * OPENS_ONE),
+                jobs: (seed % 4 == 1).then_some(1 + (seed % 3) as usize),
+                ..FakeFds::default()
+            };
+            let mut rng = seed;
+            let mut syncing: Vec<u64> = Vec::new();
+            let mut releasing: Vec<u64> = Vec::new();
+            let mut next_new = 10;
+            let mut now = t0;
+            for step in 0..600u64 {
+                // Several events at one instant at times, jobs that last.
+                now += Duration::from_millis(lcg(&mut rng) % 3 * 150);
+                if step == 500 {
+                    s.begin_stop(now, &unchanged);
+                }
+                let what = lcg(&mut rng) % 10;
+                let id = lcg(&mut rng) % next_new;
+                match what {
+                    0 | 1 => {
+                        // (It may have left.)
+                        s.on_file_event(&want(id).replica.path, now, &written);
+                    }
+                    2..=4 if !syncing.is_empty() => {
+                        let i = (lcg(&mut rng) % syncing.len() as u64) as usize;
+                        let id = syncing.swap_remove(i);
+                        let mut done = match lcg(&mut rng) % 6 {
+                            0 => failed(now),
+                            1 => {
+                                finished(Outcome::Unreachable("down".into()), Connection::Open, now)
+                            }
+                            2 => finished(Outcome::Missing, Connection::Closed, now),
+                            _ => synced(lcg(&mut rng) % 2, now),
+                        };
+                        done.others_attached =
+                            [None, Some(true), Some(false)][(lcg(&mut rng) % 3) as usize];
+                        let actions = s.on_done(id, done, &mut fds, now);
+                        assert!(syncs(&actions).is_empty() && releases(&actions).is_empty());
+                    }
+                    5 if !releasing.is_empty() => {
+                        let id = releasing.swap_remove(0);
+                        let (result, connection) = match lcg(&mut rng) % 4 {
+                            0 => (Ok(None), Connection::Open),
+                            1 => (Err("cannot".to_string()), Connection::Open),
+                            _ => (Ok(Some(STAT)), Connection::Released),
+                        };
+                        s.on_released(id, result, connection, now, &unchanged);
+                    }
+                    6 => {
+                        if let Some(id) = s.probe_wanted(&want(id).replica.path) {
+                            s.on_probe(id, Some(lcg(&mut rng).is_multiple_of(2)), now);
+                        }
+                    }
+                    7 if step < 500 => {
+                        // One database leaves, another comes.
+                        let keep = (0..next_new).filter(|&k| k != id).map(want);
+                        next_new += 1;
+                        s.apply(keep.chain([want(next_new - 1)]).collect(), now);
+                    }
+                    8 => s.rescan_some(3, now, &written),
+                    _ => {}
+                }
+                let what = format!("seed {seed} step {step} ({what})");
+                for a in loop_at(&mut s, now, &mut fds, &what) {
+                    match a {
+                        Action::Sync { id, .. } => syncing.push(id),
+                        Action::Release { id, .. } => releasing.push(id),
+                        _ => {}
+                    }
+                }
+                s.assert_queues_match_the_databases(&what);
+            }
         }
     }
 
@@ -1896,7 +2057,7 @@ mod tests {
         assert_eq!((fds.opened.get(), fds.reports), (1, 1));
         fds.left = Some(OPENS_ONE - 1);
         assert!(s.launch(ms(t0, 100), &mut fds).is_empty(), "waits a little");
-        assert_eq!(s.next_wake(ms(t0, 100), ms(t0, 60_000)), t0 + FD_WAIT);
+        assert_eq!(s.next_wake(ms(t0, 100), ms(t0, 60_000), &fds), t0 + FD_WAIT);
         // Still short after the wait: waits again, keeping its place.
         assert!(s.launch(t0 + FD_WAIT, &mut fds).is_empty());
         // An open database needs no descriptors to sync, short or not.
@@ -1991,7 +2152,7 @@ mod tests {
         // later, not at once and not only when the idle time is up.
         assert!(s.launch(ms(t0, 20), &mut fds).is_empty());
         assert_eq!(
-            s.next_wake(ms(t0, 20), ms(t0, 60_000)),
+            s.next_wake(ms(t0, 20), ms(t0, 60_000), &fds),
             ms(t0, 20) + FD_WAIT
         );
         // The open ones are let go of after a tenth of `idle`; each one let
@@ -2025,7 +2186,10 @@ mod tests {
         s.on_done(0, synced(0, t0), &mut fds, ms(t0, 10));
         s.on_done(1, synced(0, t0), &mut fds, ms(t0, 10));
         assert!(s.launch(ms(t0, 9_000), &mut fds).is_empty());
-        assert_eq!(s.next_wake(ms(t0, 9_000), ms(t0, 60_000)), ms(t0, 10_010));
+        assert_eq!(
+            s.next_wake(ms(t0, 9_000), ms(t0, 60_000), &fds),
+            ms(t0, 10_010)
+        );
     }
 
     #[test]
