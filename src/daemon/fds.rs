@@ -123,6 +123,10 @@ pub(crate) trait Descriptors {
     /// nothing needs counting), else what is free beyond what the `running`
     /// jobs may still open.
     fn open_budget(&self, databases: u64, running: usize) -> Option<u64>;
+    /// The window of databases opened from nothing at once that the limit
+    /// has room for with `databases` (`open_window`); `None` while the
+    /// limit is not known.
+    fn open_window(&self, databases: u64, max_jobs: usize) -> Option<usize>;
     /// How many of `max_jobs` may run at once: all of them unless the limit
     /// is below what `databases` active at once could need, then no more
     /// than could run with their databases open while every other database
@@ -201,13 +205,6 @@ impl FdBudget {
         Ok(())
     }
 
-    /// The window of databases opened from nothing at once that the limit
-    /// has room for (`open_window`); `MAX_OPEN` when it is not known.
-    pub(crate) fn open_window(&self, databases: u64, max_jobs: u64) -> usize {
-        self.limit
-            .map_or(MAX_OPEN, |limit| open_window(limit, databases, max_jobs))
-    }
-
     /// A database was released: the count moves by an estimate.
     pub(crate) fn released(&self) {
         self.count_moves(|c| c.released += 1);
@@ -244,6 +241,11 @@ impl Descriptors for FdBudget {
     fn limit_below_wanted(&self, databases: u64) -> bool {
         self.limit
             .is_some_and(|limit| limit < fds_wanted(databases))
+    }
+
+    fn open_window(&self, databases: u64, max_jobs: usize) -> Option<usize> {
+        let limit = self.limit?;
+        Some(open_window(limit, databases, max_jobs as u64))
     }
 
     fn max_jobs(&self, databases: u64, max_jobs: usize) -> usize {

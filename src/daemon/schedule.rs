@@ -409,14 +409,25 @@ impl Schedule {
         self.dbs.len()
     }
 
-    /// Opens databases from nothing only while fewer than `n` are open
-    /// (`MAX_OPEN` unless the descriptors allow fewer: `fds::open_window`).
-    pub(crate) fn set_max_open(&mut self, n: usize) {
-        self.max_open = n.max(1);
-    }
-
-    pub(crate) fn max_jobs(&self) -> usize {
-        self.max_jobs
+    /// Opens databases from nothing only while fewer than the descriptors
+    /// allow are open (`MAX_OPEN` at most, `fds::open_window`), for as
+    /// many databases as there are now: at start, once the open-file limit
+    /// is known, and whenever databases come or go (`apply`, `forget`), so
+    /// that a reload that adds many cannot open them past the limit. Kept
+    /// as it is while the limit is not known.
+    pub(crate) fn fit_open_window(&mut self, fds: &dyn Descriptors) {
+        let Some(window) = fds.open_window(self.dbs.len() as u64, self.max_jobs) else {
+            return;
+        };
+        let window = window.max(1);
+        if window != self.max_open {
+            log::info!(
+                "opening at most {window} databases at a time (the open-file limit leaves room \
+                 for that many beside one descriptor for each of {})",
+                self.dbs.len()
+            );
+            self.max_open = window;
+        }
     }
 
     pub(crate) fn get(&self, id: u64) -> Option<&Database> {
@@ -510,8 +521,13 @@ impl Schedule {
 
     /// Brings the databases in line with the catalog: adds new ones,
     /// updates the options of kept ones, schedules removed ones for a last
-    /// sync.
-    pub(crate) fn apply(&mut self, wanted: Vec<WatchedDatabase>, now: Instant) {
+    /// sync; and the window of open databases with their number.
+    pub(crate) fn apply(
+        &mut self,
+        wanted: Vec<WatchedDatabase>,
+        now: Instant,
+        fds: &dyn Descriptors,
+    ) {
         let mut keep = HashMap::new();
         for want in wanted {
             let path = want.replica.path.clone();
@@ -559,6 +575,7 @@ impl Schedule {
         for id in gone {
             self.remove(id, now);
         }
+        self.fit_open_window(fds);
     }
 
     fn add(&mut self, want: WatchedDatabase, now: Instant) -> u64 {
@@ -588,9 +605,11 @@ impl Schedule {
         }
     }
 
-    /// Drops a database that left, once its last sync ran.
-    fn forget(&mut self, id: u64) -> Option<Action> {
+    /// Drops a database that left, once its last sync ran (the window of
+    /// open databases widens with the descriptor it gave back).
+    fn forget(&mut self, id: u64, fds: &dyn Descriptors) -> Option<Action> {
         let db = self.dbs.remove(&id)?;
+        self.fit_open_window(fds);
         self.relist(id, db.listed, Listed::default());
         tell(self.outage.forget(id));
         if self.by_path.get(&db.want.replica.path) == Some(&id) {
@@ -1091,7 +1110,7 @@ impl Schedule {
                 actions.push(Action::Close { id });
             }
         } else if s.membership == Membership::Leaving && !retrying {
-            actions.extend(self.forget(id));
+            actions.extend(self.forget(id, fds));
         }
         if let Some(s) = self.dbs.get_mut(&id) {
             let leaving = stopping || s.membership == Membership::Leaving;
@@ -1420,11 +1439,14 @@ mod tests {
 
     /// Descriptors as a test sets them: `left` is the budget for opening
     /// (`None`: the limit has room for every database), `jobs` how many
-    /// syncs the limit lets run at once (`None`: all of `max_jobs`).
+    /// syncs the limit lets run at once (`None`: all of `max_jobs`),
+    /// `limit` the open-file limit the window of open databases is worked
+    /// out from (`None`: not known, the window stays as the test set it).
     #[derive(Default)]
     struct FakeFds {
         left: Option<u64>,
         jobs: Option<usize>,
+        limit: Option<u64>,
         opened: Cell<u32>,
         reports: u32,
     }
@@ -1432,6 +1454,14 @@ mod tests {
     impl Descriptors for FakeFds {
         fn limit_below_wanted(&self, _databases: u64) -> bool {
             self.left.is_some()
+        }
+        fn open_window(&self, databases: u64, max_jobs: usize) -> Option<usize> {
+            let limit = self.limit?;
+            Some(super::super::fds::open_window(
+                limit,
+                databases,
+                max_jobs as u64,
+            ))
         }
         fn max_jobs(&self, _databases: u64, max_jobs: usize) -> usize {
             self.jobs.map_or(max_jobs, |n| n.min(max_jobs))
@@ -1450,7 +1480,7 @@ mod tests {
     fn schedule(databases: u64, max_jobs: usize, idle: Option<Duration>) -> (Schedule, Instant) {
         let t0 = Instant::now();
         let mut s = Schedule::new(max_jobs, idle, test_backoff, wall_ms);
-        s.apply((0..databases).map(want).collect(), t0);
+        s.apply((0..databases).map(want).collect(), t0, &FakeFds::default());
         (s, t0)
     }
 
@@ -1793,7 +1823,7 @@ mod tests {
                         // One database leaves, another comes.
                         let keep = (0..next_new).filter(|&k| k != id).map(want);
                         next_new += 1;
-                        s.apply(keep.chain([want(next_new - 1)]).collect(), now);
+                        s.apply(keep.chain([want(next_new - 1)]).collect(), now, &fds);
                     }
                     8 => s.rescan_some(5, now, &written),
                     _ => {}
@@ -1909,7 +1939,7 @@ mod tests {
                         // One database leaves, another comes.
                         let keep = (0..next_new).filter(|&k| k != id).map(want);
                         next_new += 1;
-                        s.apply(keep.chain([want(next_new - 1)]).collect(), now);
+                        s.apply(keep.chain([want(next_new - 1)]).collect(), now, &fds);
                     }
                     8 => s.rescan_some(3, now, &written),
                     _ => {}
@@ -1998,7 +2028,11 @@ mod tests {
         s.on_done(2, unreachable(t0), &mut fds, ms(t0, 5030));
         assert!(s.outage.in_outage());
         // Forgotten: it no longer waits, and the storage was seen back.
-        s.apply([0, 1, 3, 4].into_iter().map(want).collect(), ms(t0, 5040));
+        s.apply(
+            [0, 1, 3, 4].into_iter().map(want).collect(),
+            ms(t0, 5040),
+            &fds,
+        );
         let last = syncs(&s.launch(ms(t0, 20_000), &mut fds));
         assert!(last.contains(&(2, true)), "{last:?}");
         let actions = s.on_done(2, synced(0, ms(t0, 20_000)), &mut fds, ms(t0, 20_010));
@@ -2190,6 +2224,54 @@ mod tests {
             s.next_wake(ms(t0, 9_000), ms(t0, 60_000), &fds),
             ms(t0, 10_010)
         );
+    }
+
+    #[test]
+    fn the_window_of_open_databases_follows_the_number_of_databases() {
+        // A limit of 95 with 4 jobs: room beyond one descriptor per
+        // database, walsync's own and the jobs' for (95 - n - 32 - 16) / 5
+        // open databases.
+        let (mut s, t0) = schedule(2, 4, None);
+        let mut fds = FakeFds {
+            limit: Some(95),
+            ..FakeFds::default()
+        };
+        s.fit_open_window(&fds);
+        assert_eq!(s.max_open, 9);
+        // A reload adds 13: a narrower window, which the first syncs keep.
+        s.apply((0..15).map(want).collect(), t0, &fds);
+        assert_eq!(s.max_open, 6);
+        let mut opened = Vec::new();
+        loop {
+            let started = syncs(&s.launch(t0, &mut fds));
+            if started.is_empty() {
+                break;
+            }
+            for (id, _) in started {
+                s.on_done(id, synced(0, t0), &mut fds, t0);
+                opened.push(id);
+            }
+        }
+        assert_eq!(opened, vec![0, 1, 2, 3, 4, 5]);
+        // A reload removes the six open ones: each keeps its descriptors
+        // until its last sync ran and it is forgotten; then the window is
+        // that of nine databases.
+        s.apply((6..15).map(want).collect(), ms(t0, 10), &fds);
+        assert_eq!(s.max_open, 6);
+        let mut forgotten = 0;
+        let mut running = syncs(&s.launch(ms(t0, 10), &mut fds));
+        while let Some((id, _)) = running.pop() {
+            let actions = s.on_done(id, synced(0, ms(t0, 10)), &mut fds, ms(t0, 20));
+            forgotten += actions.len();
+            running.extend(syncs(&s.launch(ms(t0, 20), &mut fds)));
+            assert!(s.open <= s.max_open);
+        }
+        assert_eq!((forgotten, s.len()), (6, 9));
+        assert_eq!(s.max_open, 7);
+        assert_eq!(s.open, 7, "as many opened as the wider window holds");
+        // While the limit is not known, the window stays as it is.
+        s.apply((0..40).map(want).collect(), ms(t0, 30), &FakeFds::default());
+        assert_eq!(s.max_open, 7);
     }
 
     #[test]
@@ -2778,7 +2860,7 @@ mod tests {
         s.launch(t0, &mut fds);
         s.on_done(0, synced(0, t0), &mut fds, t0);
         s.on_done(1, synced(0, t0), &mut fds, t0);
-        s.apply(vec![want(0)], ms(t0, 10));
+        s.apply(vec![want(0)], ms(t0, 10), &fds);
         // At once, not a sync interval after the last.
         assert_eq!(syncs(&s.launch(ms(t0, 10), &mut fds)), vec![(1, true)]);
         assert_eq!(
@@ -2794,7 +2876,7 @@ mod tests {
             vec![want(0).replica.path.as_path()]
         );
         // Back in the catalog: a new database, synced from the start.
-        s.apply(vec![want(0), want(1)], ms(t0, 30));
+        s.apply(vec![want(0), want(1)], ms(t0, 30), &fds);
         assert_eq!(syncs(&s.launch(ms(t0, 30), &mut fds)), vec![(2, false)]);
     }
 }
