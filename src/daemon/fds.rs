@@ -75,8 +75,7 @@ pub(crate) fn fds_recommended(databases: u64) -> u64 {
 /// one and give none back: start-up stalled at the limit (18,000
 /// databases under 20,000).
 pub(crate) fn open_window(limit: u64, databases: u64, max_jobs: u64) -> usize {
-    let spare = limit.saturating_sub(databases + FDS_RESERVED + max_jobs * 4);
-    (spare / (FDS_PER_ACTIVE_DATABASE - 1))
+    active_at_once(limit, databases, max_jobs * 4, 0)
         .clamp(max_jobs.clamp(1, MAX_OPEN as u64), MAX_OPEN as u64) as usize
 }
 
@@ -88,9 +87,21 @@ pub(crate) fn open_window(limit: u64, databases: u64, max_jobs: u64) -> usize {
 /// released, and replication stalled.
 fn jobs_at_once(limit: u64, databases: u64, max_jobs: usize) -> usize {
     const MIN_JOBS: u64 = 4;
-    let per_job = FDS_PER_ACTIVE_DATABASE - 1 + FDS_PER_JOB;
-    let affordable = limit.saturating_sub(databases + FDS_RESERVED) / per_job;
+    let affordable = active_at_once(limit, databases, 0, FDS_PER_JOB);
     (max_jobs as u64).min(affordable.max(MIN_JOBS)) as usize
+}
+
+/// The model of descriptors that `open_window` and `jobs_at_once` share:
+/// how many databases can be active at once under `limit` with
+/// `databases`. Every database holds one descriptor (walsync's own; a
+/// released database keeps only that), walsync holds `FDS_RESERVED`, and
+/// `kept` more are kept aside; what is left goes to active databases, each
+/// of which adds the rest of `FDS_PER_ACTIVE_DATABASE` and `extra_each`
+/// (its job's own, when each is a running job). 0 under a limit that
+/// leaves nothing (or not even one per database).
+fn active_at_once(limit: u64, databases: u64, kept: u64, extra_each: u64) -> u64 {
+    let left = limit.saturating_sub(databases + FDS_RESERVED + kept);
+    left / (FDS_PER_ACTIVE_DATABASE - 1 + extra_each)
 }
 
 /// How to raise the limit, for messages.
@@ -112,6 +123,10 @@ pub(crate) trait Descriptors {
     /// nothing needs counting), else what is free beyond what the `running`
     /// jobs may still open.
     fn open_budget(&self, databases: u64, running: usize) -> Option<u64>;
+    /// The window of databases opened from nothing at once that the limit
+    /// has room for with `databases` (`open_window`); `None` while the
+    /// limit is not known.
+    fn open_window(&self, databases: u64, max_jobs: usize) -> Option<usize>;
     /// How many of `max_jobs` may run at once: all of them unless the limit
     /// is below what `databases` active at once could need, then no more
     /// than could run with their databases open while every other database
@@ -190,13 +205,6 @@ impl FdBudget {
         Ok(())
     }
 
-    /// The window of databases opened from nothing at once that the limit
-    /// has room for (`open_window`); `MAX_OPEN` when it is not known.
-    pub(crate) fn open_window(&self, databases: u64, max_jobs: u64) -> usize {
-        self.limit
-            .map_or(MAX_OPEN, |limit| open_window(limit, databases, max_jobs))
-    }
-
     /// A database was released: the count moves by an estimate.
     pub(crate) fn released(&self) {
         self.count_moves(|c| c.released += 1);
@@ -233,6 +241,11 @@ impl Descriptors for FdBudget {
     fn limit_below_wanted(&self, databases: u64) -> bool {
         self.limit
             .is_some_and(|limit| limit < fds_wanted(databases))
+    }
+
+    fn open_window(&self, databases: u64, max_jobs: usize) -> Option<usize> {
+        let limit = self.limit?;
+        Some(open_window(limit, databases, max_jobs as u64))
     }
 
     fn max_jobs(&self, databases: u64, max_jobs: usize) -> usize {
@@ -367,6 +380,36 @@ mod tests {
         assert_eq!(c(100, 2, 0).used(), 112);
         assert_eq!(c(100, 2, 3).used(), 103);
         assert_eq!(c(4, 0, 10).used(), 0);
+    }
+
+    #[test]
+    fn what_is_left_beyond_one_per_database_goes_to_active_ones() {
+        // (limit, databases, kept, extra_each) -> active at once
+        for ((limit, databases, kept, extra_each), want) in [
+            // (20,000 - 10,000 - 32) / 5, each adding 5.
+            ((20_000, 10_000, 0, 0), 1_993),
+            // 16 kept aside for 4 jobs.
+            ((20_000, 10_000, 16, 0), 1_990),
+            // Each a running job, adding its own 2: / 7.
+            ((20_000, 10_000, 0, 2), 1_424),
+            ((200, 64, 0, 2), 14),
+            // Exactly one per database and walsync's own: none; below
+            // that (refused at start), none without underflow.
+            ((10_032, 10_000, 0, 0), 0),
+            ((10_036, 10_000, 0, 0), 0),
+            ((10_037, 10_000, 0, 0), 1),
+            ((48, 64, 0, 2), 0),
+            ((100, 64, 16, 0), 0),
+            ((0, 0, 0, 0), 0),
+            // No database: all of it but walsync's own.
+            ((1_032, 0, 0, 0), 200),
+        ] {
+            assert_eq!(
+                active_at_once(limit, databases, kept, extra_each),
+                want,
+                "limit {limit}, {databases} databases, {kept} kept, {extra_each} extra"
+            );
+        }
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl Dispatcher {
     /// Brings the databases in line with the catalog (see
     /// `Schedule::apply`) and the watches with the databases.
     fn apply(&mut self, wanted: Vec<WatchedDatabase>, now: Instant) {
-        self.schedule.apply(wanted, now);
+        self.schedule.apply(wanted, now, &self.fds);
         self.refresh_watches();
     }
 
@@ -622,16 +622,7 @@ pub fn run(
     d.fds
         .raise_limit(d.schedule.len() as u64)
         .map_err(DaemonError::Setup)?;
-    let window = d
-        .fds
-        .open_window(d.schedule.len() as u64, d.schedule.max_jobs() as u64);
-    if window < schedule::MAX_OPEN {
-        log::info!(
-            "opening at most {window} databases at a time (the open-file limit leaves room for \
-             that many beside one descriptor per database)"
-        );
-    }
-    d.schedule.set_max_open(window);
+    d.schedule.fit_open_window(&d.fds);
     log::info!(
         "watching {} databases ({} directories), {} workers, storage {}",
         d.schedule.len(),
@@ -679,7 +670,7 @@ pub fn run(
         if let Some(c) = catalog_due {
             wake = wake.min(c);
         }
-        let wake = d.schedule.next_wake(now, wake);
+        let wake = d.schedule.next_wake(now, wake, &d.fds);
         let mut msg = match rx.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(m) => Some(m),
             Err(RecvTimeoutError::Timeout) => None,

@@ -151,7 +151,8 @@ struct Listed {
     /// Its due time, and whether in `Schedule::due_closed` (walsync has
     /// not opened it) rather than in `Schedule::due`.
     due: Option<(Instant, bool)>,
-    /// Its release time, in `Schedule::releases`.
+    /// Its release time, in `Schedule::releases`: only while it may be
+    /// let go of then (`may_let_go`).
     release: Option<Instant>,
     /// Counted in `Schedule::open`.
     open: bool,
@@ -347,7 +348,10 @@ pub(crate) struct Schedule {
     max_open: usize,
     /// Where `rescan_some` goes on: the id after the last it looked at.
     rescan_from: u64,
-    /// The databases with a release time, by that time (then id).
+    /// The databases with a release time, by that time (then id), while
+    /// they may be let go of (`may_let_go`): a time that has come for one
+    /// that cannot be let go of then must not bring the loop's wake
+    /// (`next_wake`) forward, or the loop spins until it can.
     releases: BTreeSet<(Instant, u64)>,
     by_path: HashMap<PathBuf, u64>,
     next_id: u64,
@@ -405,14 +409,25 @@ impl Schedule {
         self.dbs.len()
     }
 
-    /// Opens databases from nothing only while fewer than `n` are open
-    /// (`MAX_OPEN` unless the descriptors allow fewer: `fds::open_window`).
-    pub(crate) fn set_max_open(&mut self, n: usize) {
-        self.max_open = n.max(1);
-    }
-
-    pub(crate) fn max_jobs(&self) -> usize {
-        self.max_jobs
+    /// Opens databases from nothing only while fewer than the descriptors
+    /// allow are open (`MAX_OPEN` at most, `fds::open_window`), for as
+    /// many databases as there are now: at start, once the open-file limit
+    /// is known, and whenever databases come or go (`apply`, `forget`), so
+    /// that a reload that adds many cannot open them past the limit. Kept
+    /// as it is while the limit is not known.
+    pub(crate) fn fit_open_window(&mut self, fds: &dyn Descriptors) {
+        let Some(window) = fds.open_window(self.dbs.len() as u64, self.max_jobs) else {
+            return;
+        };
+        let window = window.max(1);
+        if window != self.max_open {
+            log::info!(
+                "opening at most {window} databases at a time (the open-file limit leaves room \
+                 for that many beside one descriptor for each of {})",
+                self.dbs.len()
+            );
+            self.max_open = window;
+        }
     }
 
     pub(crate) fn get(&self, id: u64) -> Option<&Database> {
@@ -445,9 +460,12 @@ impl Schedule {
             return;
         };
         let closed = d.job == Job::Idle(Connection::Closed);
+        let stopping = self.stopping.is_some();
         let now = Listed {
             due: d.due_at().map(|t| (t, closed)),
-            release: d.release_at,
+            release: d
+                .release_at
+                .filter(|_| may_let_go(d.job, d.is_dirty(), d.closed_by_app, stopping)),
             open: counts_open(d.job, d.kept_open),
         };
         let was = std::mem::replace(&mut d.listed, now);
@@ -503,8 +521,13 @@ impl Schedule {
 
     /// Brings the databases in line with the catalog: adds new ones,
     /// updates the options of kept ones, schedules removed ones for a last
-    /// sync.
-    pub(crate) fn apply(&mut self, wanted: Vec<WatchedDatabase>, now: Instant) {
+    /// sync; and the window of open databases with their number.
+    pub(crate) fn apply(
+        &mut self,
+        wanted: Vec<WatchedDatabase>,
+        now: Instant,
+        fds: &dyn Descriptors,
+    ) {
         let mut keep = HashMap::new();
         for want in wanted {
             let path = want.replica.path.clone();
@@ -552,6 +575,7 @@ impl Schedule {
         for id in gone {
             self.remove(id, now);
         }
+        self.fit_open_window(fds);
     }
 
     fn add(&mut self, want: WatchedDatabase, now: Instant) -> u64 {
@@ -581,9 +605,11 @@ impl Schedule {
         }
     }
 
-    /// Drops a database that left, once its last sync ran.
-    fn forget(&mut self, id: u64) -> Option<Action> {
+    /// Drops a database that left, once its last sync ran (the window of
+    /// open databases widens with the descriptor it gave back).
+    fn forget(&mut self, id: u64, fds: &dyn Descriptors) -> Option<Action> {
         let db = self.dbs.remove(&id)?;
+        self.fit_open_window(fds);
         self.relist(id, db.listed, Listed::default());
         tell(self.outage.forget(id));
         if self.by_path.get(&db.want.replica.path) == Some(&id) {
@@ -850,16 +876,11 @@ impl Schedule {
             _ => Duration::ZERO,
         };
         let (mut due, mut sooner) = (Vec::new(), Vec::new());
+        // Listed only while they may be let go of (`may_let_go`).
         for &(t, id) in self.releases.range(..=(now + sooner_by, u64::MAX)) {
-            let db = &self.dbs[&id];
-            let Job::Idle(connection) = db.job else {
+            let Job::Idle(connection) = self.dbs[&id].job else {
                 continue;
             };
-            // Commits that wait are shipped by the release of a database
-            // the application closed (and for an idle one a sync is due).
-            if db.is_dirty() && !db.closed_by_app {
-                continue;
-            }
             if t <= now {
                 due.push(id);
             } else if pressed && connection == Connection::Open {
@@ -1089,7 +1110,7 @@ impl Schedule {
                 actions.push(Action::Close { id });
             }
         } else if s.membership == Membership::Leaving && !retrying {
-            actions.extend(self.forget(id));
+            actions.extend(self.forget(id, fds));
         }
         if let Some(s) = self.dbs.get_mut(&id) {
             let leaving = stopping || s.membership == Membership::Leaving;
@@ -1225,18 +1246,34 @@ impl Schedule {
     }
 
     /// When the loop must look again at the latest, given `wake` (its own
-    /// timers): the next due sync or release, unless every job slot is
-    /// taken (then the next finished job is what can start more: due work
-    /// must not make the loop spin meanwhile).
-    pub(crate) fn next_wake(&self, now: Instant, mut wake: Instant) -> Instant {
+    /// timers): the next time something can start, a due sync or release.
+    /// Never now or earlier for what cannot start then: the loop would go
+    /// round without waiting, at full CPU, until it could. So not while
+    /// every job slot is taken (the next finished job is what can start
+    /// more: a message wakes the loop), nor syncs while as many run as the
+    /// open-file limit lets (`Descriptors::max_jobs`; releases still may),
+    /// nor databases that need opening while descriptors are short, and
+    /// releases only of databases that may be let go of (`releases`).
+    pub(crate) fn next_wake(
+        &self,
+        now: Instant,
+        mut wake: Instant,
+        fds: &dyn Descriptors,
+    ) -> Instant {
         if self.running >= self.max_jobs {
+            return wake;
+        }
+        if let Some(&(t, _)) = self.releases.first() {
+            wake = wake.min(t);
+        }
+        if self.running >= fds.max_jobs(self.dbs.len() as u64, self.max_jobs) {
             return wake;
         }
         // Databases that need opening while descriptors are short wait for
         // a job to end (a message) or for the short wait to pass.
         let opens_wait = self.opens_wait_until.filter(|&t| t > now);
         // In due order: once a due time is past `wake`, no later one can
-        // bring it forward.
+        // bring it forward. Those a job has wait for its end (a message).
         for &(due, id) in &self.due {
             if due >= wake {
                 break;
@@ -1259,9 +1296,6 @@ impl Schedule {
             } else {
                 due
             });
-        }
-        if let Some(&(t, _)) = self.releases.first() {
-            wake = wake.min(t);
         }
         wake
     }
@@ -1287,6 +1321,18 @@ pub(crate) fn rescan_slice(databases: usize, rescan_interval: Duration, tick: Du
     let even = (databases as f64 / ticks).ceil() as u64;
     let cap = ((RESCAN_PER_SECOND as f64 * tick.as_secs_f64()).ceil() as u64).max(1);
     even.min(cap).min(databases as u64) as usize
+}
+
+/// Whether a database may be let go of when its release time comes: no job
+/// has it, walsync is not stopping (the stop's last syncs let go of every
+/// database), and no sync is due first, unless the application closed it
+/// (then the release ships what waits). Only such a database is listed
+/// under its release time (`Schedule::reindex`): one whose time came while
+/// its sync ran, or while its next sync waited for the sync interval or a
+/// backoff, pulled the loop's wake to the past with nothing to start, and
+/// the loop spun at full CPU until the job ended or the sync was due.
+fn may_let_go(job: Job, dirty: bool, closed_by_app: bool, stopping: bool) -> bool {
+    matches!(job, Job::Idle(_)) && !stopping && (!dirty || closed_by_app)
 }
 
 /// Whether walsync lets go of a database now because the application
@@ -1392,10 +1438,15 @@ mod tests {
     }
 
     /// Descriptors as a test sets them: `left` is the budget for opening
-    /// (`None`: the limit has room for every database).
+    /// (`None`: the limit has room for every database), `jobs` how many
+    /// syncs the limit lets run at once (`None`: all of `max_jobs`),
+    /// `limit` the open-file limit the window of open databases is worked
+    /// out from (`None`: not known, the window stays as the test set it).
     #[derive(Default)]
     struct FakeFds {
         left: Option<u64>,
+        jobs: Option<usize>,
+        limit: Option<u64>,
         opened: Cell<u32>,
         reports: u32,
     }
@@ -1404,8 +1455,16 @@ mod tests {
         fn limit_below_wanted(&self, _databases: u64) -> bool {
             self.left.is_some()
         }
+        fn open_window(&self, databases: u64, max_jobs: usize) -> Option<usize> {
+            let limit = self.limit?;
+            Some(super::super::fds::open_window(
+                limit,
+                databases,
+                max_jobs as u64,
+            ))
+        }
         fn max_jobs(&self, _databases: u64, max_jobs: usize) -> usize {
-            max_jobs
+            self.jobs.map_or(max_jobs, |n| n.min(max_jobs))
         }
         fn open_budget(&self, _databases: u64, _running: usize) -> Option<u64> {
             self.left
@@ -1421,7 +1480,7 @@ mod tests {
     fn schedule(databases: u64, max_jobs: usize, idle: Option<Duration>) -> (Schedule, Instant) {
         let t0 = Instant::now();
         let mut s = Schedule::new(max_jobs, idle, test_backoff, wall_ms);
-        s.apply((0..databases).map(want).collect(), t0);
+        s.apply((0..databases).map(want).collect(), t0, &FakeFds::default());
         (s, t0)
     }
 
@@ -1543,7 +1602,7 @@ mod tests {
         // Written after that sync: due one sync interval after it began.
         write(&mut s, 0, ms(t0, 20));
         assert!(s.launch(ms(t0, 500), &mut fds).is_empty());
-        assert_eq!(s.next_wake(ms(t0, 500), ms(t0, 60_000)), ms(t0, 1000));
+        assert_eq!(s.next_wake(ms(t0, 500), ms(t0, 60_000), &fds), ms(t0, 1000));
         assert_eq!(syncs(&s.launch(ms(t0, 1010), &mut fds)), vec![(0, false)]);
         // One job per database at a time, however often it is written.
         write(&mut s, 0, ms(t0, 1015));
@@ -1647,9 +1706,11 @@ mod tests {
                 "due queue (closed) after {step}"
             );
             assert_eq!(self.open, open, "open databases after {step}");
+            let stopping = self.stopping.is_some();
             let releases: BTreeSet<(Instant, u64)> = self
                 .dbs
                 .iter()
+                .filter(|(_, d)| may_let_go(d.job, d.is_dirty(), d.closed_by_app, stopping))
                 .filter_map(|(&id, d)| Some((d.release_at?, id)))
                 .collect();
             assert_eq!(self.due, due, "due queue after {step}");
@@ -1657,13 +1718,20 @@ mod tests {
         }
 
         /// `next_wake` by a look at every database.
-        fn next_wake_of_every_database(&self, now: Instant, mut wake: Instant) -> Instant {
+        fn next_wake_of_every_database(
+            &self,
+            now: Instant,
+            mut wake: Instant,
+            fds: &dyn Descriptors,
+        ) -> Instant {
             if self.running >= self.max_jobs {
                 return wake;
             }
+            let syncs_may_start = self.running < fds.max_jobs(self.dbs.len() as u64, self.max_jobs);
             let opens_wait = self.opens_wait_until.filter(|&t| t > now);
+            let stopping = self.stopping.is_some();
             for d in self.dbs.values() {
-                if let (Job::Idle(c), Work::Due(due)) = (d.job, d.work) {
+                if let (Job::Idle(c), Work::Due(due), true) = (d.job, d.work, syncs_may_start) {
                     let mut due = match opens_wait {
                         Some(t) if c != Connection::Open => due.max(t),
                         _ => due,
@@ -1673,8 +1741,14 @@ mod tests {
                     }
                     wake = wake.min(due);
                 }
-                if let Some(t) = d.release_at {
-                    wake = wake.min(t);
+                // A release can start only when no job has it, and not
+                // before a sync due first (unless the application closed
+                // it), nor at a stop.
+                match (d.job, d.release_at) {
+                    (Job::Idle(_), Some(t)) if !stopping && (!d.is_dirty() || d.closed_by_app) => {
+                        wake = wake.min(t);
+                    }
+                    _ => {}
                 }
             }
             wake
@@ -1749,7 +1823,7 @@ mod tests {
                         // One database leaves, another comes.
                         let keep = (0..next_new).filter(|&k| k != id).map(want);
                         next_new += 1;
-                        s.apply(keep.chain([want(next_new - 1)]).collect(), now);
+                        s.apply(keep.chain([want(next_new - 1)]).collect(), now, &fds);
                     }
                     8 => s.rescan_some(5, now, &written),
                     _ => {}
@@ -1757,12 +1831,129 @@ mod tests {
                 s.assert_queues_match_the_databases(&format!("seed {seed} step {step} ({what})"));
                 let later = now + Duration::from_secs(3600);
                 assert_eq!(
-                    s.next_wake(now, later),
-                    s.next_wake_of_every_database(now, later)
+                    s.next_wake(now, later, &fds),
+                    s.next_wake_of_every_database(now, later, &fds)
                 );
             }
             s.begin_stop(t0 + Duration::from_secs(1000), &unchanged);
             s.assert_queues_match_the_databases("stop");
+        }
+    }
+
+    /// One step of `run`'s loop at `now`: `launch`, then `next_wake`, as
+    /// often as the loop would go round without waiting (a wake at `now` or
+    /// earlier). Each round that wakes so early must have started
+    /// something: one that started nothing would be repeated with nothing
+    /// changed, the loop spinning at full CPU until a job ended or a time
+    /// came. Returns the jobs started.
+    fn loop_at(s: &mut Schedule, now: Instant, fds: &mut FakeFds, what: &str) -> Vec<Action> {
+        let later = now + Duration::from_secs(3600);
+        let mut started = Vec::new();
+        for _round in 0..1000 {
+            let actions = s.launch(now, fds);
+            let wake = s.next_wake(now, later, fds);
+            assert_eq!(
+                wake,
+                s.next_wake_of_every_database(now, later, fds),
+                "{what}: the reference"
+            );
+            let nothing = actions.is_empty();
+            started.extend(actions);
+            if wake > now {
+                return started;
+            }
+            assert!(
+                !nothing,
+                "{what}: the loop spins: wakes {:?} before now with nothing to start",
+                now - wake
+            );
+        }
+        panic!("{what}: the loop went round 1,000 times at one instant");
+    }
+
+    #[test]
+    fn the_loop_never_wakes_in_the_past_with_nothing_to_start() {
+        for seed in 1..=60u64 {
+            let idle = Duration::from_millis(1_500 + 500 * (seed % 4));
+            let (mut s, t0) = schedule(10, 3, Some(idle));
+            // A window of open databases from 1 to 4 (and the default).
+            if seed % 5 != 0 {
+                s.max_open = (seed % 5) as usize;
+            }
+            // Descriptors for every database, or short (opens wait, and
+            // fewer syncs run at once than jobs may).
+            let mut fds = FakeFds {
+                left: (seed % 3 == 0).then_some(OPENS_ONE + (seed % 2) * OPENS_ONE),
+                jobs: (seed % 4 == 1).then_some(1 + (seed % 3) as usize),
+                ..FakeFds::default()
+            };
+            let mut rng = seed;
+            let mut syncing: Vec<u64> = Vec::new();
+            let mut releasing: Vec<u64> = Vec::new();
+            let mut next_new = 10;
+            let mut now = t0;
+            for step in 0..600u64 {
+                // Several events at one instant at times, jobs that last.
+                now += Duration::from_millis(lcg(&mut rng) % 3 * 150);
+                if step == 500 {
+                    s.begin_stop(now, &unchanged);
+                }
+                let what = lcg(&mut rng) % 10;
+                let id = lcg(&mut rng) % next_new;
+                match what {
+                    0 | 1 => {
+                        // (It may have left.)
+                        s.on_file_event(&want(id).replica.path, now, &written);
+                    }
+                    2..=4 if !syncing.is_empty() => {
+                        let i = (lcg(&mut rng) % syncing.len() as u64) as usize;
+                        let id = syncing.swap_remove(i);
+                        let mut done = match lcg(&mut rng) % 6 {
+                            0 => failed(now),
+                            1 => {
+                                finished(Outcome::Unreachable("down".into()), Connection::Open, now)
+                            }
+                            2 => finished(Outcome::Missing, Connection::Closed, now),
+                            _ => synced(lcg(&mut rng) % 2, now),
+                        };
+                        done.others_attached =
+                            [None, Some(true), Some(false)][(lcg(&mut rng) % 3) as usize];
+                        let actions = s.on_done(id, done, &mut fds, now);
+                        assert!(syncs(&actions).is_empty() && releases(&actions).is_empty());
+                    }
+                    5 if !releasing.is_empty() => {
+                        let id = releasing.swap_remove(0);
+                        let (result, connection) = match lcg(&mut rng) % 4 {
+                            0 => (Ok(None), Connection::Open),
+                            1 => (Err("cannot".to_string()), Connection::Open),
+                            _ => (Ok(Some(STAT)), Connection::Released),
+                        };
+                        s.on_released(id, result, connection, now, &unchanged);
+                    }
+                    6 => {
+                        if let Some(id) = s.probe_wanted(&want(id).replica.path) {
+                            s.on_probe(id, Some(lcg(&mut rng).is_multiple_of(2)), now);
+                        }
+                    }
+                    7 if step < 500 => {
+                        // One database leaves, another comes.
+                        let keep = (0..next_new).filter(|&k| k != id).map(want);
+                        next_new += 1;
+                        s.apply(keep.chain([want(next_new - 1)]).collect(), now, &fds);
+                    }
+                    8 => s.rescan_some(3, now, &written),
+                    _ => {}
+                }
+                let what = format!("seed {seed} step {step} ({what})");
+                for a in loop_at(&mut s, now, &mut fds, &what) {
+                    match a {
+                        Action::Sync { id, .. } => syncing.push(id),
+                        Action::Release { id, .. } => releasing.push(id),
+                        _ => {}
+                    }
+                }
+                s.assert_queues_match_the_databases(&what);
+            }
         }
     }
 
@@ -1837,7 +2028,11 @@ mod tests {
         s.on_done(2, unreachable(t0), &mut fds, ms(t0, 5030));
         assert!(s.outage.in_outage());
         // Forgotten: it no longer waits, and the storage was seen back.
-        s.apply([0, 1, 3, 4].into_iter().map(want).collect(), ms(t0, 5040));
+        s.apply(
+            [0, 1, 3, 4].into_iter().map(want).collect(),
+            ms(t0, 5040),
+            &fds,
+        );
         let last = syncs(&s.launch(ms(t0, 20_000), &mut fds));
         assert!(last.contains(&(2, true)), "{last:?}");
         let actions = s.on_done(2, synced(0, ms(t0, 20_000)), &mut fds, ms(t0, 20_010));
@@ -1896,7 +2091,7 @@ mod tests {
         assert_eq!((fds.opened.get(), fds.reports), (1, 1));
         fds.left = Some(OPENS_ONE - 1);
         assert!(s.launch(ms(t0, 100), &mut fds).is_empty(), "waits a little");
-        assert_eq!(s.next_wake(ms(t0, 100), ms(t0, 60_000)), t0 + FD_WAIT);
+        assert_eq!(s.next_wake(ms(t0, 100), ms(t0, 60_000), &fds), t0 + FD_WAIT);
         // Still short after the wait: waits again, keeping its place.
         assert!(s.launch(t0 + FD_WAIT, &mut fds).is_empty());
         // An open database needs no descriptors to sync, short or not.
@@ -1991,7 +2186,7 @@ mod tests {
         // later, not at once and not only when the idle time is up.
         assert!(s.launch(ms(t0, 20), &mut fds).is_empty());
         assert_eq!(
-            s.next_wake(ms(t0, 20), ms(t0, 60_000)),
+            s.next_wake(ms(t0, 20), ms(t0, 60_000), &fds),
             ms(t0, 20) + FD_WAIT
         );
         // The open ones are let go of after a tenth of `idle`; each one let
@@ -2025,7 +2220,58 @@ mod tests {
         s.on_done(0, synced(0, t0), &mut fds, ms(t0, 10));
         s.on_done(1, synced(0, t0), &mut fds, ms(t0, 10));
         assert!(s.launch(ms(t0, 9_000), &mut fds).is_empty());
-        assert_eq!(s.next_wake(ms(t0, 9_000), ms(t0, 60_000)), ms(t0, 10_010));
+        assert_eq!(
+            s.next_wake(ms(t0, 9_000), ms(t0, 60_000), &fds),
+            ms(t0, 10_010)
+        );
+    }
+
+    #[test]
+    fn the_window_of_open_databases_follows_the_number_of_databases() {
+        // A limit of 95 with 4 jobs: room beyond one descriptor per
+        // database, walsync's own and the jobs' for (95 - n - 32 - 16) / 5
+        // open databases.
+        let (mut s, t0) = schedule(2, 4, None);
+        let mut fds = FakeFds {
+            limit: Some(95),
+            ..FakeFds::default()
+        };
+        s.fit_open_window(&fds);
+        assert_eq!(s.max_open, 9);
+        // A reload adds 13: a narrower window, which the first syncs keep.
+        s.apply((0..15).map(want).collect(), t0, &fds);
+        assert_eq!(s.max_open, 6);
+        let mut opened = Vec::new();
+        loop {
+            let started = syncs(&s.launch(t0, &mut fds));
+            if started.is_empty() {
+                break;
+            }
+            for (id, _) in started {
+                s.on_done(id, synced(0, t0), &mut fds, t0);
+                opened.push(id);
+            }
+        }
+        assert_eq!(opened, vec![0, 1, 2, 3, 4, 5]);
+        // A reload removes the six open ones: each keeps its descriptors
+        // until its last sync ran and it is forgotten; then the window is
+        // that of nine databases.
+        s.apply((6..15).map(want).collect(), ms(t0, 10), &fds);
+        assert_eq!(s.max_open, 6);
+        let mut forgotten = 0;
+        let mut running = syncs(&s.launch(ms(t0, 10), &mut fds));
+        while let Some((id, _)) = running.pop() {
+            let actions = s.on_done(id, synced(0, ms(t0, 10)), &mut fds, ms(t0, 20));
+            forgotten += actions.len();
+            running.extend(syncs(&s.launch(ms(t0, 20), &mut fds)));
+            assert!(s.open <= s.max_open);
+        }
+        assert_eq!((forgotten, s.len()), (6, 9));
+        assert_eq!(s.max_open, 7);
+        assert_eq!(s.open, 7, "as many opened as the wider window holds");
+        // While the limit is not known, the window stays as it is.
+        s.apply((0..40).map(want).collect(), ms(t0, 30), &FakeFds::default());
+        assert_eq!(s.max_open, 7);
     }
 
     #[test]
@@ -2614,7 +2860,7 @@ mod tests {
         s.launch(t0, &mut fds);
         s.on_done(0, synced(0, t0), &mut fds, t0);
         s.on_done(1, synced(0, t0), &mut fds, t0);
-        s.apply(vec![want(0)], ms(t0, 10));
+        s.apply(vec![want(0)], ms(t0, 10), &fds);
         // At once, not a sync interval after the last.
         assert_eq!(syncs(&s.launch(ms(t0, 10), &mut fds)), vec![(1, true)]);
         assert_eq!(
@@ -2630,7 +2876,7 @@ mod tests {
             vec![want(0).replica.path.as_path()]
         );
         // Back in the catalog: a new database, synced from the start.
-        s.apply(vec![want(0), want(1)], ms(t0, 30));
+        s.apply(vec![want(0), want(1)], ms(t0, 30), &fds);
         assert_eq!(syncs(&s.launch(ms(t0, 30), &mut fds)), vec![(2, false)]);
     }
 }

@@ -560,6 +560,10 @@ impl Storage for Leased<'_> {
     fn location(&self) -> String {
         self.inner.location()
     }
+
+    fn put_does(&self) -> &'static str {
+        self.inner.put_does()
+    }
 }
 
 #[cfg(test)]

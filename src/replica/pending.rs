@@ -279,6 +279,10 @@ impl Storage for Spooler<'_> {
     fn location(&self) -> String {
         format!("walsync's spool in {}", self.dir.display())
     }
+
+    fn put_does(&self) -> &'static str {
+        "kept for upload"
+    }
 }
 
 impl Replica {
@@ -585,6 +589,8 @@ mod tests {
             "no room"
         );
         spooler.put(&mk, Body::Bytes(b"mark"), 9).unwrap();
+        // What the lines of a ship through it say.
+        assert_eq!(spooler.put_does(), "kept for upload");
         let kept = spooler.into_kept();
         assert_eq!(kept.len(), 2);
         assert_eq!((kept[0].key.as_str(), kept[0].crc), (seg.as_str(), 7));

@@ -246,7 +246,7 @@ impl Replica {
                 });
                 drop(spool);
                 let len = uploaded?;
-                log::debug!("{prefix}: uploaded {key} ({len} bytes)");
+                log::debug!("{prefix}: {} {key} ({len} bytes)", storage.put_does());
                 if let Some(c) = &clock {
                     c.shipped(&self.opts.path, &header.end);
                 }

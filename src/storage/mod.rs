@@ -201,6 +201,13 @@ pub trait Storage: Send + Sync {
     /// directory path). Never contains secrets.
     fn location(&self) -> String;
 
+    /// What `put` does with an object, as log lines say it: "uploaded",
+    /// unless this only keeps objects to upload later (the spool of a
+    /// let-go during an outage, `replica::pending`).
+    fn put_does(&self) -> &'static str {
+        "uploaded"
+    }
+
     /// What the storage itself checks of the bytes of an upload, found out
     /// at most once per process: S3 writes a probe object with a wrong
     /// checksum under `root` (a prefix walsync owns, ending in `/`, or
