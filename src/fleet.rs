@@ -57,10 +57,11 @@ pub fn listing_roots(prefixes: &[String], more: &[String]) -> Vec<String> {
     kept
 }
 
-/// Databases whose keys one range of a split listing covers: about 1,500
-/// keys (a snapshot, a mark and a lease each, and a few segments), two
-/// pages.
-pub const DATABASES_PER_RANGE: usize = 500;
+/// Databases whose keys one range of a split listing covers: about 900
+/// keys (a snapshot, a mark and a lease each), one page of 1,000; more
+/// with segments. A page is what a server serves at once: on s3s-fs each
+/// walks the whole bucket, so fewer, fuller ranges cost it less.
+pub const DATABASES_PER_RANGE: usize = 300;
 
 /// One part of the listing of `root`: the keys under it after `after` (if
 /// any) up to and including `through` (if any).
@@ -98,40 +99,70 @@ impl ListRange {
 }
 
 /// Deepest a config-less command looks for where to cut its listing
-/// ([`next_look`]): `""` → `tenants/` → `tenants/eu/` → ….
+/// ([`Cutter::only_folder`]): `""` → `tenants/` → `tenants/eu/` → ….
 pub const MAX_LOOKS: usize = 4;
 
-/// What the "folders" right under a prefix (`Storage::list_children`) tell
-/// a command that knows no database yet ([`next_look`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Look {
-    /// One folder: look inside it (the bucket's root often holds one,
-    /// `tenants/`).
-    Inside(String),
-    /// Enough folders to cut the listing at them (`listing_ranges`): the
-    /// prefixes they would be as databases (without the `/`).
-    CutAt(Vec<String>),
-    /// List whole: too few to be worth cutting, or one that is a
-    /// database's own (`<prefix>/generations/`).
-    Whole,
+/// Cuts the listing of a root into parts at the "folders" under it as they
+/// are found (`Storage::list_children`, page after page), every
+/// `per_range` of them, so that each part can be listed while the folders
+/// are still being found: a config-less command knows no database before
+/// it lists. Where the cuts fall never decides what is listed: the parts,
+/// with the rest after the last cut, hold every key under the root once.
+#[derive(Debug)]
+pub struct Cutter {
+    per_range: usize,
+    found: usize,
+    since_cut: usize,
+    last_cut: Option<String>,
+    only: Option<String>,
 }
 
-/// Where the folders `children` (sorted, each ending in `/`) lead: cut at
-/// them if they make at least two ranges of `per_range`; look inside the
-/// only one, unless it is a database's own; else list whole. Correctness
-/// never rests on this: the ranges of a listing hold every key under its
-/// root, wherever the cuts are.
-pub fn next_look(children: &[String], per_range: usize) -> Look {
-    match children {
-        [only] if !only.ends_with("/generations/") && only != "generations/" => {
-            Look::Inside(only.clone())
+impl Cutter {
+    pub fn new(per_range: usize) -> Cutter {
+        Cutter {
+            per_range: per_range.max(1),
+            found: 0,
+            since_cut: 0,
+            last_cut: None,
+            only: None,
         }
-        many if many.len() >= per_range.max(1).saturating_mul(2) => Look::CutAt(
-            many.iter()
-                .map(|c| c.trim_end_matches('/').to_string())
-                .collect(),
-        ),
-        _ => Look::Whole,
+    }
+
+    /// A folder found (`tenants/db00042/`): the bounds (after, through) of
+    /// a part to list now, once every `per_range` folders, cut at the
+    /// database the folder would be (`tenants/db00042`). A folder that does
+    /// not come after the last cut is passed over, so the cuts only ever
+    /// grow, whatever order a server gives them in: parts never overlap
+    /// nor leave a gap.
+    pub fn folder(&mut self, folder: &str) -> Option<(Option<String>, String)> {
+        let at = folder.strip_suffix('/').unwrap_or(folder);
+        if at.is_empty() || self.last_cut.as_deref().is_some_and(|c| at <= c) {
+            return None;
+        }
+        self.found += 1;
+        self.only = (self.found == 1).then(|| folder.to_string());
+        self.since_cut += 1;
+        if self.since_cut < self.per_range {
+            return None;
+        }
+        self.since_cut = 0;
+        let after = self.last_cut.replace(at.to_string());
+        Some((after, at.to_string()))
+    }
+
+    /// The one folder found, if it was only one and not a database's own
+    /// (`<prefix>/generations/`): look inside it rather than list whole
+    /// (the bucket's root often holds one, `tenants/`). Nothing was cut
+    /// then (unless `per_range` is 1).
+    pub fn only_folder(&self) -> Option<&str> {
+        self.only
+            .as_deref()
+            .filter(|f| self.last_cut.is_none() && f.rsplit('/').nth(1) != Some("generations"))
+    }
+
+    /// Where the last part starts: after the last cut, to the end.
+    pub fn rest(self) -> Option<String> {
+        self.last_cut
     }
 }
 
@@ -385,24 +416,100 @@ mod tests {
         }
     }
 
+    /// The parts a cutter makes of `folders` (with the rest), as ranges.
+    fn cut(folders: &[&str], per_range: usize) -> Vec<ListRange> {
+        let mut cutter = Cutter::new(per_range);
+        let range = |after: Option<String>, through: Option<String>| ListRange {
+            root: "t/".into(),
+            after,
+            through,
+        };
+        let mut parts: Vec<ListRange> = folders
+            .iter()
+            .filter_map(|f| cutter.folder(f))
+            .map(|(after, through)| range(after, Some(through)))
+            .collect();
+        parts.push(range(cutter.rest(), None));
+        parts
+    }
+
     #[test]
-    fn the_folders_under_a_prefix_say_where_to_look_and_cut() {
-        let folders = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    fn folders_cut_a_listing_every_few_as_they_come() {
+        let bounds = |parts: Vec<ListRange>| -> Vec<(Option<String>, Option<String>)> {
+            parts.into_iter().map(|r| (r.after, r.through)).collect()
+        };
+        let s = |x: &str| Some(x.to_string());
         assert_eq!(
-            next_look(&folders(&["tenants/"]), 2),
-            Look::Inside("tenants/".into())
+            bounds(cut(&["t/a/", "t/b/", "t/c/", "t/d/", "t/e/"], 2)),
+            vec![(None, s("t/b")), (s("t/b"), s("t/d")), (s("t/d"), None)]
         );
-        assert_eq!(next_look(&folders(&["t/a/generations/"]), 2), Look::Whole);
-        assert_eq!(next_look(&folders(&["generations/"]), 2), Look::Whole);
-        assert_eq!(next_look(&folders(&[]), 2), Look::Whole);
+        // Out of order or repeated (a hostile server): passed over.
         assert_eq!(
-            next_look(&folders(&["t/a/", "t/b/", "t/c/"]), 2),
-            Look::Whole
+            bounds(cut(&["t/c/", "t/d/", "t/a/", "t/d/", "t/e/", "t/f/"], 2)),
+            vec![(None, s("t/d")), (s("t/d"), s("t/f")), (s("t/f"), None)]
         );
-        assert_eq!(
-            next_look(&folders(&["t/a/", "t/b/", "t/c/", "t/d/"]), 2),
-            Look::CutAt(folders(&["t/a", "t/b", "t/c", "t/d"]))
-        );
+        assert_eq!(bounds(cut(&["t/a/"], 2)), vec![(None, None)]);
+        assert_eq!(bounds(cut(&[], 2)), vec![(None, None)]);
+    }
+
+    #[test]
+    fn one_folder_is_looked_inside_unless_it_is_a_databases_own() {
+        let only = |folders: &[&str]| {
+            let mut c = Cutter::new(500);
+            for f in folders {
+                c.folder(f);
+            }
+            c.only_folder().map(str::to_string)
+        };
+        assert_eq!(only(&["tenants/"]), Some("tenants/".into()));
+        assert_eq!(only(&["tenants/eu/"]), Some("tenants/eu/".into()));
+        assert_eq!(only(&["t/a/generations/"]), None);
+        assert_eq!(only(&["generations/"]), None);
+        assert_eq!(only(&["t/a/", "t/b/"]), None);
+        assert_eq!(only(&[]), None);
+    }
+
+    #[test]
+    fn parts_cut_at_any_folders_hold_every_key_once_in_order() {
+        let mut seed = 11u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let names = ["a", "b", "b0", "b/c", "é", "z", "a-"];
+        for _ in 0..500 {
+            let mut bucket: Vec<String> = (0..next(30))
+                .map(|_| {
+                    let name = names[next(names.len() as u64) as usize];
+                    format!("t/{name}{}/k{}", next(3), next(2))
+                })
+                .chain(["t/x".to_string(), "s/y".to_string(), "u/z".to_string()])
+                .collect();
+            bucket.sort();
+            bucket.dedup();
+            // Folders the server says, in any order, some not in the bucket.
+            let folders: Vec<String> = (0..next(12))
+                .map(|_| {
+                    let name = names[next(names.len() as u64) as usize];
+                    format!("t/{name}{}/", next(4))
+                })
+                .collect();
+            let folders: Vec<&str> = folders.iter().map(String::as_str).collect();
+            let parts = cut(&folders, 1 + next(3) as usize);
+            let by_part: Vec<&String> = parts
+                .iter()
+                .flat_map(|r| {
+                    bucket.iter().filter(move |k| {
+                        k.starts_with(r.prefix())
+                            && crate::storage::in_range(k, r.after.as_deref(), r.through.as_deref())
+                    })
+                })
+                .collect();
+            let under: Vec<&String> = bucket.iter().filter(|k| k.starts_with("t/")).collect();
+            assert_eq!(by_part, under, "{folders:?}: {parts:?}");
+        }
     }
 
     #[test]

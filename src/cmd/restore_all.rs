@@ -194,10 +194,7 @@ pub fn select(
 
 /// The databases with objects under `parent` (the whole bucket if empty),
 /// found by listing it once: every key that parses as
-/// `<prefix>/generations/...`. A store that lists in parts is first asked
-/// for the folders under it (`fleet::next_look`), so that a parent of many
-/// databases is listed in parts at once as with a config. None found is no
-/// error here.
+/// `<prefix>/generations/...`. None found is no error here.
 pub fn discover(
     storage: &dyn Storage,
     parent: &str,
@@ -209,39 +206,84 @@ pub fn discover(
     } else {
         keys::database_root(parent)
     };
-    let cuts = if storage.lists_in_parts() {
-        cut_points(storage, &root)
+    let listing = if storage.lists_in_parts() {
+        list_in_parts_as_found(storage, &root, pool)?
     } else {
-        Vec::new()
+        list_roots(storage, vec![root], &[], pool)?
     };
-    let listing = list_roots(storage, vec![root], &cuts, pool)?;
     Ok(Fleet {
         prefixes: keys::discover_prefixes(&listing),
         listing,
     })
 }
 
-/// Where to cut the listing of `root` (`fleet::next_look`): the folders
-/// under it, or under the one folder it holds, if there are enough. Only a
-/// hint: a listing that fails here is made whole (and reports its error
-/// there, if it has one).
-fn cut_points(storage: &dyn Storage, root: &str) -> Vec<String> {
-    let mut at = root.to_string();
-    for _ in 0..crate::fleet::MAX_LOOKS {
-        let children = match storage.list_children(&at) {
-            Ok(c) => c,
-            Err(e) => {
-                log::debug!("the folders under {at:?} are not known, listing it whole: {e}");
-                return Vec::new();
-            }
+/// The listing of `root`, in parts listed at once on `pool` as the
+/// folders under it are found (`fleet::Cutter`; inside its only folder,
+/// e.g. `tenants/` under the bucket's root): a config-less command knows
+/// no database before listing, and a listing's own pages come one after
+/// another. The folders are only a hint: if finding them fails, the rest
+/// is one part.
+fn list_in_parts_as_found(
+    storage: &dyn Storage,
+    root: &str,
+    pool: &rayon::ThreadPool,
+) -> Result<Vec<ObjectMeta>, CliError> {
+    type Part = (usize, Result<Vec<ObjectMeta>, crate::storage::StorageError>);
+    let parts: std::sync::Mutex<Vec<Part>> = Default::default();
+    pool.scope(|s| {
+        let mut count = 0;
+        let mut list = |after: Option<String>, through: Option<String>| {
+            let i = count;
+            count += 1;
+            let parts = &parts;
+            s.spawn(move |_| {
+                let r = crate::fleet::ListRange {
+                    root: root.to_string(),
+                    after,
+                    through,
+                };
+                let listed =
+                    storage.list_range(r.prefix(), r.after.as_deref(), r.through.as_deref());
+                parts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((i, listed));
+            });
         };
-        match crate::fleet::next_look(&children, crate::fleet::DATABASES_PER_RANGE) {
-            crate::fleet::Look::Inside(folder) => at = folder,
-            crate::fleet::Look::CutAt(cuts) => return cuts,
-            crate::fleet::Look::Whole => break,
+        let mut at = root.to_string();
+        let mut rest = None;
+        for _ in 0..crate::fleet::MAX_LOOKS {
+            let mut cutter = crate::fleet::Cutter::new(crate::fleet::DATABASES_PER_RANGE);
+            let found = storage.list_children(&at, &mut |folders| {
+                for folder in folders {
+                    if let Some((after, through)) = cutter.folder(&folder) {
+                        list(after, Some(through));
+                    }
+                }
+                true
+            });
+            if let Err(e) = &found {
+                log::debug!(
+                    "the folders under {at:?} are not all known ({e}): the rest is listed whole"
+                );
+            }
+            match cutter.only_folder() {
+                Some(folder) if found.is_ok() => at = folder.to_string(),
+                _ => {
+                    rest = cutter.rest();
+                    break;
+                }
+            }
         }
+        list(rest, None);
+    });
+    let mut parts = parts.into_inner().unwrap_or_else(|e| e.into_inner());
+    parts.sort_by_key(|p| p.0);
+    let mut all = Vec::new();
+    for (_, listed) in parts {
+        all.extend(listed.map_err(|e| CliError::runtime(format!("cannot list {root:?}: {e}")))?);
     }
-    Vec::new()
+    Ok(all)
 }
 
 /// Lists every root into one listing, in parallel on `pool`, a root with

@@ -349,7 +349,7 @@ mod tests {
     impl Read for Chunky<'_> {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             self.reads += 1;
-            if self.reads % 3 == 0 {
+            if self.reads.is_multiple_of(3) {
                 return Err(io::ErrorKind::Interrupted.into());
             }
             let n = self.sizes[self.reads % self.sizes.len()]

@@ -165,13 +165,18 @@ pub trait Storage: Send + Sync {
         false
     }
 
-    /// The "folders" right under `prefix` (empty or ending in `/`): each
-    /// distinct `<prefix><part>/` that keys under it start with, sorted.
-    /// Only a hint, for where to cut a listing into parts
-    /// (`cmd::restore_all::discover`): a store that cannot tell cheaply
-    /// gives none (the default, for stores that do not list in parts).
-    fn list_children(&self, _prefix: &str) -> Result<Vec<String>, StorageError> {
-        Ok(Vec::new())
+    /// Gives `each` the "folders" right under `prefix` (empty or ending in
+    /// `/`), page after page, while it answers `true`: each distinct
+    /// `<prefix><part>/` that keys under it start with. Only a hint, for
+    /// where to cut a listing into parts (`fleet::Cutter`): a store that
+    /// cannot tell cheaply gives none (the default, for stores that do not
+    /// list in parts).
+    fn list_children(
+        &self,
+        _prefix: &str,
+        _each: &mut dyn FnMut(Vec<String>) -> bool,
+    ) -> Result<(), StorageError> {
+        Ok(())
     }
 
     /// Deletes the objects; keys that do not exist are not an error.

@@ -430,11 +430,14 @@ impl Storage for S3Storage {
         true
     }
 
-    fn list_children(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let mut children = Vec::new();
+    fn list_children(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(Vec<String>) -> bool,
+    ) -> Result<(), StorageError> {
         self.pages(prefix, None, true, |page| {
             // A server that ignores the delimiter lists every key: then the
-            // children are not worth the pages of the whole listing.
+            // folders are not worth the pages of the whole listing.
             let ignored = page.objects.iter().any(|o| {
                 o.key
                     .strip_prefix(prefix)
@@ -445,19 +448,19 @@ impl Storage for S3Storage {
                     "{}: the listing of {prefix:?} ignores its delimiter",
                     self.location
                 );
-                children.clear();
                 return Ok(false);
             }
-            children.extend(page.prefixes.into_iter().filter(|p| {
-                p.strip_prefix(prefix)
-                    .and_then(|rest| rest.strip_suffix('/'))
-                    .is_some_and(|part| !part.is_empty() && !part.contains('/'))
-            }));
-            Ok(true)
-        })?;
-        children.sort();
-        children.dedup();
-        Ok(children)
+            Ok(each(
+                page.prefixes
+                    .into_iter()
+                    .filter(|p| {
+                        p.strip_prefix(prefix)
+                            .and_then(|rest| rest.strip_suffix('/'))
+                            .is_some_and(|part| !part.is_empty() && !part.contains('/'))
+                    })
+                    .collect(),
+            ))
+        })
     }
 
     fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
