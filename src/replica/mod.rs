@@ -379,8 +379,10 @@ impl Replica {
         if sync_plan::backfill_first(upkeep) {
             // Backfilled beside the read transaction first (the application
             // keeps writing), the sync point has only what was committed
-            // since to copy while the application's writers wait for it.
+            // since to copy while the application's writers wait for it;
+            // none at all if that left walsync at rest.
             self.settle(true, true)?;
+            report.checkpointed = true;
             upkeep = self.upkeep(force_snapshot, &report);
         }
         match upkeep {
