@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::app::{app_checkpoint, rows};
 use rusqlite::Connection;
 use walsync::plan::Target;
-use walsync::replica::{Replica, ReplicaOptions};
+use walsync::replica::{Replica, ReplicaOptions, SyncReport};
 use walsync::restore::{restore, RestoreError};
 use walsync::storage::dir::DirStorage;
 use walsync::storage::Storage;
@@ -49,6 +49,22 @@ fn app(db: &Path) -> Connection {
 fn restored_rows(storage: &DirStorage, out: &Path) -> Vec<(i64, String)> {
     restore(storage, "p", out, Target::Latest, false, &[]).unwrap();
     rows(out)
+}
+
+/// A sync and, if it left the WAL unbackfilled because the application was
+/// writing (`settle_deferred`), the one the scheduler runs a sync interval
+/// later, which finds nothing new and settles: walsync has caught up.
+/// Returns the first one's report.
+fn sync_caught_up(r: &mut Replica, storage: &DirStorage) -> SyncReport {
+    let rep = r.sync(storage, false).unwrap();
+    if rep.settle_deferred {
+        let again = r.sync(storage, false).unwrap();
+        assert!(
+            again.commits == 0 && !again.settle_deferred,
+            "the follow-up sync settles: {again:?}"
+        );
+    }
+    rep
 }
 
 fn insert(c: &Connection, from: i64, n: i64) {
@@ -139,11 +155,12 @@ fn the_applications_restart_and_truncate_succeed_once_walsync_has_caught_up() {
             (1, true),
             "round {round}: {mode} before the sync"
         );
-        let rep = r.sync(&storage, false).unwrap();
+        let rep = sync_caught_up(&mut r, &storage);
         assert_eq!(rep.commits, 30, "round {round}: {rep:?}");
         assert!(!rep.new_generation, "round {round}: {rep:?}");
-        // Caught up: the application's checkpoint goes through, as it
-        // would without walsync.
+        // Caught up (the application paused and walsync synced since): the
+        // application's checkpoint goes through, as it would without
+        // walsync.
         let (busy, log, done) = app_checkpoint(&c, mode);
         assert_eq!(
             (busy, log),
@@ -400,6 +417,49 @@ fn started(name: &str) -> (PathBuf, PathBuf, DirStorage, Connection, Replica) {
     (dir, db, storage, c, r)
 }
 
+/// The wal-index header of a database's `-shm` file: (frames in the WAL,
+/// frames backfilled into the database file).
+fn wal_index(db: &Path) -> (u32, u32) {
+    let b = std::fs::read(format!("{}-shm", db.display())).unwrap();
+    let word = |at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().unwrap());
+    (word(16), word(96))
+}
+
+#[test]
+fn a_sync_while_the_application_writes_leaves_the_wal_to_the_sync_after_it_pauses() {
+    let (dir, db, storage, c, mut r) = started("cadence");
+    // Shipped right after the commits: the application is writing, so the
+    // sync neither moves walsync's mark nor backfills (no fsync of the
+    // application's files), and asks for one more sync.
+    insert(&c, 1, 5);
+    let rep = r.sync(&storage, false).unwrap();
+    assert_eq!(rep.commits, 5);
+    assert!(rep.settle_deferred && !rep.checkpointed, "{rep:?}");
+    let (frames, backfilled) = wal_index(&db);
+    assert!(frames > 0 && backfilled < frames, "{frames} {backfilled}");
+    // Every commit is in the bucket all the same.
+    assert_eq!(restored_rows(&storage, &dir.join("r1.db")), rows(&db));
+    // The next sync finds nothing new: the application has paused, the WAL
+    // is backfilled and walsync rests at mark 0, so the application's
+    // TRUNCATE goes through.
+    let rep = r.sync(&storage, false).unwrap();
+    assert!(rep.commits == 0 && !rep.settle_deferred, "{rep:?}");
+    let (frames, backfilled) = wal_index(&db);
+    assert_eq!(backfilled, frames);
+    assert_eq!(app_checkpoint(&c, "TRUNCATE").0, 0);
+    // The application's next commits restart the WAL walsync left at
+    // rest: a continuation, not a gap. (Without the watcher's times, as
+    // here, a commit is dated when a sync reads it, so it is the sync after
+    // that sees the pause.)
+    insert(&c, 100, 5);
+    let rep = sync_caught_up(&mut r, &storage);
+    assert!(rep.commits == 5 && !rep.new_generation, "{rep:?}");
+    assert_eq!(restored_rows(&storage, &dir.join("r2.db")), rows(&db));
+    assert!(!r.sync(&storage, false).unwrap().new_generation);
+    r.close();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// A database with 20 rows, replicated, then released as idle.
 fn released(name: &str) -> (PathBuf, PathBuf, DirStorage, Connection, Replica) {
     let (dir, db, storage, c, mut r) = started(name);
@@ -546,7 +606,7 @@ fn local_lag_counts_the_commits_not_yet_shipped() {
         .unwrap();
     assert_eq!(lag.commits, 7);
     assert!(lag.wal_bytes >= 7 * 4096);
-    r.sync(&storage, false).unwrap();
+    sync_caught_up(&mut r, &storage);
     assert_eq!(
         walsync::replica::local_lag(&storage, "p", &storage.list("p/").unwrap(), &db, &[])
             .unwrap()

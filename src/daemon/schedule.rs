@@ -239,6 +239,17 @@ impl Database {
         self.pending_since_ms.get_or_insert_with(wall_ms);
     }
 
+    /// The sync that just ended left the WAL unbackfilled because the
+    /// application was writing (`SyncReport::settle_deferred`): one more
+    /// sync a sync interval after it, even if nothing changes, backfills it
+    /// once the application has paused (`Replica::settle`). Not a change:
+    /// the lag reported (`pending_since_ms`) stays as it is.
+    fn settle_later(&mut self) {
+        if let (Work::Clean, Some(last)) = (self.work, self.last_sync) {
+            self.work = Work::Due(last + self.want.sync_interval);
+        }
+    }
+
     /// Released, and written since (a change of its files walsync did not
     /// make): walsync takes the database up at once (`mark_dirty`), also
     /// while its syncs back off from a storage outage to upload what a
@@ -985,6 +996,9 @@ impl Schedule {
                     log::info!("{}: replicating again", s.name());
                 }
                 s.health = Health::default();
+                if report.settle_deferred && !last_sync {
+                    s.settle_later();
+                }
                 if report.commits > 0 {
                     log::debug!(
                         "{}: shipped {} commits in {} segments",
@@ -1630,6 +1644,41 @@ mod tests {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         *state >> 33
+    }
+
+    #[test]
+    fn a_sync_that_deferred_settling_is_followed_by_one_more_without_a_change() {
+        let (mut s, t0) = schedule(1, 2, None);
+        let mut fds = FakeFds::default();
+        let deferred = |started| {
+            let report = SyncReport {
+                commits: 100,
+                settle_deferred: true,
+                ..SyncReport::default()
+            };
+            finished(Outcome::Synced(report), Connection::Open, started)
+        };
+        assert_eq!(syncs(&s.launch(t0, &mut fds)), vec![(0, false)]);
+        s.on_done(0, deferred(t0), &mut fds, ms(t0, 10));
+        // No event since: still due one sync interval after it began.
+        assert!(s.launch(ms(t0, 500), &mut fds).is_empty());
+        assert_eq!(s.next_wake(ms(t0, 500), ms(t0, 60_000)), ms(t0, 1000));
+        assert_eq!(syncs(&s.launch(ms(t0, 1000), &mut fds)), vec![(0, false)]);
+        // That one settled (nothing shipped): nothing more is due.
+        s.on_done(0, synced(0, ms(t0, 1000)), &mut fds, ms(t0, 1010));
+        assert!(s.launch(ms(t0, 60_000), &mut fds).is_empty());
+        // A write during a deferring sync keeps its own due time.
+        write(&mut s, 0, ms(t0, 60_000));
+        assert_eq!(syncs(&s.launch(ms(t0, 60_000), &mut fds)), vec![(0, false)]);
+        write(&mut s, 0, ms(t0, 60_005));
+        s.on_done(0, deferred(ms(t0, 60_000)), &mut fds, ms(t0, 60_010));
+        assert_eq!(s.next_wake(ms(t0, 60_010), ms(t0, 120_000)), ms(t0, 61_000));
+        // A last sync (the stop) is followed by none.
+        s.begin_stop(ms(t0, 61_000), &unchanged);
+        let last = syncs(&s.launch(ms(t0, 61_000), &mut fds));
+        assert_eq!(last, vec![(0, true)]);
+        s.on_done(0, deferred(ms(t0, 61_000)), &mut fds, ms(t0, 61_010));
+        assert!(syncs(&s.launch(ms(t0, 70_000), &mut fds)).is_empty());
     }
 
     #[test]

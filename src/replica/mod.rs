@@ -116,6 +116,11 @@ pub struct SyncReport {
     pub snapshot: bool,
     pub new_generation: bool,
     pub checkpointed: bool,
+    /// The sync shipped while the application was writing and left the
+    /// WAL unbackfilled (`Replica::settle`): the next sync, one
+    /// `sync_interval` later, backfills it if the application has paused,
+    /// and is due even if nothing changes.
+    pub settle_deferred: bool,
 }
 
 pub struct Replica {
@@ -351,7 +356,7 @@ impl Replica {
         if let Err(e) = self.upload_pending(storage, &mut report) {
             if let Some(cause) = sync_plan::outage(&e) {
                 self.warn_if_wal_grows(cause);
-                if let Err(e) = self.settle(false) {
+                if let Err(e) = self.settle(false, true) {
                     log::debug!("{}: settling the WAL failed: {e}", self.opts.path.display());
                 }
             }
@@ -363,35 +368,24 @@ impl Replica {
         let shipped = self.ship(storage, &mut report);
         if let Some(e) = shipped.as_ref().err().and_then(sync_plan::outage) {
             self.warn_if_wal_grows(e);
-            if let Err(e) = self.settle(false) {
+            if let Err(e) = self.settle(false, true) {
                 log::debug!("{}: settling the WAL failed: {e}", self.opts.path.display());
             }
         }
         if let Err(gap) = shipped? {
             self.handle_gap(storage, gap, &mut report)?;
         }
-        let wal_len = std::fs::metadata(sqlite::wal_path(&self.opts.path))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let live = self.live_mut();
-        let wal = WalState {
-            used_bytes: live.cursor.pos.map_or(0, |p| p.offset),
-            file_bytes: wal_len,
-            base_is_db_file: live.cursor.base_is_db_file,
-            mark_zero: live.mark_zero,
-        };
-        let snapshot = SnapshotState {
-            forced: force_snapshot,
-            taken_this_sync: report.snapshot,
-            commits_since_snapshot: self.commits_since_snapshot,
-            now_ms: crate::time::now_ms(),
-            due_ms: self.last_snapshot_ms + self.opts.snapshot_interval.as_millis() as u64,
-        };
-        let limits = Thresholds {
-            checkpoint_bytes: self.opts.checkpoint_threshold,
-            truncate_bytes: self.opts.truncate_threshold,
-        };
-        match sync_plan::upkeep(snapshot, wal, limits) {
+        let mut upkeep = self.upkeep(force_snapshot, &report);
+        if sync_plan::backfill_first(upkeep) {
+            // Backfilled beside the read transaction first (the application
+            // keeps writing), the sync point has only what was committed
+            // since to copy while the application's writers wait for it;
+            // none at all if that left walsync at rest.
+            self.settle(true, true)?;
+            report.checkpointed = true;
+            upkeep = self.upkeep(force_snapshot, &report);
+        }
+        match upkeep {
             Upkeep::Snapshot => self.snapshot(storage, false, &mut report)?,
             Upkeep::Truncate => {
                 let r = self.live_mut().handle.checkpoint_truncate()?;
@@ -400,7 +394,8 @@ impl Replica {
             Upkeep::SyncPoint { truncate } => self.checkpoint(storage, truncate, &mut report)?,
             Upkeep::Nothing => {}
         }
-        self.settle(true)?;
+        let quiet = sync_plan::app_paused(report.commits, self.last_time_ms, crate::time::now_ms());
+        report.settle_deferred = self.settle(true, quiet)?;
         if let (true, Some(retention)) = (report.snapshot, self.opts.retention) {
             // A new snapshot is what makes older objects unnecessary; an idle
             // database costs no requests for retention either.
@@ -428,6 +423,32 @@ impl Replica {
             }
         }
         Ok(report)
+    }
+
+    /// What `sync_plan::upkeep` says is due now.
+    fn upkeep(&mut self, force_snapshot: bool, report: &SyncReport) -> Upkeep {
+        let wal_len = std::fs::metadata(sqlite::wal_path(&self.opts.path))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let live = self.live_mut();
+        let wal = WalState {
+            used_bytes: live.cursor.pos.map_or(0, |p| p.offset),
+            file_bytes: wal_len,
+            base_is_db_file: live.cursor.base_is_db_file,
+            mark_zero: live.mark_zero,
+        };
+        let snapshot = SnapshotState {
+            forced: force_snapshot,
+            taken_this_sync: report.snapshot,
+            commits_since_snapshot: self.commits_since_snapshot,
+            now_ms: crate::time::now_ms(),
+            due_ms: self.last_snapshot_ms + self.opts.snapshot_interval.as_millis() as u64,
+        };
+        let limits = Thresholds {
+            checkpoint_bytes: self.opts.checkpoint_threshold,
+            truncate_bytes: self.opts.truncate_threshold,
+        };
+        sync_plan::upkeep(snapshot, wal, limits)
     }
 
     /// Whether a connection of another process has the database open

@@ -459,6 +459,14 @@ impl Replica {
         }
         let path = self.opts.path.clone();
         let mut report = SyncReport::default();
+        // Shipped and backfilled beside the read transaction first, as
+        // before a sync's sync point (`sync_plan::backfill_first`): while
+        // the application writes, syncs leave the WAL unbackfilled, and its
+        // writers would wait for all of it under the write lock. A ship
+        // that fails or finds a gap is left to the sync point.
+        if matches!(self.ship(storage, &mut report), Ok(Ok(()))) {
+            self.settle(true, true)?;
+        }
         let Some((true, mut stat)) = self.sync_point(storage, &mut report)? else {
             return Ok(None);
         };

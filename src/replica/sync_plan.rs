@@ -1,8 +1,10 @@
 //! What a sync must do, decided from plain values, without I/O: the upkeep
-//! after shipping (a snapshot, a sync point, a TRUNCATE, or nothing), what a
-//! ship that failed on the storage still does, the steps of `settle`, which
-//! keeps the WAL backfilled by moving walsync's read mark, and the check a
-//! sync point makes of the WAL's end. `Replica::sync`, `Replica::settle` and
+//! after shipping (a snapshot, a sync point, a TRUNCATE, or nothing, and
+//! whether to backfill before it), what a ship that failed on the storage
+//! still does, the steps of `settle`, which backfills the WAL by moving
+//! walsync's read mark once the application pauses (`app_paused`; while it
+//! writes, at SQLite's own cadence: the sync points), and the check a sync
+//! point makes of the WAL's end. `Replica::sync`, `Replica::settle` and
 //! `Replica::checkpoint_under_lock` gather the values and act on the answers.
 //!
 //! These rules are what keeps a database replaced by rename from getting a
@@ -102,6 +104,17 @@ pub(super) fn upkeep(snapshot: SnapshotState, wal: WalState, limits: Thresholds)
     }
 }
 
+/// Whether a sync backfills the WAL (`Replica::settle`, beside its read
+/// transaction, without the write lock) before `upkeep`. A snapshot and a
+/// sync point checkpoint under the write lock, where the application's
+/// writers wait for every fsync of it (SQLite's busy handler then sleeps
+/// in steps of 1, 2, 5, 10 ms and more); backfilled first, they have only
+/// what was committed since to copy. While the application writes, syncs
+/// leave the WAL unbackfilled (`SettleStep::Defer`) until the sync point.
+pub(super) fn backfill_first(upkeep: Upkeep) -> bool {
+    matches!(upkeep, Upkeep::Snapshot | Upkeep::SyncPoint { .. })
+}
+
 /// A ship that failed because the storage did (an outage): nothing can be
 /// shipped, but the sync still backfills the WAL (`settle(false)`; its
 /// frames stay in it, walsync's read mark keeps it from being restarted), so
@@ -119,6 +132,17 @@ pub(super) fn outage(failure: &ReplicaError) -> Option<&StorageError> {
 pub(super) enum SettleStep {
     /// Nothing new since the last settle: an idle database costs nothing.
     Nothing,
+    /// Everything is shipped, but the application is writing (`quiet`
+    /// says not): the read mark stays where it is and nothing is
+    /// backfilled. A backfill costs an fsync of the WAL and one of the
+    /// database file, and SQLite's own checkpoint runs once per
+    /// `wal_autocheckpoint` pages, not once a second: walsync backfills
+    /// at its sync point (`checkpoint_threshold`), which is SQLite's own
+    /// cadence, or once the database is quiet (`Replica::sync` asks for
+    /// one more sync then: `SyncReport::settle_deferred`). The mark, at or
+    /// below the shipped end (or 0), keeps every unshipped frame from
+    /// being backfilled or the WAL from being restarted, as before.
+    Defer,
     /// Everything is shipped, some of it since the read mark was taken:
     /// move the read mark to the WAL's end and backfill.
     MoveMark,
@@ -138,18 +162,37 @@ pub(super) enum SettleStep {
 
 /// `shipped_all`: every frame up to the WAL end that walsync's read
 /// transaction sees is shipped (false while uploads fail);
-/// `shipped_since_mark`: a frame was shipped since the read mark was taken.
+/// `shipped_since_mark`: a frame was shipped since the read mark was taken;
+/// `quiet`: the application has paused (`app_paused`).
 pub(super) fn settle_step(
     shipped_all: bool,
     base_is_db_file: bool,
     shipped_since_mark: bool,
+    quiet: bool,
 ) -> SettleStep {
-    match (shipped_all, base_is_db_file, shipped_since_mark) {
-        (true, true, _) => SettleStep::Nothing,
-        (true, false, true) => SettleStep::MoveMark,
-        (true, false, false) => SettleStep::CheckpointAtEnd,
-        (false, _, _) => SettleStep::CheckpointBeside,
+    match (shipped_all, base_is_db_file, shipped_since_mark, quiet) {
+        (true, true, _, _) => SettleStep::Nothing,
+        (true, false, true, false) => SettleStep::Defer,
+        (true, false, true, true) => SettleStep::MoveMark,
+        (true, false, false, _) => SettleStep::CheckpointAtEnd,
+        (false, _, _, _) => SettleStep::CheckpointBeside,
     }
+}
+
+/// How long the application must have been without a commit for a sync
+/// to settle the WAL (backfill it and rest at read mark 0) at once rather
+/// than at the next sync: a pause, not the gap between two commits of a
+/// steady writer.
+pub(super) const QUIET_MS: u64 = 200;
+
+/// Whether the application has paused, as a sync sees it: it shipped no
+/// commit (nothing new since the last sync), or the newest commit it holds
+/// was made `QUIET_MS` or more before `now_ms`. `newest_commit_ms` is the
+/// time the newest commit was dated with, an upper bound of when it was
+/// made (README "Point in time"), so a pause is never seen longer than it
+/// was.
+pub(super) fn app_paused(commits_shipped: u64, newest_commit_ms: u64, now_ms: u64) -> bool {
+    commits_shipped == 0 || now_ms.saturating_sub(newest_commit_ms) >= QUIET_MS
 }
 
 /// Whether the WAL end a moved read mark sees (`end`, reported by the
@@ -399,6 +442,21 @@ mod tests {
     }
 
     #[test]
+    fn sync_points_and_snapshots_are_backfilled_before_the_write_lock() {
+        let rows = [
+            (Upkeep::Snapshot, true),
+            (Upkeep::SyncPoint { truncate: false }, true),
+            (Upkeep::SyncPoint { truncate: true }, true),
+            // TRUNCATE alone runs at rest: everything is backfilled.
+            (Upkeep::Truncate, false),
+            (Upkeep::Nothing, false),
+        ];
+        for (upkeep, want) in rows {
+            assert_eq!(backfill_first(upkeep), want, "{upkeep:?}");
+        }
+    }
+
+    #[test]
     fn only_a_storage_failure_is_an_outage_that_still_settles_the_wal() {
         let storage = ReplicaError::Storage(StorageError::Transport {
             location: "s3".into(),
@@ -425,26 +483,63 @@ mod tests {
     #[test]
     fn settle_moves_the_mark_after_a_complete_ship_and_checkpoints_beside_during_an_outage() {
         use SettleStep::*;
-        // (shipped_all, base_is_db_file, shipped_since_mark) -> first step.
+        // (shipped_all, base_is_db_file, shipped_since_mark, quiet) -> first
+        // step.
         let rows = [
-            ((true, true, true), Nothing),
-            ((true, true, false), Nothing),
-            ((true, false, true), MoveMark),
+            ((true, true, true, true), Nothing),
+            ((true, true, false, true), Nothing),
+            ((true, true, true, false), Nothing),
+            ((true, true, false, false), Nothing),
+            // Shipped, and the application has paused: move and backfill.
+            ((true, false, true, true), MoveMark),
+            // Shipped while the application writes: no move, no backfill
+            // (no fsync of its files); at the sync point or once quiet.
+            ((true, false, true, false), Defer),
             // Nothing shipped since the mark was taken: never a move, which
             // could take mark 0 unknowingly; a checkpoint at the end.
-            ((true, false, false), CheckpointAtEnd),
+            ((true, false, false, true), CheckpointAtEnd),
+            ((true, false, false, false), CheckpointAtEnd),
             // Uploads fail (`settle(false)`): never a plain move, whatever
-            // the base.
-            ((false, false, true), CheckpointBeside),
-            ((false, false, false), CheckpointBeside),
-            ((false, true, true), CheckpointBeside),
-            ((false, true, false), CheckpointBeside),
+            // the base, busy or not.
+            ((false, false, true, true), CheckpointBeside),
+            ((false, false, false, true), CheckpointBeside),
+            ((false, true, true, true), CheckpointBeside),
+            ((false, true, false, true), CheckpointBeside),
+            ((false, false, true, false), CheckpointBeside),
+            ((false, true, false, false), CheckpointBeside),
         ];
-        for ((shipped_all, base, since), want) in rows {
+        for ((shipped_all, base, since, quiet), want) in rows {
             assert_eq!(
-                settle_step(shipped_all, base, since),
+                settle_step(shipped_all, base, since, quiet),
                 want,
-                "{shipped_all} {base} {since}"
+                "{shipped_all} {base} {since} {quiet}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_application_is_quiet_when_a_sync_ships_nothing_or_its_newest_commit_is_old_enough() {
+        // (commits shipped, newest commit ms, now ms) -> quiet?
+        let rows = [
+            // Nothing new since the last sync: quiet, however recent the
+            // newest commit (the one shipped by the sync before).
+            ((0, 10_000, 10_000), true),
+            ((0, 0, 10_000), true),
+            // A steady writer: its newest commit is milliseconds old.
+            ((100, 9_990, 10_000), false),
+            ((1, 10_000, 10_000), false),
+            ((1, 10_000 - QUIET_MS + 1, 10_000), false),
+            // A pause of QUIET_MS or more before the sync.
+            ((1, 10_000 - QUIET_MS, 10_000), true),
+            ((20, 8_500, 10_000), true),
+            // A commit dated after `now` (the clock stepped back) is recent.
+            ((1, 12_000, 10_000), false),
+        ];
+        for ((commits, newest, now), want) in rows {
+            assert_eq!(
+                app_paused(commits, newest, now),
+                want,
+                "{commits} {newest} {now}"
             );
         }
     }

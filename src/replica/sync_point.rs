@@ -1,8 +1,9 @@
 //! walsync's own checkpoints: sync points (ship the rest, PASSIVE
 //! checkpoint and read transaction again, all under the write lock), the
 //! TRUNCATE that may follow, and `settle`, which moves the read mark so
-//! that the WAL stays backfilled (issue 10: a database replaced by rename
-//! must never get a stale WAL applied to it).
+//! that the WAL is backfilled once the application pauses (issue 10: a
+//! database replaced by rename must never get a stale WAL applied to it;
+//! issue 12: not an fsync of the application's files at every sync).
 
 use super::continuity::Gap;
 use super::error::ReplicaError;
@@ -45,18 +46,35 @@ impl Replica {
     /// - during an outage, only once the WAL has grown (or been restarted,
     ///   which happens only while walsync holds mark 0, blocking every
     ///   backfill) past what the old read transaction can see.
-    pub(super) fn settle(&mut self, shipped_all: bool) -> Result<(), ReplicaError> {
+    ///
+    /// While the application writes (`quiet` false) a sync that shipped
+    /// leaves the mark and the WAL as they are (`SettleStep::Defer`) and
+    /// returns true: backfilling once a second would cost the application
+    /// an fsync of its WAL and of its database file at every sync, where
+    /// SQLite's own checkpoint runs once per `wal_autocheckpoint` pages.
+    /// The sync point at `checkpoint_threshold` backfills at that cadence,
+    /// and the caller asks for one more sync, which settles once the
+    /// application has paused.
+    pub(super) fn settle(&mut self, shipped_all: bool, quiet: bool) -> Result<bool, ReplicaError> {
         let path = self.opts.path.clone();
         let Some(live) = self.live.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         let page_size = live.page_size;
         match sync_plan::settle_step(
             shipped_all,
             live.cursor.base_is_db_file,
             live.shipped_since_mark,
+            quiet,
         ) {
-            SettleStep::Nothing => Ok(()),
+            SettleStep::Nothing => Ok(false),
+            SettleStep::Defer => {
+                log::debug!(
+                    "{}: settle deferred: the application is writing",
+                    path.display()
+                );
+                Ok(true)
+            }
             SettleStep::CheckpointAtEnd => {
                 // The mark is at or past the shipped end (taken after the
                 // last ship), so this backfills shipped frames only.
@@ -76,7 +94,7 @@ impl Replica {
                 if at_end {
                     self.rest_at_mark_zero(ck.complete())?;
                 }
-                Ok(())
+                Ok(false)
             }
             SettleStep::MoveMark => {
                 let (ck, end) = live.move_mark(&path)?;
@@ -95,13 +113,13 @@ impl Replica {
                 if at_end {
                     self.rest_at_mark_zero(ck.complete())?;
                 }
-                Ok(())
+                Ok(false)
             }
             SettleStep::CheckpointBeside => {
                 let now = live.handle.checkpoint_passive_beside()?;
                 if now.complete() {
                     live.backfilled = true;
-                    return Ok(());
+                    return Ok(false);
                 }
                 live.backfilled = false;
                 let end = wal_end_after(&path, &now)?;
@@ -110,11 +128,11 @@ impl Replica {
                     // began, so it saw at least as far: the next one can
                     // move the mark.
                     live.view = Some(end);
-                    return Ok(());
+                    return Ok(false);
                 }
                 let (ck, _) = live.move_mark(&path)?;
                 log::debug!("{}: settled while uploads fail: {ck:?}", path.display());
-                Ok(())
+                Ok(false)
             }
         }
     }
