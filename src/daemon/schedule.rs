@@ -1662,7 +1662,7 @@ mod tests {
         s.on_done(0, deferred(t0), &mut fds, ms(t0, 10));
         // No event since: still due one sync interval after it began.
         assert!(s.launch(ms(t0, 500), &mut fds).is_empty());
-        assert_eq!(s.next_wake(ms(t0, 500), ms(t0, 60_000)), ms(t0, 1000));
+        assert_eq!(s.next_wake(ms(t0, 500), ms(t0, 60_000), &fds), ms(t0, 1000));
         assert_eq!(syncs(&s.launch(ms(t0, 1000), &mut fds)), vec![(0, false)]);
         // That one settled (nothing shipped): nothing more is due.
         s.on_done(0, synced(0, ms(t0, 1000)), &mut fds, ms(t0, 1010));
@@ -1672,7 +1672,10 @@ mod tests {
         assert_eq!(syncs(&s.launch(ms(t0, 60_000), &mut fds)), vec![(0, false)]);
         write(&mut s, 0, ms(t0, 60_005));
         s.on_done(0, deferred(ms(t0, 60_000)), &mut fds, ms(t0, 60_010));
-        assert_eq!(s.next_wake(ms(t0, 60_010), ms(t0, 120_000)), ms(t0, 61_000));
+        assert_eq!(
+            s.next_wake(ms(t0, 60_010), ms(t0, 120_000), &fds),
+            ms(t0, 61_000)
+        );
         // A last sync (the stop) is followed by none.
         s.begin_stop(ms(t0, 61_000), &unchanged);
         let last = syncs(&s.launch(ms(t0, 61_000), &mut fds));
