@@ -282,6 +282,21 @@ mod tests {
         }
     }
 
+    /// The keys of `bucket` (sorted) that listing `ranges` one after the
+    /// other gives, as a store would list each (`ListRange::prefix`, then
+    /// the bounds).
+    fn listed_by<'a>(ranges: &[ListRange], bucket: &'a [String]) -> Vec<&'a String> {
+        ranges
+            .iter()
+            .flat_map(|r| {
+                bucket.iter().filter(move |k| {
+                    k.starts_with(r.prefix())
+                        && crate::storage::in_range(k, r.after.as_deref(), r.through.as_deref())
+                })
+            })
+            .collect()
+    }
+
     #[test]
     fn every_database_is_covered_by_one_root() {
         let mut seed = 7u64;
@@ -334,16 +349,7 @@ mod tests {
             known.extend(["p0-x".to_string(), "p3/p0/".to_string(), "zz".to_string()]);
             let per_range = 1 + next(3) as usize;
             let ranges = listing_ranges(&roots, &known, per_range);
-            let by_range: Vec<&String> = ranges
-                .iter()
-                .flat_map(|r| {
-                    bucket.iter().filter(move |k| {
-                        k.starts_with(r.prefix())
-                            && crate::storage::in_range(k, r.after.as_deref(), r.through.as_deref())
-                    })
-                })
-                .collect();
-            assert_eq!(by_range, listed, "{ranges:?}");
+            assert_eq!(listed_by(&ranges, &bucket), listed, "{ranges:?}");
             assert!(ranges.iter().all(|r| r.prefix().starts_with(&r.root)));
             for root in &roots {
                 let under = known
@@ -498,17 +504,8 @@ mod tests {
                 .collect();
             let folders: Vec<&str> = folders.iter().map(String::as_str).collect();
             let parts = cut(&folders, 1 + next(3) as usize);
-            let by_part: Vec<&String> = parts
-                .iter()
-                .flat_map(|r| {
-                    bucket.iter().filter(move |k| {
-                        k.starts_with(r.prefix())
-                            && crate::storage::in_range(k, r.after.as_deref(), r.through.as_deref())
-                    })
-                })
-                .collect();
             let under: Vec<&String> = bucket.iter().filter(|k| k.starts_with("t/")).collect();
-            assert_eq!(by_part, under, "{folders:?}: {parts:?}");
+            assert_eq!(listed_by(&parts, &bucket), under, "{folders:?}: {parts:?}");
         }
     }
 
