@@ -206,11 +206,7 @@ pub fn discover(
     } else {
         keys::database_root(parent)
     };
-    let listing = if storage.lists_in_parts() {
-        list_in_parts_as_found(storage, &root, pool)?
-    } else {
-        list_roots(storage, vec![root], &[], pool)?
-    };
+    let listing = list_in_parts_as_found(storage, &root, pool)?;
     Ok(Fleet {
         prefixes: keys::discover_prefixes(&listing),
         listing,
@@ -222,13 +218,13 @@ pub fn discover(
 /// e.g. `tenants/` under the bucket's root): a config-less command knows
 /// no database before listing, and a listing's own pages come one after
 /// another. The folders are only a hint: if finding them fails, the rest
-/// is one part.
+/// is one part; a store that gives none (a directory) is listed whole.
 fn list_in_parts_as_found(
     storage: &dyn Storage,
     root: &str,
     pool: &rayon::ThreadPool,
 ) -> Result<Vec<ObjectMeta>, CliError> {
-    type Part = (usize, Result<Vec<ObjectMeta>, crate::storage::StorageError>);
+    type Part = (usize, Result<Vec<ObjectMeta>, CliError>);
     let parts: std::sync::Mutex<Vec<Part>> = Default::default();
     pool.scope(|s| {
         let mut count = 0;
@@ -237,13 +233,14 @@ fn list_in_parts_as_found(
             count += 1;
             let parts = &parts;
             s.spawn(move |_| {
-                let r = crate::fleet::ListRange {
-                    root: root.to_string(),
-                    after,
-                    through,
-                };
-                let listed =
-                    storage.list_range(r.prefix(), r.after.as_deref(), r.through.as_deref());
+                let listed = list_part(
+                    storage,
+                    &crate::fleet::ListRange {
+                        root: root.to_string(),
+                        after,
+                        through,
+                    },
+                );
                 parts
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -281,9 +278,20 @@ fn list_in_parts_as_found(
     parts.sort_by_key(|p| p.0);
     let mut all = Vec::new();
     for (_, listed) in parts {
-        all.extend(listed.map_err(|e| CliError::runtime(format!("cannot list {root:?}: {e}")))?);
+        all.extend(listed?);
     }
     Ok(all)
+}
+
+/// One part of a listing (`fleet::ListRange`), listed with the prefix its
+/// bounds share; a failure names the root it is part of.
+fn list_part(
+    storage: &dyn Storage,
+    r: &crate::fleet::ListRange,
+) -> Result<Vec<ObjectMeta>, CliError> {
+    storage
+        .list_range(r.prefix(), r.after.as_deref(), r.through.as_deref())
+        .map_err(|e| CliError::runtime(format!("cannot list {:?}: {e}", r.root)))
 }
 
 /// Lists every root into one listing, in parallel on `pool`, a root with
@@ -307,12 +315,8 @@ pub fn list_roots(
     // one's ranges in order: their listings, in that order, make one
     // sorted listing.
     let mut all = Vec::new();
-    for (range, listing) in ranges.iter().zip(par_map(pool, ranges.len(), |i| {
-        let r = &ranges[i];
-        storage.list_range(r.prefix(), r.after.as_deref(), r.through.as_deref())
-    })) {
-        let root = &range.root;
-        all.extend(listing.map_err(|e| CliError::runtime(format!("cannot list {root:?}: {e}")))?);
+    for listing in par_map(pool, ranges.len(), |i| list_part(storage, &ranges[i])) {
+        all.extend(listing?);
     }
     Ok(all)
 }
