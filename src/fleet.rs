@@ -299,13 +299,8 @@ mod tests {
 
     #[test]
     fn every_database_is_covered_by_one_root() {
-        let mut seed = 7u64;
-        let mut next = |n: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % n
-        };
+        let mut rng = crate::testing::Rng(7);
+        let mut next = |n: u64| rng.below(n as usize) as u64;
         for _ in 0..300 {
             let prefixes: Vec<String> = (0..next(40))
                 .map(|_| {
@@ -477,13 +472,8 @@ mod tests {
 
     #[test]
     fn parts_cut_at_any_folders_hold_every_key_once_in_order() {
-        let mut seed = 11u64;
-        let mut next = |n: u64| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) % n
-        };
+        let mut rng = crate::testing::Rng(11);
+        let mut next = |n: u64| rng.below(n as usize) as u64;
         let names = ["a", "b", "b0", "b/c", "é", "z", "a-"];
         for _ in 0..500 {
             let mut bucket: Vec<String> = (0..next(30))
