@@ -180,18 +180,12 @@ impl<R: Read> CrcReader<R> {
     /// Reads the rest of the stream; checks there is nothing but the trailer
     /// left when `expect_end` and that the trailer matches.
     pub fn finish(mut self, expect_end: bool) -> Result<(), FormatError> {
-        let mut rest = Vec::new();
         let mut buf = [0u8; 8192];
-        loop {
-            let n = self.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
+        // What is left is read (into the checksum) and dropped.
+        while self.read(&mut buf)? != 0 {
             if expect_end {
                 return Err(FormatError::TrailingData);
             }
-            rest.extend_from_slice(&buf[..n]);
-            rest.clear();
         }
         let held = &self.held[self.start..self.end];
         if held.len() != TRAILER {
